@@ -1,0 +1,508 @@
+//! Alerts as platforms send them and as widgets receive them: parsed and checked once, at the
+//! edge, then trusted everywhere inside.
+//!
+//! [`NewAlert::parse`] turns a `POST /publish` body into a [`NewAlert`] or a [`FieldError`] that
+//! names the field at fault. [`NewAlert::into_record`] gives the alert its id and creation time
+//! and serializes it once into the JSON every widget receives, byte for byte.
+
+use std::fmt;
+use std::sync::Arc;
+use std::time::SystemTime;
+
+use serde::Serialize;
+use serde_json::{Map, Value};
+
+/// The streamer an alert is for: 1 to 64 of `[A-Za-z0-9_-]`.
+///
+/// The character set matters beyond looks: the id is placed inside a Redis hash tag (`{id}`), so
+/// it must never contain braces, and it appears in URLs unescaped.
+#[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize)]
+#[serde(transparent)]
+pub struct ReceiverId(Arc<str>);
+
+impl ReceiverId {
+    pub fn parse(s: &str) -> Result<Self, FieldError> {
+        let ok = (1..=64).contains(&s.len())
+            && s.bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-');
+        if ok {
+            Ok(Self(s.into()))
+        } else {
+            Err(FieldError::invalid(
+                "receiver",
+                "receiver must be 1 to 64 of A-Z, a-z, 0-9, '_' and '-'",
+            ))
+        }
+    }
+
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Display for ReceiverId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+/// Why a publish body was refused, and which field to fix.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct FieldError {
+    pub code: &'static str,
+    pub message: String,
+    pub field: Option<String>,
+}
+
+impl FieldError {
+    fn invalid(field: &str, message: impl Into<String>) -> Self {
+        Self {
+            code: "invalid_field",
+            message: message.into(),
+            field: Some(field.to_owned()),
+        }
+    }
+
+    fn body(code: &'static str, message: impl Into<String>) -> Self {
+        Self {
+            code,
+            message: message.into(),
+            field: None,
+        }
+    }
+}
+
+/// `{"value": "10.50", "currency": "BRL"}`. The value stays a string so that no amount is ever
+/// rounded through a float on its way to the screen.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Amount {
+    pub value: String,
+    pub currency: String,
+}
+
+/// Media the widget loads: only http(s) URLs, so nothing like `javascript:` reaches a page.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Media {
+    pub image: Option<String>,
+    pub sound: Option<String>,
+}
+
+pub const DEFAULT_DURATION_MS: u32 = 8000;
+pub const MAX_DATA_BYTES: usize = 4096;
+const FIELDS: &[&str] = &[
+    "receiver",
+    "kind",
+    "from",
+    "amount",
+    "message",
+    "media",
+    "duration_ms",
+    "data",
+    "idempotency_key",
+];
+
+/// A valid alert as published, before it has an id.
+#[derive(Debug, Clone, PartialEq)]
+pub struct NewAlert {
+    pub receiver: ReceiverId,
+    pub kind: String,
+    pub from: Option<String>,
+    pub amount: Option<Amount>,
+    pub message: Option<String>,
+    pub media: Option<Media>,
+    pub duration_ms: u32,
+    pub data: Option<Map<String, Value>>,
+    pub idempotency_key: Option<String>,
+}
+
+/// An accepted alert: its id, its receiver, and the JSON that widgets get, serialized once.
+#[derive(Debug, Clone)]
+pub struct AlertRecord {
+    pub id: String,
+    pub receiver: ReceiverId,
+    pub duration_ms: u32,
+    pub json: Arc<str>,
+}
+
+/// The wire shape of an alert. `duration_ms` is written before `data`, which is the only part a
+/// publisher controls the keys of; nothing in the store depends on that, but it keeps the JSON
+/// easy to read for a human scanning a queue.
+#[derive(Serialize)]
+struct AlertJson<'a> {
+    id: &'a str,
+    receiver: &'a ReceiverId,
+    kind: &'a str,
+    from: &'a Option<String>,
+    amount: &'a Option<Amount>,
+    message: &'a Option<String>,
+    media: &'a Option<Media>,
+    duration_ms: u32,
+    data: &'a Option<Map<String, Value>>,
+    created_at: String,
+}
+
+impl NewAlert {
+    /// Parses a publish body. `header_key` is the `Idempotency-Key` header, if any.
+    pub fn parse(body: &[u8], header_key: Option<&str>) -> Result<Self, FieldError> {
+        let value: Value = serde_json::from_slice(body).map_err(|e| {
+            FieldError::body("invalid_json", format!("body is not valid JSON: {e}"))
+        })?;
+        let Value::Object(mut obj) = value else {
+            return Err(FieldError::body(
+                "invalid_json",
+                "body must be a JSON object",
+            ));
+        };
+        if let Some(unknown) = obj.keys().find(|k| !FIELDS.contains(&k.as_str())) {
+            return Err(FieldError {
+                code: "unknown_field",
+                message: format!("unknown field `{unknown}`"),
+                field: Some(unknown.clone()),
+            });
+        }
+
+        let receiver = match obj.remove("receiver") {
+            Some(Value::String(s)) => ReceiverId::parse(&s)?,
+            None | Some(Value::Null) => {
+                return Err(FieldError {
+                    code: "missing_field",
+                    message: "receiver is required".into(),
+                    field: Some("receiver".into()),
+                })
+            }
+            Some(_) => return Err(FieldError::invalid("receiver", "receiver must be a string")),
+        };
+        let kind = match opt_string(&mut obj, "kind")? {
+            None => "donation".to_owned(),
+            Some(k) => {
+                let ok = (1..=32).contains(&k.len())
+                    && k.bytes().all(|b| {
+                        b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_' || b == b'-'
+                    });
+                if !ok {
+                    return Err(FieldError::invalid(
+                        "kind",
+                        "kind must be 1 to 32 of a-z, 0-9, '_' and '-'",
+                    ));
+                }
+                k
+            }
+        };
+        let from = opt_string(&mut obj, "from")?;
+        if let Some(f) = &from {
+            if f.chars().count() > 64 {
+                return Err(FieldError::invalid(
+                    "from",
+                    "from must be at most 64 characters",
+                ));
+            }
+        }
+        let message = opt_string(&mut obj, "message")?;
+        if let Some(m) = &message {
+            if m.chars().count() > 500 {
+                return Err(FieldError::invalid(
+                    "message",
+                    "message must be at most 500 characters",
+                ));
+            }
+        }
+        let amount = match obj.remove("amount") {
+            None | Some(Value::Null) => None,
+            Some(v) => Some(parse_amount(v)?),
+        };
+        let media = match obj.remove("media") {
+            None | Some(Value::Null) => None,
+            Some(v) => Some(parse_media(v)?),
+        };
+        let duration_ms = match obj.remove("duration_ms") {
+            None | Some(Value::Null) => DEFAULT_DURATION_MS,
+            Some(v) => match v.as_u64() {
+                Some(n @ 1000..=60000) => n as u32,
+                _ => {
+                    return Err(FieldError::invalid(
+                        "duration_ms",
+                        "duration_ms must be an integer from 1000 to 60000",
+                    ))
+                }
+            },
+        };
+        let data = match obj.remove("data") {
+            None | Some(Value::Null) => None,
+            Some(Value::Object(map)) => {
+                // unwrap: a serde_json map always serializes.
+                let size = serde_json::to_vec(&map)
+                    .map(|v| v.len())
+                    .unwrap_or(usize::MAX);
+                if size > MAX_DATA_BYTES {
+                    return Err(FieldError::invalid(
+                        "data",
+                        format!("data must be at most {MAX_DATA_BYTES} bytes of JSON"),
+                    ));
+                }
+                Some(map)
+            }
+            Some(_) => return Err(FieldError::invalid("data", "data must be a JSON object")),
+        };
+        let body_key = opt_string(&mut obj, "idempotency_key")?;
+        let idempotency_key = match (body_key, header_key) {
+            (Some(b), Some(h)) if b != h => {
+                return Err(FieldError::invalid(
+                    "idempotency_key",
+                    "idempotency_key and the Idempotency-Key header differ",
+                ))
+            }
+            (Some(k), _) => Some(k),
+            (None, Some(h)) => Some(h.to_owned()),
+            (None, None) => None,
+        };
+        if let Some(k) = &idempotency_key {
+            if k.is_empty() || k.chars().count() > 128 {
+                return Err(FieldError::invalid(
+                    "idempotency_key",
+                    "idempotency_key must be 1 to 128 characters",
+                ));
+            }
+        }
+
+        Ok(Self {
+            receiver,
+            kind,
+            from,
+            amount,
+            message,
+            media,
+            duration_ms,
+            data,
+            idempotency_key,
+        })
+    }
+
+    /// Gives the alert a fresh id and creation time and serializes it for widgets.
+    pub fn into_record(self) -> AlertRecord {
+        let id = uuid::Uuid::new_v4().to_string();
+        let created_at = humantime::format_rfc3339_millis(SystemTime::now()).to_string();
+        let json = serde_json::to_string(&AlertJson {
+            id: &id,
+            receiver: &self.receiver,
+            kind: &self.kind,
+            from: &self.from,
+            amount: &self.amount,
+            message: &self.message,
+            media: &self.media,
+            duration_ms: self.duration_ms,
+            data: &self.data,
+            created_at,
+        })
+        // unwrap: every field is a plain string, number or a serde_json map.
+        .expect("an alert always serializes");
+        AlertRecord {
+            id,
+            receiver: self.receiver,
+            duration_ms: self.duration_ms,
+            json: json.into(),
+        }
+    }
+}
+
+fn opt_string(obj: &mut Map<String, Value>, field: &str) -> Result<Option<String>, FieldError> {
+    match obj.remove(field) {
+        None | Some(Value::Null) => Ok(None),
+        Some(Value::String(s)) => Ok(Some(s)),
+        Some(_) => Err(FieldError::invalid(
+            field,
+            format!("{field} must be a string"),
+        )),
+    }
+}
+
+fn parse_amount(v: Value) -> Result<Amount, FieldError> {
+    let Value::Object(mut obj) = v else {
+        return Err(FieldError::invalid(
+            "amount",
+            "amount must be an object {\"value\": \"10.50\", \"currency\": \"BRL\"}",
+        ));
+    };
+    if let Some(k) = obj.keys().find(|k| *k != "value" && *k != "currency") {
+        return Err(FieldError::invalid(
+            &format!("amount.{k}"),
+            format!("unknown field `{k}` in amount"),
+        ));
+    }
+    let value = match obj.remove("value") {
+        Some(Value::String(s)) if is_decimal(&s) => s,
+        _ => {
+            return Err(FieldError::invalid(
+                "amount.value",
+                "amount.value must be a non-negative decimal string such as \"10.50\"",
+            ))
+        }
+    };
+    let currency = match obj.remove("currency") {
+        Some(Value::String(s)) if is_currency(&s) => s,
+        _ => {
+            return Err(FieldError::invalid(
+                "amount.currency",
+                "amount.currency must be an ISO 4217 code such as \"BRL\"",
+            ))
+        }
+    };
+    Ok(Amount { value, currency })
+}
+
+/// `123`, `10.50`: digits, at most one point with digits on both sides. Length is bounded so a
+/// value always fits what a widget can format.
+fn is_decimal(s: &str) -> bool {
+    let (int, frac) = match s.split_once('.') {
+        Some((i, f)) => (i, Some(f)),
+        None => (s, None),
+    };
+    let digits = |p: &str, max: usize| {
+        !p.is_empty() && p.len() <= max && p.bytes().all(|b| b.is_ascii_digit())
+    };
+    digits(int, 18) && frac.is_none_or(|f| digits(f, 8))
+}
+
+fn is_currency(s: &str) -> bool {
+    s.len() == 3 && ISO_4217.binary_search(&s).is_ok()
+}
+
+fn parse_media(v: Value) -> Result<Media, FieldError> {
+    let Value::Object(mut obj) = v else {
+        return Err(FieldError::invalid(
+            "media",
+            "media must be an object {\"image\": URL, \"sound\": URL}",
+        ));
+    };
+    if let Some(k) = obj.keys().find(|k| *k != "image" && *k != "sound") {
+        return Err(FieldError::invalid(
+            &format!("media.{k}"),
+            format!("unknown field `{k}` in media"),
+        ));
+    }
+    let mut url = |name: &str| -> Result<Option<String>, FieldError> {
+        let field = format!("media.{name}");
+        match obj.remove(name) {
+            None | Some(Value::Null) => Ok(None),
+            Some(Value::String(s)) if is_http_url(&s) => Ok(Some(s)),
+            Some(_) => Err(FieldError::invalid(
+                &field,
+                format!("{field} must be an http or https URL of at most 2048 characters"),
+            )),
+        }
+    };
+    Ok(Media {
+        image: url("image")?,
+        sound: url("sound")?,
+    })
+}
+
+/// An absolute http(s) URL with a host and no whitespace or control characters. Widgets assign
+/// it to `src`, so the scheme check is what keeps script URLs out.
+fn is_http_url(s: &str) -> bool {
+    let rest = if let Some(r) = s.strip_prefix("https://") {
+        r
+    } else if let Some(r) = s.strip_prefix("http://") {
+        r
+    } else {
+        return false;
+    };
+    let host = rest.split(['/', '?', '#']).next().unwrap_or("");
+    s.len() <= 2048 && !host.is_empty() && !s.chars().any(|c| c.is_whitespace() || c.is_control())
+}
+
+/// Active ISO 4217 currency codes, sorted for binary search.
+const ISO_4217: &[&str] = &[
+    "AED", "AFN", "ALL", "AMD", "ANG", "AOA", "ARS", "AUD", "AWG", "AZN", "BAM", "BBD", "BDT",
+    "BGN", "BHD", "BIF", "BMD", "BND", "BOB", "BOV", "BRL", "BSD", "BTN", "BWP", "BYN", "BZD",
+    "CAD", "CDF", "CHE", "CHF", "CHW", "CLF", "CLP", "CNY", "COP", "COU", "CRC", "CUC", "CUP",
+    "CVE", "CZK", "DJF", "DKK", "DOP", "DZD", "EGP", "ERN", "ETB", "EUR", "FJD", "FKP", "GBP",
+    "GEL", "GHS", "GIP", "GMD", "GNF", "GTQ", "GYD", "HKD", "HNL", "HTG", "HUF", "IDR", "ILS",
+    "INR", "IQD", "IRR", "ISK", "JMD", "JOD", "JPY", "KES", "KGS", "KHR", "KMF", "KPW", "KRW",
+    "KWD", "KYD", "KZT", "LAK", "LBP", "LKR", "LRD", "LSL", "LYD", "MAD", "MDL", "MGA", "MKD",
+    "MMK", "MNT", "MOP", "MRU", "MUR", "MVR", "MWK", "MXN", "MXV", "MYR", "MZN", "NAD", "NGN",
+    "NIO", "NOK", "NPR", "NZD", "OMR", "PAB", "PEN", "PGK", "PHP", "PKR", "PLN", "PYG", "QAR",
+    "RON", "RSD", "RUB", "RWF", "SAR", "SBD", "SCR", "SDG", "SEK", "SGD", "SHP", "SLE", "SLL",
+    "SOS", "SRD", "SSP", "STN", "SVC", "SYP", "SZL", "THB", "TJS", "TMT", "TND", "TOP", "TRY",
+    "TTD", "TWD", "TZS", "UAH", "UGX", "USD", "USN", "UYI", "UYU", "UYW", "UZS", "VED", "VES",
+    "VND", "VUV", "WST", "XAF", "XAG", "XAU", "XBA", "XBB", "XBC", "XBD", "XCD", "XCG", "XDR",
+    "XOF", "XPD", "XPF", "XPT", "XSU", "XUA", "YER", "ZAR", "ZMW", "ZWG", "ZWL",
+];
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(json: &str) -> Result<NewAlert, FieldError> {
+        NewAlert::parse(json.as_bytes(), None)
+    }
+
+    #[test]
+    fn the_currency_list_is_sorted_so_binary_search_works() {
+        assert!(ISO_4217.windows(2).all(|w| w[0] < w[1]));
+    }
+
+    #[test]
+    fn a_minimal_alert_gets_the_defaults() {
+        let a = parse(r#"{"receiver":"alice"}"#).unwrap();
+        assert_eq!(a.kind, "donation");
+        assert_eq!(a.duration_ms, 8000);
+    }
+
+    #[test]
+    fn each_bad_field_is_named() {
+        let cases = [
+            (r#"{}"#, "receiver"),
+            (r#"{"receiver":"a b"}"#, "receiver"),
+            (r#"{"receiver":"a","kind":"Big"}"#, "kind"),
+            (r#"{"receiver":"a","nope":1}"#, "nope"),
+            (r#"{"receiver":"a","duration_ms":999}"#, "duration_ms"),
+            (r#"{"receiver":"a","duration_ms":1.5}"#, "duration_ms"),
+            (
+                r#"{"receiver":"a","amount":{"value":"-1","currency":"BRL"}}"#,
+                "amount.value",
+            ),
+            (
+                r#"{"receiver":"a","amount":{"value":"1.","currency":"BRL"}}"#,
+                "amount.value",
+            ),
+            (
+                r#"{"receiver":"a","amount":{"value":"1","currency":"XXX"}}"#,
+                "amount.currency",
+            ),
+            (
+                r#"{"receiver":"a","media":{"image":"javascript:alert(1)"}}"#,
+                "media.image",
+            ),
+            (
+                r#"{"receiver":"a","media":{"sound":"http://"}}"#,
+                "media.sound",
+            ),
+            (r#"{"receiver":"a","data":[1]}"#, "data"),
+            (
+                r#"{"receiver":"a","idempotency_key":""}"#,
+                "idempotency_key",
+            ),
+        ];
+        for (body, field) in cases {
+            let err = parse(body).unwrap_err();
+            assert_eq!(err.field.as_deref(), Some(field), "{body}: {err:?}");
+        }
+    }
+
+    #[test]
+    fn limits_count_characters_not_bytes() {
+        let from = "é".repeat(64);
+        assert!(parse(&format!(r#"{{"receiver":"a","from":"{from}"}}"#)).is_ok());
+        let from = "é".repeat(65);
+        assert!(parse(&format!(r#"{{"receiver":"a","from":"{from}"}}"#)).is_err());
+    }
+
+    #[test]
+    fn the_record_keeps_text_byte_for_byte() {
+        let a = parse(r#"{"receiver":"a","message":"שלום 👋 <b>x</b>"}"#).unwrap();
+        let r = a.into_record();
+        let v: Value = serde_json::from_str(&r.json).unwrap();
+        assert_eq!(v["message"], "שלום 👋 <b>x</b>");
+        assert_eq!(v["id"], r.id.as_str());
+    }
+}

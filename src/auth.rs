@@ -1,0 +1,138 @@
+//! Who may publish, and which widget may watch which receiver.
+//!
+//! Publish keys are compared through HMAC tags, so the comparison runs in constant time and the
+//! keys themselves are not kept. Widget tokens are an HMAC-SHA256 of the receiver under the
+//! secret: a token opens one receiver's widget and nothing else, and any node holding the same
+//! secret can check it without a store round trip.
+
+use hmac::{Hmac, Mac};
+use sha2::Sha256;
+
+use crate::alert::ReceiverId;
+
+type HmacSha256 = Hmac<Sha256>;
+
+/// 256 random bits as 64 hex characters, from the OS generator (through uuid's v4).
+pub fn random_secret() -> String {
+    format!(
+        "{}{}",
+        uuid::Uuid::new_v4().simple(),
+        uuid::Uuid::new_v4().simple()
+    )
+}
+
+/// A fresh publish key for a node started without one.
+pub fn random_publish_key() -> String {
+    format!("pk_{}", uuid::Uuid::new_v4().simple())
+}
+
+fn mac(key: &[u8]) -> HmacSha256 {
+    // unwrap: HMAC accepts keys of any length.
+    HmacSha256::new_from_slice(key).expect("HMAC takes any key length")
+}
+
+/// The publish keys this node accepts.
+pub struct PublishKeys {
+    /// A per-process key under which configured keys and presented keys are both tagged.
+    tag_key: Vec<u8>,
+    tags: Vec<Vec<u8>>,
+}
+
+impl PublishKeys {
+    pub fn new<S: AsRef<str>>(keys: &[S]) -> Self {
+        let tag_key = random_secret().into_bytes();
+        let tags = keys
+            .iter()
+            .map(|k| {
+                let mut m = mac(&tag_key);
+                m.update(k.as_ref().as_bytes());
+                m.finalize().into_bytes().to_vec()
+            })
+            .collect();
+        Self { tag_key, tags }
+    }
+
+    /// True when `presented` is one of the keys.
+    pub fn accepts(&self, presented: &str) -> bool {
+        // Every configured key is tried, so the time taken does not tell which one matched.
+        self.tags.iter().fold(false, |found, tag| {
+            let mut m = mac(&self.tag_key);
+            m.update(presented.as_bytes());
+            m.verify_slice(tag).is_ok() | found
+        })
+    }
+}
+
+/// Makes and checks widget tokens.
+#[derive(Clone)]
+pub struct WidgetTokens {
+    secret: Vec<u8>,
+}
+
+impl WidgetTokens {
+    pub fn new(secret: &str) -> Self {
+        Self {
+            secret: secret.as_bytes().to_vec(),
+        }
+    }
+
+    fn mac_for(&self, receiver: &ReceiverId) -> HmacSha256 {
+        let mut m = mac(&self.secret);
+        // The purpose is part of the message so that later token kinds (a dashboard token, say)
+        // can never be mistaken for a widget token.
+        m.update(b"cuebox widget v1\0");
+        m.update(receiver.as_str().as_bytes());
+        m
+    }
+
+    pub fn token(&self, receiver: &ReceiverId) -> String {
+        hex(&self.mac_for(receiver).finalize().into_bytes())
+    }
+
+    /// Checks a token in constant time (`verify_slice`).
+    pub fn verify(&self, receiver: &ReceiverId, token: &str) -> bool {
+        match unhex(token) {
+            Some(bytes) => self.mac_for(receiver).verify_slice(&bytes).is_ok(),
+            None => false,
+        }
+    }
+}
+
+fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+fn unhex(s: &str) -> Option<Vec<u8>> {
+    if s.len() != 64 || !s.is_ascii() {
+        return None;
+    }
+    (0..s.len())
+        .step_by(2)
+        .map(|i| u8::from_str_radix(&s[i..i + 2], 16).ok())
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_token_opens_its_receiver_only() {
+        let tokens = WidgetTokens::new("s3cret");
+        let alice = ReceiverId::parse("alice").unwrap();
+        let bob = ReceiverId::parse("bob").unwrap();
+        let t = tokens.token(&alice);
+        assert!(tokens.verify(&alice, &t));
+        assert!(!tokens.verify(&bob, &t));
+        assert!(!WidgetTokens::new("other").verify(&alice, &t));
+        assert!(!tokens.verify(&alice, "zz"));
+        assert!(!tokens.verify(&alice, &t.replace('a', "é")));
+    }
+
+    #[test]
+    fn publish_keys_accept_only_their_own() {
+        let keys = PublishKeys::new(&["one", "two"]);
+        assert!(keys.accepts("one") && keys.accepts("two"));
+        assert!(!keys.accepts("three") && !keys.accepts(""));
+    }
+}

@@ -1,0 +1,96 @@
+//! The command line: every setting is a flag and an environment variable, in one place.
+
+use clap::{Args, Parser, Subcommand};
+
+#[derive(Parser, Debug)]
+#[command(
+    name = "cuebox",
+    version,
+    about = "A queued alert dispatcher for live streams",
+    long_about = "A queued alert dispatcher for live streams.\n\nPlatforms POST alerts to /publish; \
+                  each receiver's OBS widget shows them one at a time, in order, and never loses \
+                  one. With no subcommand, cuebox runs `serve`.",
+    args_conflicts_with_subcommands = true
+)]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: Option<Command>,
+    #[command(flatten)]
+    pub serve: ServeArgs,
+}
+
+#[derive(Subcommand, Debug)]
+pub enum Command {
+    /// Run a cuebox node (the default).
+    Serve(ServeArgs),
+    /// Print the widget URL to paste into OBS for a receiver.
+    WidgetUrl(WidgetUrlArgs),
+}
+
+#[derive(Args, Debug, Clone)]
+pub struct ServeArgs {
+    /// Address to listen on (port 0 picks a free one).
+    #[arg(long, env = "CUEBOX_BIND", default_value = "127.0.0.1:8080")]
+    pub bind: String,
+
+    /// Redis URL (redis://host:port/db). Unset: the embedded in-memory store, for one node;
+    /// queued alerts then do not survive a restart.
+    #[arg(long, env = "CUEBOX_REDIS_URL")]
+    pub redis_url: Option<String>,
+
+    /// Prefix of every Redis key.
+    #[arg(long, env = "CUEBOX_KEY_PREFIX", default_value = "cuebox")]
+    pub key_prefix: String,
+
+    /// A key platforms must present to publish (repeat the flag, or comma-separate in the
+    /// variable). None: one is made and printed at start.
+    #[arg(
+        long = "publish-key",
+        env = "CUEBOX_PUBLISH_KEYS",
+        value_delimiter = ',',
+        hide_env_values = true
+    )]
+    pub publish_keys: Vec<String>,
+
+    /// Secret that signs widget tokens. Unset: kept in Redis (shared by every node), or made per
+    /// process with the embedded store.
+    #[arg(long, env = "CUEBOX_SECRET", hide_env_values = true)]
+    pub secret: Option<String>,
+
+    /// An alert sent but not started within this many ms is sent again.
+    #[arg(long, env = "CUEBOX_START_TIMEOUT_MS", default_value_t = 5000,
+          value_parser = clap::value_parser!(u64).range(100..=600_000))]
+    pub start_timeout_ms: u64,
+
+    /// An alert started but not done within its duration plus this many ms expires.
+    #[arg(long, env = "CUEBOX_ACK_GRACE_MS", default_value_t = 15000,
+          value_parser = clap::value_parser!(u64).range(0..=600_000))]
+    pub ack_grace_ms: u64,
+
+    /// Most alerts that may wait in one receiver's queue; past it, publish answers 429.
+    #[arg(long, env = "CUEBOX_MAX_QUEUE", default_value_t = 10000,
+          value_parser = clap::value_parser!(u64).range(1..=10_000_000))]
+    pub max_queue: u64,
+}
+
+#[derive(Args, Debug, Clone)]
+pub struct WidgetUrlArgs {
+    /// The receiver (streamer) id.
+    pub receiver: String,
+
+    /// The secret the nodes sign tokens with.
+    #[arg(long, env = "CUEBOX_SECRET", hide_env_values = true)]
+    pub secret: Option<String>,
+
+    /// Read the secret the nodes share from this Redis instead.
+    #[arg(long, env = "CUEBOX_REDIS_URL")]
+    pub redis_url: Option<String>,
+
+    /// Prefix of every Redis key.
+    #[arg(long, env = "CUEBOX_KEY_PREFIX", default_value = "cuebox")]
+    pub key_prefix: String,
+
+    /// Where streamers reach cuebox.
+    #[arg(long, env = "CUEBOX_BASE_URL", default_value = "http://127.0.0.1:8080")]
+    pub base_url: String,
+}

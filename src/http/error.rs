@@ -1,0 +1,94 @@
+//! The one error type of the HTTP surface, and the JSON every error answers with:
+//! `{"error": {"code", "message", "field"}}`.
+
+use actix_web::http::{header, StatusCode};
+use actix_web::{HttpResponse, ResponseError};
+use serde_json::json;
+
+use crate::alert::FieldError;
+use crate::store::StoreError;
+
+#[derive(Debug, thiserror::Error)]
+pub enum ApiError {
+    #[error("{}", .0.message)]
+    Invalid(FieldError),
+    #[error("a valid publish key is required: Authorization: Bearer <key>")]
+    Unauthorized,
+    #[error("the widget token is missing or does not match the receiver")]
+    BadToken,
+    #[error("the body must be at most {0} bytes")]
+    TooLarge(usize),
+    #[error("the body must be JSON (Content-Type: application/json)")]
+    UnsupportedMediaType,
+    #[error("the receiver's queue is full; retry once it drains")]
+    QueueFull,
+    #[error("no such route")]
+    NotFound,
+    #[error("the store is unavailable; nothing was accepted, retry")]
+    Unavailable(#[source] StoreError),
+}
+
+impl From<FieldError> for ApiError {
+    fn from(e: FieldError) -> Self {
+        ApiError::Invalid(e)
+    }
+}
+
+impl From<StoreError> for ApiError {
+    fn from(e: StoreError) -> Self {
+        // Either way the transition did not happen: the store is atomic per call.
+        ApiError::Unavailable(e)
+    }
+}
+
+impl ApiError {
+    fn code(&self) -> &'static str {
+        match self {
+            ApiError::Invalid(e) => e.code,
+            ApiError::Unauthorized => "unauthorized",
+            ApiError::BadToken => "invalid_token",
+            ApiError::TooLarge(_) => "payload_too_large",
+            ApiError::UnsupportedMediaType => "unsupported_media_type",
+            ApiError::QueueFull => "queue_full",
+            ApiError::NotFound => "not_found",
+            ApiError::Unavailable(_) => "store_unavailable",
+        }
+    }
+}
+
+impl ResponseError for ApiError {
+    fn status_code(&self) -> StatusCode {
+        match self {
+            ApiError::Invalid(_) => StatusCode::BAD_REQUEST,
+            ApiError::Unauthorized | ApiError::BadToken => StatusCode::UNAUTHORIZED,
+            ApiError::TooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
+            ApiError::UnsupportedMediaType => StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            ApiError::QueueFull => StatusCode::TOO_MANY_REQUESTS,
+            ApiError::NotFound => StatusCode::NOT_FOUND,
+            ApiError::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
+        }
+    }
+
+    fn error_response(&self) -> HttpResponse {
+        if let ApiError::Unavailable(cause) = self {
+            tracing::warn!(error = %cause, "store unavailable");
+        }
+        let field = match self {
+            ApiError::Invalid(e) => e.field.clone(),
+            _ => None,
+        };
+        let mut res = HttpResponse::build(self.status_code());
+        match self {
+            ApiError::Unauthorized => {
+                res.insert_header((header::WWW_AUTHENTICATE, "Bearer"));
+            }
+            ApiError::Unavailable(_) | ApiError::QueueFull => {
+                res.insert_header((header::RETRY_AFTER, "1"));
+            }
+            _ => {}
+        }
+        res.json(json!({
+            "error": { "code": self.code(), "message": self.to_string(), "field": field }
+        }))
+    }
+}

@@ -1,0 +1,54 @@
+//! The HTTP surface: routes, the state every handler shares, and authorization.
+
+mod error;
+mod health;
+mod pages;
+mod publish;
+mod receivers;
+mod widget;
+
+use std::sync::Arc;
+
+use actix_web::{web, HttpRequest};
+use tokio::sync::watch;
+
+pub use error::ApiError;
+
+use crate::auth::{PublishKeys, WidgetTokens};
+use crate::hub::Hub;
+
+/// What every handler can reach.
+pub struct AppState {
+    pub hub: Arc<Hub>,
+    pub publish_keys: PublishKeys,
+    pub tokens: WidgetTokens,
+    /// Becomes true when the node shuts down; widget connections close on it.
+    pub shutdown: watch::Receiver<bool>,
+}
+
+pub fn routes(cfg: &mut web::ServiceConfig) {
+    cfg.route("/publish", web::post().to(publish::publish))
+        .route("/receivers/{receiver}", web::get().to(receivers::status))
+        .route("/healthz", web::get().to(health::healthz))
+        .route("/readyz", web::get().to(health::readyz))
+        .route("/ws/{receiver}", web::get().to(widget::connect))
+        .route("/widget/{receiver}", web::get().to(pages::widget_page))
+        .route("/widget-assets/{file}", web::get().to(pages::widget_asset))
+        .default_service(web::to(|| async {
+            Err::<actix_web::HttpResponse, _>(ApiError::NotFound)
+        }));
+}
+
+/// Checks `Authorization: Bearer <publish key>`.
+fn authorize_publisher(req: &HttpRequest, keys: &PublishKeys) -> Result<(), ApiError> {
+    let presented = req
+        .headers()
+        .get(actix_web::http::header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "))
+        .map(str::trim);
+    match presented {
+        Some(key) if keys.accepts(key) => Ok(()),
+        _ => Err(ApiError::Unauthorized),
+    }
+}

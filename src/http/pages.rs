@@ -1,0 +1,50 @@
+//! The widget page and its assets, compiled into the binary so one file deploys.
+
+use actix_web::http::header;
+use actix_web::{web, HttpResponse};
+use serde::Deserialize;
+
+use super::{ApiError, AppState};
+use crate::alert::ReceiverId;
+
+const WIDGET_HTML: &str = include_str!("../../widget/index.html");
+const WIDGET_JS: &str = include_str!("../../widget/widget.js");
+const WIDGET_CSS: &str = include_str!("../../widget/widget.css");
+
+/// Scripts only from cuebox itself, so even if donor text ever reached the DOM as HTML, no
+/// inline handler in it could run.
+const CSP: &str = "default-src 'self'; script-src 'self'; style-src 'self'; \
+                   img-src http: https: data:; media-src http: https:; connect-src 'self' ws: wss:";
+
+#[derive(Deserialize)]
+pub struct TokenQuery {
+    pub token: Option<String>,
+}
+
+/// `GET /widget/{receiver}?token=T`: the page to add to OBS as a browser source.
+pub async fn widget_page(
+    path: web::Path<String>,
+    query: web::Query<TokenQuery>,
+    state: web::Data<AppState>,
+) -> Result<HttpResponse, ApiError> {
+    let receiver = ReceiverId::parse(&path)?;
+    super::widget::check_token(&state, &receiver, query.token.as_deref())?;
+    Ok(HttpResponse::Ok()
+        .insert_header((header::CONTENT_TYPE, "text/html; charset=utf-8"))
+        .insert_header((header::CONTENT_SECURITY_POLICY, CSP))
+        .insert_header((header::CACHE_CONTROL, "no-cache"))
+        .insert_header(("Referrer-Policy", "no-referrer"))
+        .body(WIDGET_HTML))
+}
+
+pub async fn widget_asset(path: web::Path<String>) -> Result<HttpResponse, ApiError> {
+    let (body, kind) = match path.as_str() {
+        "widget.js" => (WIDGET_JS, "text/javascript; charset=utf-8"),
+        "widget.css" => (WIDGET_CSS, "text/css; charset=utf-8"),
+        _ => return Err(ApiError::NotFound),
+    };
+    Ok(HttpResponse::Ok()
+        .insert_header((header::CONTENT_TYPE, kind))
+        .insert_header((header::CACHE_CONTROL, "no-cache"))
+        .body(body))
+}

@@ -1,0 +1,104 @@
+//! `POST /publish`: a platform hands cuebox an alert for a receiver.
+
+use actix_web::http::{header, StatusCode};
+use actix_web::{web, HttpRequest, HttpResponse};
+use futures_util::StreamExt;
+use serde_json::json;
+
+use super::{authorize_publisher, ApiError, AppState};
+use crate::alert::NewAlert;
+use crate::store::Publish;
+
+/// Bodies past this are refused with 413 before they are read whole.
+pub const MAX_BODY: usize = 64 * 1024;
+
+#[tracing::instrument(name = "publish", skip_all, fields(receiver, alert_id))]
+pub async fn publish(
+    req: HttpRequest,
+    mut body: web::Payload,
+    state: web::Data<AppState>,
+) -> Result<HttpResponse, ApiError> {
+    authorize_publisher(&req, &state.publish_keys)?;
+    let is_json = req
+        .headers()
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.split(';').next())
+        .is_some_and(|v| v.trim().eq_ignore_ascii_case("application/json"));
+    if !is_json {
+        return Err(ApiError::UnsupportedMediaType);
+    }
+    let declared = req
+        .headers()
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<usize>().ok());
+    if declared.is_some_and(|n| n > MAX_BODY) {
+        return Err(ApiError::TooLarge(MAX_BODY));
+    }
+    let mut bytes = web::BytesMut::with_capacity(declared.unwrap_or(1024).min(MAX_BODY));
+    while let Some(chunk) = body.next().await {
+        let chunk = chunk.map_err(|e| {
+            ApiError::Invalid(crate::alert::FieldError {
+                code: "invalid_body",
+                message: format!("the body could not be read: {e}"),
+                field: None,
+            })
+        })?;
+        if bytes.len() + chunk.len() > MAX_BODY {
+            return Err(ApiError::TooLarge(MAX_BODY));
+        }
+        bytes.extend_from_slice(&chunk);
+    }
+
+    let header_key = req
+        .headers()
+        .get("idempotency-key")
+        .map(|v| v.to_str())
+        .transpose()
+        .map_err(|_| {
+            ApiError::Invalid(crate::alert::FieldError {
+                code: "invalid_field",
+                message: "the Idempotency-Key header must be visible ASCII".into(),
+                field: Some("idempotency_key".into()),
+            })
+        })?;
+    let alert = NewAlert::parse(&bytes, header_key)?;
+    let key = alert.idempotency_key.clone();
+    let record = alert.into_record();
+    let span = tracing::Span::current();
+    span.record("receiver", record.receiver.as_str());
+    span.record("alert_id", record.id.as_str());
+
+    match state.hub.publish(&record, key.as_deref()).await? {
+        Publish::Accepted { position, .. } => {
+            tracing::debug!(position, "alert queued");
+            Ok(answer(
+                StatusCode::ACCEPTED,
+                &record.id,
+                &record,
+                position,
+                false,
+            ))
+        }
+        Publish::Duplicate { id, position } => {
+            Ok(answer(StatusCode::OK, &id, &record, position, true))
+        }
+        Publish::QueueFull => Err(ApiError::QueueFull),
+    }
+}
+
+fn answer(
+    status: StatusCode,
+    id: &str,
+    record: &crate::alert::AlertRecord,
+    position: u64,
+    duplicate: bool,
+) -> HttpResponse {
+    HttpResponse::build(status).json(json!({
+        "id": id,
+        "receiver": record.receiver,
+        "position": position,
+        "duplicate": duplicate,
+    }))
+}

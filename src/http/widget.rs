@@ -1,0 +1,204 @@
+//! `GET /ws/{receiver}?token=T`: one widget's WebSocket.
+//!
+//! Each connection is one `select!` loop over the widget's frames, the hub's frames for it, a
+//! heartbeat and shutdown, with one way out: whatever ends the loop, the widget leaves the hub
+//! exactly once, after it.
+
+use std::time::Duration;
+
+use actix_web::{web, HttpRequest, HttpResponse};
+use actix_ws::{AggregatedMessage, CloseCode, CloseReason, ProtocolError, Session};
+use serde::Deserialize;
+use serde_json::json;
+use tokio::time::Instant;
+
+use super::pages::TokenQuery;
+use super::{ApiError, AppState};
+use crate::alert::ReceiverId;
+use crate::hub::{Frame, Hub};
+
+/// The server pings this often; a widget silent for [`SILENCE`] is dropped.
+const PING_EVERY: Duration = Duration::from_secs(15);
+const SILENCE: Duration = Duration::from_secs(45);
+/// Widgets send small control frames; anything bigger is not a widget.
+const MAX_FRAME: usize = 4 * 1024;
+/// Longest alert id a widget may name; ids are UUIDs.
+const MAX_ID: usize = 64;
+
+/// What a widget may send.
+#[derive(Deserialize)]
+#[serde(tag = "type", rename_all = "lowercase")]
+enum Inbound {
+    Started { id: String },
+    Done { id: String },
+    Ping,
+}
+
+pub fn check_token(
+    state: &AppState,
+    receiver: &ReceiverId,
+    token: Option<&str>,
+) -> Result<(), ApiError> {
+    match token {
+        Some(t) if state.tokens.verify(receiver, t) => Ok(()),
+        _ => Err(ApiError::BadToken),
+    }
+}
+
+pub async fn connect(
+    req: HttpRequest,
+    body: web::Payload,
+    path: web::Path<String>,
+    query: web::Query<TokenQuery>,
+    state: web::Data<AppState>,
+) -> Result<HttpResponse, actix_web::Error> {
+    let receiver = ReceiverId::parse(&path).map_err(ApiError::from)?;
+    // Checked before the upgrade, so a bad token never holds a socket open.
+    check_token(&state, &receiver, query.token.as_deref())?;
+    let (response, session, stream) = actix_ws::handle(&req, body)?;
+    let stream = stream
+        .max_frame_size(MAX_FRAME)
+        .aggregate_continuations()
+        .max_continuation_size(MAX_FRAME);
+    let hub = state.hub.clone();
+    let shutdown = state.shutdown.clone();
+    actix_web::rt::spawn(run(hub, receiver, session, stream, shutdown));
+    Ok(response)
+}
+
+#[tracing::instrument(name = "widget", skip_all, fields(%receiver))]
+async fn run(
+    hub: std::sync::Arc<Hub>,
+    receiver: ReceiverId,
+    mut session: Session,
+    mut stream: actix_ws::AggregatedMessageStream,
+    mut shutdown: tokio::sync::watch::Receiver<bool>,
+) {
+    let hello = json!({ "type": "hello", "receiver": receiver, "protocol": 1 }).to_string();
+    if session.text(hello).await.is_err() {
+        return;
+    }
+    let mut widget = match hub.join(&receiver).await {
+        Ok(w) => w,
+        Err(e) => {
+            tracing::warn!(error = %e, "widget could not join");
+            let _ = session
+                .text(error_frame(
+                    "store_unavailable",
+                    "the store is unavailable; reconnect",
+                ))
+                .await;
+            let _ = session
+                .close(Some(reason(CloseCode::Again, "store unavailable")))
+                .await;
+            return;
+        }
+    };
+    tracing::debug!(widget = widget.id, "widget joined");
+
+    let mut heard = Instant::now();
+    let mut heartbeat = tokio::time::interval_at(Instant::now() + PING_EVERY, PING_EVERY);
+    let close = loop {
+        tokio::select! {
+            inbound = stream.recv() => match inbound {
+                Some(Ok(AggregatedMessage::Text(text))) => {
+                    heard = Instant::now();
+                    if let Some(reply) = handle(&hub, &receiver, &text).await {
+                        if session.text(reply).await.is_err() {
+                            break None;
+                        }
+                    }
+                }
+                Some(Ok(AggregatedMessage::Binary(_))) => {
+                    heard = Instant::now();
+                    let reply = error_frame("invalid_frame", "frames are JSON text");
+                    if session.text(reply).await.is_err() {
+                        break None;
+                    }
+                }
+                Some(Ok(AggregatedMessage::Ping(bytes))) => {
+                    heard = Instant::now();
+                    if session.pong(&bytes).await.is_err() {
+                        break None;
+                    }
+                }
+                Some(Ok(AggregatedMessage::Pong(_))) => heard = Instant::now(),
+                Some(Ok(AggregatedMessage::Close(_))) | None => break None,
+                Some(Err(ProtocolError::Overflow)) => {
+                    break Some(reason(CloseCode::Size, "frame too large"));
+                }
+                Some(Err(e)) => {
+                    tracing::debug!(error = %e, "widget protocol error");
+                    break Some(reason(CloseCode::Protocol, "protocol error"));
+                }
+            },
+            frame = widget.frames.recv() => match frame {
+                Some(frame) => {
+                    if session.text(frame).await.is_err() {
+                        break None;
+                    }
+                }
+                // The hub let go of this widget: it fell too far behind.
+                None => break Some(reason(CloseCode::Again, "too slow")),
+            },
+            _ = heartbeat.tick() => {
+                if heard.elapsed() > SILENCE {
+                    break Some(reason(CloseCode::Away, "silent too long"));
+                }
+                if session.ping(b"").await.is_err() {
+                    break None;
+                }
+            }
+            _ = shutdown.changed() => {
+                break Some(reason(CloseCode::Restart, "node shutting down"));
+            }
+        }
+    };
+    if let Some(close) = close {
+        let _ = session.close(Some(close)).await;
+    }
+    hub.leave(&widget).await;
+    tracing::debug!(widget = widget.id, "widget left");
+}
+
+/// Acts on one text frame; the answer, if any, goes back to this widget only.
+async fn handle(hub: &Hub, receiver: &ReceiverId, text: &str) -> Option<Frame> {
+    let inbound = match serde_json::from_str::<Inbound>(text) {
+        Ok(i) => i,
+        Err(e) => {
+            return Some(error_frame(
+                "invalid_frame",
+                &format!("expected {{\"type\":\"started\"|\"done\"|\"ping\", ...}}: {e}"),
+            ))
+        }
+    };
+    let result = match &inbound {
+        Inbound::Ping => return Some(r#"{"type":"pong"}"#.into()),
+        Inbound::Started { id } | Inbound::Done { id } if id.len() > MAX_ID => {
+            return Some(error_frame("invalid_frame", "id is too long"));
+        }
+        Inbound::Started { id } => hub.started(receiver, id).await,
+        Inbound::Done { id } => hub.done(receiver, id).await,
+    };
+    // A lost `started` or `done` costs no alert: the deadline resends or expires it.
+    result.err().map(|e| {
+        tracing::warn!(error = %e, "could not record a widget's report");
+        error_frame(
+            "store_unavailable",
+            "the store is unavailable; the report was not recorded",
+        )
+    })
+}
+
+fn error_frame(code: &str, message: &str) -> Frame {
+    json!({ "type": "error", "code": code, "message": message })
+        .to_string()
+        .into()
+}
+
+fn reason(code: CloseCode, description: &str) -> CloseReason {
+    CloseReason {
+        code,
+        description: Some(description.to_owned()),
+    }
+}

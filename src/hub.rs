@@ -1,0 +1,334 @@
+//! This node's widgets: who is connected for which receiver, what they were last sent, and the
+//! timer that asks the store to check the deadline of the alert in flight.
+//!
+//! The store decides everything; the hub only relays. Every transition goes through the hub,
+//! which calls the store and applies the [`Snapshot`] it answers. Snapshots from other nodes
+//! (pub/sub) are applied the same way. A snapshot older than what the hub holds is ignored (its
+//! `seq` says so), so the order in which answers and notices arrive does not matter.
+//!
+//! State sits behind one `std::sync::Mutex`, never held across an `.await`: applying a snapshot
+//! is a map lookup and a few channel sends.
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard, Weak};
+use std::time::Duration;
+
+use bytestring::ByteString;
+use tokio::sync::mpsc;
+use tokio::task::{AbortHandle, JoinHandle};
+
+use crate::alert::{AlertRecord, ReceiverId};
+use crate::store::{Notice, Publish, Snapshot, Store, StoreError, WidgetChange, PRESENCE_REFRESH};
+
+/// Frames a widget may have waiting before it counts as too slow and is closed. A widget gets a
+/// frame or two per alert, so only a stuck one fills this.
+const OUTBOX: usize = 64;
+/// How soon a timer that could not reach the store tries again.
+const CHECK_RETRY: Duration = Duration::from_secs(1);
+
+/// A text frame for a widget, built once and shared by every widget that gets it.
+pub type Frame = ByteString;
+
+pub struct Hub {
+    store: Arc<dyn Store>,
+    receivers: Mutex<HashMap<ReceiverId, Local>>,
+    next_widget: AtomicU64,
+    /// A weak self, so timers can reach the hub without keeping it alive.
+    me: Weak<Hub>,
+}
+
+/// What this node holds for one receiver.
+#[derive(Default)]
+struct Local {
+    widgets: Vec<(u64, mpsc::Sender<Frame>)>,
+    /// The newest snapshot applied.
+    seq: u64,
+    flight: Option<LocalFlight>,
+    timer: Option<AbortHandle>,
+}
+
+struct LocalFlight {
+    id: Arc<str>,
+    attempt: u32,
+    frame: Frame,
+}
+
+/// One connected widget, as its connection holds it.
+pub struct Widget {
+    pub id: u64,
+    pub receiver: ReceiverId,
+    /// Frames for this widget. Closed by the hub when the widget fell too far behind.
+    pub frames: mpsc::Receiver<Frame>,
+}
+
+impl Hub {
+    pub fn new(store: Arc<dyn Store>) -> Arc<Self> {
+        Arc::new_cyclic(|me| Self {
+            store,
+            receivers: Mutex::new(HashMap::new()),
+            next_widget: AtomicU64::new(1),
+            me: me.clone(),
+        })
+    }
+
+    pub fn store(&self) -> &Arc<dyn Store> {
+        &self.store
+    }
+
+    fn lock(&self) -> MutexGuard<'_, HashMap<ReceiverId, Local>> {
+        self.receivers.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Publishes an alert; if it went out at once, this node's widgets get it now.
+    pub async fn publish(
+        &self,
+        alert: &AlertRecord,
+        idempotency_key: Option<&str>,
+    ) -> Result<Publish, StoreError> {
+        let outcome = self.store.publish(alert, idempotency_key).await?;
+        if let Publish::Accepted { snapshot, .. } = &outcome {
+            self.apply(&alert.receiver, snapshot.clone());
+        }
+        Ok(outcome)
+    }
+
+    /// Adds a widget: it is registered here first, so no snapshot can pass it by, then in the
+    /// store, whose answer gives it the alert in flight, if any.
+    pub async fn join(&self, receiver: &ReceiverId) -> Result<Widget, StoreError> {
+        let id = self.next_widget.fetch_add(1, Ordering::Relaxed);
+        let (tx, frames) = mpsc::channel(OUTBOX);
+        self.lock()
+            .entry(receiver.clone())
+            .or_default()
+            .widgets
+            .push((id, tx));
+
+        if let Err(e) = self.store.watch(receiver).await {
+            self.forget(receiver, id);
+            return Err(e);
+        }
+        match self.store.widgets(receiver, WidgetChange::Joined).await {
+            Ok(snapshot) => {
+                self.apply_for_new_widget(receiver, id, snapshot);
+                Ok(Widget {
+                    id,
+                    receiver: receiver.clone(),
+                    frames,
+                })
+            }
+            Err(e) => {
+                // The store may or may not have counted it; the next refresh sets it straight.
+                self.forget(receiver, id);
+                self.store.unwatch(receiver).await;
+                Err(e)
+            }
+        }
+    }
+
+    /// Removes a widget. If it was the last one anywhere, the store puts the alert in flight
+    /// back at the head of the queue.
+    pub async fn leave(&self, widget: &Widget) {
+        let receiver = &widget.receiver;
+        self.forget(receiver, widget.id);
+        self.store.unwatch(receiver).await;
+        match self.store.widgets(receiver, WidgetChange::Left).await {
+            Ok(snapshot) => self.apply(receiver, snapshot),
+            // The report this node keeps for the receiver expires on its own, or the next
+            // refresh corrects it.
+            Err(e) => tracing::warn!(%receiver, error = %e, "could not record a widget leaving"),
+        }
+    }
+
+    pub async fn started(&self, receiver: &ReceiverId, id: &str) -> Result<(), StoreError> {
+        let snapshot = self.store.started(receiver, id).await?;
+        self.apply(receiver, snapshot);
+        Ok(())
+    }
+
+    pub async fn done(&self, receiver: &ReceiverId, id: &str) -> Result<(), StoreError> {
+        let snapshot = self.store.done(receiver, id).await?;
+        self.apply(receiver, snapshot);
+        Ok(())
+    }
+
+    /// Applies what another node did.
+    pub async fn notice(&self, notice: Notice) {
+        match notice {
+            Notice::Changed { receiver, snapshot } => self.apply(&receiver, snapshot),
+            Notice::Resync => self.refresh().await,
+        }
+    }
+
+    /// Re-reports this node's widgets for every receiver it holds, which keeps the reports live
+    /// and re-reads each receiver's alert in flight.
+    pub async fn refresh(&self) {
+        let held: Vec<(ReceiverId, u32)> = self
+            .lock()
+            .iter()
+            .map(|(r, l)| (r.clone(), l.widgets.len() as u32))
+            .collect();
+        for (receiver, count) in held {
+            self.refresh_one(&receiver, count).await;
+        }
+    }
+
+    async fn refresh_one(&self, receiver: &ReceiverId, count: u32) {
+        match self
+            .store
+            .widgets(receiver, WidgetChange::Refresh(count))
+            .await
+        {
+            Ok(snapshot) => self.apply(receiver, snapshot),
+            Err(e) => tracing::warn!(%receiver, error = %e, "could not refresh widgets"),
+        }
+    }
+
+    /// Runs the hub's background work until the returned handles are aborted: applying notices
+    /// from other nodes, and refreshing this node's reports.
+    pub fn spawn_background(
+        self: &Arc<Self>,
+        mut notices: mpsc::UnboundedReceiver<Notice>,
+    ) -> Vec<JoinHandle<()>> {
+        let hub = self.clone();
+        let apply = tokio::spawn(async move {
+            while let Some(notice) = notices.recv().await {
+                hub.notice(notice).await;
+            }
+        });
+        let hub = self.clone();
+        let refresh = tokio::spawn(async move {
+            let mut every = tokio::time::interval(PRESENCE_REFRESH);
+            every.tick().await;
+            loop {
+                every.tick().await;
+                hub.refresh().await;
+            }
+        });
+        vec![apply, refresh]
+    }
+
+    /// How many widgets this node holds, over all receivers.
+    pub fn widget_count(&self) -> usize {
+        self.lock().values().map(|l| l.widgets.len()).sum()
+    }
+
+    fn forget(&self, receiver: &ReceiverId, widget: u64) {
+        let mut map = self.lock();
+        if let Some(local) = map.get_mut(receiver) {
+            local.widgets.retain(|(id, _)| *id != widget);
+            if local.widgets.is_empty() {
+                if let Some(timer) = local.timer.take() {
+                    timer.abort();
+                }
+                map.remove(receiver);
+            }
+        }
+    }
+
+    /// A newly joined widget needs the alert in flight even when the snapshot is not news to
+    /// the other widgets here.
+    fn apply_for_new_widget(&self, receiver: &ReceiverId, widget: u64, snapshot: Snapshot) {
+        let mut map = self.lock();
+        let Some(local) = map.get_mut(receiver) else {
+            return;
+        };
+        if snapshot.seq > local.seq || local.flight.is_none() {
+            self.apply_to(receiver, local, snapshot);
+        } else if let Some(flight) = &local.flight {
+            let frame = flight.frame.clone();
+            send(&mut local.widgets, Some(widget), &frame);
+        }
+    }
+
+    /// Applies a snapshot of a receiver to this node's widgets.
+    pub fn apply(&self, receiver: &ReceiverId, snapshot: Snapshot) {
+        let mut map = self.lock();
+        if let Some(local) = map.get_mut(receiver) {
+            self.apply_to(receiver, local, snapshot);
+        }
+    }
+
+    fn apply_to(&self, receiver: &ReceiverId, local: &mut Local, snapshot: Snapshot) {
+        if snapshot.seq < local.seq {
+            return;
+        }
+        let Some(flight) = snapshot.flight else {
+            if snapshot.seq > local.seq {
+                local.seq = snapshot.seq;
+                local.flight = None;
+                if let Some(timer) = local.timer.take() {
+                    timer.abort();
+                }
+            }
+            return;
+        };
+        let known = local
+            .flight
+            .as_ref()
+            .is_some_and(|l| l.id == flight.id && l.attempt == flight.attempt);
+        if !known {
+            let Some(alert) = &flight.alert else {
+                // News without the alert itself (a notice was missed): re-read the receiver,
+                // which answers with the alert, before moving `seq` on.
+                if let Some(hub) = self.me.upgrade() {
+                    let receiver = receiver.clone();
+                    let count = local.widgets.len() as u32;
+                    tokio::spawn(async move { hub.refresh_one(&receiver, count).await });
+                }
+                return;
+            };
+            let frame = alert_frame(alert, flight.attempt);
+            send(&mut local.widgets, None, &frame);
+            local.flight = Some(LocalFlight {
+                id: flight.id.clone(),
+                attempt: flight.attempt,
+                frame,
+            });
+        }
+        local.seq = snapshot.seq;
+        self.arm(receiver, local, flight.id, flight.remaining);
+    }
+
+    /// Sets the receiver's one timer: when the deadline passes, the store decides whether the
+    /// alert is sent again, expires, or was already done.
+    fn arm(&self, receiver: &ReceiverId, local: &mut Local, id: Arc<str>, after: Duration) {
+        if let Some(timer) = local.timer.take() {
+            timer.abort();
+        }
+        let me = self.me.clone();
+        let receiver = receiver.clone();
+        let task = tokio::spawn(async move {
+            tokio::time::sleep(after).await;
+            // Bounded by the hub's life: the task is aborted with its receiver, or ends when the
+            // hub is gone.
+            while let Some(hub) = me.upgrade() {
+                match hub.store.check(&receiver, &id).await {
+                    Ok(snapshot) => return hub.apply(&receiver, snapshot),
+                    Err(e) => {
+                        tracing::warn!(%receiver, alert_id = %id, error = %e, "deadline check failed");
+                    }
+                }
+                drop(hub);
+                tokio::time::sleep(CHECK_RETRY).await;
+            }
+        });
+        local.timer = Some(task.abort_handle());
+    }
+}
+
+/// Sends a frame to every widget (or one), dropping widgets whose outbox is full or closed:
+/// their connection sees the channel close and ends.
+fn send(widgets: &mut Vec<(u64, mpsc::Sender<Frame>)>, only: Option<u64>, frame: &Frame) {
+    widgets.retain(|(id, tx)| {
+        if only.is_some_and(|o| o != *id) {
+            return true;
+        }
+        tx.try_send(frame.clone()).is_ok()
+    });
+}
+
+/// `{"type":"alert","alert":{...},"attempt":N}`, around the alert's JSON as stored.
+pub fn alert_frame(alert: &str, attempt: u32) -> Frame {
+    format!(r#"{{"type":"alert","alert":{alert},"attempt":{attempt}}}"#).into()
+}

@@ -1,0 +1,30 @@
+//! cuebox: a queued alert dispatcher for live streams.
+//!
+//! A platform publishes an alert for a receiver (a streamer); the receiver's widget, an OBS
+//! browser source, shows the receiver's alerts one at a time, in order, each one fully, and none
+//! is ever lost. The map of the crate:
+//!
+//! - [`config`]: the command line, every flag with its environment variable.
+//! - [`alert`]: receivers and alerts, parsed and checked once at the edge.
+//! - [`auth`]: publish keys and widget tokens.
+//! - [`store`]: the per-receiver queue and its state machine behind one trait, with the rules
+//!   written out in its docs; [`store::memory`] (embedded) and [`store::redis`] (Lua scripts,
+//!   any number of nodes) keep them; [`store::keys`] names every Redis key.
+//! - [`migrate`]: applies `migrations/` to the Redis key layout at start.
+//! - [`hub`]: this node's widgets, relaying the store's snapshots to them and timing deadlines.
+//! - [`http`]: publish, receiver status, the widget socket and page, health.
+//! - [`startup`]: builds a node and runs it until it is stopped.
+//! - [`telemetry`]: logging.
+//!
+//! `widget/` holds the OBS page, compiled into the binary. `tests/api/` holds the integration
+//! tests, the conformance suite every store passes among them.
+
+pub mod alert;
+pub mod auth;
+pub mod config;
+pub mod http;
+pub mod hub;
+pub mod migrate;
+pub mod startup;
+pub mod store;
+pub mod telemetry;

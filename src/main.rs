@@ -1,0 +1,50 @@
+//! The `cuebox` binary: parses the command line and runs a node or a command.
+
+use std::process::ExitCode;
+
+use clap::Parser;
+use cuebox::config::{Cli, Command};
+use cuebox::startup::{widget_url, widget_url_command, Application};
+
+#[tokio::main]
+async fn main() -> ExitCode {
+    let cli = Cli::parse();
+    cuebox::telemetry::init();
+    let result = match cli.command {
+        None => serve(cli.serve).await,
+        Some(Command::Serve(args)) => serve(args).await,
+        Some(Command::WidgetUrl(args)) => widget_url_command(args).await.map(|url| {
+            println!("{url}");
+        }),
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("cuebox: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+async fn serve(args: cuebox::config::ServeArgs) -> Result<(), cuebox::startup::StartError> {
+    let app = Application::build(args).await?;
+    let base = app.base_url();
+    tracing::info!(%base, "cuebox is listening");
+    if let Some(key) = &app.generated_publish_key {
+        let demo = cuebox::alert::ReceiverId::parse("demo").expect("a valid literal id");
+        // Printed once, to stdout, so that `cargo run --release` is a working demo.
+        println!("No publish key configured; this run accepts:\n  {key}");
+        println!(
+            "Widget URL for the demo receiver (open it, or add it to OBS):\n  {}",
+            widget_url(&base, &app.tokens, &demo)
+        );
+        println!(
+            "Try:\n  curl -X POST {base}/publish -H 'Authorization: Bearer {key}' \
+             -H 'Content-Type: application/json' \
+             -d '{{\"receiver\":\"demo\",\"from\":\"Ana\",\"amount\":{{\"value\":\"10.50\",\"currency\":\"BRL\"}},\"message\":\"Hello!\"}}'"
+        );
+    }
+    app.run_until_stopped()
+        .await
+        .map_err(|e| cuebox::startup::StartError::Config(format!("server error: {e}")))
+}

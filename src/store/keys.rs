@@ -1,0 +1,121 @@
+//! Every Redis key and channel name cuebox uses, in one place.
+//!
+//! All keys of one receiver share the hash tag `{receiver}`, so they live in one Redis Cluster
+//! slot and one script can touch them all. The receiver id's character set has no braces, and
+//! the prefix is checked for none, so the tag is always the receiver.
+//!
+//! | key                             | type   | holds                                             |
+//! |---------------------------------|--------|---------------------------------------------------|
+//! | `P:{r}:state`                   | hash   | `seq`; and while busy `id attempt phase deadline duration` |
+//! | `P:{r}:queue`                   | list   | ids of waiting alerts, head first                 |
+//! | `P:{r}:alerts`                  | hash   | id -> `"<duration_ms> <times sent> <alert json>"` |
+//! | `P:{r}:widgets`                 | hash   | node id -> `"<widgets> <live until, ms>"`         |
+//! | `P:{r}:idem:<key>`              | string | `"<alert id> <position>"`, expires after 24 h    |
+//! | `P:{r}:events` (channel)        | pubsub | snapshots for other nodes                          |
+//! | `P:secret`                      | string | the shared widget token secret                     |
+//! | `P:schema:version`, `P:schema:lock` | string | the key layout version and its migration lock |
+
+use crate::alert::ReceiverId;
+
+/// Key names under one prefix.
+#[derive(Clone, Debug)]
+pub struct Keys {
+    prefix: String,
+}
+
+/// The keys of one receiver, in the order `lua/receiver.lua` takes them as KEYS.
+pub struct ReceiverKeys {
+    pub state: String,
+    pub queue: String,
+    pub alerts: String,
+    pub widgets: String,
+}
+
+impl Keys {
+    /// Fails on a prefix that would break hash tags or read badly in `redis-cli`.
+    pub fn new(prefix: &str) -> Result<Self, String> {
+        let ok = !prefix.is_empty()
+            && prefix.len() <= 64
+            && prefix
+                .bytes()
+                .all(|b| b.is_ascii_graphic() && b != b'{' && b != b'}');
+        if ok {
+            Ok(Self {
+                prefix: prefix.to_owned(),
+            })
+        } else {
+            Err(format!(
+                "key prefix {prefix:?} must be 1 to 64 printable ASCII characters without braces"
+            ))
+        }
+    }
+
+    pub fn prefix(&self) -> &str {
+        &self.prefix
+    }
+
+    pub fn receiver(&self, r: &ReceiverId) -> ReceiverKeys {
+        let base = format!("{}:{{{}}}:", self.prefix, r);
+        ReceiverKeys {
+            state: format!("{base}state"),
+            queue: format!("{base}queue"),
+            alerts: format!("{base}alerts"),
+            widgets: format!("{base}widgets"),
+        }
+    }
+
+    pub fn idempotency(&self, r: &ReceiverId, key: &str) -> String {
+        format!("{}:{{{}}}:idem:{}", self.prefix, r, key)
+    }
+
+    pub fn events(&self, r: &ReceiverId) -> String {
+        format!("{}:{{{}}}:events", self.prefix, r)
+    }
+
+    /// The receiver a channel from [`Keys::events`] belongs to.
+    pub fn receiver_of_events(&self, channel: &str) -> Option<ReceiverId> {
+        let rest = channel.strip_prefix(&self.prefix)?.strip_prefix(":{")?;
+        let r = rest.strip_suffix("}:events")?;
+        ReceiverId::parse(r).ok()
+    }
+
+    pub fn secret(&self) -> String {
+        format!("{}:secret", self.prefix)
+    }
+
+    pub fn schema_version(&self) -> String {
+        format!("{}:schema:version", self.prefix)
+    }
+
+    pub fn schema_lock(&self) -> String {
+        format!("{}:schema:lock", self.prefix)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_key_of_a_receiver_shares_its_hash_tag() {
+        let keys = Keys::new("cb").unwrap();
+        let r = ReceiverId::parse("alice").unwrap();
+        let k = keys.receiver(&r);
+        for key in [
+            k.state,
+            k.queue,
+            k.alerts,
+            k.widgets,
+            keys.idempotency(&r, "x{y}"),
+        ] {
+            assert!(key.starts_with("cb:{alice}:"), "{key}");
+        }
+        assert_eq!(keys.receiver_of_events(&keys.events(&r)), Some(r));
+    }
+
+    #[test]
+    fn a_prefix_with_braces_is_refused() {
+        assert!(Keys::new("a{b}").is_err());
+        assert!(Keys::new("").is_err());
+    }
+}

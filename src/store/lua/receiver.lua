@@ -1,0 +1,219 @@
+-- receiver.lua: every state transition of one receiver, each one atomic because Redis runs a
+-- script whole. The rules are written out in src/store/mod.rs; src/store/memory.rs keeps the
+-- same rules for the embedded store, and tests/api/conformance.rs holds both to them.
+--
+-- KEYS[1] state    hash    seq; while busy: id attempt phase deadline duration
+-- KEYS[2] queue    list    ids of waiting alerts, head first
+-- KEYS[3] alerts   hash    id -> "<duration_ms> <times sent> <alert json>"
+-- KEYS[4] widgets  hash    node id -> "<widgets> <live until, ms>"
+-- KEYS[5] idempotency key (publish with a key only)
+-- ARGV[1] op   ARGV[2] calling node   ARGV[3] events channel
+-- ARGV[4] start timeout ms   ARGV[5] ack grace ms   ARGV[6] presence ttl ms
+-- ARGV[7..] the op's own arguments
+--
+-- Every op but status answers with a snapshot (see snapshot()). When the op moved the receiver's
+-- seq and another node has live widgets, the snapshot is also published on the events channel.
+
+local state, queue, alerts, widgets = KEYS[1], KEYS[2], KEYS[3], KEYS[4]
+local op, node, channel = ARGV[1], ARGV[2], ARGV[3]
+local start_timeout, ack_grace = tonumber(ARGV[4]), tonumber(ARGV[5])
+local presence_ttl = tonumber(ARGV[6])
+
+-- Redis's clock, not the nodes': every node then agrees on every deadline.
+local time = redis.call('TIME')
+local now = tonumber(time[1]) * 1000 + math.floor(tonumber(time[2]) / 1000)
+
+local seq_before = tonumber(redis.call('HGET', state, 'seq') or 0)
+local seq = seq_before
+
+local function bump()
+  seq = redis.call('HINCRBY', state, 'seq', 1)
+end
+
+-- Live widgets over all nodes, and whether a live node other than the caller holds any.
+-- Read once per op, after any change the op makes to the widgets hash.
+local live_total, live_others
+local function presence()
+  if live_total == nil then
+    live_total, live_others = 0, false
+    local flat = redis.call('HGETALL', widgets)
+    for i = 1, #flat, 2 do
+      local count, live_until = string.match(flat[i + 1], '^(%d+) (%d+)$')
+      count, live_until = tonumber(count), tonumber(live_until)
+      if count and count > 0 and live_until > now then
+        live_total = live_total + count
+        if flat[i] ~= node then live_others = true end
+      end
+    end
+  end
+  return live_total, live_others
+end
+
+local function parse_alert(value)
+  local duration, sent, json = string.match(value, '^(%d+) (%d+) (.*)$')
+  return tonumber(duration), tonumber(sent), json
+end
+
+local function clear_flight()
+  redis.call('HDEL', state, 'id', 'attempt', 'phase', 'deadline', 'duration')
+end
+
+-- Free to busy: the one place an alert goes out. Only while free and someone can see it.
+local function dispatch()
+  if redis.call('HEXISTS', state, 'id') == 1 or presence() == 0 then return end
+  while true do
+    local id = redis.call('LPOP', queue)
+    if not id then return end
+    local value = redis.call('HGET', alerts, id)
+    -- An id without its alert cannot be shown; skip it rather than wedge the queue.
+    if value then
+      local duration, sent = parse_alert(value)
+      redis.call('HSET', state, 'id', id, 'attempt', sent + 1, 'phase', 'sent',
+        'deadline', now + start_timeout, 'duration', duration)
+      bump()
+      return
+    end
+  end
+end
+
+-- Busy to free: the one place an alert stops being in flight for good (done or expired).
+local function complete()
+  local id = redis.call('HGET', state, 'id')
+  redis.call('HDEL', alerts, id)
+  clear_flight()
+  bump()
+end
+
+-- Back to the head of the queue when no widget is left to show it, remembering how many times
+-- it was sent so the next send counts on.
+local function requeue()
+  local f = redis.call('HMGET', state, 'id', 'attempt')
+  if not f[1] then return end
+  local value = redis.call('HGET', alerts, f[1])
+  if value then
+    local duration, _, json = parse_alert(value)
+    redis.call('HSET', alerts, f[1], duration .. ' ' .. f[2] .. ' ' .. json)
+    redis.call('LPUSH', queue, f[1])
+  end
+  clear_flight()
+  bump()
+end
+
+-- {seq, id, attempt, started (0 or 1), ms to deadline, alert json}; id and json are nil when
+-- free, and json is nil unless asked for.
+local function snapshot(with_alert)
+  local f = redis.call('HMGET', state, 'id', 'attempt', 'phase', 'deadline')
+  if not f[1] then return {seq, false, 0, 0, 0, false} end
+  local json = false
+  if with_alert then
+    local value = redis.call('HGET', alerts, f[1])
+    if value then
+      local _, _, j = parse_alert(value)
+      json = j
+    end
+  end
+  local started = 0
+  if f[3] == 'started' then started = 1 end
+  return {seq, f[1], tonumber(f[2]), started, math.max(0, tonumber(f[4]) - now), json}
+end
+
+-- The op's answer; when seq moved, the new alert in flight goes with it and to other nodes.
+local function finish(with_alert)
+  local changed = seq ~= seq_before
+  local snap = snapshot(with_alert or changed)
+  if changed then
+    local _, others = presence()
+    if others then
+      local id, json = snap[2], snap[6]
+      redis.call('PUBLISH', channel, table.concat({node, snap[1], id or '-', snap[3], snap[4],
+        snap[5], json or ''}, ' '))
+    end
+  end
+  return snap
+end
+
+if op == 'publish' then
+  local id, value, max_queue, idem_ttl = ARGV[7], ARGV[8], tonumber(ARGV[9]), ARGV[10]
+  local idem = KEYS[5]
+  if idem then
+    local seen = redis.call('GET', idem)
+    if seen then
+      local first, position = string.match(seen, '^(%S+) (%d+)$')
+      return {'duplicate', first, tonumber(position)}
+    end
+  end
+  local waiting = redis.call('LLEN', queue)
+  if waiting >= max_queue then return {'full'} end
+  local position = waiting + redis.call('HEXISTS', state, 'id')
+  redis.call('HSET', alerts, id, value)
+  redis.call('RPUSH', queue, id)
+  if idem then redis.call('SET', idem, id .. ' ' .. position, 'EX', idem_ttl) end
+  dispatch()
+  return {'accepted', position, finish(false)}
+
+elseif op == 'widgets' then
+  local change, count = ARGV[7], tonumber(ARGV[8])
+  local mine = 0
+  local flat = redis.call('HGETALL', widgets)
+  for i = 1, #flat, 2 do
+    local n, live_until = string.match(flat[i + 1], '^(%d+) (%d+)$')
+    if flat[i] == node then
+      mine = tonumber(n) or 0
+    elseif not live_until or tonumber(live_until) <= now then
+      -- A node that stopped refreshing its report is gone; forget it.
+      redis.call('HDEL', widgets, flat[i])
+    end
+  end
+  if change == 'joined' then
+    mine = mine + 1
+  elseif change == 'left' then
+    mine = math.max(0, mine - 1)
+  else
+    mine = count
+  end
+  if mine > 0 then
+    redis.call('HSET', widgets, node, mine .. ' ' .. (now + presence_ttl))
+  else
+    redis.call('HDEL', widgets, node)
+  end
+  if presence() == 0 then requeue() else dispatch() end
+  return finish(true)
+
+elseif op == 'started' then
+  local f = redis.call('HMGET', state, 'id', 'phase', 'duration')
+  if f[1] == ARGV[7] and f[2] == 'sent' then
+    redis.call('HSET', state, 'phase', 'started', 'deadline', now + tonumber(f[3]) + ack_grace)
+  end
+  return finish(false)
+
+elseif op == 'done' then
+  if redis.call('HGET', state, 'id') == ARGV[7] then
+    complete()
+    dispatch()
+  end
+  return finish(false)
+
+elseif op == 'check' then
+  local f = redis.call('HMGET', state, 'id', 'phase', 'deadline')
+  if f[1] == ARGV[7] and tonumber(f[3]) <= now then
+    if f[2] ~= 'sent' then
+      complete()
+      dispatch()
+    elseif presence() == 0 then
+      requeue()
+    else
+      -- Sent but never started: the frame may have been lost, so send it again.
+      redis.call('HINCRBY', state, 'attempt', 1)
+      redis.call('HSET', state, 'deadline', now + start_timeout)
+      bump()
+    end
+  end
+  return finish(false)
+
+elseif op == 'status' then
+  local total = presence()
+  local snap = snapshot(true)
+  return {redis.call('LLEN', queue), total, snap[6]}
+end
+
+return redis.error_reply('ERR cuebox receiver.lua: unknown op ' .. tostring(op))

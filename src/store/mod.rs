@@ -1,0 +1,173 @@
+//! The queue of each receiver and its state machine, behind one trait.
+//!
+//! # The rules
+//!
+//! Every store keeps these, atomically per receiver; `tests/api/conformance.rs` checks each
+//! store against them. The Redis store writes them in `lua/receiver.lua`, the embedded store in
+//! `memory.rs`. The names in brackets are the rule letters.
+//!
+//! - **Queue.** Each receiver has a FIFO queue of waiting alerts and at most one alert *in
+//!   flight* (a, b). An alert is in flight from the moment it is sent to widgets until it is
+//!   `done`, expires, or goes back to the queue.
+//! - **Dispatch** (free to busy) happens in one place, whenever something could make it
+//!   possible: a publish, a widget joining, a completion. It takes the head of the queue only
+//!   while the receiver is free *and* at least one widget is live on some node (d): alerts never
+//!   go out to nobody. A dispatched alert's `attempt` is one more than the times it was sent
+//!   before.
+//! - **Completion** (busy to free) also happens in one place: the first `done` whose id matches
+//!   the alert in flight (c), or expiry. A `done` or `started` for any other id changes nothing.
+//! - **Widgets.** Each node reports how many widgets it holds for a receiver; a node's report
+//!   lives for [`PRESENCE_TTL`] unless refreshed. When the live count falls to zero while an
+//!   alert is in flight, that alert goes back to the head of the queue (f), to be sent again
+//!   with `attempt + 1` when a widget returns. A widget that joins while an alert is in flight
+//!   is given that alert (e); the [`Snapshot`] every call returns carries it.
+//! - **Timeouts** (g). A sent alert not `started` within the start timeout is sent again with
+//!   `attempt + 1`. A `started` alert not `done` within `duration_ms` plus the ack grace completes
+//!   as expired. Nodes learn deadlines from snapshots and call [`Store::check`] when one passes;
+//!   the store decides, so any number of nodes may check at once.
+//! - **Sequence.** Every change of the alert in flight bumps the receiver's `seq`, so a node can
+//!   tell a stale snapshot from a new one whatever path each arrived by.
+//! - **Idempotency.** A publish that repeats an idempotency key of the last 24 hours for the same
+//!   receiver returns the first alert's id and queues nothing.
+//!
+//! All stores share the shape: a node calls a transition, the store answers with the receiver's
+//! [`Snapshot`] after it, and the node hands that to its hub. The Redis store also tells the
+//! other nodes with widgets for that receiver, through pub/sub, in the same script.
+
+pub mod keys;
+pub mod memory;
+pub mod redis;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use async_trait::async_trait;
+
+use crate::alert::{AlertRecord, ReceiverId};
+
+/// How long a node's report of its widgets counts as live without a refresh.
+pub const PRESENCE_TTL: Duration = Duration::from_secs(30);
+/// How often a node refreshes its reports, well inside [`PRESENCE_TTL`].
+pub const PRESENCE_REFRESH: Duration = Duration::from_secs(10);
+/// How long an idempotency key is remembered.
+pub const IDEMPOTENCY_TTL: Duration = Duration::from_secs(24 * 60 * 60);
+
+/// The parameters of the rules, the same on every node that shares a store.
+#[derive(Clone, Copy, Debug)]
+pub struct Rules {
+    pub start_timeout: Duration,
+    pub ack_grace: Duration,
+    pub max_queue: u64,
+}
+
+/// The store could not be reached or answered something it should not have. Nothing was
+/// accepted by the call that failed (every transition is atomic), so the caller may retry.
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error("the store is unavailable: {0}")]
+    Unavailable(String),
+    #[error("the store answered something unexpected: {0}")]
+    Protocol(String),
+}
+
+/// The alert in flight, as a snapshot says it.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Flight {
+    pub id: Arc<str>,
+    /// 1 on the first send, one more on each send after it.
+    pub attempt: u32,
+    pub started: bool,
+    /// Time until its deadline: the start timeout while only sent, `duration_ms` plus the ack
+    /// grace once started.
+    pub remaining: Duration,
+    /// The alert's JSON. Present when the call changed the alert in flight, and always from
+    /// [`Store::widgets`]; absent when the caller already has it.
+    pub alert: Option<Arc<str>>,
+}
+
+/// A receiver's in-flight state after a call.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Snapshot {
+    pub seq: u64,
+    pub flight: Option<Flight>,
+}
+
+/// What became of a publish.
+#[derive(Clone, Debug, PartialEq)]
+pub enum Publish {
+    /// Queued. `position` is how many alerts are ahead of it, the one in flight included: 0
+    /// means it went out at once.
+    Accepted { position: u64, snapshot: Snapshot },
+    /// The idempotency key was seen before: the first alert's id and position, nothing queued.
+    Duplicate { id: String, position: u64 },
+    /// The queue holds `max_queue` alerts already.
+    QueueFull,
+}
+
+/// A change in the number of this node's widgets for a receiver.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum WidgetChange {
+    Joined,
+    Left,
+    /// The node still holds this many: keeps its report live and corrects any drift.
+    Refresh(u32),
+}
+
+/// What `GET /receivers/{receiver}` shows.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Status {
+    pub queued: u64,
+    pub in_flight: Option<Arc<str>>,
+    pub widgets: u64,
+}
+
+/// A snapshot that another node caused, for this node's hub.
+#[derive(Clone, Debug)]
+pub enum Notice {
+    Changed {
+        receiver: ReceiverId,
+        snapshot: Snapshot,
+    },
+    /// Notices may have been missed (the notification connection dropped): re-read every
+    /// receiver this node holds widgets for.
+    Resync,
+}
+
+/// One receiver queue store. Every method is one atomic transition of one receiver.
+#[async_trait]
+pub trait Store: Send + Sync + 'static {
+    /// Queues an alert and dispatches it if the receiver is free.
+    async fn publish(
+        &self,
+        alert: &AlertRecord,
+        idempotency_key: Option<&str>,
+    ) -> Result<Publish, StoreError>;
+
+    /// Records a change in this node's widgets for the receiver, then dispatches or requeues as
+    /// the live count requires. The snapshot always carries the alert in flight, if any.
+    async fn widgets(
+        &self,
+        receiver: &ReceiverId,
+        change: WidgetChange,
+    ) -> Result<Snapshot, StoreError>;
+
+    /// A widget began to show alert `id`.
+    async fn started(&self, receiver: &ReceiverId, id: &str) -> Result<Snapshot, StoreError>;
+
+    /// A widget finished alert `id`: completes it and dispatches the next.
+    async fn done(&self, receiver: &ReceiverId, id: &str) -> Result<Snapshot, StoreError>;
+
+    /// The deadline of alert `id` may have passed: resends or expires it if so.
+    async fn check(&self, receiver: &ReceiverId, id: &str) -> Result<Snapshot, StoreError>;
+
+    /// Reads the receiver's queue length, alert in flight and live widgets.
+    async fn status(&self, receiver: &ReceiverId) -> Result<Status, StoreError>;
+
+    /// Starts or stops telling this node about changes other nodes make to the receiver.
+    /// Calls are counted: each `watch` is paired with one `unwatch`.
+    async fn watch(&self, receiver: &ReceiverId) -> Result<(), StoreError>;
+    async fn unwatch(&self, receiver: &ReceiverId);
+
+    /// Answers while the store is reachable.
+    async fn ping(&self) -> Result<(), StoreError>;
+}

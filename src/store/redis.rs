@@ -1,0 +1,437 @@
+//! The Redis store: the rules run as one Lua script (`lua/receiver.lua`), one `EVALSHA` per
+//! transition, over one multiplexed connection shared by the whole process.
+//!
+//! A second connection carries only pub/sub: it hears the snapshots other nodes publish for the
+//! receivers this node holds widgets for, and turns them into [`Notice`]s for the hub. It is
+//! separate so that a dropped subscriber (say `CLIENT KILL TYPE pubsub`) never fails a publish.
+
+use std::collections::{HashMap, HashSet};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use async_trait::async_trait;
+use redis::aio::{ConnectionManager, ConnectionManagerConfig};
+use redis::{Client, ProtocolVersion, PushInfo, PushKind, Script, Value};
+use tokio::sync::{mpsc, oneshot};
+
+use super::keys::Keys;
+use super::{
+    Flight, Notice, Publish, Rules, Snapshot, Status, Store, StoreError, WidgetChange,
+    IDEMPOTENCY_TTL, PRESENCE_TTL,
+};
+use crate::alert::{AlertRecord, ReceiverId};
+
+const RECEIVER_LUA: &str = include_str!("lua/receiver.lua");
+
+/// How long a call may wait for Redis before the caller is told the store is unavailable.
+const RESPONSE_TIMEOUT: Duration = Duration::from_secs(2);
+
+pub struct RedisStore {
+    con: ConnectionManager,
+    keys: Keys,
+    rules: Rules,
+    node: Arc<str>,
+    script: Script,
+    watches: Watches,
+}
+
+impl From<redis::RedisError> for StoreError {
+    fn from(e: redis::RedisError) -> Self {
+        StoreError::Unavailable(e.to_string())
+    }
+}
+
+/// Connects one `ConnectionManager` with cuebox's timeouts.
+pub async fn connect(
+    client: Client,
+    push: Option<Pusher>,
+) -> Result<ConnectionManager, StoreError> {
+    let mut config = ConnectionManagerConfig::new()
+        .set_connection_timeout(Some(RESPONSE_TIMEOUT))
+        .set_response_timeout(Some(RESPONSE_TIMEOUT))
+        .set_number_of_retries(3)
+        .set_max_delay(Duration::from_millis(500));
+    if let Some(push) = push {
+        config = config.set_push_sender(push).set_automatic_resubscription();
+    }
+    Ok(ConnectionManager::new_with_config(client, config).await?)
+}
+
+/// The widget token secret every node shares: made by the first node that asks, then kept, so
+/// OBS URLs survive restarts.
+pub async fn shared_secret(con: &mut ConnectionManager, keys: &Keys) -> Result<String, StoreError> {
+    let fresh = crate::auth::random_secret();
+    let _: Value = redis::cmd("SET")
+        .arg(keys.secret())
+        .arg(&fresh)
+        .arg("NX")
+        .query_async(con)
+        .await?;
+    let secret: Option<String> = redis::cmd("GET")
+        .arg(keys.secret())
+        .query_async(con)
+        .await?;
+    secret.ok_or_else(|| StoreError::Protocol("the shared secret vanished".into()))
+}
+
+type Pusher = Box<dyn Fn(PushInfo) -> Result<(), redis::aio::SendError> + Send + Sync>;
+
+impl RedisStore {
+    /// Connects both connections. Snapshots other nodes publish arrive on `notices`.
+    pub async fn connect(
+        url: &str,
+        keys: Keys,
+        rules: Rules,
+        node: &str,
+        notices: mpsc::UnboundedSender<Notice>,
+    ) -> Result<Self, StoreError> {
+        let client = Client::open(url).map_err(|e| StoreError::Unavailable(e.to_string()))?;
+        let con = connect(client.clone(), None).await?;
+        let watches = Watches::start(&client, keys.clone(), node.into(), notices).await?;
+        Ok(Self {
+            con,
+            keys,
+            rules,
+            node: node.into(),
+            script: Script::new(RECEIVER_LUA),
+            watches,
+        })
+    }
+
+    /// The command connection, for start-up work such as migrations.
+    pub fn connection(&self) -> ConnectionManager {
+        self.con.clone()
+    }
+
+    /// The widget token secret every node shares.
+    pub async fn shared_secret(&self) -> Result<String, StoreError> {
+        shared_secret(&mut self.con.clone(), &self.keys).await
+    }
+
+    /// Runs one op of `receiver.lua` for a receiver.
+    async fn run(
+        &self,
+        receiver: &ReceiverId,
+        op: &str,
+        idempotency_key: Option<&str>,
+        args: &[&str],
+    ) -> Result<Value, StoreError> {
+        let k = self.keys.receiver(receiver);
+        let mut call = self.script.key(&k.state);
+        call.key(&k.queue).key(&k.alerts).key(&k.widgets);
+        if let Some(key) = idempotency_key {
+            call.key(self.keys.idempotency(receiver, key));
+        }
+        call.arg(op)
+            .arg(&*self.node)
+            .arg(self.keys.events(receiver))
+            .arg(self.rules.start_timeout.as_millis() as u64)
+            .arg(self.rules.ack_grace.as_millis() as u64)
+            .arg(PRESENCE_TTL.as_millis() as u64);
+        for a in args {
+            call.arg(*a);
+        }
+        let mut con = self.con.clone();
+        Ok(call.invoke_async(&mut con).await?)
+    }
+
+    async fn transition(
+        &self,
+        receiver: &ReceiverId,
+        op: &str,
+        args: &[&str],
+    ) -> Result<Snapshot, StoreError> {
+        parse_snapshot(self.run(receiver, op, None, args).await?)
+    }
+}
+
+#[async_trait]
+impl Store for RedisStore {
+    async fn publish(
+        &self,
+        alert: &AlertRecord,
+        idempotency_key: Option<&str>,
+    ) -> Result<Publish, StoreError> {
+        // The stored value carries what the script needs without decoding JSON: the duration
+        // and how many times the alert was sent (none yet).
+        let value = format!("{} 0 {}", alert.duration_ms, alert.json);
+        let max_queue = self.rules.max_queue.to_string();
+        let ttl = IDEMPOTENCY_TTL.as_secs().to_string();
+        let reply = self
+            .run(
+                &alert.receiver,
+                "publish",
+                idempotency_key,
+                &[&alert.id, &value, &max_queue, &ttl],
+            )
+            .await?;
+        let Value::Array(items) = reply else {
+            return Err(protocol("publish", &reply));
+        };
+        let mut items = items.into_iter();
+        match (
+            items.next().as_ref().and_then(text),
+            items.next(),
+            items.next(),
+        ) {
+            (Some(tag), Some(position), Some(snapshot)) if tag == "accepted" => {
+                Ok(Publish::Accepted {
+                    position: int(&position)?,
+                    snapshot: parse_snapshot(snapshot)?,
+                })
+            }
+            (Some(tag), Some(id), Some(position)) if tag == "duplicate" => Ok(Publish::Duplicate {
+                id: text(&id).ok_or_else(|| protocol("publish", &id))?,
+                position: int(&position)?,
+            }),
+            (Some(tag), None, None) if tag == "full" => Ok(Publish::QueueFull),
+            _ => Err(StoreError::Protocol("publish: unexpected reply".into())),
+        }
+    }
+
+    async fn widgets(
+        &self,
+        receiver: &ReceiverId,
+        change: WidgetChange,
+    ) -> Result<Snapshot, StoreError> {
+        let (change, count) = match change {
+            WidgetChange::Joined => ("joined", 0),
+            WidgetChange::Left => ("left", 0),
+            WidgetChange::Refresh(n) => ("refresh", n),
+        };
+        self.transition(receiver, "widgets", &[change, &count.to_string()])
+            .await
+    }
+
+    async fn started(&self, receiver: &ReceiverId, id: &str) -> Result<Snapshot, StoreError> {
+        self.transition(receiver, "started", &[id]).await
+    }
+
+    async fn done(&self, receiver: &ReceiverId, id: &str) -> Result<Snapshot, StoreError> {
+        self.transition(receiver, "done", &[id]).await
+    }
+
+    async fn check(&self, receiver: &ReceiverId, id: &str) -> Result<Snapshot, StoreError> {
+        self.transition(receiver, "check", &[id]).await
+    }
+
+    async fn status(&self, receiver: &ReceiverId) -> Result<Status, StoreError> {
+        let reply = self.run(receiver, "status", None, &[]).await?;
+        match reply {
+            Value::Array(items) if items.len() == 3 => Ok(Status {
+                queued: int(&items[0])?,
+                widgets: int(&items[1])?,
+                in_flight: text(&items[2]).map(Into::into),
+            }),
+            other => Err(protocol("status", &other)),
+        }
+    }
+
+    async fn watch(&self, receiver: &ReceiverId) -> Result<(), StoreError> {
+        self.watches.watch(receiver).await
+    }
+
+    async fn unwatch(&self, receiver: &ReceiverId) {
+        self.watches.unwatch(receiver)
+    }
+
+    async fn ping(&self) -> Result<(), StoreError> {
+        let mut con = self.con.clone();
+        let _: String = redis::cmd("PING").query_async(&mut con).await?;
+        Ok(())
+    }
+}
+
+/// This node's subscriptions to receivers' event channels.
+///
+/// `watch` and `unwatch` only count; one task turns the counts into SUBSCRIBE and UNSUBSCRIBE,
+/// one receiver at a time and reading the count when it acts, so a quick leave and join can
+/// never end unsubscribed while a widget is here.
+struct Watches {
+    counts: Arc<Mutex<HashMap<ReceiverId, usize>>>,
+    sync: mpsc::UnboundedSender<(ReceiverId, Option<oneshot::Sender<Result<(), StoreError>>>)>,
+}
+
+impl Watches {
+    async fn start(
+        client: &Client,
+        keys: Keys,
+        node: Arc<str>,
+        notices: mpsc::UnboundedSender<Notice>,
+    ) -> Result<Self, StoreError> {
+        let info = client.get_connection_info().clone();
+        let redis_settings = info
+            .redis_settings()
+            .clone()
+            .set_protocol(ProtocolVersion::RESP3);
+        let client = Client::open(info.set_redis_settings(redis_settings))?;
+        let mut con = connect(client, Some(pusher(keys.clone(), node, notices.clone()))).await?;
+
+        let counts: Arc<Mutex<HashMap<ReceiverId, usize>>> = Arc::default();
+        let (sync, mut requests) = mpsc::unbounded_channel::<(
+            ReceiverId,
+            Option<oneshot::Sender<Result<(), StoreError>>>,
+        )>();
+        let wanted = counts.clone();
+        tokio::spawn(async move {
+            let mut subscribed = HashSet::new();
+            while let Some((receiver, ack)) = requests.recv().await {
+                let want = lock(&wanted).get(&receiver).is_some_and(|n| *n > 0);
+                let channel = keys.events(&receiver);
+                let result = if want && !subscribed.contains(&receiver) {
+                    con.subscribe(&channel).await.map(|()| {
+                        subscribed.insert(receiver);
+                    })
+                } else if !want && subscribed.contains(&receiver) {
+                    con.unsubscribe(&channel).await.map(|()| {
+                        subscribed.remove(&receiver);
+                    })
+                } else {
+                    Ok(())
+                };
+                if let Err(e) = &result {
+                    tracing::warn!(error = %e, channel, "changing a subscription failed");
+                }
+                if let Some(ack) = ack {
+                    let _ = ack.send(result.map_err(Into::into));
+                }
+            }
+        });
+        Ok(Self { counts, sync })
+    }
+
+    async fn watch(&self, receiver: &ReceiverId) -> Result<(), StoreError> {
+        *lock(&self.counts).entry(receiver.clone()).or_default() += 1;
+        let (ack, done) = oneshot::channel();
+        let sent = self.sync.send((receiver.clone(), Some(ack)));
+        let result = match sent {
+            Ok(()) => done
+                .await
+                .unwrap_or_else(|_| Err(StoreError::Unavailable("subscriber stopped".into()))),
+            Err(_) => Err(StoreError::Unavailable("subscriber stopped".into())),
+        };
+        if result.is_err() {
+            self.unwatch(receiver);
+        }
+        result
+    }
+
+    fn unwatch(&self, receiver: &ReceiverId) {
+        {
+            let mut counts = lock(&self.counts);
+            if let Some(n) = counts.get_mut(receiver) {
+                *n = n.saturating_sub(1);
+                if *n == 0 {
+                    counts.remove(receiver);
+                }
+            }
+        }
+        let _ = self.sync.send((receiver.clone(), None));
+    }
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+/// Turns pushes on the subscriber connection into notices. After the connection drops, the
+/// manager reconnects and resubscribes; the first subscribe confirmation after that asks the hub
+/// to re-read its receivers, since anything published in the gap was missed.
+fn pusher(keys: Keys, node: Arc<str>, notices: mpsc::UnboundedSender<Notice>) -> Pusher {
+    let dropped = AtomicBool::new(false);
+    Box::new(move |push: PushInfo| {
+        match push.kind {
+            PushKind::Message => {
+                if let Some(notice) = parse_notice(&keys, &node, &push.data) {
+                    let _ = notices.send(notice);
+                }
+            }
+            PushKind::Disconnection => {
+                tracing::warn!("the pub/sub connection to Redis dropped; reconnecting");
+                dropped.store(true, Ordering::Relaxed);
+            }
+            PushKind::Subscribe if dropped.swap(false, Ordering::Relaxed) => {
+                tracing::info!("pub/sub resubscribed; re-reading receivers");
+                let _ = notices.send(Notice::Resync);
+            }
+            _ => {}
+        }
+        Ok(())
+    })
+}
+
+/// `<origin node> <seq> <id or -> <attempt> <started> <ms to deadline> <alert json>`, as
+/// `finish()` in `receiver.lua` publishes it. A node's own messages are skipped: it already
+/// applied the snapshot its call returned.
+fn parse_notice(keys: &Keys, node: &str, data: &[Value]) -> Option<Notice> {
+    let [channel, payload] = data else {
+        return None;
+    };
+    let receiver = keys.receiver_of_events(&text(channel)?)?;
+    let payload = text(payload)?;
+    let mut parts = payload.splitn(7, ' ');
+    let origin = parts.next()?;
+    if origin == node {
+        return None;
+    }
+    let seq = parts.next()?.parse().ok()?;
+    let id = parts.next()?;
+    let attempt = parts.next()?.parse().ok()?;
+    let started = parts.next()? == "1";
+    let remaining = Duration::from_millis(parts.next()?.parse().ok()?);
+    let json = parts.next()?;
+    let flight = (id != "-").then(|| Flight {
+        id: id.into(),
+        attempt,
+        started,
+        remaining,
+        alert: (!json.is_empty()).then(|| json.into()),
+    });
+    Some(Notice::Changed {
+        receiver,
+        snapshot: Snapshot { seq, flight },
+    })
+}
+
+fn parse_snapshot(v: Value) -> Result<Snapshot, StoreError> {
+    let Value::Array(items) = &v else {
+        return Err(protocol("snapshot", &v));
+    };
+    let [seq, id, attempt, started, remaining, json] = items.as_slice() else {
+        return Err(protocol("snapshot", &v));
+    };
+    let flight = match text(id) {
+        None => None,
+        Some(id) => Some(Flight {
+            id: id.into(),
+            attempt: int(attempt)? as u32,
+            started: int(started)? == 1,
+            remaining: Duration::from_millis(int(remaining)?),
+            alert: text(json).map(Into::into),
+        }),
+    };
+    Ok(Snapshot {
+        seq: int(seq)?,
+        flight,
+    })
+}
+
+fn text(v: &Value) -> Option<String> {
+    match v {
+        Value::BulkString(b) => String::from_utf8(b.clone()).ok(),
+        Value::SimpleString(s) => Some(s.clone()),
+        _ => None,
+    }
+}
+
+fn int(v: &Value) -> Result<u64, StoreError> {
+    match v {
+        Value::Int(n) => u64::try_from(*n).map_err(|_| protocol("integer", v)),
+        _ => Err(protocol("integer", v)),
+    }
+}
+
+fn protocol(what: &str, v: &Value) -> StoreError {
+    StoreError::Protocol(format!("{what}: unexpected reply {v:?}"))
+}
