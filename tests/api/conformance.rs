@@ -1,0 +1,328 @@
+//! The conformance suite: the rules of `src/store/mod.rs`, held against every store.
+//!
+//! Each case is written once against the `Store` trait; the macro at the bottom runs it on the
+//! embedded store and on the Redis store (each case with its own redis-server).
+
+use std::time::Duration;
+
+use cuebox::store::{Publish, Snapshot, WidgetChange};
+use serde_json::json;
+
+use crate::helpers::*;
+
+const NODE: &str = "node-a";
+
+async fn publish(s: &StoreUnderTest, r: &str, message: &str) -> (String, Snapshot) {
+    let alert = record(r, message);
+    match s.store.publish(&alert, None).await.unwrap() {
+        Publish::Accepted { snapshot, .. } => (alert.id, snapshot),
+        other => panic!("expected accepted, got {other:?}"),
+    }
+}
+
+fn flight_id(s: &Snapshot) -> Option<String> {
+    s.flight.as_ref().map(|f| f.id.to_string())
+}
+
+async fn queued(s: &StoreUnderTest, r: &str) -> u64 {
+    s.store.status(&receiver(r)).await.unwrap().queued
+}
+
+async fn alerts_go_out_one_at_a_time_in_order(b: Backing) {
+    let s = make_store(&b, fast_rules(), NODE).await;
+    let r = receiver("alice");
+    s.store.widgets(&r, WidgetChange::Joined).await.unwrap();
+    let (a1, snap) = publish(&s, "alice", "one").await;
+    let f = snap.flight.expect("the first alert goes out at once");
+    assert_eq!((f.id.to_string(), f.attempt), (a1.clone(), 1));
+    assert!(f.alert.is_some(), "a new flight carries its alert");
+    let (a2, snap) = publish(&s, "alice", "two").await;
+    assert_eq!(flight_id(&snap), Some(a1.clone()), "the second waits");
+    let (a3, _) = publish(&s, "alice", "three").await;
+    assert_eq!(queued(&s, "alice").await, 2);
+
+    let snap = s.store.done(&r, &a1).await.unwrap();
+    assert_eq!(flight_id(&snap), Some(a2.clone()));
+    let snap = s.store.done(&r, &a2).await.unwrap();
+    assert_eq!(flight_id(&snap), Some(a3.clone()));
+    let snap = s.store.done(&r, &a3).await.unwrap();
+    assert_eq!(snap.flight, None);
+    assert_eq!(queued(&s, "alice").await, 0);
+}
+
+async fn nothing_goes_out_while_no_widget_is_connected(b: Backing) {
+    let s = make_store(&b, fast_rules(), NODE).await;
+    let r = receiver("alice");
+    let (a1, snap) = publish(&s, "alice", "one").await;
+    assert_eq!(snap.flight, None, "no widget, so nothing is in flight");
+    let (_a2, _) = publish(&s, "alice", "two").await;
+    assert_eq!(queued(&s, "alice").await, 2);
+
+    let snap = s.store.widgets(&r, WidgetChange::Joined).await.unwrap();
+    let f = snap
+        .flight
+        .expect("the first widget gets the head of the queue");
+    assert_eq!((f.id.to_string(), f.attempt), (a1, 1));
+    assert_eq!(queued(&s, "alice").await, 1);
+}
+
+async fn a_widget_that_joins_mid_alert_gets_the_alert_in_flight(b: Backing) {
+    let s = make_store(&b, fast_rules(), NODE).await;
+    let r = receiver("alice");
+    s.store.widgets(&r, WidgetChange::Joined).await.unwrap();
+    let (a1, first) = publish(&s, "alice", "one").await;
+    let snap = s.store.widgets(&r, WidgetChange::Joined).await.unwrap();
+    let f = snap.flight.expect("still in flight");
+    assert_eq!(f.id.to_string(), a1);
+    assert_eq!(f.attempt, 1, "joining does not resend");
+    assert_eq!(snap.seq, first.seq, "joining does not change the flight");
+    assert!(f.alert.is_some(), "the joiner is given the alert itself");
+    assert_eq!(s.store.status(&r).await.unwrap().widgets, 2);
+}
+
+async fn only_a_done_for_the_alert_in_flight_completes_it(b: Backing) {
+    let s = make_store(&b, fast_rules(), NODE).await;
+    let r = receiver("alice");
+    s.store.widgets(&r, WidgetChange::Joined).await.unwrap();
+    let (a1, before) = publish(&s, "alice", "one").await;
+    let (a2, _) = publish(&s, "alice", "two").await;
+    for other in [a2.as_str(), "not-an-id", ""] {
+        let snap = s.store.done(&r, other).await.unwrap();
+        assert_eq!(snap.seq, before.seq, "done for {other:?} changed nothing");
+        assert_eq!(flight_id(&snap), Some(a1.clone()));
+        let snap = s.store.started(&r, other).await.unwrap();
+        assert_eq!(snap.seq, before.seq);
+    }
+    // Two widgets both report done: the first completes, the second is stale.
+    let snap = s.store.done(&r, &a1).await.unwrap();
+    assert_eq!(flight_id(&snap), Some(a2.clone()));
+    let again = s.store.done(&r, &a1).await.unwrap();
+    assert_eq!(again.seq, snap.seq);
+    assert_eq!(flight_id(&again), Some(a2));
+}
+
+async fn the_last_widget_leaving_puts_the_alert_back_at_the_head(b: Backing) {
+    let s = make_store(&b, fast_rules(), NODE).await;
+    let r = receiver("alice");
+    s.store.widgets(&r, WidgetChange::Joined).await.unwrap();
+    let (a1, _) = publish(&s, "alice", "one").await;
+    let (a2, _) = publish(&s, "alice", "two").await;
+    s.store.started(&r, &a1).await.unwrap();
+
+    let snap = s.store.widgets(&r, WidgetChange::Left).await.unwrap();
+    assert_eq!(snap.flight, None);
+    assert_eq!(queued(&s, "alice").await, 2);
+
+    let snap = s.store.widgets(&r, WidgetChange::Joined).await.unwrap();
+    let f = snap.flight.expect("sent again to the next widget");
+    assert_eq!(
+        (f.id.to_string(), f.attempt, f.started),
+        (a1.clone(), 2, false)
+    );
+    let snap = s.store.done(&r, &a1).await.unwrap();
+    let f = snap.flight.unwrap();
+    assert_eq!((f.id.to_string(), f.attempt), (a2, 1));
+}
+
+async fn one_widget_leaving_while_another_stays_keeps_the_alert_in_flight(b: Backing) {
+    let s = make_store(&b, fast_rules(), NODE).await;
+    let r = receiver("alice");
+    s.store.widgets(&r, WidgetChange::Joined).await.unwrap();
+    s.store.widgets(&r, WidgetChange::Joined).await.unwrap();
+    let (a1, before) = publish(&s, "alice", "one").await;
+    let snap = s.store.widgets(&r, WidgetChange::Left).await.unwrap();
+    assert_eq!(snap.seq, before.seq);
+    assert_eq!(flight_id(&snap), Some(a1));
+}
+
+async fn an_alert_never_started_is_sent_again_after_the_start_timeout(b: Backing) {
+    let s = make_store(&b, fast_rules(), NODE).await;
+    let r = receiver("alice");
+    s.store.widgets(&r, WidgetChange::Joined).await.unwrap();
+    let (a1, first) = publish(&s, "alice", "one").await;
+    let f = first.flight.clone().unwrap();
+    assert!(f.remaining <= fast_rules().start_timeout && !f.started);
+
+    let early = s.store.check(&r, &a1).await.unwrap();
+    assert_eq!(early.seq, first.seq, "not due yet");
+
+    tokio::time::sleep(fast_rules().start_timeout + Duration::from_millis(50)).await;
+    let snap = s.store.check(&r, &a1).await.unwrap();
+    let f = snap.flight.expect("still in flight");
+    assert_eq!((f.id.to_string(), f.attempt), (a1, 2));
+    assert!(snap.seq > first.seq);
+    assert!(f.alert.is_some(), "a resend carries the alert");
+}
+
+async fn a_started_alert_never_done_expires_and_the_next_goes_out(b: Backing) {
+    let s = make_store(&b, fast_rules(), NODE).await;
+    let r = receiver("alice");
+    s.store.widgets(&r, WidgetChange::Joined).await.unwrap();
+    let a1 = record_with(json!({ "receiver": "alice", "duration_ms": 1000 }));
+    s.store.publish(&a1, None).await.unwrap();
+    let (a2, _) = publish(&s, "alice", "two").await;
+
+    let snap = s.store.started(&r, &a1.id).await.unwrap();
+    let f = snap.flight.unwrap();
+    assert!(f.started);
+    let budget = Duration::from_millis(1000) + fast_rules().ack_grace;
+    assert!(f.remaining > fast_rules().start_timeout && f.remaining <= budget);
+
+    // Past the start timeout but inside duration + grace: not due.
+    tokio::time::sleep(fast_rules().start_timeout + Duration::from_millis(50)).await;
+    let snap = s.store.check(&r, &a1.id).await.unwrap();
+    assert_eq!(flight_id(&snap), Some(a1.id.clone()));
+
+    tokio::time::sleep(budget).await;
+    let snap = s.store.check(&r, &a1.id).await.unwrap();
+    assert_eq!(flight_id(&snap), Some(a2), "expired, and the next went out");
+    assert_eq!(queued(&s, "alice").await, 0);
+}
+
+async fn a_repeated_idempotency_key_queues_nothing(b: Backing) {
+    let s = make_store(&b, fast_rules(), NODE).await;
+    let first = record("alice", "one");
+    let again = record("alice", "one, retried");
+    let Publish::Accepted { position, .. } = s.store.publish(&first, Some("pay-1")).await.unwrap()
+    else {
+        panic!("accepted")
+    };
+    let dup = s.store.publish(&again, Some("pay-1")).await.unwrap();
+    assert_eq!(
+        dup,
+        Publish::Duplicate {
+            id: first.id.clone(),
+            position
+        }
+    );
+    assert_eq!(queued(&s, "alice").await, 1);
+    // Keys are per receiver.
+    let other = record("bob", "one");
+    assert!(matches!(
+        s.store.publish(&other, Some("pay-1")).await.unwrap(),
+        Publish::Accepted { .. }
+    ));
+}
+
+async fn a_full_queue_refuses_and_keeps_what_it_has(b: Backing) {
+    let mut rules = fast_rules();
+    rules.max_queue = 2;
+    let s = make_store(&b, rules, NODE).await;
+    publish(&s, "alice", "one").await;
+    publish(&s, "alice", "two").await;
+    let third = record("alice", "three");
+    assert_eq!(
+        s.store.publish(&third, Some("k3")).await.unwrap(),
+        Publish::QueueFull
+    );
+    assert_eq!(queued(&s, "alice").await, 2);
+    // The refused publish did not record its idempotency key either.
+    let r = receiver("alice");
+    let snap = s.store.widgets(&r, WidgetChange::Joined).await.unwrap();
+    let id = flight_id(&snap).unwrap();
+    s.store.done(&r, &id).await.unwrap();
+    assert!(matches!(
+        s.store.publish(&third, Some("k3")).await.unwrap(),
+        Publish::Accepted { .. }
+    ));
+}
+
+async fn positions_count_the_alerts_ahead(b: Backing) {
+    let s = make_store(&b, fast_rules(), NODE).await;
+    let r = receiver("alice");
+    s.store.widgets(&r, WidgetChange::Joined).await.unwrap();
+    for expected in 0..3u64 {
+        let a = record("alice", "x");
+        let Publish::Accepted { position, .. } = s.store.publish(&a, None).await.unwrap() else {
+            panic!("accepted")
+        };
+        assert_eq!(position, expected);
+    }
+}
+
+async fn alert_text_comes_back_byte_for_byte(b: Backing) {
+    let s = make_store(&b, fast_rules(), NODE).await;
+    let r = receiver("alice");
+    let a = record_with(json!({
+        "receiver": "alice",
+        "from": "مرحبا 👋🏽",
+        "message": "שלום <b>\"quoted\"</b> \\ \n\t 🇧🇷 e\u{301}",
+        "data": { "nested": [1, "two", null] }
+    }));
+    s.store.publish(&a, None).await.unwrap();
+    let snap = s.store.widgets(&r, WidgetChange::Joined).await.unwrap();
+    assert_eq!(snap.flight.unwrap().alert.as_deref(), Some(&*a.json));
+    assert_eq!(
+        s.store.status(&r).await.unwrap().in_flight.as_deref(),
+        Some(&*a.json)
+    );
+}
+
+async fn every_change_of_the_flight_moves_seq_forward(b: Backing) {
+    let s = make_store(&b, fast_rules(), NODE).await;
+    let r = receiver("alice");
+    let mut last = s.store.widgets(&r, WidgetChange::Joined).await.unwrap().seq;
+    let (a1, snap) = publish(&s, "alice", "one").await;
+    assert!(snap.seq > last);
+    last = snap.seq;
+    let snap = s.store.started(&r, &a1).await.unwrap();
+    assert_eq!(
+        snap.seq, last,
+        "started changes the deadline, not the flight"
+    );
+    let snap = s.store.done(&r, &a1).await.unwrap();
+    assert!(snap.seq > last);
+}
+
+async fn receivers_do_not_share_anything(b: Backing) {
+    let s = make_store(&b, fast_rules(), NODE).await;
+    let alice = receiver("alice");
+    s.store.widgets(&alice, WidgetChange::Joined).await.unwrap();
+    publish(&s, "bob", "for bob").await;
+    let (a, snap) = publish(&s, "alice", "for alice").await;
+    assert_eq!(flight_id(&snap), Some(a));
+    assert_eq!(queued(&s, "bob").await, 1);
+    assert_eq!(
+        s.store.status(&receiver("bob")).await.unwrap().in_flight,
+        None
+    );
+}
+
+macro_rules! conformance {
+    ($($case:ident),* $(,)?) => {
+        mod memory {
+            $(
+                #[tokio::test]
+                async fn $case() {
+                    super::$case(crate::helpers::Backing::Memory).await;
+                }
+            )*
+        }
+        mod redis {
+            $(
+                #[tokio::test]
+                async fn $case() {
+                    let redis = crate::helpers::RedisServer::spawn().await;
+                    super::$case(crate::helpers::Backing::Redis(redis.url())).await;
+                }
+            )*
+        }
+    };
+}
+
+conformance!(
+    alerts_go_out_one_at_a_time_in_order,
+    nothing_goes_out_while_no_widget_is_connected,
+    a_widget_that_joins_mid_alert_gets_the_alert_in_flight,
+    only_a_done_for_the_alert_in_flight_completes_it,
+    the_last_widget_leaving_puts_the_alert_back_at_the_head,
+    one_widget_leaving_while_another_stays_keeps_the_alert_in_flight,
+    an_alert_never_started_is_sent_again_after_the_start_timeout,
+    a_started_alert_never_done_expires_and_the_next_goes_out,
+    a_repeated_idempotency_key_queues_nothing,
+    a_full_queue_refuses_and_keeps_what_it_has,
+    positions_count_the_alerts_ahead,
+    alert_text_comes_back_byte_for_byte,
+    every_change_of_the_flight_moves_seq_forward,
+    receivers_do_not_share_anything,
+);

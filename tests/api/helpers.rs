@@ -1,0 +1,443 @@
+//! What every test stands on: real redis-server processes on free ports, real cuebox nodes on
+//! port 0, and a real WebSocket widget client.
+
+use std::net::TcpListener;
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::sync::Arc;
+use std::time::Duration;
+
+use actix_web::web::Bytes;
+use awc::ws;
+use cuebox::alert::ReceiverId;
+use cuebox::config::ServeArgs;
+use cuebox::startup::{Application, Stopper};
+use cuebox::store::keys::Keys;
+use cuebox::store::memory::MemoryStore;
+use cuebox::store::redis::RedisStore;
+use cuebox::store::{Notice, Rules, Store};
+use futures_util::{SinkExt, StreamExt};
+use serde_json::{json, Value};
+use tokio::sync::mpsc;
+
+pub const PUBLISH_KEY: &str = "test-publish-key";
+pub const SECRET: &str = "test-secret";
+
+/// How long a test waits for something that should happen promptly before it fails.
+pub const PROMPTLY: Duration = Duration::from_secs(10);
+
+/// A free TCP port on loopback (bound, read, released).
+pub fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("a free port")
+}
+
+/// A redis-server of the test's own, killed when dropped.
+pub struct RedisServer {
+    pub port: u16,
+    dir: PathBuf,
+    child: Option<Child>,
+    extra: Vec<String>,
+}
+
+impl RedisServer {
+    pub async fn spawn() -> Self {
+        Self::spawn_with(&[]).await
+    }
+
+    /// With extra redis-server arguments, such as `["--appendonly", "yes"]`.
+    pub async fn spawn_with(extra: &[&str]) -> Self {
+        let port = free_port();
+        let dir = std::env::temp_dir().join(format!("cuebox-redis-{port}-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).expect("a temp dir for redis");
+        let mut server = Self {
+            port,
+            dir,
+            child: None,
+            extra: extra.iter().map(|s| s.to_string()).collect(),
+        };
+        server.start().await;
+        server
+    }
+
+    pub fn url(&self) -> String {
+        format!("redis://127.0.0.1:{}/", self.port)
+    }
+
+    async fn start(&mut self) {
+        let child = Command::new("redis-server")
+            .args([
+                "--port",
+                &self.port.to_string(),
+                "--bind",
+                "127.0.0.1",
+                "--save",
+                "",
+            ])
+            .args(["--appendonly", "no"])
+            .arg("--dir")
+            .arg(&self.dir)
+            .args(&self.extra)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("redis-server runs (scripts/test installs it)");
+        self.child = Some(child);
+        let deadline = tokio::time::Instant::now() + PROMPTLY;
+        loop {
+            if std::net::TcpStream::connect(("127.0.0.1", self.port)).is_ok() {
+                return;
+            }
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "redis-server did not start"
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
+    /// SIGKILL, as a crash would.
+    pub fn kill(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+
+    /// Starts it again on the same port and directory.
+    pub async fn restart(&mut self) {
+        self.kill();
+        self.start().await;
+    }
+
+    /// A raw command through redis-cli-like use of the redis crate.
+    pub async fn cmd(&self, args: &[&str]) -> redis::Value {
+        let client = redis::Client::open(self.url()).unwrap();
+        let mut con = client.get_multiplexed_async_connection().await.unwrap();
+        let mut cmd = redis::cmd(args[0]);
+        for a in &args[1..] {
+            cmd.arg(*a);
+        }
+        cmd.query_async(&mut con).await.unwrap()
+    }
+}
+
+impl Drop for RedisServer {
+    fn drop(&mut self) {
+        self.kill();
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+/// Rules short enough that timeout tests take a fraction of a second.
+pub fn fast_rules() -> Rules {
+    Rules {
+        start_timeout: Duration::from_millis(300),
+        ack_grace: Duration::from_millis(200),
+        max_queue: 10_000,
+    }
+}
+
+/// Which store a test node or conformance case runs on.
+#[derive(Clone)]
+pub enum Backing {
+    Memory,
+    Redis(String),
+}
+
+/// The serve arguments tests use; `redis_url` None is the embedded store.
+pub fn serve_args(redis_url: Option<String>) -> ServeArgs {
+    ServeArgs {
+        bind: "127.0.0.1:0".into(),
+        redis_url,
+        key_prefix: "cuebox".into(),
+        publish_keys: vec![PUBLISH_KEY.into()],
+        secret: Some(SECRET.into()),
+        start_timeout_ms: 5000,
+        ack_grace_ms: 15000,
+        max_queue: 10_000,
+    }
+}
+
+/// A running node and typed ways to talk to it.
+pub struct TestApp {
+    pub base: String,
+    pub port: u16,
+    pub stopper: Stopper,
+    pub http: awc::Client,
+    server: Option<tokio::task::JoinHandle<std::io::Result<()>>>,
+}
+
+impl TestApp {
+    pub async fn spawn(args: ServeArgs) -> Self {
+        let app = Application::build(args).await.expect("the node builds");
+        let base = app.base_url();
+        let port = app.port();
+        let stopper = app.stopper();
+        let server = Some(tokio::spawn(app.run_until_stopped()));
+        Self {
+            base,
+            port,
+            stopper,
+            http: awc::Client::builder().timeout(PROMPTLY).finish(),
+            server,
+        }
+    }
+
+    pub async fn memory() -> Self {
+        Self::spawn(serve_args(None)).await
+    }
+
+    pub async fn redis(redis: &RedisServer) -> Self {
+        Self::spawn(serve_args(Some(redis.url()))).await
+    }
+
+    pub async fn stop(mut self) {
+        self.stopper.stop().await;
+        if let Some(server) = self.server.take() {
+            let _ = server.await;
+        }
+    }
+
+    pub fn token(&self, receiver: &str) -> String {
+        cuebox::auth::WidgetTokens::new(SECRET).token(&ReceiverId::parse(receiver).unwrap())
+    }
+
+    /// `POST /publish` with the test key; answers the status and the JSON body.
+    pub async fn publish(&self, body: Value) -> (u16, Value) {
+        self.post_raw(
+            "/publish",
+            Some(PUBLISH_KEY),
+            "application/json",
+            body.to_string(),
+        )
+        .await
+    }
+
+    pub async fn post_raw(
+        &self,
+        path: &str,
+        key: Option<&str>,
+        content_type: &str,
+        body: impl Into<Bytes>,
+    ) -> (u16, Value) {
+        let mut req = self
+            .http
+            .post(format!("{}{path}", self.base))
+            .insert_header(("Content-Type", content_type));
+        if let Some(key) = key {
+            req = req.insert_header(("Authorization", format!("Bearer {key}")));
+        }
+        let mut res = req.send_body(body.into()).await.expect("the node answers");
+        let status = res.status().as_u16();
+        let body = res.body().limit(1 << 20).await.expect("a body");
+        (status, serde_json::from_slice(&body).unwrap_or(Value::Null))
+    }
+
+    pub async fn get(&self, path: &str, key: Option<&str>) -> (u16, Value) {
+        let mut req = self.http.get(format!("{}{path}", self.base));
+        if let Some(key) = key {
+            req = req.insert_header(("Authorization", format!("Bearer {key}")));
+        }
+        let mut res = req.send().await.expect("the node answers");
+        let status = res.status().as_u16();
+        let body = res.body().limit(1 << 20).await.expect("a body");
+        (status, serde_json::from_slice(&body).unwrap_or(Value::Null))
+    }
+
+    /// Publishes a minimal alert and returns its id.
+    pub async fn publish_alert(&self, receiver: &str, message: &str) -> String {
+        let (status, body) = self
+            .publish(json!({ "receiver": receiver, "message": message }))
+            .await;
+        assert_eq!(status, 202, "{body}");
+        body["id"].as_str().unwrap().to_owned()
+    }
+
+    pub async fn status(&self, receiver: &str) -> Value {
+        let (status, body) = self
+            .get(&format!("/receivers/{receiver}"), Some(PUBLISH_KEY))
+            .await;
+        assert_eq!(status, 200, "{body}");
+        body
+    }
+
+    /// Connects a widget with a valid token and reads its hello.
+    pub async fn widget(&self, receiver: &str) -> WidgetClient {
+        let url = format!(
+            "{}/ws/{receiver}?token={}",
+            self.base.replace("http://", "ws://"),
+            self.token(receiver)
+        );
+        let mut w = WidgetClient::connect(&url)
+            .await
+            .expect("the widget connects");
+        let hello = w.next_json().await;
+        assert_eq!(hello["type"], "hello", "{hello}");
+        assert_eq!(hello["receiver"], receiver);
+        w
+    }
+
+    /// Waits until the store sees `n` live widgets for the receiver.
+    pub async fn wait_for_widgets(&self, receiver: &str, n: u64) {
+        eventually(|| async { self.status(receiver).await["widgets"] == n }).await;
+    }
+}
+
+/// Retries a check until it holds, failing after [`PROMPTLY`].
+pub async fn eventually<F, Fut>(mut check: F)
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = bool>,
+{
+    let deadline = tokio::time::Instant::now() + PROMPTLY;
+    while !check().await {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "condition never held"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// A widget as a test drives it: a real WebSocket client.
+pub struct WidgetClient {
+    framed: actix_codec::Framed<awc::BoxedSocket, ws::Codec>,
+}
+
+/// What a widget saw come in.
+#[derive(Debug)]
+pub enum Incoming {
+    Json(Value),
+    Closed(Option<u16>),
+}
+
+impl WidgetClient {
+    pub async fn connect(url: &str) -> Result<Self, awc::error::WsClientError> {
+        let (_res, framed) = awc::Client::new()
+            .ws(url)
+            .max_frame_size(1 << 20)
+            .connect()
+            .await?;
+        Ok(Self { framed })
+    }
+
+    pub async fn send_text(&mut self, text: &str) {
+        let _ = self
+            .framed
+            .send(ws::Message::Text(text.to_owned().into()))
+            .await;
+    }
+
+    pub async fn send_json(&mut self, v: Value) {
+        self.send_text(&v.to_string()).await
+    }
+
+    pub async fn send_raw(&mut self, msg: ws::Message) {
+        let _ = self.framed.send(msg).await;
+    }
+
+    /// The next text frame or the close, skipping pings; None if nothing comes within `wait`.
+    pub async fn next_within(&mut self, wait: Duration) -> Option<Incoming> {
+        let deadline = tokio::time::Instant::now() + wait;
+        loop {
+            let frame = tokio::time::timeout_at(deadline, self.framed.next())
+                .await
+                .ok()?;
+            match frame {
+                Some(Ok(ws::Frame::Text(t))) => {
+                    return Some(Incoming::Json(
+                        serde_json::from_slice(&t).expect("frames are JSON"),
+                    ))
+                }
+                Some(Ok(ws::Frame::Ping(p))) => {
+                    let _ = self.framed.send(ws::Message::Pong(p)).await;
+                }
+                Some(Ok(ws::Frame::Close(reason))) => {
+                    return Some(Incoming::Closed(reason.map(|r| r.code.into())))
+                }
+                Some(Ok(_)) => {}
+                Some(Err(_)) | None => return Some(Incoming::Closed(None)),
+            }
+        }
+    }
+
+    pub async fn next_json(&mut self) -> Value {
+        match self.next_within(PROMPTLY).await {
+            Some(Incoming::Json(v)) => v,
+            other => panic!("expected a frame, got {other:?}"),
+        }
+    }
+
+    /// The next alert frame: (id, attempt, alert).
+    pub async fn next_alert(&mut self) -> (String, u64, Value) {
+        let v = self.next_json().await;
+        assert_eq!(v["type"], "alert", "{v}");
+        (
+            v["alert"]["id"].as_str().unwrap().to_owned(),
+            v["attempt"].as_u64().unwrap(),
+            v["alert"].clone(),
+        )
+    }
+
+    /// Asserts nothing arrives for a while.
+    pub async fn expect_silence(&mut self, wait: Duration) {
+        if let Some(x) = self.next_within(wait).await {
+            panic!("expected nothing, got {x:?}");
+        }
+    }
+
+    pub async fn started(&mut self, id: &str) {
+        self.send_json(json!({ "type": "started", "id": id })).await
+    }
+
+    pub async fn done(&mut self, id: &str) {
+        self.send_json(json!({ "type": "done", "id": id })).await
+    }
+
+    /// Closes the connection cleanly.
+    pub async fn close(mut self) {
+        let _ = self.framed.send(ws::Message::Close(None)).await;
+        let _ = tokio::time::timeout(Duration::from_secs(2), async {
+            while let Some(Ok(_)) = self.framed.next().await {}
+        })
+        .await;
+    }
+}
+
+/// A store as the conformance suite drives it, with the notices it would give its hub.
+pub struct StoreUnderTest {
+    pub store: Arc<dyn Store>,
+    pub notices: mpsc::UnboundedReceiver<Notice>,
+}
+
+pub async fn make_store(backing: &Backing, rules: Rules, node: &str) -> StoreUnderTest {
+    let (tx, notices) = mpsc::unbounded_channel();
+    let store: Arc<dyn Store> = match backing {
+        Backing::Memory => Arc::new(MemoryStore::new(rules)),
+        Backing::Redis(url) => Arc::new(
+            RedisStore::connect(url, Keys::new("cuebox").unwrap(), rules, node, tx)
+                .await
+                .expect("the Redis store connects"),
+        ),
+    };
+    StoreUnderTest { store, notices }
+}
+
+pub fn receiver(s: &str) -> ReceiverId {
+    ReceiverId::parse(s).unwrap()
+}
+
+/// An accepted alert record for the store tests.
+pub fn record(receiver: &str, message: &str) -> cuebox::alert::AlertRecord {
+    record_with(json!({ "receiver": receiver, "message": message }))
+}
+
+pub fn record_with(body: Value) -> cuebox::alert::AlertRecord {
+    cuebox::alert::NewAlert::parse(body.to_string().as_bytes(), None)
+        .expect("a valid alert")
+        .into_record()
+}

@@ -1,0 +1,11 @@
+//! cuebox's integration tests, one binary so they compile once. Each test starts what it needs:
+//! its own redis-server processes on free ports, nodes on port 0, WebSocket widgets, Chromium.
+
+mod browser;
+mod concurrency;
+mod conformance;
+mod helpers;
+mod migrations;
+mod nodes;
+mod publish;
+mod widget;
