@@ -1,0 +1,224 @@
+//! The publish API as a platform's backend meets it: answers, idempotency, and every error.
+
+use serde_json::{json, Value};
+
+use crate::helpers::*;
+
+fn error_code(body: &Value) -> &str {
+    body["error"]["code"].as_str().unwrap_or("")
+}
+
+#[actix_web::test]
+async fn a_valid_publish_is_accepted_with_its_id_and_position() {
+    let app = TestApp::memory().await;
+    let (status, body) = app
+        .publish(json!({
+            "receiver": "alice",
+            "kind": "donation",
+            "from": "Ana",
+            "amount": { "value": "10.50", "currency": "BRL" },
+            "message": "Olá!",
+            "media": { "image": "https://example.com/a.gif", "sound": "http://example.com/a.mp3" },
+            "duration_ms": 5000,
+            "data": { "tier": 2 }
+        }))
+        .await;
+    assert_eq!(status, 202, "{body}");
+    assert_eq!(body["receiver"], "alice");
+    assert_eq!(body["position"], 0);
+    assert_eq!(body["duplicate"], false);
+    assert!(uuid::Uuid::parse_str(body["id"].as_str().unwrap()).is_ok());
+    let (_, second) = app.publish(json!({ "receiver": "alice" })).await;
+    assert_eq!(second["position"], 1);
+    assert_eq!(app.status("alice").await["queued"], 2);
+}
+
+#[actix_web::test]
+async fn a_retried_publish_with_the_same_idempotency_key_is_a_duplicate() {
+    let app = TestApp::memory().await;
+    let body = json!({ "receiver": "alice", "idempotency_key": "payment-42" });
+    let (status, first) = app.publish(body.clone()).await;
+    assert_eq!(status, 202);
+    let (status, again) = app.publish(body).await;
+    assert_eq!(status, 200);
+    assert_eq!(again["id"], first["id"]);
+    assert_eq!(again["duplicate"], true);
+
+    // The header does the same.
+    let res = app
+        .http
+        .post(format!("{}/publish", app.base))
+        .insert_header(("Authorization", format!("Bearer {PUBLISH_KEY}")))
+        .insert_header(("Content-Type", "application/json"))
+        .insert_header(("Idempotency-Key", "payment-42"))
+        .send_body(json!({ "receiver": "alice" }).to_string())
+        .await
+        .unwrap();
+    assert_eq!(res.status().as_u16(), 200);
+    assert_eq!(app.status("alice").await["queued"], 1);
+}
+
+#[actix_web::test]
+async fn each_bad_request_gets_a_clear_error() {
+    let app = TestApp::memory().await;
+    let cases: Vec<(Value, &str, &str)> = vec![
+        (json!({}), "missing_field", "receiver"),
+        (json!({ "receiver": "a/b" }), "invalid_field", "receiver"),
+        (
+            json!({ "receiver": "a".repeat(65) }),
+            "invalid_field",
+            "receiver",
+        ),
+        (
+            json!({ "receiver": "a", "extra": true }),
+            "unknown_field",
+            "extra",
+        ),
+        (
+            json!({ "receiver": "a", "kind": "Donation" }),
+            "invalid_field",
+            "kind",
+        ),
+        (
+            json!({ "receiver": "a", "from": "x".repeat(65) }),
+            "invalid_field",
+            "from",
+        ),
+        (
+            json!({ "receiver": "a", "message": "x".repeat(501) }),
+            "invalid_field",
+            "message",
+        ),
+        (
+            json!({ "receiver": "a", "amount": { "value": 10, "currency": "BRL" } }),
+            "invalid_field",
+            "amount.value",
+        ),
+        (
+            json!({ "receiver": "a", "amount": { "value": "1", "currency": "brl" } }),
+            "invalid_field",
+            "amount.currency",
+        ),
+        (
+            json!({ "receiver": "a", "media": { "image": "ftp://x/y.png" } }),
+            "invalid_field",
+            "media.image",
+        ),
+        (
+            json!({ "receiver": "a", "duration_ms": 60001 }),
+            "invalid_field",
+            "duration_ms",
+        ),
+        (
+            json!({ "receiver": "a", "data": { "big": "x".repeat(5000) } }),
+            "invalid_field",
+            "data",
+        ),
+        (
+            json!({ "receiver": "a", "idempotency_key": "k".repeat(129) }),
+            "invalid_field",
+            "idempotency_key",
+        ),
+    ];
+    for (body, code, field) in cases {
+        let (status, answer) = app.publish(body.clone()).await;
+        assert_eq!(status, 400, "{body} -> {answer}");
+        assert_eq!(error_code(&answer), code, "{body} -> {answer}");
+        assert_eq!(answer["error"]["field"], field, "{body} -> {answer}");
+        assert!(answer["error"]["message"]
+            .as_str()
+            .is_some_and(|m| !m.is_empty()));
+    }
+    for garbage in ["{", "[]", "null", "\"x\"", "\u{0}"] {
+        let (status, answer) = app
+            .post_raw("/publish", Some(PUBLISH_KEY), "application/json", garbage)
+            .await;
+        assert_eq!(status, 400, "{garbage:?}");
+        assert_eq!(error_code(&answer), "invalid_json");
+    }
+    assert_eq!(
+        app.status("a").await["queued"],
+        0,
+        "nothing was half-written"
+    );
+}
+
+#[actix_web::test]
+async fn publish_needs_a_valid_key() {
+    let app = TestApp::memory().await;
+    let body = json!({ "receiver": "a" }).to_string();
+    for key in [None, Some("wrong"), Some("")] {
+        let (status, answer) = app
+            .post_raw("/publish", key, "application/json", body.clone())
+            .await;
+        assert_eq!(status, 401, "{key:?}");
+        assert_eq!(error_code(&answer), "unauthorized");
+    }
+    let (status, _) = app.get("/receivers/a", Some("wrong")).await;
+    assert_eq!(status, 401);
+}
+
+#[actix_web::test]
+async fn a_body_that_is_not_json_or_too_large_is_refused() {
+    let app = TestApp::memory().await;
+    let (status, answer) = app
+        .post_raw("/publish", Some(PUBLISH_KEY), "text/plain", "{}")
+        .await;
+    assert_eq!(
+        (status, error_code(&answer)),
+        (415, "unsupported_media_type")
+    );
+
+    let big = json!({ "receiver": "a", "message": "x".repeat(70 * 1024) }).to_string();
+    let (status, answer) = app
+        .post_raw("/publish", Some(PUBLISH_KEY), "application/json", big)
+        .await;
+    assert_eq!((status, error_code(&answer)), (413, "payload_too_large"));
+}
+
+#[actix_web::test]
+async fn a_full_queue_answers_429() {
+    let mut args = serve_args(None);
+    args.max_queue = 2;
+    let app = TestApp::spawn(args).await;
+    app.publish_alert("a", "1").await;
+    app.publish_alert("a", "2").await;
+    let (status, answer) = app.publish(json!({ "receiver": "a" })).await;
+    assert_eq!((status, error_code(&answer)), (429, "queue_full"));
+    assert_eq!(app.status("a").await["queued"], 2);
+}
+
+#[actix_web::test]
+async fn unknown_routes_and_bad_receivers_answer_json() {
+    let app = TestApp::memory().await;
+    let (status, answer) = app.get("/nope", None).await;
+    assert_eq!((status, error_code(&answer)), (404, "not_found"));
+    let (status, answer) = app.get("/receivers/bad%20id", Some(PUBLISH_KEY)).await;
+    assert_eq!((status, error_code(&answer)), (400, "invalid_field"));
+}
+
+#[actix_web::test]
+async fn while_redis_is_down_publish_answers_503_and_writes_nothing() {
+    let mut redis = RedisServer::spawn().await;
+    let app = TestApp::redis(&redis).await;
+    assert_eq!(app.get("/readyz", None).await.0, 200);
+    app.publish_alert("alice", "before").await;
+
+    redis.kill();
+    let (status, answer) = app
+        .publish(json!({ "receiver": "alice", "idempotency_key": "during" }))
+        .await;
+    assert_eq!((status, error_code(&answer)), (503, "store_unavailable"));
+    assert_eq!(app.get("/readyz", None).await.0, 503);
+    assert_eq!(app.get("/healthz", None).await.0, 200);
+
+    // An empty Redis comes back (no persistence here): the node carries on without a restart,
+    // and the refused publish left no idempotency key behind.
+    redis.restart().await;
+    eventually(|| async { app.get("/readyz", None).await.0 == 200 }).await;
+    let (status, answer) = app
+        .publish(json!({ "receiver": "alice", "idempotency_key": "during" }))
+        .await;
+    assert_eq!(status, 202, "{answer}");
+    assert_eq!(answer["duplicate"], false);
+}

@@ -1,0 +1,247 @@
+//! The widget protocol over real WebSockets: delivery, acknowledgements, reconnects, and input
+//! a widget should never send.
+
+use std::time::Duration;
+
+use awc::ws;
+use serde_json::json;
+
+use crate::helpers::*;
+
+const QUIET: Duration = Duration::from_millis(300);
+
+#[actix_web::test]
+async fn a_widget_shows_alerts_one_at_a_time_in_order() {
+    let app = TestApp::memory().await;
+    let mut w = app.widget("alice").await;
+    let ids = [
+        app.publish_alert("alice", "one").await,
+        app.publish_alert("alice", "two").await,
+        app.publish_alert("alice", "three").await,
+    ];
+    for (n, id) in ids.iter().enumerate() {
+        let (got, attempt, alert) = w.next_alert().await;
+        assert_eq!((&got, attempt), (id, 1), "alert {n}");
+        assert_eq!(alert["receiver"], "alice");
+        assert_eq!(alert["kind"], "donation");
+        assert_eq!(alert["duration_ms"], 8000);
+        w.started(id).await;
+        // Nothing else comes while this one is on screen.
+        w.expect_silence(QUIET).await;
+        w.done(id).await;
+    }
+    eventually(|| async { app.status("alice").await["in_flight"].is_null() }).await;
+}
+
+#[actix_web::test]
+async fn alerts_published_with_no_widget_wait_for_the_first_one() {
+    let app = TestApp::memory().await;
+    let a1 = app.publish_alert("alice", "one").await;
+    let a2 = app.publish_alert("alice", "two").await;
+    let status = app.status("alice").await;
+    assert_eq!(
+        (status["queued"].as_u64(), status["in_flight"].is_null()),
+        (Some(2), true)
+    );
+
+    let mut w = app.widget("alice").await;
+    assert_eq!(w.next_alert().await.0, a1);
+    w.done(&a1).await;
+    assert_eq!(w.next_alert().await.0, a2);
+}
+
+#[actix_web::test]
+async fn every_widget_of_a_receiver_gets_the_alert_and_the_first_done_completes_it() {
+    let app = TestApp::memory().await;
+    let mut obs = app.widget("alice").await;
+    let mut preview = app.widget("alice").await;
+    app.wait_for_widgets("alice", 2).await;
+    let a1 = app.publish_alert("alice", "one").await;
+    let a2 = app.publish_alert("alice", "two").await;
+    assert_eq!(obs.next_alert().await.0, a1);
+    assert_eq!(preview.next_alert().await.0, a1);
+
+    obs.done(&a1).await;
+    assert_eq!(obs.next_alert().await.0, a2);
+    assert_eq!(preview.next_alert().await.0, a2);
+    // The preview's late done for a1 changes nothing.
+    preview.done(&a1).await;
+    obs.expect_silence(QUIET).await;
+    let status = app.status("alice").await;
+    assert_eq!(status["in_flight"]["id"], a2.as_str());
+}
+
+#[actix_web::test]
+async fn a_refreshed_widget_gets_the_alert_in_flight_again() {
+    let app = TestApp::memory().await;
+    let mut obs = app.widget("alice").await;
+    let mut preview = app.widget("alice").await;
+    app.wait_for_widgets("alice", 2).await;
+    let a1 = app.publish_alert("alice", "one").await;
+    obs.next_alert().await;
+    preview.next_alert().await;
+    obs.started(&a1).await;
+
+    // OBS refreshes while the preview stays: the alert stays in flight and comes back at once.
+    obs.close().await;
+    let mut obs = app.widget("alice").await;
+    let (id, attempt, _) = obs.next_alert().await;
+    assert_eq!((id.as_str(), attempt), (a1.as_str(), 1));
+    preview.expect_silence(QUIET).await;
+}
+
+#[actix_web::test]
+async fn the_last_widget_leaving_sends_the_alert_again_to_the_next() {
+    let app = TestApp::memory().await;
+    let mut w = app.widget("alice").await;
+    let a1 = app.publish_alert("alice", "one").await;
+    assert_eq!(w.next_alert().await.0, a1);
+    w.started(&a1).await;
+    w.close().await;
+    eventually(|| async { app.status("alice").await["queued"] == 1 }).await;
+
+    let mut w = app.widget("alice").await;
+    let (id, attempt, _) = w.next_alert().await;
+    assert_eq!((id.as_str(), attempt), (a1.as_str(), 2));
+}
+
+#[actix_web::test]
+async fn an_alert_never_started_is_sent_again_and_a_broken_widget_cannot_hang_the_queue() {
+    let mut args = serve_args(None);
+    args.start_timeout_ms = 300;
+    args.ack_grace_ms = 200;
+    let app = TestApp::spawn(args).await;
+    let mut w = app.widget("alice").await;
+    let a1 = app.publish_alert("alice", "one").await;
+    let (_, published) = app
+        .publish(json!({ "receiver": "alice", "duration_ms": 1000 }))
+        .await;
+    let a2 = published["id"].as_str().unwrap().to_owned();
+
+    // The widget never says started: the frame counts as lost and comes again.
+    let (id, attempt, _) = w.next_alert().await;
+    assert_eq!((id.as_str(), attempt), (a1.as_str(), 1));
+    let (id, attempt, _) = w.next_alert().await;
+    assert_eq!((id.as_str(), attempt), (a1.as_str(), 2));
+    w.done(&a1).await;
+
+    // The next one starts but never finishes: it expires after duration + grace.
+    let (id, _, _) = w.next_alert().await;
+    assert_eq!(id, a2);
+    w.started(&a2).await;
+    eventually(|| async { app.status("alice").await["in_flight"].is_null() }).await;
+    assert_eq!(app.status("alice").await["queued"], 0);
+}
+
+#[actix_web::test]
+async fn garbage_frames_get_an_error_and_the_connection_stays() {
+    let app = TestApp::memory().await;
+    let mut w = app.widget("alice").await;
+    for bad in [
+        "not json",
+        "{}",
+        r#"{"type":"dance"}"#,
+        r#"{"type":"done"}"#,
+        r#"{"type":"done","id":5}"#,
+        "[1,2,3]",
+    ] {
+        w.send_text(bad).await;
+        let reply = w.next_json().await;
+        assert_eq!(reply["type"], "error", "{bad}");
+        assert_eq!(reply["code"], "invalid_frame", "{bad}");
+    }
+    w.send_json(json!({ "type": "done", "id": "x".repeat(100) }))
+        .await;
+    assert_eq!(w.next_json().await["type"], "error");
+    w.send_raw(ws::Message::Binary(vec![0u8, 159, 146, 150].into()))
+        .await;
+    assert_eq!(w.next_json().await["code"], "invalid_frame");
+    w.send_json(json!({ "type": "ping" })).await;
+    assert_eq!(w.next_json().await, json!({ "type": "pong" }));
+
+    // Still a working widget.
+    let a1 = app.publish_alert("alice", "after the garbage").await;
+    assert_eq!(w.next_alert().await.0, a1);
+}
+
+#[actix_web::test]
+async fn an_oversized_frame_closes_that_widget_only() {
+    let app = TestApp::memory().await;
+    let mut other = app.widget("alice").await;
+    let mut w = app.widget("alice").await;
+    app.wait_for_widgets("alice", 2).await;
+    w.send_text(&"x".repeat(64 * 1024)).await;
+    match w.next_within(PROMPTLY).await {
+        Some(Incoming::Closed(code)) => assert_eq!(code, Some(1009)),
+        other => panic!("expected a close, got {other:?}"),
+    }
+    app.wait_for_widgets("alice", 1).await;
+    let a1 = app.publish_alert("alice", "still here").await;
+    assert_eq!(other.next_alert().await.0, a1);
+}
+
+#[actix_web::test]
+async fn a_forged_or_missing_token_is_refused_before_the_upgrade() {
+    let app = TestApp::memory().await;
+    let ws_base = app.base.replace("http://", "ws://");
+    let bob = app.token("bob");
+    let forged = format!("{}0", &app.token("alice")[..63]);
+    for url in [
+        format!("{ws_base}/ws/alice"),
+        format!("{ws_base}/ws/alice?token="),
+        format!("{ws_base}/ws/alice?token={bob}"),
+        format!("{ws_base}/ws/alice?token={forged}"),
+        format!("{ws_base}/ws/alice?token=%00%FF"),
+    ] {
+        match WidgetClient::connect(&url).await {
+            Err(awc::error::WsClientError::InvalidResponseStatus(s)) => {
+                assert_eq!(s.as_u16(), 401, "{url}")
+            }
+            Err(e) => panic!("{url}: unexpected {e}"),
+            Ok(_) => panic!("{url}: a forged token was accepted"),
+        }
+    }
+    let (status, body) = app.get("/widget/alice?token=nope", None).await;
+    assert_eq!(
+        (status, body["error"]["code"].as_str()),
+        (401, Some("invalid_token"))
+    );
+    assert_eq!(app.status("alice").await["widgets"], 0);
+}
+
+#[actix_web::test]
+async fn the_widget_page_and_its_assets_are_served() {
+    let app = TestApp::memory().await;
+    let mut res = app
+        .http
+        .get(format!(
+            "{}/widget/alice?token={}",
+            app.base,
+            app.token("alice")
+        ))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status().as_u16(), 200);
+    let csp = res.headers().get("content-security-policy").unwrap();
+    assert!(csp.to_str().unwrap().contains("script-src 'self'"));
+    let page = res.body().await.unwrap();
+    let page = String::from_utf8_lossy(&page);
+    assert!(page.contains("/widget-assets/widget.js"));
+    for asset in ["widget.js", "widget.css"] {
+        let (status, _) = app.get(&format!("/widget-assets/{asset}"), None).await;
+        assert_eq!(status, 200, "{asset}");
+    }
+}
+
+#[actix_web::test]
+async fn a_node_shutting_down_closes_its_widgets_with_1012() {
+    let app = TestApp::memory().await;
+    let mut w = app.widget("alice").await;
+    let stopper = app.stopper.clone();
+    actix_web::rt::spawn(async move { stopper.stop().await });
+    match w.next_within(PROMPTLY).await {
+        Some(Incoming::Closed(code)) => assert_eq!(code, Some(1012)),
+        other => panic!("expected a close, got {other:?}"),
+    }
+}
