@@ -1,0 +1,77 @@
+//! Several nodes on one Redis: any node may take any publish, any widget, any `done`.
+
+use std::time::Duration;
+
+use crate::helpers::*;
+
+#[actix_web::test]
+async fn a_widget_on_one_node_gets_what_was_published_on_another() {
+    let redis = RedisServer::spawn().await;
+    let a = TestApp::redis(&redis).await;
+    let b = TestApp::redis(&redis).await;
+    let mut w = a.widget("alice").await;
+    b.wait_for_widgets("alice", 1).await;
+
+    let a1 = b.publish_alert("alice", "published on b").await;
+    assert_eq!(w.next_alert().await.0, a1);
+    w.done(&a1).await;
+    let a2 = b.publish_alert("alice", "again on b").await;
+    assert_eq!(w.next_alert().await.0, a2);
+}
+
+#[actix_web::test]
+async fn a_done_on_one_node_advances_the_widgets_of_another() {
+    let redis = RedisServer::spawn().await;
+    let a = TestApp::redis(&redis).await;
+    let b = TestApp::redis(&redis).await;
+    let mut on_a = a.widget("alice").await;
+    let mut on_b = b.widget("alice").await;
+    a.wait_for_widgets("alice", 2).await;
+
+    let a1 = a.publish_alert("alice", "one").await;
+    let a2 = a.publish_alert("alice", "two").await;
+    assert_eq!(on_a.next_alert().await.0, a1);
+    assert_eq!(on_b.next_alert().await.0, a1);
+    on_a.expect_silence(Duration::from_millis(300)).await;
+
+    on_b.done(&a1).await;
+    assert_eq!(on_a.next_alert().await.0, a2);
+    assert_eq!(on_b.next_alert().await.0, a2);
+}
+
+#[actix_web::test]
+async fn both_nodes_share_the_widget_secret_kept_in_redis() {
+    let redis = RedisServer::spawn().await;
+    let mut args = serve_args(Some(redis.url()));
+    args.secret = None;
+    let a = TestApp::spawn(args.clone()).await;
+    let b = TestApp::spawn(args).await;
+    let receiver = cuebox::alert::ReceiverId::parse("alice").unwrap();
+    let secret = match redis.cmd(&["GET", "cuebox:secret"]).await {
+        redis::Value::BulkString(b) => String::from_utf8(b).unwrap(),
+        other => panic!("no secret kept: {other:?}"),
+    };
+    let token = cuebox::auth::WidgetTokens::new(&secret).token(&receiver);
+    for node in [&a, &b] {
+        let (status, _) = node
+            .get(&format!("/widget/alice?token={token}"), None)
+            .await;
+        assert_eq!(status, 200);
+    }
+}
+
+#[actix_web::test]
+async fn a_widget_moving_to_another_node_mid_alert_gets_it_again() {
+    let redis = RedisServer::spawn().await;
+    let a = TestApp::redis(&redis).await;
+    let b = TestApp::redis(&redis).await;
+    let mut w = a.widget("alice").await;
+    let a1 = b.publish_alert("alice", "one").await;
+    assert_eq!(w.next_alert().await.0, a1);
+    w.started(&a1).await;
+    w.close().await;
+
+    let mut w = b.widget("alice").await;
+    let (id, attempt, _) = w.next_alert().await;
+    assert_eq!((id.as_str(), attempt), (a1.as_str(), 2));
+}
