@@ -124,6 +124,12 @@ impl Application {
         })?;
         let server =
             HttpServer::new(move || App::new().app_data(state.clone()).configure(http::routes))
+                // Alerts are small frames that must not wait for Nagle's algorithm to batch them.
+                .on_connect(|conn, _| {
+                    if let Some(tcp) = conn.downcast_ref::<actix_web::rt::net::TcpStream>() {
+                        let _ = tcp.set_nodelay(true);
+                    }
+                })
                 .listen(listener)
                 .map_err(|source| StartError::Bind {
                     addr: args.bind.clone(),

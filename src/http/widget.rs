@@ -123,7 +123,9 @@ async fn run(
                     }
                 }
                 Some(Ok(AggregatedMessage::Pong(_))) => heard = Instant::now(),
-                Some(Ok(AggregatedMessage::Close(_))) | None => break None,
+                // Echo the widget's close, as the protocol asks.
+                Some(Ok(AggregatedMessage::Close(reason))) => break reason,
+                None => break None,
                 Some(Err(ProtocolError::Overflow)) => {
                     break Some(reason(CloseCode::Size, "frame too large"));
                 }
@@ -154,9 +156,8 @@ async fn run(
             }
         }
     };
-    if let Some(close) = close {
-        let _ = session.close(Some(close)).await;
-    }
+    // Fails harmlessly when the socket is already gone.
+    let _ = session.close(close).await;
     hub.leave(&widget).await;
     tracing::debug!(widget = widget.id, "widget left");
 }

@@ -398,11 +398,26 @@ impl WidgetClient {
         self.send_json(json!({ "type": "done", "id": id })).await
     }
 
+    /// `started` then `done` in one write. awc cannot set TCP_NODELAY, so two small writes in a
+    /// row would wait out Nagle's algorithm against the server's delayed ACK (about 40 ms), a
+    /// delay no browser has.
+    pub async fn show(&mut self, id: &str) {
+        for kind in ["started", "done"] {
+            let frame = json!({ "type": kind, "id": id }).to_string();
+            let _ = self.framed.feed(ws::Message::Text(frame.into())).await;
+        }
+        let _ = self.framed.flush().await;
+    }
+
     /// Closes the connection cleanly.
     pub async fn close(mut self) {
         let _ = self.framed.send(ws::Message::Close(None)).await;
         let _ = tokio::time::timeout(Duration::from_secs(2), async {
-            while let Some(Ok(_)) = self.framed.next().await {}
+            while let Some(Ok(frame)) = self.framed.next().await {
+                if matches!(frame, ws::Frame::Close(_)) {
+                    break;
+                }
+            }
         })
         .await;
     }
