@@ -4,17 +4,17 @@
 //! browser source, shows the receiver's alerts one at a time, in order, each one fully, and none
 //! is ever lost. The map of the crate:
 //!
-//! - [`config`]: the command line, every flag with its environment variable.
-//! - [`alert`]: receivers and alerts, parsed and checked once at the edge.
-//! - [`auth`]: publish keys and widget tokens.
-//! - [`store`]: the per-receiver queue and its state machine behind one trait, with the rules
+//! - [`config`] holds the command line, every flag with its environment variable.
+//! - [`alert`] holds receivers and alerts, parsed and checked once at the edge.
+//! - [`auth`] holds publish keys and widget tokens.
+//! - [`store`] holds the per-receiver queue and its state machine behind one trait, with the rules
 //!   written out in its docs; [`store::memory`] (embedded) and [`store::redis`] (Lua scripts,
 //!   any number of nodes) keep them; [`store::keys`] names every Redis key.
-//! - [`migrate`]: applies `migrations/` to the Redis key layout at start.
-//! - [`hub`]: this node's widgets, relaying the store's snapshots to them and timing deadlines.
-//! - [`http`]: publish, receiver status, the widget socket and page, health.
-//! - [`startup`]: builds a node and runs it until it is stopped.
-//! - [`telemetry`]: logging.
+//! - [`migrate`] applies `migrations/` to the Redis key layout at start.
+//! - [`hub`] keeps this node's widgets, relaying the store's snapshots to them and timing deadlines.
+//! - [`http`] serves publish, receiver status, the widget socket and page, health.
+//! - [`startup`] builds a node and runs it until it is stopped.
+//! - [`telemetry`] sets up logging.
 //!
 //! `widget/` holds the OBS page, compiled into the binary. `tests/api/` holds the integration
 //! tests, the conformance suite every store passes among them.

@@ -250,8 +250,11 @@ impl Store for RedisStore {
 /// never end unsubscribed while a widget is here.
 struct Watches {
     counts: Arc<Mutex<HashMap<ReceiverId, usize>>>,
-    sync: mpsc::UnboundedSender<(ReceiverId, Option<oneshot::Sender<Result<(), StoreError>>>)>,
+    sync: mpsc::UnboundedSender<SyncRequest>,
 }
+
+/// A receiver whose subscription should match its count, and who to tell when it does.
+type SyncRequest = (ReceiverId, Option<oneshot::Sender<Result<(), StoreError>>>);
 
 impl Watches {
     async fn start(
@@ -269,10 +272,7 @@ impl Watches {
         let mut con = connect(client, Some(pusher(keys.clone(), node, notices.clone()))).await?;
 
         let counts: Arc<Mutex<HashMap<ReceiverId, usize>>> = Arc::default();
-        let (sync, mut requests) = mpsc::unbounded_channel::<(
-            ReceiverId,
-            Option<oneshot::Sender<Result<(), StoreError>>>,
-        )>();
+        let (sync, mut requests) = mpsc::unbounded_channel::<SyncRequest>();
         let wanted = counts.clone();
         tokio::spawn(async move {
             let mut subscribed = HashSet::new();

@@ -111,6 +111,11 @@ async fn run(publish_to: &[&TestApp], widgets_on: [&TestApp; 2]) {
             .map(|(i, app)| widget(app, i, seen.clone(), total)),
     );
     let (published, _) = futures_util::join!(publishers, widgets);
+    let status = widgets_on[0].status(RECEIVER).await;
+    assert_eq!(
+        (status["queued"].as_u64(), status["in_flight"].is_null()),
+        (Some(0), true)
+    );
 
     let seen = seen.borrow();
     let published: HashSet<String> = published.into_iter().flatten().collect();
@@ -130,11 +135,6 @@ async fn run(publish_to: &[&TestApp], widgets_on: [&TestApp; 2]) {
         sorted.sort();
         assert_eq!(order, sorted, "publisher {p} out of order");
     }
-    let status = widgets_on[0].status(RECEIVER).await;
-    assert_eq!(
-        (status["queued"].as_u64(), status["in_flight"].is_null()),
-        (Some(0), true)
-    );
 }
 
 #[actix_web::test]

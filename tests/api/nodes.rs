@@ -75,3 +75,40 @@ async fn a_widget_moving_to_another_node_mid_alert_gets_it_again() {
     let (id, attempt, _) = w.next_alert().await;
     assert_eq!((id.as_str(), attempt), (a1.as_str(), 2));
 }
+
+#[tokio::test]
+async fn a_node_hears_only_the_changes_other_nodes_make_to_its_receivers() {
+    use cuebox::store::{Notice, Publish, WidgetChange};
+
+    let redis = RedisServer::spawn().await;
+    let backing = Backing::Redis(redis.url());
+    let mut a = make_store(&backing, fast_rules(), "node-a").await;
+    let b = make_store(&backing, fast_rules(), "node-b").await;
+    let alice = receiver("alice");
+    a.store.watch(&alice).await.unwrap();
+    a.store.widgets(&alice, WidgetChange::Joined).await.unwrap();
+
+    // b publishes: a's widget must hear of the new alert in flight, alert and all.
+    let alert = record("alice", "from b");
+    let Publish::Accepted { snapshot, .. } = b.store.publish(&alert, None).await.unwrap() else {
+        panic!("accepted")
+    };
+    let heard = tokio::time::timeout(PROMPTLY, a.notices.recv())
+        .await
+        .unwrap();
+    match heard {
+        Some(Notice::Changed {
+            receiver,
+            snapshot: s,
+        }) => {
+            assert_eq!(receiver, alice);
+            assert_eq!(s, snapshot);
+            assert_eq!(s.flight.unwrap().alert.as_deref(), Some(&*alert.json));
+        }
+        other => panic!("expected a change, got {other:?}"),
+    }
+    // a's own change is not echoed back to a.
+    a.store.done(&alice, &alert.id).await.unwrap();
+    let echo = tokio::time::timeout(Duration::from_millis(300), a.notices.recv()).await;
+    assert!(echo.is_err(), "a heard its own change: {echo:?}");
+}
