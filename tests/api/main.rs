@@ -2,6 +2,7 @@
 //! its own redis-server processes on free ports, nodes on port 0, WebSocket widgets, Chromium.
 
 mod browser;
+mod cli;
 mod concurrency;
 mod conformance;
 mod helpers;

@@ -1,0 +1,140 @@
+//! The binary as an operator runs it: help, widget URLs, the demo start.
+
+use std::process::Stdio;
+use std::time::Duration;
+
+use tokio::io::{AsyncBufReadExt, BufReader};
+
+use crate::helpers::*;
+
+fn cuebox() -> tokio::process::Command {
+    let mut cmd = tokio::process::Command::new(env!("CARGO_BIN_EXE_cuebox"));
+    for var in [
+        "CUEBOX_SECRET",
+        "CUEBOX_REDIS_URL",
+        "CUEBOX_PUBLISH_KEYS",
+        "CUEBOX_BIND",
+    ] {
+        cmd.env_remove(var);
+    }
+    cmd.kill_on_drop(true);
+    cmd
+}
+
+#[actix_web::test]
+async fn help_names_every_flag_with_its_variable() {
+    let out = cuebox().args(["serve", "--help"]).output().await.unwrap();
+    let help = String::from_utf8_lossy(&out.stdout);
+    for (flag, var) in [
+        ("--bind", "CUEBOX_BIND"),
+        ("--redis-url", "CUEBOX_REDIS_URL"),
+        ("--key-prefix", "CUEBOX_KEY_PREFIX"),
+        ("--publish-key", "CUEBOX_PUBLISH_KEYS"),
+        ("--secret", "CUEBOX_SECRET"),
+        ("--start-timeout-ms", "CUEBOX_START_TIMEOUT_MS"),
+        ("--ack-grace-ms", "CUEBOX_ACK_GRACE_MS"),
+        ("--max-queue", "CUEBOX_MAX_QUEUE"),
+    ] {
+        assert!(
+            help.contains(flag) && help.contains(var),
+            "{flag} / {var} in:\n{help}"
+        );
+    }
+}
+
+#[actix_web::test]
+async fn widget_url_signs_with_the_given_or_the_shared_secret() {
+    let out = cuebox()
+        .args([
+            "widget-url",
+            "alice",
+            "--secret",
+            SECRET,
+            "--base-url",
+            "https://a.example/",
+        ])
+        .output()
+        .await
+        .unwrap();
+    assert!(out.status.success());
+    let token = cuebox::auth::WidgetTokens::new(SECRET).token(&receiver("alice"));
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout).trim(),
+        format!("https://a.example/widget/alice?token={token}")
+    );
+
+    // From Redis: the same secret the nodes keep there.
+    let redis = RedisServer::spawn().await;
+    let mut args = serve_args(Some(redis.url()));
+    args.secret = None;
+    let app = TestApp::spawn(args).await;
+    let out = cuebox()
+        .args([
+            "widget-url",
+            "alice",
+            "--redis-url",
+            &redis.url(),
+            "--base-url",
+            &app.base,
+        ])
+        .output()
+        .await
+        .unwrap();
+    let url = String::from_utf8_lossy(&out.stdout).trim().to_owned();
+    let path = url
+        .strip_prefix(&app.base)
+        .expect("the URL starts with the base");
+    assert_eq!(app.get(path, None).await.0, 200, "{url}");
+
+    let out = cuebox()
+        .args(["widget-url", "alice"])
+        .output()
+        .await
+        .unwrap();
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("--secret"));
+}
+
+#[actix_web::test]
+async fn a_bare_start_prints_a_publish_key_and_a_working_demo_url() {
+    let port = free_port();
+    let mut child = cuebox()
+        .env("CUEBOX_BIND", format!("127.0.0.1:{port}"))
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
+    let mut printed = Vec::new();
+    let read = tokio::time::timeout(PROMPTLY, async {
+        while let Ok(Some(line)) = lines.next_line().await {
+            printed.push(line.trim().to_owned());
+            if printed.iter().any(|l| l.contains("/widget/demo?token=")) {
+                break;
+            }
+        }
+    })
+    .await;
+    assert!(read.is_ok(), "no demo URL in {printed:?}");
+    let key = printed
+        .iter()
+        .find(|l| l.starts_with("pk_"))
+        .expect("a key");
+    let url = printed
+        .iter()
+        .find(|l| l.contains("/widget/demo?token="))
+        .unwrap();
+
+    let http = awc::Client::new();
+    assert_eq!(http.get(url.as_str()).send().await.unwrap().status(), 200);
+    let published = http
+        .post(format!("http://127.0.0.1:{port}/publish"))
+        .insert_header(("Authorization", format!("Bearer {key}")))
+        .insert_header(("Content-Type", "application/json"))
+        .send_body(r#"{"receiver":"demo"}"#)
+        .await
+        .unwrap();
+    assert_eq!(published.status(), 202);
+    let _ = child.start_kill();
+    let _ = tokio::time::timeout(Duration::from_secs(5), child.wait()).await;
+}
