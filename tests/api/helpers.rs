@@ -165,7 +165,6 @@ pub fn serve_args(redis_url: Option<String>) -> ServeArgs {
 /// A running node and typed ways to talk to it.
 pub struct TestApp {
     pub base: String,
-    pub port: u16,
     pub stopper: Stopper,
     pub http: awc::Client,
     server: Option<tokio::task::JoinHandle<std::io::Result<()>>>,
@@ -175,12 +174,10 @@ impl TestApp {
     pub async fn spawn(args: ServeArgs) -> Self {
         let app = Application::build(args).await.expect("the node builds");
         let base = app.base_url();
-        let port = app.port();
         let stopper = app.stopper();
         let server = Some(tokio::spawn(app.run_until_stopped()));
         Self {
             base,
-            port,
             stopper,
             http: awc::Client::builder().timeout(PROMPTLY).finish(),
             server,
