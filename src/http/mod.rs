@@ -14,6 +14,7 @@ use tokio::sync::watch;
 
 pub use error::ApiError;
 
+use crate::alert::FieldError;
 use crate::auth::{PublishKeys, WidgetTokens};
 use crate::hub::Hub;
 
@@ -27,16 +28,25 @@ pub struct AppState {
 }
 
 pub fn routes(cfg: &mut web::ServiceConfig) {
-    cfg.route("/publish", web::post().to(publish::publish))
-        .route("/receivers/{receiver}", web::get().to(receivers::status))
-        .route("/healthz", web::get().to(health::healthz))
-        .route("/readyz", web::get().to(health::readyz))
-        .route("/ws/{receiver}", web::get().to(widget::connect))
-        .route("/widget/{receiver}", web::get().to(pages::widget_page))
-        .route("/widget-assets/{file}", web::get().to(pages::widget_asset))
-        .default_service(web::to(|| async {
-            Err::<actix_web::HttpResponse, _>(ApiError::NotFound)
-        }));
+    // A query string actix cannot decode still gets cuebox's JSON error, not a bare 400.
+    cfg.app_data(web::QueryConfig::default().error_handler(|e, _| {
+        ApiError::Invalid(FieldError {
+            code: "invalid_query",
+            message: format!("the query string is not valid: {e}"),
+            field: None,
+        })
+        .into()
+    }))
+    .route("/publish", web::post().to(publish::publish))
+    .route("/receivers/{receiver}", web::get().to(receivers::status))
+    .route("/healthz", web::get().to(health::healthz))
+    .route("/readyz", web::get().to(health::readyz))
+    .route("/ws/{receiver}", web::get().to(widget::connect))
+    .route("/widget/{receiver}", web::get().to(pages::widget_page))
+    .route("/widget-assets/{file}", web::get().to(pages::widget_asset))
+    .default_service(web::to(|| async {
+        Err::<actix_web::HttpResponse, _>(ApiError::NotFound)
+    }));
 }
 
 /// Checks `Authorization: Bearer <publish key>`.
