@@ -26,7 +26,9 @@
 //!   as expired. Nodes learn deadlines from snapshots and call [`Store::check`] when one passes;
 //!   the store decides, so any number of nodes may check at once.
 //! - **Sequence.** Every change of the alert in flight bumps the receiver's `seq`, so a node can
-//!   tell a stale snapshot from a new one whatever path each arrived by.
+//!   tell a stale snapshot from a new one whatever path each arrived by. A store that can lose
+//!   a receiver's keys while nodes run (Redis without persistence, restarted) starts a new
+//!   receiver's `seq` from its clock, so `seq` still moves past what the nodes saw before.
 //! - **Idempotency.** A publish that repeats an idempotency key of the last 24 hours for the same
 //!   receiver returns the first alert's id and queues nothing.
 //!

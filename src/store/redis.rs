@@ -6,7 +6,6 @@
 //! separate so that a dropped subscriber (say `CLIENT KILL TYPE pubsub`) never fails a publish.
 
 use std::collections::{HashMap, HashSet};
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -53,7 +52,7 @@ pub async fn connect(
         .set_number_of_retries(3)
         .set_max_delay(Duration::from_millis(500));
     if let Some(push) = push {
-        config = config.set_push_sender(push).set_automatic_resubscription();
+        config = config.set_push_sender(push);
     }
     Ok(ConnectionManager::new_with_config(client, config).await?)
 }
@@ -247,14 +246,22 @@ impl Store for RedisStore {
 ///
 /// `watch` and `unwatch` only count; one task turns the counts into SUBSCRIBE and UNSUBSCRIBE,
 /// one receiver at a time and reading the count when it acts, so a quick leave and join can
-/// never end unsubscribed while a widget is here.
+/// never end unsubscribed while a widget is here. The same task restores every subscription
+/// after the connection drops.
 struct Watches {
     counts: Arc<Mutex<HashMap<ReceiverId, usize>>>,
-    sync: mpsc::UnboundedSender<SyncRequest>,
+    requests: mpsc::UnboundedSender<WatchRequest>,
 }
 
-/// A receiver whose subscription should match its count, and who to tell when it does.
-type SyncRequest = (ReceiverId, Option<oneshot::Sender<Result<(), StoreError>>>);
+enum WatchRequest {
+    /// Make the receiver's subscription match its count, and say when it does.
+    Sync(ReceiverId, Option<oneshot::Sender<Result<(), StoreError>>>),
+    /// The connection dropped, and its subscriptions with it.
+    Resubscribe,
+}
+
+/// How often a node retries restoring its subscriptions while Redis is away.
+const RESUBSCRIBE_RETRY: Duration = Duration::from_millis(500);
 
 impl Watches {
     async fn start(
@@ -269,42 +276,81 @@ impl Watches {
             .clone()
             .set_protocol(ProtocolVersion::RESP3);
         let client = Client::open(info.set_redis_settings(redis_settings))?;
-        let mut con = connect(client, Some(pusher(keys.clone(), node, notices.clone()))).await?;
+        let (requests, mut inbox) = mpsc::unbounded_channel();
+        // The pusher lives inside the connection the task owns; a weak sender lets the task end
+        // when the store is dropped.
+        let pusher = pusher(keys.clone(), node, notices.clone(), requests.downgrade());
+        let mut con = connect(client, Some(pusher)).await?;
 
         let counts: Arc<Mutex<HashMap<ReceiverId, usize>>> = Arc::default();
-        let (sync, mut requests) = mpsc::unbounded_channel::<SyncRequest>();
         let wanted = counts.clone();
         tokio::spawn(async move {
-            let mut subscribed = HashSet::new();
-            while let Some((receiver, ack)) = requests.recv().await {
-                let want = lock(&wanted).get(&receiver).is_some_and(|n| *n > 0);
-                let channel = keys.events(&receiver);
-                let result = if want && !subscribed.contains(&receiver) {
-                    con.subscribe(&channel).await.map(|()| {
-                        subscribed.insert(receiver);
-                    })
-                } else if !want && subscribed.contains(&receiver) {
-                    con.unsubscribe(&channel).await.map(|()| {
-                        subscribed.remove(&receiver);
-                    })
-                } else {
-                    Ok(())
-                };
-                if let Err(e) = &result {
-                    tracing::warn!(error = %e, channel, "changing a subscription failed");
-                }
-                if let Some(ack) = ack {
-                    let _ = ack.send(result.map_err(Into::into));
+            let mut subscribed: HashSet<ReceiverId> = HashSet::new();
+            while let Some(request) = inbox.recv().await {
+                match request {
+                    WatchRequest::Sync(receiver, ack) => {
+                        let want = lock(&wanted).get(&receiver).is_some_and(|n| *n > 0);
+                        let channel = keys.events(&receiver);
+                        let result = if want && !subscribed.contains(&receiver) {
+                            con.subscribe(&channel).await.map(|()| {
+                                subscribed.insert(receiver);
+                            })
+                        } else if !want && subscribed.contains(&receiver) {
+                            con.unsubscribe(&channel).await.map(|()| {
+                                subscribed.remove(&receiver);
+                            })
+                        } else {
+                            Ok(())
+                        };
+                        if let Err(e) = &result {
+                            tracing::warn!(error = %e, channel, "changing a subscription failed");
+                        }
+                        if let Some(ack) = ack {
+                            let _ = ack.send(result.map_err(Into::into));
+                        }
+                    }
+                    WatchRequest::Resubscribe => {
+                        let channels: Vec<String> =
+                            subscribed.iter().map(|r| keys.events(r)).collect();
+                        // Retried until Redis answers; a command is also what makes the
+                        // manager reconnect once its own retries are spent.
+                        loop {
+                            let result = if channels.is_empty() {
+                                redis::cmd("PING")
+                                    .query_async::<String>(&mut con)
+                                    .await
+                                    .map(drop)
+                            } else {
+                                con.subscribe(&channels).await
+                            };
+                            match result {
+                                Ok(()) => break,
+                                Err(e) => tracing::debug!(error = %e, "resubscribing failed"),
+                            }
+                            if inbox.is_closed() {
+                                return;
+                            }
+                            tokio::time::sleep(RESUBSCRIBE_RETRY).await;
+                        }
+                        tracing::info!(
+                            channels = channels.len(),
+                            "pub/sub restored; re-reading receivers"
+                        );
+                        // Whatever was published while the connection was down was missed.
+                        let _ = notices.send(Notice::Resync);
+                    }
                 }
             }
         });
-        Ok(Self { counts, sync })
+        Ok(Self { counts, requests })
     }
 
     async fn watch(&self, receiver: &ReceiverId) -> Result<(), StoreError> {
         *lock(&self.counts).entry(receiver.clone()).or_default() += 1;
         let (ack, done) = oneshot::channel();
-        let sent = self.sync.send((receiver.clone(), Some(ack)));
+        let sent = self
+            .requests
+            .send(WatchRequest::Sync(receiver.clone(), Some(ack)));
         let result = match sent {
             Ok(()) => done
                 .await
@@ -327,7 +373,9 @@ impl Watches {
                 }
             }
         }
-        let _ = self.sync.send((receiver.clone(), None));
+        let _ = self
+            .requests
+            .send(WatchRequest::Sync(receiver.clone(), None));
     }
 }
 
@@ -335,11 +383,14 @@ fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|e| e.into_inner())
 }
 
-/// Turns pushes on the subscriber connection into notices. After the connection drops, the
-/// manager reconnects and resubscribes; the first subscribe confirmation after that asks the hub
-/// to re-read its receivers, since anything published in the gap was missed.
-fn pusher(keys: Keys, node: Arc<str>, notices: mpsc::UnboundedSender<Notice>) -> Pusher {
-    let dropped = AtomicBool::new(false);
+/// Turns pushes on the subscriber connection into notices, and a dropped connection into a
+/// request to restore its subscriptions.
+fn pusher(
+    keys: Keys,
+    node: Arc<str>,
+    notices: mpsc::UnboundedSender<Notice>,
+    watches: mpsc::WeakUnboundedSender<WatchRequest>,
+) -> Pusher {
     Box::new(move |push: PushInfo| {
         match push.kind {
             PushKind::Message => {
@@ -349,11 +400,9 @@ fn pusher(keys: Keys, node: Arc<str>, notices: mpsc::UnboundedSender<Notice>) ->
             }
             PushKind::Disconnection => {
                 tracing::warn!("the pub/sub connection to Redis dropped; reconnecting");
-                dropped.store(true, Ordering::Relaxed);
-            }
-            PushKind::Subscribe if dropped.swap(false, Ordering::Relaxed) => {
-                tracing::info!("pub/sub resubscribed; re-reading receivers");
-                let _ = notices.send(Notice::Resync);
+                if let Some(watches) = watches.upgrade() {
+                    let _ = watches.send(WatchRequest::Resubscribe);
+                }
             }
             _ => {}
         }

@@ -172,6 +172,11 @@ pub struct TestApp {
 
 impl TestApp {
     pub async fn spawn(args: ServeArgs) -> Self {
+        // Logs only when asked for (`CUEBOX_LOG=debug cargo test ...`): they go around the
+        // harness's capture.
+        if std::env::var_os("CUEBOX_LOG").is_some() {
+            cuebox::telemetry::init();
+        }
         let app = Application::build(args).await.expect("the node builds");
         let base = app.base_url();
         let stopper = app.stopper();

@@ -112,3 +112,26 @@ async fn a_node_hears_only_the_changes_other_nodes_make_to_its_receivers() {
     let echo = tokio::time::timeout(Duration::from_millis(300), a.notices.recv()).await;
     assert!(echo.is_err(), "a heard its own change: {echo:?}");
 }
+
+#[actix_web::test]
+async fn a_connected_widget_gets_alerts_again_once_redis_is_back() {
+    let mut redis = RedisServer::spawn().await;
+    let app = TestApp::redis(&redis).await;
+    let mut w = app.widget("alice").await;
+    let a1 = app.publish_alert("alice", "before").await;
+    assert_eq!(w.next_alert().await.0, a1);
+    w.show(&a1).await;
+    eventually(|| async { app.status("alice").await["in_flight"].is_null() }).await;
+
+    // Redis comes back empty (no persistence here): the node re-reports its widget on its own,
+    // and the widget, still connected, gets what is published next.
+    redis.restart().await;
+    eventually(|| async { app.get("/readyz", None).await.0 == 200 }).await;
+    let (status, body) = app
+        .publish(serde_json::json!({ "receiver": "alice", "message": "after" }))
+        .await;
+    assert_eq!(status, 202, "{body}");
+    let a2 = body["id"].as_str().unwrap().to_owned();
+    let (id, _, _) = w.next_alert().await;
+    assert_eq!(id, a2);
+}

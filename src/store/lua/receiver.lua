@@ -27,6 +27,11 @@ local seq_before = tonumber(redis.call('HGET', state, 'seq') or 0)
 local seq = seq_before
 
 local function bump()
+  if seq == 0 then
+    -- A new receiver, or one whose keys were lost (a Redis restart without persistence):
+    -- count on from the clock, so seq still moves past anything a node saw before.
+    redis.call('HSET', state, 'seq', now * 1000)
+  end
   seq = redis.call('HINCRBY', state, 'seq', 1)
 end
 
@@ -125,8 +130,9 @@ local function finish(with_alert)
     local _, others = presence()
     if others then
       local id, json = snap[2], snap[6]
-      redis.call('PUBLISH', channel, table.concat({node, snap[1], id or '-', snap[3], snap[4],
-        snap[5], json or ''}, ' '))
+      -- %d: seq is past 1e14, where Lua would otherwise write it in exponent form.
+      redis.call('PUBLISH', channel, table.concat({node, string.format('%d', snap[1]), id or '-',
+        snap[3], snap[4], snap[5], json or ''}, ' '))
     end
   end
   return snap
