@@ -18,7 +18,15 @@ use crate::alert::{AlertRecord, ReceiverId};
 
 pub struct MemoryStore {
     rules: Rules,
-    receivers: Mutex<HashMap<ReceiverId, Receiver>>,
+    receivers: Mutex<Receivers>,
+}
+
+#[derive(Default)]
+struct Receivers {
+    map: HashMap<ReceiverId, Receiver>,
+    /// The highest `seq` of any receiver forgotten so far. A receiver made again starts from
+    /// here, so its `seq` never goes back to a value a hub has already seen.
+    seq_floor: u64,
 }
 
 #[derive(Default)]
@@ -55,11 +63,11 @@ impl MemoryStore {
     pub fn new(rules: Rules) -> Self {
         Self {
             rules,
-            receivers: Mutex::new(HashMap::new()),
+            receivers: Mutex::default(),
         }
     }
 
-    fn lock(&self) -> MutexGuard<'_, HashMap<ReceiverId, Receiver>> {
+    fn lock(&self) -> MutexGuard<'_, Receivers> {
         // A panic while holding the lock cannot leave a receiver half-changed in a way the
         // rules can't read, so a poisoned lock is still usable.
         self.receivers.lock().unwrap_or_else(|e| e.into_inner())
@@ -67,10 +75,15 @@ impl MemoryStore {
 
     /// Runs one transition on a receiver, then forgets the receiver if nothing is left of it.
     fn with<T>(&self, receiver: &ReceiverId, f: impl FnOnce(&mut Receiver, &Rules) -> T) -> T {
-        let mut map = self.lock();
-        let r = map.entry(receiver.clone()).or_default();
+        let mut guard = self.lock();
+        let Receivers { map, seq_floor } = &mut *guard;
+        let r = map.entry(receiver.clone()).or_insert_with(|| Receiver {
+            seq: *seq_floor,
+            ..Receiver::default()
+        });
         let out = f(r, &self.rules);
         if r.queue.is_empty() && r.flight.is_none() && r.widgets == 0 && r.idempotency.is_empty() {
+            *seq_floor = (*seq_floor).max(r.seq);
             map.remove(receiver);
         }
         out
@@ -257,8 +270,7 @@ impl Store for MemoryStore {
     }
 
     async fn status(&self, receiver: &ReceiverId) -> Result<Status, StoreError> {
-        let map = self.lock();
-        Ok(match map.get(receiver) {
+        Ok(match self.lock().map.get(receiver) {
             None => Status {
                 queued: 0,
                 in_flight: None,

@@ -274,6 +274,19 @@ async fn every_change_of_the_flight_moves_seq_forward(b: Backing) {
     assert!(snap.seq > last);
 }
 
+async fn seq_never_goes_back_even_for_a_receiver_that_went_idle(b: Backing) {
+    let s = make_store(&b, fast_rules(), NODE).await;
+    let r = receiver("alice");
+    s.store.widgets(&r, WidgetChange::Joined).await.unwrap();
+    let (a1, _) = publish(&s, "alice", "one").await;
+    let last = s.store.done(&r, &a1).await.unwrap().seq;
+    // Nothing queued, nothing in flight, no widget: a store may forget the receiver now.
+    s.store.widgets(&r, WidgetChange::Left).await.unwrap();
+    s.store.widgets(&r, WidgetChange::Joined).await.unwrap();
+    let (_, snap) = publish(&s, "alice", "two").await;
+    assert!(snap.seq > last, "seq went from {last} back to {}", snap.seq);
+}
+
 async fn receivers_do_not_share_anything(b: Backing) {
     let s = make_store(&b, fast_rules(), NODE).await;
     let alice = receiver("alice");
@@ -325,4 +338,5 @@ conformance!(
     alert_text_comes_back_byte_for_byte,
     every_change_of_the_flight_moves_seq_forward,
     receivers_do_not_share_anything,
+    seq_never_goes_back_even_for_a_receiver_that_went_idle,
 );
