@@ -208,11 +208,6 @@ impl Hub {
         vec![apply, refresh]
     }
 
-    /// How many widgets this node holds, over all receivers.
-    pub fn widget_count(&self) -> usize {
-        self.lock().values().map(|l| l.widgets.len()).sum()
-    }
-
     fn forget(&self, receiver: &ReceiverId, widget: u64) {
         let mut map = self.lock();
         if let Some(local) = map.get_mut(receiver) {
