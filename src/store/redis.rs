@@ -444,24 +444,29 @@ fn parse_notice(keys: &Keys, node: &str, data: &[Value]) -> Option<Notice> {
 }
 
 fn parse_snapshot(v: Value) -> Result<Snapshot, StoreError> {
-    let Value::Array(items) = &v else {
-        return Err(protocol("snapshot", &v));
+    let items = match v {
+        Value::Array(items) if items.len() == 6 => items,
+        other => return Err(protocol("snapshot", &other)),
     };
-    let [seq, id, attempt, started, remaining, json] = items.as_slice() else {
-        return Err(protocol("snapshot", &v));
-    };
-    let flight = match text(id) {
+    // unwrap: the length was checked just above.
+    let [seq, id, attempt, started, remaining, json]: [Value; 6] =
+        items.try_into().expect("six items");
+    let flight = match text(&id) {
         None => None,
         Some(id) => Some(Flight {
             id: id.into(),
-            attempt: int(attempt)? as u32,
-            started: int(started)? == 1,
-            remaining: Duration::from_millis(int(remaining)?),
-            alert: text(json).map(Into::into),
+            attempt: int(&attempt)? as u32,
+            started: int(&started)? == 1,
+            remaining: Duration::from_millis(int(&remaining)?),
+            // Taken, not copied: the alert is the one large part of a reply.
+            alert: match json {
+                Value::BulkString(bytes) => String::from_utf8(bytes).ok().map(Into::into),
+                _ => None,
+            },
         }),
     };
     Ok(Snapshot {
-        seq: int(seq)?,
+        seq: int(&seq)?,
         flight,
     })
 }
