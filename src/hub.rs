@@ -41,11 +41,19 @@ pub struct Hub {
 /// What this node holds for one receiver.
 #[derive(Default)]
 struct Local {
-    widgets: Vec<(u64, mpsc::Sender<Frame>)>,
+    widgets: Vec<LocalWidget>,
     /// The newest snapshot applied.
     seq: u64,
     flight: Option<LocalFlight>,
     timer: Option<AbortHandle>,
+}
+
+struct LocalWidget {
+    id: u64,
+    outbox: mpsc::Sender<Frame>,
+    /// Counted by the store yet. Until then the widget gets no frames: an alert shown by a
+    /// widget the store does not count could be put back in the queue (rule f) under it.
+    counted: bool,
 }
 
 struct LocalFlight {
@@ -93,16 +101,20 @@ impl Hub {
         Ok(outcome)
     }
 
-    /// Adds a widget: it is registered here first, so no snapshot can pass it by, then in the
-    /// store, whose answer gives it the alert in flight, if any.
+    /// Adds a widget: it is registered here first, so no snapshot can pass it by, then counted
+    /// in the store, and only then given the alert in flight, the newest this node knows.
     pub async fn join(&self, receiver: &ReceiverId) -> Result<Widget, StoreError> {
         let id = self.next_widget.fetch_add(1, Ordering::Relaxed);
-        let (tx, frames) = mpsc::channel(OUTBOX);
+        let (outbox, frames) = mpsc::channel(OUTBOX);
         self.lock()
             .entry(receiver.clone())
             .or_default()
             .widgets
-            .push((id, tx));
+            .push(LocalWidget {
+                id,
+                outbox,
+                counted: false,
+            });
 
         if let Err(e) = self.store.watch(receiver).await {
             self.forget(receiver, id);
@@ -110,7 +122,7 @@ impl Hub {
         }
         match self.store.widgets(receiver, WidgetChange::Joined).await {
             Ok(snapshot) => {
-                self.apply_for_new_widget(receiver, id, snapshot);
+                self.count_in(receiver, id, snapshot);
                 Ok(Widget {
                     id,
                     receiver: receiver.clone(),
@@ -166,6 +178,8 @@ impl Hub {
         let held: Vec<(ReceiverId, u32)> = self
             .lock()
             .iter()
+            // Widgets still joining count too: a report one too high for a moment only delays
+            // a requeue, while one too low could requeue an alert a widget is showing.
             .map(|(r, l)| (r.clone(), l.widgets.len() as u32))
             .collect();
         for (receiver, count) in held {
@@ -211,7 +225,7 @@ impl Hub {
     fn forget(&self, receiver: &ReceiverId, widget: u64) {
         let mut map = self.lock();
         if let Some(local) = map.get_mut(receiver) {
-            local.widgets.retain(|(id, _)| *id != widget);
+            local.widgets.retain(|w| w.id != widget);
             if local.widgets.is_empty() {
                 if let Some(timer) = local.timer.take() {
                     timer.abort();
@@ -221,17 +235,18 @@ impl Hub {
         }
     }
 
-    /// A newly joined widget needs the alert in flight even when the snapshot is not news to
-    /// the other widgets here.
-    fn apply_for_new_widget(&self, receiver: &ReceiverId, widget: u64, snapshot: Snapshot) {
+    /// The store counts the widget now: apply what its answer says (news for the other
+    /// widgets, if any), then give this one the alert in flight.
+    fn count_in(&self, receiver: &ReceiverId, widget: u64, snapshot: Snapshot) {
         let mut map = self.lock();
         let Some(local) = map.get_mut(receiver) else {
             return;
         };
-        if snapshot.seq > local.seq || local.flight.is_none() {
-            self.apply_to(receiver, local, snapshot);
-        } else if let Some(flight) = &local.flight {
-            let frame = flight.frame.clone();
+        self.apply_to(receiver, local, snapshot);
+        if let Some(w) = local.widgets.iter_mut().find(|w| w.id == widget) {
+            w.counted = true;
+        }
+        if let Some(frame) = local.flight.as_ref().map(|f| f.frame.clone()) {
             send(&mut local.widgets, Some(widget), &frame);
         }
     }
@@ -312,14 +327,14 @@ impl Hub {
     }
 }
 
-/// Sends a frame to every widget (or one), dropping widgets whose outbox is full or closed:
-/// their connection sees the channel close and ends.
-fn send(widgets: &mut Vec<(u64, mpsc::Sender<Frame>)>, only: Option<u64>, frame: &Frame) {
-    widgets.retain(|(id, tx)| {
-        if only.is_some_and(|o| o != *id) {
+/// Sends a frame to every counted widget (or one), dropping widgets whose outbox is full or
+/// closed: their connection sees the channel close and ends.
+fn send(widgets: &mut Vec<LocalWidget>, only: Option<u64>, frame: &Frame) {
+    widgets.retain(|w| {
+        if !w.counted || only.is_some_and(|o| o != w.id) {
             return true;
         }
-        tx.try_send(frame.clone()).is_ok()
+        w.outbox.try_send(frame.clone()).is_ok()
     });
 }
 

@@ -220,6 +220,17 @@ async fn the_widget_shows_alerts_one_at_a_time_in_order() {
     page.wait_for("window.cuebox && window.cuebox.connected", PROMPTLY)
         .await;
 
+    // Record every change of what is on screen, as the page sees it, before anything is sent:
+    // each alert must appear, then the card hide, before the next appears.
+    page.eval(&format!(
+        "window.__seen = []; \
+         new MutationObserver(() => {{ \
+           const id = {VISIBLE}; \
+           if (window.__seen[window.__seen.length - 1] !== id) window.__seen.push(id); \
+         }}).observe(document.getElementById('card'), {{ attributes: true }}); \
+         window.__seen.push({VISIBLE}); true"
+    ))
+    .await;
     let mut ids = Vec::new();
     for (from, message) in [("Ana", "first"), ("Bia", "second"), ("Caio", "third")] {
         let (status, body) = app
@@ -232,27 +243,19 @@ async fn the_widget_shows_alerts_one_at_a_time_in_order() {
         ids.push(body["id"].as_str().unwrap().to_owned());
     }
 
-    // Watch what is on screen until all three have been shown and the card is gone.
-    let mut visible: Vec<String> = Vec::new();
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
-    loop {
-        let now = page.eval(VISIBLE).await;
-        if let Some(id) = now.as_str() {
-            if visible.last().map(String::as_str) != Some(id) {
-                visible.push(id.to_owned());
-            }
-        }
-        let shown = page.eval("window.cuebox.shown.length").await;
-        if shown == json!(3) && now.is_null() {
-            break;
-        }
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "shown so far: {visible:?}"
-        );
-        tokio::time::sleep(Duration::from_millis(30)).await;
-    }
-    assert_eq!(visible, ids, "each alert on screen once, in publish order");
+    page.wait_for(
+        &format!("window.__seen.filter(x => x).length === 3 && {VISIBLE} === null"),
+        Duration::from_secs(20),
+    )
+    .await;
+    let expected: Vec<Value> = std::iter::once(Value::Null)
+        .chain(ids.iter().flat_map(|id| [json!(id), Value::Null]))
+        .collect();
+    assert_eq!(
+        page.eval("window.__seen").await,
+        json!(expected),
+        "each alert on screen once, alone, in publish order"
+    );
     assert_eq!(page.eval("window.cuebox.shown").await, json!(ids));
     eventually(|| async { app.status("alice").await["in_flight"].is_null() }).await;
     assert_eq!(app.status("alice").await["queued"], 0);

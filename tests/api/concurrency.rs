@@ -64,6 +64,7 @@ async fn widget(app: &TestApp, index: usize, seen: Rc<RefCell<Seen>>, total: usi
             Some(Incoming::Closed(code)) => panic!("widget {index} closed by the server: {code:?}"),
             Some(Incoming::Json(frame)) => frame,
         };
+        assert_ne!(frame["type"], "error", "widget {index} got {frame}");
         if frame["type"] != "alert" {
             continue;
         }

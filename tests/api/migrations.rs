@@ -28,7 +28,11 @@ async fn nodes_starting_together_migrate_once_and_all_start() {
         Application::build(serve_args(Some(redis.url()))),
         Application::build(serve_args(Some(redis.url()))),
     );
-    assert!(a.is_ok() && b.is_ok() && c.is_ok());
+    for node in [a, b, c] {
+        if let Err(e) = node {
+            panic!("a node did not start: {e}");
+        }
+    }
 }
 
 #[actix_web::test]
