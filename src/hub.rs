@@ -139,12 +139,17 @@ impl Hub {
     }
 
     /// Removes a widget. If it was the last one anywhere, the store puts the alert in flight
-    /// back at the head of the queue.
-    pub async fn leave(&self, widget: &Widget) {
+    /// back at the head of the queue, unless the widget was `withdrawn` by a stopping node.
+    pub async fn leave(&self, widget: &Widget, withdrawn: bool) {
         let receiver = &widget.receiver;
         self.forget(receiver, widget.id);
         self.store.unwatch(receiver).await;
-        match self.store.widgets(receiver, WidgetChange::Left).await {
+        let change = if withdrawn {
+            WidgetChange::Withdrawn
+        } else {
+            WidgetChange::Left
+        };
+        match self.store.widgets(receiver, change).await {
             Ok(snapshot) => self.apply(receiver, snapshot),
             // The report this node keeps for the receiver expires on its own, or the next
             // refresh corrects it.

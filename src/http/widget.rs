@@ -97,6 +97,7 @@ async fn run(
     tracing::debug!(widget = widget.id, "widget joined");
 
     let mut heard = Instant::now();
+    let mut withdrawn = false;
     let mut heartbeat = tokio::time::interval_at(Instant::now() + PING_EVERY, PING_EVERY);
     let close = loop {
         tokio::select! {
@@ -152,13 +153,14 @@ async fn run(
                 }
             }
             _ = shutdown.changed() => {
+                withdrawn = true;
                 break Some(reason(CloseCode::Restart, "node shutting down"));
             }
         }
     };
     // Fails harmlessly when the socket is already gone.
     let _ = session.close(close).await;
-    hub.leave(&widget).await;
+    hub.leave(&widget, withdrawn).await;
     tracing::debug!(widget = widget.id, "widget left");
 }
 

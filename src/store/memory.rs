@@ -197,13 +197,16 @@ impl Store for MemoryStore {
         Ok(self.with(receiver, |r, rules| {
             r.widgets = match change {
                 WidgetChange::Joined => r.widgets + 1,
-                WidgetChange::Left => r.widgets.saturating_sub(1),
+                WidgetChange::Left | WidgetChange::Withdrawn => r.widgets.saturating_sub(1),
                 WidgetChange::Refresh(n) => n,
             };
-            if r.widgets == 0 {
-                r.requeue();
-            } else {
-                r.dispatch(rules, now);
+            match change {
+                // The alert stays in flight for the widget to get again where it reconnects.
+                WidgetChange::Withdrawn => {}
+                _ if r.widgets == 0 => r.requeue(),
+                _ => {
+                    r.dispatch(rules, now);
+                }
             }
             r.snapshot(now, true)
         }))

@@ -20,7 +20,9 @@
 //!   lives for [`PRESENCE_TTL`] unless refreshed. When the live count falls to zero while an
 //!   alert is in flight, that alert goes back to the head of the queue (f), to be sent again
 //!   with `attempt + 1` when a widget returns. A widget that joins while an alert is in flight
-//!   is given that alert (e); the [`Snapshot`] every call returns carries it.
+//!   is given that alert (e); the [`Snapshot`] every call returns carries it. A widget that a
+//!   stopping node lets go is *withdrawn*, not gone: its alert stays in flight for it to get
+//!   again when it reconnects to another node.
 //! - **Timeouts** (g). A sent alert not `started` within the start timeout is sent again with
 //!   `attempt + 1`. A `started` alert not `done` within `duration_ms` plus the ack grace completes
 //!   as expired. Nodes learn deadlines from snapshots and call [`Store::check`] when one passes;
@@ -113,6 +115,10 @@ pub enum WidgetChange {
     Left,
     /// The node still holds this many: keeps its report live and corrects any drift.
     Refresh(u32),
+    /// The node is shutting down and let the widget go to reconnect elsewhere: it leaves
+    /// without the alert in flight going back to the queue, since it will be given it again
+    /// where it reconnects.
+    Withdrawn,
 }
 
 /// What `GET /receivers/{receiver}` shows.

@@ -198,6 +198,7 @@ impl Store for RedisStore {
             WidgetChange::Joined => ("joined", 0),
             WidgetChange::Left => ("left", 0),
             WidgetChange::Refresh(n) => ("refresh", n),
+            WidgetChange::Withdrawn => ("withdrawn", 0),
         };
         self.transition(receiver, "widgets", &[change, &count.to_string()])
             .await

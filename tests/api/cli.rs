@@ -138,3 +138,55 @@ async fn a_bare_start_prints_a_publish_key_and_a_working_demo_url() {
     let _ = child.start_kill();
     let _ = tokio::time::timeout(Duration::from_secs(5), child.wait()).await;
 }
+
+#[actix_web::test]
+async fn sigterm_closes_widgets_with_1012_and_exits_within_10_s() {
+    let redis = RedisServer::spawn().await;
+    let port = free_port();
+    let mut child = cuebox()
+        .args([
+            "serve",
+            "--bind",
+            &format!("127.0.0.1:{port}"),
+            "--redis-url",
+            &redis.url(),
+        ])
+        .args(["--secret", SECRET, "--publish-key", PUBLISH_KEY])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let token = cuebox::auth::WidgetTokens::new(SECRET).token(&receiver("alice"));
+    let url = format!("ws://127.0.0.1:{port}/ws/alice?token={token}");
+    let deadline = tokio::time::Instant::now() + PROMPTLY;
+    let mut w = loop {
+        match WidgetClient::connect(&url).await {
+            Ok(w) => break w,
+            Err(e) => {
+                assert!(
+                    tokio::time::Instant::now() < deadline,
+                    "the node never listened: {e}"
+                );
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+        }
+    };
+    assert_eq!(w.next_json().await["type"], "hello");
+
+    let pid = child.id().unwrap().to_string();
+    let killed = tokio::process::Command::new("kill")
+        .args(["-TERM", &pid])
+        .status()
+        .await
+        .unwrap();
+    assert!(killed.success());
+    match w.next_within(PROMPTLY).await {
+        Some(Incoming::Closed(code)) => assert_eq!(code, Some(1012)),
+        other => panic!("expected a close, got {other:?}"),
+    }
+    let status = tokio::time::timeout(Duration::from_secs(10), child.wait())
+        .await
+        .expect("the node exits within 10 s")
+        .unwrap();
+    assert!(status.success(), "{status}");
+}

@@ -287,6 +287,28 @@ async fn seq_never_goes_back_even_for_a_receiver_that_went_idle(b: Backing) {
     assert!(snap.seq > last, "seq went from {last} back to {}", snap.seq);
 }
 
+async fn a_withdrawn_widget_leaves_its_alert_in_flight(b: Backing) {
+    let s = make_store(&b, fast_rules(), NODE).await;
+    let r = receiver("alice");
+    s.store.widgets(&r, WidgetChange::Joined).await.unwrap();
+    let (a1, before) = publish(&s, "alice", "one").await;
+    publish(&s, "alice", "two").await;
+    let snap = s.store.widgets(&r, WidgetChange::Withdrawn).await.unwrap();
+    assert_eq!(snap.seq, before.seq, "nothing moved");
+    assert_eq!(flight_id(&snap), Some(a1.clone()));
+    let status = s.store.status(&r).await.unwrap();
+    assert_eq!((status.widgets, status.queued), (0, 1));
+    // Reconnected elsewhere, it is given the same alert, not a new attempt.
+    let f = s
+        .store
+        .widgets(&r, WidgetChange::Joined)
+        .await
+        .unwrap()
+        .flight
+        .unwrap();
+    assert_eq!((f.id.to_string(), f.attempt), (a1, 1));
+}
+
 async fn receivers_do_not_share_anything(b: Backing) {
     let s = make_store(&b, fast_rules(), NODE).await;
     let alice = receiver("alice");
@@ -339,4 +361,5 @@ conformance!(
     every_change_of_the_flight_moves_seq_forward,
     receivers_do_not_share_anything,
     seq_never_goes_back_even_for_a_receiver_that_went_idle,
+    a_withdrawn_widget_leaves_its_alert_in_flight,
 );

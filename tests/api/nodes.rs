@@ -135,3 +135,32 @@ async fn a_connected_widget_gets_alerts_again_once_redis_is_back() {
     let (id, _, _) = w.next_alert().await;
     assert_eq!(id, a2);
 }
+
+#[actix_web::test]
+async fn a_stopping_node_lets_its_widgets_go_and_leaves_their_alert_in_flight() {
+    let redis = RedisServer::spawn().await;
+    let a = TestApp::redis(&redis).await;
+    let b = TestApp::redis(&redis).await;
+    let mut w = a.widget("alice").await;
+    let a1 = b.publish_alert("alice", "one").await;
+    b.publish_alert("alice", "two").await;
+    assert_eq!(w.next_alert().await.0, a1);
+    w.started(&a1).await;
+
+    let stopping = actix_web::rt::spawn(a.stop());
+    match w.next_within(PROMPTLY).await {
+        Some(Incoming::Closed(code)) => assert_eq!(code, Some(1012), "close code: restart"),
+        other => panic!("expected a close, got {other:?}"),
+    }
+    stopping.await.unwrap();
+    let status = b.status("alice").await;
+    assert_eq!(status["in_flight"]["id"], a1.as_str(), "{status}");
+    assert_eq!(
+        (status["queued"].as_u64(), status["widgets"].as_u64()),
+        (Some(1), Some(0))
+    );
+
+    let mut w = b.widget("alice").await;
+    let (id, attempt, _) = w.next_alert().await;
+    assert_eq!((id.as_str(), attempt), (a1.as_str(), 1));
+}

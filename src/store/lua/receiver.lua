@@ -172,7 +172,7 @@ elseif op == 'widgets' then
   end
   if change == 'joined' then
     mine = mine + 1
-  elseif change == 'left' then
+  elseif change == 'left' or change == 'withdrawn' then
     mine = math.max(0, mine - 1)
   else
     mine = count
@@ -182,7 +182,15 @@ elseif op == 'widgets' then
   else
     redis.call('HDEL', widgets, node)
   end
-  if presence() == 0 then requeue() else dispatch() end
+  -- A withdrawn widget (its node is stopping) will reconnect elsewhere and be given the
+  -- alert in flight again, so it stays in flight.
+  if change == 'withdrawn' then
+    -- nothing moves
+  elseif presence() == 0 then
+    requeue()
+  else
+    dispatch()
+  end
   return finish(true)
 
 elseif op == 'started' then
