@@ -52,14 +52,23 @@ impl PublishKeys {
         Self { tag_key, tags }
     }
 
-    /// True when `presented` is one of the keys.
-    pub fn accepts(&self, presented: &str) -> bool {
+    /// Which of the keys `presented` is, if any.
+    pub fn find(&self, presented: &str) -> Option<usize> {
         // Every configured key is tried, so the time taken does not tell which one matched.
-        self.tags.iter().fold(false, |found, tag| {
+        self.tags.iter().enumerate().fold(None, |found, (i, tag)| {
             let mut m = mac(&self.tag_key);
             m.update(presented.as_bytes());
-            m.verify_slice(tag).is_ok() | found
+            let matched = m.verify_slice(tag).is_ok();
+            found.or(matched.then_some(i))
         })
+    }
+
+    pub fn len(&self) -> usize {
+        self.tags.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.tags.is_empty()
     }
 }
 
@@ -132,7 +141,7 @@ mod tests {
     #[test]
     fn publish_keys_accept_only_their_own() {
         let keys = PublishKeys::new(&["one", "two"]);
-        assert!(keys.accepts("one") && keys.accepts("two"));
-        assert!(!keys.accepts("three") && !keys.accepts(""));
+        assert_eq!((keys.find("one"), keys.find("two")), (Some(0), Some(1)));
+        assert_eq!((keys.find("three"), keys.find("")), (None, None));
     }
 }

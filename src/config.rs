@@ -71,6 +71,22 @@ pub struct ServeArgs {
     #[arg(long, env = "CUEBOX_MAX_QUEUE", default_value_t = 10000,
           value_parser = clap::value_parser!(u64).range(1..=10_000_000))]
     pub max_queue: u64,
+
+    /// Most widget connections this node holds; past it, the upgrade answers 503 so the load
+    /// balancer can try another node.
+    #[arg(long, env = "CUEBOX_MAX_CONNECTIONS", default_value_t = 20000,
+          value_parser = clap::value_parser!(u64).range(1..))]
+    pub max_connections: u64,
+
+    /// Most widgets one receiver may have connected, over all nodes; past it, 429.
+    #[arg(long, env = "CUEBOX_MAX_WIDGETS_PER_RECEIVER", default_value_t = 16,
+          value_parser = clap::value_parser!(u32).range(1..=10_000))]
+    pub max_widgets_per_receiver: u32,
+
+    /// Alerts per second each publish key may publish on this node (bursts of one second's
+    /// worth); past it, 429 with Retry-After. 0: no limit.
+    #[arg(long, env = "CUEBOX_PUBLISH_RATE", default_value_t = 0)]
+    pub publish_rate: u32,
 }
 
 #[derive(Args, Debug, Clone)]

@@ -11,6 +11,7 @@
 //!   written out in its docs; [`store::memory`] (embedded) and [`store::redis`] (Lua scripts,
 //!   any number of nodes) keep them; [`store::keys`] names every Redis key.
 //! - [`migrate`] applies `migrations/` to the Redis key layout at start.
+//! - [`limits`] keeps this node's own limits: publish rate per key, widget connections.
 //! - [`hub`] keeps this node's widgets, relaying the store's snapshots to them and timing deadlines.
 //! - [`http`] serves publish, receiver status, the widget socket and page, health.
 //! - [`startup`] builds a node and runs it until it is stopped.
@@ -24,6 +25,7 @@ pub mod auth;
 pub mod config;
 pub mod http;
 pub mod hub;
+pub mod limits;
 pub mod migrate;
 pub mod startup;
 pub mod store;

@@ -15,6 +15,7 @@ use crate::auth::{random_publish_key, random_secret, PublishKeys, WidgetTokens};
 use crate::config::{ServeArgs, WidgetUrlArgs};
 use crate::http::{self, AppState};
 use crate::hub::Hub;
+use crate::limits::{Connections, PublishRate};
 use crate::migrate::{self, MigrateError};
 use crate::store::keys::Keys;
 use crate::store::memory::MemoryStore;
@@ -55,6 +56,7 @@ impl Application {
             start_timeout: Duration::from_millis(args.start_timeout_ms),
             ack_grace: Duration::from_millis(args.ack_grace_ms),
             max_queue: args.max_queue,
+            max_widgets: args.max_widgets_per_receiver,
         };
         let keys = Keys::new(&args.key_prefix).map_err(StartError::Config)?;
         let node = uuid::Uuid::new_v4().simple().to_string();
@@ -103,6 +105,7 @@ impl Application {
             None => PublishKeys::new(&args.publish_keys),
         };
         let tokens = WidgetTokens::new(&secret);
+        let publish_rate = PublishRate::new(args.publish_rate, publish_keys.len());
 
         let hub = Hub::new(store);
         let background = hub.spawn_background(notices_rx);
@@ -111,6 +114,8 @@ impl Application {
             hub,
             publish_keys,
             tokens: tokens.clone(),
+            publish_rate,
+            connections: Connections::new(args.max_connections),
             shutdown: shutdown_rx,
         });
 

@@ -24,6 +24,12 @@ pub enum ApiError {
     QueueFull,
     #[error("no such route")]
     NotFound,
+    #[error("this publish key is over its rate; retry in {0} s")]
+    RateLimited(u64),
+    #[error("{0}; close one first")]
+    TooManyWidgets(StoreError),
+    #[error("this node holds as many widget connections as it may; try another node")]
+    NodeFull,
     #[error("the store is unavailable; nothing was accepted, retry")]
     Unavailable(#[source] StoreError),
 }
@@ -37,7 +43,10 @@ impl From<FieldError> for ApiError {
 impl From<StoreError> for ApiError {
     fn from(e: StoreError) -> Self {
         // Either way the transition did not happen: the store is atomic per call.
-        ApiError::Unavailable(e)
+        match e {
+            StoreError::TooManyWidgets(_) => ApiError::TooManyWidgets(e),
+            _ => ApiError::Unavailable(e),
+        }
     }
 }
 
@@ -51,6 +60,9 @@ impl ApiError {
             ApiError::UnsupportedMediaType => "unsupported_media_type",
             ApiError::QueueFull => "queue_full",
             ApiError::NotFound => "not_found",
+            ApiError::RateLimited(_) => "rate_limited",
+            ApiError::TooManyWidgets(_) => "too_many_widgets",
+            ApiError::NodeFull => "node_full",
             ApiError::Unavailable(_) => "store_unavailable",
         }
     }
@@ -63,7 +75,10 @@ impl ResponseError for ApiError {
             ApiError::Unauthorized | ApiError::BadToken => StatusCode::UNAUTHORIZED,
             ApiError::TooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
             ApiError::UnsupportedMediaType => StatusCode::UNSUPPORTED_MEDIA_TYPE,
-            ApiError::QueueFull => StatusCode::TOO_MANY_REQUESTS,
+            ApiError::QueueFull | ApiError::RateLimited(_) | ApiError::TooManyWidgets(_) => {
+                StatusCode::TOO_MANY_REQUESTS
+            }
+            ApiError::NodeFull => StatusCode::SERVICE_UNAVAILABLE,
             ApiError::NotFound => StatusCode::NOT_FOUND,
             ApiError::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
         }
@@ -82,8 +97,11 @@ impl ResponseError for ApiError {
             ApiError::Unauthorized => {
                 res.insert_header((header::WWW_AUTHENTICATE, "Bearer"));
             }
-            ApiError::Unavailable(_) | ApiError::QueueFull => {
+            ApiError::Unavailable(_) | ApiError::QueueFull | ApiError::NodeFull => {
                 res.insert_header((header::RETRY_AFTER, "1"));
+            }
+            ApiError::RateLimited(secs) => {
+                res.insert_header((header::RETRY_AFTER, secs.to_string()));
             }
             _ => {}
         }

@@ -17,12 +17,15 @@ pub use error::ApiError;
 use crate::alert::FieldError;
 use crate::auth::{PublishKeys, WidgetTokens};
 use crate::hub::Hub;
+use crate::limits::{Connections, PublishRate};
 
 /// What every handler can reach.
 pub struct AppState {
     pub hub: Arc<Hub>,
     pub publish_keys: PublishKeys,
     pub tokens: WidgetTokens,
+    pub publish_rate: PublishRate,
+    pub connections: Connections,
     /// Becomes true when the node shuts down; widget connections close on it.
     pub shutdown: watch::Receiver<bool>,
 }
@@ -49,16 +52,15 @@ pub fn routes(cfg: &mut web::ServiceConfig) {
     }));
 }
 
-/// Checks `Authorization: Bearer <publish key>`.
-fn authorize_publisher(req: &HttpRequest, keys: &PublishKeys) -> Result<(), ApiError> {
+/// Checks `Authorization: Bearer <publish key>`; answers which key it is.
+fn authorize_publisher(req: &HttpRequest, keys: &PublishKeys) -> Result<usize, ApiError> {
     let presented = req
         .headers()
         .get(actix_web::http::header::AUTHORIZATION)
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.strip_prefix("Bearer "))
         .map(str::trim);
-    match presented {
-        Some(key) if keys.accepts(key) => Ok(()),
-        _ => Err(ApiError::Unauthorized),
-    }
+    presented
+        .and_then(|key| keys.find(key))
+        .ok_or(ApiError::Unauthorized)
 }

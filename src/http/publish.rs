@@ -18,7 +18,12 @@ pub async fn publish(
     mut body: web::Payload,
     state: web::Data<AppState>,
 ) -> Result<HttpResponse, ApiError> {
-    authorize_publisher(&req, &state.publish_keys)?;
+    let key = authorize_publisher(&req, &state.publish_keys)?;
+    if let Err(wait) = state.publish_rate.take(key) {
+        return Err(ApiError::RateLimited(
+            wait.as_secs_f64().ceil().max(1.0) as u64
+        ));
+    }
     let is_json = req
         .headers()
         .get(header::CONTENT_TYPE)
@@ -64,13 +69,17 @@ pub async fn publish(
             })
         })?;
     let alert = NewAlert::parse(&bytes, header_key)?;
-    let key = alert.idempotency_key.clone();
+    let idempotency_key = alert.idempotency_key.clone();
     let record = alert.into_record();
     let span = tracing::Span::current();
     span.record("receiver", record.receiver.as_str());
     span.record("alert_id", record.id.as_str());
 
-    match state.hub.publish(&record, key.as_deref()).await? {
+    match state
+        .hub
+        .publish(&record, idempotency_key.as_deref())
+        .await?
+    {
         Publish::Accepted { position, .. } => {
             tracing::debug!(position, "alert queued");
             Ok(answer(

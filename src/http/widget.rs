@@ -15,7 +15,7 @@ use tokio::time::Instant;
 use super::pages::TokenQuery;
 use super::{ApiError, AppState};
 use crate::alert::ReceiverId;
-use crate::hub::{Frame, Hub};
+use crate::hub::{Frame, Hub, Widget};
 
 /// The server pings this often; a widget silent for [`SILENCE`] is dropped.
 const PING_EVERY: Duration = Duration::from_secs(15);
@@ -24,6 +24,8 @@ const SILENCE: Duration = Duration::from_secs(45);
 const MAX_FRAME: usize = 4 * 1024;
 /// Longest alert id a widget may name; ids are UUIDs.
 const MAX_ID: usize = 64;
+/// How long one frame may wait to be taken by a widget's socket.
+const SEND_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// What a widget may send.
 #[derive(Deserialize)]
@@ -53,47 +55,46 @@ pub async fn connect(
     state: web::Data<AppState>,
 ) -> Result<HttpResponse, actix_web::Error> {
     let receiver = ReceiverId::parse(&path).map_err(ApiError::from)?;
-    // Checked before the upgrade, so a bad token never holds a socket open.
+    // Everything that can refuse a widget does so before the upgrade, with a status the
+    // widget's backoff understands: a bad token, a full node, a receiver with too many widgets,
+    // a store that cannot count it.
     check_token(&state, &receiver, query.token.as_deref())?;
-    let (response, session, stream) = actix_ws::handle(&req, body)?;
+    let connection = state.connections.admit().ok_or(ApiError::NodeFull)?;
+    let widget = state.hub.join(&receiver).await.map_err(ApiError::from)?;
+    let (response, session, stream) = match actix_ws::handle(&req, body) {
+        Ok(upgraded) => upgraded,
+        Err(e) => {
+            state.hub.leave(&widget, false).await;
+            return Err(e);
+        }
+    };
     let stream = stream
         .max_frame_size(MAX_FRAME)
         .aggregate_continuations()
         .max_continuation_size(MAX_FRAME);
     let hub = state.hub.clone();
     let shutdown = state.shutdown.clone();
-    actix_web::rt::spawn(run(hub, receiver, session, stream, shutdown));
+    actix_web::rt::spawn(async move {
+        run(hub, widget, session, stream, shutdown).await;
+        drop(connection);
+    });
     Ok(response)
 }
 
-#[tracing::instrument(name = "widget", skip_all, fields(%receiver))]
+#[tracing::instrument(name = "widget", skip_all, fields(receiver = %widget.receiver))]
 async fn run(
     hub: std::sync::Arc<Hub>,
-    receiver: ReceiverId,
+    mut widget: Widget,
     mut session: Session,
     mut stream: actix_ws::AggregatedMessageStream,
     mut shutdown: tokio::sync::watch::Receiver<bool>,
 ) {
+    let receiver = widget.receiver.clone();
     let hello = json!({ "type": "hello", "receiver": receiver, "protocol": 1 }).to_string();
     if session.text(hello).await.is_err() {
+        hub.leave(&widget, false).await;
         return;
     }
-    let mut widget = match hub.join(&receiver).await {
-        Ok(w) => w,
-        Err(e) => {
-            tracing::warn!(error = %e, "widget could not join");
-            let _ = session
-                .text(error_frame(
-                    "store_unavailable",
-                    "the store is unavailable; reconnect",
-                ))
-                .await;
-            let _ = session
-                .close(Some(reason(CloseCode::Again, "store unavailable")))
-                .await;
-            return;
-        }
-    };
     tracing::debug!(widget = widget.id, "widget joined");
 
     let mut heard = Instant::now();
@@ -136,11 +137,13 @@ async fn run(
                 }
             },
             frame = widget.frames.recv() => match frame {
-                Some(frame) => {
-                    if session.text(frame).await.is_err() {
-                        break None;
-                    }
-                }
+                // A widget that stops reading fills its socket; it gets a while to drain, then
+                // is closed rather than held with its frames in memory.
+                Some(frame) => match tokio::time::timeout(SEND_TIMEOUT, session.text(frame)).await {
+                    Ok(Ok(())) => {}
+                    Ok(Err(_)) => break None,
+                    Err(_) => break Some(reason(CloseCode::Again, "too slow")),
+                },
                 // The hub let go of this widget: it fell too far behind.
                 None => break Some(reason(CloseCode::Again, "too slow")),
             },

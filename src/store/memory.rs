@@ -194,7 +194,10 @@ impl Store for MemoryStore {
         change: WidgetChange,
     ) -> Result<Snapshot, StoreError> {
         let now = Instant::now();
-        Ok(self.with(receiver, |r, rules| {
+        self.with(receiver, |r, rules| {
+            if change == WidgetChange::Joined && r.widgets >= rules.max_widgets {
+                return Err(StoreError::TooManyWidgets(rules.max_widgets));
+            }
             r.widgets = match change {
                 WidgetChange::Joined => r.widgets + 1,
                 WidgetChange::Left | WidgetChange::Withdrawn => r.widgets.saturating_sub(1),
@@ -208,8 +211,8 @@ impl Store for MemoryStore {
                     r.dispatch(rules, now);
                 }
             }
-            r.snapshot(now, true)
-        }))
+            Ok(r.snapshot(now, true))
+        })
     }
 
     async fn started(&self, receiver: &ReceiverId, id: &str) -> Result<Snapshot, StoreError> {

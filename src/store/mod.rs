@@ -62,6 +62,8 @@ pub struct Rules {
     pub start_timeout: Duration,
     pub ack_grace: Duration,
     pub max_queue: u64,
+    /// Most widgets of one receiver, over all nodes.
+    pub max_widgets: u32,
 }
 
 /// The store could not be reached or answered something it should not have. Nothing was
@@ -72,6 +74,10 @@ pub enum StoreError {
     Unavailable(String),
     #[error("the store answered something unexpected: {0}")]
     Protocol(String),
+    /// Not a failure but a refusal: a widget joined a receiver that already has the most
+    /// widgets the rules allow.
+    #[error("the receiver already has {0} widgets connected")]
+    TooManyWidgets(u32),
 }
 
 /// The alert in flight, as a snapshot says it.
@@ -152,7 +158,8 @@ pub trait Store: Send + Sync + 'static {
     ) -> Result<Publish, StoreError>;
 
     /// Records a change in this node's widgets for the receiver, then dispatches or requeues as
-    /// the live count requires. The snapshot always carries the alert in flight, if any.
+    /// the live count requires. The snapshot always carries the alert in flight, if any. A
+    /// join past `max_widgets` is refused with [`StoreError::TooManyWidgets`] and counts nothing.
     async fn widgets(
         &self,
         receiver: &ReceiverId,

@@ -200,8 +200,19 @@ impl Store for RedisStore {
             WidgetChange::Refresh(n) => ("refresh", n),
             WidgetChange::Withdrawn => ("withdrawn", 0),
         };
-        self.transition(receiver, "widgets", &[change, &count.to_string()])
-            .await
+        let max = self.rules.max_widgets.to_string();
+        let reply = self
+            .run(
+                receiver,
+                "widgets",
+                None,
+                &[change, &count.to_string(), &max],
+            )
+            .await?;
+        if matches!(&reply, Value::Array(items) if items.len() == 1) {
+            return Err(StoreError::TooManyWidgets(self.rules.max_widgets));
+        }
+        parse_snapshot(reply)
     }
 
     async fn started(&self, receiver: &ReceiverId, id: &str) -> Result<Snapshot, StoreError> {

@@ -309,6 +309,23 @@ async fn a_withdrawn_widget_leaves_its_alert_in_flight(b: Backing) {
     assert_eq!((f.id.to_string(), f.attempt), (a1, 1));
 }
 
+async fn a_join_past_the_widget_limit_is_refused_and_counts_nothing(b: Backing) {
+    let mut rules = fast_rules();
+    rules.max_widgets = 2;
+    let s = make_store(&b, rules, NODE).await;
+    let r = receiver("alice");
+    s.store.widgets(&r, WidgetChange::Joined).await.unwrap();
+    s.store.widgets(&r, WidgetChange::Joined).await.unwrap();
+    let refused = s.store.widgets(&r, WidgetChange::Joined).await;
+    assert!(
+        matches!(refused, Err(cuebox::store::StoreError::TooManyWidgets(2))),
+        "{refused:?}"
+    );
+    assert_eq!(s.store.status(&r).await.unwrap().widgets, 2);
+    s.store.widgets(&r, WidgetChange::Left).await.unwrap();
+    assert!(s.store.widgets(&r, WidgetChange::Joined).await.is_ok());
+}
+
 async fn receivers_do_not_share_anything(b: Backing) {
     let s = make_store(&b, fast_rules(), NODE).await;
     let alice = receiver("alice");
@@ -362,4 +379,5 @@ conformance!(
     receivers_do_not_share_anything,
     seq_never_goes_back_even_for_a_receiver_that_went_idle,
     a_withdrawn_widget_leaves_its_alert_in_flight,
+    a_join_past_the_widget_limit_is_refused_and_counts_nothing,
 );

@@ -138,6 +138,7 @@ pub fn fast_rules() -> Rules {
         start_timeout: Duration::from_millis(300),
         ack_grace: Duration::from_millis(200),
         max_queue: 10_000,
+        max_widgets: 16,
     }
 }
 
@@ -159,6 +160,9 @@ pub fn serve_args(redis_url: Option<String>) -> ServeArgs {
         start_timeout_ms: 5000,
         ack_grace_ms: 15000,
         max_queue: 10_000,
+        max_connections: 20_000,
+        max_widgets_per_receiver: 16,
+        publish_rate: 0,
     }
 }
 

@@ -222,3 +222,51 @@ async fn while_redis_is_down_publish_answers_503_and_writes_nothing() {
     assert_eq!(status, 202, "{answer}");
     assert_eq!(answer["duplicate"], false);
 }
+
+#[actix_web::test]
+async fn a_key_over_its_publish_rate_gets_429_with_retry_after() {
+    let mut args = serve_args(None);
+    args.publish_rate = 2;
+    args.publish_keys = vec![PUBLISH_KEY.into(), "second-key".into()];
+    let app = TestApp::spawn(args).await;
+    let body = json!({ "receiver": "alice" }).to_string();
+    // The burst: one second's worth.
+    for _ in 0..2 {
+        let (status, _) = app
+            .post_raw(
+                "/publish",
+                Some(PUBLISH_KEY),
+                "application/json",
+                body.clone(),
+            )
+            .await;
+        assert_eq!(status, 202);
+    }
+    let res = app
+        .http
+        .post(format!("{}/publish", app.base))
+        .insert_header(("Authorization", format!("Bearer {PUBLISH_KEY}")))
+        .insert_header(("Content-Type", "application/json"))
+        .send_body(body.clone())
+        .await
+        .unwrap();
+    assert_eq!(res.status().as_u16(), 429);
+    let retry = res
+        .headers()
+        .get("retry-after")
+        .map(|v| v.to_str().unwrap());
+    assert_eq!(
+        retry,
+        Some("1"),
+        "half a second to the next token, rounded up"
+    );
+    let (status, _) = app
+        .post_raw("/publish", Some("second-key"), "application/json", body)
+        .await;
+    assert_eq!(status, 202, "each key has its own rate");
+    assert_eq!(
+        app.status("alice").await["queued"],
+        3,
+        "the refused one queued nothing"
+    );
+}

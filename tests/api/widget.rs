@@ -245,3 +245,48 @@ async fn a_node_shutting_down_closes_its_widgets_with_1012() {
         other => panic!("expected a close, got {other:?}"),
     }
 }
+
+async fn connect_status(app: &TestApp, receiver: &str) -> Result<WidgetClient, u16> {
+    let url = format!(
+        "{}/ws/{receiver}?token={}",
+        app.base.replace("http://", "ws://"),
+        app.token(receiver)
+    );
+    match WidgetClient::connect(&url).await {
+        Ok(w) => Ok(w),
+        Err(awc::error::WsClientError::InvalidResponseStatus(s)) => Err(s.as_u16()),
+        Err(e) => panic!("{e}"),
+    }
+}
+
+#[actix_web::test]
+async fn a_receiver_past_its_widget_limit_is_refused_with_429_on_every_node() {
+    let redis = RedisServer::spawn().await;
+    let mut args = serve_args(Some(redis.url()));
+    args.max_widgets_per_receiver = 2;
+    let a = TestApp::spawn(args.clone()).await;
+    let b = TestApp::spawn(args).await;
+    let first = a.widget("alice").await;
+    let _second = b.widget("alice").await;
+    assert_eq!(connect_status(&a, "alice").await.err(), Some(429));
+    assert_eq!(connect_status(&b, "alice").await.err(), Some(429));
+    assert!(
+        connect_status(&a, "bob").await.is_ok(),
+        "other receivers are not affected"
+    );
+
+    first.close().await;
+    a.wait_for_widgets("alice", 1).await;
+    assert!(connect_status(&b, "alice").await.is_ok());
+}
+
+#[actix_web::test]
+async fn a_node_past_its_connection_limit_answers_503() {
+    let mut args = serve_args(None);
+    args.max_connections = 1;
+    let app = TestApp::spawn(args).await;
+    let first = app.widget("alice").await;
+    assert_eq!(connect_status(&app, "bob").await.err(), Some(503));
+    first.close().await;
+    eventually(|| async { connect_status(&app, "bob").await.is_ok() }).await;
+}

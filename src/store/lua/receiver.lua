@@ -158,7 +158,9 @@ if op == 'publish' then
   return {'accepted', position, finish(false)}
 
 elseif op == 'widgets' then
-  local change, count = ARGV[7], tonumber(ARGV[8])
+  local change, count, max_widgets = ARGV[7], tonumber(ARGV[8]), tonumber(ARGV[9])
+  if change == 'joined' and presence() >= max_widgets then return {'too_many'} end
+  live_total = nil -- read again below, after this op's own change
   local mine = 0
   local flat = redis.call('HGETALL', widgets)
   for i = 1, #flat, 2 do
