@@ -9,7 +9,7 @@ use cuebox::startup::{widget_url, widget_url_command, Application};
 #[tokio::main]
 async fn main() -> ExitCode {
     let cli = Cli::parse();
-    cuebox::telemetry::init();
+    cuebox::telemetry::init(cli.log_format);
     let result = match cli.command {
         None => serve(cli.serve).await,
         Some(Command::Serve(args)) => serve(args).await,

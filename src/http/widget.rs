@@ -178,17 +178,17 @@ async fn handle(hub: &Hub, receiver: &ReceiverId, text: &str) -> Option<Frame> {
             ))
         }
     };
-    let result = match &inbound {
+    let (id, result) = match &inbound {
         Inbound::Ping => return Some(r#"{"type":"pong"}"#.into()),
         Inbound::Started { id } | Inbound::Done { id } if id.len() > MAX_ID => {
             return Some(error_frame("invalid_frame", "id is too long"));
         }
-        Inbound::Started { id } => hub.started(receiver, id).await,
-        Inbound::Done { id } => hub.done(receiver, id).await,
+        Inbound::Started { id } => (id, hub.started(receiver, id).await),
+        Inbound::Done { id } => (id, hub.done(receiver, id).await),
     };
     // A lost `started` or `done` costs no alert: the deadline resends or expires it.
     result.err().map(|e| {
-        tracing::warn!(error = %e, "could not record a widget's report");
+        tracing::warn!(alert_id = %id, error = %e, "could not record a widget's report");
         error_frame(
             "store_unavailable",
             "the store is unavailable; the report was not recorded",

@@ -190,3 +190,62 @@ async fn sigterm_closes_widgets_with_1012_and_exits_within_10_s() {
         .unwrap();
     assert!(status.success(), "{status}");
 }
+
+#[actix_web::test]
+async fn json_logs_name_the_receiver_and_alert_of_each_line() {
+    let port = free_port();
+    let mut child = cuebox()
+        .args([
+            "serve",
+            "--log-format",
+            "json",
+            "--bind",
+            &format!("127.0.0.1:{port}"),
+        ])
+        .args(["--secret", SECRET, "--publish-key", PUBLISH_KEY])
+        .env("CUEBOX_LOG", "cuebox=debug,info")
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut lines = BufReader::new(child.stderr.take().unwrap()).lines();
+    let http = awc::Client::new();
+    let deadline = tokio::time::Instant::now() + PROMPTLY;
+    let id = loop {
+        let sent = http
+            .post(format!("http://127.0.0.1:{port}/publish"))
+            .insert_header(("Authorization", format!("Bearer {PUBLISH_KEY}")))
+            .insert_header(("Content-Type", "application/json"))
+            .send_body(r#"{"receiver":"alice"}"#)
+            .await;
+        if let Ok(mut res) = sent {
+            let body: serde_json::Value = res.json().await.unwrap();
+            break body["id"].as_str().unwrap().to_owned();
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the node never listened"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    let found = tokio::time::timeout(PROMPTLY, async {
+        while let Ok(Some(line)) = lines.next_line().await {
+            let v: serde_json::Value = serde_json::from_str(&line).expect("every line is JSON");
+            let spans = v["spans"].as_array().cloned().unwrap_or_default();
+            if spans
+                .iter()
+                .any(|s| s["receiver"] == "alice" && s["alert_id"] == id.as_str())
+            {
+                return v;
+            }
+        }
+        panic!("the log ended");
+    })
+    .await
+    .expect("a line about the alert, with its receiver and id");
+    assert!(
+        found["level"].is_string() && found["timestamp"].is_string(),
+        "{found}"
+    );
+    let _ = child.start_kill();
+}

@@ -179,7 +179,7 @@ impl TestApp {
         // Logs only when asked for (`CUEBOX_LOG=debug cargo test ...`): they go around the
         // harness's capture.
         if std::env::var_os("CUEBOX_LOG").is_some() {
-            cuebox::telemetry::init();
+            cuebox::telemetry::init(cuebox::config::LogFormat::Pretty);
         }
         let app = Application::build(args).await.expect("the node builds");
         let base = app.base_url();
