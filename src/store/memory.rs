@@ -12,7 +12,8 @@ use async_trait::async_trait;
 use tokio::time::Instant;
 
 use super::{
-    Flight, Publish, Rules, Snapshot, Status, Store, StoreError, WidgetChange, IDEMPOTENCY_TTL,
+    Event, Flight, Publish, Rules, Snapshot, Status, Store, StoreError, WidgetChange,
+    IDEMPOTENCY_TTL,
 };
 use crate::alert::{AlertRecord, ReceiverId};
 
@@ -35,6 +36,8 @@ struct Receiver {
     queue: VecDeque<Queued>,
     flight: Option<InFlight>,
     widgets: u32,
+    /// What the transition under way did; taken by its snapshot.
+    events: Vec<Event>,
     /// idempotency key -> (alert id, position, forget after)
     idempotency: HashMap<String, (String, u64, Instant)>,
 }
@@ -81,6 +84,7 @@ impl MemoryStore {
             seq: *seq_floor,
             ..Receiver::default()
         });
+        r.events.clear();
         let out = f(r, &self.rules);
         if r.queue.is_empty() && r.flight.is_none() && r.widgets == 0 && r.idempotency.is_empty() {
             *seq_floor = (*seq_floor).max(r.seq);
@@ -106,13 +110,16 @@ impl Receiver {
             deadline: now + rules.start_timeout,
         });
         self.seq += 1;
+        self.events.push(Event::Sent);
         true
     }
 
-    /// Busy to free: the one place an alert stops being in flight for good.
-    fn complete(&mut self) {
+    /// Busy to free: the one place an alert stops being in flight for good, as `Done` or
+    /// `Expired`.
+    fn complete(&mut self, how: Event) {
         self.flight = None;
         self.seq += 1;
+        self.events.push(how);
     }
 
     /// Back to the head of the queue, when no widget is left to show it.
@@ -123,11 +130,13 @@ impl Receiver {
                 sent: f.attempt,
             });
             self.seq += 1;
+            self.events.push(Event::Requeued);
         }
     }
 
-    fn snapshot(&self, now: Instant, with_alert: bool) -> Snapshot {
+    fn snapshot(&mut self, now: Instant, with_alert: bool) -> Snapshot {
         Snapshot {
+            events: std::mem::take(&mut self.events),
             seq: self.seq,
             flight: self.flight.as_ref().map(|f| Flight {
                 id: f.alert.id.clone(),
@@ -237,7 +246,7 @@ impl Store for MemoryStore {
         Ok(self.with(receiver, |r, rules| {
             let changed = r.is_flight(id);
             if changed {
-                r.complete();
+                r.complete(Event::Done);
                 r.dispatch(rules, now);
             }
             r.snapshot(now, changed)
@@ -264,10 +273,11 @@ impl Store for MemoryStore {
                         f.deadline = now + rules.start_timeout;
                     }
                     r.seq += 1;
+                    r.events.push(Event::Resent);
                     r.snapshot(now, true)
                 }
                 Some(true) => {
-                    r.complete();
+                    r.complete(Event::Expired);
                     r.dispatch(rules, now);
                     r.snapshot(now, true)
                 }

@@ -100,6 +100,37 @@ pub struct Flight {
 pub struct Snapshot {
     pub seq: u64,
     pub flight: Option<Flight>,
+    /// What the call did, in order. Only the caller hears of them (notices carry none), so
+    /// each happening is counted once over all nodes.
+    pub events: Vec<Event>,
+}
+
+/// Something that happened to an alert in one transition.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Event {
+    /// Went out to the widgets (the first time, or again after going back to the queue).
+    Sent,
+    /// Sent again because it was never started.
+    Resent,
+    /// Back to the head of the queue: no widget was left to show it.
+    Requeued,
+    /// A widget finished it.
+    Done,
+    /// Started but never done in time.
+    Expired,
+}
+
+impl Event {
+    pub fn parse(s: &str) -> Option<Self> {
+        Some(match s {
+            "sent" => Event::Sent,
+            "resent" => Event::Resent,
+            "requeued" => Event::Requeued,
+            "done" => Event::Done,
+            "expired" => Event::Expired,
+            _ => return None,
+        })
+    }
 }
 
 /// What became of a publish.

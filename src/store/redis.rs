@@ -16,7 +16,7 @@ use tokio::sync::{mpsc, oneshot};
 
 use super::keys::Keys;
 use super::{
-    Flight, Notice, Publish, Rules, Snapshot, Status, Store, StoreError, WidgetChange,
+    Event, Flight, Notice, Publish, Rules, Snapshot, Status, Store, StoreError, WidgetChange,
     IDEMPOTENCY_TTL, PRESENCE_TTL,
 };
 use crate::alert::{AlertRecord, ReceiverId};
@@ -451,18 +451,22 @@ fn parse_notice(keys: &Keys, node: &str, data: &[Value]) -> Option<Notice> {
     });
     Some(Notice::Changed {
         receiver,
-        snapshot: Snapshot { seq, flight },
+        snapshot: Snapshot {
+            seq,
+            flight,
+            events: Vec::new(),
+        },
     })
 }
 
 fn parse_snapshot(v: Value) -> Result<Snapshot, StoreError> {
     let items = match v {
-        Value::Array(items) if items.len() == 6 => items,
+        Value::Array(items) if items.len() == 7 => items,
         other => return Err(protocol("snapshot", &other)),
     };
     // unwrap: the length was checked just above.
-    let [seq, id, attempt, started, remaining, json]: [Value; 6] =
-        items.try_into().expect("six items");
+    let [seq, id, attempt, started, remaining, json, events]: [Value; 7] =
+        items.try_into().expect("seven items");
     let flight = match text(&id) {
         None => None,
         Some(id) => Some(Flight {
@@ -480,6 +484,9 @@ fn parse_snapshot(v: Value) -> Result<Snapshot, StoreError> {
     Ok(Snapshot {
         seq: int(&seq)?,
         flight,
+        events: text(&events)
+            .map(|e| e.split(' ').filter_map(Event::parse).collect())
+            .unwrap_or_default(),
     })
 }
 

@@ -176,6 +176,8 @@ async fn a_started_alert_never_done_expires_and_the_next_goes_out(b: Backing) {
     tokio::time::sleep(budget).await;
     let snap = s.store.check(&r, &a1.id).await.unwrap();
     assert_eq!(flight_id(&snap), Some(a2), "expired, and the next went out");
+    use cuebox::store::Event::{Expired, Sent};
+    assert_eq!(snap.events, [Expired, Sent]);
     assert_eq!(queued(&s, "alice").await, 0);
 }
 
@@ -326,6 +328,44 @@ async fn a_join_past_the_widget_limit_is_refused_and_counts_nothing(b: Backing) 
     assert!(s.store.widgets(&r, WidgetChange::Joined).await.is_ok());
 }
 
+async fn each_transition_says_what_it_did(b: Backing) {
+    use cuebox::store::Event::*;
+    let s = make_store(&b, fast_rules(), NODE).await;
+    let r = receiver("alice");
+    assert_eq!(
+        s.store
+            .widgets(&r, WidgetChange::Joined)
+            .await
+            .unwrap()
+            .events,
+        []
+    );
+    let (a1, snap) = publish(&s, "alice", "one").await;
+    assert_eq!(snap.events, [Sent]);
+    let (_, snap) = publish(&s, "alice", "two").await;
+    assert_eq!(snap.events, []);
+    tokio::time::sleep(fast_rules().start_timeout + Duration::from_millis(50)).await;
+    assert_eq!(s.store.check(&r, &a1).await.unwrap().events, [Resent]);
+    assert_eq!(s.store.started(&r, &a1).await.unwrap().events, []);
+    assert_eq!(
+        s.store
+            .widgets(&r, WidgetChange::Left)
+            .await
+            .unwrap()
+            .events,
+        [Requeued]
+    );
+    assert_eq!(
+        s.store
+            .widgets(&r, WidgetChange::Joined)
+            .await
+            .unwrap()
+            .events,
+        [Sent]
+    );
+    assert_eq!(s.store.done(&r, &a1).await.unwrap().events, [Done, Sent]);
+}
+
 async fn receivers_do_not_share_anything(b: Backing) {
     let s = make_store(&b, fast_rules(), NODE).await;
     let alice = receiver("alice");
@@ -380,4 +420,5 @@ conformance!(
     seq_never_goes_back_even_for_a_receiver_that_went_idle,
     a_withdrawn_widget_leaves_its_alert_in_flight,
     a_join_past_the_widget_limit_is_refused_and_counts_nothing,
+    each_transition_says_what_it_did,
 );

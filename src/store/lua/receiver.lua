@@ -24,6 +24,8 @@ local time = redis.call('TIME')
 local now = tonumber(time[1]) * 1000 + math.floor(tonumber(time[2]) / 1000)
 
 local seq_before = tonumber(redis.call('HGET', state, 'seq') or 0)
+-- What this op did, in order, for the caller's metrics: sent resent requeued done expired.
+local events = {}
 local seq = seq_before
 
 local function bump()
@@ -76,17 +78,19 @@ local function dispatch()
       redis.call('HSET', state, 'id', id, 'attempt', sent + 1, 'phase', 'sent',
         'deadline', now + start_timeout, 'duration', duration)
       bump()
+      table.insert(events, 'sent')
       return
     end
   end
 end
 
--- Busy to free: the one place an alert stops being in flight for good (done or expired).
-local function complete()
+-- Busy to free: the one place an alert stops being in flight for good: 'done' or 'expired'.
+local function complete(how)
   local id = redis.call('HGET', state, 'id')
   redis.call('HDEL', alerts, id)
   clear_flight()
   bump()
+  table.insert(events, how)
 end
 
 -- Back to the head of the queue when no widget is left to show it, remembering how many times
@@ -102,13 +106,15 @@ local function requeue()
   end
   clear_flight()
   bump()
+  table.insert(events, 'requeued')
 end
 
--- {seq, id, attempt, started (0 or 1), ms to deadline, alert json}; id and json are nil when
--- free, and json is nil unless asked for.
+-- {seq, id, attempt, started (0 or 1), ms to deadline, alert json, events}; id and json are
+-- nil when free, and json is nil unless asked for.
 local function snapshot(with_alert)
   local f = redis.call('HMGET', state, 'id', 'attempt', 'phase', 'deadline')
-  if not f[1] then return {seq, false, 0, 0, 0, false} end
+  local happened = table.concat(events, ' ')
+  if not f[1] then return {seq, false, 0, 0, 0, false, happened} end
   local json = false
   if with_alert then
     local value = redis.call('HGET', alerts, f[1])
@@ -119,7 +125,7 @@ local function snapshot(with_alert)
   end
   local started = 0
   if f[3] == 'started' then started = 1 end
-  return {seq, f[1], tonumber(f[2]), started, math.max(0, tonumber(f[4]) - now), json}
+  return {seq, f[1], tonumber(f[2]), started, math.max(0, tonumber(f[4]) - now), json, happened}
 end
 
 -- The op's answer; when seq moved, the new alert in flight goes with it and to other nodes.
@@ -204,7 +210,7 @@ elseif op == 'started' then
 
 elseif op == 'done' then
   if redis.call('HGET', state, 'id') == ARGV[7] then
-    complete()
+    complete('done')
     dispatch()
   end
   return finish(false)
@@ -213,7 +219,7 @@ elseif op == 'check' then
   local f = redis.call('HMGET', state, 'id', 'phase', 'deadline')
   if f[1] == ARGV[7] and tonumber(f[3]) <= now then
     if f[2] ~= 'sent' then
-      complete()
+      complete('expired')
       dispatch()
     elseif presence() == 0 then
       requeue()
@@ -222,6 +228,7 @@ elseif op == 'check' then
       redis.call('HINCRBY', state, 'attempt', 1)
       redis.call('HSET', state, 'deadline', now + start_timeout)
       bump()
+      table.insert(events, 'resent')
     end
   end
   return finish(false)
