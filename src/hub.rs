@@ -17,8 +17,10 @@ use std::time::Duration;
 use bytestring::ByteString;
 use tokio::sync::mpsc;
 use tokio::task::{AbortHandle, JoinHandle};
+use tokio::time::Instant;
 
 use crate::alert::{AlertRecord, ReceiverId};
+use crate::metrics::{HubGauges, Metrics};
 use crate::store::{Notice, Publish, Snapshot, Store, StoreError, WidgetChange, PRESENCE_REFRESH};
 
 /// Frames a widget may have waiting before it counts as too slow and is closed. A widget gets a
@@ -32,6 +34,7 @@ pub type Frame = ByteString;
 
 pub struct Hub {
     store: Arc<dyn Store>,
+    metrics: Arc<Metrics>,
     receivers: Mutex<HashMap<ReceiverId, Local>>,
     next_widget: AtomicU64,
     /// A weak self, so timers can reach the hub without keeping it alive.
@@ -60,6 +63,8 @@ struct LocalFlight {
     id: Arc<str>,
     attempt: u32,
     frame: Frame,
+    /// When this node first sent it, for the age metric.
+    since: Instant,
 }
 
 /// One connected widget, as its connection holds it.
@@ -71,9 +76,10 @@ pub struct Widget {
 }
 
 impl Hub {
-    pub fn new(store: Arc<dyn Store>) -> Arc<Self> {
+    pub fn new(store: Arc<dyn Store>, metrics: Arc<Metrics>) -> Arc<Self> {
         Arc::new_cyclic(|me| Self {
             store,
+            metrics,
             receivers: Mutex::new(HashMap::new()),
             next_widget: AtomicU64::new(1),
             me: me.clone(),
@@ -227,6 +233,22 @@ impl Hub {
         vec![apply, refresh]
     }
 
+    /// This node's widgets and alerts in flight, for `/metrics`.
+    pub fn gauges(&self) -> HubGauges {
+        let map = self.lock();
+        let now = Instant::now();
+        HubGauges {
+            widgets: map.values().map(|l| l.widgets.len() as u64).sum(),
+            in_flight: map.values().filter(|l| l.flight.is_some()).count() as u64,
+            oldest_in_flight: map
+                .values()
+                .filter_map(|l| l.flight.as_ref())
+                .map(|f| now.duration_since(f.since))
+                .max()
+                .unwrap_or_default(),
+        }
+    }
+
     fn forget(&self, receiver: &ReceiverId, widget: u64) {
         let mut map = self.lock();
         if let Some(local) = map.get_mut(receiver) {
@@ -243,6 +265,7 @@ impl Hub {
     /// The store counts the widget now: apply what its answer says (news for the other
     /// widgets, if any), then give this one the alert in flight.
     fn count_in(&self, receiver: &ReceiverId, widget: u64, snapshot: Snapshot) {
+        self.metrics.events(&snapshot.events);
         let mut map = self.lock();
         let Some(local) = map.get_mut(receiver) else {
             return;
@@ -258,6 +281,7 @@ impl Hub {
 
     /// Applies a snapshot of a receiver to this node's widgets.
     pub fn apply(&self, receiver: &ReceiverId, snapshot: Snapshot) {
+        self.metrics.events(&snapshot.events);
         let mut map = self.lock();
         if let Some(local) = map.get_mut(receiver) {
             self.apply_to(receiver, local, snapshot);
@@ -299,6 +323,7 @@ impl Hub {
                 id: flight.id.clone(),
                 attempt: flight.attempt,
                 frame,
+                since: Instant::now(),
             });
         }
         local.seq = snapshot.seq;

@@ -12,6 +12,7 @@
 //!   any number of nodes) keep them; [`store::keys`] names every Redis key.
 //! - [`migrate`] applies `migrations/` to the Redis key layout at start.
 //! - [`limits`] keeps this node's own limits: publish rate per key, widget connections.
+//! - [`metrics`] counts what operators scrape at `/metrics`.
 //! - [`hub`] keeps this node's widgets, relaying the store's snapshots to them and timing deadlines.
 //! - [`http`] serves publish, receiver status, the widget socket and page, health.
 //! - [`startup`] builds a node and runs it until it is stopped.
@@ -26,6 +27,7 @@ pub mod config;
 pub mod http;
 pub mod hub;
 pub mod limits;
+pub mod metrics;
 pub mod migrate;
 pub mod startup;
 pub mod store;

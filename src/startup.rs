@@ -16,6 +16,7 @@ use crate::config::{ServeArgs, WidgetUrlArgs};
 use crate::http::{self, AppState};
 use crate::hub::Hub;
 use crate::limits::{Connections, PublishRate};
+use crate::metrics::Metrics;
 use crate::migrate::{self, MigrateError};
 use crate::store::keys::Keys;
 use crate::store::memory::MemoryStore;
@@ -61,6 +62,7 @@ impl Application {
         let keys = Keys::new(&args.key_prefix).map_err(StartError::Config)?;
         let node = uuid::Uuid::new_v4().simple().to_string();
         let (notices, notices_rx) = mpsc::unbounded_channel();
+        let metrics = Arc::new(Metrics::default());
 
         let (store, secret): (Arc<dyn Store>, String) = match &args.redis_url {
             None => {
@@ -78,7 +80,9 @@ impl Application {
                 (Arc::new(MemoryStore::new(rules)), secret)
             }
             Some(url) => {
-                let store = RedisStore::connect(url, keys.clone(), rules, &node, notices).await?;
+                let store =
+                    RedisStore::connect(url, keys.clone(), rules, &node, notices, metrics.clone())
+                        .await?;
                 let version = migrate::run(&mut store.connection(), &keys).await?;
                 let secret = match &args.secret {
                     Some(s) => s.clone(),
@@ -107,7 +111,7 @@ impl Application {
         let tokens = WidgetTokens::new(&secret);
         let publish_rate = PublishRate::new(args.publish_rate, publish_keys.len());
 
-        let hub = Hub::new(store);
+        let hub = Hub::new(store, metrics.clone());
         let background = hub.spawn_background(notices_rx);
         let (shutdown, shutdown_rx) = watch::channel(false);
         let state = web::Data::new(AppState {
@@ -116,6 +120,7 @@ impl Application {
             tokens: tokens.clone(),
             publish_rate,
             connections: Connections::new(args.max_connections),
+            metrics,
             shutdown: shutdown_rx,
         });
 

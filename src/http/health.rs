@@ -22,6 +22,14 @@ pub async fn readyz(state: web::Data<AppState>) -> HttpResponse {
     }
 }
 
+/// The Prometheus scrape: counters since start, and gauges as they are now.
+pub async fn metrics(state: web::Data<AppState>) -> HttpResponse {
+    let text = state.metrics.render(state.hub.gauges());
+    HttpResponse::Ok()
+        .content_type("application/openmetrics-text; version=1.0.0; charset=utf-8")
+        .body(text)
+}
+
 fn unready(reason: String) -> HttpResponse {
     HttpResponse::ServiceUnavailable().json(json!({
         "status": "unavailable",

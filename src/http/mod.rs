@@ -18,6 +18,7 @@ use crate::alert::FieldError;
 use crate::auth::{PublishKeys, WidgetTokens};
 use crate::hub::Hub;
 use crate::limits::{Connections, PublishRate};
+use crate::metrics::Metrics;
 
 /// What every handler can reach.
 pub struct AppState {
@@ -26,6 +27,7 @@ pub struct AppState {
     pub tokens: WidgetTokens,
     pub publish_rate: PublishRate,
     pub connections: Connections,
+    pub metrics: Arc<Metrics>,
     /// Becomes true when the node shuts down; widget connections close on it.
     pub shutdown: watch::Receiver<bool>,
 }
@@ -44,6 +46,7 @@ pub fn routes(cfg: &mut web::ServiceConfig) {
     .route("/receivers/{receiver}", web::get().to(receivers::status))
     .route("/healthz", web::get().to(health::healthz))
     .route("/readyz", web::get().to(health::readyz))
+    .route("/metrics", web::get().to(health::metrics))
     .route("/ws/{receiver}", web::get().to(widget::connect))
     .route("/widget/{receiver}", web::get().to(pages::widget_page))
     .route("/widget-assets/{file}", web::get().to(pages::widget_asset))

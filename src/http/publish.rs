@@ -7,6 +7,7 @@ use serde_json::json;
 
 use super::{authorize_publisher, ApiError, AppState};
 use crate::alert::NewAlert;
+use crate::metrics::PublishOutcome;
 use crate::store::Publish;
 
 /// Bodies past this are refused with 413 before they are read whole.
@@ -15,8 +16,27 @@ pub const MAX_BODY: usize = 64 * 1024;
 #[tracing::instrument(name = "publish", skip_all, fields(receiver, alert_id))]
 pub async fn publish(
     req: HttpRequest,
-    mut body: web::Payload,
+    body: web::Payload,
     state: web::Data<AppState>,
+) -> Result<HttpResponse, ApiError> {
+    let started = std::time::Instant::now();
+    let answer = accept(req, body, &state).await;
+    let outcome = match &answer {
+        Ok(res) if res.status() == StatusCode::ACCEPTED => Some(PublishOutcome::Published),
+        Ok(_) => Some(PublishOutcome::Duplicate),
+        Err(ApiError::QueueFull) => Some(PublishOutcome::Refused),
+        Err(_) => None,
+    };
+    if let Some(outcome) = outcome {
+        state.metrics.publish(outcome, started.elapsed());
+    }
+    answer
+}
+
+async fn accept(
+    req: HttpRequest,
+    mut body: web::Payload,
+    state: &AppState,
 ) -> Result<HttpResponse, ApiError> {
     let key = authorize_publisher(&req, &state.publish_keys)?;
     if let Err(wait) = state.publish_rate.take(key) {

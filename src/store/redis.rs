@@ -20,6 +20,7 @@ use super::{
     IDEMPOTENCY_TTL, PRESENCE_TTL,
 };
 use crate::alert::{AlertRecord, ReceiverId};
+use crate::metrics::Metrics;
 
 const RECEIVER_LUA: &str = include_str!("lua/receiver.lua");
 
@@ -33,6 +34,7 @@ pub struct RedisStore {
     node: Arc<str>,
     script: Script,
     watches: Watches,
+    metrics: Arc<Metrics>,
 }
 
 impl From<redis::RedisError> for StoreError {
@@ -84,6 +86,7 @@ impl RedisStore {
         rules: Rules,
         node: &str,
         notices: mpsc::UnboundedSender<Notice>,
+        metrics: Arc<Metrics>,
     ) -> Result<Self, StoreError> {
         let client = Client::open(url).map_err(|e| StoreError::Unavailable(e.to_string()))?;
         let con = connect(client.clone(), None).await?;
@@ -95,6 +98,7 @@ impl RedisStore {
             node: node.into(),
             script: Script::new(RECEIVER_LUA),
             watches,
+            metrics,
         })
     }
 
@@ -132,7 +136,11 @@ impl RedisStore {
             call.arg(*a);
         }
         let mut con = self.con.clone();
-        Ok(call.invoke_async(&mut con).await?)
+        let started = std::time::Instant::now();
+        let reply = call.invoke_async(&mut con).await;
+        self.metrics
+            .store_call(op, started.elapsed(), reply.is_err());
+        Ok(reply?)
     }
 
     async fn transition(

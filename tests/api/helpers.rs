@@ -440,9 +440,16 @@ pub async fn make_store(backing: &Backing, rules: Rules, node: &str) -> StoreUnd
     let store: Arc<dyn Store> = match backing {
         Backing::Memory => Arc::new(MemoryStore::new(rules)),
         Backing::Redis(url) => Arc::new(
-            RedisStore::connect(url, Keys::new("cuebox").unwrap(), rules, node, tx)
-                .await
-                .expect("the Redis store connects"),
+            RedisStore::connect(
+                url,
+                Keys::new("cuebox").unwrap(),
+                rules,
+                node,
+                tx,
+                Arc::default(),
+            )
+            .await
+            .expect("the Redis store connects"),
         ),
     };
     StoreUnderTest { store, notices }

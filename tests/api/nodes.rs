@@ -168,3 +168,59 @@ async fn a_stopping_node_lets_its_widgets_go_and_leaves_their_alert_in_flight() 
     let (id, attempt, _) = w.next_alert().await;
     assert_eq!((id.as_str(), attempt), (a1.as_str(), 1));
 }
+
+/// The value of one series in a metrics scrape.
+fn series(scrape: &str, name: &str) -> Option<f64> {
+    scrape
+        .lines()
+        .find_map(|l| l.strip_prefix(name)?.strip_prefix(' ')?.parse().ok())
+}
+
+#[actix_web::test]
+async fn metrics_count_what_happened_on_this_node() {
+    let redis = RedisServer::spawn().await;
+    let app = TestApp::redis(&redis).await;
+    let mut w = app.widget("alice").await;
+    let a1 = app.publish_alert("alice", "one").await;
+    let (status, _) = app
+        .publish(serde_json::json!({ "receiver": "alice", "idempotency_key": "k" }))
+        .await;
+    assert_eq!(status, 202);
+    let (status, _) = app
+        .publish(serde_json::json!({ "receiver": "alice", "idempotency_key": "k" }))
+        .await;
+    assert_eq!(status, 200);
+    assert_eq!(w.next_alert().await.0, a1);
+    w.show(&a1).await;
+    w.next_alert().await;
+
+    let mut res = app
+        .http
+        .get(format!("{}/metrics", app.base))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), 200);
+    let body = res.body().await.unwrap();
+    let scrape = String::from_utf8_lossy(&body);
+    let expect = [
+        ("cuebox_alerts_total{outcome=\"published\"}", 2.0),
+        ("cuebox_alerts_total{outcome=\"duplicate\"}", 1.0),
+        ("cuebox_alerts_total{outcome=\"sent\"}", 2.0),
+        ("cuebox_alerts_total{outcome=\"shown\"}", 1.0),
+        ("cuebox_alerts_total{outcome=\"expired\"}", 0.0),
+        ("cuebox_widgets_connected", 1.0),
+        ("cuebox_receivers_in_flight", 1.0),
+        ("cuebox_publish_duration_seconds_count", 3.0),
+        ("cuebox_store_errors_total{op=\"done\"}", 0.0),
+    ];
+    for (name, value) in expect {
+        assert_eq!(series(&scrape, name), Some(value), "{name} in\n{scrape}");
+    }
+    let done_calls = series(
+        &scrape,
+        "cuebox_store_call_duration_seconds_count{op=\"done\"}",
+    );
+    assert_eq!(done_calls, Some(1.0), "{scrape}");
+    assert!(scrape.ends_with("# EOF\n"));
+}

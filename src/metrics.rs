@@ -1,0 +1,182 @@
+//! What an operator scrapes at `GET /metrics`, in the OpenMetrics text format Prometheus reads.
+//!
+//! Every labelled series is made once, here, and kept as a handle, so recording on a hot path
+//! is an atomic add with no lookup or allocation.
+
+use std::sync::atomic::AtomicU64;
+use std::time::Duration;
+
+use prometheus_client::encoding::text::encode;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::{exponential_buckets, Histogram};
+use prometheus_client::registry::Registry;
+
+use crate::store::Event;
+
+type Labels = Vec<(&'static str, &'static str)>;
+type HistogramFamily = Family<Labels, Histogram, fn() -> Histogram>;
+
+/// The operations of a store, as labelled in metrics.
+pub const STORE_OPS: &[&str] = &["publish", "widgets", "started", "done", "check", "status"];
+
+pub struct Metrics {
+    registry: Registry,
+    published: Counter,
+    duplicate: Counter,
+    refused: Counter,
+    sent: Counter,
+    resent: Counter,
+    requeued: Counter,
+    shown: Counter,
+    expired: Counter,
+    publish_seconds: Histogram,
+    store_seconds: Vec<Histogram>,
+    store_errors: Vec<Counter>,
+    widgets: Gauge,
+    in_flight: Gauge,
+    oldest_in_flight: Gauge<f64, AtomicU64>,
+}
+
+/// What this node's hub holds at scrape time.
+pub struct HubGauges {
+    pub widgets: u64,
+    pub in_flight: u64,
+    pub oldest_in_flight: Duration,
+}
+
+fn latency_buckets() -> Histogram {
+    // 50 µs to about 1.6 s: a store call on loopback is well under a millisecond, and anything
+    // past a second is an outage.
+    Histogram::new(exponential_buckets(0.00005, 2.0, 16))
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        let mut registry = Registry::with_prefix("cuebox");
+
+        let alerts = Family::<Labels, Counter>::default();
+        registry.register(
+            "alerts",
+            "Alerts by outcome: published, duplicate and refused (queue full) at publish; sent, \
+             resent (never started), requeued (no widget left), shown (done) and expired as the \
+             queue moves. Counted by the node that caused each",
+            alerts.clone(),
+        );
+        let outcome = |o: &'static str| alerts.get_or_create_owned(&vec![("outcome", o)]);
+
+        let publish_seconds = Histogram::new(exponential_buckets(0.00005, 2.0, 16));
+        registry.register(
+            "publish_duration_seconds",
+            "Time to answer POST /publish",
+            publish_seconds.clone(),
+        );
+        let store_seconds = HistogramFamily::new_with_constructor(latency_buckets);
+        registry.register(
+            "store_call_duration_seconds",
+            "Time of each store call, by operation",
+            store_seconds.clone(),
+        );
+        let store_errors = Family::<Labels, Counter>::default();
+        registry.register(
+            "store_errors",
+            "Store calls that failed, by operation",
+            store_errors.clone(),
+        );
+        let widgets = Gauge::default();
+        registry.register(
+            "widgets_connected",
+            "Widget connections on this node",
+            widgets.clone(),
+        );
+        let in_flight = Gauge::default();
+        registry.register(
+            "receivers_in_flight",
+            "Receivers with widgets on this node and an alert in flight",
+            in_flight.clone(),
+        );
+        let oldest_in_flight = Gauge::<f64, AtomicU64>::default();
+        registry.register(
+            "oldest_in_flight_seconds",
+            "Age of the oldest alert in flight among this node's receivers",
+            oldest_in_flight.clone(),
+        );
+
+        Self {
+            published: outcome("published"),
+            duplicate: outcome("duplicate"),
+            refused: outcome("refused"),
+            sent: outcome("sent"),
+            resent: outcome("resent"),
+            requeued: outcome("requeued"),
+            shown: outcome("shown"),
+            expired: outcome("expired"),
+            publish_seconds,
+            store_seconds: STORE_OPS
+                .iter()
+                .map(|op| store_seconds.get_or_create_owned(&vec![("op", *op)]))
+                .collect(),
+            store_errors: STORE_OPS
+                .iter()
+                .map(|op| store_errors.get_or_create_owned(&vec![("op", *op)]))
+                .collect(),
+            widgets,
+            in_flight,
+            oldest_in_flight,
+            registry,
+        }
+    }
+}
+
+/// How a publish ended, for the `alerts` counter.
+pub enum PublishOutcome {
+    Published,
+    Duplicate,
+    Refused,
+}
+
+impl Metrics {
+    pub fn publish(&self, outcome: PublishOutcome, took: Duration) {
+        match outcome {
+            PublishOutcome::Published => self.published.inc(),
+            PublishOutcome::Duplicate => self.duplicate.inc(),
+            PublishOutcome::Refused => self.refused.inc(),
+        };
+        self.publish_seconds.observe(took.as_secs_f64());
+    }
+
+    pub fn events(&self, events: &[Event]) {
+        for event in events {
+            match event {
+                Event::Sent => self.sent.inc(),
+                Event::Resent => self.resent.inc(),
+                Event::Requeued => self.requeued.inc(),
+                Event::Done => self.shown.inc(),
+                Event::Expired => self.expired.inc(),
+            };
+        }
+    }
+
+    /// One store call of `op` (one of [`STORE_OPS`]).
+    pub fn store_call(&self, op: &str, took: Duration, failed: bool) {
+        if let Some(i) = STORE_OPS.iter().position(|o| *o == op) {
+            self.store_seconds[i].observe(took.as_secs_f64());
+            if failed {
+                self.store_errors[i].inc();
+            }
+        }
+    }
+
+    /// The text to serve, with the hub's gauges as they are now.
+    pub fn render(&self, hub: HubGauges) -> String {
+        self.widgets.set(hub.widgets as i64);
+        self.in_flight.set(hub.in_flight as i64);
+        self.oldest_in_flight
+            .set(hub.oldest_in_flight.as_secs_f64());
+        let mut text = String::new();
+        // unwrap: writing to a String cannot fail.
+        encode(&mut text, &self.registry).expect("metrics encode into a String");
+        text
+    }
+}
