@@ -224,3 +224,44 @@ async fn metrics_count_what_happened_on_this_node() {
     assert_eq!(done_calls, Some(1.0), "{scrape}");
     assert!(scrape.ends_with("# EOF\n"));
 }
+
+#[actix_web::test]
+async fn a_dropped_pubsub_connection_is_restored_and_nothing_published_meanwhile_is_lost() {
+    let redis = RedisServer::spawn().await;
+    let a = TestApp::redis(&redis).await;
+    let b = TestApp::redis(&redis).await;
+    let mut w = a.widget("alice").await;
+    b.wait_for_widgets("alice", 1).await;
+
+    let killed = redis.cmd(&["CLIENT", "KILL", "TYPE", "pubsub"]).await;
+    assert!(
+        matches!(killed, redis::Value::Int(n) if n >= 1),
+        "{killed:?}"
+    );
+    // Published on b while a may not be listening: a re-reads its receivers once resubscribed.
+    let a1 = b.publish_alert("alice", "during the drop").await;
+    assert_eq!(w.next_alert().await.0, a1);
+    w.show(&a1).await;
+    let a2 = b.publish_alert("alice", "after").await;
+    assert_eq!(w.next_alert().await.0, a2);
+}
+
+#[actix_web::test]
+async fn with_aof_on_queued_alerts_survive_a_redis_restart() {
+    let mut redis =
+        RedisServer::spawn_with(&["--appendonly", "yes", "--appendfsync", "always"]).await;
+    let app = TestApp::redis(&redis).await;
+    let ids = [
+        app.publish_alert("alice", "one").await,
+        app.publish_alert("alice", "two").await,
+        app.publish_alert("alice", "three").await,
+    ];
+    redis.restart().await;
+    eventually(|| async { app.get("/readyz", None).await.0 == 200 }).await;
+    assert_eq!(app.status("alice").await["queued"], 3);
+    let mut w = app.widget("alice").await;
+    for id in &ids {
+        assert_eq!(&w.next_alert().await.0, id);
+        w.show(id).await;
+    }
+}
