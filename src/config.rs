@@ -93,6 +93,12 @@ pub struct ServeArgs {
           value_parser = clap::value_parser!(u32).range(1..=10_000))]
     pub max_widgets_per_receiver: u32,
 
+    /// An ingest stream entry another node has held unacknowledged this long is taken over:
+    /// that node is taken to be gone.
+    #[arg(long, env = "CUEBOX_INGEST_CLAIM_IDLE_MS", default_value_t = 30000,
+          value_parser = clap::value_parser!(u64).range(100..=3_600_000))]
+    pub ingest_claim_idle_ms: u64,
+
     /// Alerts per second each publish key may publish on this node (bursts of one second's
     /// worth); past it, 429 with Retry-After. 0: no limit.
     #[arg(long, env = "CUEBOX_PUBLISH_RATE", default_value_t = 0)]

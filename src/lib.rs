@@ -10,6 +10,7 @@
 //! - [`store`] holds the per-receiver queue and its state machine behind one trait, with the rules
 //!   written out in its docs; [`store::memory`] (embedded) and [`store::redis`] (Lua scripts,
 //!   any number of nodes) keep them; [`store::keys`] names every Redis key.
+//! - [`ingest`] takes alerts producers add to the `{prefix}:ingest` Redis stream.
 //! - [`migrate`] applies `migrations/` to the Redis key layout at start.
 //! - [`limits`] keeps this node's own limits: publish rate per key, widget connections.
 //! - [`metrics`] counts what operators scrape at `/metrics`.
@@ -26,6 +27,7 @@ pub mod auth;
 pub mod config;
 pub mod http;
 pub mod hub;
+pub mod ingest;
 pub mod limits;
 pub mod metrics;
 pub mod migrate;

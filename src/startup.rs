@@ -15,6 +15,7 @@ use crate::auth::{random_publish_key, random_secret, PublishKeys, WidgetTokens};
 use crate::config::{ServeArgs, WidgetUrlArgs};
 use crate::http::{self, AppState};
 use crate::hub::Hub;
+use crate::ingest::Ingest;
 use crate::limits::{Connections, PublishRate};
 use crate::metrics::Metrics;
 use crate::migrate::{self, MigrateError};
@@ -112,7 +113,17 @@ impl Application {
         let publish_rate = PublishRate::new(args.publish_rate, publish_keys.len());
 
         let hub = Hub::new(store, metrics.clone());
-        let background = hub.spawn_background(notices_rx);
+        let mut background = hub.spawn_background(notices_rx);
+        if let Some(url) = &args.redis_url {
+            let ingest = Ingest {
+                keys: keys.clone(),
+                node: node.clone(),
+                claim_idle: Duration::from_millis(args.ingest_claim_idle_ms),
+                hub: hub.clone(),
+                metrics: metrics.clone(),
+            };
+            background.push(ingest.spawn(url).await?);
+        }
         let (shutdown, shutdown_rx) = watch::channel(false);
         let state = web::Data::new(AppState {
             hub,

@@ -13,6 +13,7 @@
 //! | `P:{r}:idem:<key>`              | string | `"<alert id> <position>"`, expires after 24 h    |
 //! | `P:{r}:events` (channel)        | pubsub | snapshots for other nodes                          |
 //! | `P:secret`                      | string | the shared widget token secret                     |
+//! | `P:ingest`, `P:ingest:dead`     | stream | alerts added by producers; entries refused, with why |
 //! | `P:schema:version`, `P:schema:lock` | string | the key layout version and its migration lock |
 
 use crate::alert::ReceiverId;
@@ -77,6 +78,16 @@ impl Keys {
         let rest = channel.strip_prefix(&self.prefix)?.strip_prefix(":{")?;
         let r = rest.strip_suffix("}:events")?;
         ReceiverId::parse(r).ok()
+    }
+
+    /// The stream producers `XADD` alerts to.
+    pub fn ingest(&self) -> String {
+        format!("{}:ingest", self.prefix)
+    }
+
+    /// Where refused ingest entries go, with the reason.
+    pub fn ingest_dead(&self) -> String {
+        format!("{}:ingest:dead", self.prefix)
     }
 
     pub fn secret(&self) -> String {

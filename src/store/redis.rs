@@ -48,9 +48,26 @@ pub async fn connect(
     client: Client,
     push: Option<Pusher>,
 ) -> Result<ConnectionManager, StoreError> {
+    connect_with(client, push, RESPONSE_TIMEOUT).await
+}
+
+/// A connection of its own for blocking reads (`XREADGROUP ... BLOCK`), which hold it for up
+/// to `block`: never the shared one, whose other callers would wait behind them.
+pub async fn connect_for_blocking(
+    client: Client,
+    block: Duration,
+) -> Result<ConnectionManager, StoreError> {
+    connect_with(client, None, block + RESPONSE_TIMEOUT).await
+}
+
+async fn connect_with(
+    client: Client,
+    push: Option<Pusher>,
+    response_timeout: Duration,
+) -> Result<ConnectionManager, StoreError> {
     let mut config = ConnectionManagerConfig::new()
         .set_connection_timeout(Some(RESPONSE_TIMEOUT))
-        .set_response_timeout(Some(RESPONSE_TIMEOUT))
+        .set_response_timeout(Some(response_timeout))
         .set_number_of_retries(3)
         .set_max_delay(Duration::from_millis(500));
     if let Some(push) = push {

@@ -163,6 +163,7 @@ pub fn serve_args(redis_url: Option<String>) -> ServeArgs {
         max_connections: 20_000,
         max_widgets_per_receiver: 16,
         publish_rate: 0,
+        ingest_claim_idle_ms: 30_000,
     }
 }
 
