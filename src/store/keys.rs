@@ -13,6 +13,9 @@
 //! | `P:{r}:idem:<key>`              | string | `"<alert id> <position>"`, expires after 24 h    |
 //! | `P:{r}:events` (channel)        | pubsub | snapshots for other nodes                          |
 //! | `P:secret`                      | string | the shared widget token secret                     |
+//! | `P:nodes`                       | set    | node ids, until a dead one is swept                |
+//! | `P:node:<id>`                   | string | a node's heartbeat, expires 15 s after it stops    |
+//! | `P:node:<id>:receivers`         | set    | receivers the node holds widgets for               |
 //! | `P:ingest`, `P:ingest:dead`     | stream | alerts added by producers; entries refused, with why |
 //! | `P:schema:version`, `P:schema:lock` | string | the key layout version and its migration lock |
 
@@ -88,6 +91,21 @@ impl Keys {
     /// Where refused ingest entries go, with the reason.
     pub fn ingest_dead(&self) -> String {
         format!("{}:ingest:dead", self.prefix)
+    }
+
+    /// A node's heartbeat; it expires when the node stops.
+    pub fn node(&self, node: &str) -> String {
+        format!("{}:node:{}", self.prefix, node)
+    }
+
+    /// The receivers a node holds widgets for, to sweep if it dies.
+    pub fn node_receivers(&self, node: &str) -> String {
+        format!("{}:node:{}:receivers", self.prefix, node)
+    }
+
+    /// Every node that has run, until swept.
+    pub fn nodes(&self) -> String {
+        format!("{}:nodes", self.prefix)
     }
 
     pub fn secret(&self) -> String {

@@ -28,13 +28,26 @@ const RECEIVER_LUA: &str = include_str!("lua/receiver.lua");
 const RESPONSE_TIMEOUT: Duration = Duration::from_secs(2);
 
 pub struct RedisStore {
+    core: Arc<Core>,
+    watches: Watches,
+    /// Stopped with the store.
+    sweeper: tokio::task::AbortHandle,
+}
+
+/// What every script call needs, shared by the store and its sweeper task.
+struct Core {
     con: ConnectionManager,
     keys: Keys,
     rules: Rules,
     node: Arc<str>,
     script: Script,
-    watches: Watches,
     metrics: Arc<Metrics>,
+}
+
+impl Drop for RedisStore {
+    fn drop(&mut self) {
+        self.sweeper.abort();
+    }
 }
 
 impl From<redis::RedisError> for StoreError {
@@ -107,28 +120,35 @@ impl RedisStore {
     ) -> Result<Self, StoreError> {
         let client = Client::open(url).map_err(|e| StoreError::Unavailable(e.to_string()))?;
         let con = connect(client.clone(), None).await?;
-        let watches = Watches::start(&client, keys.clone(), node.into(), notices).await?;
-        Ok(Self {
+        let watches = Watches::start(&client, keys.clone(), node.into(), notices.clone()).await?;
+        let core = Arc::new(Core {
             con,
             keys,
             rules,
             node: node.into(),
             script: Script::new(RECEIVER_LUA),
-            watches,
             metrics,
+        });
+        let sweeper = tokio::spawn(sweep_dead_nodes(core.clone(), notices)).abort_handle();
+        Ok(Self {
+            core,
+            watches,
+            sweeper,
         })
     }
 
     /// The command connection, for start-up work such as migrations.
     pub fn connection(&self) -> ConnectionManager {
-        self.con.clone()
+        self.core.con.clone()
     }
 
     /// The widget token secret every node shares.
     pub async fn shared_secret(&self) -> Result<String, StoreError> {
-        shared_secret(&mut self.con.clone(), &self.keys).await
+        shared_secret(&mut self.core.con.clone(), &self.core.keys).await
     }
+}
 
+impl Core {
     /// Runs one op of `receiver.lua` for a receiver.
     async fn run(
         &self,
@@ -180,9 +200,10 @@ impl Store for RedisStore {
         // The stored value carries what the script needs without decoding JSON: the duration
         // and how many times the alert was sent (none yet).
         let value = format!("{} 0 {}", alert.duration_ms, alert.json);
-        let max_queue = self.rules.max_queue.to_string();
+        let max_queue = self.core.rules.max_queue.to_string();
         let ttl = IDEMPOTENCY_TTL.as_secs().to_string();
         let reply = self
+            .core
             .run(
                 &alert.receiver,
                 "publish",
@@ -225,8 +246,9 @@ impl Store for RedisStore {
             WidgetChange::Refresh(n) => ("refresh", n),
             WidgetChange::Withdrawn => ("withdrawn", 0),
         };
-        let max = self.rules.max_widgets.to_string();
+        let max = self.core.rules.max_widgets.to_string();
         let reply = self
+            .core
             .run(
                 receiver,
                 "widgets",
@@ -235,25 +257,25 @@ impl Store for RedisStore {
             )
             .await?;
         if matches!(&reply, Value::Array(items) if items.len() == 1) {
-            return Err(StoreError::TooManyWidgets(self.rules.max_widgets));
+            return Err(StoreError::TooManyWidgets(self.core.rules.max_widgets));
         }
         parse_snapshot(reply)
     }
 
     async fn started(&self, receiver: &ReceiverId, id: &str) -> Result<Snapshot, StoreError> {
-        self.transition(receiver, "started", &[id]).await
+        self.core.transition(receiver, "started", &[id]).await
     }
 
     async fn done(&self, receiver: &ReceiverId, id: &str) -> Result<Snapshot, StoreError> {
-        self.transition(receiver, "done", &[id]).await
+        self.core.transition(receiver, "done", &[id]).await
     }
 
     async fn check(&self, receiver: &ReceiverId, id: &str) -> Result<Snapshot, StoreError> {
-        self.transition(receiver, "check", &[id]).await
+        self.core.transition(receiver, "check", &[id]).await
     }
 
     async fn status(&self, receiver: &ReceiverId) -> Result<Status, StoreError> {
-        let reply = self.run(receiver, "status", None, &[]).await?;
+        let reply = self.core.run(receiver, "status", None, &[]).await?;
         match reply {
             Value::Array(items) if items.len() == 3 => Ok(Status {
                 queued: int(&items[0])?,
@@ -273,10 +295,88 @@ impl Store for RedisStore {
     }
 
     async fn ping(&self) -> Result<(), StoreError> {
-        let mut con = self.con.clone();
+        let mut con = self.core.con.clone();
         let _: String = redis::cmd("PING").query_async(&mut con).await?;
         Ok(())
     }
+}
+
+/// How often a node says it is alive, and looks for nodes that stopped saying so.
+const HEARTBEAT: Duration = Duration::from_secs(5);
+/// A node silent this long is dead: a SIGKILL, a crash, a lost machine.
+const NODE_TTL: Duration = Duration::from_secs(15);
+
+/// Keeps this node's heartbeat, and clears up after dead nodes: for every receiver a dead node
+/// held widgets for, its report is dropped at once, which puts an alert in flight that nobody
+/// else can see back at the head of the queue (rule f). Widgets that reconnected elsewhere
+/// already have it (rule e), and keep it: they count. Any number of nodes may sweep the same
+/// dead node; every step is idempotent.
+async fn sweep_dead_nodes(core: Arc<Core>, notices: mpsc::UnboundedSender<Notice>) {
+    let mut every = tokio::time::interval(HEARTBEAT);
+    loop {
+        every.tick().await;
+        if let Err(e) = heartbeat_and_sweep(&core, &notices).await {
+            tracing::warn!(error = %e, "node heartbeat or sweep failed");
+        }
+    }
+}
+
+async fn heartbeat_and_sweep(
+    core: &Core,
+    notices: &mpsc::UnboundedSender<Notice>,
+) -> Result<(), StoreError> {
+    let mut con = core.con.clone();
+    let keys = &core.keys;
+    let () = redis::pipe()
+        .cmd("SET")
+        .arg(keys.node(&core.node))
+        .arg(1)
+        .arg("PX")
+        .arg(NODE_TTL.as_millis() as u64)
+        .ignore()
+        .cmd("SADD")
+        .arg(keys.nodes())
+        .arg(&*core.node)
+        .ignore()
+        .query_async(&mut con)
+        .await?;
+    let nodes: Vec<String> = redis::cmd("SMEMBERS")
+        .arg(keys.nodes())
+        .query_async(&mut con)
+        .await?;
+    for node in nodes.iter().filter(|n| n.as_str() != &*core.node) {
+        let alive: bool = redis::cmd("EXISTS")
+            .arg(keys.node(node))
+            .query_async(&mut con)
+            .await?;
+        if alive {
+            continue;
+        }
+        let held: Vec<String> = redis::cmd("SMEMBERS")
+            .arg(keys.node_receivers(node))
+            .query_async(&mut con)
+            .await?;
+        tracing::warn!(
+            node,
+            receivers = held.len(),
+            "a node stopped; sweeping its receivers"
+        );
+        for receiver in held.iter().filter_map(|r| ReceiverId::parse(r).ok()) {
+            let snapshot = parse_snapshot(core.run(&receiver, "sweep", None, &[node]).await?)?;
+            let _ = notices.send(Notice::Changed { receiver, snapshot });
+        }
+        let () = redis::pipe()
+            .cmd("DEL")
+            .arg(keys.node_receivers(node))
+            .ignore()
+            .cmd("SREM")
+            .arg(keys.nodes())
+            .arg(node)
+            .ignore()
+            .query_async(&mut con)
+            .await?;
+    }
+    Ok(())
 }
 
 /// This node's subscriptions to receivers' event channels.
@@ -316,7 +416,12 @@ impl Watches {
         let (requests, mut inbox) = mpsc::unbounded_channel();
         // The pusher lives inside the connection the task owns; a weak sender lets the task end
         // when the store is dropped.
-        let pusher = pusher(keys.clone(), node, notices.clone(), requests.downgrade());
+        let pusher = pusher(
+            keys.clone(),
+            node.clone(),
+            notices.clone(),
+            requests.downgrade(),
+        );
         let mut con = connect(client, Some(pusher)).await?;
 
         let counts: Arc<Mutex<HashMap<ReceiverId, usize>>> = Arc::default();
@@ -328,14 +433,32 @@ impl Watches {
                     WatchRequest::Sync(receiver, ack) => {
                         let want = lock(&wanted).get(&receiver).is_some_and(|n| *n > 0);
                         let channel = keys.events(&receiver);
+                        // The node's set of receivers tells a sweeping node what to clear if
+                        // this one dies.
+                        let held = keys.node_receivers(&node);
                         let result = if want && !subscribed.contains(&receiver) {
-                            con.subscribe(&channel).await.map(|()| {
-                                subscribed.insert(receiver);
-                            })
+                            let added = redis::cmd("SADD")
+                                .arg(&held)
+                                .arg(receiver.as_str())
+                                .query_async::<()>(&mut con)
+                                .await;
+                            match added {
+                                Ok(()) => con.subscribe(&channel).await.map(|()| {
+                                    subscribed.insert(receiver);
+                                }),
+                                Err(e) => Err(e),
+                            }
                         } else if !want && subscribed.contains(&receiver) {
-                            con.unsubscribe(&channel).await.map(|()| {
+                            let removed = con.unsubscribe(&channel).await;
+                            if removed.is_ok() {
+                                let _ = redis::cmd("SREM")
+                                    .arg(&held)
+                                    .arg(receiver.as_str())
+                                    .query_async::<()>(&mut con)
+                                    .await;
                                 subscribed.remove(&receiver);
-                            })
+                            }
+                            removed
                         } else {
                             Ok(())
                         };
@@ -368,6 +491,19 @@ impl Watches {
                                 return;
                             }
                             tokio::time::sleep(RESUBSCRIBE_RETRY).await;
+                        }
+                        // Redis may have lost the node's set of receivers with the rest.
+                        if !subscribed.is_empty() {
+                            let _ = redis::cmd("SADD")
+                                .arg(keys.node_receivers(&node))
+                                .arg(
+                                    subscribed
+                                        .iter()
+                                        .map(ReceiverId::as_str)
+                                        .collect::<Vec<_>>(),
+                                )
+                                .query_async::<()>(&mut con)
+                                .await;
                         }
                         tracing::info!(
                             channels = channels.len(),

@@ -249,3 +249,72 @@ async fn json_logs_name_the_receiver_and_alert_of_each_line() {
     );
     let _ = child.start_kill();
 }
+
+#[actix_web::test]
+async fn a_node_killed_mid_alert_loses_nothing_and_hangs_no_queue() {
+    let redis = RedisServer::spawn().await;
+    let survivor = TestApp::redis(&redis).await;
+    let port = free_port();
+    let mut doomed = cuebox()
+        .args([
+            "serve",
+            "--bind",
+            &format!("127.0.0.1:{port}"),
+            "--redis-url",
+            &redis.url(),
+        ])
+        .args(["--secret", SECRET, "--publish-key", PUBLISH_KEY])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let ws = |r: &str| {
+        let token = cuebox::auth::WidgetTokens::new(SECRET).token(&receiver(r));
+        format!("ws://127.0.0.1:{port}/ws/{r}?token={token}")
+    };
+    let deadline = tokio::time::Instant::now() + PROMPTLY;
+    let mut alice = loop {
+        match WidgetClient::connect(&ws("alice")).await {
+            Ok(w) => break w,
+            Err(e) => {
+                assert!(
+                    tokio::time::Instant::now() < deadline,
+                    "never listened: {e}"
+                );
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+        }
+    };
+    let mut bob = WidgetClient::connect(&ws("bob")).await.unwrap();
+    alice.next_json().await;
+    bob.next_json().await;
+    survivor.wait_for_widgets("bob", 1).await;
+    survivor.wait_for_widgets("alice", 1).await;
+    let a1 = survivor.publish_alert("alice", "for alice").await;
+    let b1 = survivor.publish_alert("bob", "for bob").await;
+    assert_eq!(alice.next_alert().await.0, a1);
+    assert_eq!(bob.next_alert().await.0, b1);
+    alice.started(&a1).await;
+    bob.started(&b1).await;
+
+    doomed.start_kill().unwrap(); // SIGKILL
+    doomed.wait().await.unwrap();
+    let killed = tokio::time::Instant::now();
+
+    // Bob's widget reconnects to the surviving node and gets his alert again.
+    let mut bob = survivor.widget("bob").await;
+    assert_eq!(bob.next_alert().await.0, b1);
+
+    // Alice's never comes back: once the dead node is noticed, her alert is back in the queue.
+    eventually_within(Duration::from_secs(30), || async {
+        let status = survivor.status("alice").await;
+        status["in_flight"].is_null() && status["queued"] == 1
+    })
+    .await;
+    assert!(killed.elapsed() < Duration::from_secs(30));
+    let mut alice = survivor.widget("alice").await;
+    let (id, attempt, _) = alice.next_alert().await;
+    assert_eq!((id.as_str(), attempt), (a1.as_str(), 2));
+    // Bob's alert stayed with the widget that came back.
+    assert_eq!(survivor.status("bob").await["in_flight"]["id"], b1.as_str());
+}

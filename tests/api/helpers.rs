@@ -295,12 +295,21 @@ impl TestApp {
 }
 
 /// Retries a check until it holds, failing after [`PROMPTLY`].
-pub async fn eventually<F, Fut>(mut check: F)
+pub async fn eventually<F, Fut>(check: F)
 where
     F: FnMut() -> Fut,
     Fut: std::future::Future<Output = bool>,
 {
-    let deadline = tokio::time::Instant::now() + PROMPTLY;
+    eventually_within(PROMPTLY, check).await
+}
+
+/// Retries a check until it holds, failing after `within`.
+pub async fn eventually_within<F, Fut>(within: Duration, mut check: F)
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = bool>,
+{
+    let deadline = tokio::time::Instant::now() + within;
     while !check().await {
         assert!(
             tokio::time::Instant::now() < deadline,

@@ -233,6 +233,13 @@ elseif op == 'check' then
   end
   return finish(false)
 
+elseif op == 'sweep' then
+  -- ARGV[7]: a node found dead. Its widgets are gone; if no other widget is live, the alert in
+  -- flight goes back to the head of the queue.
+  redis.call('HDEL', widgets, ARGV[7])
+  if presence() == 0 then requeue() else dispatch() end
+  return finish(false)
+
 elseif op == 'status' then
   local total = presence()
   local snap = snapshot(true)
