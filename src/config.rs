@@ -48,6 +48,11 @@ pub struct ServeArgs {
     #[arg(long, env = "CUEBOX_REDIS_URL")]
     pub redis_url: Option<String>,
 
+    /// Treat --redis-url as a comma-separated list of seed nodes of a Redis Cluster.
+    #[arg(long, env = "CUEBOX_REDIS_CLUSTER", value_parser = clap::builder::BoolishValueParser::new(),
+          default_value_t = false, num_args = 0..=1, default_missing_value = "true")]
+    pub redis_cluster: bool,
+
     /// Prefix of every Redis key.
     #[arg(long, env = "CUEBOX_KEY_PREFIX", default_value = "cuebox")]
     pub key_prefix: String,
@@ -117,6 +122,11 @@ pub struct WidgetUrlArgs {
     /// Read the secret the nodes share from this Redis instead.
     #[arg(long, env = "CUEBOX_REDIS_URL")]
     pub redis_url: Option<String>,
+
+    /// Treat --redis-url as the seed nodes of a Redis Cluster.
+    #[arg(long, env = "CUEBOX_REDIS_CLUSTER", value_parser = clap::builder::BoolishValueParser::new(),
+          default_value_t = false, num_args = 0..=1, default_missing_value = "true")]
+    pub redis_cluster: bool,
 
     /// Prefix of every Redis key.
     #[arg(long, env = "CUEBOX_KEY_PREFIX", default_value = "cuebox")]

@@ -11,16 +11,15 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use redis::aio::ConnectionManager;
 use redis::streams::{StreamAutoClaimReply, StreamId, StreamReadReply};
-use redis::{Client, Value};
+use redis::Value;
 use tokio::task::JoinHandle;
 
 use crate::alert::NewAlert;
 use crate::hub::Hub;
 use crate::metrics::{Metrics, PublishOutcome};
+use crate::store::connection::{Connection, Target};
 use crate::store::keys::Keys;
-use crate::store::redis::{connect, connect_for_blocking};
 use crate::store::{Publish, StoreError};
 
 /// The consumer group every node reads the stream through.
@@ -44,10 +43,9 @@ pub struct Ingest {
 
 impl Ingest {
     /// Creates the group if needed and starts reading; the task runs until aborted.
-    pub async fn spawn(self, url: &str) -> Result<JoinHandle<()>, StoreError> {
-        let client = Client::open(url)?;
-        let mut con = connect(client.clone(), None).await?;
-        let reader = connect_for_blocking(client, BLOCK).await?;
+    pub async fn spawn(self, target: &Target) -> Result<JoinHandle<()>, StoreError> {
+        let mut con = target.connect(None).await?;
+        let reader = target.connect_for_blocking(BLOCK).await?;
         // From the stream's start, so entries added before any node ran are not skipped.
         let created: redis::RedisResult<()> = redis::cmd("XGROUP")
             .arg("CREATE")
@@ -65,7 +63,7 @@ impl Ingest {
         Ok(tokio::spawn(self.run(con, reader)))
     }
 
-    async fn run(self, mut con: ConnectionManager, mut reader: ConnectionManager) {
+    async fn run(self, mut con: Connection, mut reader: Connection) {
         let mut claimed_at: Option<tokio::time::Instant> = None;
         // A read never outwaits the next claim.
         let block = BLOCK.min(self.claim_idle / 2);
@@ -105,7 +103,7 @@ impl Ingest {
     }
 
     /// Takes over, and processes, entries other consumers have held for `claim_idle`.
-    async fn claim(&self, con: &mut ConnectionManager) -> redis::RedisResult<()> {
+    async fn claim(&self, con: &mut Connection) -> redis::RedisResult<()> {
         let mut start = "0-0".to_owned();
         // Bounded: each round moves `start` forward through a finite pending list.
         loop {
@@ -135,7 +133,7 @@ impl Ingest {
     /// Queues one entry, or refuses it into the dead stream, then acknowledges it. While the
     /// store is away the same entry is retried, so entries keep their order.
     #[tracing::instrument(name = "ingest", skip_all, fields(entry = %entry.id, receiver, alert_id))]
-    async fn process(&self, con: &mut ConnectionManager, entry: StreamId) {
+    async fn process(&self, con: &mut Connection, entry: StreamId) {
         let alert = match entry.map.get("alert") {
             Some(Value::BulkString(json)) => NewAlert::parse(json, None),
             _ => {
@@ -191,7 +189,7 @@ impl Ingest {
         }
     }
 
-    async fn ack(&self, con: &mut ConnectionManager, entry: &StreamId) {
+    async fn ack(&self, con: &mut Connection, entry: &StreamId) {
         let acked: redis::RedisResult<i64> = redis::cmd("XACK")
             .arg(self.keys.ingest())
             .arg(GROUP)
@@ -205,16 +203,17 @@ impl Ingest {
         }
     }
 
-    /// Moves an entry to the dead stream with the reason, and acknowledges it, in one step.
-    async fn refuse(&self, con: &mut ConnectionManager, entry: &StreamId, why: &str) {
+    /// Moves an entry to the dead stream with the reason, then acknowledges it. Two steps, not a
+    /// transaction: on a cluster the two streams live in different slots. A node that dies in
+    /// between leaves the entry to be claimed and refused again: a second dead copy, never a
+    /// lost entry.
+    async fn refuse(&self, con: &mut Connection, entry: &StreamId, why: &str) {
         tracing::info!(why, "refused an ingest entry");
         let raw = match entry.map.get("alert") {
             Some(Value::BulkString(b)) => b.clone(),
             _ => Vec::new(),
         };
-        let moved: redis::RedisResult<()> = redis::pipe()
-            .atomic()
-            .cmd("XADD")
+        let moved: redis::RedisResult<()> = redis::cmd("XADD")
             .arg(self.keys.ingest_dead())
             .arg("*")
             .arg("entry")
@@ -223,16 +222,11 @@ impl Ingest {
             .arg(why)
             .arg("alert")
             .arg(raw)
-            .ignore()
-            .cmd("XACK")
-            .arg(self.keys.ingest())
-            .arg(GROUP)
-            .arg(&entry.id)
-            .ignore()
             .query_async(con)
             .await;
-        if let Err(e) = moved {
-            tracing::warn!(error = %e, "could not move a refused ingest entry");
+        match moved {
+            Ok(()) => self.ack(con, entry).await,
+            Err(e) => tracing::warn!(error = %e, "could not move a refused ingest entry"),
         }
     }
 }

@@ -7,7 +7,7 @@
 
 use std::time::Duration;
 
-use redis::aio::ConnectionManager;
+use redis::aio::ConnectionLike;
 
 use crate::store::keys::Keys;
 
@@ -53,7 +53,7 @@ pub enum MigrateError {
 }
 
 /// Brings the layout under `keys` up to [`latest`]; returns the version now in place.
-pub async fn run(con: &mut ConnectionManager, keys: &Keys) -> Result<u64, MigrateError> {
+pub async fn run<C: ConnectionLike + Send>(con: &mut C, keys: &Keys) -> Result<u64, MigrateError> {
     let token = uuid::Uuid::new_v4().to_string();
     let waited = tokio::time::Instant::now();
     loop {
@@ -86,7 +86,10 @@ pub async fn run(con: &mut ConnectionManager, keys: &Keys) -> Result<u64, Migrat
     result
 }
 
-async fn migrate_locked(con: &mut ConnectionManager, keys: &Keys) -> Result<u64, MigrateError> {
+async fn migrate_locked<C: ConnectionLike + Send>(
+    con: &mut C,
+    keys: &Keys,
+) -> Result<u64, MigrateError> {
     let found: Option<String> = redis::cmd("GET")
         .arg(keys.schema_version())
         .query_async(con)

@@ -19,6 +19,7 @@ use crate::ingest::Ingest;
 use crate::limits::{Connections, PublishRate};
 use crate::metrics::Metrics;
 use crate::migrate::{self, MigrateError};
+use crate::store::connection::Target;
 use crate::store::keys::Keys;
 use crate::store::memory::MemoryStore;
 use crate::store::redis::RedisStore;
@@ -65,7 +66,11 @@ impl Application {
         let (notices, notices_rx) = mpsc::unbounded_channel();
         let metrics = Arc::new(Metrics::default());
 
-        let (store, secret): (Arc<dyn Store>, String) = match &args.redis_url {
+        let target = args
+            .redis_url
+            .as_deref()
+            .map(|url| Target::new(url, args.redis_cluster));
+        let (store, secret): (Arc<dyn Store>, String) = match &target {
             None => {
                 tracing::warn!(
                     "no CUEBOX_REDIS_URL: using the embedded in-memory store for this node only; \
@@ -80,17 +85,24 @@ impl Application {
                 });
                 (Arc::new(MemoryStore::new(rules)), secret)
             }
-            Some(url) => {
-                let store =
-                    RedisStore::connect(url, keys.clone(), rules, &node, notices, metrics.clone())
-                        .await?;
+            Some(target) => {
+                let store = RedisStore::connect(
+                    target,
+                    keys.clone(),
+                    rules,
+                    &node,
+                    notices,
+                    metrics.clone(),
+                )
+                .await?;
                 let version = migrate::run(&mut store.connection(), &keys).await?;
                 let secret = match &args.secret {
                     Some(s) => s.clone(),
                     None => store.shared_secret().await?,
                 };
                 tracing::info!(
-                    redis = %redacted(url), prefix = keys.prefix(), layout = version,
+                    redis = %redacted(args.redis_url.as_deref().unwrap_or_default()),
+                    cluster = target.is_cluster(), prefix = keys.prefix(), layout = version,
                     "using the Redis store"
                 );
                 (Arc::new(store), secret)
@@ -114,7 +126,7 @@ impl Application {
 
         let hub = Hub::new(store, metrics.clone());
         let mut background = hub.spawn_background(notices_rx);
-        if let Some(url) = &args.redis_url {
+        if let Some(target) = &target {
             let ingest = Ingest {
                 keys: keys.clone(),
                 node: node.clone(),
@@ -122,7 +134,7 @@ impl Application {
                 hub: hub.clone(),
                 metrics: metrics.clone(),
             };
-            background.push(ingest.spawn(url).await?);
+            background.push(ingest.spawn(target).await?);
         }
         let (shutdown, shutdown_rx) = watch::channel(false);
         let state = web::Data::new(AppState {
@@ -269,9 +281,7 @@ pub async fn widget_url_command(args: WidgetUrlArgs) -> Result<String, StartErro
         (Some(s), _) => s.clone(),
         (None, Some(url)) => {
             let keys = Keys::new(&args.key_prefix).map_err(StartError::Config)?;
-            let client = redis::Client::open(url.as_str())
-                .map_err(|e| StoreError::Unavailable(e.to_string()))?;
-            let mut con = crate::store::redis::connect(client, None).await?;
+            let mut con = Target::new(url, args.redis_cluster).connect(None).await?;
             crate::store::redis::shared_secret(&mut con, &keys).await?
         }
         (None, None) => {

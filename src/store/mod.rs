@@ -38,6 +38,7 @@
 //! [`Snapshot`] after it, and the node hands that to its hub. The Redis store also tells the
 //! other nodes with widgets for that receiver, through pub/sub, in the same script.
 
+pub mod connection;
 pub mod keys;
 pub mod memory;
 pub mod redis;

@@ -10,10 +10,10 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use async_trait::async_trait;
-use redis::aio::{ConnectionManager, ConnectionManagerConfig};
-use redis::{Client, ProtocolVersion, PushInfo, PushKind, Script, Value};
+use redis::{PushInfo, PushKind, Script, Value};
 use tokio::sync::{mpsc, oneshot};
 
+use super::connection::{Connection, Pusher, Target};
 use super::keys::Keys;
 use super::{
     Event, Flight, Notice, Publish, Rules, Snapshot, Status, Store, StoreError, WidgetChange,
@@ -24,9 +24,6 @@ use crate::metrics::Metrics;
 
 const RECEIVER_LUA: &str = include_str!("lua/receiver.lua");
 
-/// How long a call may wait for Redis before the caller is told the store is unavailable.
-const RESPONSE_TIMEOUT: Duration = Duration::from_secs(2);
-
 pub struct RedisStore {
     core: Arc<Core>,
     watches: Watches,
@@ -36,7 +33,7 @@ pub struct RedisStore {
 
 /// What every script call needs, shared by the store and its sweeper task.
 struct Core {
-    con: ConnectionManager,
+    con: Connection,
     keys: Keys,
     rules: Rules,
     node: Arc<str>,
@@ -56,42 +53,9 @@ impl From<redis::RedisError> for StoreError {
     }
 }
 
-/// Connects one `ConnectionManager` with cuebox's timeouts.
-pub async fn connect(
-    client: Client,
-    push: Option<Pusher>,
-) -> Result<ConnectionManager, StoreError> {
-    connect_with(client, push, RESPONSE_TIMEOUT).await
-}
-
-/// A connection of its own for blocking reads (`XREADGROUP ... BLOCK`), which hold it for up
-/// to `block`: never the shared one, whose other callers would wait behind them.
-pub async fn connect_for_blocking(
-    client: Client,
-    block: Duration,
-) -> Result<ConnectionManager, StoreError> {
-    connect_with(client, None, block + RESPONSE_TIMEOUT).await
-}
-
-async fn connect_with(
-    client: Client,
-    push: Option<Pusher>,
-    response_timeout: Duration,
-) -> Result<ConnectionManager, StoreError> {
-    let mut config = ConnectionManagerConfig::new()
-        .set_connection_timeout(Some(RESPONSE_TIMEOUT))
-        .set_response_timeout(Some(response_timeout))
-        .set_number_of_retries(3)
-        .set_max_delay(Duration::from_millis(500));
-    if let Some(push) = push {
-        config = config.set_push_sender(push);
-    }
-    Ok(ConnectionManager::new_with_config(client, config).await?)
-}
-
 /// The widget token secret every node shares: made by the first node that asks, then kept, so
 /// OBS URLs survive restarts.
-pub async fn shared_secret(con: &mut ConnectionManager, keys: &Keys) -> Result<String, StoreError> {
+pub async fn shared_secret(con: &mut Connection, keys: &Keys) -> Result<String, StoreError> {
     let fresh = crate::auth::random_secret();
     let _: Value = redis::cmd("SET")
         .arg(keys.secret())
@@ -106,21 +70,18 @@ pub async fn shared_secret(con: &mut ConnectionManager, keys: &Keys) -> Result<S
     secret.ok_or_else(|| StoreError::Protocol("the shared secret vanished".into()))
 }
 
-type Pusher = Box<dyn Fn(PushInfo) -> Result<(), redis::aio::SendError> + Send + Sync>;
-
 impl RedisStore {
     /// Connects both connections. Snapshots other nodes publish arrive on `notices`.
     pub async fn connect(
-        url: &str,
+        target: &Target,
         keys: Keys,
         rules: Rules,
         node: &str,
         notices: mpsc::UnboundedSender<Notice>,
         metrics: Arc<Metrics>,
     ) -> Result<Self, StoreError> {
-        let client = Client::open(url).map_err(|e| StoreError::Unavailable(e.to_string()))?;
-        let con = connect(client.clone(), None).await?;
-        let watches = Watches::start(&client, keys.clone(), node.into(), notices.clone()).await?;
+        let con = target.connect(None).await?;
+        let watches = Watches::start(target, keys.clone(), node.into(), notices.clone()).await?;
         let core = Arc::new(Core {
             con,
             keys,
@@ -138,7 +99,7 @@ impl RedisStore {
     }
 
     /// The command connection, for start-up work such as migrations.
-    pub fn connection(&self) -> ConnectionManager {
+    pub fn connection(&self) -> Connection {
         self.core.con.clone()
     }
 
@@ -168,7 +129,8 @@ impl Core {
             .arg(self.keys.events(receiver))
             .arg(self.rules.start_timeout.as_millis() as u64)
             .arg(self.rules.ack_grace.as_millis() as u64)
-            .arg(PRESENCE_TTL.as_millis() as u64);
+            .arg(PRESENCE_TTL.as_millis() as u64)
+            .arg(self.con.publish_command());
         for a in args {
             call.arg(*a);
         }
@@ -402,17 +364,11 @@ const RESUBSCRIBE_RETRY: Duration = Duration::from_millis(500);
 
 impl Watches {
     async fn start(
-        client: &Client,
+        target: &Target,
         keys: Keys,
         node: Arc<str>,
         notices: mpsc::UnboundedSender<Notice>,
     ) -> Result<Self, StoreError> {
-        let info = client.get_connection_info().clone();
-        let redis_settings = info
-            .redis_settings()
-            .clone()
-            .set_protocol(ProtocolVersion::RESP3);
-        let client = Client::open(info.set_redis_settings(redis_settings))?;
         let (requests, mut inbox) = mpsc::unbounded_channel();
         // The pusher lives inside the connection the task owns; a weak sender lets the task end
         // when the store is dropped.
@@ -422,7 +378,7 @@ impl Watches {
             notices.clone(),
             requests.downgrade(),
         );
-        let mut con = connect(client, Some(pusher)).await?;
+        let mut con = target.connect(Some(pusher)).await?;
 
         let counts: Arc<Mutex<HashMap<ReceiverId, usize>>> = Arc::default();
         let wanted = counts.clone();
@@ -475,14 +431,16 @@ impl Watches {
                         // Retried until Redis answers; a command is also what makes the
                         // manager reconnect once its own retries are spent.
                         loop {
-                            let result = if channels.is_empty() {
-                                redis::cmd("PING")
-                                    .query_async::<String>(&mut con)
-                                    .await
-                                    .map(drop)
-                            } else {
-                                con.subscribe(&channels).await
-                            };
+                            let mut result = redis::cmd("PING")
+                                .query_async::<String>(&mut con)
+                                .await
+                                .map(drop);
+                            // One by one: on a cluster each channel lives on its own shard.
+                            for channel in &channels {
+                                if result.is_ok() {
+                                    result = con.subscribe(channel).await;
+                                }
+                            }
                             match result {
                                 Ok(()) => break,
                                 Err(e) => tracing::debug!(error = %e, "resubscribing failed"),
@@ -566,7 +524,7 @@ fn pusher(
 ) -> Pusher {
     Box::new(move |push: PushInfo| {
         match push.kind {
-            PushKind::Message => {
+            PushKind::Message | PushKind::SMessage => {
                 if let Some(notice) = parse_notice(&keys, &node, &push.data) {
                     let _ = notices.send(notice);
                 }

@@ -390,6 +390,15 @@ macro_rules! conformance {
                 }
             )*
         }
+        mod cluster {
+            $(
+                #[tokio::test]
+                async fn $case() {
+                    let cluster = crate::helpers::RedisCluster::spawn().await;
+                    super::$case(crate::helpers::Backing::Cluster(cluster.seeds())).await;
+                }
+            )*
+        }
         mod redis {
             $(
                 #[tokio::test]

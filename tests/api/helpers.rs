@@ -12,6 +12,7 @@ use awc::ws;
 use cuebox::alert::ReceiverId;
 use cuebox::config::ServeArgs;
 use cuebox::startup::{Application, Stopper};
+use cuebox::store::connection::Target;
 use cuebox::store::keys::Keys;
 use cuebox::store::memory::MemoryStore;
 use cuebox::store::redis::RedisStore;
@@ -132,6 +133,64 @@ impl Drop for RedisServer {
     }
 }
 
+/// A Redis Cluster of three masters, made of the test's own redis-server processes.
+pub struct RedisCluster {
+    pub nodes: Vec<RedisServer>,
+}
+
+impl RedisCluster {
+    pub async fn spawn() -> Self {
+        let mut nodes = Vec::new();
+        for _ in 0..3 {
+            nodes.push(
+                RedisServer::spawn_with(&[
+                    "--cluster-enabled",
+                    "yes",
+                    "--cluster-config-file",
+                    "nodes.conf",
+                    "--cluster-node-timeout",
+                    "2000",
+                ])
+                .await,
+            );
+        }
+        let addrs: Vec<String> = nodes
+            .iter()
+            .map(|n| format!("127.0.0.1:{}", n.port))
+            .collect();
+        let created = tokio::process::Command::new("redis-cli")
+            .args(["--cluster", "create"])
+            .args(&addrs)
+            .args(["--cluster-replicas", "0", "--cluster-yes"])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .status()
+            .await
+            .expect("redis-cli runs");
+        assert!(created.success(), "redis-cli --cluster create failed");
+        let cluster = Self { nodes };
+        eventually_within(Duration::from_secs(30), || async {
+            let mut ok = true;
+            for node in &cluster.nodes {
+                let info = node.cmd(&["CLUSTER", "INFO"]).await;
+                ok &= format!("{info:?}").contains("cluster_state:ok");
+            }
+            ok
+        })
+        .await;
+        cluster
+    }
+
+    /// The seed list `--redis-url` takes with `--redis-cluster`.
+    pub fn seeds(&self) -> String {
+        self.nodes
+            .iter()
+            .map(RedisServer::url)
+            .collect::<Vec<_>>()
+            .join(",")
+    }
+}
+
 /// Rules short enough that timeout tests take a fraction of a second.
 pub fn fast_rules() -> Rules {
     Rules {
@@ -147,6 +206,8 @@ pub fn fast_rules() -> Rules {
 pub enum Backing {
     Memory,
     Redis(String),
+    /// Comma-separated seed nodes.
+    Cluster(String),
 }
 
 /// The serve arguments tests use; `redis_url` None is the embedded store.
@@ -154,6 +215,7 @@ pub fn serve_args(redis_url: Option<String>) -> ServeArgs {
     ServeArgs {
         bind: "127.0.0.1:0".into(),
         redis_url,
+        redis_cluster: false,
         key_prefix: "cuebox".into(),
         publish_keys: vec![PUBLISH_KEY.into()],
         secret: Some(SECRET.into()),
@@ -449,9 +511,21 @@ pub async fn make_store(backing: &Backing, rules: Rules, node: &str) -> StoreUnd
     let (tx, notices) = mpsc::unbounded_channel();
     let store: Arc<dyn Store> = match backing {
         Backing::Memory => Arc::new(MemoryStore::new(rules)),
+        Backing::Cluster(seeds) => Arc::new(
+            RedisStore::connect(
+                &Target::new(seeds, true),
+                Keys::new("cuebox").unwrap(),
+                rules,
+                node,
+                tx,
+                Arc::default(),
+            )
+            .await
+            .expect("the Redis Cluster store connects"),
+        ),
         Backing::Redis(url) => Arc::new(
             RedisStore::connect(
-                url,
+                &Target::new(url, false),
                 Keys::new("cuebox").unwrap(),
                 rules,
                 node,

@@ -78,10 +78,19 @@ async fn a_widget_moving_to_another_node_mid_alert_gets_it_again() {
 
 #[tokio::test]
 async fn a_node_hears_only_the_changes_other_nodes_make_to_its_receivers() {
+    let redis = RedisServer::spawn().await;
+    hears_only_what_others_change(Backing::Redis(redis.url())).await;
+}
+
+#[tokio::test]
+async fn on_a_cluster_a_node_hears_the_changes_other_nodes_make_through_sharded_pubsub() {
+    let cluster = RedisCluster::spawn().await;
+    hears_only_what_others_change(Backing::Cluster(cluster.seeds())).await;
+}
+
+async fn hears_only_what_others_change(backing: Backing) {
     use cuebox::store::{Notice, Publish, WidgetChange};
 
-    let redis = RedisServer::spawn().await;
-    let backing = Backing::Redis(redis.url());
     let mut a = make_store(&backing, fast_rules(), "node-a").await;
     let b = make_store(&backing, fast_rules(), "node-b").await;
     let alice = receiver("alice");
@@ -263,5 +272,30 @@ async fn with_aof_on_queued_alerts_survive_a_redis_restart() {
     for id in &ids {
         assert_eq!(&w.next_alert().await.0, id);
         w.show(id).await;
+    }
+}
+
+#[actix_web::test]
+async fn two_nodes_on_a_redis_cluster_share_every_receiver() {
+    let cluster = RedisCluster::spawn().await;
+    let mut args = serve_args(Some(cluster.seeds()));
+    args.redis_cluster = true;
+    let a = TestApp::spawn(args.clone()).await;
+    let b = TestApp::spawn(args).await;
+    // Several receivers, so their keys and channels land on different shards.
+    for r in ["alice", "bob", "carol", "dave"] {
+        let mut w = a.widget(r).await;
+        b.wait_for_widgets(r, 1).await;
+        let id = b.publish_alert(r, "across the cluster").await;
+        assert_eq!(w.next_alert().await.0, id, "{r}");
+        let next = b.publish_alert(r, "next").await;
+        let mut on_b = b.widget(r).await;
+        assert_eq!(
+            on_b.next_alert().await.0,
+            id,
+            "{r}: b's widget joins mid-alert"
+        );
+        on_b.show(&id).await;
+        assert_eq!(w.next_alert().await.0, next, "{r}: done on b advances a");
     }
 }

@@ -9,7 +9,8 @@
 -- KEYS[5] idempotency key (publish with a key only)
 -- ARGV[1] op   ARGV[2] calling node   ARGV[3] events channel
 -- ARGV[4] start timeout ms   ARGV[5] ack grace ms   ARGV[6] presence ttl ms
--- ARGV[7..] the op's own arguments
+-- ARGV[7] PUBLISH, or SPUBLISH on a Redis Cluster (the channel shares the receiver's slot)
+-- ARGV[8..] the op's own arguments
 --
 -- Every op but status answers with a snapshot (see snapshot()). When the op moved the receiver's
 -- seq and another node has live widgets, the snapshot is also published on the events channel.
@@ -18,6 +19,7 @@ local state, queue, alerts, widgets = KEYS[1], KEYS[2], KEYS[3], KEYS[4]
 local op, node, channel = ARGV[1], ARGV[2], ARGV[3]
 local start_timeout, ack_grace = tonumber(ARGV[4]), tonumber(ARGV[5])
 local presence_ttl = tonumber(ARGV[6])
+local publish = ARGV[7]
 
 -- Redis's clock, not the nodes': every node then agrees on every deadline.
 local time = redis.call('TIME')
@@ -137,7 +139,7 @@ local function finish(with_alert)
     if others then
       local id, json = snap[2], snap[6]
       -- %d: seq is past 1e14, where Lua would otherwise write it in exponent form.
-      redis.call('PUBLISH', channel, table.concat({node, string.format('%d', snap[1]), id or '-',
+      redis.call(publish, channel, table.concat({node, string.format('%d', snap[1]), id or '-',
         snap[3], snap[4], snap[5], json or ''}, ' '))
     end
   end
@@ -145,7 +147,7 @@ local function finish(with_alert)
 end
 
 if op == 'publish' then
-  local id, value, max_queue, idem_ttl = ARGV[7], ARGV[8], tonumber(ARGV[9]), ARGV[10]
+  local id, value, max_queue, idem_ttl = ARGV[8], ARGV[9], tonumber(ARGV[10]), ARGV[11]
   local idem = KEYS[5]
   if idem then
     local seen = redis.call('GET', idem)
@@ -164,7 +166,7 @@ if op == 'publish' then
   return {'accepted', position, finish(false)}
 
 elseif op == 'widgets' then
-  local change, count, max_widgets = ARGV[7], tonumber(ARGV[8]), tonumber(ARGV[9])
+  local change, count, max_widgets = ARGV[8], tonumber(ARGV[9]), tonumber(ARGV[10])
   if change == 'joined' and presence() >= max_widgets then return {'too_many'} end
   live_total = nil -- read again below, after this op's own change
   local mine = 0
@@ -203,13 +205,13 @@ elseif op == 'widgets' then
 
 elseif op == 'started' then
   local f = redis.call('HMGET', state, 'id', 'phase', 'duration')
-  if f[1] == ARGV[7] and f[2] == 'sent' then
+  if f[1] == ARGV[8] and f[2] == 'sent' then
     redis.call('HSET', state, 'phase', 'started', 'deadline', now + tonumber(f[3]) + ack_grace)
   end
   return finish(false)
 
 elseif op == 'done' then
-  if redis.call('HGET', state, 'id') == ARGV[7] then
+  if redis.call('HGET', state, 'id') == ARGV[8] then
     complete('done')
     dispatch()
   end
@@ -217,7 +219,7 @@ elseif op == 'done' then
 
 elseif op == 'check' then
   local f = redis.call('HMGET', state, 'id', 'phase', 'deadline')
-  if f[1] == ARGV[7] and tonumber(f[3]) <= now then
+  if f[1] == ARGV[8] and tonumber(f[3]) <= now then
     if f[2] ~= 'sent' then
       complete('expired')
       dispatch()
@@ -234,9 +236,9 @@ elseif op == 'check' then
   return finish(false)
 
 elseif op == 'sweep' then
-  -- ARGV[7]: a node found dead. Its widgets are gone; if no other widget is live, the alert in
+  -- ARGV[8]: a node found dead. Its widgets are gone; if no other widget is live, the alert in
   -- flight goes back to the head of the queue.
-  redis.call('HDEL', widgets, ARGV[7])
+  redis.call('HDEL', widgets, ARGV[8])
   if presence() == 0 then requeue() else dispatch() end
   return finish(false)
 
