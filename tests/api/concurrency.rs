@@ -120,6 +120,20 @@ async fn run(publish_to: &[&TestApp], widgets_on: [&TestApp; 2]) {
 
     let seen = seen.borrow();
     let published: HashSet<String> = published.into_iter().flatten().collect();
+    // The figures docs/reliability.md quotes (`cargo test concurrency -- --nocapture`).
+    let resent = seen
+        .deliveries
+        .iter()
+        .filter(|(_, attempt)| *attempt > 1)
+        .count();
+    println!(
+        "figures: published {} shown {} lost {} shown twice {} (sent again after a drop, \
+         absorbed by id: {resent})",
+        published.len(),
+        seen.first_seen.len(),
+        published.len() - seen.first_seen.len().min(published.len()),
+        seen.first_seen.len() - seen.first_seen.iter().collect::<HashSet<_>>().len(),
+    );
     assert_eq!(published.len(), total);
     let shown: HashSet<String> = seen.first_seen.iter().cloned().collect();
     assert_eq!(shown, published, "every alert shown, none invented");

@@ -140,19 +140,23 @@ pub struct RedisCluster {
 
 impl RedisCluster {
     pub async fn spawn() -> Self {
+        Self::spawn_with(&[]).await
+    }
+
+    /// With extra redis-server arguments for every node, such as AOF.
+    pub async fn spawn_with(extra: &[&str]) -> Self {
         let mut nodes = Vec::new();
         for _ in 0..3 {
-            nodes.push(
-                RedisServer::spawn_with(&[
-                    "--cluster-enabled",
-                    "yes",
-                    "--cluster-config-file",
-                    "nodes.conf",
-                    "--cluster-node-timeout",
-                    "2000",
-                ])
-                .await,
-            );
+            let mut args = vec![
+                "--cluster-enabled",
+                "yes",
+                "--cluster-config-file",
+                "nodes.conf",
+                "--cluster-node-timeout",
+                "2000",
+            ];
+            args.extend_from_slice(extra);
+            nodes.push(RedisServer::spawn_with(&args).await);
         }
         let addrs: Vec<String> = nodes
             .iter()
@@ -169,16 +173,21 @@ impl RedisCluster {
             .expect("redis-cli runs");
         assert!(created.success(), "redis-cli --cluster create failed");
         let cluster = Self { nodes };
+        cluster.wait_until_ok().await;
+        cluster
+    }
+
+    /// Waits until every node says the cluster is whole.
+    pub async fn wait_until_ok(&self) {
         eventually_within(Duration::from_secs(30), || async {
             let mut ok = true;
-            for node in &cluster.nodes {
+            for node in &self.nodes {
                 let info = node.cmd(&["CLUSTER", "INFO"]).await;
                 ok &= format!("{info:?}").contains("cluster_state:ok");
             }
             ok
         })
         .await;
-        cluster
     }
 
     /// The seed list `--redis-url` takes with `--redis-cluster`.

@@ -299,3 +299,32 @@ async fn two_nodes_on_a_redis_cluster_share_every_receiver() {
         assert_eq!(w.next_alert().await.0, next, "{r}: done on b advances a");
     }
 }
+
+#[actix_web::test]
+async fn a_cluster_master_restarting_loses_nothing() {
+    let mut cluster =
+        RedisCluster::spawn_with(&["--appendonly", "yes", "--appendfsync", "always"]).await;
+    let mut args = serve_args(Some(cluster.seeds()));
+    args.redis_cluster = true;
+    let app = TestApp::spawn(args).await;
+    let receivers = ["alice", "bob", "carol", "dave", "erin", "frank"];
+    let mut ids = Vec::new();
+    for r in receivers {
+        ids.push(app.publish_alert(r, "before the restart").await);
+    }
+    cluster.nodes[1].restart().await;
+    cluster.wait_until_ok().await;
+    // The node comes back with its data: every receiver still has its alert, and takes more.
+    for (r, id) in receivers.iter().zip(&ids) {
+        eventually_within(Duration::from_secs(30), || async {
+            let (status, _) = app.get(&format!("/receivers/{r}"), Some(PUBLISH_KEY)).await;
+            status == 200
+        })
+        .await;
+        let mut w = app.widget(r).await;
+        assert_eq!(&w.next_alert().await.0, id, "{r}");
+        w.show(id).await;
+        let again = app.publish_alert(r, "after the restart").await;
+        assert_eq!(w.next_alert().await.0, again, "{r}");
+    }
+}

@@ -290,3 +290,41 @@ async fn a_node_past_its_connection_limit_answers_503() {
     first.close().await;
     eventually(|| async { connect_status(&app, "bob").await.is_ok() }).await;
 }
+
+#[actix_web::test]
+async fn a_widget_that_stops_reading_is_closed_with_1013_and_the_others_go_on() {
+    let app = TestApp::memory().await;
+    let mut slow = app.widget("alice").await;
+    let mut fast = app.widget("alice").await;
+    app.wait_for_widgets("alice", 2).await;
+    // Enough big alerts to fill the slow widget's socket buffers and its outbox.
+    let data = json!({ "padding": "x".repeat(3500) });
+    let total = 3000;
+    for _ in 0..total {
+        let (status, _) = app
+            .publish(json!({ "receiver": "alice", "data": data }))
+            .await;
+        assert_eq!(status, 202);
+    }
+    let mut shown = 0;
+    while shown < total {
+        let (id, _, _) = fast.next_alert().await;
+        fast.show(&id).await;
+        shown += 1;
+    }
+    // The slow one gets what was buffered for it, then the close.
+    let mut received = 0;
+    let code = loop {
+        match slow.next_within(Duration::from_secs(30)).await {
+            Some(Incoming::Json(_)) => received += 1,
+            Some(Incoming::Closed(code)) => break code,
+            None => panic!("the slow widget was never closed"),
+        }
+    };
+    assert_eq!(code, Some(1013));
+    assert!(
+        received < total,
+        "it was cut off, not fed everything: {received}"
+    );
+    app.wait_for_widgets("alice", 1).await;
+}
