@@ -234,19 +234,34 @@ impl Hub {
     }
 
     /// This node's widgets and alerts in flight, for `/metrics`.
-    pub fn gauges(&self) -> HubGauges {
-        let map = self.lock();
-        let now = Instant::now();
-        HubGauges {
-            widgets: map.values().map(|l| l.widgets.len() as u64).sum(),
-            in_flight: map.values().filter(|l| l.flight.is_some()).count() as u64,
-            oldest_in_flight: map
-                .values()
-                .filter_map(|l| l.flight.as_ref())
-                .map(|f| now.duration_since(f.since))
-                .max()
-                .unwrap_or_default(),
+    ///
+    /// Queue depths are read from the store, one call per receiver held here, all at once (they
+    /// pipeline on the shared connection); a receiver the store cannot answer for is left out.
+    pub async fn gauges(&self) -> HubGauges {
+        let (held, mut gauges) = {
+            let map = self.lock();
+            let now = Instant::now();
+            let gauges = HubGauges {
+                widgets: map.values().map(|l| l.widgets.len() as u64).sum(),
+                in_flight: map.values().filter(|l| l.flight.is_some()).count() as u64,
+                oldest_in_flight: map
+                    .values()
+                    .filter_map(|l| l.flight.as_ref())
+                    .map(|f| now.duration_since(f.since))
+                    .max()
+                    .unwrap_or_default(),
+                queued: 0,
+                longest_queue: 0,
+            };
+            (map.keys().cloned().collect::<Vec<_>>(), gauges)
+        };
+        let depths =
+            futures_util::future::join_all(held.iter().map(|r| self.store.status(r))).await;
+        for depth in depths.into_iter().flatten().map(|s| s.queued) {
+            gauges.queued += depth;
+            gauges.longest_queue = gauges.longest_queue.max(depth);
         }
+        gauges
     }
 
     fn forget(&self, receiver: &ReceiverId, widget: u64) {

@@ -37,6 +37,8 @@ pub struct Metrics {
     widgets: Gauge,
     in_flight: Gauge,
     oldest_in_flight: Gauge<f64, AtomicU64>,
+    queued: Gauge,
+    longest_queue: Gauge,
 }
 
 /// What this node's hub holds at scrape time.
@@ -44,6 +46,9 @@ pub struct HubGauges {
     pub widgets: u64,
     pub in_flight: u64,
     pub oldest_in_flight: Duration,
+    /// Alerts waiting, over this node's receivers, and in the longest of their queues.
+    pub queued: u64,
+    pub longest_queue: u64,
 }
 
 fn latency_buckets() -> Histogram {
@@ -103,7 +108,21 @@ impl Default for Metrics {
             oldest_in_flight.clone(),
         );
 
+        let queued = Gauge::default();
+        registry.register(
+            "queue_depth",
+            "Alerts waiting in the queues of this node's receivers",
+            queued.clone(),
+        );
+        let longest_queue = Gauge::default();
+        registry.register(
+            "queue_depth_max",
+            "Alerts waiting in the longest queue among this node's receivers",
+            longest_queue.clone(),
+        );
         Self {
+            queued,
+            longest_queue,
             published: outcome("published"),
             duplicate: outcome("duplicate"),
             refused: outcome("refused"),
@@ -174,6 +193,8 @@ impl Metrics {
         self.in_flight.set(hub.in_flight as i64);
         self.oldest_in_flight
             .set(hub.oldest_in_flight.as_secs_f64());
+        self.queued.set(hub.queued as i64);
+        self.longest_queue.set(hub.longest_queue as i64);
         let mut text = String::new();
         // unwrap: writing to a String cannot fail.
         encode(&mut text, &self.registry).expect("metrics encode into a String");

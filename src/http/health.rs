@@ -24,7 +24,7 @@ pub async fn readyz(state: web::Data<AppState>) -> HttpResponse {
 
 /// The Prometheus scrape: counters since start, and gauges as they are now.
 pub async fn metrics(state: web::Data<AppState>) -> HttpResponse {
-    let text = state.metrics.render(state.hub.gauges());
+    let text = state.metrics.render(state.hub.gauges().await);
     HttpResponse::Ok()
         .content_type("application/openmetrics-text; version=1.0.0; charset=utf-8")
         .body(text)

@@ -202,6 +202,7 @@ async fn metrics_count_what_happened_on_this_node() {
     assert_eq!(w.next_alert().await.0, a1);
     w.show(&a1).await;
     w.next_alert().await;
+    app.publish_alert("alice", "waits").await;
 
     let mut res = app
         .http
@@ -213,14 +214,16 @@ async fn metrics_count_what_happened_on_this_node() {
     let body = res.body().await.unwrap();
     let scrape = String::from_utf8_lossy(&body);
     let expect = [
-        ("cuebox_alerts_total{outcome=\"published\"}", 2.0),
+        ("cuebox_alerts_total{outcome=\"published\"}", 3.0),
         ("cuebox_alerts_total{outcome=\"duplicate\"}", 1.0),
         ("cuebox_alerts_total{outcome=\"sent\"}", 2.0),
         ("cuebox_alerts_total{outcome=\"shown\"}", 1.0),
         ("cuebox_alerts_total{outcome=\"expired\"}", 0.0),
         ("cuebox_widgets_connected", 1.0),
         ("cuebox_receivers_in_flight", 1.0),
-        ("cuebox_publish_duration_seconds_count", 3.0),
+        ("cuebox_queue_depth", 1.0),
+        ("cuebox_queue_depth_max", 1.0),
+        ("cuebox_publish_duration_seconds_count", 4.0),
         ("cuebox_store_errors_total{op=\"done\"}", 0.0),
     ];
     for (name, value) in expect {
