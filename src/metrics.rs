@@ -66,10 +66,14 @@ impl Default for Metrics {
             "alerts",
             "Alerts by outcome: published, duplicate and refused (queue full) at publish; sent, \
              resent (never started), requeued (no widget left), shown (done) and expired as the \
-             queue moves. Counted by the node that caused each",
+             queue moves; skipped and filtered stay 0, as cuebox neither skips nor filters \
+             alerts yet. Counted by the node that caused each",
             alerts.clone(),
         );
         let outcome = |o: &'static str| alerts.get_or_create_owned(&vec![("outcome", o)]);
+        // Present so dashboards can be built on them; nothing skips or filters an alert yet.
+        outcome("skipped");
+        outcome("filtered");
 
         let publish_seconds = Histogram::new(exponential_buckets(0.00005, 2.0, 16));
         registry.register(

@@ -237,8 +237,10 @@ pub struct Stopper {
 
 impl Stopper {
     pub async fn stop(&self) {
+        // Stop accepting first, then let the widgets go: they reconnect to another node.
+        let stopped = self.server.stop(true);
         let _ = self.shutdown.send(true);
-        self.server.stop(true).await;
+        stopped.await;
     }
 }
 

@@ -30,6 +30,8 @@ pub enum ApiError {
     TooManyWidgets(StoreError),
     #[error("this node holds as many widget connections as it may; try another node")]
     NodeFull,
+    #[error("this node is shutting down; try another node")]
+    ShuttingDown,
     #[error("the store is unavailable; nothing was accepted, retry")]
     Unavailable(#[source] StoreError),
 }
@@ -63,6 +65,7 @@ impl ApiError {
             ApiError::RateLimited(_) => "rate_limited",
             ApiError::TooManyWidgets(_) => "too_many_widgets",
             ApiError::NodeFull => "node_full",
+            ApiError::ShuttingDown => "shutting_down",
             ApiError::Unavailable(_) => "store_unavailable",
         }
     }
@@ -78,7 +81,7 @@ impl ResponseError for ApiError {
             ApiError::QueueFull | ApiError::RateLimited(_) | ApiError::TooManyWidgets(_) => {
                 StatusCode::TOO_MANY_REQUESTS
             }
-            ApiError::NodeFull => StatusCode::SERVICE_UNAVAILABLE,
+            ApiError::NodeFull | ApiError::ShuttingDown => StatusCode::SERVICE_UNAVAILABLE,
             ApiError::NotFound => StatusCode::NOT_FOUND,
             ApiError::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
         }
@@ -97,7 +100,10 @@ impl ResponseError for ApiError {
             ApiError::Unauthorized => {
                 res.insert_header((header::WWW_AUTHENTICATE, "Bearer"));
             }
-            ApiError::Unavailable(_) | ApiError::QueueFull | ApiError::NodeFull => {
+            ApiError::Unavailable(_)
+            | ApiError::QueueFull
+            | ApiError::NodeFull
+            | ApiError::ShuttingDown => {
                 res.insert_header((header::RETRY_AFTER, "1"));
             }
             ApiError::RateLimited(secs) => {

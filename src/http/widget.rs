@@ -59,6 +59,9 @@ pub async fn connect(
     // widget's backoff understands: a bad token, a full node, a receiver with too many widgets,
     // a store that cannot count it.
     check_token(&state, &receiver, query.token.as_deref())?;
+    if *state.shutdown.borrow() {
+        return Err(ApiError::ShuttingDown.into());
+    }
     let connection = state.connections.admit().ok_or(ApiError::NodeFull)?;
     let widget = state.hub.join(&receiver).await.map_err(ApiError::from)?;
     let (response, session, stream) = match actix_ws::handle(&req, body) {

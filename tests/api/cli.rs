@@ -184,6 +184,8 @@ async fn sigterm_closes_widgets_with_1012_and_exits_within_10_s() {
         Some(Incoming::Closed(code)) => assert_eq!(code, Some(1012)),
         other => panic!("expected a close, got {other:?}"),
     }
+    // It no longer accepts: a new widget is refused while it drains.
+    assert!(WidgetClient::connect(&url).await.is_err());
     let status = tokio::time::timeout(Duration::from_secs(10), child.wait())
         .await
         .expect("the node exits within 10 s")

@@ -219,6 +219,8 @@ async fn metrics_count_what_happened_on_this_node() {
         ("cuebox_alerts_total{outcome=\"sent\"}", 2.0),
         ("cuebox_alerts_total{outcome=\"shown\"}", 1.0),
         ("cuebox_alerts_total{outcome=\"expired\"}", 0.0),
+        ("cuebox_alerts_total{outcome=\"skipped\"}", 0.0),
+        ("cuebox_alerts_total{outcome=\"filtered\"}", 0.0),
         ("cuebox_widgets_connected", 1.0),
         ("cuebox_receivers_in_flight", 1.0),
         ("cuebox_queue_depth", 1.0),
