@@ -289,17 +289,17 @@ async fn heartbeat_and_sweep(
 ) -> Result<(), StoreError> {
     let mut con = core.con.clone();
     let keys = &core.keys;
-    let () = redis::pipe()
-        .cmd("SET")
+    // Separate commands, not a pipeline: on a cluster these keys live in different slots.
+    let () = redis::cmd("SET")
         .arg(keys.node(&core.node))
         .arg(1)
         .arg("PX")
         .arg(NODE_TTL.as_millis() as u64)
-        .ignore()
-        .cmd("SADD")
+        .query_async(&mut con)
+        .await?;
+    let () = redis::cmd("SADD")
         .arg(keys.nodes())
         .arg(&*core.node)
-        .ignore()
         .query_async(&mut con)
         .await?;
     let nodes: Vec<String> = redis::cmd("SMEMBERS")
@@ -327,14 +327,13 @@ async fn heartbeat_and_sweep(
             let snapshot = parse_snapshot(core.run(&receiver, "sweep", None, &[node]).await?)?;
             let _ = notices.send(Notice::Changed { receiver, snapshot });
         }
-        let () = redis::pipe()
-            .cmd("DEL")
+        let () = redis::cmd("DEL")
             .arg(keys.node_receivers(node))
-            .ignore()
-            .cmd("SREM")
+            .query_async(&mut con)
+            .await?;
+        let () = redis::cmd("SREM")
             .arg(keys.nodes())
             .arg(node)
-            .ignore()
             .query_async(&mut con)
             .await?;
     }

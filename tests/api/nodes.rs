@@ -333,3 +333,37 @@ async fn a_cluster_master_restarting_loses_nothing() {
         assert_eq!(w.next_alert().await.0, again, "{r}");
     }
 }
+
+#[actix_web::test]
+async fn on_a_cluster_every_live_node_keeps_its_heartbeat() {
+    let cluster = RedisCluster::spawn().await;
+    let mut args = serve_args(Some(cluster.seeds()));
+    args.redis_cluster = true;
+    let _a = TestApp::spawn(args.clone()).await;
+    let _b = TestApp::spawn(args).await;
+    let mut con = cuebox::store::connection::Target::new(&cluster.seeds(), true)
+        .connect(None)
+        .await
+        .unwrap();
+    // A node whose heartbeat never lands would be swept as dead by the others, and the alerts
+    // its widgets show put back in the queue under them.
+    eventually(|| async {
+        let nodes: Vec<String> = redis::cmd("SMEMBERS")
+            .arg("cuebox:nodes")
+            .query_async(&mut con.clone())
+            .await
+            .unwrap();
+        let mut alive = 0;
+        for node in &nodes {
+            let beat: bool = redis::cmd("EXISTS")
+                .arg(format!("cuebox:node:{node}"))
+                .query_async(&mut con.clone())
+                .await
+                .unwrap();
+            alive += usize::from(beat);
+        }
+        nodes.len() == 2 && alive == 2
+    })
+    .await;
+    let _: () = redis::cmd("PING").query_async(&mut con).await.unwrap();
+}
