@@ -255,16 +255,24 @@ async fn json_logs_name_the_receiver_and_alert_of_each_line() {
 #[actix_web::test]
 async fn a_node_killed_mid_alert_loses_nothing_and_hangs_no_queue() {
     let redis = RedisServer::spawn().await;
-    let survivor = TestApp::redis(&redis).await;
+    node_killed_mid_alert(&redis.url(), false).await;
+}
+
+#[actix_web::test]
+async fn on_a_cluster_a_node_killed_mid_alert_loses_nothing_and_hangs_no_queue() {
+    let cluster = RedisCluster::spawn().await;
+    node_killed_mid_alert(&cluster.seeds(), true).await;
+}
+
+async fn node_killed_mid_alert(redis_url: &str, cluster: bool) {
+    let mut args = serve_args(Some(redis_url.to_owned()));
+    args.redis_cluster = cluster;
+    let survivor = TestApp::spawn(args).await;
     let port = free_port();
+    let bind = format!("127.0.0.1:{port}");
     let mut doomed = cuebox()
-        .args([
-            "serve",
-            "--bind",
-            &format!("127.0.0.1:{port}"),
-            "--redis-url",
-            &redis.url(),
-        ])
+        .args(["serve", "--bind", &bind, "--redis-url", redis_url])
+        .args(["--redis-cluster", if cluster { "true" } else { "false" }])
         .args(["--secret", SECRET, "--publish-key", PUBLISH_KEY])
         .stdout(Stdio::null())
         .stderr(Stdio::null())
