@@ -158,19 +158,7 @@ async fn sigterm_closes_widgets_with_1012_and_exits_within_10_s() {
         .unwrap();
     let token = cuebox::auth::WidgetTokens::new(SECRET).token(&receiver("alice"));
     let url = format!("ws://127.0.0.1:{port}/ws/alice?token={token}");
-    let deadline = tokio::time::Instant::now() + PROMPTLY;
-    let mut w = loop {
-        match WidgetClient::connect(&url).await {
-            Ok(w) => break w,
-            Err(e) => {
-                assert!(
-                    tokio::time::Instant::now() < deadline,
-                    "the node never listened: {e}"
-                );
-                tokio::time::sleep(Duration::from_millis(50)).await;
-            }
-        }
-    };
+    let mut w = WidgetClient::connect_when_listening(&url).await;
     assert_eq!(w.next_json().await["type"], "hello");
 
     let pid = child.id().unwrap().to_string();
@@ -282,19 +270,7 @@ async fn node_killed_mid_alert(redis_url: &str, cluster: bool) {
         let token = cuebox::auth::WidgetTokens::new(SECRET).token(&receiver(r));
         format!("ws://127.0.0.1:{port}/ws/{r}?token={token}")
     };
-    let deadline = tokio::time::Instant::now() + PROMPTLY;
-    let mut alice = loop {
-        match WidgetClient::connect(&ws("alice")).await {
-            Ok(w) => break w,
-            Err(e) => {
-                assert!(
-                    tokio::time::Instant::now() < deadline,
-                    "never listened: {e}"
-                );
-                tokio::time::sleep(Duration::from_millis(50)).await;
-            }
-        }
-    };
+    let mut alice = WidgetClient::connect_when_listening(&ws("alice")).await;
     let mut bob = WidgetClient::connect(&ws("bob")).await.unwrap();
     alice.next_json().await;
     bob.next_json().await;

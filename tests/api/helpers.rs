@@ -403,6 +403,23 @@ pub enum Incoming {
 }
 
 impl WidgetClient {
+    /// Connects to a node that may still be starting, retrying until it listens.
+    pub async fn connect_when_listening(url: &str) -> Self {
+        let deadline = tokio::time::Instant::now() + PROMPTLY;
+        loop {
+            match Self::connect(url).await {
+                Ok(w) => return w,
+                Err(e) => {
+                    assert!(
+                        tokio::time::Instant::now() < deadline,
+                        "never listened: {e}"
+                    );
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                }
+            }
+        }
+    }
+
     pub async fn connect(url: &str) -> Result<Self, awc::error::WsClientError> {
         let (_res, framed) = awc::Client::new()
             .ws(url)
@@ -518,23 +535,16 @@ pub struct StoreUnderTest {
 
 pub async fn make_store(backing: &Backing, rules: Rules, node: &str) -> StoreUnderTest {
     let (tx, notices) = mpsc::unbounded_channel();
-    let store: Arc<dyn Store> = match backing {
-        Backing::Memory => Arc::new(MemoryStore::new(rules)),
-        Backing::Cluster(seeds) => Arc::new(
+    let target = match backing {
+        Backing::Memory => None,
+        Backing::Redis(url) => Some(Target::new(url, false)),
+        Backing::Cluster(seeds) => Some(Target::new(seeds, true)),
+    };
+    let store: Arc<dyn Store> = match target {
+        None => Arc::new(MemoryStore::new(rules)),
+        Some(target) => Arc::new(
             RedisStore::connect(
-                &Target::new(seeds, true),
-                Keys::new("cuebox").unwrap(),
-                rules,
-                node,
-                tx,
-                Arc::default(),
-            )
-            .await
-            .expect("the Redis Cluster store connects"),
-        ),
-        Backing::Redis(url) => Arc::new(
-            RedisStore::connect(
-                &Target::new(url, false),
+                &target,
                 Keys::new("cuebox").unwrap(),
                 rules,
                 node,
