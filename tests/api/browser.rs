@@ -1,36 +1,53 @@
-//! The widget page in real headless Chromium (Debian's `chromium`), driven over the Chrome
+//! The widget page in a real headless Chromium (Debian's `chromium`), driven over the Chrome
 //! DevTools Protocol: the order it shows alerts in, donor text that must stay text, and coming
 //! back after the node restarts.
 //!
-//! The DevTools client is a few lines over the WebSocket client the other tests use, rather than
-//! a browser-automation crate: the tests need to open a page, evaluate expressions and watch for
-//! dialogs, nothing more.
+//! The DevTools client is a few lines over awc's WebSocket client, which the other tests already
+//! use, rather than a browser-automation crate: these tests open a page, evaluate expressions and
+//! watch for dialogs, nothing more.
+//!
+//! `CUEBOX_SCREENSHOT=/tmp/widget.b64 cargo test --test api browser` also saves what the page
+//! shows while an alert is up, over a transparent background as OBS composites it.
 
 use std::io::{BufRead, BufReader};
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::Duration;
 
 use awc::ws;
 use futures_util::{SinkExt, StreamExt};
 use serde_json::{json, Value};
+use tokio::time::Instant;
 
 use crate::helpers::*;
 
-/// A headless Chromium of the test's own, killed with its profile when dropped.
+/// A cold Chromium start on a loaded machine can take several seconds.
+const LAUNCH_WITHIN: Duration = Duration::from_secs(30);
+/// Any single DevTools command; none the tests send should come near it.
+const ANSWER_WITHIN: Duration = Duration::from_secs(15);
+/// How often a waiting test looks at the page again.
+const POLL: Duration = Duration::from_millis(40);
+
+/// Tests run in parallel in one process, so each browser needs a profile of its own.
+static PROFILES: AtomicU32 = AtomicU32::new(0);
+
+/// A headless Chromium of the test's own, stopped with its profile removed when dropped.
 struct Chromium {
     child: Child,
     profile: PathBuf,
-    endpoint: String,
 }
 
 impl Chromium {
-    fn launch() -> Self {
+    /// Starts the browser and answers it with its DevTools endpoint.
+    async fn launch() -> (Self, String) {
         let profile = std::env::temp_dir().join(format!(
             "cuebox-chromium-{}-{}",
             std::process::id(),
-            free_port()
+            PROFILES.fetch_add(1, Ordering::Relaxed)
         ));
+        let _ = std::fs::remove_dir_all(&profile);
+        std::fs::create_dir_all(&profile).expect("a temp dir for the Chromium profile");
         let mut child = Command::new("chromium")
             .args([
                 "--headless",
@@ -44,61 +61,90 @@ impl Chromium {
                 "--disable-default-apps",
                 "--mute-audio",
                 "--autoplay-policy=no-user-gesture-required",
-                "--hide-scrollbars",
-                "--window-size=1280,720",
                 "--remote-debugging-port=0",
             ])
             .arg(format!("--user-data-dir={}", profile.display()))
             .arg("about:blank")
+            .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(Stdio::piped())
             .spawn()
             .expect("chromium runs (scripts/test installs it)");
+        let stderr = child.stderr.take().expect("a piped stderr");
+        // Owned before anything can fail, so that a failed launch still stops the browser.
+        let browser = Self { child, profile };
 
-        // Chromium says where DevTools listens on stderr; keep draining it afterwards so a full
-        // pipe can never stall the browser.
-        let stderr = child.stderr.take().unwrap();
-        let (found, endpoint) = std::sync::mpsc::channel();
+        // Port 0 means only Chromium knows where DevTools listens, and it says so on stderr. The
+        // pipe is drained to the end so that a full pipe can never stall the browser.
+        let (found, endpoint) = tokio::sync::oneshot::channel::<Result<String, String>>();
         std::thread::spawn(move || {
+            let mut found = Some(found);
+            let mut said = Vec::new();
             for line in BufReader::new(stderr).lines().map_while(Result::ok) {
-                if let Some(url) = line.strip_prefix("DevTools listening on ") {
-                    let _ = found.send(url.trim().to_owned());
+                if found.is_none() {
+                    continue;
+                }
+                match line.strip_prefix("DevTools listening on ") {
+                    Some(url) => {
+                        let _ = found.take().unwrap().send(Ok(url.trim().to_owned()));
+                    }
+                    None if said.len() < 50 => said.push(line),
+                    None => {}
                 }
             }
+            if let Some(found) = found {
+                let _ = found.send(Err(said.join("\n")));
+            }
         });
-        let endpoint = endpoint
-            .recv_timeout(Duration::from_secs(30))
-            .expect("chromium printed its DevTools endpoint");
-        Self {
-            child,
-            profile,
-            endpoint,
+        match tokio::time::timeout(LAUNCH_WITHIN, endpoint).await {
+            Ok(Ok(Ok(url))) => (browser, url),
+            Ok(Ok(Err(said))) => panic!("chromium exited before DevTools listened:\n{said}"),
+            Ok(Err(_)) => panic!("chromium's stderr reader went away"),
+            Err(_) => {
+                panic!("chromium did not say where DevTools listens within {LAUNCH_WITHIN:?}")
+            }
         }
     }
 }
 
 impl Drop for Chromium {
     fn drop(&mut self) {
+        // SIGTERM first: Chromium then reaps its own renderer and helper processes, which
+        // SIGKILL would leave behind. SIGKILL only if it does not go within a few seconds.
+        let _ = Command::new("kill")
+            .args(["-TERM", &self.child.id().to_string()])
+            .stderr(Stdio::null())
+            .status();
+        let deadline = std::time::Instant::now() + Duration::from_secs(3);
+        while matches!(self.child.try_wait(), Ok(None)) && std::time::Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(20));
+        }
         let _ = self.child.kill();
         let _ = self.child.wait();
         let _ = std::fs::remove_dir_all(&self.profile);
     }
 }
 
-/// One page of that browser, over one DevTools connection.
+/// One page in a browser of its own, over one DevTools connection.
 struct Page {
+    // Declared before the browser so the connection closes before the browser is stopped.
     framed: actix_codec::Framed<awc::BoxedSocket, ws::Codec>,
+    /// The flattened session of the page's target; empty while talking to the browser itself.
     session: String,
     next_id: u64,
-    /// Events seen so far, by method name.
+    /// Every event seen so far, as (method, params).
     events: Vec<(String, Value)>,
+    _browser: Chromium,
 }
 
 impl Page {
-    async fn open(browser: &Chromium, url: &str) -> Self {
+    /// Launches a browser, opens `url` in a fresh page, and waits until the widget's script ran.
+    async fn open(url: &str) -> Self {
+        let (browser, endpoint) = Chromium::launch().await;
+        // CDP replies (screenshots above all) are far beyond awc's default frame limit.
         let (_, framed) = awc::Client::new()
-            .ws(browser.endpoint.as_str())
-            .max_frame_size(64 << 20)
+            .ws(endpoint.as_str())
+            .max_frame_size(16 << 20)
             .connect()
             .await
             .expect("DevTools accepts a connection");
@@ -107,6 +153,7 @@ impl Page {
             session: String::new(),
             next_id: 0,
             events: Vec::new(),
+            _browser: browser,
         };
         let target = page
             .call("Target.createTarget", json!({ "url": "about:blank" }))
@@ -117,47 +164,119 @@ impl Page {
                 json!({ "targetId": target["targetId"], "flatten": true }),
             )
             .await;
-        page.session = attached["sessionId"].as_str().unwrap().to_owned();
+        page.session = attached["sessionId"]
+            .as_str()
+            .expect("a session id")
+            .to_owned();
         page.call("Page.enable", json!({})).await;
-        page.call("Page.navigate", json!({ "url": url })).await;
+        page.call("Runtime.enable", json!({})).await;
+        // The size of a 720p OBS canvas, so that the screenshot looks like the stream would.
+        page.call(
+            "Emulation.setDeviceMetricsOverride",
+            json!({ "width": 1280, "height": 720, "deviceScaleFactor": 1, "mobile": false }),
+        )
+        .await;
+        // Injected by DevTools, so the page's CSP does not apply to it. A violation would mean
+        // donor text reached the DOM as markup and only the CSP stopped it.
+        page.call(
+            "Page.addScriptToEvaluateOnNewDocument",
+            json!({ "source": CSP_RECORDER }),
+        )
+        .await;
+        let navigated = page.call("Page.navigate", json!({ "url": url })).await;
+        assert!(
+            navigated.get("errorText").is_none(),
+            "the widget page did not load: {navigated}"
+        );
+        page.wait_for(
+            "document.readyState === 'complete' && typeof window.cuebox === 'object'",
+            PROMPTLY,
+            "the widget page loads and runs widget.js",
+        )
+        .await;
         page
     }
 
-    /// Sends a command (to the page once attached) and waits for its answer, keeping the
-    /// events that arrive meanwhile.
-    async fn call(&mut self, method: &str, params: Value) -> Value {
+    async fn send(&mut self, method: &str, params: Value) -> u64 {
         self.next_id += 1;
-        let id = self.next_id;
-        let mut message = json!({ "id": id, "method": method, "params": params });
+        let mut message = json!({ "id": self.next_id, "method": method, "params": params });
         if !self.session.is_empty() {
             message["sessionId"] = json!(self.session);
         }
         self.framed
             .send(ws::Message::Text(message.to_string().into()))
             .await
-            .expect("DevTools takes a command");
-        let deadline = tokio::time::Instant::now() + PROMPTLY;
+            .unwrap_or_else(|e| panic!("DevTools did not take {method}: {e}"));
+        self.next_id
+    }
+
+    /// Sends a command and waits for its answer, keeping the events that arrive meanwhile.
+    async fn call(&mut self, method: &str, params: Value) -> Value {
+        let id = self.send(method, params).await;
+        let deadline = Instant::now() + ANSWER_WITHIN;
         loop {
-            let frame = tokio::time::timeout_at(deadline, self.framed.next())
-                .await
-                .unwrap_or_else(|_| panic!("DevTools did not answer {method}"));
-            let text = match frame {
-                Some(Ok(ws::Frame::Text(t))) => t,
-                Some(Ok(_)) => continue,
-                other => panic!("DevTools connection ended: {other:?}"),
-            };
-            let v: Value = serde_json::from_slice(&text).expect("DevTools speaks JSON");
-            if v["id"] == id {
-                assert!(v.get("error").is_none(), "{method} failed: {v}");
-                return v["result"].clone();
+            let message = self.next_message(deadline, method).await;
+            if message["id"] == id {
+                if let Some(error) = message.get("error") {
+                    panic!("{method} failed: {error}");
+                }
+                return message["result"].clone();
             }
-            if let Some(event) = v["method"].as_str() {
-                self.events.push((event.to_owned(), v["params"].clone()));
+            if let Some(event) = message["method"].as_str() {
+                if event == "Page.javascriptDialogOpening" {
+                    // An open dialog blocks the page's script, and with it every evaluation after
+                    // it; dismiss it so the test can go on and report it.
+                    self.send("Page.handleJavaScriptDialog", json!({ "accept": false }))
+                        .await;
+                }
+                self.events
+                    .push((event.to_owned(), message["params"].clone()));
             }
         }
     }
 
-    /// Evaluates an expression in the page and returns its value.
+    /// The next whole JSON message, put together from continuation frames if need be.
+    async fn next_message(&mut self, deadline: Instant, waiting_for: &str) -> Value {
+        let mut partial: Vec<u8> = Vec::new();
+        loop {
+            let frame = tokio::time::timeout_at(deadline, self.framed.next())
+                .await
+                .unwrap_or_else(|_| {
+                    panic!("DevTools did not answer {waiting_for} within {ANSWER_WITHIN:?}")
+                });
+            let whole = match frame {
+                Some(Ok(ws::Frame::Text(text))) => text.to_vec(),
+                Some(Ok(ws::Frame::Continuation(item))) => match item {
+                    actix_ws::Item::FirstText(b) | actix_ws::Item::FirstBinary(b) => {
+                        partial = b.to_vec();
+                        continue;
+                    }
+                    actix_ws::Item::Continue(b) => {
+                        partial.extend_from_slice(&b);
+                        continue;
+                    }
+                    actix_ws::Item::Last(b) => {
+                        partial.extend_from_slice(&b);
+                        std::mem::take(&mut partial)
+                    }
+                },
+                Some(Ok(ws::Frame::Ping(p))) => {
+                    let _ = self.framed.send(ws::Message::Pong(p)).await;
+                    continue;
+                }
+                Some(Ok(ws::Frame::Pong(_) | ws::Frame::Binary(_))) => continue,
+                Some(Ok(ws::Frame::Close(reason))) => {
+                    panic!("DevTools closed the connection waiting for {waiting_for}: {reason:?}")
+                }
+                Some(Err(e)) => panic!("DevTools connection failed waiting for {waiting_for}: {e}"),
+                None => panic!("DevTools connection ended waiting for {waiting_for}"),
+            };
+            return serde_json::from_slice(&whole).expect("DevTools speaks JSON");
+        }
+    }
+
+    /// Evaluates an expression in the page (awaiting it if it is a promise) and returns its
+    /// value; `undefined` comes back as null.
     async fn eval(&mut self, expression: &str) -> Value {
         let result = self
             .call(
@@ -165,44 +284,98 @@ impl Page {
                 json!({ "expression": expression, "returnByValue": true, "awaitPromise": true }),
             )
             .await;
+        if let Some(thrown) = result.get("exceptionDetails") {
+            panic!("`{expression}` threw: {thrown}");
+        }
         result["result"]["value"].clone()
     }
 
-    /// Polls an expression until it is true, failing after `within`.
-    async fn wait_for(&mut self, expression: &str, within: Duration) {
-        let deadline = tokio::time::Instant::now() + within;
+    /// Polls an expression until it is `true`, failing after `within` with what the page says.
+    async fn wait_for(&mut self, expression: &str, within: Duration, what: &str) {
+        let deadline = Instant::now() + within;
         while self.eval(expression).await != json!(true) {
-            assert!(
-                tokio::time::Instant::now() < deadline,
-                "the page never made `{expression}` true"
-            );
-            tokio::time::sleep(Duration::from_millis(50)).await;
+            if Instant::now() >= deadline {
+                let state = self
+                    .eval("JSON.stringify([window.cuebox, document.body && document.body.dataset])")
+                    .await;
+                panic!(
+                    "{what}: not within {within:?}\npage state: {state}\npage console:\n{}",
+                    self.console().join("\n")
+                );
+            }
+            tokio::time::sleep(POLL).await;
         }
     }
 
-    fn dialogs(&self) -> Vec<&Value> {
+    fn events(&self, method: &str) -> Vec<&Value> {
         self.events
             .iter()
-            .filter(|(m, _)| m == "Page.javascriptDialogOpening")
-            .map(|(_, p)| p)
+            .filter(|(m, _)| m == method)
+            .map(|(_, params)| params)
             .collect()
     }
 
-    /// With `CUEBOX_SCREENSHOT=path` set, saves what the page shows, to look at by eye: a
-    /// base64 PNG, as DevTools gives it (`base64 -d path > shot.png`).
+    /// What the page logged and threw, for failure messages.
+    fn console(&self) -> Vec<String> {
+        self.events
+            .iter()
+            .filter_map(|(method, params)| match method.as_str() {
+                "Runtime.consoleAPICalled" => Some(format!(
+                    "console.{}: {}",
+                    params["type"].as_str().unwrap_or("?"),
+                    params["args"]
+                        .as_array()
+                        .into_iter()
+                        .flatten()
+                        .map(|a| a
+                            .get("value")
+                            .or(a.get("description"))
+                            .map(Value::to_string)
+                            .unwrap_or_default())
+                        .collect::<Vec<_>>()
+                        .join(" ")
+                )),
+                "Runtime.exceptionThrown" => Some(format!(
+                    "uncaught: {}",
+                    params["exceptionDetails"]["exception"]["description"]
+                        .as_str()
+                        .or(params["exceptionDetails"]["text"].as_str())
+                        .unwrap_or("?")
+                )),
+                _ => None,
+            })
+            .collect()
+    }
+
+    fn assert_no_uncaught_errors(&self) {
+        let thrown = self.events("Runtime.exceptionThrown");
+        assert!(
+            thrown.is_empty(),
+            "the page threw: {}",
+            self.console().join("\n")
+        );
+    }
+
+    /// With `CUEBOX_SCREENSHOT=path` set, saves what the page shows, its background left
+    /// transparent as in OBS, to look at by eye: base64 PNG as DevTools sends it
+    /// (`base64 -d path > shot.png`).
     async fn screenshot_if_asked(&mut self) {
-        if let Ok(path) = std::env::var("CUEBOX_SCREENSHOT") {
-            let shot = self
-                .call("Page.captureScreenshot", json!({ "format": "png" }))
-                .await;
-            std::fs::write(path, shot["data"].as_str().unwrap()).unwrap();
-        }
+        let Ok(path) = std::env::var("CUEBOX_SCREENSHOT") else {
+            return;
+        };
+        self.call(
+            "Emulation.setDefaultBackgroundColorOverride",
+            json!({ "color": { "r": 0, "g": 0, "b": 0, "a": 0 } }),
+        )
+        .await;
+        let shot = self
+            .call("Page.captureScreenshot", json!({ "format": "png" }))
+            .await;
+        let png = shot["data"].as_str().expect("screenshot data");
+        std::fs::write(&path, png).expect("the screenshot is written");
+        eprintln!("screenshot saved to {path}");
     }
 }
-
-/// What the widget shows right now: the visible alert's id, or null.
-const VISIBLE: &str = "(() => { const c = document.getElementById('card'); \
-                       return c.hidden ? null : (c.dataset.alertId || null); })()";
 
 fn widget_url(app: &TestApp, receiver: &str) -> String {
     format!(
@@ -212,123 +385,271 @@ fn widget_url(app: &TestApp, receiver: &str) -> String {
     )
 }
 
+/// Records Content-Security-Policy violations into `window.__csp`.
+const CSP_RECORDER: &str = "window.__csp = []; \
+    document.addEventListener('securitypolicyviolation', \
+      (e) => window.__csp.push(e.violatedDirective + ' ' + e.blockedURI));";
+
+const CONNECTED: &str =
+    "window.cuebox.connected === true && document.body.dataset.connected === 'true'";
+
+/// What the page shows right now: which card elements exist and are visible, the id on the card
+/// when one is, and the donor name on it. Installed as `window.__state`, with a recorder that
+/// logs every change of it into `window.__changes`.
+///
+/// The recorder is a MutationObserver because sampling alone could miss a short alert on a slow
+/// machine; observer callbacks run after each task, so they see every state the page could
+/// paint. The test samples as well, to check states at arbitrary moments.
+const RECORDER: &str = r#"(() => {
+  const stage = document.getElementById('stage');
+  window.__state = () => {
+    const cards = [...document.querySelectorAll('.card, [data-alert-id]')];
+    const visible = cards.filter((c) => !c.hidden && getComputedStyle(c).display !== 'none');
+    const card = document.getElementById('card');
+    return {
+      cards: cards.length,
+      visible: visible.length,
+      id: visible.length ? (card.dataset.alertId || null) : null,
+      from: document.getElementById('from').textContent,
+      t: performance.now(),
+    };
+  };
+  window.__changes = [window.__state()];
+  new MutationObserver(() => {
+    const now = window.__state();
+    const last = window.__changes[window.__changes.length - 1];
+    if (now.id !== last.id || now.visible !== last.visible || now.cards !== last.cards) {
+      window.__changes.push(now);
+    }
+  }).observe(stage, { attributes: true, childList: true, subtree: true, characterData: true });
+  return true;
+})()"#;
+
 #[actix_web::test]
 async fn the_widget_shows_alerts_one_at_a_time_in_order() {
     let app = TestApp::memory().await;
-    let browser = Chromium::launch();
-    let mut page = Page::open(&browser, &widget_url(&app, "alice")).await;
-    page.wait_for("window.cuebox && window.cuebox.connected", PROMPTLY)
+    let mut page = Page::open(&widget_url(&app, "alice")).await;
+    page.wait_for(CONNECTED, PROMPTLY, "the widget connects")
         .await;
+    assert_eq!(page.eval(RECORDER).await, json!(true));
 
-    // Record every change of what is on screen, as the page sees it, before anything is sent:
-    // each alert must appear, then the card hide, before the next appears.
-    page.eval(&format!(
-        "window.__seen = []; \
-         new MutationObserver(() => {{ \
-           const id = {VISIBLE}; \
-           if (window.__seen[window.__seen.length - 1] !== id) window.__seen.push(id); \
-         }}).observe(document.getElementById('card'), {{ attributes: true }}); \
-         window.__seen.push({VISIBLE}); true"
-    ))
-    .await;
+    let donors = [("Ana", "first"), ("Bia", "second"), ("Caio", "third")];
     let mut ids = Vec::new();
-    for (from, message) in [("Ana", "first"), ("Bia", "second"), ("Caio", "third")] {
+    for (from, message) in donors {
         let (status, body) = app
             .publish(json!({
                 "receiver": "alice", "from": from, "message": message, "duration_ms": 1000,
                 "amount": { "value": "5.00", "currency": "BRL" }
             }))
             .await;
-        assert_eq!(status, 202);
+        assert_eq!(status, 202, "{body}");
         ids.push(body["id"].as_str().unwrap().to_owned());
     }
+    let from_of = |id: &str| {
+        ids.iter()
+            .position(|i| i == id)
+            .map(|n| donors[n].0)
+            .unwrap_or_else(|| panic!("the page showed an id never published: {id}"))
+    };
 
-    page.wait_for(
-        &format!("window.__seen.filter(x => x).length === 3 && {VISIBLE} === null"),
-        Duration::from_secs(20),
-    )
-    .await;
+    let mut samples = Vec::new();
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let sample = page
+            .eval("({ ...__state(), shown: cuebox.shown.length, current: cuebox.current })")
+            .await;
+        let finished = sample["shown"].as_u64() >= Some(3)
+            && sample["visible"] == 0
+            && sample["current"].is_null();
+        samples.push(sample);
+        if finished {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "three 1 s alerts were not all shown within 20 s; last state {}\n{}",
+            samples.last().unwrap(),
+            page.console().join("\n")
+        );
+        tokio::time::sleep(POLL).await;
+    }
+
+    let changes = page.eval("window.__changes").await;
+    let changes = changes.as_array().unwrap();
+    for state in samples.iter().chain(changes) {
+        assert_eq!(state["cards"], 1, "one card element, always: {state}");
+        assert!(
+            state["visible"].as_u64() <= Some(1),
+            "two cards visible: {state}"
+        );
+        if let Some(id) = state["id"].as_str() {
+            assert_eq!(
+                state["from"],
+                from_of(id),
+                "the card's text is its alert's: {state}"
+            );
+        }
+    }
+    let seen: Vec<Value> = changes.iter().map(|s| s["id"].clone()).collect();
     let expected: Vec<Value> = std::iter::once(Value::Null)
         .chain(ids.iter().flat_map(|id| [json!(id), Value::Null]))
         .collect();
     assert_eq!(
-        page.eval("window.__seen").await,
-        json!(expected),
-        "each alert on screen once, alone, in publish order"
+        seen, expected,
+        "each alert on screen once, alone, in publish order, the card hidden in between"
     );
+    // The card only hides when the alert's time is up, so each must have stayed up about 1 s.
+    for pair in changes.windows(2).filter(|p| p[0]["id"].is_string()) {
+        let up = pair[1]["t"].as_f64().unwrap() - pair[0]["t"].as_f64().unwrap();
+        assert!(up >= 900.0, "{} was up for only {up:.0} ms", pair[0]["id"]);
+    }
+    // Sampling may miss a state the recorder saw, but what it did see must agree: in order.
+    let mut sampled: Vec<&str> = samples.iter().filter_map(|s| s["id"].as_str()).collect();
+    sampled.dedup();
+    let mut rest = ids.iter();
+    assert!(
+        sampled.iter().all(|s| rest.any(|id| id == s)),
+        "sampled out of order: {sampled:?}, published {ids:?}"
+    );
+    eprintln!(
+        "{} samples saw {} of 3 alerts; the recorder saw every change",
+        samples.len(),
+        sampled.len()
+    );
+
     assert_eq!(page.eval("window.cuebox.shown").await, json!(ids));
-    eventually(|| async { app.status("alice").await["in_flight"].is_null() }).await;
-    assert_eq!(app.status("alice").await["queued"], 0);
+    page.assert_no_uncaught_errors();
+    eventually(|| async {
+        let status = app.status("alice").await;
+        status["queued"] == 0 && status["in_flight"].is_null()
+    })
+    .await;
 }
 
 #[actix_web::test]
 async fn donor_text_is_shown_as_text_and_runs_nothing() {
     let app = TestApp::memory().await;
-    let browser = Chromium::launch();
-    let mut page = Page::open(&browser, &widget_url(&app, "alice")).await;
-    page.wait_for("window.cuebox && window.cuebox.connected", PROMPTLY)
+    let mut page = Page::open(&widget_url(&app, "alice")).await;
+    page.wait_for(CONNECTED, PROMPTLY, "the widget connects")
         .await;
 
-    let from = "مرحبا 👋 <b>Ana</b>";
-    let message =
-        r#"<img src=x onerror="window.__pwned=1;alert(1)"><script>window.__pwned=2</script> שלום"#;
-    let (_, body) = app
-        .publish(json!({
-            "receiver": "alice", "from": from, "message": message, "duration_ms": 3000,
-            "amount": { "value": "10.50", "currency": "BRL" }
-        }))
-        .await;
-    let id = body["id"].as_str().unwrap();
-    page.wait_for(&format!("{VISIBLE} === '{id}'"), PROMPTLY)
-        .await;
-    // Give an injected onerror time to fire, were there one.
-    tokio::time::sleep(Duration::from_millis(500)).await;
-    page.screenshot_if_asked().await;
+    let alerts = [
+        // Markup, and a handler that would open a dialog.
+        json!({
+            "receiver": "alice", "from": "<b>bold</b>", "message": "<img src=x onerror=alert(1)>",
+            "duration_ms": 2000
+        }),
+        // Right-to-left text, emoji, and handlers that would leave a mark rather than a dialog.
+        json!({
+            "receiver": "alice", "from": "مرحبا 👋 <b>x</b>",
+            "message": concat!(
+                r#"<img src=x onerror="window.__pwned=1">"#,
+                "<script>window.__pwned=2</script> שלום 🎉"
+            ),
+            "amount": { "value": "10.50", "currency": "BRL" }, "duration_ms": 3000
+        }),
+    ];
+    let mut ids = Vec::new();
+    for alert in &alerts {
+        let (status, body) = app.publish(alert.clone()).await;
+        assert_eq!(status, 202, "{body}");
+        ids.push(body["id"].as_str().unwrap().to_owned());
+    }
 
-    assert_eq!(
-        page.eval("document.getElementById('message').textContent")
-            .await,
-        json!(message)
-    );
-    assert_eq!(
-        page.eval("document.getElementById('from').textContent")
-            .await,
-        json!(from)
-    );
-    assert_eq!(
-        page.eval(
-            "document.querySelectorAll('#card b, #card script, #card img:not(#image)').length"
+    for (alert, id) in alerts.iter().zip(&ids) {
+        page.wait_for(
+            &format!(
+                "window.cuebox.current === '{id}' && !document.getElementById('card').hidden \
+                 && getComputedStyle(document.getElementById('card')).opacity === '1'"
+            ),
+            PROMPTLY,
+            &format!("alert {id} is shown"),
         )
-        .await,
-        json!(0),
-        "donor markup became elements"
-    );
+        .await;
+        let shown = page
+            .eval(
+                r#"(() => {
+                  const card = document.getElementById('card');
+                  const text = (id) => document.getElementById(id).textContent;
+                  return {
+                    from: text('from'),
+                    message: text('message'),
+                    fromChildren: document.getElementById('from').children.length,
+                    messageChildren: document.getElementById('message').children.length,
+                    injected: document.querySelectorAll(
+                      'img[src="x"], #card b, #card script, #card img:not(#image)').length,
+                    cardImages: card.querySelectorAll('img').length,
+                    dirs: ['kind', 'from', 'amount', 'message']
+                      .map((id) => document.getElementById(id).getAttribute('dir')),
+                    fromDirection: getComputedStyle(document.getElementById('from')).direction,
+                    amount: text('amount'),
+                  };
+                })()"#,
+            )
+            .await;
+        assert_eq!(shown["from"], alert["from"], "{shown}");
+        assert_eq!(shown["message"], alert["message"], "{shown}");
+        assert_eq!(
+            (&shown["fromChildren"], &shown["messageChildren"]),
+            (&json!(0), &json!(0)),
+            "donor text became elements: {shown}"
+        );
+        assert_eq!(
+            shown["injected"], 0,
+            "donor markup became elements: {shown}"
+        );
+        assert_eq!(
+            shown["cardImages"], 1,
+            "only the widget's own #image: {shown}"
+        );
+        assert_eq!(
+            shown["dirs"],
+            json!(["auto", "auto", "auto", "auto"]),
+            "{shown}"
+        );
+        if alert.get("amount").is_some() {
+            assert_eq!(shown["fromDirection"], "rtl", "Arabic first: {shown}");
+            let amount = shown["amount"].as_str().unwrap_or_default();
+            assert!(
+                amount.contains("10.50") || amount.contains("10,50"),
+                "amount shown as {amount:?}"
+            );
+            page.screenshot_if_asked().await;
+        }
+    }
+
+    // By the time both have run their course, any injected handler would have fired.
+    page.wait_for(
+        "window.cuebox.shown.length === 2 && window.cuebox.current === null \
+         && document.getElementById('card').hidden",
+        PROMPTLY,
+        "both alerts finish",
+    )
+    .await;
+    assert_eq!(page.eval("window.cuebox.shown").await, json!(ids));
     assert_eq!(page.eval("typeof window.__pwned").await, json!("undefined"));
     assert_eq!(
-        page.eval("[document.documentElement, document.body].map(e => getComputedStyle(e).backgroundColor)")
-            .await,
+        page.eval("window.__csp").await,
+        json!([]),
+        "nothing the CSP had to stop"
+    );
+    let dialogs = page.events("Page.javascriptDialogOpening");
+    assert!(dialogs.is_empty(), "a dialog opened: {dialogs:?}");
+    assert_eq!(
+        page.eval(
+            "[document.documentElement, document.body]\
+             .map((e) => getComputedStyle(e).backgroundColor)"
+        )
+        .await,
         json!(["rgba(0, 0, 0, 0)", "rgba(0, 0, 0, 0)"]),
         "the page must stay transparent over the stream"
     );
-    assert!(
-        page.dialogs().is_empty(),
-        "a dialog opened: {:?}",
-        page.dialogs()
-    );
-    assert_eq!(
-        page.eval("['from','message','amount','kind'].every(i => document.getElementById(i).getAttribute('dir') === 'auto')")
-            .await,
-        json!(true)
-    );
-    let amount = page
-        .eval("document.getElementById('amount').textContent")
-        .await;
-    assert!(
-        amount
-            .as_str()
-            .is_some_and(|a| a.contains("10.50") || a.contains("10,50")),
-        "amount shown as {amount}"
-    );
+    page.assert_no_uncaught_errors();
+    eventually(|| async {
+        let status = app.status("alice").await;
+        status["queued"] == 0 && status["in_flight"].is_null()
+    })
+    .await;
 }
 
 #[actix_web::test]
@@ -337,23 +658,39 @@ async fn the_widget_recovers_after_the_server_restarts() {
     let mut args = serve_args(None);
     args.bind = format!("127.0.0.1:{port}");
     let app = TestApp::spawn(args.clone()).await;
-    let url = widget_url(&app, "alice");
-    let browser = Chromium::launch();
-    let mut page = Page::open(&browser, &url).await;
-    page.wait_for("window.cuebox && window.cuebox.connected", PROMPTLY)
+    let mut page = Page::open(&widget_url(&app, "alice")).await;
+    page.wait_for(CONNECTED, PROMPTLY, "the widget connects")
         .await;
 
     app.stop().await;
-    page.wait_for("window.cuebox.connected === false", PROMPTLY)
-        .await;
+    page.wait_for(
+        "window.cuebox.connected === false && document.body.dataset.connected === 'false'",
+        PROMPTLY,
+        "the widget notices the node went away",
+    )
+    .await;
+    let down = Instant::now();
 
-    // The same port and secret, so the URL in OBS still holds.
+    // The same port and secret, so the URL in OBS still holds. The old listener is closed once
+    // stop returns; the wait only covers a slow release by the kernel.
+    let deadline = Instant::now() + PROMPTLY;
+    while std::net::TcpListener::bind(&args.bind).is_err() {
+        assert!(Instant::now() < deadline, "port {port} never came free");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
     let app = TestApp::spawn(args).await;
     let id = app.publish_alert("alice", "after the restart").await;
     page.wait_for(
         &format!("window.cuebox.shown.includes('{id}')"),
         Duration::from_secs(40),
+        "the widget reconnects and shows an alert published after the restart",
     )
     .await;
-    assert_eq!(page.eval("window.cuebox.connected").await, json!(true));
+    eprintln!(
+        "the widget was back {:?} after the node went down",
+        down.elapsed()
+    );
+    page.wait_for(CONNECTED, PROMPTLY, "the widget says it is connected")
+        .await;
+    assert_eq!(page.eval("window.cuebox.shown").await, json!([id]));
 }
