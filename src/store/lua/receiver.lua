@@ -25,18 +25,37 @@ local publish = ARGV[7]
 local time = redis.call('TIME')
 local now = tonumber(time[1]) * 1000 + math.floor(tonumber(time[2]) / 1000)
 
-local seq_before = tonumber(redis.call('HGET', state, 'seq') or 0)
+-- The receiver's state, read once. Ops change `st`; finish() writes it back in one HSET.
+local f = redis.call('HMGET', state, 'seq', 'id', 'attempt', 'phase', 'deadline', 'duration')
+local had_flight = f[2] ~= false
+local st = {
+  seq = tonumber(f[1]) or 0,
+  id = f[2] or nil,
+  attempt = tonumber(f[3]),
+  phase = f[4] or nil,
+  deadline = tonumber(f[5]),
+  duration = tonumber(f[6]),
+}
+local seq_before = st.seq
+local dirty = false
+-- The in-flight alert's JSON, once this op has read it.
+local alert_json = nil
 -- What this op did, in order, for the caller's metrics: sent resent requeued done expired.
 local events = {}
-local seq = seq_before
+
+-- Numbers past 1e14 (seq) must not be written in Lua's exponent form.
+local function int(n)
+  return string.format('%d', n)
+end
 
 local function bump()
-  if seq == 0 then
+  if st.seq == 0 then
     -- A new receiver, or one whose keys were lost (a Redis restart without persistence):
     -- count on from the clock, so seq still moves past anything a node saw before.
-    redis.call('HSET', state, 'seq', now * 1000)
+    st.seq = now * 1000
   end
-  seq = redis.call('HINCRBY', state, 'seq', 1)
+  st.seq = st.seq + 1
+  dirty = true
 end
 
 -- Live widgets over all nodes, and whether a live node other than the caller holds any.
@@ -64,21 +83,23 @@ local function parse_alert(value)
 end
 
 local function clear_flight()
-  redis.call('HDEL', state, 'id', 'attempt', 'phase', 'deadline', 'duration')
+  st.id, st.attempt, st.phase, st.deadline, st.duration = nil, nil, nil, nil, nil
+  alert_json = nil
 end
 
 -- Free to busy: the one place an alert goes out. Only while free and someone can see it.
 local function dispatch()
-  if redis.call('HEXISTS', state, 'id') == 1 or presence() == 0 then return end
+  if st.id or presence() == 0 then return end
   while true do
     local id = redis.call('LPOP', queue)
     if not id then return end
     local value = redis.call('HGET', alerts, id)
     -- An id without its alert cannot be shown; skip it rather than wedge the queue.
     if value then
-      local duration, sent = parse_alert(value)
-      redis.call('HSET', state, 'id', id, 'attempt', sent + 1, 'phase', 'sent',
-        'deadline', now + start_timeout, 'duration', duration)
+      local duration, sent, json = parse_alert(value)
+      st.id, st.attempt, st.phase = id, sent + 1, 'sent'
+      st.deadline, st.duration = now + start_timeout, duration
+      alert_json = json
       bump()
       table.insert(events, 'sent')
       return
@@ -88,8 +109,7 @@ end
 
 -- Busy to free: the one place an alert stops being in flight for good: 'done' or 'expired'.
 local function complete(how)
-  local id = redis.call('HGET', state, 'id')
-  redis.call('HDEL', alerts, id)
+  redis.call('HDEL', alerts, st.id)
   clear_flight()
   bump()
   table.insert(events, how)
@@ -98,48 +118,62 @@ end
 -- Back to the head of the queue when no widget is left to show it, remembering how many times
 -- it was sent so the next send counts on.
 local function requeue()
-  local f = redis.call('HMGET', state, 'id', 'attempt')
-  if not f[1] then return end
-  local value = redis.call('HGET', alerts, f[1])
+  if not st.id then return end
+  local value = redis.call('HGET', alerts, st.id)
   if value then
     local duration, _, json = parse_alert(value)
-    redis.call('HSET', alerts, f[1], duration .. ' ' .. f[2] .. ' ' .. json)
-    redis.call('LPUSH', queue, f[1])
+    redis.call('HSET', alerts, st.id, duration .. ' ' .. st.attempt .. ' ' .. json)
+    redis.call('LPUSH', queue, st.id)
   end
   clear_flight()
   bump()
   table.insert(events, 'requeued')
 end
 
+-- Writes `st` back, if this op changed it.
+local function save()
+  if not dirty then return end
+  if st.id then
+    redis.call('HSET', state, 'seq', int(st.seq), 'id', st.id, 'attempt', int(st.attempt),
+      'phase', st.phase, 'deadline', int(st.deadline), 'duration', int(st.duration))
+  else
+    redis.call('HSET', state, 'seq', int(st.seq))
+    if had_flight then
+      redis.call('HDEL', state, 'id', 'attempt', 'phase', 'deadline', 'duration')
+    end
+  end
+end
+
 -- {seq, id, attempt, started (0 or 1), ms to deadline, alert json, events}; id and json are
 -- nil when free, and json is nil unless asked for.
 local function snapshot(with_alert)
-  local f = redis.call('HMGET', state, 'id', 'attempt', 'phase', 'deadline')
   local happened = table.concat(events, ' ')
-  if not f[1] then return {seq, false, 0, 0, 0, false, happened} end
-  local json = false
-  if with_alert then
-    local value = redis.call('HGET', alerts, f[1])
+  if not st.id then return {st.seq, false, 0, 0, 0, false, happened} end
+  if with_alert and not alert_json then
+    local value = redis.call('HGET', alerts, st.id)
     if value then
       local _, _, j = parse_alert(value)
-      json = j
+      alert_json = j
     end
   end
+  local json = false
+  if with_alert and alert_json then json = alert_json end
   local started = 0
-  if f[3] == 'started' then started = 1 end
-  return {seq, f[1], tonumber(f[2]), started, math.max(0, tonumber(f[4]) - now), json, happened}
+  if st.phase == 'started' then started = 1 end
+  return {st.seq, st.id, st.attempt, started, math.max(0, st.deadline - now), json, happened}
 end
 
--- The op's answer; when seq moved, the new alert in flight goes with it and to other nodes.
+-- The op's answer, after saving; when seq moved, the new alert in flight goes with it and to
+-- other nodes.
 local function finish(with_alert)
-  local changed = seq ~= seq_before
+  save()
+  local changed = st.seq ~= seq_before
   local snap = snapshot(with_alert or changed)
   if changed then
     local _, others = presence()
     if others then
       local id, json = snap[2], snap[6]
-      -- %d: seq is past 1e14, where Lua would otherwise write it in exponent form.
-      redis.call(publish, channel, table.concat({node, string.format('%d', snap[1]), id or '-',
+      redis.call(publish, channel, table.concat({node, int(snap[1]), id or '-',
         snap[3], snap[4], snap[5], json or ''}, ' '))
     end
   end
@@ -158,7 +192,8 @@ if op == 'publish' then
   end
   local waiting = redis.call('LLEN', queue)
   if waiting >= max_queue then return {'full'} end
-  local position = waiting + redis.call('HEXISTS', state, 'id')
+  local position = waiting
+  if st.id then position = position + 1 end
   redis.call('HSET', alerts, id, value)
   redis.call('RPUSH', queue, id)
   if idem then redis.call('SET', idem, id .. ' ' .. position, 'EX', idem_ttl) end
@@ -204,31 +239,29 @@ elseif op == 'widgets' then
   return finish(true)
 
 elseif op == 'started' then
-  local f = redis.call('HMGET', state, 'id', 'phase', 'duration')
-  if f[1] == ARGV[8] and f[2] == 'sent' then
-    redis.call('HSET', state, 'phase', 'started', 'deadline', now + tonumber(f[3]) + ack_grace)
+  if st.id == ARGV[8] and st.phase == 'sent' then
+    st.phase, st.deadline = 'started', now + st.duration + ack_grace
+    dirty = true
   end
   return finish(false)
 
 elseif op == 'done' then
-  if redis.call('HGET', state, 'id') == ARGV[8] then
+  if st.id == ARGV[8] then
     complete('done')
     dispatch()
   end
   return finish(false)
 
 elseif op == 'check' then
-  local f = redis.call('HMGET', state, 'id', 'phase', 'deadline')
-  if f[1] == ARGV[8] and tonumber(f[3]) <= now then
-    if f[2] ~= 'sent' then
+  if st.id == ARGV[8] and st.deadline <= now then
+    if st.phase ~= 'sent' then
       complete('expired')
       dispatch()
     elseif presence() == 0 then
       requeue()
     else
       -- Sent but never started: the frame may have been lost, so send it again.
-      redis.call('HINCRBY', state, 'attempt', 1)
-      redis.call('HSET', state, 'deadline', now + start_timeout)
+      st.attempt, st.deadline = st.attempt + 1, now + start_timeout
       bump()
       table.insert(events, 'resent')
     end
