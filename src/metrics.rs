@@ -52,8 +52,8 @@ pub struct HubGauges {
 }
 
 fn latency_buckets() -> Histogram {
-    // 50 µs to about 1.6 s: a store call on loopback is well under a millisecond, and anything
-    // past a second is an outage.
+    // 50 µs to about 1.6 s: a publish or a store call on loopback is well under a millisecond,
+    // and anything past a second is an outage.
     Histogram::new(exponential_buckets(0.00005, 2.0, 16))
 }
 
@@ -75,7 +75,7 @@ impl Default for Metrics {
         outcome("skipped");
         outcome("filtered");
 
-        let publish_seconds = Histogram::new(exponential_buckets(0.00005, 2.0, 16));
+        let publish_seconds = latency_buckets();
         registry.register(
             "publish_duration_seconds",
             "Time to answer POST /publish",

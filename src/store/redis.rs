@@ -182,17 +182,17 @@ impl Store for RedisStore {
             items.next(),
             items.next(),
         ) {
-            (Some(tag), Some(position), Some(snapshot)) if tag == "accepted" => {
-                Ok(Publish::Accepted {
-                    position: int(&position)?,
-                    snapshot: parse_snapshot(snapshot)?,
-                })
-            }
-            (Some(tag), Some(id), Some(position)) if tag == "duplicate" => Ok(Publish::Duplicate {
-                id: text(&id).ok_or_else(|| protocol("publish", &id))?,
+            (Some("accepted"), Some(position), Some(snapshot)) => Ok(Publish::Accepted {
+                position: int(&position)?,
+                snapshot: parse_snapshot(snapshot)?,
+            }),
+            (Some("duplicate"), Some(id), Some(position)) => Ok(Publish::Duplicate {
+                id: text(&id)
+                    .ok_or_else(|| protocol("publish", &id))?
+                    .to_owned(),
                 position: int(&position)?,
             }),
-            (Some(tag), None, None) if tag == "full" => Ok(Publish::QueueFull),
+            (Some("full"), None, None) => Ok(Publish::QueueFull),
             _ => Err(StoreError::Protocol("publish: unexpected reply".into())),
         }
     }
@@ -547,7 +547,8 @@ fn parse_notice(keys: &Keys, node: &str, data: &[Value]) -> Option<Notice> {
     let [channel, payload] = data else {
         return None;
     };
-    let receiver = keys.receiver_of_events(&text(channel)?)?;
+    let receiver = keys.receiver_of_events(text(channel)?)?;
+    // Borrowed: only the alert's JSON is copied, once, into the snapshot.
     let payload = text(payload)?;
     let mut parts = payload.splitn(7, ' ');
     let origin = parts.next()?;
@@ -608,10 +609,10 @@ fn parse_snapshot(v: Value) -> Result<Snapshot, StoreError> {
     })
 }
 
-fn text(v: &Value) -> Option<String> {
+fn text(v: &Value) -> Option<&str> {
     match v {
-        Value::BulkString(b) => String::from_utf8(b.clone()).ok(),
-        Value::SimpleString(s) => Some(s.clone()),
+        Value::BulkString(b) => std::str::from_utf8(b).ok(),
+        Value::SimpleString(s) => Some(s),
         _ => None,
     }
 }
