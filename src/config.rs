@@ -2,6 +2,8 @@
 
 use clap::{Args, Parser, Subcommand};
 
+use crate::store::connection::Target;
+
 #[derive(Parser, Debug)]
 #[command(
     name = "cuebox",
@@ -43,19 +45,8 @@ pub struct ServeArgs {
     #[arg(long, env = "CUEBOX_BIND", default_value = "127.0.0.1:8080")]
     pub bind: String,
 
-    /// Redis URL (redis://host:port/db). Unset: the embedded in-memory store, for one node;
-    /// queued alerts then do not survive a restart.
-    #[arg(long, env = "CUEBOX_REDIS_URL")]
-    pub redis_url: Option<String>,
-
-    /// Treat --redis-url as a comma-separated list of seed nodes of a Redis Cluster.
-    #[arg(long, env = "CUEBOX_REDIS_CLUSTER", value_parser = clap::builder::BoolishValueParser::new(),
-          default_value_t = false, num_args = 0..=1, default_missing_value = "true")]
-    pub redis_cluster: bool,
-
-    /// Prefix of every Redis key.
-    #[arg(long, env = "CUEBOX_KEY_PREFIX", default_value = "cuebox")]
-    pub key_prefix: String,
+    #[command(flatten)]
+    pub redis: RedisArgs,
 
     /// A key platforms must present to publish (repeat the flag, or comma-separate in the
     /// variable). None: one is made and printed at start.
@@ -119,20 +110,40 @@ pub struct WidgetUrlArgs {
     #[arg(long, env = "CUEBOX_SECRET", hide_env_values = true)]
     pub secret: Option<String>,
 
-    /// Read the secret the nodes share from this Redis instead.
-    #[arg(long, env = "CUEBOX_REDIS_URL")]
-    pub redis_url: Option<String>,
-
-    /// Treat --redis-url as the seed nodes of a Redis Cluster.
-    #[arg(long, env = "CUEBOX_REDIS_CLUSTER", value_parser = clap::builder::BoolishValueParser::new(),
-          default_value_t = false, num_args = 0..=1, default_missing_value = "true")]
-    pub redis_cluster: bool,
-
-    /// Prefix of every Redis key.
-    #[arg(long, env = "CUEBOX_KEY_PREFIX", default_value = "cuebox")]
-    pub key_prefix: String,
+    /// With no --secret, the secret is read from the Redis the nodes share.
+    #[command(flatten)]
+    pub redis: RedisArgs,
 
     /// Where streamers reach cuebox.
     #[arg(long, env = "CUEBOX_BASE_URL", default_value = "http://127.0.0.1:8080")]
     pub base_url: String,
+}
+
+/// Where Redis is, the same for `serve` and `widget-url`.
+#[derive(Args, Debug, Clone)]
+pub struct RedisArgs {
+    /// Redis URL (redis://host:port/db), or with --redis-cluster the comma-separated seed
+    /// nodes. `serve` without it uses the embedded in-memory store, for one node; queued alerts
+    /// then do not survive a restart.
+    #[arg(long = "redis-url", env = "CUEBOX_REDIS_URL")]
+    pub url: Option<String>,
+
+    /// Treat --redis-url as a comma-separated list of seed nodes of a Redis Cluster.
+    #[arg(long = "redis-cluster", env = "CUEBOX_REDIS_CLUSTER",
+          value_parser = clap::builder::BoolishValueParser::new(),
+          default_value_t = false, num_args = 0..=1, default_missing_value = "true")]
+    pub cluster: bool,
+
+    /// Prefix of every Redis key.
+    #[arg(long, env = "CUEBOX_KEY_PREFIX", default_value = "cuebox")]
+    pub key_prefix: String,
+}
+
+impl RedisArgs {
+    /// The Redis to connect to, if one was given.
+    pub fn target(&self) -> Option<Target> {
+        self.url
+            .as_deref()
+            .map(|url| Target::new(url, self.cluster))
+    }
 }

@@ -19,7 +19,6 @@ use crate::ingest::Ingest;
 use crate::limits::{Connections, PublishRate};
 use crate::metrics::Metrics;
 use crate::migrate::{self, MigrateError};
-use crate::store::connection::Target;
 use crate::store::keys::Keys;
 use crate::store::memory::MemoryStore;
 use crate::store::redis::RedisStore;
@@ -61,15 +60,12 @@ impl Application {
             max_queue: args.max_queue,
             max_widgets: args.max_widgets_per_receiver,
         };
-        let keys = Keys::new(&args.key_prefix).map_err(StartError::Config)?;
+        let keys = Keys::new(&args.redis.key_prefix).map_err(StartError::Config)?;
         let node = uuid::Uuid::new_v4().simple().to_string();
         let (notices, notices_rx) = mpsc::unbounded_channel();
         let metrics = Arc::new(Metrics::default());
 
-        let target = args
-            .redis_url
-            .as_deref()
-            .map(|url| Target::new(url, args.redis_cluster));
+        let target = args.redis.target();
         let (store, secret): (Arc<dyn Store>, String) = match &target {
             None => {
                 tracing::warn!(
@@ -101,7 +97,7 @@ impl Application {
                     None => store.shared_secret().await?,
                 };
                 tracing::info!(
-                    redis = %redacted(args.redis_url.as_deref().unwrap_or_default()),
+                    redis = %redacted(args.redis.url.as_deref().unwrap_or_default()),
                     cluster = target.is_cluster(), prefix = keys.prefix(), layout = version,
                     "using the Redis store"
                 );
@@ -279,11 +275,11 @@ pub fn widget_url(base_url: &str, tokens: &WidgetTokens, receiver: &ReceiverId) 
 /// `cuebox widget-url`: the secret from the flag, or the one the nodes keep in Redis.
 pub async fn widget_url_command(args: WidgetUrlArgs) -> Result<String, StartError> {
     let receiver = ReceiverId::parse(&args.receiver).map_err(|e| StartError::Config(e.message))?;
-    let secret = match (&args.secret, &args.redis_url) {
+    let secret = match (&args.secret, args.redis.target()) {
         (Some(s), _) => s.clone(),
-        (None, Some(url)) => {
-            let keys = Keys::new(&args.key_prefix).map_err(StartError::Config)?;
-            let mut con = Target::new(url, args.redis_cluster).connect(None).await?;
+        (None, Some(target)) => {
+            let keys = Keys::new(&args.redis.key_prefix).map_err(StartError::Config)?;
+            let mut con = target.connect(None).await?;
             crate::store::redis::shared_secret(&mut con, &keys).await?
         }
         (None, None) => {

@@ -254,7 +254,7 @@ async fn on_a_cluster_a_node_killed_mid_alert_loses_nothing_and_hangs_no_queue()
 
 async fn node_killed_mid_alert(redis_url: &str, cluster: bool) {
     let mut args = serve_args(Some(redis_url.to_owned()));
-    args.redis_cluster = cluster;
+    args.redis.cluster = cluster;
     let survivor = TestApp::spawn(args).await;
     let port = free_port();
     let bind = format!("127.0.0.1:{port}");

@@ -10,7 +10,7 @@ use std::time::Duration;
 use actix_web::web::Bytes;
 use awc::ws;
 use cuebox::alert::ReceiverId;
-use cuebox::config::ServeArgs;
+use cuebox::config::{RedisArgs, ServeArgs};
 use cuebox::startup::{Application, Stopper};
 use cuebox::store::connection::Target;
 use cuebox::store::keys::Keys;
@@ -223,9 +223,11 @@ pub enum Backing {
 pub fn serve_args(redis_url: Option<String>) -> ServeArgs {
     ServeArgs {
         bind: "127.0.0.1:0".into(),
-        redis_url,
-        redis_cluster: false,
-        key_prefix: "cuebox".into(),
+        redis: RedisArgs {
+            url: redis_url,
+            cluster: false,
+            key_prefix: "cuebox".into(),
+        },
         publish_keys: vec![PUBLISH_KEY.into()],
         secret: Some(SECRET.into()),
         start_timeout_ms: 5000,

@@ -53,7 +53,7 @@ async fn a_node_refuses_a_layout_newer_than_it_knows() {
     }
     // Another prefix is another layout.
     let mut args = serve_args(Some(redis.url()));
-    args.key_prefix = "other".into();
+    args.redis.key_prefix = "other".into();
     assert!(Application::build(args).await.is_ok());
 }
 

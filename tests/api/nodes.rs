@@ -284,7 +284,7 @@ async fn with_aof_on_queued_alerts_survive_a_redis_restart() {
 async fn two_nodes_on_a_redis_cluster_share_every_receiver() {
     let cluster = RedisCluster::spawn().await;
     let mut args = serve_args(Some(cluster.seeds()));
-    args.redis_cluster = true;
+    args.redis.cluster = true;
     let a = TestApp::spawn(args.clone()).await;
     let b = TestApp::spawn(args).await;
     // Several receivers, so their keys and channels land on different shards.
@@ -310,7 +310,7 @@ async fn a_cluster_master_restarting_loses_nothing() {
     let mut cluster =
         RedisCluster::spawn_with(&["--appendonly", "yes", "--appendfsync", "always"]).await;
     let mut args = serve_args(Some(cluster.seeds()));
-    args.redis_cluster = true;
+    args.redis.cluster = true;
     let app = TestApp::spawn(args).await;
     let receivers = ["alice", "bob", "carol", "dave", "erin", "frank"];
     let mut ids = Vec::new();
@@ -338,7 +338,7 @@ async fn a_cluster_master_restarting_loses_nothing() {
 async fn on_a_cluster_every_live_node_keeps_its_heartbeat() {
     let cluster = RedisCluster::spawn().await;
     let mut args = serve_args(Some(cluster.seeds()));
-    args.redis_cluster = true;
+    args.redis.cluster = true;
     let _a = TestApp::spawn(args.clone()).await;
     let _b = TestApp::spawn(args).await;
     let mut con = cuebox::store::connection::Target::new(&cluster.seeds(), true)
