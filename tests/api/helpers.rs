@@ -50,25 +50,36 @@ impl RedisServer {
 
     /// With extra redis-server arguments, such as `["--appendonly", "yes"]`.
     pub async fn spawn_with(extra: &[&str]) -> Self {
-        let port = free_port();
-        let dir = std::env::temp_dir().join(format!("cuebox-redis-{port}-{}", std::process::id()));
-        let _ = std::fs::remove_dir_all(&dir);
-        std::fs::create_dir_all(&dir).expect("a temp dir for redis");
-        let mut server = Self {
-            port,
-            dir,
-            child: None,
-            extra: extra.iter().map(|s| s.to_string()).collect(),
-        };
-        server.start().await;
-        server
+        // A free port can be taken again before redis-server binds it (by another test's
+        // server, a client's ephemeral port, or a cluster's bus port at port + 10000): then
+        // this server exits, and another port is tried.
+        for _ in 0..10 {
+            let port = free_port();
+            let dir =
+                std::env::temp_dir().join(format!("cuebox-redis-{port}-{}", std::process::id()));
+            let _ = std::fs::remove_dir_all(&dir);
+            std::fs::create_dir_all(&dir).expect("a temp dir for redis");
+            let mut server = Self {
+                port,
+                dir,
+                child: None,
+                extra: extra.iter().map(|s| s.to_string()).collect(),
+            };
+            if server.start().await {
+                return server;
+            }
+        }
+        panic!("redis-server did not start on any of 10 free ports");
     }
 
     pub fn url(&self) -> String {
         format!("redis://127.0.0.1:{}/", self.port)
     }
 
-    async fn start(&mut self) {
+    /// Starts redis-server; true once it answers on its port, false if it exited first (its
+    /// port was taken). Checking that our own child still runs keeps a test from talking to
+    /// another test's server that happens to hold the port.
+    async fn start(&mut self) -> bool {
         let child = Command::new("redis-server")
             .args([
                 "--port",
@@ -86,11 +97,20 @@ impl RedisServer {
             .stderr(Stdio::null())
             .spawn()
             .expect("redis-server runs (scripts/test installs it)");
-        self.child = Some(child);
+        let child = self.child.insert(child);
         let deadline = tokio::time::Instant::now() + PROMPTLY;
         loop {
+            if !matches!(child.try_wait(), Ok(None)) {
+                self.child = None;
+                return false;
+            }
             if std::net::TcpStream::connect(("127.0.0.1", self.port)).is_ok() {
-                return;
+                // Still ours: it did not exit on a bind error meanwhile.
+                if matches!(child.try_wait(), Ok(None)) {
+                    return true;
+                }
+                self.child = None;
+                return false;
             }
             assert!(
                 tokio::time::Instant::now() < deadline,
@@ -111,7 +131,15 @@ impl RedisServer {
     /// Starts it again on the same port and directory.
     pub async fn restart(&mut self) {
         self.kill();
-        self.start().await;
+        let deadline = tokio::time::Instant::now() + PROMPTLY;
+        while !self.start().await {
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "redis-server did not restart on port {}",
+                self.port
+            );
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
     }
 
     /// A raw command through redis-cli-like use of the redis crate.
