@@ -1,0 +1,125 @@
+//! `drain`: R receivers with N alerts queued each; one widget per receiver shows each alert at
+//! once and so drains its queue. Alert cycles per second, and a check that every alert arrived
+//! exactly once and in order.
+
+use std::time::{Duration, Instant};
+
+use serde_json::json;
+
+use crate::load::{connect_widgets, fill, receivers};
+use crate::node::{Node, Usage};
+use crate::report::{num, Table};
+use crate::Error;
+
+#[derive(clap::Args, Clone, Debug)]
+pub struct Args {
+    /// Receivers, each with one widget.
+    #[arg(long, default_value_t = 50)]
+    pub receivers: usize,
+    /// Alerts queued for each receiver before its widget connects.
+    #[arg(long, default_value_t = 200)]
+    pub alerts: usize,
+    /// Publisher connections that fill the queues.
+    #[arg(long, default_value_t = 16)]
+    pub connections: usize,
+}
+
+/// How long one widget may take to drain its queue before the run fails.
+const LIMIT: Duration = Duration::from_secs(120);
+
+/// The measured drain, for the ceiling's ratio.
+pub struct Drained {
+    pub cycles_per_s: f64,
+}
+
+pub async fn run(node: &Node, args: &Args) -> Result<(Table, Drained), Error> {
+    let names = receivers("drain", args.receivers);
+    let queued = fill(node, &names, args.alerts, args.connections).await?;
+
+    let me = std::process::id();
+    let before = (node.usage(), node.redis_usage(), Usage::of(me));
+    let start = Instant::now();
+    let mut tasks = Vec::new();
+    for widget in connect_widgets(node, &names).await? {
+        let expected = args.alerts;
+        tasks.push(tokio::spawn(async move {
+            let mut widget = widget;
+            let mut ids = Vec::with_capacity(expected);
+            while ids.len() < expected {
+                let alert = tokio::time::timeout(LIMIT, widget.next_alert())
+                    .await
+                    .map_err(|_| "a widget waited too long for an alert")??
+                    .ok_or("the node closed a widget")?;
+                widget.show(&alert.id).await?;
+                ids.push(alert.id);
+            }
+            let finished = Instant::now();
+            widget.close().await;
+            Ok::<_, Error>((ids, finished))
+        }));
+    }
+    let mut shown = Vec::new();
+    let mut end = start;
+    for t in tasks {
+        let (ids, finished) = t.await??;
+        end = end.max(finished);
+        shown.push(ids);
+    }
+    let after = (node.usage(), node.redis_usage(), Usage::of(me));
+    let secs = end.duration_since(start).as_secs_f64();
+
+    // Exactly once, in order: each widget saw its receiver's ids as they were queued.
+    let (mut lost, mut twice, mut out_of_order) = (0usize, 0usize, 0usize);
+    for (name, ids) in names.iter().zip(&shown) {
+        let expected = &queued[name];
+        let unique: std::collections::HashSet<&String> = ids.iter().collect();
+        twice += ids.len() - unique.len();
+        lost += expected.iter().filter(|id| !unique.contains(id)).count();
+        if ids != expected {
+            out_of_order += 1;
+        }
+    }
+    let cycles = (args.receivers * args.alerts) as f64;
+    let per_1k = |a: Option<Usage>, b: Option<Usage>| match (a, b) {
+        (Some(a), Some(b)) => num(b.cpu_since(&a) * 1000.0 / cycles, 4),
+        _ => serde_json::Value::Null,
+    };
+    let mut table = Table::new(
+        "drain",
+        &[
+            "store",
+            "receivers",
+            "alerts_each",
+            "seconds",
+            "cycles_per_s",
+            "cuebox_cpu_s_per_1k",
+            "redis_cpu_s_per_1k",
+            "harness_cpu_s_per_1k",
+            "lost",
+            "shown_twice",
+            "receivers_out_of_order",
+        ],
+    );
+    let cycles_per_s = cycles / secs.max(1e-9);
+    table.row(vec![
+        json!(node.store),
+        json!(args.receivers),
+        json!(args.alerts),
+        num(secs, 3),
+        num(cycles_per_s, 0),
+        per_1k(before.0, after.0),
+        per_1k(before.1, after.1),
+        per_1k(before.2, after.2),
+        json!(lost),
+        json!(twice),
+        json!(out_of_order),
+    ]);
+    table.notes.push(
+        "seconds: from the first widget's connect to the last widget's last done; CPU from /proc at 10 ms resolution"
+            .into(),
+    );
+    if lost + twice + out_of_order > 0 {
+        return Err(format!("drain broke a rule: {lost} lost, {twice} shown twice, {out_of_order} receivers out of order").into());
+    }
+    Ok((table, Drained { cycles_per_s }))
+}

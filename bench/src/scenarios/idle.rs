@@ -1,0 +1,69 @@
+//! `idle`: widgets that are connected and waiting, and what each costs the node in resident
+//! memory. One receiver per widget, as streamers have.
+
+use std::time::Duration;
+
+use serde_json::json;
+
+use crate::load::{connect_widgets, receivers};
+use crate::node::Node;
+use crate::report::{num, Table};
+use crate::Error;
+
+#[derive(clap::Args, Clone, Debug)]
+pub struct Args {
+    /// Connected widgets at which RSS is read, ascending; widgets are added between steps.
+    #[arg(long, value_delimiter = ',', default_value = "1000,10000")]
+    pub widgets: Vec<usize>,
+}
+
+/// Time for the node to finish joining every widget before RSS is read.
+const SETTLE: Duration = Duration::from_secs(2);
+
+pub async fn run(node: &Node, args: &Args) -> Result<Table, Error> {
+    let mut steps = args.widgets.clone();
+    steps.sort_unstable();
+    let most = steps.last().copied().unwrap_or(0);
+    let names = receivers("idle", most);
+    // The baseline is read after one widget came and went, so the node's one-off start-up
+    // allocations (worker buffers, the Redis connections' first use) are not put on widgets.
+    let warm = receivers("idle-warm", 1);
+    for w in connect_widgets(node, &warm).await? {
+        w.close().await;
+    }
+    tokio::time::sleep(SETTLE).await;
+    let base = node
+        .usage()
+        .ok_or("idle needs the node's pid (--pid) to read its RSS")?;
+    let mut table = Table::new(
+        "idle",
+        &[
+            "store",
+            "widgets",
+            "rss_mib",
+            "base_rss_mib",
+            "kib_per_widget",
+        ],
+    );
+    let mut widgets = Vec::new();
+    for step in steps {
+        widgets.extend(connect_widgets(node, &names[widgets.len()..step]).await?);
+        tokio::time::sleep(SETTLE).await;
+        let now = node.usage().ok_or("the node's process is gone")?;
+        let per = (now.rss_kib.saturating_sub(base.rss_kib)) as f64 / step.max(1) as f64;
+        table.row(vec![
+            json!(node.store),
+            json!(step),
+            num(now.rss_kib as f64 / 1024.0, 1),
+            num(base.rss_kib as f64 / 1024.0, 1),
+            num(per, 2),
+        ]);
+    }
+    for w in widgets {
+        w.close().await;
+    }
+    table.notes.push(
+        "kib_per_widget: (RSS now - RSS before any widget) / widgets, VmRSS from /proc".into(),
+    );
+    Ok(table)
+}

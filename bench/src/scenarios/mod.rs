@@ -1,0 +1,9 @@
+//! The scenarios, one module each. Every one takes its sizes as flags, drives the node over
+//! loopback, and answers a [`Table`](crate::report::Table).
+
+pub mod ceiling;
+pub mod cycles;
+pub mod drain;
+pub mod growth;
+pub mod idle;
+pub mod publish;
