@@ -25,7 +25,8 @@ local publish = ARGV[7]
 local time = redis.call('TIME')
 local now = tonumber(time[1]) * 1000 + math.floor(tonumber(time[2]) / 1000)
 
--- The receiver's state, read once. Ops change `st`; finish() writes it back in one HSET.
+-- The receiver's state, read once. Ops change `st`; finish() writes it back in one HSET
+-- (`started`, which changes two fields only, writes them itself).
 local f = redis.call('HMGET', state, 'seq', 'id', 'attempt', 'phase', 'deadline', 'duration')
 local had_flight = f[2] ~= false
 local st = {
@@ -46,6 +47,40 @@ local events = {}
 -- Numbers past 1e14 (seq) must not be written in Lua's exponent form.
 local function int(n)
   return string.format('%d', n)
+end
+
+local function parse_alert(value)
+  local duration, sent, json = string.match(value, '^(%d+) (%d+) (.*)$')
+  return tonumber(duration), tonumber(sent), json
+end
+
+-- {seq, id, attempt, started (0 or 1), ms to deadline, alert json, events}; id and json are
+-- nil when free, and json is nil unless asked for.
+local function snapshot(with_alert)
+  local happened = table.concat(events, ' ')
+  if not st.id then return {st.seq, false, 0, 0, 0, false, happened} end
+  if with_alert and not alert_json then
+    local value = redis.call('HGET', alerts, st.id)
+    if value then
+      local _, _, j = parse_alert(value)
+      alert_json = j
+    end
+  end
+  local json = false
+  if with_alert and alert_json then json = alert_json end
+  local started = 0
+  if st.phase == 'started' then started = 1 end
+  return {st.seq, st.id, st.attempt, started, math.max(0, st.deadline - now), json, happened}
+end
+
+-- `started` is the most frequent op and moves no seq, so it is answered here, before the
+-- helpers the other ops need are made: making them costs Redis time on every call.
+if op == 'started' then
+  if st.id == ARGV[8] and st.phase == 'sent' then
+    st.phase, st.deadline = 'started', now + st.duration + ack_grace
+    redis.call('HSET', state, 'phase', st.phase, 'deadline', int(st.deadline))
+  end
+  return snapshot(false)
 end
 
 local function bump()
@@ -75,11 +110,6 @@ local function presence()
     end
   end
   return live_total, live_others
-end
-
-local function parse_alert(value)
-  local duration, sent, json = string.match(value, '^(%d+) (%d+) (.*)$')
-  return tonumber(duration), tonumber(sent), json
 end
 
 local function clear_flight()
@@ -142,25 +172,6 @@ local function save()
       redis.call('HDEL', state, 'id', 'attempt', 'phase', 'deadline', 'duration')
     end
   end
-end
-
--- {seq, id, attempt, started (0 or 1), ms to deadline, alert json, events}; id and json are
--- nil when free, and json is nil unless asked for.
-local function snapshot(with_alert)
-  local happened = table.concat(events, ' ')
-  if not st.id then return {st.seq, false, 0, 0, 0, false, happened} end
-  if with_alert and not alert_json then
-    local value = redis.call('HGET', alerts, st.id)
-    if value then
-      local _, _, j = parse_alert(value)
-      alert_json = j
-    end
-  end
-  local json = false
-  if with_alert and alert_json then json = alert_json end
-  local started = 0
-  if st.phase == 'started' then started = 1 end
-  return {st.seq, st.id, st.attempt, started, math.max(0, st.deadline - now), json, happened}
 end
 
 -- The op's answer, after saving; when seq moved, the new alert in flight goes with it and to
@@ -237,13 +248,6 @@ elseif op == 'widgets' then
     dispatch()
   end
   return finish(true)
-
-elseif op == 'started' then
-  if st.id == ARGV[8] and st.phase == 'sent' then
-    st.phase, st.deadline = 'started', now + st.duration + ack_grace
-    dirty = true
-  end
-  return finish(false)
 
 elseif op == 'done' then
   if st.id == ARGV[8] then
