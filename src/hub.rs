@@ -25,6 +25,10 @@ use crate::store::{Notice, Publish, Snapshot, Store, StoreError, WidgetChange, P
 
 /// Frames a widget may have waiting before it counts as too slow and is closed. A widget gets a
 /// frame or two per alert, so only a stuck one fills this.
+///
+/// The outbox is a `futures-channel` queue, which allocates per frame waiting, rather than a
+/// tokio one, which allocates room for 32 frames up front: an idle widget then costs a kilobyte
+/// less (docs/benchmarks.md, `idle`).
 const OUTBOX: usize = 64;
 /// How soon a timer that could not reach the store tries again.
 const CHECK_RETRY: Duration = Duration::from_secs(1);
@@ -53,7 +57,7 @@ struct Local {
 
 struct LocalWidget {
     id: u64,
-    outbox: mpsc::Sender<Frame>,
+    outbox: futures_channel::mpsc::Sender<Frame>,
     /// Counted by the store yet. Until then the widget gets no frames: an alert shown by a
     /// widget the store does not count could be put back in the queue (rule f) under it.
     counted: bool,
@@ -72,7 +76,7 @@ pub struct Widget {
     pub id: u64,
     pub receiver: ReceiverId,
     /// Frames for this widget. Closed by the hub when the widget fell too far behind.
-    pub frames: mpsc::Receiver<Frame>,
+    pub frames: futures_channel::mpsc::Receiver<Frame>,
 }
 
 impl Hub {
@@ -111,7 +115,7 @@ impl Hub {
     /// in the store, and only then given the alert in flight, the newest this node knows.
     pub async fn join(&self, receiver: &ReceiverId) -> Result<Widget, StoreError> {
         let id = self.next_widget.fetch_add(1, Ordering::Relaxed);
-        let (outbox, frames) = mpsc::channel(OUTBOX);
+        let (outbox, frames) = futures_channel::mpsc::channel(OUTBOX);
         self.lock()
             .entry(receiver.clone())
             .or_default()
@@ -375,7 +379,7 @@ impl Hub {
 /// Sends a frame to every counted widget (or one), dropping widgets whose outbox is full or
 /// closed: their connection sees the channel close and ends.
 fn send(widgets: &mut Vec<LocalWidget>, only: Option<u64>, frame: &Frame) {
-    widgets.retain(|w| {
+    widgets.retain_mut(|w| {
         if !w.counted || only.is_some_and(|o| o != w.id) {
             return true;
         }

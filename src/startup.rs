@@ -151,8 +151,13 @@ impl Application {
             addr: args.bind.clone(),
             source,
         })?;
+        let workers = match args.workers {
+            0 => std::thread::available_parallelism().map_or(1, |n| n.get()),
+            n => n,
+        };
         let server =
             HttpServer::new(move || App::new().app_data(state.clone()).configure(http::routes))
+                .workers(workers)
                 // Alerts are small frames that must not wait for Nagle's algorithm to batch them.
                 .on_connect(|conn, _| {
                     if let Some(tcp) = conn.downcast_ref::<actix_web::rt::net::TcpStream>() {

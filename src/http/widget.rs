@@ -8,6 +8,7 @@ use std::time::Duration;
 
 use actix_web::{web, HttpRequest, HttpResponse};
 use actix_ws::{AggregatedMessage, CloseCode, CloseReason, ProtocolError, Session};
+use futures_util::StreamExt;
 use serde::Deserialize;
 use serde_json::json;
 use tokio::time::Instant;
@@ -139,7 +140,7 @@ async fn run(
                     break Some(reason(CloseCode::Protocol, "protocol error"));
                 }
             },
-            frame = widget.frames.recv() => match frame {
+            frame = widget.frames.next() => match frame {
                 // A widget that stops reading fills its socket; it gets a while to drain, then
                 // is closed rather than held with its frames in memory.
                 Some(frame) => match tokio::time::timeout(SEND_TIMEOUT, session.text(frame)).await {
