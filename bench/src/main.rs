@@ -76,6 +76,10 @@ struct Cli {
     #[arg(long, global = true)]
     json: bool,
 
+    /// Also write the JSON object to this file, keeping the tables on stdout.
+    #[arg(long, global = true)]
+    json_out: Option<PathBuf>,
+
     /// Threads the harness's clients run on. One keeps the harness to one core of a small
     /// machine, beside the node and Redis, and saves it waking threads.
     #[arg(long, global = true, default_value_t = 1)]
@@ -164,6 +168,7 @@ async fn run(cli: &Cli) -> Result<(), Error> {
                 receivers: args.receivers,
                 alerts: args.alerts,
                 connections: 16,
+                rounds: 5,
             };
             let (ceiling, redis) = measure_ceiling(cli, &node, args).await?;
             let (drained, d) = drain::run(&node, &drain_args).await?;
@@ -171,18 +176,21 @@ async fn run(cli: &Cli) -> Result<(), Error> {
         }
         Scenario::All(all) => tables.extend(run_all(cli, clock, all.small).await?),
     }
+    let scenarios: Map<String, Value> = tables
+        .iter()
+        .map(|t| (t.scenario.to_owned(), t.to_json()))
+        .collect();
+    let out = json!({
+        "machine": report::machine(),
+        "store": cli.store.name(),
+        "open_files": open_files,
+        "args": std::env::args().skip(1).collect::<Vec<_>>(),
+        "scenarios": scenarios,
+    });
+    if let Some(path) = &cli.json_out {
+        std::fs::write(path, format!("{out:#}\n"))?;
+    }
     if cli.json {
-        let scenarios: Map<String, Value> = tables
-            .iter()
-            .map(|t| (t.scenario.to_owned(), t.to_json()))
-            .collect();
-        let out = json!({
-            "machine": report::machine(),
-            "store": cli.store.name(),
-            "open_files": open_files,
-            "args": std::env::args().skip(1).collect::<Vec<_>>(),
-            "scenarios": scenarios,
-        });
         println!("{out}");
     } else {
         println!(
@@ -284,6 +292,7 @@ async fn run_all(cli: &Cli, clock: Clock, small: bool) -> Result<Vec<Table>, Err
             receivers: r,
             alerts: n,
             connections: 16,
+            rounds: if small { 1 } else { 5 },
         };
         let (d, drained) = drain::run(&node, &drain_args).await?;
         tables.push(d);
@@ -315,7 +324,7 @@ async fn run_all(cli: &Cli, clock: Clock, small: bool) -> Result<Vec<Table>, Err
     tables.push(idle::run(&node(cli).await?, &idle_args).await?);
     let growth_args = growth::Args {
         max_depth: if small { 100 } else { 100_000 },
-        probe: if small { 20 } else { 1000 },
+        probe: if small { 20 } else { 3000 },
         max_receivers: if small { 100 } else { 10_000 },
         rate: if small { 200.0 } else { 2000.0 },
         seconds: if small { 1.0 } else { 3.0 },

@@ -103,7 +103,8 @@ async fn run(
 
     let mut heard = Instant::now();
     let mut withdrawn = false;
-    let mut heartbeat = tokio::time::interval_at(Instant::now() + PING_EVERY, PING_EVERY);
+    let mut heartbeat =
+        tokio::time::interval_at(Instant::now() + first_ping(widget.id), PING_EVERY);
     let close = loop {
         tokio::select! {
             inbound = stream.recv() => match inbound {
@@ -198,6 +199,16 @@ async fn handle(hub: &Hub, receiver: &ReceiverId, text: &str) -> Option<Frame> {
             "the store is unavailable; the report was not recorded",
         )
     })
+}
+
+/// When a widget is first pinged: one period after it joined, plus a share of another period
+/// that differs from widget to widget. Widgets that joined together (every OBS reconnecting after
+/// a node restart) would otherwise be pinged together forever, in bursts of thousands of frames
+/// that delay the alerts sent beside them.
+fn first_ping(widget: u64) -> Duration {
+    // Widget ids count up; a large odd step scatters neighbours over the period.
+    let spread = widget.wrapping_mul(0x9E37_79B9_7F4A_7C15) % 1000;
+    PING_EVERY + PING_EVERY.mul_f64(spread as f64 / 1000.0)
 }
 
 fn error_frame(code: &str, message: &str) -> Frame {

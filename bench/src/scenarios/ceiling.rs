@@ -9,6 +9,7 @@
 
 use std::time::Instant;
 
+use redis::aio::MultiplexedConnection;
 use redis::Script;
 use serde_json::json;
 
@@ -29,6 +30,9 @@ const TAKE: &str = "local id = redis.call('LPOP', KEYS[1]) \
     if id then redis.call('HSET', KEYS[2], 'id', id) end return id";
 const FINISH: &str = "redis.call('HDEL', KEYS[1], 'id') return 1";
 
+/// Each round drains fresh queues; the median is the figure.
+const ROUNDS: usize = 5;
+
 pub struct Ceiling {
     pub cycles_per_s: f64,
 }
@@ -36,7 +40,55 @@ pub struct Ceiling {
 pub async fn run(redis: &Redis, args: &Args) -> Result<(Table, Ceiling), Error> {
     let client = redis::Client::open(redis.url.as_str())?;
     let con = client.get_multiplexed_async_connection().await?;
-    let names = receivers("ceiling", args.receivers);
+    let (take, finish) = (Script::new(TAKE), Script::new(FINISH));
+    // Loaded before the clock starts, as cuebox's script is by its first call.
+    take.prepare_invoke().load_async(&mut con.clone()).await?;
+    finish.prepare_invoke().load_async(&mut con.clone()).await?;
+
+    let mut rates = Vec::new();
+    for round in 1..=ROUNDS {
+        let names = receivers(&format!("ceiling{round}"), args.receivers);
+        rates.push(once(&con, &take, &finish, &names, args.alerts).await?);
+    }
+    rates.sort_by(f64::total_cmp);
+    let cycles_per_s = rates[rates.len() / 2];
+    let mut table = Table::new(
+        "ceiling",
+        &[
+            "receivers",
+            "alerts_each",
+            "script_calls_per_s",
+            "cycles_per_s",
+        ],
+    );
+    table.row(vec![
+        json!(args.receivers),
+        json!(args.alerts),
+        num(cycles_per_s * 2.0, 0),
+        num(cycles_per_s, 0),
+    ]);
+    table.notes.push(format!(
+        "median of {} rounds (min {:.0}, max {:.0} cycles/s)",
+        rates.len(),
+        rates[0],
+        rates[rates.len() - 1]
+    ));
+    table.notes.push(
+        "a cycle here: EVALSHA (LPOP the queue's head, HSET it in flight) then EVALSHA (HDEL it), \
+         per receiver in turn, all receivers at once over one multiplexed connection"
+            .into(),
+    );
+    Ok((table, Ceiling { cycles_per_s }))
+}
+
+/// Drains fresh queues once; answers cycles per second.
+async fn once(
+    con: &MultiplexedConnection,
+    take: &Script,
+    finish: &Script,
+    names: &[String],
+    alerts: usize,
+) -> Result<f64, Error> {
     let keys: Vec<(String, String)> = names
         .iter()
         .map(|r| {
@@ -46,27 +98,14 @@ pub async fn run(redis: &Redis, args: &Args) -> Result<(Table, Ceiling), Error> 
             )
         })
         .collect();
+    let ids: Vec<String> = (0..alerts).map(|i| format!("alert-{i}")).collect();
     for (queue, _) in &keys {
-        let ids: Vec<String> = (0..args.alerts).map(|i| format!("alert-{i}")).collect();
         let () = redis::cmd("RPUSH")
             .arg(queue)
             .arg(&ids)
             .query_async(&mut con.clone())
             .await?;
     }
-    let (take, finish) = (Script::new(TAKE), Script::new(FINISH));
-    // Loaded before the clock starts, as cuebox's script is by its first call.
-    let _: () = take
-        .prepare_invoke()
-        .load_async(&mut con.clone())
-        .await
-        .map(|_| ())?;
-    let _: () = finish
-        .prepare_invoke()
-        .load_async(&mut con.clone())
-        .await
-        .map(|_| ())?;
-
     let start = Instant::now();
     let mut tasks = Vec::new();
     for (queue, state) in keys.clone() {
@@ -96,27 +135,5 @@ pub async fn run(redis: &Redis, args: &Args) -> Result<(Table, Ceiling), Error> 
         cleanup.arg(queue).arg(state);
     }
     let _: i64 = cleanup.query_async(&mut con.clone()).await?;
-
-    let cycles_per_s = cycles as f64 / secs.max(1e-9);
-    let mut table = Table::new(
-        "ceiling",
-        &[
-            "receivers",
-            "alerts_each",
-            "script_calls_per_s",
-            "cycles_per_s",
-        ],
-    );
-    table.row(vec![
-        json!(args.receivers),
-        json!(args.alerts),
-        num(cycles_per_s * 2.0, 0),
-        num(cycles_per_s, 0),
-    ]);
-    table.notes.push(
-        "a cycle here: EVALSHA (LPOP the queue's head, HSET it in flight) then EVALSHA (HDEL it), \
-         per receiver in turn, all receivers at once over one multiplexed connection"
-            .into(),
-    );
-    Ok((table, Ceiling { cycles_per_s }))
+    Ok(cycles as f64 / secs.max(1e-9))
 }

@@ -18,7 +18,7 @@ pub struct Args {
     #[arg(long, default_value_t = 100_000)]
     pub max_depth: usize,
     /// Alerts published, then drained, at each depth.
-    #[arg(long, default_value_t = 1000)]
+    #[arg(long, default_value_t = 3000)]
     pub probe: usize,
     /// The most receivers; steps go 10, 100, … up to it.
     #[arg(long, default_value_t = 10_000)]

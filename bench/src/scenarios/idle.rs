@@ -19,6 +19,9 @@ pub struct Args {
 
 /// Time for the node to finish joining every widget before RSS is read.
 const SETTLE: Duration = Duration::from_secs(2);
+/// How long the node's CPU is watched while the widgets idle: longer than a presence refresh
+/// (10 s) and a ping period (15 s), so both are in it.
+const IDLE_WINDOW: Duration = Duration::from_secs(20);
 
 pub async fn run(node: &Node, args: &Args) -> Result<Table, Error> {
     let mut steps = args.widgets.clone();
@@ -43,6 +46,7 @@ pub async fn run(node: &Node, args: &Args) -> Result<Table, Error> {
             "rss_mib",
             "base_rss_mib",
             "kib_per_widget",
+            "idle_cpu_percent",
         ],
     );
     let mut widgets = Vec::new();
@@ -51,19 +55,26 @@ pub async fn run(node: &Node, args: &Args) -> Result<Table, Error> {
         tokio::time::sleep(SETTLE).await;
         let now = node.usage().ok_or("the node's process is gone")?;
         let per = (now.rss_kib.saturating_sub(base.rss_kib)) as f64 / step.max(1) as f64;
+        // What the widgets cost while nothing happens: pings, presence refreshes.
+        tokio::time::sleep(IDLE_WINDOW).await;
+        let later = node.usage().ok_or("the node's process is gone")?;
+        let idle_cpu = later.cpu_since(&now) / IDLE_WINDOW.as_secs_f64() * 100.0;
         table.row(vec![
             json!(node.store),
             json!(step),
             num(now.rss_kib as f64 / 1024.0, 1),
             num(base.rss_kib as f64 / 1024.0, 1),
             num(per, 2),
+            num(idle_cpu, 1),
         ]);
     }
     for w in widgets {
         w.close().await;
     }
     table.notes.push(
-        "kib_per_widget: (RSS now - RSS before any widget) / widgets, VmRSS from /proc".into(),
+        "kib_per_widget: (RSS now - RSS before any widget) / widgets, VmRSS from /proc; \
+         idle_cpu_percent: the node's CPU over 20 s with every widget connected and no alert"
+            .into(),
     );
     Ok(table)
 }
