@@ -15,6 +15,7 @@ use std::sync::{Arc, Mutex, MutexGuard, Weak};
 use std::time::Duration;
 
 use bytestring::ByteString;
+use futures_util::StreamExt;
 use tokio::sync::mpsc;
 use tokio::task::{AbortHandle, JoinHandle};
 use tokio::time::Instant;
@@ -30,6 +31,8 @@ use crate::store::{Notice, Publish, Snapshot, Store, StoreError, WidgetChange, P
 /// tokio one, which allocates room for 32 frames up front: an idle widget then costs a kilobyte
 /// less (docs/benchmarks.md, `idle`).
 const OUTBOX: usize = 64;
+/// Receivers whose reports are refreshed at once.
+const REFRESHING: usize = 16;
 /// How soon a timer that could not reach the store tries again.
 const CHECK_RETRY: Duration = Duration::from_secs(1);
 
@@ -197,9 +200,14 @@ impl Hub {
             // a requeue, while one too low could requeue an alert a widget is showing.
             .map(|(r, l)| (r.clone(), l.widgets.len() as u32))
             .collect();
-        for (receiver, count) in held {
-            self.refresh_one(&receiver, count).await;
-        }
+        // A few at a time, so the calls share the connection's writes and reads (pipelined) but
+        // never crowd out the alerts' calls beside them: with 10,000 idle widgets the node's CPU
+        // fell from 8.1 % to 5.4 % (docs/benchmarks.md, `idle`).
+        futures_util::stream::iter(held)
+            .for_each_concurrent(REFRESHING, |(receiver, count)| async move {
+                self.refresh_one(&receiver, count).await;
+            })
+            .await;
     }
 
     async fn refresh_one(&self, receiver: &ReceiverId, count: u32) {
