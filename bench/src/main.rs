@@ -320,6 +320,7 @@ async fn run_all(cli: &Cli, clock: Clock, small: bool) -> Result<Vec<Table>, Err
         } else {
             vec![1000, 10000]
         },
+        idle_seconds: if small { 1.0 } else { 20.0 },
     };
     tables.push(idle::run(&node(cli).await?, &idle_args).await?);
     let growth_args = growth::Args {

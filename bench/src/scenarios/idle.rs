@@ -15,13 +15,14 @@ pub struct Args {
     /// Connected widgets at which RSS is read, ascending; widgets are added between steps.
     #[arg(long, value_delimiter = ',', default_value = "1000,10000")]
     pub widgets: Vec<usize>,
+    /// How long the node's CPU is watched at each step while the widgets idle: the default
+    /// spans a presence refresh (10 s) and a ping period (15 s).
+    #[arg(long, default_value_t = 20.0)]
+    pub idle_seconds: f64,
 }
 
 /// Time for the node to finish joining every widget before RSS is read.
 const SETTLE: Duration = Duration::from_secs(2);
-/// How long the node's CPU is watched while the widgets idle: longer than a presence refresh
-/// (10 s) and a ping period (15 s), so both are in it.
-const IDLE_WINDOW: Duration = Duration::from_secs(20);
 
 pub async fn run(node: &Node, args: &Args) -> Result<Table, Error> {
     let mut steps = args.widgets.clone();
@@ -56,9 +57,10 @@ pub async fn run(node: &Node, args: &Args) -> Result<Table, Error> {
         let now = node.usage().ok_or("the node's process is gone")?;
         let per = (now.rss_kib.saturating_sub(base.rss_kib)) as f64 / step.max(1) as f64;
         // What the widgets cost while nothing happens: pings, presence refreshes.
-        tokio::time::sleep(IDLE_WINDOW).await;
+        let window = Duration::from_secs_f64(args.idle_seconds.max(0.1));
+        tokio::time::sleep(window).await;
         let later = node.usage().ok_or("the node's process is gone")?;
-        let idle_cpu = later.cpu_since(&now) / IDLE_WINDOW.as_secs_f64() * 100.0;
+        let idle_cpu = later.cpu_since(&now) / window.as_secs_f64() * 100.0;
         table.row(vec![
             json!(node.store),
             json!(step),
@@ -73,7 +75,7 @@ pub async fn run(node: &Node, args: &Args) -> Result<Table, Error> {
     }
     table.notes.push(
         "kib_per_widget: (RSS now - RSS before any widget) / widgets, VmRSS from /proc; \
-         idle_cpu_percent: the node's CPU over 20 s with every widget connected and no alert"
+         idle_cpu_percent: the node's CPU over --idle-seconds with every widget connected and no alert"
             .into(),
     );
     Ok(table)
