@@ -223,3 +223,23 @@ fn reason(code: CloseCode, description: &str) -> CloseReason {
         description: Some(description.to_owned()),
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn widgets_that_join_together_are_first_pinged_at_different_times_within_a_period() {
+        let firsts: Vec<Duration> = (1..=1000).map(first_ping).collect();
+        assert!(firsts
+            .iter()
+            .all(|d| *d >= PING_EVERY && *d < PING_EVERY * 2));
+        // Neighbouring ids land apart, and the spread covers the period rather than a corner.
+        assert!(firsts.windows(2).all(|w| w[0] != w[1]));
+        let early = firsts.iter().filter(|d| **d < PING_EVERY * 3 / 2).count();
+        assert!(
+            (400..=600).contains(&early),
+            "{early} of 1000 in the first half"
+        );
+    }
+}
