@@ -165,12 +165,11 @@ async fn run(cli: &Cli) -> Result<(), Error> {
         Scenario::Ceiling(args) => {
             let node = node(cli).await?;
             let drain_args = drain::Args {
-                receivers: args.receivers,
-                alerts: args.alerts,
+                sizes: args.sizes,
                 connections: 16,
                 rounds: 5,
             };
-            let (ceiling, redis) = measure_ceiling(cli, &node, args).await?;
+            let (ceiling, redis) = measure_ceiling(&node, args).await?;
             let (drained, d) = drain::run(&node, &drain_args).await?;
             tables.extend([ceiling, drained, ratios(&redis, Some(d.cycles_per_s), None)]);
         }
@@ -244,7 +243,6 @@ async fn node(cli: &Cli) -> Result<Node, Error> {
 
 /// The ceiling against the node's own Redis, or a fresh one when the node has none.
 async fn measure_ceiling(
-    _cli: &Cli,
     node: &Node,
     args: &ceiling::Args,
 ) -> Result<(Table, ceiling::Ceiling), Error> {
@@ -283,14 +281,14 @@ async fn run_all(cli: &Cli, clock: Clock, small: bool) -> Result<Vec<Table>, Err
     let mut tables = Vec::new();
     let (ceiling_table, ceiling) = {
         let node = node(cli).await?;
-        let args = ceiling::Args {
+        let sizes = drain::Sizes {
             receivers: r,
             alerts: n,
         };
-        let (t, c) = measure_ceiling(cli, &node, &args).await?;
+        let args = ceiling::Args { sizes };
+        let (t, c) = measure_ceiling(&node, &args).await?;
         let drain_args = drain::Args {
-            receivers: r,
-            alerts: n,
+            sizes,
             connections: 16,
             rounds: if small { 1 } else { 5 },
         };

@@ -20,10 +20,8 @@ use crate::Error;
 
 #[derive(clap::Args, Clone, Debug)]
 pub struct Args {
-    #[arg(long, default_value_t = 50)]
-    pub receivers: usize,
-    #[arg(long, default_value_t = 200)]
-    pub alerts: usize,
+    #[command(flatten)]
+    pub sizes: crate::scenarios::drain::Sizes,
 }
 
 const TAKE: &str = "local id = redis.call('LPOP', KEYS[1]) \
@@ -47,8 +45,8 @@ pub async fn run(redis: &Redis, args: &Args) -> Result<(Table, Ceiling), Error> 
 
     let mut rates = Vec::new();
     for round in 1..=ROUNDS {
-        let names = receivers(&format!("ceiling{round}"), args.receivers);
-        rates.push(once(&con, &take, &finish, &names, args.alerts).await?);
+        let names = receivers(&format!("ceiling{round}"), args.sizes.receivers);
+        rates.push(once(&con, &take, &finish, &names, args.sizes.alerts).await?);
     }
     rates.sort_by(f64::total_cmp);
     let cycles_per_s = rates[rates.len() / 2];
@@ -62,8 +60,8 @@ pub async fn run(redis: &Redis, args: &Args) -> Result<(Table, Ceiling), Error> 
         ],
     );
     table.row(vec![
-        json!(args.receivers),
-        json!(args.alerts),
+        json!(args.sizes.receivers),
+        json!(args.sizes.alerts),
         num(cycles_per_s * 2.0, 0),
         num(cycles_per_s, 0),
     ]);

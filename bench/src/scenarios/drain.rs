@@ -12,14 +12,21 @@ use crate::node::{Node, Usage};
 use crate::report::{num, Table};
 use crate::Error;
 
-#[derive(clap::Args, Clone, Debug)]
-pub struct Args {
+/// The drain's sizes, which the ceiling shares so that the two are measured alike.
+#[derive(clap::Args, Clone, Copy, Debug)]
+pub struct Sizes {
     /// Receivers, each with one widget.
     #[arg(long, default_value_t = 50)]
     pub receivers: usize,
     /// Alerts queued for each receiver before its widget connects.
     #[arg(long, default_value_t = 200)]
     pub alerts: usize,
+}
+
+#[derive(clap::Args, Clone, Debug)]
+pub struct Args {
+    #[command(flatten)]
+    pub sizes: Sizes,
     /// Publisher connections that fill the queues.
     #[arg(long, default_value_t = 16)]
     pub connections: usize,
@@ -82,15 +89,15 @@ pub async fn run(node: &Node, args: &Args) -> Result<(Table, Drained), Error> {
 }
 
 async fn drain_once(node: &Node, args: &Args, round: usize) -> Result<(Vec<Value>, f64), Error> {
-    let names = receivers(&format!("drain{round}"), args.receivers);
-    let queued = fill(node, &names, args.alerts, args.connections).await?;
+    let names = receivers(&format!("drain{round}"), args.sizes.receivers);
+    let queued = fill(node, &names, args.sizes.alerts, args.connections).await?;
 
     let me = std::process::id();
     let before = (node.usage(), node.redis_usage(), Usage::of(me));
     let start = Instant::now();
     let mut tasks = Vec::new();
     for widget in connect_widgets(node, &names).await? {
-        let expected = args.alerts;
+        let expected = args.sizes.alerts;
         tasks.push(tokio::spawn(async move {
             let mut widget = widget;
             let mut ids = Vec::with_capacity(expected);
@@ -134,7 +141,7 @@ async fn drain_once(node: &Node, args: &Args, round: usize) -> Result<(Vec<Value
         )
         .into());
     }
-    let cycles = (args.receivers * args.alerts) as f64;
+    let cycles = (args.sizes.receivers * args.sizes.alerts) as f64;
     let per_1k = |a: Option<Usage>, b: Option<Usage>| match (a, b) {
         (Some(a), Some(b)) => num(b.cpu_since(&a) * 1000.0 / cycles, 4),
         _ => Value::Null,
@@ -143,8 +150,8 @@ async fn drain_once(node: &Node, args: &Args, round: usize) -> Result<(Vec<Value
     let row = vec![
         json!(node.store),
         json!(round),
-        json!(args.receivers),
-        json!(args.alerts),
+        json!(args.sizes.receivers),
+        json!(args.sizes.alerts),
         num(secs, 3),
         num(rate, 0),
         per_1k(before.0, after.0),
