@@ -95,8 +95,7 @@ pub struct ServeArgs {
           value_parser = clap::value_parser!(u64).range(100..=3_600_000))]
     pub ingest_claim_idle_ms: u64,
 
-    /// Threads serving HTTP and widgets. 0: one per core. On a machine shared with Redis, fewer
-    /// threads than cores leave Redis a core of its own (docs/benchmarks.md).
+    /// Threads serving HTTP and widgets. 0: one per core.
     #[arg(long, env = "CUEBOX_WORKERS", default_value_t = 0)]
     pub workers: usize,
 
