@@ -66,6 +66,8 @@ impl Application {
         let metrics = Arc::new(Metrics::default());
 
         let target = args.redis.target();
+        // The Redis store, if any, as itself: its transitions' connection is made on a worker.
+        let mut redis_store: Option<Arc<RedisStore>> = None;
         let (store, secret): (Arc<dyn Store>, String) = match &target {
             None => {
                 tracing::warn!(
@@ -101,7 +103,9 @@ impl Application {
                     cluster = target.is_cluster(), prefix = keys.prefix(), layout = version,
                     "using the Redis store"
                 );
-                (Arc::new(store), secret)
+                let store = Arc::new(store);
+                redis_store = Some(store.clone());
+                (store, secret)
             }
         };
         if secret.is_empty() {
@@ -155,23 +159,29 @@ impl Application {
             0 => std::thread::available_parallelism().map_or(1, |n| n.get()),
             n => n,
         };
-        let server =
-            HttpServer::new(move || App::new().app_data(state.clone()).configure(http::routes))
-                .workers(workers)
-                // Alerts are small frames that must not wait for Nagle's algorithm to batch them.
-                .on_connect(|conn, _| {
-                    if let Some(tcp) = conn.downcast_ref::<actix_web::rt::net::TcpStream>() {
-                        let _ = tcp.set_nodelay(true);
-                    }
-                })
-                .listen(listener)
-                .map_err(|source| StartError::Bind {
-                    addr: args.bind.clone(),
-                    source,
-                })?
-                .disable_signals()
-                .shutdown_timeout(SHUTDOWN_GRACE.as_secs())
-                .run();
+        let server = HttpServer::new(move || {
+            // Runs on each worker's thread as it starts; the first makes the store's
+            // connection for transitions there.
+            if let Some(redis) = &redis_store {
+                redis.drive_calls_here();
+            }
+            App::new().app_data(state.clone()).configure(http::routes)
+        })
+        .workers(workers)
+        // Alerts are small frames that must not wait for Nagle's algorithm to batch them.
+        .on_connect(|conn, _| {
+            if let Some(tcp) = conn.downcast_ref::<actix_web::rt::net::TcpStream>() {
+                let _ = tcp.set_nodelay(true);
+            }
+        })
+        .listen(listener)
+        .map_err(|source| StartError::Bind {
+            addr: args.bind.clone(),
+            source,
+        })?
+        .disable_signals()
+        .shutdown_timeout(SHUTDOWN_GRACE.as_secs())
+        .run();
 
         Ok(Self {
             addr,

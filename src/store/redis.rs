@@ -6,7 +6,8 @@
 //! separate so that a dropped subscriber (say `CLIENT KILL TYPE pubsub`) never fails a publish.
 
 use std::collections::{HashMap, HashSet};
-use std::sync::{Arc, Mutex};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex, OnceLock};
 use std::time::Duration;
 
 use async_trait::async_trait;
@@ -33,7 +34,13 @@ pub struct RedisStore {
 
 /// What every script call needs, shared by the store and its sweeper task.
 struct Core {
+    /// For start-up and background work, and for transitions until `calls` is made.
     con: Connection,
+    /// The connection transitions use, driven on an HTTP worker's thread: see
+    /// [`RedisStore::drive_calls_here`].
+    calls: OnceLock<Connection>,
+    making_calls: AtomicBool,
+    target: Target,
     keys: Keys,
     rules: Rules,
     node: Arc<str>,
@@ -84,6 +91,9 @@ impl RedisStore {
         let watches = Watches::start(target, keys.clone(), node.into(), notices.clone()).await?;
         let core = Arc::new(Core {
             con,
+            calls: OnceLock::new(),
+            making_calls: AtomicBool::new(false),
+            target: target.clone(),
             keys,
             rules,
             node: node.into(),
@@ -106,6 +116,36 @@ impl RedisStore {
     /// The widget token secret every node shares.
     pub async fn shared_secret(&self) -> Result<String, StoreError> {
         shared_secret(&mut self.core.con.clone(), &self.core.keys).await
+    }
+
+    /// Makes the connection that transitions use on the calling thread's runtime, once per
+    /// store; the first HTTP worker calls it as it starts.
+    ///
+    /// A multiplexed connection is driven by a task on the thread that made it, and a call from
+    /// another thread is handed to that task and its reply handed back: two cross-thread
+    /// wake-ups a call, the largest single cost of a node on the Redis path (docs/benchmarks.md).
+    /// Driven on a worker, the calls of that worker's widgets and publishers never leave its
+    /// thread, and all transitions still pipeline on one connection.
+    pub fn drive_calls_here(&self) {
+        if self.core.making_calls.swap(true, Ordering::AcqRel) {
+            return;
+        }
+        let core = self.core.clone();
+        // Ends when the connection is made or the worker's runtime stops.
+        tokio::spawn(async move {
+            loop {
+                match core.target.connect(None).await {
+                    Ok(con) => {
+                        let _ = core.calls.set(con);
+                        return;
+                    }
+                    Err(e) => {
+                        tracing::warn!(error = %e, "could not connect for transitions; retrying");
+                        tokio::time::sleep(Duration::from_secs(1)).await;
+                    }
+                }
+            }
+        });
     }
 }
 
@@ -134,7 +174,7 @@ impl Core {
         for a in args {
             call.arg(*a);
         }
-        let mut con = self.con.clone();
+        let mut con = self.calls.get().unwrap_or(&self.con).clone();
         let started = std::time::Instant::now();
         let reply = call.invoke_async(&mut con).await;
         self.metrics
@@ -256,9 +296,14 @@ impl Store for RedisStore {
         self.watches.unwatch(receiver)
     }
 
+    /// Both connections answer: a node is ready only when the one its transitions use is.
     async fn ping(&self) -> Result<(), StoreError> {
-        let mut con = self.core.con.clone();
-        let _: String = redis::cmd("PING").query_async(&mut con).await?;
+        for con in [Some(&self.core.con), self.core.calls.get()]
+            .into_iter()
+            .flatten()
+        {
+            let _: String = redis::cmd("PING").query_async(&mut con.clone()).await?;
+        }
         Ok(())
     }
 }
