@@ -1,7 +1,7 @@
 //! Connections to Redis, a single server or a Redis Cluster, behind one type, so the store, the
 //! migrations and the ingest reader never care which.
 //!
-//! Both kinds multiplex: one connection serves every concurrent caller of the process, and
+//! Both kinds multiplex: one connection serves any number of concurrent callers, and
 //! reconnects by itself. In a cluster, every script touches one slot (a receiver's keys share
 //! the hash tag `{receiver}`), and notifications use sharded pub/sub, so they scale with the
 //! cluster rather than reaching every node of it.

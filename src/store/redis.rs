@@ -1,5 +1,8 @@
 //! The Redis store: the rules run as one Lua script (`lua/receiver.lua`), one `EVALSHA` per
-//! transition, over one multiplexed connection shared by the whole process.
+//! transition, over one multiplexed connection that every transition of the process shares. It
+//! is driven on the first HTTP worker's thread, where most calls are made
+//! ([`RedisStore::drive_calls_here`]); start-up and background work use a connection of their
+//! own.
 //!
 //! A second connection carries only pub/sub: it hears the snapshots other nodes publish for the
 //! receivers this node holds widgets for, and turns them into [`Notice`]s for the hub. It is
