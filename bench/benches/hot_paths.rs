@@ -14,8 +14,6 @@
 
 use std::cell::OnceCell;
 use std::hint::black_box;
-use std::net::{TcpListener, TcpStream};
-use std::process::{Child, Command, Stdio};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -29,6 +27,7 @@ use cuebox::store::keys::Keys;
 use cuebox::store::memory::MemoryStore;
 use cuebox::store::redis::RedisStore;
 use cuebox::store::{Notice, Publish, Rules, Store, WidgetChange};
+use cuebox_bench::node::Redis;
 use serde_json::json;
 use tokio::runtime::Runtime;
 use tokio::sync::mpsc;
@@ -255,14 +254,20 @@ struct RedisBench {
     started: AlertRecord,
     /// Held so the store's notice sender stays open for as long as the store.
     _notices: mpsc::UnboundedReceiver<Notice>,
-    _server: RedisServer,
+    _server: Redis,
 }
 
 impl RedisBench {
     fn start(rt: &Runtime) -> Self {
-        let server = RedisServer::spawn();
+        let server = rt.block_on(Redis::spawn()).unwrap_or_else(|e| {
+            panic!(
+                "the store/redis benchmarks need a redis-server of their own ({e}): install it \
+                 (apt-get install redis-server), or select the others with a filter such as \
+                 `-- alert`"
+            )
+        });
         let (tx, notices) = mpsc::unbounded_channel();
-        let target = Target::new(&format!("redis://127.0.0.1:{}/", server.port), false);
+        let target = Target::new(&server.url, false);
         let keys = Keys::new("cuebox").expect("`cuebox` is a valid key prefix");
         let store = rt
             .block_on(RedisStore::connect(
@@ -291,77 +296,6 @@ impl RedisBench {
             _server: server,
         }
     }
-}
-
-/// A redis-server process of the bench's own, killed when dropped, also when a benchmark
-/// panics.
-struct RedisServer {
-    port: u16,
-    child: Child,
-}
-
-impl RedisServer {
-    fn spawn() -> Self {
-        // A free port can be taken again before redis-server binds it (by a test running
-        // meanwhile, say): then that server exits, and another port is tried.
-        for _ in 0..5 {
-            if let Some(server) = Self::spawn_on(free_port()) {
-                return server;
-            }
-        }
-        panic!("redis-server did not start on any of 5 free loopback ports");
-    }
-
-    /// The server once it answers on `port`, or None if it exited first.
-    fn spawn_on(port: u16) -> Option<Self> {
-        let child = Command::new("redis-server")
-            .args(["--port", &port.to_string(), "--bind", "127.0.0.1"])
-            .args(["--save", "", "--appendonly", "no"])
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn();
-        let child = match child {
-            Ok(child) => child,
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => panic!(
-                "redis-server is not installed (not found on PATH), and the store/redis \
-                 benchmarks need one: install it (apt-get install redis-server), or select \
-                 the others with a filter such as `-- alert`"
-            ),
-            Err(e) => panic!("redis-server could not be started: {e}"),
-        };
-        // Owned from here on, so the process is killed whatever happens below.
-        let mut server = Self { port, child };
-        let deadline = Instant::now() + Duration::from_secs(10);
-        loop {
-            if !matches!(server.child.try_wait(), Ok(None)) {
-                return None;
-            }
-            if TcpStream::connect(("127.0.0.1", port)).is_ok() {
-                // Still ours: it did not exit on a bind error while another process answered.
-                return matches!(server.child.try_wait(), Ok(None)).then_some(server);
-            }
-            assert!(
-                Instant::now() < deadline,
-                "redis-server did not answer on port {port} within 10 s"
-            );
-            std::thread::sleep(Duration::from_millis(20));
-        }
-    }
-}
-
-impl Drop for RedisServer {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-/// A free TCP port on loopback (bound, read, released).
-fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .map(|a| a.port())
-        .expect("a free loopback port")
 }
 
 criterion_group! {

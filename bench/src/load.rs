@@ -2,7 +2,7 @@
 //! and the cycle loop (publishers at a rate, widgets that show each alert at once).
 
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -10,8 +10,8 @@ use futures_util::stream::{self, StreamExt, TryStreamExt};
 use serde_json::Value;
 
 use crate::client::{alert_body, Publisher, Widget};
-use crate::node::{Node, Usage};
-use crate::report::{num, Latencies};
+use crate::node::{Node, Readings};
+use crate::report::Latencies;
 use crate::Error;
 
 /// Widgets connecting at once; more would overflow the listen backlog for nothing.
@@ -24,7 +24,8 @@ const SETTLE: Duration = Duration::from_secs(60);
 pub struct Clock(Instant);
 
 impl Clock {
-    pub fn new() -> Self {
+    /// A clock that reads 0 now.
+    pub fn start() -> Self {
         Self(Instant::now())
     }
 
@@ -133,30 +134,14 @@ pub struct Cycles {
     pub published_per_s: f64,
     pub cycles_per_s: f64,
     pub latency: Latencies,
-    /// cuebox's CPU seconds per 1,000 cycles, and Redis's, when their processes are known.
-    pub cpu_per_1k: Option<f64>,
-    pub redis_cpu_per_1k: Option<f64>,
-    /// The harness's own, which shares the machine.
-    pub harness_cpu_per_1k: Option<f64>,
+    /// CPU seconds per 1,000 cycles of cuebox, Redis and the harness, which share the machine;
+    /// null where a process is not known.
+    pub cpu_per_1k: [Value; 3],
     /// Publishes answered with anything but 202.
     pub refused: u64,
     /// Alerts published but not shown by the end, and shown more than once.
     pub lost: u64,
     pub shown_twice: u64,
-}
-
-impl Cycles {
-    pub fn cpu(&self) -> Value {
-        self.cpu_per_1k.map_or(Value::Null, |c| num(c, 4))
-    }
-
-    pub fn redis_cpu(&self) -> Value {
-        self.redis_cpu_per_1k.map_or(Value::Null, |c| num(c, 4))
-    }
-
-    pub fn harness_cpu(&self) -> Value {
-        self.harness_cpu_per_1k.map_or(Value::Null, |c| num(c, 4))
-    }
 }
 
 /// How a cycle run is driven.
@@ -179,7 +164,6 @@ pub async fn cycles(
 ) -> Result<(Cycles, Vec<Widget>), Error> {
     let published: Arc<Vec<AtomicU64>> =
         Arc::new(receivers.iter().map(|_| AtomicU64::new(0)).collect());
-    let stop = Arc::new(AtomicBool::new(false));
     let (stopped_tx, stopped_rx) = tokio::sync::watch::channel(false);
     let start = Instant::now();
     let window_start = start + run.warmup;
@@ -224,20 +208,12 @@ pub async fn cycles(
 
     // Usage at the window's edges.
     let edges = {
-        let pid = node.pid;
-        let redis_pid = node.redis.as_ref().and_then(|r| r.pid);
-        let read = move || {
-            (
-                pid.and_then(Usage::of),
-                redis_pid.and_then(Usage::of),
-                Usage::of(std::process::id()),
-            )
-        };
+        let (pid, redis_pid) = (node.pid, node.redis.as_ref().and_then(|r| r.pid));
         tokio::spawn(async move {
             tokio::time::sleep_until(window_start.into()).await;
-            let before = read();
+            let before = Readings::take(pid, redis_pid);
             tokio::time::sleep_until(window_end.into()).await;
-            (before, read())
+            (before, Readings::take(pid, redis_pid))
         })
     };
 
@@ -256,7 +232,7 @@ pub async fn cycles(
             .skip(c)
             .step_by(connections)
             .collect();
-        let (published, stop) = (published.clone(), stop.clone());
+        let published = published.clone();
         publishers.push(tokio::spawn(async move {
             let mut sent_in_window = 0u64;
             let mut refused = 0u64;
@@ -264,7 +240,8 @@ pub async fn cycles(
             let offset =
                 interval.map_or(Duration::ZERO, |i| i.mul_f64(c as f64 / connections as f64));
             for (n, (i, r)) in (0u32..).zip(mine.iter().cycle()) {
-                if stop.load(Ordering::Relaxed) {
+                // A publisher behind its schedule stops at the window's end all the same.
+                if Instant::now() >= window_end {
                     break;
                 }
                 // At a set rate each alert has its time, and its latency counts from then even
@@ -300,8 +277,6 @@ pub async fn cycles(
             Ok::<_, Error>((sent_in_window, refused))
         }));
     }
-    tokio::time::sleep_until(window_end.into()).await;
-    stop.store(true, Ordering::Relaxed);
     let mut sent_in_window = 0;
     let mut refused = 0;
     for p in publishers {
@@ -331,20 +306,14 @@ pub async fn cycles(
         }
     }
     let total_published: u64 = published.iter().map(|p| p.load(Ordering::Acquire)).sum();
-    let ((cpu0, redis0, me0), (cpu1, redis1, me1)) = edges.await?;
+    let (before, after) = edges.await?;
     let secs = run.window.as_secs_f64();
-    let per_1k = |a: Option<Usage>, b: Option<Usage>| match (a, b) {
-        (Some(a), Some(b)) if in_window > 0 => Some(b.cpu_since(&a) * 1000.0 / in_window as f64),
-        _ => None,
-    };
     Ok((
         Cycles {
             published_per_s: sent_in_window as f64 / secs,
             cycles_per_s: in_window as f64 / secs,
             latency,
-            cpu_per_1k: per_1k(cpu0, cpu1),
-            redis_cpu_per_1k: per_1k(redis0, redis1),
-            harness_cpu_per_1k: per_1k(me0, me1),
+            cpu_per_1k: after.cpu_per_1k(&before, in_window as f64),
             refused,
             lost: total_published.saturating_sub(total_shown),
             shown_twice,

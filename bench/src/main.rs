@@ -1,20 +1,6 @@
-//! `cuebox-bench`: drives a cuebox node over loopback with real HTTP and WebSocket clients and
-//! measures it. Each scenario prints a table, or with `--json` one JSON object.
-//!
-//! By default every scenario starts its own node (the `cuebox` binary beside this one) and,
-//! with the Redis store, its own `redis-server`, both on free loopback ports, and stops them
-//! when it ends; `--node ADDR` drives a node already running instead. Every loop is bounded in
-//! count and time, and the whole run by `--max-seconds`.
-//!
-//! - `client` holds the publisher and widget clients; `node` starts and reads processes;
-//!   `load` holds what scenarios share (bulk widgets, filling queues, the cycle loop);
-//!   `scenarios` has one module per scenario; `report` prints.
-
-mod client;
-mod load;
-mod node;
-mod report;
-mod scenarios;
+//! The `cuebox-bench` binary: parses the command line, starts or names the node each scenario
+//! drives, and prints what the scenarios measured. The scenarios and their parts are in the
+//! library (`lib.rs`), which the criterion benchmarks share.
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -23,12 +9,11 @@ use std::time::Duration;
 use clap::{Parser, Subcommand};
 use serde_json::{json, Map, Value};
 
-use load::Clock;
-use node::{Node, Redis, Spawn, StoreKind};
-use report::{num, Table};
-use scenarios::{ceiling, cycles, drain, growth, idle, publish};
-
-pub type Error = Box<dyn std::error::Error + Send + Sync>;
+use cuebox_bench::load::Clock;
+use cuebox_bench::node::{self, Node, Redis, Spawn, StoreKind};
+use cuebox_bench::report::{self, num, Table};
+use cuebox_bench::scenarios::{ceiling, cycles, drain, growth, idle, publish};
+use cuebox_bench::Error;
 
 #[derive(Parser, Debug)]
 #[command(
@@ -154,7 +139,7 @@ async fn main_async(cli: Cli) -> std::process::ExitCode {
 
 async fn run(cli: &Cli) -> Result<(), Error> {
     let open_files = node::raise_open_files();
-    let clock = Clock::new();
+    let clock = Clock::start();
     let mut tables: Vec<Table> = Vec::new();
     match &cli.scenario {
         Scenario::Drain(args) => tables.push(drain::run(&node(cli).await?, args).await?.0),
@@ -179,11 +164,13 @@ async fn run(cli: &Cli) -> Result<(), Error> {
         .iter()
         .map(|t| (t.scenario.to_owned(), t.to_json()))
         .collect();
+    let machine = report::machine();
+    let invoked: Vec<String> = std::env::args().skip(1).collect();
     let out = json!({
-        "machine": report::machine(),
+        "machine": machine,
         "store": cli.store.name(),
         "open_files": open_files,
-        "args": std::env::args().skip(1).collect::<Vec<_>>(),
+        "args": invoked,
         "scenarios": scenarios,
     });
     if let Some(path) = &cli.json_out {
@@ -192,11 +179,8 @@ async fn run(cli: &Cli) -> Result<(), Error> {
     if cli.json {
         println!("{out}");
     } else {
-        println!(
-            "# cuebox-bench {}",
-            std::env::args().skip(1).collect::<Vec<_>>().join(" ")
-        );
-        println!("machine: {}", report::machine());
+        println!("# cuebox-bench {}", invoked.join(" "));
+        println!("machine: {machine}");
         for t in &tables {
             t.print();
         }

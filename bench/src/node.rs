@@ -234,9 +234,48 @@ impl Node {
         self.pid.and_then(Usage::of)
     }
 
-    /// What the Redis process has used so far, if it is known.
-    pub fn redis_usage(&self) -> Option<Usage> {
-        self.redis.as_ref().and_then(|r| r.pid).and_then(Usage::of)
+    /// What the node, its Redis and the harness have used so far.
+    pub fn readings(&self) -> Readings {
+        Readings::take(self.pid, self.redis.as_ref().and_then(|r| r.pid))
+    }
+}
+
+/// The usage of the three processes that share the machine, read at one moment.
+#[derive(Clone, Copy, Debug)]
+pub struct Readings {
+    pub node: Option<Usage>,
+    pub redis: Option<Usage>,
+    pub harness: Option<Usage>,
+}
+
+impl Readings {
+    /// Readings of the node and Redis by pid (when known), and of this process.
+    pub fn take(node: Option<u32>, redis: Option<u32>) -> Self {
+        Self {
+            node: node.and_then(Usage::of),
+            redis: redis.and_then(Usage::of),
+            harness: Usage::of(std::process::id()),
+        }
+    }
+
+    /// CPU seconds per 1,000 alerts since `before`, of the node, Redis and the harness.
+    pub fn cpu_per_1k(&self, before: &Readings, alerts: f64) -> [serde_json::Value; 3] {
+        [
+            cpu_per_1k(before.node, self.node, alerts),
+            cpu_per_1k(before.redis, self.redis, alerts),
+            cpu_per_1k(before.harness, self.harness, alerts),
+        ]
+    }
+}
+
+/// CPU seconds a process spent per 1,000 alerts between two readings of it; null when either
+/// reading, or any alert, is missing.
+pub fn cpu_per_1k(before: Option<Usage>, after: Option<Usage>, alerts: f64) -> serde_json::Value {
+    match (before, after) {
+        (Some(a), Some(b)) if alerts > 0.0 => {
+            crate::report::num(b.cpu_since(&a) * 1000.0 / alerts, 4)
+        }
+        _ => serde_json::Value::Null,
     }
 }
 

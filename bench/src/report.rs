@@ -108,7 +108,8 @@ impl Latencies {
         self.0.extend(other.0);
     }
 
-    pub fn len(&self) -> usize {
+    /// How many samples there are.
+    pub fn count(&self) -> usize {
         self.0.len()
     }
 

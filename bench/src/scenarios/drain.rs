@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 use serde_json::{json, Value};
 
 use crate::load::{connect_widgets, fill, receivers};
-use crate::node::{Node, Usage};
+use crate::node::Node;
 use crate::report::{num, Table};
 use crate::Error;
 
@@ -92,8 +92,7 @@ async fn drain_once(node: &Node, args: &Args, round: usize) -> Result<(Vec<Value
     let names = receivers(&format!("drain{round}"), args.sizes.receivers);
     let queued = fill(node, &names, args.sizes.alerts, args.connections).await?;
 
-    let me = std::process::id();
-    let before = (node.usage(), node.redis_usage(), Usage::of(me));
+    let before = node.readings();
     let start = Instant::now();
     let mut tasks = Vec::new();
     for widget in connect_widgets(node, &names).await? {
@@ -121,7 +120,7 @@ async fn drain_once(node: &Node, args: &Args, round: usize) -> Result<(Vec<Value
         end = end.max(finished);
         shown.push(ids);
     }
-    let after = (node.usage(), node.redis_usage(), Usage::of(me));
+    let after = node.readings();
     let secs = end.duration_since(start).as_secs_f64();
 
     // Exactly once, in order: each widget saw its receiver's ids as they were queued.
@@ -142,11 +141,8 @@ async fn drain_once(node: &Node, args: &Args, round: usize) -> Result<(Vec<Value
         .into());
     }
     let cycles = (args.sizes.receivers * args.sizes.alerts) as f64;
-    let per_1k = |a: Option<Usage>, b: Option<Usage>| match (a, b) {
-        (Some(a), Some(b)) => num(b.cpu_since(&a) * 1000.0 / cycles, 4),
-        _ => Value::Null,
-    };
     let rate = cycles / secs.max(1e-9);
+    let [node_cpu, redis_cpu, harness_cpu] = after.cpu_per_1k(&before, cycles);
     let row = vec![
         json!(node.store),
         json!(round),
@@ -154,9 +150,9 @@ async fn drain_once(node: &Node, args: &Args, round: usize) -> Result<(Vec<Value
         json!(args.sizes.alerts),
         num(secs, 3),
         num(rate, 0),
-        per_1k(before.0, after.0),
-        per_1k(before.1, after.1),
-        per_1k(before.2, after.2),
+        node_cpu,
+        redis_cpu,
+        harness_cpu,
         json!(lost),
         json!(twice),
         json!(out_of_order),

@@ -7,7 +7,7 @@ use serde_json::json;
 
 use crate::client::{alert_body, Publisher};
 use crate::load::{connect_widgets, cycles, flood, receivers, Clock, CycleRun};
-use crate::node::Node;
+use crate::node::{cpu_per_1k, Node};
 use crate::report::{num, Latencies, Table};
 use crate::scenarios::cycles::{row, COLUMNS};
 use crate::Error;
@@ -101,10 +101,7 @@ async fn queue_depth(node: &Node, args: &Args) -> Result<Table, Error> {
         let after = node.usage();
         // The alert sent after the last done goes back to the head of the queue.
         widget.close().await;
-        let cpu = match (before, after) {
-            (Some(a), Some(b)) => num(b.cpu_since(&a) * 1000.0 / args.probe as f64, 4),
-            _ => serde_json::Value::Null,
-        };
+        let cpu = cpu_per_1k(before, after, args.probe as f64);
         table.row(vec![
             json!(node.store),
             json!(depth),

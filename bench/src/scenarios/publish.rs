@@ -8,7 +8,7 @@ use serde_json::json;
 
 use crate::client::{alert_body, Publisher};
 use crate::load::receivers;
-use crate::node::Node;
+use crate::node::{cpu_per_1k, Node};
 use crate::report::{num, Latencies, Table};
 use crate::Error;
 
@@ -63,7 +63,7 @@ pub async fn run(node: &Node, args: &Args) -> Result<Table, Error> {
     }
     let secs = start.elapsed().as_secs_f64();
     let after = node.usage();
-    let accepted = latency.len() as f64;
+    let accepted = latency.count() as f64;
     let mut table = Table::new(
         "publish",
         &[
@@ -77,10 +77,7 @@ pub async fn run(node: &Node, args: &Args) -> Result<Table, Error> {
             "refused",
         ],
     );
-    let cpu = match (before, after) {
-        (Some(a), Some(b)) if accepted > 0.0 => num(b.cpu_since(&a) * 1000.0 / accepted, 4),
-        _ => serde_json::Value::Null,
-    };
+    let cpu = cpu_per_1k(before, after, accepted);
     table.row(vec![
         json!(node.store),
         json!(args.receivers),
