@@ -12,7 +12,9 @@ use crate::alert::ReceiverId;
 
 type HmacSha256 = Hmac<Sha256>;
 
-/// 256 random bits as 64 hex characters, from the OS generator (through uuid's v4).
+/// 244 random bits (two v4 UUIDs) as 64 hex characters, from a CSPRNG the OS seeds: uuid's
+/// `fast-rng` draws from `rand`'s thread generator rather than a `getrandom` call per id, which
+/// was one system call per published alert.
 pub fn random_secret() -> String {
     format!(
         "{}{}",

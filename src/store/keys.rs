@@ -27,13 +27,9 @@ pub struct Keys {
     prefix: String,
 }
 
-/// The keys of one receiver, in the order `lua/receiver.lua` takes them as KEYS.
-pub struct ReceiverKeys {
-    pub state: String,
-    pub queue: String,
-    pub alerts: String,
-    pub widgets: String,
-}
+/// The keys of one receiver a script call takes, in the order `lua/receiver.lua` takes them as
+/// KEYS (after these, the idempotency key, when the call has one).
+const RECEIVER_KEYS: [&str; 4] = ["state", "queue", "alerts", "widgets"];
 
 impl Keys {
     /// Fails on a prefix that would break hash tags or read badly in `redis-cli`.
@@ -58,18 +54,35 @@ impl Keys {
         &self.prefix
     }
 
-    pub fn receiver(&self, r: &ReceiverId) -> ReceiverKeys {
-        let base = format!("{}:{{{}}}:", self.prefix, r);
-        ReceiverKeys {
-            state: format!("{base}state"),
-            queue: format!("{base}queue"),
-            alerts: format!("{base}alerts"),
-            widgets: format!("{base}widgets"),
+    /// Hands `each` the keys of one receiver's script call, in KEYS order: its own four, then
+    /// the idempotency key if there is one. They are built in one buffer, one after another,
+    /// because a call is made for every transition and formatting each key cost an allocation.
+    pub fn receiver(
+        &self,
+        r: &ReceiverId,
+        idempotency_key: Option<&str>,
+        mut each: impl FnMut(&str),
+    ) {
+        let r = r.as_str();
+        let mut key = String::with_capacity(
+            self.prefix.len() + r.len() + 16 + idempotency_key.map_or(0, str::len),
+        );
+        key.push_str(&self.prefix);
+        key.push_str(":{");
+        key.push_str(r);
+        key.push_str("}:");
+        let base = key.len();
+        for name in RECEIVER_KEYS {
+            key.truncate(base);
+            key.push_str(name);
+            each(&key);
         }
-    }
-
-    pub fn idempotency(&self, r: &ReceiverId, key: &str) -> String {
-        format!("{}:{{{}}}:idem:{}", self.prefix, r, key)
+        if let Some(k) = idempotency_key {
+            key.truncate(base);
+            key.push_str("idem:");
+            key.push_str(k);
+            each(&key);
+        }
     }
 
     pub fn events(&self, r: &ReceiverId) -> String {
@@ -129,16 +142,18 @@ mod tests {
     fn every_key_of_a_receiver_shares_its_hash_tag() {
         let keys = Keys::new("cb").unwrap();
         let r = ReceiverId::parse("alice").unwrap();
-        let k = keys.receiver(&r);
-        for key in [
-            k.state,
-            k.queue,
-            k.alerts,
-            k.widgets,
-            keys.idempotency(&r, "x{y}"),
-        ] {
-            assert!(key.starts_with("cb:{alice}:"), "{key}");
-        }
+        let mut all = Vec::new();
+        keys.receiver(&r, Some("x{y}"), |k| all.push(k.to_owned()));
+        assert_eq!(
+            all,
+            [
+                "cb:{alice}:state",
+                "cb:{alice}:queue",
+                "cb:{alice}:alerts",
+                "cb:{alice}:widgets",
+                "cb:{alice}:idem:x{y}",
+            ]
+        );
         assert_eq!(keys.receiver_of_events(&keys.events(&r)), Some(r));
     }
 
