@@ -29,7 +29,7 @@ pub struct Keys {
 
 /// The keys of one receiver a script call takes, in the order `lua/receiver.lua` takes them as
 /// KEYS (after these, the idempotency key, when the call has one).
-const RECEIVER_KEYS: [&str; 4] = ["state", "queue", "alerts", "widgets"];
+pub const RECEIVER_KEYS: [&str; 4] = ["state", "queue", "alerts", "widgets"];
 
 impl Keys {
     /// Fails on a prefix that would break hash tags or read badly in `redis-cli`.

@@ -18,7 +18,7 @@ use redis::{ErrorKind, PushInfo, PushKind, Script, ServerErrorKind, Value};
 use tokio::sync::{mpsc, oneshot};
 
 use super::connection::{Connection, Pusher, Target};
-use super::keys::Keys;
+use super::keys::{Keys, RECEIVER_KEYS};
 use super::{
     Event, Flight, Notice, Publish, Rules, Snapshot, Status, Store, StoreError, WidgetChange,
     IDEMPOTENCY_TTL, PRESENCE_TTL,
@@ -189,7 +189,7 @@ impl Core {
         args: &[&str],
     ) -> redis::Cmd {
         const FIXED_ARGS: usize = 7;
-        let keys = 4 + usize::from(idempotency_key.is_some());
+        let keys = RECEIVER_KEYS.len() + usize::from(idempotency_key.is_some());
         let bytes = 256 + args.iter().map(|a| a.len()).sum::<usize>();
         let mut call = redis::Cmd::with_capacity(3 + keys + FIXED_ARGS + args.len(), bytes);
         call.arg("EVALSHA").arg(self.script.get_hash()).arg(keys);
