@@ -34,6 +34,12 @@ pub enum ApiError {
     ShuttingDown,
     #[error("the store is unavailable; nothing was accepted, retry")]
     Unavailable(#[source] StoreError),
+    #[error(
+        "the store did not answer in time, so this may have taken effect: the alert may have been \
+         queued. Retry with the same Idempotency-Key; a repeat is answered as a duplicate, never \
+         queued twice"
+    )]
+    OutcomeUnknown(#[source] StoreError),
 }
 
 impl From<FieldError> for ApiError {
@@ -44,10 +50,12 @@ impl From<FieldError> for ApiError {
 
 impl From<StoreError> for ApiError {
     fn from(e: StoreError) -> Self {
-        // Either way the transition did not happen: the store is atomic per call.
+        // The store is atomic per call: a call either happened whole or not at all, and the
+        // error says whether the node can know which.
         match e {
             StoreError::TooManyWidgets(_) => ApiError::TooManyWidgets(e),
-            _ => ApiError::Unavailable(e),
+            StoreError::OutcomeUnknown(_) => ApiError::OutcomeUnknown(e),
+            StoreError::Unavailable(_) | StoreError::Protocol(_) => ApiError::Unavailable(e),
         }
     }
 }
@@ -67,6 +75,7 @@ impl ApiError {
             ApiError::NodeFull => "node_full",
             ApiError::ShuttingDown => "shutting_down",
             ApiError::Unavailable(_) => "store_unavailable",
+            ApiError::OutcomeUnknown(_) => "outcome_unknown",
         }
     }
 }
@@ -83,13 +92,19 @@ impl ResponseError for ApiError {
             }
             ApiError::NodeFull | ApiError::ShuttingDown => StatusCode::SERVICE_UNAVAILABLE,
             ApiError::NotFound => StatusCode::NOT_FOUND,
-            ApiError::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
+            ApiError::Unavailable(_) | ApiError::OutcomeUnknown(_) => {
+                StatusCode::SERVICE_UNAVAILABLE
+            }
         }
     }
 
     fn error_response(&self) -> HttpResponse {
-        if let ApiError::Unavailable(cause) = self {
-            tracing::warn!(error = %cause, "store unavailable");
+        match self {
+            ApiError::Unavailable(cause) => tracing::warn!(error = %cause, "store unavailable"),
+            ApiError::OutcomeUnknown(cause) => {
+                tracing::warn!(error = %cause, "the store did not answer; outcome unknown")
+            }
+            _ => {}
         }
         let field = match self {
             ApiError::Invalid(e) => e.field.clone(),
@@ -101,6 +116,7 @@ impl ResponseError for ApiError {
                 res.insert_header((header::WWW_AUTHENTICATE, "Bearer"));
             }
             ApiError::Unavailable(_)
+            | ApiError::OutcomeUnknown(_)
             | ApiError::QueueFull
             | ApiError::NodeFull
             | ApiError::ShuttingDown => {

@@ -77,19 +77,23 @@ impl Target {
             .urls
             .first()
             .ok_or_else(|| StoreError::Unavailable("no Redis URL given".into()))?;
-        let mut client = Client::open(url.as_str())?;
+        // RESP3 on every connection, not only the subscriber: over RESP3 the manager hears its
+        // connection drop the moment it does and starts reconnecting, so a call made after a
+        // drop waits for the new connection (and fails as refused while Redis is down) instead
+        // of being handed to the dead one. That is what lets a failed call say that nothing
+        // reached Redis (`StoreError::Unavailable`) rather than that its outcome is unknown.
+        let info = Client::open(url.as_str())?.get_connection_info().clone();
+        let resp3 = info
+            .redis_settings()
+            .clone()
+            .set_protocol(ProtocolVersion::RESP3);
+        let client = Client::open(info.set_redis_settings(resp3))?;
         let mut config = ConnectionManagerConfig::new()
             .set_connection_timeout(Some(RESPONSE_TIMEOUT))
             .set_response_timeout(Some(response_timeout))
             .set_number_of_retries(3)
             .set_max_delay(Duration::from_millis(500));
         if let Some(push) = push {
-            let info = client.get_connection_info().clone();
-            let resp3 = info
-                .redis_settings()
-                .clone()
-                .set_protocol(ProtocolVersion::RESP3);
-            client = Client::open(info.set_redis_settings(resp3))?;
             config = config.set_push_sender(push);
         }
         Ok(Connection::Single(

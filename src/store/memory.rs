@@ -5,7 +5,7 @@
 //! never awaits, so a plain mutex is both correct (a transition is atomic) and cheaper than an
 //! async one.
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::{HashMap, HashSet, VecDeque};
 use std::sync::{Arc, Mutex, MutexGuard};
 
 use async_trait::async_trait;
@@ -40,6 +40,8 @@ struct Receiver {
     events: Vec<Event>,
     /// idempotency key -> (alert id, position, forget after)
     idempotency: HashMap<String, (String, u64, Instant)>,
+    /// The ids of the alerts queued and in flight, so the same id is never queued twice.
+    ids: HashSet<Arc<str>>,
 }
 
 struct Queued {
@@ -117,7 +119,9 @@ impl Receiver {
     /// Busy to free: the one place an alert stops being in flight for good, as `Done` or
     /// `Expired`.
     fn complete(&mut self, how: Event) {
-        self.flight = None;
+        if let Some(f) = self.flight.take() {
+            self.ids.remove(&f.alert.id);
+        }
         self.seq += 1;
         self.events.push(how);
     }
@@ -171,13 +175,26 @@ impl Store for MemoryStore {
                     };
                 }
             }
+            if r.ids.contains(alert.id.as_str()) {
+                // Queued or in flight already: answered as its first publish was.
+                let position = match r.queue.iter().position(|q| *q.alert.id == *alert.id) {
+                    Some(ahead) => ahead as u64 + u64::from(r.flight.is_some()),
+                    None => 0,
+                };
+                return Publish::Accepted {
+                    position,
+                    snapshot: r.snapshot(now, true),
+                };
+            }
             if r.queue.len() as u64 >= rules.max_queue {
                 return Publish::QueueFull;
             }
             let position = r.queue.len() as u64 + u64::from(r.flight.is_some());
+            let id: Arc<str> = alert.id.as_str().into();
+            r.ids.insert(id.clone());
             r.queue.push_back(Queued {
                 alert: Stored {
-                    id: alert.id.as_str().into(),
+                    id,
                     json: alert.json.clone(),
                     duration_ms: alert.duration_ms,
                 },

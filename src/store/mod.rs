@@ -32,7 +32,10 @@
 //!   a receiver's keys while nodes run (Redis without persistence, restarted) starts a new
 //!   receiver's `seq` from its clock, so `seq` still moves past what the nodes saw before.
 //! - **Idempotency.** A publish that repeats an idempotency key of the last 24 hours for the same
-//!   receiver returns the first alert's id and queues nothing.
+//!   receiver returns the first alert's id and queues nothing. A publish of an alert id that is
+//!   already queued or in flight queues nothing either, and answers as the first did: a node
+//!   makes an alert's id before its first try, so a retry of a call whose answer was lost can
+//!   never queue the alert twice.
 //!
 //! All stores share the shape: a node calls a transition, the store answers with the receiver's
 //! [`Snapshot`] after it, and the node hands that to its hub. The Redis store also tells the
@@ -67,12 +70,20 @@ pub struct Rules {
     pub max_widgets: u32,
 }
 
-/// The store could not be reached or answered something it should not have. Nothing was
-/// accepted by the call that failed (every transition is atomic), so the caller may retry.
+/// A call that did not get its answer. Every transition is atomic, so a call either happened
+/// whole or not at all; these say which the caller can know.
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
+    /// Nothing reached the store: no connection, a refused one, or the store refused the call
+    /// before running it. Nothing happened; the caller may retry.
     #[error("the store is unavailable: {0}")]
     Unavailable(String),
+    /// The call was (or may have been) written, and no answer came in time: a stalled store, or
+    /// a connection that dropped under it. It may have happened, or may still happen once the
+    /// store resumes. Retrying is safe only where the call is idempotent: a publish with the
+    /// same alert id or idempotency key.
+    #[error("the store did not answer; the call may have taken effect: {0}")]
+    OutcomeUnknown(String),
     #[error("the store answered something unexpected: {0}")]
     Protocol(String),
     /// Not a failure but a refusal: a widget joined a receiver that already has the most

@@ -58,8 +58,28 @@ impl Drop for RedisStore {
 }
 
 impl From<redis::RedisError> for StoreError {
+    /// Whether the call may have reached Redis. A refused connection, or an error reply (Redis
+    /// answers those before a script runs: OOM, BUSY, LOADING, CLUSTERDOWN), means it did not.
+    /// Any other I/O error came after the call was handed to the connection: a timeout while
+    /// Redis stalls (the call sits in its socket and runs once Redis resumes) or a connection
+    /// that dropped under it. The driver of the connection does not say whether it had written
+    /// the call, so those are unknown, never "nothing happened".
     fn from(e: redis::RedisError) -> Self {
-        StoreError::Unavailable(e.to_string())
+        let nothing_reached = e.is_connection_refusal()
+            || matches!(
+                e.kind(),
+                ErrorKind::Server(_)
+                    | ErrorKind::ClusterConnectionNotFound
+                    | ErrorKind::InvalidClientConfig
+                    | ErrorKind::AuthenticationFailed
+            );
+        if nothing_reached {
+            StoreError::Unavailable(e.to_string())
+        } else if e.is_io_error() {
+            StoreError::OutcomeUnknown(e.to_string())
+        } else {
+            StoreError::Protocol(e.to_string())
+        }
     }
 }
 

@@ -206,6 +206,39 @@ async fn a_repeated_idempotency_key_queues_nothing(b: Backing) {
     ));
 }
 
+async fn the_same_alert_id_published_twice_is_queued_once(b: Backing) {
+    let s = make_store(&b, fast_rules(), NODE).await;
+    let r = receiver("alice");
+    let first = record("alice", "one");
+    let second = record("alice", "two");
+    s.store.publish(&first, None).await.unwrap();
+    s.store.publish(&second, None).await.unwrap();
+    // A retry of the second, as a node makes after a lost answer: answered as the first was.
+    let Publish::Accepted { position, .. } = s.store.publish(&second, None).await.unwrap() else {
+        panic!("accepted")
+    };
+    assert_eq!((position, queued(&s, "alice").await), (1, 2));
+
+    // In flight, the same: answered with the alert in flight, nothing queued.
+    let snap = s.store.widgets(&r, WidgetChange::Joined).await.unwrap();
+    assert_eq!(flight_id(&snap).as_deref(), Some(first.id.as_str()));
+    let Publish::Accepted { position, snapshot } = s.store.publish(&first, None).await.unwrap()
+    else {
+        panic!("accepted")
+    };
+    assert_eq!(position, 0);
+    assert_eq!(flight_id(&snapshot).as_deref(), Some(first.id.as_str()));
+    assert_eq!(snapshot.seq, snap.seq);
+    assert_eq!(queued(&s, "alice").await, 1);
+
+    // The queue goes on in order, with each alert once.
+    let snap = s.store.done(&r, &first.id).await.unwrap();
+    assert_eq!(flight_id(&snap).as_deref(), Some(second.id.as_str()));
+    let snap = s.store.done(&r, &second.id).await.unwrap();
+    assert_eq!(flight_id(&snap), None);
+    assert_eq!(queued(&s, "alice").await, 0);
+}
+
 async fn a_full_queue_refuses_and_keeps_what_it_has(b: Backing) {
     let mut rules = fast_rules();
     rules.max_queue = 2;
@@ -421,6 +454,7 @@ conformance!(
     an_alert_never_started_is_sent_again_after_the_start_timeout,
     a_started_alert_never_done_expires_and_the_next_goes_out,
     a_repeated_idempotency_key_queues_nothing,
+    the_same_alert_id_published_twice_is_queued_once,
     a_full_queue_refuses_and_keeps_what_it_has,
     positions_count_the_alerts_ahead,
     alert_text_comes_back_byte_for_byte,

@@ -128,6 +128,26 @@ impl RedisServer {
         }
     }
 
+    /// SIGSTOP: Redis stalls with its connections open, as under a swap storm or a long fork.
+    /// Calls written meanwhile sit in its socket and run once it resumes.
+    pub fn pause(&self) {
+        self.signal("-STOP");
+    }
+
+    /// SIGCONT after [`RedisServer::pause`].
+    pub fn resume(&self) {
+        self.signal("-CONT");
+    }
+
+    fn signal(&self, signal: &str) {
+        let pid = self.child.as_ref().expect("redis-server runs").id();
+        let sent = Command::new("kill")
+            .args([signal, &pid.to_string()])
+            .status()
+            .expect("kill runs");
+        assert!(sent.success(), "kill {signal} {pid}");
+    }
+
     /// Starts it again on the same port and directory.
     pub async fn restart(&mut self) {
         self.kill();

@@ -1,5 +1,7 @@
 //! The publish API as a platform's backend meets it: answers, idempotency, and every error.
 
+use std::time::Duration;
+
 use serde_json::{json, Value};
 
 use crate::helpers::*;
@@ -204,12 +206,14 @@ async fn while_redis_is_down_publish_answers_503_and_writes_nothing() {
     assert_eq!(app.get("/readyz", None).await.0, 200);
     app.publish_alert("alice", "before").await;
 
+    // Once the node knows its connection is gone, nothing it is asked reaches Redis: that, and
+    // only that, is `store_unavailable`.
     redis.kill();
+    eventually(|| async { app.get("/readyz", None).await.0 == 503 }).await;
     let (status, answer) = app
         .publish(json!({ "receiver": "alice", "idempotency_key": "during" }))
         .await;
     assert_eq!((status, error_code(&answer)), (503, "store_unavailable"));
-    assert_eq!(app.get("/readyz", None).await.0, 503);
     assert_eq!(app.get("/healthz", None).await.0, 200);
 
     // An empty Redis comes back (no persistence here): the node carries on without a restart,
@@ -269,4 +273,70 @@ async fn a_key_over_its_publish_rate_gets_429_with_retry_after() {
         3,
         "the refused one queued nothing"
     );
+}
+
+/// Publishes and returns the status, the body and the `Retry-After` header.
+async fn publish_with_key(app: &TestApp, key: Option<&str>, body: Value) -> (u16, Value, String) {
+    let mut req = app
+        .http
+        .post(format!("{}/publish", app.base))
+        .insert_header(("Authorization", format!("Bearer {PUBLISH_KEY}")))
+        .insert_header(("Content-Type", "application/json"));
+    if let Some(key) = key {
+        req = req.insert_header(("Idempotency-Key", key));
+    }
+    let mut res = req.send_body(body.to_string()).await.expect("an answer");
+    let retry_after = res
+        .headers()
+        .get("retry-after")
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or_default()
+        .to_owned();
+    let body = res.body().await.expect("a body");
+    (
+        res.status().as_u16(),
+        serde_json::from_slice(&body).unwrap_or(Value::Null),
+        retry_after,
+    )
+}
+
+#[actix_web::test]
+async fn a_publish_redis_never_answered_is_outcome_unknown_and_its_retry_is_a_duplicate() {
+    let redis = RedisServer::spawn().await;
+    let app = TestApp::redis(&redis).await;
+    app.publish_alert("alice", "before").await;
+
+    // Redis stalls: the calls are written to its socket, and it runs them once it resumes.
+    redis.pause();
+    let keyed = json!({ "receiver": "alice", "message": "keyed" });
+    let (status, answer, retry_after) = publish_with_key(&app, Some("pay-7"), keyed.clone()).await;
+    let unkeyed = json!({ "receiver": "alice", "message": "unkeyed" });
+    let (status2, answer2, _) = publish_with_key(&app, None, unkeyed).await;
+    redis.resume();
+
+    assert_eq!((status, error_code(&answer)), (503, "outcome_unknown"), "{answer}");
+    assert_eq!(retry_after, "1");
+    let message = answer["error"]["message"].as_str().unwrap();
+    assert!(message.contains("may have been queued"), "{message}");
+    assert!(message.contains("Idempotency-Key"), "{message}");
+    assert_eq!((status2, error_code(&answer2)), (503, "outcome_unknown"));
+
+    // Both were queued after all, which is why neither answer could say "nothing was taken".
+    eventually(|| async { app.status("alice").await["queued"] == 3 }).await;
+    // The platform's retry with the same key is a duplicate, not a second alert.
+    let (status, again, _) = publish_with_key(&app, Some("pay-7"), keyed).await;
+    assert_eq!(status, 200, "{again}");
+    assert_eq!(again["duplicate"], true);
+    assert_eq!(app.status("alice").await["queued"], 3);
+
+    let mut w = app.widget("alice").await;
+    for expected in ["before", "keyed", "unkeyed"] {
+        let (id, attempt, alert) = w.next_alert().await;
+        assert_eq!((alert["message"].as_str(), attempt), (Some(expected), 1));
+        if expected == "keyed" {
+            assert_eq!(again["id"].as_str(), Some(id.as_str()));
+        }
+        w.show(&id).await;
+    }
+    w.expect_silence(Duration::from_millis(300)).await;
 }

@@ -201,11 +201,23 @@ if op == 'publish' then
       return {'duplicate', first, tonumber(position)}
     end
   end
+  -- An id that is queued or in flight already: the node's retry of a call whose answer was
+  -- lost (the first ran after all). Answered as that call would have been, queueing nothing.
+  if redis.call('HSETNX', alerts, id, value) == 0 then
+    local position = 0
+    if st.id ~= id then
+      position = redis.call('LPOS', queue, id) or 0
+      if st.id then position = position + 1 end
+    end
+    return {'accepted', position, finish(true)}
+  end
   local waiting = redis.call('LLEN', queue)
-  if waiting >= max_queue then return {'full'} end
+  if waiting >= max_queue then
+    redis.call('HDEL', alerts, id)
+    return {'full'}
+  end
   local position = waiting
   if st.id then position = position + 1 end
-  redis.call('HSET', alerts, id, value)
   redis.call('RPUSH', queue, id)
   if idem then redis.call('SET', idem, id .. ' ' .. position, 'EX', idem_ttl) end
   dispatch()
