@@ -168,12 +168,7 @@ impl Application {
             App::new().app_data(state.clone()).configure(http::routes)
         })
         .workers(workers)
-        // Alerts are small frames that must not wait for Nagle's algorithm to batch them.
-        .on_connect(|conn, _| {
-            if let Some(tcp) = conn.downcast_ref::<actix_web::rt::net::TcpStream>() {
-                let _ = tcp.set_nodelay(true);
-            }
-        })
+        .on_connect(http::socket::on_connect)
         .listen(listener)
         .map_err(|source| StartError::Bind {
             addr: args.bind.clone(),

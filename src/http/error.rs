@@ -24,6 +24,8 @@ pub enum ApiError {
     QueueFull,
     #[error("no such route")]
     NotFound,
+    #[error("this is a WebSocket endpoint: connect with Upgrade: websocket")]
+    UpgradeRequired,
     #[error("this publish key is over its rate; retry in {0} s")]
     RateLimited(u64),
     #[error("{0}; close one first")]
@@ -70,6 +72,7 @@ impl ApiError {
             ApiError::UnsupportedMediaType => "unsupported_media_type",
             ApiError::QueueFull => "queue_full",
             ApiError::NotFound => "not_found",
+            ApiError::UpgradeRequired => "upgrade_required",
             ApiError::RateLimited(_) => "rate_limited",
             ApiError::TooManyWidgets(_) => "too_many_widgets",
             ApiError::NodeFull => "node_full",
@@ -92,6 +95,7 @@ impl ResponseError for ApiError {
             }
             ApiError::NodeFull | ApiError::ShuttingDown => StatusCode::SERVICE_UNAVAILABLE,
             ApiError::NotFound => StatusCode::NOT_FOUND,
+            ApiError::UpgradeRequired => StatusCode::UPGRADE_REQUIRED,
             ApiError::Unavailable(_) | ApiError::OutcomeUnknown(_) => {
                 StatusCode::SERVICE_UNAVAILABLE
             }
@@ -121,6 +125,9 @@ impl ResponseError for ApiError {
             | ApiError::NodeFull
             | ApiError::ShuttingDown => {
                 res.insert_header((header::RETRY_AFTER, "1"));
+            }
+            ApiError::UpgradeRequired => {
+                res.insert_header((header::UPGRADE, "websocket"));
             }
             ApiError::RateLimited(secs) => {
                 res.insert_header((header::RETRY_AFTER, secs.to_string()));

@@ -2,10 +2,14 @@
 //!
 //! Each connection is one `select!` loop over the widget's frames, the hub's frames for it, a
 //! heartbeat and shutdown, with one way out: whatever ends the loop, the widget leaves the hub
-//! exactly once, after it.
+//! exactly once, after it. Every frame the server writes goes out through one bounded send
+//! ([`send`]), replies and pongs included, so a widget that stops reading is closed whatever it
+//! sends.
 
 use std::time::Duration;
 
+use actix_http::ws::HandshakeError;
+use actix_web::web::Bytes;
 use actix_web::{web, HttpRequest, HttpResponse};
 use actix_ws::{AggregatedMessage, CloseCode, CloseReason, ProtocolError, Session};
 use futures_util::StreamExt;
@@ -14,6 +18,7 @@ use serde_json::json;
 use tokio::time::Instant;
 
 use super::pages::TokenQuery;
+use super::socket::ConnectionSocket;
 use super::{ApiError, AppState};
 use crate::alert::ReceiverId;
 use crate::hub::{Frame, Hub, Widget};
@@ -27,6 +32,9 @@ const MAX_FRAME: usize = 4 * 1024;
 const MAX_ID: usize = 64;
 /// How long one frame may wait to be taken by a widget's socket.
 const SEND_TIMEOUT: Duration = Duration::from_secs(10);
+/// How long the closing frame may wait: a socket that took nothing for [`SEND_TIMEOUT`] will
+/// not take it either, and the connection is dropped all the same.
+const CLOSE_TIMEOUT: Duration = Duration::from_secs(1);
 
 /// What a widget may send.
 #[derive(Deserialize)]
@@ -60,6 +68,9 @@ pub async fn connect(
     // widget's backoff understands: a bad token, a full node, a receiver with too many widgets,
     // a store that cannot count it.
     check_token(&state, &receiver, query.token.as_deref())?;
+    // Before anything reaches the store: a plain GET would otherwise count a widget in and out,
+    // and send the alert in flight again with one more attempt.
+    actix_http::ws::verify_handshake(req.head()).map_err(not_an_upgrade)?;
     if *state.shutdown.borrow() {
         return Err(ApiError::ShuttingDown.into());
     }
@@ -78,11 +89,51 @@ pub async fn connect(
         .max_continuation_size(MAX_FRAME);
     let hub = state.hub.clone();
     let shutdown = state.shutdown.clone();
+    let socket = req.conn_data::<ConnectionSocket>().copied();
     actix_web::rt::spawn(async move {
-        run(hub, widget, session, stream, shutdown).await;
+        run(hub, widget, session, stream, shutdown, socket).await;
         drop(connection);
     });
     Ok(response)
+}
+
+/// What the server writes to a widget.
+enum Outbound {
+    Text(Frame),
+    Ping,
+    Pong(Bytes),
+}
+
+/// What one turn of a widget's loop comes to.
+enum Step {
+    Send(Outbound),
+    Nothing,
+    End(Option<CloseReason>),
+}
+
+/// Why a connection could not send.
+enum Unsent {
+    /// The socket is gone.
+    Closed,
+    /// The socket took nothing for [`SEND_TIMEOUT`]: the widget stopped reading.
+    Stuck,
+}
+
+/// The one way a frame goes to a widget: bounded by [`SEND_TIMEOUT`], so that a widget that
+/// sends but never reads fills its socket and is then closed, rather than held with its frames.
+async fn send(session: &mut Session, out: Outbound) -> Result<(), Unsent> {
+    let sent = async {
+        match out {
+            Outbound::Text(frame) => session.text(frame).await,
+            Outbound::Ping => session.ping(b"").await,
+            Outbound::Pong(bytes) => session.pong(&bytes).await,
+        }
+    };
+    match tokio::time::timeout(SEND_TIMEOUT, sent).await {
+        Ok(Ok(())) => Ok(()),
+        Ok(Err(_)) => Err(Unsent::Closed),
+        Err(_) => Err(Unsent::Stuck),
+    }
 }
 
 #[tracing::instrument(name = "widget", skip_all, fields(receiver = %widget.receiver))]
@@ -92,13 +143,11 @@ async fn run(
     mut session: Session,
     mut stream: actix_ws::AggregatedMessageStream,
     mut shutdown: tokio::sync::watch::Receiver<bool>,
+    socket: Option<ConnectionSocket>,
 ) {
     let receiver = widget.receiver.clone();
     let hello = json!({ "type": "hello", "receiver": receiver, "protocol": 1 }).to_string();
-    if session.text(hello).await.is_err() {
-        hub.leave(&widget, false).await;
-        return;
-    }
+    let mut next = Step::Send(Outbound::Text(hello.into()));
     tracing::debug!(widget = widget.id, "widget joined");
 
     let mut heard = Instant::now();
@@ -106,68 +155,76 @@ async fn run(
     let mut heartbeat =
         tokio::time::interval_at(Instant::now() + first_ping(widget.id), PING_EVERY);
     let close = loop {
-        tokio::select! {
+        match next {
+            Step::Send(out) => match send(&mut session, out).await {
+                Ok(()) => {}
+                Err(Unsent::Closed) => break None,
+                Err(Unsent::Stuck) => {
+                    // Stuck, not closed: the connection is open (a closed one fails the send at
+                    // once), and this task runs on its worker, so its socket is still its own.
+                    if let Some(socket) = socket {
+                        socket.abort();
+                    }
+                    break Some(reason(CloseCode::Again, "too slow"));
+                }
+            },
+            Step::Nothing => {}
+            Step::End(close) => break close,
+        }
+        next = tokio::select! {
             inbound = stream.recv() => match inbound {
                 Some(Ok(AggregatedMessage::Text(text))) => {
                     heard = Instant::now();
-                    if let Some(reply) = handle(&hub, &receiver, &text).await {
-                        if session.text(reply).await.is_err() {
-                            break None;
-                        }
+                    match handle(&hub, &receiver, &text).await {
+                        Some(reply) => Step::Send(Outbound::Text(reply)),
+                        None => Step::Nothing,
                     }
                 }
                 Some(Ok(AggregatedMessage::Binary(_))) => {
                     heard = Instant::now();
                     let reply = error_frame("invalid_frame", "frames are JSON text");
-                    if session.text(reply).await.is_err() {
-                        break None;
-                    }
+                    Step::Send(Outbound::Text(reply))
                 }
                 Some(Ok(AggregatedMessage::Ping(bytes))) => {
                     heard = Instant::now();
-                    if session.pong(&bytes).await.is_err() {
-                        break None;
-                    }
+                    Step::Send(Outbound::Pong(bytes))
                 }
-                Some(Ok(AggregatedMessage::Pong(_))) => heard = Instant::now(),
+                Some(Ok(AggregatedMessage::Pong(_))) => {
+                    heard = Instant::now();
+                    Step::Nothing
+                }
                 // Echo the widget's close, as the protocol asks.
-                Some(Ok(AggregatedMessage::Close(reason))) => break reason,
-                None => break None,
+                Some(Ok(AggregatedMessage::Close(reason))) => Step::End(reason),
+                None => Step::End(None),
                 Some(Err(ProtocolError::Overflow)) => {
-                    break Some(reason(CloseCode::Size, "frame too large"));
+                    Step::End(Some(reason(CloseCode::Size, "frame too large")))
                 }
                 Some(Err(e)) => {
                     tracing::debug!(error = %e, "widget protocol error");
-                    break Some(reason(CloseCode::Protocol, "protocol error"));
+                    Step::End(Some(reason(CloseCode::Protocol, "protocol error")))
                 }
             },
             frame = widget.frames.next() => match frame {
-                // A widget that stops reading fills its socket; it gets a while to drain, then
-                // is closed rather than held with its frames in memory.
-                Some(frame) => match tokio::time::timeout(SEND_TIMEOUT, session.text(frame)).await {
-                    Ok(Ok(())) => {}
-                    Ok(Err(_)) => break None,
-                    Err(_) => break Some(reason(CloseCode::Again, "too slow")),
-                },
+                Some(frame) => Step::Send(Outbound::Text(frame)),
                 // The hub let go of this widget: it fell too far behind.
-                None => break Some(reason(CloseCode::Again, "too slow")),
+                None => Step::End(Some(reason(CloseCode::Again, "too slow"))),
             },
             _ = heartbeat.tick() => {
                 if heard.elapsed() > SILENCE {
-                    break Some(reason(CloseCode::Away, "silent too long"));
-                }
-                if session.ping(b"").await.is_err() {
-                    break None;
+                    Step::End(Some(reason(CloseCode::Away, "silent too long")))
+                } else {
+                    Step::Send(Outbound::Ping)
                 }
             }
             _ = shutdown.changed() => {
                 withdrawn = true;
-                break Some(reason(CloseCode::Restart, "node shutting down"));
+                Step::End(Some(reason(CloseCode::Restart, "node shutting down")))
             }
-        }
+        };
     };
-    // Fails harmlessly when the socket is already gone.
-    let _ = session.close(close).await;
+    // Fails harmlessly when the socket is already gone, and gives up on one that is stuck: the
+    // connection is dropped with the session either way.
+    let _ = tokio::time::timeout(CLOSE_TIMEOUT, session.close(close)).await;
     hub.leave(&widget, withdrawn).await;
     tracing::debug!(widget = widget.id, "widget left");
 }
@@ -209,6 +266,21 @@ fn first_ping(widget: u64) -> Duration {
     // Widget ids count up; a large odd step scatters neighbours over the period.
     let spread = widget.wrapping_mul(0x9E37_79B9_7F4A_7C15) % 1000;
     PING_EVERY + PING_EVERY.mul_f64(spread as f64 / 1000.0)
+}
+
+/// A request to the socket's path that is not a WebSocket upgrade is 426; a malformed upgrade
+/// is 400.
+fn not_an_upgrade(e: HandshakeError) -> ApiError {
+    match e {
+        HandshakeError::GetMethodRequired
+        | HandshakeError::NoWebsocketUpgrade
+        | HandshakeError::NoConnectionUpgrade => ApiError::UpgradeRequired,
+        other => ApiError::Invalid(crate::alert::FieldError {
+            code: "invalid_handshake",
+            message: format!("the WebSocket handshake is not valid: {other}"),
+            field: None,
+        }),
+    }
 }
 
 fn error_frame(code: &str, message: &str) -> Frame {

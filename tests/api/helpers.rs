@@ -442,6 +442,93 @@ where
     }
 }
 
+/// Runs a test body once on each store: `None` is the embedded store, `Some(url)` a Redis of
+/// the test's own.
+#[macro_export]
+macro_rules! on_both_stores {
+    ($case:ident) => {
+        mod $case {
+            #[actix_web::test]
+            async fn on_the_embedded_store() {
+                super::$case(None).await;
+            }
+
+            #[actix_web::test]
+            async fn on_redis() {
+                let redis = $crate::helpers::RedisServer::spawn().await;
+                super::$case(Some(redis.url())).await;
+            }
+        }
+    };
+}
+
+/// Writes `request` as it is and reads the answer until the node closes the connection: for
+/// requests a well-behaved client never makes, and for answers whose framing matters.
+pub async fn raw_http(app: &TestApp, request: &[u8]) -> String {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let addr = app.base.trim_start_matches("http://");
+    let mut stream = tokio::net::TcpStream::connect(addr)
+        .await
+        .expect("connects");
+    stream.write_all(request).await.expect("writes");
+    let mut answer = Vec::new();
+    tokio::time::timeout(PROMPTLY, stream.read_to_end(&mut answer))
+        .await
+        .expect("the node answers and closes")
+        .expect("reads");
+    String::from_utf8_lossy(&answer).into_owned()
+}
+
+/// A WebSocket client written by hand on a raw TCP socket, for what a well-behaved client never
+/// does: a small receive buffer it never reads.
+pub struct RawWidget {
+    pub stream: tokio::net::TcpStream,
+}
+
+impl RawWidget {
+    /// Connects with a `recv_buffer` byte receive buffer and completes the upgrade.
+    pub async fn connect(app: &TestApp, receiver: &str, recv_buffer: u32) -> Self {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let addr: std::net::SocketAddr = app
+            .base
+            .trim_start_matches("http://")
+            .parse()
+            .expect("a socket address");
+        let socket = tokio::net::TcpSocket::new_v4().expect("a socket");
+        socket.set_recv_buffer_size(recv_buffer).expect("SO_RCVBUF");
+        let mut stream = socket.connect(addr).await.expect("connects");
+        let request = format!(
+            "GET /ws/{receiver}?token={} HTTP/1.1\r\nHost: {addr}\r\nUpgrade: websocket\r\n\
+             Connection: Upgrade\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n\
+             Sec-WebSocket-Version: 13\r\n\r\n",
+            app.token(receiver)
+        );
+        stream.write_all(request.as_bytes()).await.expect("writes");
+        // Up to the end of the response's head, a byte at a time so no frame is consumed.
+        let mut head = Vec::new();
+        while !head.ends_with(b"\r\n\r\n") {
+            let byte = tokio::time::timeout(PROMPTLY, stream.read_u8())
+                .await
+                .expect("the upgrade is answered")
+                .expect("reads");
+            head.push(byte);
+            assert!(head.len() < 4096, "an endless response head");
+        }
+        let head = String::from_utf8_lossy(&head);
+        assert!(head.starts_with("HTTP/1.1 101"), "{head}");
+        Self { stream }
+    }
+
+    /// `count` masked client text frames of `text`, back to back.
+    pub fn text_frames(text: &str, count: usize) -> Vec<u8> {
+        assert!(text.len() < 126, "a short frame");
+        let mut frame = vec![0x81, 0x80 | text.len() as u8, 0, 0, 0, 0];
+        // A zero mask leaves the payload as it is.
+        frame.extend_from_slice(text.as_bytes());
+        frame.repeat(count)
+    }
+}
+
 /// A widget as a test drives it: a real WebSocket client.
 pub struct WidgetClient {
     framed: actix_codec::Framed<awc::BoxedSocket, ws::Codec>,

@@ -314,7 +314,11 @@ async fn a_publish_redis_never_answered_is_outcome_unknown_and_its_retry_is_a_du
     let (status2, answer2, _) = publish_with_key(&app, None, unkeyed).await;
     redis.resume();
 
-    assert_eq!((status, error_code(&answer)), (503, "outcome_unknown"), "{answer}");
+    assert_eq!(
+        (status, error_code(&answer)),
+        (503, "outcome_unknown"),
+        "{answer}"
+    );
     assert_eq!(retry_after, "1");
     let message = answer["error"]["message"].as_str().unwrap();
     assert!(message.contains("may have been queued"), "{message}");

@@ -328,3 +328,64 @@ async fn a_widget_that_stops_reading_is_closed_with_1013_and_the_others_go_on() 
     );
     app.wait_for_widgets("alice", 1).await;
 }
+
+/// A widget that floods `ping`s through a 4 KiB receive buffer it never reads: every pong the
+/// server owes it piles up until its socket takes nothing more. The server must then close it
+/// (within 10 s of being stuck) rather than hold it, whatever it goes on sending.
+async fn a_widget_that_sends_and_never_reads_is_closed(redis_url: Option<String>) {
+    use tokio::io::AsyncWriteExt;
+    let app = TestApp::spawn(serve_args(redis_url)).await;
+    let mut raw = RawWidget::connect(&app, "alice", 4096).await;
+    app.wait_for_widgets("alice", 1).await;
+
+    let burst = RawWidget::text_frames(r#"{"type":"ping"}"#, 3000);
+    // Written whole, burst after burst, so no frame is ever cut: the task ends only when the
+    // server has dropped the connection and the write fails.
+    let flood = tokio::spawn(async move {
+        let started = tokio::time::Instant::now();
+        let mut bursts = 0u64;
+        loop {
+            if let Err(e) = raw.stream.write_all(&burst).await {
+                return (started.elapsed(), bursts, e.kind());
+            }
+            bursts += 1;
+        }
+    });
+    let bound = Duration::from_secs(45);
+    let ended = tokio::time::timeout(bound, flood).await;
+    let (after, bursts, error) = ended
+        .expect("the server still held a widget that never reads")
+        .expect("the flood task ran");
+    eprintln!("closed after {after:?} and {bursts} bursts of 3,000 pings: {error:?}");
+    app.wait_for_widgets("alice", 0).await;
+}
+
+crate::on_both_stores!(a_widget_that_sends_and_never_reads_is_closed);
+
+/// A plain GET on the socket's path is not an upgrade: 426, and nothing in the store moves.
+async fn a_get_without_an_upgrade_is_426_and_changes_nothing(redis_url: Option<String>) {
+    let app = TestApp::spawn(serve_args(redis_url)).await;
+    let id = app.publish_alert("alice", "waiting").await;
+    let get = format!(
+        "GET /ws/alice?token={} HTTP/1.1\r\nHost: cuebox\r\nConnection: close\r\n\r\n",
+        app.token("alice")
+    );
+    for _ in 0..5 {
+        let answer = raw_http(&app, get.as_bytes()).await;
+        assert!(answer.starts_with("HTTP/1.1 426"), "{answer}");
+        assert!(answer.contains("upgrade: websocket\r\n"), "{answer}");
+        assert!(answer.contains(r#""code":"upgrade_required""#), "{answer}");
+    }
+    let status = app.status("alice").await;
+    assert_eq!(
+        (status["queued"].as_u64(), status["widgets"].as_u64()),
+        (Some(1), Some(0))
+    );
+
+    // The first real widget gets the alert as its first send.
+    let mut w = app.widget("alice").await;
+    let (got, attempt, _) = w.next_alert().await;
+    assert_eq!((got, attempt), (id, 1));
+}
+
+crate::on_both_stores!(a_get_without_an_upgrade_is_426_and_changes_nothing);
