@@ -384,15 +384,22 @@ impl Hub {
     }
 }
 
-/// Sends a frame to every counted widget (or one), dropping widgets whose outbox is full or
-/// closed: their connection sees the channel close and ends.
-fn send(widgets: &mut Vec<LocalWidget>, only: Option<u64>, frame: &Frame) {
-    widgets.retain_mut(|w| {
-        if !w.counted || only.is_some_and(|o| o != w.id) {
-            return true;
+/// Sends a frame to every counted widget (or one). A widget whose outbox is full is let go: its
+/// outbox is closed, so its connection sees the end of its frames and closes.
+///
+/// It stays in the list until that connection calls [`Hub::leave`]: a widget is counted out in
+/// one place only, and until then its socket is still open and still counted in the store.
+/// Dropping it here as well would count it out twice, once at the next refresh and once when its
+/// socket closes, and the store would requeue an alert another widget is showing.
+fn send(widgets: &mut [LocalWidget], only: Option<u64>, frame: &Frame) {
+    for w in widgets.iter_mut() {
+        if !w.counted || only.is_some_and(|o| o != w.id) || w.outbox.is_closed() {
+            continue;
         }
-        w.outbox.try_send(frame.clone()).is_ok()
-    });
+        if w.outbox.try_send(frame.clone()).is_err() {
+            w.outbox.close_channel();
+        }
+    }
 }
 
 /// `{"type":"alert","alert":{...},"attempt":N}`, around the alert's JSON as stored.

@@ -6,6 +6,7 @@ mod cli;
 mod concurrency;
 mod conformance;
 mod helpers;
+mod hub;
 mod ingest;
 mod migrations;
 mod nodes;
