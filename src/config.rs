@@ -99,6 +99,12 @@ pub struct ServeArgs {
     #[arg(long, env = "CUEBOX_WORKERS", default_value_t = 0)]
     pub workers: usize,
 
+    /// A request body that has not fully arrived this many ms after its headers is answered 408
+    /// and its connection closed, so a client trickling a body cannot hold a socket forever.
+    #[arg(long, env = "CUEBOX_BODY_TIMEOUT_MS", default_value_t = 10000,
+          value_parser = clap::value_parser!(u64).range(100..=600_000))]
+    pub body_timeout_ms: u64,
+
     /// Alerts per second each publish key may publish on this node (bursts of one second's
     /// worth); past it, 429 with Retry-After. 0: no limit.
     #[arg(long, env = "CUEBOX_PUBLISH_RATE", default_value_t = 0)]

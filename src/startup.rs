@@ -143,6 +143,7 @@ impl Application {
             tokens: tokens.clone(),
             publish_rate,
             connections: Connections::new(args.max_connections),
+            body_timeout: Duration::from_millis(args.body_timeout_ms),
             metrics,
             shutdown: shutdown_rx,
         });

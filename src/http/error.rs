@@ -18,6 +18,8 @@ pub enum ApiError {
     BadToken,
     #[error("the body must be at most {0} bytes")]
     TooLarge(usize),
+    #[error("the body did not arrive whole within {0} s")]
+    BodyTimeout(f64),
     #[error("the body must be JSON (Content-Type: application/json)")]
     UnsupportedMediaType,
     #[error("the receiver's queue is full; retry once it drains")]
@@ -69,6 +71,7 @@ impl ApiError {
             ApiError::Unauthorized => "unauthorized",
             ApiError::BadToken => "invalid_token",
             ApiError::TooLarge(_) => "payload_too_large",
+            ApiError::BodyTimeout(_) => "request_timeout",
             ApiError::UnsupportedMediaType => "unsupported_media_type",
             ApiError::QueueFull => "queue_full",
             ApiError::NotFound => "not_found",
@@ -89,6 +92,7 @@ impl ResponseError for ApiError {
             ApiError::Invalid(_) => StatusCode::BAD_REQUEST,
             ApiError::Unauthorized | ApiError::BadToken => StatusCode::UNAUTHORIZED,
             ApiError::TooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
+            ApiError::BodyTimeout(_) => StatusCode::REQUEST_TIMEOUT,
             ApiError::UnsupportedMediaType => StatusCode::UNSUPPORTED_MEDIA_TYPE,
             ApiError::QueueFull | ApiError::RateLimited(_) | ApiError::TooManyWidgets(_) => {
                 StatusCode::TOO_MANY_REQUESTS
@@ -128,6 +132,10 @@ impl ResponseError for ApiError {
             }
             ApiError::UpgradeRequired => {
                 res.insert_header((header::UPGRADE, "websocket"));
+            }
+            // The rest of the body may never come: the connection cannot carry another request.
+            ApiError::BodyTimeout(_) => {
+                res.force_close();
             }
             ApiError::RateLimited(secs) => {
                 res.insert_header((header::RETRY_AFTER, secs.to_string()));

@@ -28,6 +28,8 @@ pub struct AppState {
     pub tokens: WidgetTokens,
     pub publish_rate: PublishRate,
     pub connections: Connections,
+    /// How long a request body may take to arrive whole.
+    pub body_timeout: std::time::Duration,
     pub metrics: Arc<Metrics>,
     /// Becomes true when the node shuts down; widget connections close on it.
     pub shutdown: watch::Receiver<bool>,

@@ -61,20 +61,12 @@ async fn accept(
     if declared.is_some_and(|n| n > MAX_BODY) {
         return Err(ApiError::TooLarge(MAX_BODY));
     }
-    let mut bytes = web::BytesMut::with_capacity(declared.unwrap_or(1024).min(MAX_BODY));
-    while let Some(chunk) = body.next().await {
-        let chunk = chunk.map_err(|e| {
-            ApiError::Invalid(crate::alert::FieldError {
-                code: "invalid_body",
-                message: format!("the body could not be read: {e}"),
-                field: None,
-            })
-        })?;
-        if bytes.len() + chunk.len() > MAX_BODY {
-            return Err(ApiError::TooLarge(MAX_BODY));
-        }
-        bytes.extend_from_slice(&chunk);
-    }
+    let capacity = declared.unwrap_or(1024).min(MAX_BODY);
+    // A body trickled in a byte at a time would hold the socket for as long as the client liked;
+    // actix bounds how long headers may take, not the body.
+    let bytes = tokio::time::timeout(state.body_timeout, read_body(&mut body, capacity))
+        .await
+        .map_err(|_| ApiError::BodyTimeout(state.body_timeout.as_secs_f64()))??;
 
     let header_key = req
         .headers()
@@ -115,6 +107,24 @@ async fn accept(
         }
         Publish::QueueFull => Err(ApiError::QueueFull),
     }
+}
+
+async fn read_body(body: &mut web::Payload, capacity: usize) -> Result<web::BytesMut, ApiError> {
+    let mut bytes = web::BytesMut::with_capacity(capacity);
+    while let Some(chunk) = body.next().await {
+        let chunk = chunk.map_err(|e| {
+            ApiError::Invalid(crate::alert::FieldError {
+                code: "invalid_body",
+                message: format!("the body could not be read: {e}"),
+                field: None,
+            })
+        })?;
+        if bytes.len() + chunk.len() > MAX_BODY {
+            return Err(ApiError::TooLarge(MAX_BODY));
+        }
+        bytes.extend_from_slice(&chunk);
+    }
+    Ok(bytes)
 }
 
 fn answer(

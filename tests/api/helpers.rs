@@ -284,6 +284,7 @@ pub fn serve_args(redis_url: Option<String>) -> ServeArgs {
         max_connections: 20_000,
         max_widgets_per_receiver: 16,
         publish_rate: 0,
+        body_timeout_ms: 10_000,
         // Two, so widgets and publishers of one receiver may meet on different threads.
         workers: 2,
         ingest_claim_idle_ms: 30_000,

@@ -344,3 +344,51 @@ async fn a_publish_redis_never_answered_is_outcome_unknown_and_its_retry_is_a_du
     }
     w.expect_silence(Duration::from_millis(300)).await;
 }
+
+/// Clients that send a publish's headers, then its body a byte every half second: each is
+/// answered 408 and its socket closed once the body timeout (10 s by default) has passed.
+async fn a_body_that_never_ends_is_answered_408_and_its_socket_closed(redis_url: Option<String>) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let app = TestApp::spawn(serve_args(redis_url)).await;
+    let addr = app.base.trim_start_matches("http://").to_owned();
+    let head = format!(
+        "POST /publish HTTP/1.1\r\nHost: cuebox\r\nAuthorization: Bearer {PUBLISH_KEY}\r\n\
+         Content-Type: application/json\r\nContent-Length: 60000\r\n\r\n{{"
+    );
+    let clients = (0..20).map(|_| {
+        let (addr, head) = (addr.clone(), head.clone());
+        tokio::spawn(async move {
+            let stream = tokio::net::TcpStream::connect(&addr)
+                .await
+                .expect("connects");
+            let (mut reader, mut writer) = stream.into_split();
+            writer.write_all(head.as_bytes()).await.expect("writes");
+            let trickle = tokio::spawn(async move {
+                // Bounded: far past the timeout, or until the node stops reading.
+                for _ in 0..60 {
+                    tokio::time::sleep(Duration::from_millis(500)).await;
+                    if writer.write_all(b" ").await.is_err() {
+                        return;
+                    }
+                }
+            });
+            let mut answer = Vec::new();
+            let read =
+                tokio::time::timeout(Duration::from_secs(20), reader.read_to_end(&mut answer))
+                    .await;
+            trickle.abort();
+            (read.is_ok(), String::from_utf8_lossy(&answer).into_owned())
+        })
+    });
+    for client in futures_util::future::join_all(clients).await {
+        let (closed, answer) = client.expect("the client ran");
+        assert!(closed, "the socket was held past 20 s: {answer:?}");
+        assert!(answer.starts_with("HTTP/1.1 408"), "{answer}");
+        assert!(answer.contains(r#""code":"request_timeout""#), "{answer}");
+    }
+    // Nothing was queued by any of them, and the node serves on.
+    assert_eq!(app.status("alice").await["queued"], 0);
+    app.publish_alert("alice", "after").await;
+}
+
+crate::on_both_stores!(a_body_that_never_ends_is_answered_408_and_its_socket_closed);
