@@ -46,21 +46,38 @@ impl Ingest {
     pub async fn spawn(self, target: &Target) -> Result<JoinHandle<()>, StoreError> {
         let mut con = target.connect(None).await?;
         let reader = target.connect_for_blocking(BLOCK).await?;
-        // From the stream's start, so entries added before any node ran are not skipped.
+        self.create_group(&mut con).await?;
+        Ok(tokio::spawn(self.run(con, reader)))
+    }
+
+    /// Creates the stream and its group if either is missing: at start, and whenever Redis
+    /// answers `NOGROUP` (it restarted without them, or failed over to a replica that lacks
+    /// them). From the stream's start, so entries added before the group are not skipped; one
+    /// read twice is a duplicate by its idempotency key, never a second alert.
+    async fn create_group(&self, con: &mut Connection) -> redis::RedisResult<()> {
         let created: redis::RedisResult<()> = redis::cmd("XGROUP")
             .arg("CREATE")
             .arg(self.keys.ingest())
             .arg(GROUP)
             .arg("0")
             .arg("MKSTREAM")
-            .query_async(&mut con)
+            .query_async(con)
             .await;
         match created {
-            Ok(()) => {}
-            Err(e) if e.code() == Some("BUSYGROUP") => {}
-            Err(e) => return Err(e.into()),
+            Err(e) if e.code() == Some("BUSYGROUP") => Ok(()),
+            other => other,
         }
-        Ok(tokio::spawn(self.run(con, reader)))
+    }
+
+    /// After a failed stream command: makes the group again if Redis lost it.
+    async fn recover(&self, con: &mut Connection, e: &redis::RedisError) {
+        if e.code() != Some("NOGROUP") {
+            return;
+        }
+        match self.create_group(con).await {
+            Ok(()) => tracing::warn!("the ingest group was missing (Redis lost it); made it again"),
+            Err(e) => tracing::warn!(error = %e, "could not make the ingest group again"),
+        }
     }
 
     async fn run(self, mut con: Connection, mut reader: Connection) {
@@ -71,6 +88,7 @@ impl Ingest {
             if claimed_at.is_none_or(|at| at.elapsed() >= self.claim_idle / 2) {
                 if let Err(e) = self.claim(&mut con).await {
                     tracing::warn!(error = %e, "could not claim ingest entries");
+                    self.recover(&mut con, &e).await;
                 }
                 claimed_at = Some(tokio::time::Instant::now());
             }
@@ -96,6 +114,7 @@ impl Ingest {
                 Ok(None) => {}
                 Err(e) => {
                     tracing::warn!(error = %e, "reading the ingest stream failed");
+                    self.recover(&mut con, &e).await;
                     tokio::time::sleep(RETRY).await;
                 }
             }

@@ -136,3 +136,89 @@ async fn entries_a_dead_node_held_are_claimed_and_never_doubled() {
     w.expect_silence(Duration::from_millis(500)).await;
     eventually(|| async { pending(&redis).await == 0 }).await;
 }
+
+#[actix_web::test]
+async fn ingest_goes_on_after_redis_restarts_without_the_stream() {
+    let mut redis = RedisServer::spawn().await;
+    let app = TestApp::redis(&redis).await;
+    xadd(&redis, r#"{"receiver":"alice","message":"before"}"#).await;
+    eventually(|| async { app.status("alice").await["queued"] == 1 }).await;
+
+    // Empty, with neither the stream nor its group: the node makes them again and reads on.
+    redis.restart().await;
+    eventually(|| async { app.get("/readyz", None).await.0 == 200 }).await;
+    xadd(&redis, r#"{"receiver":"alice","message":"after"}"#).await;
+    eventually_within(Duration::from_secs(5), || async {
+        app.status("alice").await["queued"] == 1
+    })
+    .await;
+    eventually(|| async { pending(&redis).await == 0 }).await;
+}
+
+#[actix_web::test]
+async fn on_a_cluster_ingest_goes_on_after_the_stream_loses_its_group() {
+    let cluster = RedisCluster::spawn().await;
+    let mut args = serve_args(Some(cluster.seeds()));
+    args.redis.cluster = true;
+    let app = TestApp::spawn(args).await;
+    let target = cuebox::store::connection::Target::new(&cluster.seeds(), true);
+    let mut con = target.connect(None).await.expect("connects to the cluster");
+    let add = |message: &str| {
+        let mut cmd = redis::cmd("XADD");
+        cmd.arg("cuebox:ingest")
+            .arg("*")
+            .arg("alert")
+            .arg(json!({ "receiver": "alice", "message": message }).to_string());
+        cmd
+    };
+    let _: String = add("before").query_async(&mut con).await.unwrap();
+    eventually(|| async { app.status("alice").await["queued"] == 1 }).await;
+
+    // The stream is made again without the group, as on a replica that never had it.
+    let _: i64 = redis::cmd("DEL")
+        .arg("cuebox:ingest")
+        .query_async(&mut con)
+        .await
+        .unwrap();
+    let _: String = add("after").query_async(&mut con).await.unwrap();
+    eventually_within(Duration::from_secs(5), || async {
+        app.status("alice").await["queued"] == 2
+    })
+    .await;
+}
+
+#[actix_web::test]
+async fn ingest_keeps_its_order_and_doubles_nothing_across_a_redis_stall() {
+    let redis = RedisServer::spawn().await;
+    let app = TestApp::redis(&redis).await;
+    let client = redis::Client::open(redis.url()).unwrap();
+    let mut con = client.get_multiplexed_async_connection().await.unwrap();
+    let total = 200;
+    let mut pipe = redis::pipe();
+    for i in 0..total {
+        let alert = json!({ "receiver": "alice", "message": format!("entry {i}") });
+        pipe.cmd("XADD")
+            .arg("cuebox:ingest")
+            .arg("*")
+            .arg("alert")
+            .arg(alert.to_string())
+            .ignore();
+    }
+    let () = pipe.query_async(&mut con).await.unwrap();
+    // Stalled while the node works through the entries: its calls time out unanswered, and
+    // Redis runs them once it resumes.
+    redis.pause();
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    redis.resume();
+
+    let mut w = app.widget("alice").await;
+    for i in 0..total {
+        let (id, attempt, alert) = w.next_alert().await;
+        assert_eq!(alert["message"], format!("entry {i}"));
+        assert_eq!(attempt, 1);
+        w.show(&id).await;
+    }
+    w.expect_silence(Duration::from_millis(500)).await;
+    assert_eq!(app.status("alice").await["queued"], 0);
+    eventually(|| async { pending(&redis).await == 0 }).await;
+}
