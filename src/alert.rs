@@ -406,8 +406,49 @@ fn is_http_url(s: &str) -> bool {
     } else {
         return false;
     };
-    let host = rest.split(['/', '?', '#']).next().unwrap_or("");
-    s.len() <= 2048 && !host.is_empty() && !s.chars().any(|c| c.is_whitespace() || c.is_control())
+    let authority = rest.split(['/', '?', '#']).next().unwrap_or("");
+    s.len() <= 2048
+        && !s.chars().any(|c| c.is_whitespace() || c.is_control())
+        && is_host_and_port(authority)
+}
+
+/// `host` or `host:port`: a name, an IPv4 address or a bracketed IPv6 address. User info is
+/// refused: `http://@/x` has no host at all, and `https://bank.example@evil.example/` reads as a
+/// host it is not.
+fn is_host_and_port(authority: &str) -> bool {
+    let (host_ok, port) = match authority.strip_prefix('[') {
+        Some(bracketed) => match bracketed.split_once(']') {
+            Some((v6, port)) => (
+                v6.contains(':')
+                    && v6
+                        .chars()
+                        .all(|c| c.is_ascii_hexdigit() || c == ':' || c == '.'),
+                port,
+            ),
+            None => return false,
+        },
+        None => {
+            let (host, port) = match authority.find(':') {
+                Some(at) => authority.split_at(at),
+                None => (authority, ""),
+            };
+            let label = |l: &str| {
+                !l.is_empty()
+                    && l.len() <= 63
+                    && !l.starts_with('-')
+                    && !l.ends_with('-')
+                    && l.chars().all(|c| c.is_alphanumeric() || c == '-')
+            };
+            // A trailing dot is the fully qualified form of the same name.
+            let name = host.strip_suffix('.').unwrap_or(host);
+            (name.len() <= 253 && name.split('.').all(label), port)
+        }
+    };
+    let port_ok = port.is_empty()
+        || port.strip_prefix(':').is_some_and(|p| {
+            !p.is_empty() && p.len() <= 5 && p.bytes().all(|b| b.is_ascii_digit())
+        });
+    host_ok && port_ok
 }
 
 /// Active ISO 4217 currency codes, sorted for binary search.
@@ -449,6 +490,31 @@ mod tests {
     }
 
     #[test]
+    fn media_urls_name_a_host() {
+        for good in [
+            "https://example.com/a.gif",
+            "http://127.0.0.1:8080/a.png",
+            "http://[::1]:8080/a.png",
+            "https://cdn.example.com./a.mp3",
+            "https://例え.jp/a.png",
+            "https://example.com?x=1",
+        ] {
+            assert!(is_http_url(good), "{good}");
+        }
+        for bad in [
+            "http://@/x",
+            "http://user:pass@example.com/",
+            "http://example.com:/a",
+            "http://example.com:123456/a",
+            "http://[zz]/a",
+            "http://-a.example/",
+            "https:///a",
+        ] {
+            assert!(!is_http_url(bad), "{bad}");
+        }
+    }
+
+    #[test]
     fn each_bad_field_is_named() {
         let cases = [
             (r#"{}"#, "receiver"),
@@ -471,6 +537,22 @@ mod tests {
             ),
             (
                 r#"{"receiver":"a","media":{"image":"javascript:alert(1)"}}"#,
+                "media.image",
+            ),
+            (
+                r#"{"receiver":"a","media":{"image":"http://@/x"}}"#,
+                "media.image",
+            ),
+            (
+                r#"{"receiver":"a","media":{"image":"https://bank.example@evil.example/a.png"}}"#,
+                "media.image",
+            ),
+            (
+                r#"{"receiver":"a","media":{"image":"http://:80/a.png"}}"#,
+                "media.image",
+            ),
+            (
+                r#"{"receiver":"a","media":{"image":"http://a..b/a.png"}}"#,
                 "media.image",
             ),
             (

@@ -47,8 +47,11 @@ pub fn routes(cfg: &mut web::ServiceConfig) {
     }))
     .route("/publish", web::post().to(publish::publish))
     .route("/receivers/{receiver}", web::get().to(receivers::status))
+    // HEAD as well as GET: load balancers probe with either.
     .route("/healthz", web::get().to(health::healthz))
+    .route("/healthz", web::head().to(health::healthz))
     .route("/readyz", web::get().to(health::readyz))
+    .route("/readyz", web::head().to(health::readyz))
     .route("/metrics", web::get().to(health::metrics))
     .route("/ws/{receiver}", web::get().to(widget::connect))
     .route("/widget/{receiver}", web::get().to(pages::widget_page))

@@ -107,6 +107,11 @@ async fn each_bad_request_gets_a_clear_error() {
             "media.image",
         ),
         (
+            json!({ "receiver": "a", "media": { "sound": "http://@/x" } }),
+            "invalid_field",
+            "media.sound",
+        ),
+        (
             json!({ "receiver": "a", "duration_ms": 60001 }),
             "invalid_field",
             "duration_ms",
@@ -392,3 +397,41 @@ async fn a_body_that_never_ends_is_answered_408_and_its_socket_closed(redis_url:
 }
 
 crate::on_both_stores!(a_body_that_never_ends_is_answered_408_and_its_socket_closed);
+
+/// Load balancers probe with HEAD: the same status as GET, with no body.
+async fn health_checks_answer_head_like_get(redis: Option<RedisServer>) {
+    let app = TestApp::spawn(serve_args(redis.as_ref().map(RedisServer::url))).await;
+    for path in ["/healthz", "/readyz"] {
+        let answer = raw_http(
+            &app,
+            format!("HEAD {path} HTTP/1.1\r\nHost: cuebox\r\nConnection: close\r\n\r\n").as_bytes(),
+        )
+        .await;
+        assert!(answer.starts_with("HTTP/1.1 200"), "{path}: {answer}");
+        assert!(
+            answer.ends_with("\r\n\r\n"),
+            "{path} has no body: {answer:?}"
+        );
+    }
+    if let Some(mut redis) = redis {
+        redis.kill();
+        eventually(|| async { app.get("/readyz", None).await.0 == 503 }).await;
+        let answer = raw_http(
+            &app,
+            b"HEAD /readyz HTTP/1.1\r\nHost: cuebox\r\nConnection: close\r\n\r\n",
+        )
+        .await;
+        assert!(answer.starts_with("HTTP/1.1 503"), "{answer}");
+        assert!(answer.ends_with("\r\n\r\n"), "{answer:?}");
+    }
+}
+
+#[actix_web::test]
+async fn health_checks_answer_head_like_get_on_the_embedded_store() {
+    health_checks_answer_head_like_get(None).await;
+}
+
+#[actix_web::test]
+async fn health_checks_answer_head_like_get_on_redis() {
+    health_checks_answer_head_like_get(Some(RedisServer::spawn().await)).await;
+}
