@@ -304,3 +304,66 @@ async fn node_killed_mid_alert(redis_url: &str, cluster: bool) {
     // Bob's alert stayed with the widget that came back.
     assert_eq!(survivor.status("bob").await["in_flight"]["id"], b1.as_str());
 }
+
+#[actix_web::test]
+async fn a_client_sending_junk_is_logged_at_debug_never_at_error() {
+    let port = free_port();
+    let mut child = cuebox()
+        .args(["serve", "--log-format", "json"])
+        .args(["--bind", &format!("127.0.0.1:{port}")])
+        .args(["--secret", SECRET, "--publish-key", PUBLISH_KEY])
+        .env("CUEBOX_LOG", "info,cuebox::http::client=debug")
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut lines = BufReader::new(child.stderr.take().unwrap()).lines();
+    let junk: [&[u8]; 3] = [
+        b"GARBAGE\r\n\r\n",
+        b"GET / HTTP/1.1\r\nHost: x\r\nBad Header\r\n\r\n",
+        &b"\x16\x03\x01\x02\x00\x01\x00\x01\xfc\x03\x03"[..],
+    ];
+    let deadline = tokio::time::Instant::now() + PROMPTLY;
+    for request in junk {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let mut stream = loop {
+            match tokio::net::TcpStream::connect(("127.0.0.1", port)).await {
+                Ok(s) => break s,
+                Err(e) => {
+                    assert!(
+                        tokio::time::Instant::now() < deadline,
+                        "never listened: {e}"
+                    );
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                }
+            }
+        };
+        stream.write_all(request).await.unwrap();
+        let mut answer = Vec::new();
+        let _ = tokio::time::timeout(PROMPTLY, stream.read_to_end(&mut answer)).await;
+        assert!(
+            answer.starts_with(b"HTTP/1.1 400"),
+            "{:?}",
+            String::from_utf8_lossy(&answer)
+        );
+    }
+    let mut errors = Vec::new();
+    let mut faults = 0;
+    let _ = tokio::time::timeout(PROMPTLY, async {
+        while let Ok(Some(line)) = lines.next_line().await {
+            let v: serde_json::Value = serde_json::from_str(&line).expect("every line is JSON");
+            if v["level"] == "ERROR" {
+                errors.push(line);
+            } else if v["target"] == "cuebox::http::client" && v["level"] == "DEBUG" {
+                faults += 1;
+                if faults == junk.len() {
+                    return;
+                }
+            }
+        }
+    })
+    .await;
+    let _ = child.start_kill();
+    assert!(errors.is_empty(), "logged at error: {errors:?}");
+    assert_eq!(faults, junk.len(), "each piece of junk is logged at debug");
+}
