@@ -5,7 +5,7 @@ mod health;
 mod pages;
 mod publish;
 mod receivers;
-pub mod socket;
+pub(crate) mod socket;
 mod widget;
 
 use std::sync::Arc;

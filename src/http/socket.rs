@@ -38,7 +38,7 @@ impl ConnectionSocket {
     /// Only for a connection that is still open, from a task on its own worker thread, with no
     /// `.await` between knowing it open and this call. A connection's socket is closed only on
     /// its worker's thread, so the descriptor cannot have been closed and reused meanwhile.
-    pub fn abort(self) {
+    pub(crate) fn abort(self) {
         #[cfg(unix)]
         {
             // SAFETY: by the contract above the descriptor is this connection's open socket for
