@@ -386,7 +386,7 @@ fn parse_media(v: Value) -> Result<Media, FieldError> {
             Some(Value::String(s)) if is_http_url(&s) => Ok(Some(s)),
             Some(_) => Err(FieldError::invalid(
                 &field,
-                format!("{field} must be an http or https URL of at most 2048 characters"),
+                format!("{field} must be an http or https URL with a host (and no user info), of at most 2048 characters"),
             )),
         }
     };
