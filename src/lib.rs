@@ -8,8 +8,9 @@
 //! - [`alert`] holds receivers and alerts, parsed and checked once at the edge.
 //! - [`auth`] holds publish keys and widget tokens.
 //! - [`store`] holds the per-receiver queue and its state machine behind one trait, with the rules
-//!   written out in its docs; [`store::memory`] (embedded) and [`store::redis`] (Lua scripts,
-//!   any number of nodes) keep them; [`store::keys`] names every Redis key.
+//!   written out in its docs and once as code in [`store::machine`] (pure: no I/O, time as an
+//!   argument); [`store::memory`] (embedded: a map and the machine) and [`store::redis`] (Lua
+//!   scripts, any number of nodes) keep them; [`store::keys`] names every Redis key.
 //! - [`ingest`] takes alerts producers add to the `{prefix}:ingest` Redis stream.
 //! - [`migrate`] applies `migrations/` to the Redis key layout at start.
 //! - [`limits`] keeps this node's own limits: publish rate per key, widget connections.

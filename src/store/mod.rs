@@ -3,8 +3,9 @@
 //! # The rules
 //!
 //! Every store keeps these, atomically per receiver; `tests/api/conformance.rs` checks each
-//! store against them. The Redis store writes them in `lua/receiver.lua`, the embedded store in
-//! `memory.rs`. The names in brackets are the rule letters.
+//! store against them. They are written once as a pure state machine, [`machine`], which the
+//! embedded store runs as it is; the Redis store writes the same rules in `lua/receiver.lua`.
+//! The names in brackets are the rule letters.
 //!
 //! - **Queue.** Each receiver has a FIFO queue of waiting alerts and at most one alert *in
 //!   flight* (a, b). An alert is in flight from the moment it is sent to widgets until it is
@@ -43,6 +44,7 @@
 
 pub mod connection;
 pub mod keys;
+pub mod machine;
 pub mod memory;
 pub mod redis;
 

@@ -1,6 +1,7 @@
 -- receiver.lua: every state transition of one receiver, each one atomic because Redis runs a
--- script whole. The rules are written out in src/store/mod.rs; src/store/memory.rs keeps the
--- same rules for the embedded store, and tests/api/conformance.rs holds both to them.
+-- script whole. The rules are written out in src/store/mod.rs and once as a pure machine in
+-- src/store/machine.rs, which the embedded store runs; tests/api/conformance.rs holds both
+-- stores to them.
 --
 -- KEYS[1] state    hash    seq; while busy: id attempt phase deadline duration
 -- KEYS[2] queue    list    ids of waiting alerts, head first

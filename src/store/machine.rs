@@ -1,0 +1,569 @@
+//! The rules of a receiver, once: a pure state machine with no I/O and no clock.
+//!
+//! [`apply`] takes a receiver's state, one [`Command`], the time (`now`, milliseconds on the
+//! store's clock) and the [`Rules`], changes the state and answers an [`Outcome`]: what the
+//! command came to, the receiver's [`Snapshot`] after it, what happened to which alert and when
+//! (a trail for history), and when the receiver next needs waking. It never sleeps and never sets
+//! a timer; a store keeps the state, and the node's hub calls [`Command::Check`] when the wake-up
+//! time comes.
+//!
+//! The embedded store is a map of receivers and this function. The Redis store runs the same
+//! rules in `lua/receiver.lua`; `tests/api/conformance.rs` holds both stores to them.
+//!
+//! # How the rules read
+//!
+//! - **Dispatch** (free to busy) is [`Receiver::dispatch`], the only place an alert goes out,
+//!   and only while free and some widget is live on some node.
+//! - **Completion** (busy to free) is [`Receiver::complete`], for `done` and `expired`.
+//! - **Requeue** puts the alert in flight back at the head when no widget is left to show it.
+//! - Every change of the alert in flight bumps `seq`; a receiver seen for the first time starts
+//!   it from the clock, so it still moves past anything a node saw before its state was lost.
+
+use std::collections::{HashMap, HashSet, VecDeque};
+use std::sync::Arc;
+
+use super::{Event, Flight, Publish, Rules, Snapshot, StoreError, WidgetChange};
+
+/// Milliseconds on the store's clock.
+pub type Millis = u64;
+
+/// An alert as the machine keeps it: its id, its JSON as published, and how long it shows.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Stored {
+    pub id: Arc<str>,
+    pub json: Arc<str>,
+    pub duration_ms: u32,
+}
+
+/// A waiting alert, with how many times it was sent before going back to the queue.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Queued {
+    pub alert: Stored,
+    pub sent: u32,
+}
+
+/// The alert in flight.
+#[derive(Clone, Debug, PartialEq)]
+pub struct InFlight {
+    pub alert: Stored,
+    pub attempt: u32,
+    pub started: bool,
+    /// The start timeout while only sent; its duration plus the ack grace once started.
+    pub deadline: Millis,
+}
+
+/// One node's report of its widgets for a receiver.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Presence {
+    pub widgets: u32,
+    /// The report counts until then unless refreshed.
+    pub live_until: Millis,
+}
+
+/// What a publish with an idempotency key is remembered as.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Remembered {
+    pub id: String,
+    pub position: u64,
+    pub until: Millis,
+}
+
+/// Everything the rules know of one receiver.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct Receiver {
+    pub seq: u64,
+    pub queue: VecDeque<Queued>,
+    pub flight: Option<InFlight>,
+    /// node id -> its report.
+    pub presence: HashMap<Arc<str>, Presence>,
+    /// idempotency key -> the first publish with it.
+    pub idempotency: HashMap<String, Remembered>,
+    /// The ids queued and in flight, so the same id is never queued twice (Redis: the alerts
+    /// hash).
+    pub ids: HashSet<Arc<str>>,
+}
+
+/// Every transition of a receiver.
+#[derive(Clone, Debug)]
+pub enum Command<'a> {
+    /// Queue an alert, and send it if the receiver is free.
+    Publish {
+        alert: Stored,
+        idempotency_key: Option<&'a str>,
+    },
+    /// A node's widgets for the receiver changed.
+    Widgets { node: &'a str, change: WidgetChange },
+    /// A widget began to show alert `id`.
+    Started { id: &'a str },
+    /// A widget finished alert `id`.
+    Done { id: &'a str },
+    /// The deadline of alert `id` may have passed.
+    Check { id: &'a str },
+    /// `node` was found dead: its widgets are gone.
+    Sweep { node: &'a str },
+}
+
+/// What a command came to, besides the snapshot.
+#[derive(Clone, Debug, PartialEq)]
+pub enum Answer {
+    /// The state after the command is in the snapshot.
+    Changed,
+    /// A publish was queued (or its id was queued already); `position` alerts are ahead of it.
+    Accepted {
+        position: u64,
+    },
+    /// The idempotency key was seen: the first alert's id and position, nothing queued.
+    Duplicate {
+        id: String,
+        position: u64,
+    },
+    QueueFull,
+    /// A widget joined past the limit; nothing was counted.
+    TooManyWidgets(u32),
+}
+
+/// Something that happened to one alert, for a history trail.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Happened {
+    pub event: Event,
+    pub id: Arc<str>,
+    pub attempt: u32,
+    pub at: Millis,
+}
+
+/// The outcome of one command.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Outcome {
+    pub answer: Answer,
+    pub snapshot: Snapshot,
+    pub trail: Vec<Happened>,
+    /// When the receiver next needs a [`Command::Check`]: the deadline of its alert in flight.
+    pub wake_at: Option<Millis>,
+}
+
+impl Outcome {
+    /// The outcome as the `Store` trait's publish answers it.
+    pub fn into_publish(self) -> Publish {
+        match self.answer {
+            Answer::Accepted { position } => Publish::Accepted {
+                position,
+                snapshot: self.snapshot,
+            },
+            Answer::Duplicate { id, position } => Publish::Duplicate { id, position },
+            _ => Publish::QueueFull,
+        }
+    }
+
+    /// The outcome as the `Store` trait's other transitions answer it.
+    pub fn into_snapshot(self) -> Result<Snapshot, StoreError> {
+        match self.answer {
+            Answer::TooManyWidgets(max) => Err(StoreError::TooManyWidgets(max)),
+            _ => Ok(self.snapshot),
+        }
+    }
+}
+
+/// Applies one command to a receiver at time `now`.
+pub fn apply(r: &mut Receiver, command: Command<'_>, now: Millis, rules: &Rules) -> Outcome {
+    let mut step = Step {
+        r,
+        now,
+        rules,
+        seq_before: 0,
+        trail: Vec::new(),
+    };
+    step.seq_before = step.r.seq;
+    let (answer, with_alert) = step.run(command);
+    step.finish(answer, with_alert)
+}
+
+/// One command under way.
+struct Step<'r> {
+    r: &'r mut Receiver,
+    now: Millis,
+    rules: &'r Rules,
+    seq_before: u64,
+    trail: Vec<Happened>,
+}
+
+impl Step<'_> {
+    /// Runs the command; answers what it came to and whether the snapshot must carry the alert
+    /// in flight even if it did not change.
+    fn run(&mut self, command: Command<'_>) -> (Answer, bool) {
+        let now = self.now;
+        match command {
+            Command::Publish {
+                alert,
+                idempotency_key,
+            } => self.publish(alert, idempotency_key),
+            Command::Widgets { node, change } => self.widgets(node, change),
+            Command::Started { id } => {
+                let grace = ms(self.rules.ack_grace);
+                if let Some(f) = self.flight_matching(id).filter(|f| !f.started) {
+                    f.started = true;
+                    f.deadline = now + u64::from(f.alert.duration_ms) + grace;
+                }
+                (Answer::Changed, false)
+            }
+            Command::Done { id } => {
+                if self.flight_matching(id).is_some() {
+                    self.complete(Event::Done);
+                    self.dispatch();
+                }
+                (Answer::Changed, false)
+            }
+            Command::Check { id } => {
+                let due = self
+                    .flight_matching(id)
+                    .filter(|f| f.deadline <= now)
+                    .map(|f| f.started);
+                match due {
+                    Some(true) => {
+                        self.complete(Event::Expired);
+                        self.dispatch();
+                    }
+                    Some(false) if self.live() == 0 => self.requeue(),
+                    // Sent but never started: the frame may have been lost, so send it again.
+                    Some(false) => self.resend(),
+                    None => {}
+                }
+                (Answer::Changed, false)
+            }
+            Command::Sweep { node } => {
+                self.r.presence.remove(node);
+                if self.live() == 0 {
+                    self.requeue();
+                } else {
+                    self.dispatch();
+                }
+                (Answer::Changed, false)
+            }
+        }
+    }
+
+    fn publish(&mut self, alert: Stored, idempotency_key: Option<&str>) -> (Answer, bool) {
+        let now = self.now;
+        if let Some(key) = idempotency_key {
+            self.r.idempotency.retain(|_, seen| seen.until > now);
+            if let Some(seen) = self.r.idempotency.get(key) {
+                let (id, position) = (seen.id.clone(), seen.position);
+                return (Answer::Duplicate { id, position }, false);
+            }
+        }
+        if self.r.ids.contains(&alert.id) {
+            // Queued or in flight already: a retry of a publish whose answer was lost. Answered
+            // as that publish was, queueing nothing.
+            let position = self.position_of(&alert.id).unwrap_or(0);
+            return (Answer::Accepted { position }, true);
+        }
+        if self.r.queue.len() as u64 >= self.rules.max_queue {
+            return (Answer::QueueFull, false);
+        }
+        let position = self.r.queue.len() as u64 + u64::from(self.r.flight.is_some());
+        if let Some(key) = idempotency_key {
+            let seen = Remembered {
+                id: alert.id.to_string(),
+                position,
+                until: now + ms(super::IDEMPOTENCY_TTL),
+            };
+            self.r.idempotency.insert(key.to_owned(), seen);
+        }
+        self.r.ids.insert(alert.id.clone());
+        self.r.queue.push_back(Queued { alert, sent: 0 });
+        self.dispatch();
+        (Answer::Accepted { position }, false)
+    }
+
+    fn widgets(&mut self, node: &str, change: WidgetChange) -> (Answer, bool) {
+        let now = self.now;
+        if change == WidgetChange::Joined && self.live() >= self.rules.max_widgets {
+            return (Answer::TooManyWidgets(self.rules.max_widgets), false);
+        }
+        // A node that stopped refreshing its report is gone; forget it.
+        self.r
+            .presence
+            .retain(|n, p| &**n == node || p.live_until > now);
+        let mine = self.r.presence.get(node).map_or(0, |p| p.widgets);
+        let mine = match change {
+            WidgetChange::Joined => mine + 1,
+            WidgetChange::Left | WidgetChange::Withdrawn => mine.saturating_sub(1),
+            WidgetChange::Refresh(n) => n,
+        };
+        if mine > 0 {
+            let report = Presence {
+                widgets: mine,
+                live_until: now + ms(super::PRESENCE_TTL),
+            };
+            match self.r.presence.get_mut(node) {
+                Some(p) => *p = report,
+                None => {
+                    self.r.presence.insert(node.into(), report);
+                }
+            }
+        } else {
+            self.r.presence.remove(node);
+        }
+        match change {
+            // A withdrawn widget (its node is stopping) will reconnect elsewhere and be given
+            // the alert in flight again, so it stays in flight.
+            WidgetChange::Withdrawn => {}
+            _ if self.live() == 0 => self.requeue(),
+            _ => self.dispatch(),
+        }
+        (Answer::Changed, true)
+    }
+
+    /// Live widgets over all nodes.
+    fn live(&self) -> u32 {
+        self.r
+            .presence
+            .values()
+            .filter(|p| p.live_until > self.now)
+            .map(|p| p.widgets)
+            .sum()
+    }
+
+    fn flight_matching(&mut self, id: &str) -> Option<&mut InFlight> {
+        self.r.flight.as_mut().filter(|f| &*f.alert.id == id)
+    }
+
+    /// How many alerts are ahead of alert `id`, if it is queued or in flight.
+    fn position_of(&self, id: &str) -> Option<u64> {
+        if self.r.flight.as_ref().is_some_and(|f| &*f.alert.id == id) {
+            return Some(0);
+        }
+        let ahead = self.r.queue.iter().position(|q| &*q.alert.id == id)?;
+        Some(ahead as u64 + u64::from(self.r.flight.is_some()))
+    }
+
+    fn bump(&mut self) {
+        if self.r.seq == 0 {
+            // A new receiver, or one whose state was lost: count on from the clock.
+            self.r.seq = self.now * 1000;
+        }
+        self.r.seq += 1;
+    }
+
+    fn happened(&mut self, event: Event, id: Arc<str>, attempt: u32) {
+        let at = self.now;
+        self.trail.push(Happened {
+            event,
+            id,
+            attempt,
+            at,
+        });
+    }
+
+    /// Free to busy: the one place an alert goes out. Only while free and someone can see it.
+    fn dispatch(&mut self) {
+        if self.r.flight.is_some() || self.live() == 0 {
+            return;
+        }
+        let Some(next) = self.r.queue.pop_front() else {
+            return;
+        };
+        let (id, attempt) = (next.alert.id.clone(), next.sent + 1);
+        self.r.flight = Some(InFlight {
+            alert: next.alert,
+            attempt,
+            started: false,
+            deadline: self.now + ms(self.rules.start_timeout),
+        });
+        self.bump();
+        self.happened(Event::Sent, id, attempt);
+    }
+
+    /// Busy to free: the one place an alert stops being in flight for good.
+    fn complete(&mut self, how: Event) {
+        if let Some(f) = self.r.flight.take() {
+            self.r.ids.remove(&f.alert.id);
+            self.bump();
+            self.happened(how, f.alert.id, f.attempt);
+        }
+    }
+
+    /// Back to the head of the queue when no widget is left to show it, remembering how many
+    /// times it was sent so the next send counts on.
+    fn requeue(&mut self) {
+        if let Some(f) = self.r.flight.take() {
+            let (id, attempt) = (f.alert.id.clone(), f.attempt);
+            self.r.queue.push_front(Queued {
+                alert: f.alert,
+                sent: f.attempt,
+            });
+            self.bump();
+            self.happened(Event::Requeued, id, attempt);
+        }
+    }
+
+    fn resend(&mut self) {
+        let deadline = self.now + ms(self.rules.start_timeout);
+        let Some(f) = self.r.flight.as_mut() else {
+            return;
+        };
+        f.attempt += 1;
+        f.deadline = deadline;
+        let (id, attempt) = (f.alert.id.clone(), f.attempt);
+        self.bump();
+        self.happened(Event::Resent, id, attempt);
+    }
+
+    /// The outcome: the snapshot carries the alert in flight when `seq` moved (it is news) or
+    /// when the command asks for it.
+    fn finish(self, answer: Answer, with_alert: bool) -> Outcome {
+        let now = self.now;
+        let changed = self.r.seq != self.seq_before;
+        let flight = self.r.flight.as_ref().map(|f| Flight {
+            id: f.alert.id.clone(),
+            attempt: f.attempt,
+            started: f.started,
+            remaining: std::time::Duration::from_millis(f.deadline.saturating_sub(now)),
+            alert: (with_alert || changed).then(|| f.alert.json.clone()),
+        });
+        Outcome {
+            answer,
+            snapshot: Snapshot {
+                seq: self.r.seq,
+                flight,
+                events: self.trail.iter().map(|h| h.event).collect(),
+            },
+            wake_at: self.r.flight.as_ref().map(|f| f.deadline),
+            trail: self.trail,
+        }
+    }
+}
+
+impl Receiver {
+    /// Waiting alerts.
+    pub fn queued(&self) -> u64 {
+        self.queue.len() as u64
+    }
+
+    /// Live widgets over all nodes at `now`.
+    pub fn live_widgets(&self, now: Millis) -> u32 {
+        self.presence
+            .values()
+            .filter(|p| p.live_until > now)
+            .map(|p| p.widgets)
+            .sum()
+    }
+
+    /// Nothing is left of it but its `seq`: a store may forget it, keeping `seq` as a floor.
+    pub fn is_idle(&self, now: Millis) -> bool {
+        self.queue.is_empty()
+            && self.flight.is_none()
+            && self.live_widgets(now) == 0
+            && self.idempotency.values().all(|seen| seen.until <= now)
+    }
+}
+
+fn ms(d: std::time::Duration) -> u64 {
+    d.as_millis() as u64
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const NODE: &str = "node-a";
+
+    fn rules() -> Rules {
+        Rules {
+            start_timeout: std::time::Duration::from_millis(300),
+            ack_grace: std::time::Duration::from_millis(200),
+            max_queue: 3,
+            max_widgets: 2,
+        }
+    }
+
+    fn alert(id: &str) -> Stored {
+        Stored {
+            id: id.into(),
+            json: format!(r#"{{"id":"{id}"}}"#).into(),
+            duration_ms: 1000,
+        }
+    }
+
+    fn publish(r: &mut Receiver, id: &str, now: Millis) -> Outcome {
+        let command = Command::Publish {
+            alert: alert(id),
+            idempotency_key: None,
+        };
+        apply(r, command, now, &rules())
+    }
+
+    fn join(r: &mut Receiver, now: Millis) -> Outcome {
+        let change = WidgetChange::Joined;
+        apply(r, Command::Widgets { node: NODE, change }, now, &rules())
+    }
+
+    fn flight(o: &Outcome) -> Option<(&str, u32)> {
+        o.snapshot.flight.as_ref().map(|f| (&*f.id, f.attempt))
+    }
+
+    #[test]
+    fn an_alert_goes_out_once_a_widget_joins_and_the_next_after_done() {
+        let mut r = Receiver::default();
+        let o = publish(&mut r, "a1", 10);
+        assert_eq!(o.answer, Answer::Accepted { position: 0 });
+        assert_eq!(flight(&o), None, "no widget yet");
+        publish(&mut r, "a2", 11);
+        let o = join(&mut r, 12);
+        assert_eq!(flight(&o), Some(("a1", 1)));
+        assert_eq!(o.wake_at, Some(12 + 300));
+        assert_eq!(
+            o.trail,
+            [Happened {
+                event: Event::Sent,
+                id: "a1".into(),
+                attempt: 1,
+                at: 12
+            }]
+        );
+        let o = apply(&mut r, Command::Done { id: "a1" }, 20, &rules());
+        assert_eq!(flight(&o), Some(("a2", 1)));
+        assert_eq!(o.snapshot.events, [Event::Done, Event::Sent]);
+    }
+
+    #[test]
+    fn timing_rules_follow_the_clock_given() {
+        let mut r = Receiver::default();
+        join(&mut r, 0);
+        publish(&mut r, "a1", 0);
+        // Not started by 300 ms: sent again, one attempt more.
+        let o = apply(&mut r, Command::Check { id: "a1" }, 299, &rules());
+        assert_eq!((flight(&o), o.trail.len()), (Some(("a1", 1)), 0));
+        let o = apply(&mut r, Command::Check { id: "a1" }, 300, &rules());
+        assert_eq!(flight(&o), Some(("a1", 2)));
+        assert_eq!(o.snapshot.events, [Event::Resent]);
+        // Started at 400: its deadline is its duration plus the grace.
+        let o = apply(&mut r, Command::Started { id: "a1" }, 400, &rules());
+        assert_eq!(o.wake_at, Some(400 + 1000 + 200));
+        let o = apply(&mut r, Command::Check { id: "a1" }, 1600, &rules());
+        assert_eq!(flight(&o), None);
+        assert_eq!(o.snapshot.events, [Event::Expired]);
+    }
+
+    #[test]
+    fn a_report_not_refreshed_in_time_stops_counting() {
+        let mut r = Receiver::default();
+        join(&mut r, 0);
+        publish(&mut r, "a1", 0);
+        let ttl = ms(super::super::PRESENCE_TTL);
+        assert_eq!(r.live_widgets(ttl - 1), 1);
+        assert_eq!(r.live_widgets(ttl), 0);
+        // Its deadline passing with nobody left puts the alert back at the head.
+        let o = apply(&mut r, Command::Check { id: "a1" }, ttl, &rules());
+        assert_eq!(flight(&o), None);
+        assert_eq!(o.snapshot.events, [Event::Requeued]);
+        assert_eq!(r.queue.front().map(|q| q.sent), Some(1));
+    }
+
+    #[test]
+    fn a_new_receiver_counts_seq_from_the_clock() {
+        let mut r = Receiver::default();
+        join(&mut r, 0);
+        let o = publish(&mut r, "a1", 5);
+        assert_eq!(o.snapshot.seq, 5001);
+    }
+}
