@@ -9,7 +9,7 @@
 //! separate so that a dropped subscriber (say `CLIENT KILL TYPE pubsub`) never fails a publish.
 
 use std::collections::{HashMap, HashSet};
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, OnceLock};
 use std::time::Duration;
 
@@ -49,6 +49,8 @@ struct Core {
     node: Arc<str>,
     script: Script,
     metrics: Arc<Metrics>,
+    /// 0: Redis's own clock. Otherwise the time in ms every call runs at (tests only).
+    clock: AtomicU64,
 }
 
 impl Drop for RedisStore {
@@ -122,6 +124,7 @@ impl RedisStore {
             node: node.into(),
             script: Script::new(RECEIVER_LUA),
             metrics,
+            clock: AtomicU64::new(0),
         });
         let sweeper = tokio::spawn(sweep_dead_nodes(core.clone(), notices)).abort_handle();
         Ok(Self {
@@ -139,6 +142,19 @@ impl RedisStore {
     /// The widget token secret every node shares.
     pub async fn shared_secret(&self) -> Result<String, StoreError> {
         shared_secret(&mut self.core.con.clone(), &self.core.keys).await
+    }
+
+    /// Tests only: every call runs at `now` (ms) instead of at Redis's clock, so the script's
+    /// timing rules can be held to the pure machine's without sleeping. `None`: Redis's clock.
+    #[doc(hidden)]
+    pub fn set_clock_for_tests(&self, now: Option<u64>) {
+        self.core.clock.store(now.unwrap_or(0), Ordering::Relaxed);
+    }
+
+    /// A node was found dead: its widgets for the receiver are gone, and the alert in flight goes
+    /// back to the queue if no other widget is live.
+    pub async fn sweep(&self, receiver: &ReceiverId, dead: &str) -> Result<Snapshot, StoreError> {
+        self.core.transition(receiver, "sweep", &[dead]).await
     }
 
     /// Makes the connection that transitions use on the calling thread's runtime, once per
@@ -208,7 +224,7 @@ impl Core {
         idempotency_key: Option<&str>,
         args: &[&str],
     ) -> redis::Cmd {
-        const FIXED_ARGS: usize = 7;
+        const FIXED_ARGS: usize = 8;
         let keys = RECEIVER_KEYS.len() + usize::from(idempotency_key.is_some());
         let bytes = 256 + args.iter().map(|a| a.len()).sum::<usize>();
         let mut call = redis::Cmd::with_capacity(3 + keys + FIXED_ARGS + args.len(), bytes);
@@ -223,6 +239,10 @@ impl Core {
             .arg(self.rules.ack_grace.as_millis() as u64)
             .arg(PRESENCE_TTL.as_millis() as u64)
             .arg(self.con.publish_command());
+        match self.clock.load(Ordering::Relaxed) {
+            0 => call.arg(""),
+            now => call.arg(now),
+        };
         for a in args {
             call.arg(*a);
         }
@@ -416,7 +436,7 @@ async fn heartbeat_and_sweep(
             "a node stopped; sweeping its receivers"
         );
         for receiver in held.iter().filter_map(|r| ReceiverId::parse(r).ok()) {
-            let snapshot = parse_snapshot(core.run(&receiver, "sweep", None, &[node]).await?)?;
+            let snapshot = core.transition(&receiver, "sweep", &[node]).await?;
             let _ = notices.send(Notice::Changed { receiver, snapshot });
         }
         let () = redis::cmd("DEL")

@@ -5,6 +5,7 @@ mod browser;
 mod cli;
 mod concurrency;
 mod conformance;
+mod differential;
 mod helpers;
 mod hub;
 mod ingest;

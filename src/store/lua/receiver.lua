@@ -11,7 +11,8 @@
 -- ARGV[1] op   ARGV[2] calling node   ARGV[3] events channel
 -- ARGV[4] start timeout ms   ARGV[5] ack grace ms   ARGV[6] presence ttl ms
 -- ARGV[7] PUBLISH, or SPUBLISH on a Redis Cluster (the channel shares the receiver's slot)
--- ARGV[8..] the op's own arguments
+-- ARGV[8] the time in ms, for tests that move the clock themselves; empty: Redis's own clock
+-- ARGV[9..] the op's own arguments
 --
 -- Every op but status answers with a snapshot (see snapshot()). When the op moved the receiver's
 -- seq and another node has live widgets, the snapshot is also published on the events channel.
@@ -22,9 +23,13 @@ local start_timeout, ack_grace = tonumber(ARGV[4]), tonumber(ARGV[5])
 local presence_ttl = tonumber(ARGV[6])
 local publish = ARGV[7]
 
--- Redis's clock, not the nodes': every node then agrees on every deadline.
-local time = redis.call('TIME')
-local now = tonumber(time[1]) * 1000 + math.floor(tonumber(time[2]) / 1000)
+-- Redis's clock, not the nodes': every node then agrees on every deadline. (A test that moves
+-- the clock itself gives the time instead, to hold this script to src/store/machine.rs.)
+local now = tonumber(ARGV[8])
+if not now then
+  local time = redis.call('TIME')
+  now = tonumber(time[1]) * 1000 + math.floor(tonumber(time[2]) / 1000)
+end
 
 -- The receiver's state, read once. Ops change `st`; finish() writes it back in one HSET
 -- (`started`, which changes two fields only, writes them itself).
@@ -77,7 +82,7 @@ end
 -- `started` is the most frequent op and moves no seq, so it is answered here, before the
 -- helpers the other ops need are made: making them costs Redis time on every call.
 if op == 'started' then
-  if st.id == ARGV[8] and st.phase == 'sent' then
+  if st.id == ARGV[9] and st.phase == 'sent' then
     st.phase, st.deadline = 'started', now + st.duration + ack_grace
     redis.call('HSET', state, 'phase', st.phase, 'deadline', int(st.deadline))
   end
@@ -193,7 +198,7 @@ local function finish(with_alert)
 end
 
 if op == 'publish' then
-  local id, value, max_queue, idem_ttl = ARGV[8], ARGV[9], tonumber(ARGV[10]), ARGV[11]
+  local id, value, max_queue, idem_ttl = ARGV[9], ARGV[10], tonumber(ARGV[11]), ARGV[12]
   local idem = KEYS[5]
   if idem then
     local seen = redis.call('GET', idem)
@@ -225,7 +230,7 @@ if op == 'publish' then
   return {'accepted', position, finish(false)}
 
 elseif op == 'widgets' then
-  local change, count, max_widgets = ARGV[8], tonumber(ARGV[9]), tonumber(ARGV[10])
+  local change, count, max_widgets = ARGV[9], tonumber(ARGV[10]), tonumber(ARGV[11])
   if change == 'joined' and presence() >= max_widgets then return {'too_many'} end
   live_total = nil -- read again below, after this op's own change
   local mine = 0
@@ -263,14 +268,14 @@ elseif op == 'widgets' then
   return finish(true)
 
 elseif op == 'done' then
-  if st.id == ARGV[8] then
+  if st.id == ARGV[9] then
     complete('done')
     dispatch()
   end
   return finish(false)
 
 elseif op == 'check' then
-  if st.id == ARGV[8] and st.deadline <= now then
+  if st.id == ARGV[9] and st.deadline <= now then
     if st.phase ~= 'sent' then
       complete('expired')
       dispatch()
@@ -286,9 +291,9 @@ elseif op == 'check' then
   return finish(false)
 
 elseif op == 'sweep' then
-  -- ARGV[8]: a node found dead. Its widgets are gone; if no other widget is live, the alert in
+  -- ARGV[9]: a node found dead. Its widgets are gone; if no other widget is live, the alert in
   -- flight goes back to the head of the queue.
-  redis.call('HDEL', widgets, ARGV[8])
+  redis.call('HDEL', widgets, ARGV[9])
   if presence() == 0 then requeue() else dispatch() end
   return finish(false)
 
