@@ -1,4 +1,4 @@
-//! The Redis store: the rules run as one Lua script (`lua/receiver.lua`), one `EVALSHA` per
+//! The Redis store: the rules run as a Redis Functions library (`lua/receiver.lua`), one `FCALL` per
 //! transition, over one multiplexed connection that every transition of the process shares. It
 //! is driven on the first HTTP worker's thread, where most calls are made
 //! ([`RedisStore::drive_calls_here`]); start-up and background work use a connection of their
@@ -14,7 +14,7 @@ use std::sync::{Arc, Mutex, OnceLock};
 use std::time::Duration;
 
 use async_trait::async_trait;
-use redis::{ErrorKind, PushInfo, PushKind, Script, ServerErrorKind, Value};
+use redis::{ErrorKind, PushInfo, PushKind, Value};
 use tokio::sync::{mpsc, oneshot};
 
 use super::connection::{Connection, Pusher, Target};
@@ -26,7 +26,76 @@ use super::{
 use crate::alert::{AlertRecord, ReceiverId};
 use crate::metrics::Metrics;
 
-const RECEIVER_LUA: &str = include_str!("lua/receiver.lua");
+/// The library of the rules, loaded with `FUNCTION LOAD REPLACE` at start and whenever Redis
+/// answers that a function is missing.
+const LIBRARY: &str = include_str!("lua/receiver.lua");
+
+/// The library's functions. Their names carry the library's version, so that nodes of two
+/// versions can share a Redis during a rolling deploy.
+#[derive(Clone, Copy, Debug)]
+enum Function {
+    Publish,
+    Widgets,
+    Started,
+    Done,
+    Check,
+    Sweep,
+    Status,
+}
+
+impl Function {
+    fn name(self) -> &'static str {
+        match self {
+            Function::Publish => "cuebox_v1_publish",
+            Function::Widgets => "cuebox_v1_widgets",
+            Function::Started => "cuebox_v1_started",
+            Function::Done => "cuebox_v1_done",
+            Function::Check => "cuebox_v1_check",
+            Function::Sweep => "cuebox_v1_sweep",
+            Function::Status => "cuebox_v1_status",
+        }
+    }
+
+    /// As metrics label it.
+    fn label(self) -> &'static str {
+        match self {
+            Function::Publish => "publish",
+            Function::Widgets => "widgets",
+            Function::Started => "started",
+            Function::Done => "done",
+            Function::Check => "check",
+            Function::Sweep => "sweep",
+            Function::Status => "status",
+        }
+    }
+}
+
+/// Loads the library (on every master of a cluster: the command is routed to all of them).
+/// Redis before 7 has no Functions, and is refused with a message that says so.
+pub async fn load_library(con: &mut Connection) -> Result<(), StoreError> {
+    let loaded: redis::RedisResult<String> = redis::cmd("FUNCTION")
+        .arg("LOAD")
+        .arg("REPLACE")
+        .arg(LIBRARY)
+        .query_async(con)
+        .await;
+    match loaded {
+        Ok(_) => Ok(()),
+        Err(e) if e.to_string().to_ascii_lowercase().contains("unknown") => {
+            Err(StoreError::Protocol(format!(
+                "the Redis store needs Redis 7 or newer (Redis Functions); this Redis answered \
+                 FUNCTION LOAD with: {e}"
+            )))
+        }
+        Err(e) => Err(e.into()),
+    }
+}
+
+/// Redis answered that the library's function is missing: a restart without persistence, or a
+/// failover to a replica that never had it.
+fn is_function_missing(e: &redis::RedisError) -> bool {
+    e.to_string().contains("Function not found")
+}
 
 pub struct RedisStore {
     core: Arc<Core>,
@@ -35,7 +104,7 @@ pub struct RedisStore {
     sweeper: tokio::task::AbortHandle,
 }
 
-/// What every script call needs, shared by the store and its sweeper task.
+/// What every function call needs, shared by the store and its sweeper task.
 struct Core {
     /// For start-up and background work, and for transitions until `calls` is made.
     con: Connection,
@@ -47,7 +116,6 @@ struct Core {
     keys: Keys,
     rules: Rules,
     node: Arc<str>,
-    script: Script,
     metrics: Arc<Metrics>,
     /// 0: Redis's own clock. Otherwise the time in ms every call runs at (tests only).
     clock: AtomicU64,
@@ -112,7 +180,8 @@ impl RedisStore {
         notices: mpsc::UnboundedSender<Notice>,
         metrics: Arc<Metrics>,
     ) -> Result<Self, StoreError> {
-        let con = target.connect(None).await?;
+        let mut con = target.connect(None).await?;
+        load_library(&mut con).await?;
         let watches = Watches::start(target, keys.clone(), node.into(), notices.clone()).await?;
         let core = Arc::new(Core {
             con,
@@ -122,7 +191,6 @@ impl RedisStore {
             keys,
             rules,
             node: node.into(),
-            script: Script::new(RECEIVER_LUA),
             metrics,
             clock: AtomicU64::new(0),
         });
@@ -154,7 +222,9 @@ impl RedisStore {
     /// A node was found dead: its widgets for the receiver are gone, and the alert in flight goes
     /// back to the queue if no other widget is live.
     pub async fn sweep(&self, receiver: &ReceiverId, dead: &str) -> Result<Snapshot, StoreError> {
-        self.core.transition(receiver, "sweep", &[dead]).await
+        self.core
+            .transition(receiver, Function::Sweep, &[dead])
+            .await
     }
 
     /// Makes the connection that transitions use on the calling thread's runtime, once per
@@ -189,51 +259,50 @@ impl RedisStore {
 }
 
 impl Core {
-    /// Runs one op of `receiver.lua` for a receiver.
+    /// Calls one function of the library for a receiver.
     async fn run(
         &self,
         receiver: &ReceiverId,
-        op: &str,
+        function: Function,
         idempotency_key: Option<&str>,
         args: &[&str],
     ) -> Result<Value, StoreError> {
-        let call = self.evalsha(receiver, op, idempotency_key, args);
+        let call = self.fcall(receiver, function, idempotency_key, args);
         let mut con = self.calls.get().unwrap_or(&self.con).clone();
         let started = std::time::Instant::now();
         let mut reply = call.query_async(&mut con).await;
-        if matches!(&reply, Err(e) if e.kind() == ErrorKind::Server(ServerErrorKind::NoScript)) {
-            // A Redis that restarted empty, or a master new to the cluster, lacks the script.
-            reply = match self.script.load_async(&mut con).await {
-                Ok(_) => call.query_async(&mut con).await,
-                Err(e) => Err(e),
+        if matches!(&reply, Err(e) if is_function_missing(e)) {
+            // Nothing ran: load the library and call once more.
+            reply = match load_library(&mut con).await {
+                Ok(()) => call.query_async(&mut con).await,
+                Err(e) => return Err(e),
             };
         }
         self.metrics
-            .store_call(op, started.elapsed(), reply.is_err());
+            .store_call(function.label(), started.elapsed(), reply.is_err());
         Ok(reply?)
     }
 
-    /// `EVALSHA` of `receiver.lua`, written straight into one command: KEYS, then the node's
-    /// constants, then the op's own arguments. (`redis::Script`'s invocation allocates for every
-    /// argument and copies them again; with the keys formatted apiece, that was some twenty
-    /// allocations a transition.)
-    fn evalsha(
+    /// `FCALL` of one of the library's functions, written straight into one command: KEYS,
+    /// then the node's constants, then the function's own arguments. (`redis::Script`'s
+    /// invocation allocated for every argument and copied them again; with the keys formatted
+    /// apiece, that was some twenty allocations a transition.)
+    fn fcall(
         &self,
         receiver: &ReceiverId,
-        op: &str,
+        function: Function,
         idempotency_key: Option<&str>,
         args: &[&str],
     ) -> redis::Cmd {
-        const FIXED_ARGS: usize = 8;
+        const FIXED_ARGS: usize = 7;
         let keys = RECEIVER_KEYS.len() + usize::from(idempotency_key.is_some());
         let bytes = 256 + args.iter().map(|a| a.len()).sum::<usize>();
         let mut call = redis::Cmd::with_capacity(3 + keys + FIXED_ARGS + args.len(), bytes);
-        call.arg("EVALSHA").arg(self.script.get_hash()).arg(keys);
+        call.arg("FCALL").arg(function.name()).arg(keys);
         self.keys.receiver(receiver, idempotency_key, |key| {
             call.arg(key);
         });
-        call.arg(op)
-            .arg(&*self.node)
+        call.arg(&*self.node)
             .arg(self.keys.events(receiver))
             .arg(self.rules.start_timeout.as_millis() as u64)
             .arg(self.rules.ack_grace.as_millis() as u64)
@@ -252,10 +321,10 @@ impl Core {
     async fn transition(
         &self,
         receiver: &ReceiverId,
-        op: &str,
+        function: Function,
         args: &[&str],
     ) -> Result<Snapshot, StoreError> {
-        parse_snapshot(self.run(receiver, op, None, args).await?)
+        parse_snapshot(self.run(receiver, function, None, args).await?)
     }
 }
 
@@ -275,7 +344,7 @@ impl Store for RedisStore {
             .core
             .run(
                 &alert.receiver,
-                "publish",
+                Function::Publish,
                 idempotency_key,
                 &[&alert.id, &value, &max_queue, &ttl],
             )
@@ -320,7 +389,7 @@ impl Store for RedisStore {
             .core
             .run(
                 receiver,
-                "widgets",
+                Function::Widgets,
                 None,
                 &[change, &count.to_string(), &max],
             )
@@ -332,19 +401,21 @@ impl Store for RedisStore {
     }
 
     async fn started(&self, receiver: &ReceiverId, id: &str) -> Result<Snapshot, StoreError> {
-        self.core.transition(receiver, "started", &[id]).await
+        self.core
+            .transition(receiver, Function::Started, &[id])
+            .await
     }
 
     async fn done(&self, receiver: &ReceiverId, id: &str) -> Result<Snapshot, StoreError> {
-        self.core.transition(receiver, "done", &[id]).await
+        self.core.transition(receiver, Function::Done, &[id]).await
     }
 
     async fn check(&self, receiver: &ReceiverId, id: &str) -> Result<Snapshot, StoreError> {
-        self.core.transition(receiver, "check", &[id]).await
+        self.core.transition(receiver, Function::Check, &[id]).await
     }
 
     async fn status(&self, receiver: &ReceiverId) -> Result<Status, StoreError> {
-        let reply = self.core.run(receiver, "status", None, &[]).await?;
+        let reply = self.core.run(receiver, Function::Status, None, &[]).await?;
         match reply {
             Value::Array(items) if items.len() == 3 => Ok(Status {
                 queued: int(&items[0])?,
@@ -436,7 +507,7 @@ async fn heartbeat_and_sweep(
             "a node stopped; sweeping its receivers"
         );
         for receiver in held.iter().filter_map(|r| ReceiverId::parse(r).ok()) {
-            let snapshot = core.transition(&receiver, "sweep", &[node]).await?;
+            let snapshot = core.transition(&receiver, Function::Sweep, &[node]).await?;
             let _ = notices.send(Notice::Changed { receiver, snapshot });
         }
         let () = redis::cmd("DEL")

@@ -367,3 +367,15 @@ async fn on_a_cluster_every_live_node_keeps_its_heartbeat() {
     .await;
     let _: () = redis::cmd("PING").query_async(&mut con).await.unwrap();
 }
+
+#[actix_web::test]
+async fn a_node_refuses_a_redis_without_functions_and_says_why() {
+    // Redis before 7 has no FUNCTION command; a real redis-server without it stands in for one.
+    let redis = RedisServer::spawn_with(&["--rename-command", "FUNCTION", ""]).await;
+    let built = cuebox::startup::Application::build(serve_args(Some(redis.url()))).await;
+    let message = match built {
+        Ok(_) => panic!("a node started on a Redis without Functions"),
+        Err(e) => e.to_string(),
+    };
+    assert!(message.contains("Redis 7 or newer"), "{message}");
+}

@@ -1,54 +1,29 @@
--- receiver.lua: every state transition of one receiver, each one atomic because Redis runs a
--- script whole. The rules are written out in src/store/mod.rs and once as a pure machine in
--- src/store/machine.rs, which the embedded store runs; tests/api/conformance.rs holds both
--- stores to them.
+#!lua name=cuebox_v1
+-- The Redis Functions library of cuebox: every state transition of one receiver, each one
+-- atomic because Redis runs a function whole. The rules are written out in src/store/mod.rs and
+-- once as a pure machine in src/store/machine.rs, which the embedded store runs;
+-- tests/api/differential.rs holds this library to that machine, and tests/api/conformance.rs
+-- holds both stores to the rules.
 --
+-- Loaded once per Redis (FUNCTION LOAD), so the helpers below are made once, not on every call
+-- as a script's are. The library and every function name carry the version (v1): nodes of two
+-- versions can share a Redis during a rolling deploy, each calling its own.
+--
+-- Every function takes the same keys and leading arguments:
 -- KEYS[1] state    hash    seq; while busy: id attempt phase deadline duration
 -- KEYS[2] queue    list    ids of waiting alerts, head first
 -- KEYS[3] alerts   hash    id -> "<duration_ms> <times sent> <alert json>"
 -- KEYS[4] widgets  hash    node id -> "<widgets> <live until, ms>"
 -- KEYS[5] idempotency key (publish with a key only)
--- ARGV[1] op   ARGV[2] calling node   ARGV[3] events channel
--- ARGV[4] start timeout ms   ARGV[5] ack grace ms   ARGV[6] presence ttl ms
--- ARGV[7] PUBLISH, or SPUBLISH on a Redis Cluster (the channel shares the receiver's slot)
--- ARGV[8] the time in ms, for tests that move the clock themselves; empty: Redis's own clock
--- ARGV[9..] the op's own arguments
+-- ARGV[1] calling node   ARGV[2] events channel
+-- ARGV[3] start timeout ms   ARGV[4] ack grace ms   ARGV[5] presence ttl ms
+-- ARGV[6] PUBLISH, or SPUBLISH on a Redis Cluster (the channel shares the receiver's slot)
+-- ARGV[7] the time in ms, for tests that move the clock themselves; empty: Redis's own clock
+-- ARGV[8..] the function's own arguments
 --
--- Every op but status answers with a snapshot (see snapshot()). When the op moved the receiver's
--- seq and another node has live widgets, the snapshot is also published on the events channel.
-
-local state, queue, alerts, widgets = KEYS[1], KEYS[2], KEYS[3], KEYS[4]
-local op, node, channel = ARGV[1], ARGV[2], ARGV[3]
-local start_timeout, ack_grace = tonumber(ARGV[4]), tonumber(ARGV[5])
-local presence_ttl = tonumber(ARGV[6])
-local publish = ARGV[7]
-
--- Redis's clock, not the nodes': every node then agrees on every deadline. (A test that moves
--- the clock itself gives the time instead, to hold this script to src/store/machine.rs.)
-local now = tonumber(ARGV[8])
-if not now then
-  local time = redis.call('TIME')
-  now = tonumber(time[1]) * 1000 + math.floor(tonumber(time[2]) / 1000)
-end
-
--- The receiver's state, read once. Ops change `st`; finish() writes it back in one HSET
--- (`started`, which changes two fields only, writes them itself).
-local f = redis.call('HMGET', state, 'seq', 'id', 'attempt', 'phase', 'deadline', 'duration')
-local had_flight = f[2] ~= false
-local st = {
-  seq = tonumber(f[1]) or 0,
-  id = f[2] or nil,
-  attempt = tonumber(f[3]),
-  phase = f[4] or nil,
-  deadline = tonumber(f[5]),
-  duration = tonumber(f[6]),
-}
-local seq_before = st.seq
-local dirty = false
--- The in-flight alert's JSON, once this op has read it.
-local alert_json = nil
--- What this op did, in order, for the caller's metrics: sent resent requeued done expired.
-local events = {}
+-- Every function but status answers with a snapshot (see snapshot()). When the call moved the
+-- receiver's seq and another node has live widgets, the snapshot is also published on the
+-- events channel.
 
 -- Numbers past 1e14 (seq) must not be written in Lua's exponent form.
 local function int(n)
@@ -60,148 +35,185 @@ local function parse_alert(value)
   return tonumber(duration), tonumber(sent), json
 end
 
+-- One call's context: its keys, its node's constants, the clock, and the receiver's state, read
+-- once. Functions change `c.st`; finish() writes it back in one HSET (`started`, which changes
+-- two fields only, writes them itself).
+local function open(keys, args)
+  local now = tonumber(args[7])
+  if not now then
+    -- Redis's clock, not the nodes': every node then agrees on every deadline.
+    local time = redis.call('TIME')
+    now = tonumber(time[1]) * 1000 + math.floor(tonumber(time[2]) / 1000)
+  end
+  local f = redis.call('HMGET', keys[1], 'seq', 'id', 'attempt', 'phase', 'deadline', 'duration')
+  local seq = tonumber(f[1]) or 0
+  return {
+    state = keys[1], queue = keys[2], alerts = keys[3], widgets = keys[4], idem = keys[5],
+    node = args[1], channel = args[2],
+    start_timeout = tonumber(args[3]), ack_grace = tonumber(args[4]),
+    presence_ttl = tonumber(args[5]), publish = args[6],
+    now = now,
+    had_flight = f[2] ~= false,
+    st = {
+      seq = seq,
+      id = f[2] or nil,
+      attempt = tonumber(f[3]),
+      phase = f[4] or nil,
+      deadline = tonumber(f[5]),
+      duration = tonumber(f[6]),
+    },
+    seq_before = seq,
+    dirty = false,
+    -- The in-flight alert's JSON, once this call has read it.
+    alert_json = nil,
+    -- What this call did, in order, for the caller's metrics: sent resent requeued done expired.
+    events = {},
+    -- Live widgets over all nodes, and whether a live node other than the caller holds any;
+    -- read once per call, after any change the call makes to the widgets hash.
+    live_total = nil,
+    live_others = nil,
+  }
+end
+
 -- {seq, id, attempt, started (0 or 1), ms to deadline, alert json, events}; id and json are
--- nil when free, and json is nil unless asked for.
-local function snapshot(with_alert)
-  local happened = table.concat(events, ' ')
+-- false when free, and json is false unless asked for.
+local function snapshot(c, with_alert)
+  local st = c.st
+  local happened = table.concat(c.events, ' ')
   if not st.id then return {st.seq, false, 0, 0, 0, false, happened} end
-  if with_alert and not alert_json then
-    local value = redis.call('HGET', alerts, st.id)
+  if with_alert and not c.alert_json then
+    local value = redis.call('HGET', c.alerts, st.id)
     if value then
       local _, _, j = parse_alert(value)
-      alert_json = j
+      c.alert_json = j
     end
   end
   local json = false
-  if with_alert and alert_json then json = alert_json end
+  if with_alert and c.alert_json then json = c.alert_json end
   local started = 0
   if st.phase == 'started' then started = 1 end
-  return {st.seq, st.id, st.attempt, started, math.max(0, st.deadline - now), json, happened}
+  return {st.seq, st.id, st.attempt, started, math.max(0, st.deadline - c.now), json, happened}
 end
 
--- `started` is the most frequent op and moves no seq, so it is answered here, before the
--- helpers the other ops need are made: making them costs Redis time on every call.
-if op == 'started' then
-  if st.id == ARGV[9] and st.phase == 'sent' then
-    st.phase, st.deadline = 'started', now + st.duration + ack_grace
-    redis.call('HSET', state, 'phase', st.phase, 'deadline', int(st.deadline))
-  end
-  return snapshot(false)
-end
-
-local function bump()
+local function bump(c)
+  local st = c.st
   if st.seq == 0 then
     -- A new receiver, or one whose keys were lost (a Redis restart without persistence):
     -- count on from the clock, so seq still moves past anything a node saw before.
-    st.seq = now * 1000
+    st.seq = c.now * 1000
   end
   st.seq = st.seq + 1
-  dirty = true
+  c.dirty = true
 end
 
--- Live widgets over all nodes, and whether a live node other than the caller holds any.
--- Read once per op, after any change the op makes to the widgets hash.
-local live_total, live_others
-local function presence()
-  if live_total == nil then
-    live_total, live_others = 0, false
-    local flat = redis.call('HGETALL', widgets)
+local function presence(c)
+  if c.live_total == nil then
+    local total, others = 0, false
+    local flat = redis.call('HGETALL', c.widgets)
     for i = 1, #flat, 2 do
       local count, live_until = string.match(flat[i + 1], '^(%d+) (%d+)$')
       count, live_until = tonumber(count), tonumber(live_until)
-      if count and count > 0 and live_until > now then
-        live_total = live_total + count
-        if flat[i] ~= node then live_others = true end
+      if count and count > 0 and live_until > c.now then
+        total = total + count
+        if flat[i] ~= c.node then others = true end
       end
     end
+    c.live_total, c.live_others = total, others
   end
-  return live_total, live_others
+  return c.live_total, c.live_others
 end
 
-local function clear_flight()
+local function clear_flight(c)
+  local st = c.st
   st.id, st.attempt, st.phase, st.deadline, st.duration = nil, nil, nil, nil, nil
-  alert_json = nil
+  c.alert_json = nil
 end
 
 -- Free to busy: the one place an alert goes out. Only while free and someone can see it.
-local function dispatch()
-  if st.id or presence() == 0 then return end
+local function dispatch(c)
+  local st = c.st
+  if st.id or presence(c) == 0 then return end
   while true do
-    local id = redis.call('LPOP', queue)
+    local id = redis.call('LPOP', c.queue)
     if not id then return end
-    local value = redis.call('HGET', alerts, id)
+    local value = redis.call('HGET', c.alerts, id)
     -- An id without its alert cannot be shown; skip it rather than wedge the queue.
     if value then
       local duration, sent, json = parse_alert(value)
       st.id, st.attempt, st.phase = id, sent + 1, 'sent'
-      st.deadline, st.duration = now + start_timeout, duration
-      alert_json = json
-      bump()
-      table.insert(events, 'sent')
+      st.deadline, st.duration = c.now + c.start_timeout, duration
+      c.alert_json = json
+      bump(c)
+      table.insert(c.events, 'sent')
       return
     end
   end
 end
 
 -- Busy to free: the one place an alert stops being in flight for good: 'done' or 'expired'.
-local function complete(how)
-  redis.call('HDEL', alerts, st.id)
-  clear_flight()
-  bump()
-  table.insert(events, how)
+local function complete(c, how)
+  redis.call('HDEL', c.alerts, c.st.id)
+  clear_flight(c)
+  bump(c)
+  table.insert(c.events, how)
 end
 
 -- Back to the head of the queue when no widget is left to show it, remembering how many times
 -- it was sent so the next send counts on.
-local function requeue()
+local function requeue(c)
+  local st = c.st
   if not st.id then return end
-  local value = redis.call('HGET', alerts, st.id)
+  local value = redis.call('HGET', c.alerts, st.id)
   if value then
     local duration, _, json = parse_alert(value)
-    redis.call('HSET', alerts, st.id, duration .. ' ' .. st.attempt .. ' ' .. json)
-    redis.call('LPUSH', queue, st.id)
+    redis.call('HSET', c.alerts, st.id, duration .. ' ' .. st.attempt .. ' ' .. json)
+    redis.call('LPUSH', c.queue, st.id)
   end
-  clear_flight()
-  bump()
-  table.insert(events, 'requeued')
+  clear_flight(c)
+  bump(c)
+  table.insert(c.events, 'requeued')
 end
 
--- Writes `st` back, if this op changed it.
-local function save()
-  if not dirty then return end
+-- Writes `st` back, if this call changed it.
+local function save(c)
+  if not c.dirty then return end
+  local st = c.st
   if st.id then
-    redis.call('HSET', state, 'seq', int(st.seq), 'id', st.id, 'attempt', int(st.attempt),
+    redis.call('HSET', c.state, 'seq', int(st.seq), 'id', st.id, 'attempt', int(st.attempt),
       'phase', st.phase, 'deadline', int(st.deadline), 'duration', int(st.duration))
   else
-    redis.call('HSET', state, 'seq', int(st.seq))
-    if had_flight then
-      redis.call('HDEL', state, 'id', 'attempt', 'phase', 'deadline', 'duration')
+    redis.call('HSET', c.state, 'seq', int(st.seq))
+    if c.had_flight then
+      redis.call('HDEL', c.state, 'id', 'attempt', 'phase', 'deadline', 'duration')
     end
   end
 end
 
--- The op's answer, after saving; when seq moved, the new alert in flight goes with it and to
+-- The call's answer, after saving; when seq moved, the new alert in flight goes with it and to
 -- other nodes.
-local function finish(with_alert)
-  save()
-  local changed = st.seq ~= seq_before
-  local snap = snapshot(with_alert or changed)
+local function finish(c, with_alert)
+  save(c)
+  local changed = c.st.seq ~= c.seq_before
+  local snap = snapshot(c, with_alert or changed)
   if changed then
-    local _, others = presence()
+    local _, others = presence(c)
     if others then
       local id, json = snap[2], snap[6]
-      redis.call(publish, channel, table.concat({node, int(snap[1]), id or '-',
+      redis.call(c.publish, c.channel, table.concat({c.node, int(snap[1]), id or '-',
         snap[3], snap[4], snap[5], json or ''}, ' '))
     end
   end
   return snap
 end
 
-if op == 'publish' then
-  local id, value, max_queue, idem_ttl = ARGV[9], ARGV[10], tonumber(ARGV[11]), ARGV[12]
-  local idem = KEYS[5]
-  if idem then
-    local seen = redis.call('GET', idem)
+-- ARGV[8] the alert's id, ARGV[9] "<duration_ms> 0 <alert json>", ARGV[10] most alerts
+-- waiting, ARGV[11] idempotency ttl in seconds.
+local function publish(keys, args)
+  local c = open(keys, args)
+  local st = c.st
+  local id, value, max_queue, idem_ttl = args[8], args[9], tonumber(args[10]), args[11]
+  if c.idem then
+    local seen = redis.call('GET', c.idem)
     if seen then
       local first, position = string.match(seen, '^(%S+) (%d+)$')
       return {'duplicate', first, tonumber(position)}
@@ -209,39 +221,43 @@ if op == 'publish' then
   end
   -- An id that is queued or in flight already: the node's retry of a call whose answer was
   -- lost (the first ran after all). Answered as that call would have been, queueing nothing.
-  if redis.call('HSETNX', alerts, id, value) == 0 then
+  if redis.call('HSETNX', c.alerts, id, value) == 0 then
     local position = 0
     if st.id ~= id then
-      position = redis.call('LPOS', queue, id) or 0
+      position = redis.call('LPOS', c.queue, id) or 0
       if st.id then position = position + 1 end
     end
-    return {'accepted', position, finish(true)}
+    return {'accepted', position, finish(c, true)}
   end
-  local waiting = redis.call('LLEN', queue)
+  local waiting = redis.call('LLEN', c.queue)
   if waiting >= max_queue then
-    redis.call('HDEL', alerts, id)
+    redis.call('HDEL', c.alerts, id)
     return {'full'}
   end
   local position = waiting
   if st.id then position = position + 1 end
-  redis.call('RPUSH', queue, id)
-  if idem then redis.call('SET', idem, id .. ' ' .. position, 'EX', idem_ttl) end
-  dispatch()
-  return {'accepted', position, finish(false)}
+  redis.call('RPUSH', c.queue, id)
+  if c.idem then redis.call('SET', c.idem, id .. ' ' .. position, 'EX', idem_ttl) end
+  dispatch(c)
+  return {'accepted', position, finish(c, false)}
+end
 
-elseif op == 'widgets' then
-  local change, count, max_widgets = ARGV[9], tonumber(ARGV[10]), tonumber(ARGV[11])
-  if change == 'joined' and presence() >= max_widgets then return {'too_many'} end
-  live_total = nil -- read again below, after this op's own change
+-- ARGV[8] joined, left, withdrawn or refresh; ARGV[9] the count, for refresh;
+-- ARGV[10] most widgets of one receiver.
+local function widgets(keys, args)
+  local c = open(keys, args)
+  local change, count, max_widgets = args[8], tonumber(args[9]), tonumber(args[10])
+  if change == 'joined' and presence(c) >= max_widgets then return {'too_many'} end
+  c.live_total = nil -- read again below, after this call's own change
   local mine = 0
-  local flat = redis.call('HGETALL', widgets)
+  local flat = redis.call('HGETALL', c.widgets)
   for i = 1, #flat, 2 do
     local n, live_until = string.match(flat[i + 1], '^(%d+) (%d+)$')
-    if flat[i] == node then
+    if flat[i] == c.node then
       mine = tonumber(n) or 0
-    elseif not live_until or tonumber(live_until) <= now then
+    elseif not live_until or tonumber(live_until) <= c.now then
       -- A node that stopped refreshing its report is gone; forget it.
-      redis.call('HDEL', widgets, flat[i])
+      redis.call('HDEL', c.widgets, flat[i])
     end
   end
   if change == 'joined' then
@@ -252,55 +268,86 @@ elseif op == 'widgets' then
     mine = count
   end
   if mine > 0 then
-    redis.call('HSET', widgets, node, mine .. ' ' .. (now + presence_ttl))
+    redis.call('HSET', c.widgets, c.node, mine .. ' ' .. (c.now + c.presence_ttl))
   else
-    redis.call('HDEL', widgets, node)
+    redis.call('HDEL', c.widgets, c.node)
   end
-  -- A withdrawn widget (its node is stopping) will reconnect elsewhere and be given the
-  -- alert in flight again, so it stays in flight.
+  -- A withdrawn widget (its node is stopping) will reconnect elsewhere and be given the alert
+  -- in flight again, so it stays in flight.
   if change == 'withdrawn' then
     -- nothing moves
-  elseif presence() == 0 then
-    requeue()
+  elseif presence(c) == 0 then
+    requeue(c)
   else
-    dispatch()
+    dispatch(c)
   end
-  return finish(true)
-
-elseif op == 'done' then
-  if st.id == ARGV[9] then
-    complete('done')
-    dispatch()
-  end
-  return finish(false)
-
-elseif op == 'check' then
-  if st.id == ARGV[9] and st.deadline <= now then
-    if st.phase ~= 'sent' then
-      complete('expired')
-      dispatch()
-    elseif presence() == 0 then
-      requeue()
-    else
-      -- Sent but never started: the frame may have been lost, so send it again.
-      st.attempt, st.deadline = st.attempt + 1, now + start_timeout
-      bump()
-      table.insert(events, 'resent')
-    end
-  end
-  return finish(false)
-
-elseif op == 'sweep' then
-  -- ARGV[9]: a node found dead. Its widgets are gone; if no other widget is live, the alert in
-  -- flight goes back to the head of the queue.
-  redis.call('HDEL', widgets, ARGV[9])
-  if presence() == 0 then requeue() else dispatch() end
-  return finish(false)
-
-elseif op == 'status' then
-  local total = presence()
-  local snap = snapshot(true)
-  return {redis.call('LLEN', queue), total, snap[6]}
+  return finish(c, true)
 end
 
-return redis.error_reply('ERR cuebox receiver.lua: unknown op ' .. tostring(op))
+-- ARGV[8] the alert a widget began to show. The most frequent call, and it moves no seq.
+local function started(keys, args)
+  local c = open(keys, args)
+  local st = c.st
+  if st.id == args[8] and st.phase == 'sent' then
+    st.phase, st.deadline = 'started', c.now + st.duration + c.ack_grace
+    redis.call('HSET', c.state, 'phase', st.phase, 'deadline', int(st.deadline))
+  end
+  return snapshot(c, false)
+end
+
+-- ARGV[8] the alert a widget finished.
+local function done(keys, args)
+  local c = open(keys, args)
+  if c.st.id == args[8] then
+    complete(c, 'done')
+    dispatch(c)
+  end
+  return finish(c, false)
+end
+
+-- ARGV[8] the alert whose deadline may have passed.
+local function check(keys, args)
+  local c = open(keys, args)
+  local st = c.st
+  if st.id == args[8] and st.deadline <= c.now then
+    if st.phase ~= 'sent' then
+      complete(c, 'expired')
+      dispatch(c)
+    elseif presence(c) == 0 then
+      requeue(c)
+    else
+      -- Sent but never started: the frame may have been lost, so send it again.
+      st.attempt, st.deadline = st.attempt + 1, c.now + c.start_timeout
+      bump(c)
+      table.insert(c.events, 'resent')
+    end
+  end
+  return finish(c, false)
+end
+
+-- ARGV[8] a node found dead. Its widgets are gone; if no other widget is live, the alert in
+-- flight goes back to the head of the queue.
+local function sweep(keys, args)
+  local c = open(keys, args)
+  redis.call('HDEL', c.widgets, args[8])
+  if presence(c) == 0 then requeue(c) else dispatch(c) end
+  return finish(c, false)
+end
+
+-- {queued, live widgets, alert in flight or false}
+local function status(keys, args)
+  local c = open(keys, args)
+  local total = presence(c)
+  local snap = snapshot(c, true)
+  return {redis.call('LLEN', c.queue), total, snap[6]}
+end
+
+redis.register_function('cuebox_v1_publish', publish)
+redis.register_function('cuebox_v1_widgets', widgets)
+redis.register_function('cuebox_v1_started', started)
+redis.register_function('cuebox_v1_done', done)
+redis.register_function('cuebox_v1_check', check)
+redis.register_function('cuebox_v1_sweep', sweep)
+redis.register_function{
+  function_name = 'cuebox_v1_status', callback = status, flags = {'no-writes'}
+}
