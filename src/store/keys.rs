@@ -85,6 +85,11 @@ impl Keys {
         }
     }
 
+    /// A receiver's state hash alone, for the calls that need no other key.
+    pub fn state(&self, r: &ReceiverId) -> String {
+        format!("{}:{{{}}}:{}", self.prefix, r, RECEIVER_KEYS[0])
+    }
+
     pub fn events(&self, r: &ReceiverId) -> String {
         format!("{}:{{{}}}:events", self.prefix, r)
     }

@@ -9,7 +9,7 @@
 -- as a script's are. The library and every function name carry the version (v1): nodes of two
 -- versions can share a Redis during a rolling deploy, each calling its own.
 --
--- Every function takes the same keys and leading arguments:
+-- Every function but `started` takes the same keys and leading arguments:
 -- KEYS[1] state    hash    seq; while busy: id attempt phase deadline duration
 -- KEYS[2] queue    list    ids of waiting alerts, head first
 -- KEYS[3] alerts   hash    id -> "<duration_ms> <times sent> <alert json>"
@@ -35,16 +35,22 @@ local function parse_alert(value)
   return tonumber(duration), tonumber(sent), json
 end
 
+-- Redis's clock, not the nodes': every node then agrees on every deadline. A test that moves the
+-- clock itself gives the time instead (`given`; empty in production).
+local function clock(given)
+  local now = tonumber(given)
+  if not now then
+    local time = redis.call('TIME')
+    now = tonumber(time[1]) * 1000 + math.floor(tonumber(time[2]) / 1000)
+  end
+  return now
+end
+
 -- One call's context: its keys, its node's constants, the clock, and the receiver's state, read
 -- once. Functions change `c.st`; finish() writes it back in one HSET (`started`, which changes
 -- two fields only, writes them itself).
 local function open(keys, args)
-  local now = tonumber(args[7])
-  if not now then
-    -- Redis's clock, not the nodes': every node then agrees on every deadline.
-    local time = redis.call('TIME')
-    now = tonumber(time[1]) * 1000 + math.floor(tonumber(time[2]) / 1000)
-  end
+  local now = clock(args[7])
   local f = redis.call('HMGET', keys[1], 'seq', 'id', 'attempt', 'phase', 'deadline', 'duration')
   local seq = tonumber(f[1]) or 0
   return {
@@ -284,15 +290,22 @@ local function widgets(keys, args)
   return finish(c, true)
 end
 
--- ARGV[8] the alert a widget began to show. The most frequent call, and it moves no seq.
+-- A widget began to show an alert. The most frequent call, and it moves no seq, so it is given
+-- only what it needs: KEYS[1] state; ARGV[1] the time (as ARGV[7] above), ARGV[2] the alert's
+-- id, ARGV[3] the ack grace in ms. Answers the snapshot, without the alert.
 local function started(keys, args)
-  local c = open(keys, args)
-  local st = c.st
-  if st.id == args[8] and st.phase == 'sent' then
-    st.phase, st.deadline = 'started', c.now + st.duration + c.ack_grace
-    redis.call('HSET', c.state, 'phase', st.phase, 'deadline', int(st.deadline))
+  local now = clock(args[1])
+  local f = redis.call('HMGET', keys[1], 'seq', 'id', 'attempt', 'phase', 'deadline', 'duration')
+  local seq, id = tonumber(f[1]) or 0, f[2]
+  if not id then return {seq, false, 0, 0, 0, false, ''} end
+  local phase, deadline = f[4], tonumber(f[5])
+  if id == args[2] and phase == 'sent' then
+    phase, deadline = 'started', now + tonumber(f[6]) + tonumber(args[3])
+    redis.call('HSET', keys[1], 'phase', phase, 'deadline', int(deadline))
   end
-  return snapshot(c, false)
+  local is_started = 0
+  if phase == 'started' then is_started = 1 end
+  return {seq, id, tonumber(f[3]), is_started, math.max(0, deadline - now), false, ''}
 end
 
 -- ARGV[8] the alert a widget finished.
