@@ -2,7 +2,7 @@
 
 use clap::{Args, Parser, Subcommand};
 
-use crate::store::connection::Target;
+use crate::store::redis::connection::Target;
 
 #[derive(Parser, Debug)]
 #[command(

@@ -18,8 +18,8 @@ use tokio::task::JoinHandle;
 use crate::alert::NewAlert;
 use crate::hub::Hub;
 use crate::metrics::{Metrics, PublishOutcome};
-use crate::store::connection::{Connection, Target};
-use crate::store::keys::Keys;
+use crate::store::redis::connection::{Connection, Target};
+use crate::store::redis::keys::Keys;
 use crate::store::{Publish, StoreError};
 
 /// The consumer group every node reads the stream through.

@@ -10,7 +10,7 @@
 //! - [`store`] holds the per-receiver queue and its state machine behind one trait, with the rules
 //!   written out in its docs and once as code in [`store::machine`] (pure: no I/O, time as an
 //!   argument); [`store::memory`] (embedded: a map and the machine) and [`store::redis`] (a Redis
-//!   Functions library, any number of nodes) keep them; [`store::keys`] names every Redis key.
+//!   Functions library, any number of nodes) keep them; [`store::redis::keys`] names every Redis key.
 //! - [`ingest`] takes alerts producers add to the `{prefix}:ingest` Redis stream.
 //! - [`migrate`] applies `migrations/` to the Redis key layout at start.
 //! - [`limits`] keeps this node's own limits: publish rate per key, widget connections.

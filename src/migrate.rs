@@ -9,7 +9,7 @@ use std::time::Duration;
 
 use redis::aio::ConnectionLike;
 
-use crate::store::keys::Keys;
+use crate::store::redis::keys::Keys;
 
 pub struct Migration {
     pub version: u64,

@@ -19,8 +19,8 @@ use crate::ingest::Ingest;
 use crate::limits::{Connections, PublishRate};
 use crate::metrics::Metrics;
 use crate::migrate::{self, MigrateError};
-use crate::store::keys::Keys;
 use crate::store::memory::MemoryStore;
+use crate::store::redis::keys::Keys;
 use crate::store::redis::RedisStore;
 use crate::store::{Rules, Store, StoreError};
 

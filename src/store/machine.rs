@@ -8,13 +8,13 @@
 //! time comes.
 //!
 //! The embedded store is a map of receivers and this function. The Redis store runs the same
-//! rules in `lua/receiver.lua`; `tests/api/conformance.rs` holds both stores to them.
+//! rules in `redis/receiver.lua`; `tests/api/conformance.rs` holds both stores to them.
 //!
 //! # How the rules read
 //!
-//! - **Dispatch** (free to busy) is [`Receiver::dispatch`], the only place an alert goes out,
+//! - **Dispatch** (free to busy) is `dispatch`, the only place an alert goes out,
 //!   and only while free and some widget is live on some node.
-//! - **Completion** (busy to free) is [`Receiver::complete`], for `done` and `expired`.
+//! - **Completion** (busy to free) is `complete`, for `done` and `expired`.
 //! - **Requeue** puts the alert in flight back at the head when no widget is left to show it.
 //! - Every change of the alert in flight bumps `seq`; a receiver seen for the first time starts
 //!   it from the clock, so it still moves past anything a node saw before its state was lost.

@@ -4,7 +4,7 @@
 //!
 //! Every store keeps these, atomically per receiver; `tests/api/conformance.rs` checks each
 //! store against them. They are written once as a pure state machine, [`machine`], which the
-//! embedded store runs as it is; the Redis store writes the same rules in `lua/receiver.lua`.
+//! embedded store runs as it is; the Redis store writes the same rules in `redis/receiver.lua`.
 //! The names in brackets are the rule letters.
 //!
 //! - **Queue.** Each receiver has a FIFO queue of waiting alerts and at most one alert *in
@@ -42,8 +42,6 @@
 //! [`Snapshot`] after it, and the node hands that to its hub. The Redis store also tells the
 //! other nodes with widgets for that receiver, through pub/sub, in the same script.
 
-pub mod connection;
-pub mod keys;
 pub mod machine;
 pub mod memory;
 pub mod redis;

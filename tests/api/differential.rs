@@ -9,8 +9,8 @@ use std::collections::HashMap;
 use std::sync::Arc;
 
 use cuebox::alert::{AlertRecord, ReceiverId};
-use cuebox::store::keys::Keys;
 use cuebox::store::machine::{self, Command, Receiver, Stored};
+use cuebox::store::redis::keys::Keys;
 use cuebox::store::redis::RedisStore;
 use cuebox::store::{Publish, Rules, Snapshot, Status, Store, StoreError, WidgetChange};
 use proptest::prelude::*;
@@ -288,7 +288,7 @@ fn the_redis_script_keeps_the_rules_of_the_machine() {
         let mut nodes = Vec::new();
         for node in NODES {
             let (tx, _notices) = tokio::sync::mpsc::unbounded_channel();
-            let target = cuebox::store::connection::Target::new(&redis.url(), false);
+            let target = cuebox::store::redis::connection::Target::new(&redis.url(), false);
             let store = RedisStore::connect(
                 &target,
                 Keys::new("cuebox").unwrap(),

@@ -161,7 +161,7 @@ async fn on_a_cluster_ingest_goes_on_after_the_stream_loses_its_group() {
     let mut args = serve_args(Some(cluster.seeds()));
     args.redis.cluster = true;
     let app = TestApp::spawn(args).await;
-    let target = cuebox::store::connection::Target::new(&cluster.seeds(), true);
+    let target = cuebox::store::redis::connection::Target::new(&cluster.seeds(), true);
     let mut con = target.connect(None).await.expect("connects to the cluster");
     let add = |message: &str| {
         let mut cmd = redis::cmd("XADD");

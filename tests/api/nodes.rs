@@ -341,7 +341,7 @@ async fn on_a_cluster_every_live_node_keeps_its_heartbeat() {
     args.redis.cluster = true;
     let _a = TestApp::spawn(args.clone()).await;
     let _b = TestApp::spawn(args).await;
-    let mut con = cuebox::store::connection::Target::new(&cluster.seeds(), true)
+    let mut con = cuebox::store::redis::connection::Target::new(&cluster.seeds(), true)
         .connect(None)
         .await
         .unwrap();

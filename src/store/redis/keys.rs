@@ -27,7 +27,7 @@ pub struct Keys {
     prefix: String,
 }
 
-/// The keys of one receiver a script call takes, in the order `lua/receiver.lua` takes them as
+/// The keys of one receiver a function call takes, in the order `receiver.lua` takes them as
 /// KEYS (after these, the idempotency key, when the call has one).
 pub const RECEIVER_KEYS: [&str; 4] = ["state", "queue", "alerts", "widgets"];
 

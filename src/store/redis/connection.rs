@@ -13,7 +13,7 @@ use redis::cluster::ClusterClientBuilder;
 use redis::cluster_async::ClusterConnection;
 use redis::{Client, Cmd, Pipeline, ProtocolVersion, PushInfo, RedisFuture, Value};
 
-use super::StoreError;
+use crate::store::StoreError;
 
 /// How long a call may wait for Redis before the caller is told the store is unavailable.
 pub const RESPONSE_TIMEOUT: Duration = Duration::from_secs(2);

@@ -1,0 +1,185 @@
+//! The library of the rules (`receiver.lua`, Redis Functions) and the calls to its functions.
+
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, OnceLock};
+
+use redis::Value;
+
+use super::connection::{Connection, Target};
+use super::keys::{Keys, RECEIVER_KEYS};
+use super::replies::parse_snapshot;
+use crate::alert::ReceiverId;
+use crate::metrics::Metrics;
+use crate::store::{Rules, Snapshot, StoreError, PRESENCE_TTL};
+
+/// The library of the rules, loaded with `FUNCTION LOAD REPLACE` at start and whenever Redis
+/// answers that a function is missing.
+const LIBRARY: &str = include_str!("receiver.lua");
+
+/// The library's functions. Their names carry the library's version, so that nodes of two
+/// versions can share a Redis during a rolling deploy.
+#[derive(Clone, Copy, Debug)]
+pub(super) enum Function {
+    Publish,
+    Widgets,
+    Started,
+    Done,
+    Check,
+    Sweep,
+    Status,
+}
+
+impl Function {
+    pub(super) fn name(self) -> &'static str {
+        match self {
+            Function::Publish => "cuebox_v1_publish",
+            Function::Widgets => "cuebox_v1_widgets",
+            Function::Started => "cuebox_v1_started",
+            Function::Done => "cuebox_v1_done",
+            Function::Check => "cuebox_v1_check",
+            Function::Sweep => "cuebox_v1_sweep",
+            Function::Status => "cuebox_v1_status",
+        }
+    }
+
+    /// As metrics label it.
+    fn label(self) -> &'static str {
+        match self {
+            Function::Publish => "publish",
+            Function::Widgets => "widgets",
+            Function::Started => "started",
+            Function::Done => "done",
+            Function::Check => "check",
+            Function::Sweep => "sweep",
+            Function::Status => "status",
+        }
+    }
+}
+
+/// Loads the library (on every master of a cluster: the command is routed to all of them).
+/// Redis before 7 has no Functions, and is refused with a message that says so.
+pub async fn load_library(con: &mut Connection) -> Result<(), StoreError> {
+    let loaded: redis::RedisResult<String> = redis::cmd("FUNCTION")
+        .arg("LOAD")
+        .arg("REPLACE")
+        .arg(LIBRARY)
+        .query_async(con)
+        .await;
+    match loaded {
+        Ok(_) => Ok(()),
+        Err(e) if e.to_string().to_ascii_lowercase().contains("unknown") => {
+            Err(StoreError::Protocol(format!(
+                "the Redis store needs Redis 7 or newer (Redis Functions); this Redis answered \
+                 FUNCTION LOAD with: {e}"
+            )))
+        }
+        Err(e) => Err(e.into()),
+    }
+}
+
+/// Redis answered that the library's function is missing: a restart without persistence, or a
+/// failover to a replica that never had it.
+fn is_function_missing(e: &redis::RedisError) -> bool {
+    e.to_string().contains("Function not found")
+}
+
+/// What every function call needs, shared by the store and its sweeper task.
+pub(super) struct Core {
+    /// For start-up and background work, and for transitions until `calls` is made.
+    pub(super) con: Connection,
+    /// The connection transitions use, driven on an HTTP worker's thread: see
+    /// [`RedisStore::drive_calls_here`].
+    pub(super) calls: OnceLock<Connection>,
+    pub(super) making_calls: AtomicBool,
+    pub(super) target: Target,
+    pub(super) keys: Keys,
+    pub(super) rules: Rules,
+    pub(super) node: Arc<str>,
+    pub(super) metrics: Arc<Metrics>,
+    /// 0: Redis's own clock. Otherwise the time in ms every call runs at (tests only).
+    pub(super) clock: AtomicU64,
+}
+
+impl Core {
+    /// Calls one function of the library for a receiver.
+    pub(super) async fn run(
+        &self,
+        receiver: &ReceiverId,
+        function: Function,
+        idempotency_key: Option<&str>,
+        args: &[&str],
+    ) -> Result<Value, StoreError> {
+        let call = self.fcall(receiver, function, idempotency_key, args);
+        self.call(function, call).await
+    }
+
+    /// Sends a call of `function`, loading the library again if Redis lacks it.
+    pub(super) async fn call(
+        &self,
+        function: Function,
+        call: redis::Cmd,
+    ) -> Result<Value, StoreError> {
+        let mut con = self.calls.get().unwrap_or(&self.con).clone();
+        let started = std::time::Instant::now();
+        let mut reply = call.query_async(&mut con).await;
+        if matches!(&reply, Err(e) if is_function_missing(e)) {
+            // Nothing ran: load the library and call once more.
+            reply = match load_library(&mut con).await {
+                Ok(()) => call.query_async(&mut con).await,
+                Err(e) => return Err(e),
+            };
+        }
+        self.metrics
+            .store_call(function.label(), started.elapsed(), reply.is_err());
+        Ok(reply?)
+    }
+
+    /// `FCALL` of one of the library's functions, written straight into one command: KEYS,
+    /// then the node's constants, then the function's own arguments. (`redis::Script`'s
+    /// invocation allocated for every argument and copied them again; with the keys formatted
+    /// apiece, that was some twenty allocations a transition.)
+    fn fcall(
+        &self,
+        receiver: &ReceiverId,
+        function: Function,
+        idempotency_key: Option<&str>,
+        args: &[&str],
+    ) -> redis::Cmd {
+        const FIXED_ARGS: usize = 7;
+        let keys = RECEIVER_KEYS.len() + usize::from(idempotency_key.is_some());
+        let bytes = 256 + args.iter().map(|a| a.len()).sum::<usize>();
+        let mut call = redis::Cmd::with_capacity(3 + keys + FIXED_ARGS + args.len(), bytes);
+        call.arg("FCALL").arg(function.name()).arg(keys);
+        self.keys.receiver(receiver, idempotency_key, |key| {
+            call.arg(key);
+        });
+        call.arg(&*self.node)
+            .arg(self.keys.events(receiver))
+            .arg(self.rules.start_timeout.as_millis() as u64)
+            .arg(self.rules.ack_grace.as_millis() as u64)
+            .arg(PRESENCE_TTL.as_millis() as u64)
+            .arg(self.con.publish_command());
+        self.clock_arg(&mut call);
+        for a in args {
+            call.arg(*a);
+        }
+        call
+    }
+
+    /// The time argument: empty for Redis's own clock, or the one a test set.
+    pub(super) fn clock_arg(&self, call: &mut redis::Cmd) {
+        match self.clock.load(Ordering::Relaxed) {
+            0 => call.arg(""),
+            now => call.arg(now),
+        };
+    }
+
+    pub(super) async fn transition(
+        &self,
+        receiver: &ReceiverId,
+        function: Function,
+        args: &[&str],
+    ) -> Result<Snapshot, StoreError> {
+        parse_snapshot(self.run(receiver, function, None, args).await?)
+    }
+}

@@ -1,0 +1,300 @@
+//! The Redis store: the rules run as a Redis Functions library (`receiver.lua`), one `FCALL` per
+//! transition, over one multiplexed connection that every transition of the process shares. It
+//! is driven on the first HTTP worker's thread, where most calls are made
+//! ([`RedisStore::drive_calls_here`]); start-up and background work use a connection of their
+//! own.
+//!
+//! A second connection carries only pub/sub: it hears the snapshots other nodes publish for the
+//! receivers this node holds widgets for, and turns them into [`Notice`]s for the hub. It is
+//! separate so that a dropped subscriber (say `CLIENT KILL TYPE pubsub`) never fails a publish.
+//!
+//! The parts, by job:
+//! - `functions`: the library, its functions, and the calls to them;
+//! - `presence`: this node's heartbeat, and the sweep of dead nodes' widgets;
+//! - `watches`: the pub/sub subscriptions to receivers' events;
+//! - `replies`: what Redis answers, read into snapshots and notices;
+//! - `secret`: the widget token secret every node shares;
+//! - [`keys`]: every key name; [`connection`]: a server or a cluster behind one type.
+
+pub mod connection;
+mod functions;
+pub mod keys;
+mod presence;
+mod replies;
+mod secret;
+mod watches;
+
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, OnceLock};
+use std::time::Duration;
+
+use async_trait::async_trait;
+use redis::{ErrorKind, Value};
+use tokio::sync::mpsc;
+
+use self::connection::{Connection, Target};
+use self::functions::{load_library, Core, Function};
+use self::keys::Keys;
+use self::presence::sweep_dead_nodes;
+use self::replies::{int, parse_snapshot, protocol, text};
+pub use self::secret::shared_secret;
+use self::watches::Watches;
+use super::{
+    Notice, Publish, Rules, Snapshot, Status, Store, StoreError, WidgetChange, IDEMPOTENCY_TTL,
+};
+use crate::alert::{AlertRecord, ReceiverId};
+use crate::metrics::Metrics;
+
+pub struct RedisStore {
+    core: Arc<Core>,
+    watches: Watches,
+    /// Stopped with the store.
+    sweeper: tokio::task::AbortHandle,
+}
+
+impl Drop for RedisStore {
+    fn drop(&mut self) {
+        self.sweeper.abort();
+    }
+}
+
+impl From<redis::RedisError> for StoreError {
+    /// Whether the call may have reached Redis. A refused connection, or an error reply (Redis
+    /// answers those before a script runs: OOM, BUSY, LOADING, CLUSTERDOWN), means it did not.
+    /// Any other I/O error came after the call was handed to the connection: a timeout while
+    /// Redis stalls (the call sits in its socket and runs once Redis resumes) or a connection
+    /// that dropped under it. The driver of the connection does not say whether it had written
+    /// the call, so those are unknown, never "nothing happened".
+    fn from(e: redis::RedisError) -> Self {
+        let nothing_reached = e.is_connection_refusal()
+            || matches!(
+                e.kind(),
+                ErrorKind::Server(_)
+                    | ErrorKind::ClusterConnectionNotFound
+                    | ErrorKind::InvalidClientConfig
+                    | ErrorKind::AuthenticationFailed
+            );
+        if nothing_reached {
+            StoreError::Unavailable(e.to_string())
+        } else if e.is_io_error() {
+            StoreError::OutcomeUnknown(e.to_string())
+        } else {
+            StoreError::Protocol(e.to_string())
+        }
+    }
+}
+
+impl RedisStore {
+    /// Connects both connections. Snapshots other nodes publish arrive on `notices`.
+    pub async fn connect(
+        target: &Target,
+        keys: Keys,
+        rules: Rules,
+        node: &str,
+        notices: mpsc::UnboundedSender<Notice>,
+        metrics: Arc<Metrics>,
+    ) -> Result<Self, StoreError> {
+        let mut con = target.connect(None).await?;
+        load_library(&mut con).await?;
+        let watches = Watches::start(target, keys.clone(), node.into(), notices.clone()).await?;
+        let core = Arc::new(Core {
+            con,
+            calls: OnceLock::new(),
+            making_calls: AtomicBool::new(false),
+            target: target.clone(),
+            keys,
+            rules,
+            node: node.into(),
+            metrics,
+            clock: AtomicU64::new(0),
+        });
+        let sweeper = tokio::spawn(sweep_dead_nodes(core.clone(), notices)).abort_handle();
+        Ok(Self {
+            core,
+            watches,
+            sweeper,
+        })
+    }
+
+    /// The command connection, for start-up work such as migrations.
+    pub fn connection(&self) -> Connection {
+        self.core.con.clone()
+    }
+
+    /// The widget token secret every node shares.
+    pub async fn shared_secret(&self) -> Result<String, StoreError> {
+        shared_secret(&mut self.core.con.clone(), &self.core.keys).await
+    }
+
+    /// Tests only: every call runs at `now` (ms) instead of at Redis's clock, so the script's
+    /// timing rules can be held to the pure machine's without sleeping. `None`: Redis's clock.
+    #[doc(hidden)]
+    pub fn set_clock_for_tests(&self, now: Option<u64>) {
+        self.core.clock.store(now.unwrap_or(0), Ordering::Relaxed);
+    }
+
+    /// A node was found dead: its widgets for the receiver are gone, and the alert in flight goes
+    /// back to the queue if no other widget is live.
+    pub async fn sweep(&self, receiver: &ReceiverId, dead: &str) -> Result<Snapshot, StoreError> {
+        self.core
+            .transition(receiver, Function::Sweep, &[dead])
+            .await
+    }
+
+    /// Makes the connection that transitions use on the calling thread's runtime, once per
+    /// store; the first HTTP worker calls it as it starts.
+    ///
+    /// A multiplexed connection is driven by a task on the thread that made it, and a call from
+    /// another thread is handed to that task and its reply handed back: two cross-thread
+    /// wake-ups a call, the largest single cost of a node on the Redis path (docs/benchmarks.md).
+    /// Driven on a worker, the calls of that worker's widgets and publishers never leave its
+    /// thread, and all transitions still pipeline on one connection.
+    pub fn drive_calls_here(&self) {
+        if self.core.making_calls.swap(true, Ordering::AcqRel) {
+            return;
+        }
+        let core = self.core.clone();
+        // Ends when the connection is made or the worker's runtime stops.
+        tokio::spawn(async move {
+            loop {
+                match core.target.connect(None).await {
+                    Ok(con) => {
+                        let _ = core.calls.set(con);
+                        return;
+                    }
+                    Err(e) => {
+                        tracing::warn!(error = %e, "could not connect for transitions; retrying");
+                        tokio::time::sleep(Duration::from_secs(1)).await;
+                    }
+                }
+            }
+        });
+    }
+}
+
+#[async_trait]
+impl Store for RedisStore {
+    async fn publish(
+        &self,
+        alert: &AlertRecord,
+        idempotency_key: Option<&str>,
+    ) -> Result<Publish, StoreError> {
+        // The stored value carries what the script needs without decoding JSON: the duration
+        // and how many times the alert was sent (none yet).
+        let value = format!("{} 0 {}", alert.duration_ms, alert.json);
+        let max_queue = self.core.rules.max_queue.to_string();
+        let ttl = IDEMPOTENCY_TTL.as_secs().to_string();
+        let reply = self
+            .core
+            .run(
+                &alert.receiver,
+                Function::Publish,
+                idempotency_key,
+                &[&alert.id, &value, &max_queue, &ttl],
+            )
+            .await?;
+        let Value::Array(items) = reply else {
+            return Err(protocol("publish", &reply));
+        };
+        let mut items = items.into_iter();
+        match (
+            items.next().as_ref().and_then(text),
+            items.next(),
+            items.next(),
+        ) {
+            (Some("accepted"), Some(position), Some(snapshot)) => Ok(Publish::Accepted {
+                position: int(&position)?,
+                snapshot: parse_snapshot(snapshot)?,
+            }),
+            (Some("duplicate"), Some(id), Some(position)) => Ok(Publish::Duplicate {
+                id: text(&id)
+                    .ok_or_else(|| protocol("publish", &id))?
+                    .to_owned(),
+                position: int(&position)?,
+            }),
+            (Some("full"), None, None) => Ok(Publish::QueueFull),
+            _ => Err(StoreError::Protocol("publish: unexpected reply".into())),
+        }
+    }
+
+    async fn widgets(
+        &self,
+        receiver: &ReceiverId,
+        change: WidgetChange,
+    ) -> Result<Snapshot, StoreError> {
+        let (change, count) = match change {
+            WidgetChange::Joined => ("joined", 0),
+            WidgetChange::Left => ("left", 0),
+            WidgetChange::Refresh(n) => ("refresh", n),
+            WidgetChange::Withdrawn => ("withdrawn", 0),
+        };
+        let max = self.core.rules.max_widgets.to_string();
+        let reply = self
+            .core
+            .run(
+                receiver,
+                Function::Widgets,
+                None,
+                &[change, &count.to_string(), &max],
+            )
+            .await?;
+        if matches!(&reply, Value::Array(items) if items.len() == 1) {
+            return Err(StoreError::TooManyWidgets(self.core.rules.max_widgets));
+        }
+        parse_snapshot(reply)
+    }
+
+    async fn started(&self, receiver: &ReceiverId, id: &str) -> Result<Snapshot, StoreError> {
+        // The most frequent call is given only what it needs: the state key, the clock, the id
+        // and the grace (a third of the arguments of the others, which Redis turns into Lua
+        // strings on every call).
+        let mut call = redis::Cmd::with_capacity(7, 128);
+        call.arg("FCALL")
+            .arg(Function::Started.name())
+            .arg(1)
+            .arg(self.core.keys.state(receiver));
+        self.core.clock_arg(&mut call);
+        call.arg(id)
+            .arg(self.core.rules.ack_grace.as_millis() as u64);
+        parse_snapshot(self.core.call(Function::Started, call).await?)
+    }
+
+    async fn done(&self, receiver: &ReceiverId, id: &str) -> Result<Snapshot, StoreError> {
+        self.core.transition(receiver, Function::Done, &[id]).await
+    }
+
+    async fn check(&self, receiver: &ReceiverId, id: &str) -> Result<Snapshot, StoreError> {
+        self.core.transition(receiver, Function::Check, &[id]).await
+    }
+
+    async fn status(&self, receiver: &ReceiverId) -> Result<Status, StoreError> {
+        let reply = self.core.run(receiver, Function::Status, None, &[]).await?;
+        match reply {
+            Value::Array(items) if items.len() == 3 => Ok(Status {
+                queued: int(&items[0])?,
+                widgets: int(&items[1])?,
+                in_flight: text(&items[2]).map(Into::into),
+            }),
+            other => Err(protocol("status", &other)),
+        }
+    }
+
+    async fn watch(&self, receiver: &ReceiverId) -> Result<(), StoreError> {
+        self.watches.watch(receiver).await
+    }
+
+    async fn unwatch(&self, receiver: &ReceiverId) {
+        self.watches.unwatch(receiver)
+    }
+
+    /// Both connections answer: a node is ready only when the one its transitions use is.
+    async fn ping(&self) -> Result<(), StoreError> {
+        for con in [Some(&self.core.con), self.core.calls.get()]
+            .into_iter()
+            .flatten()
+        {
+            let _: String = redis::cmd("PING").query_async(&mut con.clone()).await?;
+        }
+        Ok(())
+    }
+}

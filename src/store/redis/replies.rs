@@ -1,0 +1,96 @@
+//! What Redis answers, read into snapshots and notices.
+
+use std::time::Duration;
+
+use redis::Value;
+
+use super::keys::Keys;
+use crate::store::{Event, Flight, Notice, Snapshot, StoreError};
+
+/// `<origin node> <seq> <id or -> <attempt> <started> <ms to deadline> <alert json>`, as
+/// `finish()` in `receiver.lua` publishes it. A node's own messages are skipped: it already
+/// applied the snapshot its call returned.
+pub(super) fn parse_notice(keys: &Keys, node: &str, data: &[Value]) -> Option<Notice> {
+    let [channel, payload] = data else {
+        return None;
+    };
+    let receiver = keys.receiver_of_events(text(channel)?)?;
+    // Borrowed: only the alert's JSON is copied, once, into the snapshot.
+    let payload = text(payload)?;
+    let mut parts = payload.splitn(7, ' ');
+    let origin = parts.next()?;
+    if origin == node {
+        return None;
+    }
+    let seq = parts.next()?.parse().ok()?;
+    let id = parts.next()?;
+    let attempt = parts.next()?.parse().ok()?;
+    let started = parts.next()? == "1";
+    let remaining = Duration::from_millis(parts.next()?.parse().ok()?);
+    let json = parts.next()?;
+    let flight = (id != "-").then(|| Flight {
+        id: id.into(),
+        attempt,
+        started,
+        remaining,
+        alert: (!json.is_empty()).then(|| json.into()),
+    });
+    Some(Notice::Changed {
+        receiver,
+        snapshot: Snapshot {
+            seq,
+            flight,
+            events: Vec::new(),
+        },
+    })
+}
+
+pub(super) fn parse_snapshot(v: Value) -> Result<Snapshot, StoreError> {
+    let items = match v {
+        Value::Array(items) if items.len() == 7 => items,
+        other => return Err(protocol("snapshot", &other)),
+    };
+    // unwrap: the length was checked just above.
+    let [seq, id, attempt, started, remaining, json, events]: [Value; 7] =
+        items.try_into().expect("seven items");
+    let flight = match text(&id) {
+        None => None,
+        Some(id) => Some(Flight {
+            id: id.into(),
+            attempt: int(&attempt)? as u32,
+            started: int(&started)? == 1,
+            remaining: Duration::from_millis(int(&remaining)?),
+            // Taken, not copied: the alert is the one large part of a reply.
+            alert: match json {
+                Value::BulkString(bytes) => String::from_utf8(bytes).ok().map(Into::into),
+                _ => None,
+            },
+        }),
+    };
+    Ok(Snapshot {
+        seq: int(&seq)?,
+        flight,
+        events: text(&events)
+            .map(|e| e.split(' ').filter_map(Event::parse).collect())
+            .unwrap_or_default(),
+    })
+}
+
+pub(super) fn text(v: &Value) -> Option<&str> {
+    match v {
+        Value::BulkString(b) => std::str::from_utf8(b).ok(),
+        Value::SimpleString(s) => Some(s),
+        _ => None,
+    }
+}
+
+pub(super) fn int(v: &Value) -> Result<u64, StoreError> {
+    match v {
+        Value::Int(n) => u64::try_from(*n).map_err(|_| protocol("integer", v)),
+        _ => Err(protocol("integer", v)),
+    }
+}
+
+pub(super) fn protocol(what: &str, v: &Value) -> StoreError {
+    StoreError::Protocol(format!("{what}: unexpected reply {v:?}"))
+}
