@@ -13,13 +13,10 @@ use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::{exponential_buckets, Histogram};
 use prometheus_client::registry::Registry;
 
-use crate::store::Event;
+use crate::store::{Call, CallObserver, Event};
 
 type Labels = Vec<(&'static str, &'static str)>;
 type HistogramFamily = Family<Labels, Histogram, fn() -> Histogram>;
-
-/// The operations of a store, as labelled in metrics.
-pub const STORE_OPS: &[&str] = &["publish", "widgets", "started", "done", "check", "status"];
 
 pub struct Metrics {
     registry: Registry,
@@ -136,13 +133,14 @@ impl Default for Metrics {
             shown: outcome("shown"),
             expired: outcome("expired"),
             publish_seconds,
-            store_seconds: STORE_OPS
+            // Every kind of call, from the one list of them, indexed as `Call::index`.
+            store_seconds: Call::ALL
                 .iter()
-                .map(|op| store_seconds.get_or_create_owned(&vec![("op", *op)]))
+                .map(|c| store_seconds.get_or_create_owned(&vec![("op", c.label())]))
                 .collect(),
-            store_errors: STORE_OPS
+            store_errors: Call::ALL
                 .iter()
-                .map(|op| store_errors.get_or_create_owned(&vec![("op", *op)]))
+                .map(|c| store_errors.get_or_create_owned(&vec![("op", c.label())]))
                 .collect(),
             widgets,
             in_flight,
@@ -181,16 +179,6 @@ impl Metrics {
         }
     }
 
-    /// One store call of `op` (one of [`STORE_OPS`]).
-    pub fn store_call(&self, op: &str, took: Duration, failed: bool) {
-        if let Some(i) = STORE_OPS.iter().position(|o| *o == op) {
-            self.store_seconds[i].observe(took.as_secs_f64());
-            if failed {
-                self.store_errors[i].inc();
-            }
-        }
-    }
-
     /// The text to serve, with the hub's gauges as they are now.
     pub fn render(&self, hub: HubGauges) -> String {
         self.widgets.set(hub.widgets as i64);
@@ -203,5 +191,15 @@ impl Metrics {
         // unwrap: writing to a String cannot fail.
         encode(&mut text, &self.registry).expect("metrics encode into a String");
         text
+    }
+}
+
+impl CallObserver for Metrics {
+    fn observe(&self, call: Call, took: Duration, failed: bool) {
+        let i = call.index();
+        self.store_seconds[i].observe(took.as_secs_f64());
+        if failed {
+            self.store_errors[i].inc();
+        }
     }
 }

@@ -6,6 +6,7 @@ mod pages;
 mod publish;
 mod receivers;
 pub(crate) mod socket;
+mod token;
 mod widget;
 
 use std::sync::Arc;

@@ -1,11 +1,10 @@
 //! The widget page and its assets, compiled into the binary so one file deploys.
 
-use actix_web::http::header;
-use actix_web::{web, HttpResponse};
-use serde::Deserialize;
-
+use super::token::{check_token, TokenQuery};
 use super::{ApiError, AppState};
 use crate::alert::ReceiverId;
+use actix_web::http::header;
+use actix_web::{web, HttpResponse};
 
 const WIDGET_HTML: &str = include_str!("../../widget/index.html");
 const WIDGET_JS: &str = include_str!("../../widget/widget.js");
@@ -16,11 +15,6 @@ const WIDGET_CSS: &str = include_str!("../../widget/widget.css");
 const CSP: &str = "default-src 'self'; script-src 'self'; style-src 'self'; \
                    img-src http: https: data:; media-src http: https:; connect-src 'self' ws: wss:";
 
-#[derive(Deserialize)]
-pub struct TokenQuery {
-    pub token: Option<String>,
-}
-
 /// `GET /widget/{receiver}?token=T`: the page to add to OBS as a browser source.
 pub async fn widget_page(
     path: web::Path<String>,
@@ -28,7 +22,7 @@ pub async fn widget_page(
     state: web::Data<AppState>,
 ) -> Result<HttpResponse, ApiError> {
     let receiver = ReceiverId::parse(&path)?;
-    super::widget::check_token(&state, &receiver, query.token.as_deref())?;
+    check_token(&state, &receiver, query.token.as_deref())?;
     Ok(HttpResponse::Ok()
         .insert_header((header::CONTENT_TYPE, "text/html; charset=utf-8"))
         .insert_header((header::CONTENT_SECURITY_POLICY, CSP))

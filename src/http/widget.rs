@@ -17,8 +17,8 @@ use serde::Deserialize;
 use serde_json::json;
 use tokio::time::Instant;
 
-use super::pages::TokenQuery;
 use super::socket::ConnectionSocket;
+use super::token::{check_token, TokenQuery};
 use super::{ApiError, AppState};
 use crate::alert::ReceiverId;
 use crate::hub::{Frame, Hub, Widget};
@@ -43,17 +43,6 @@ enum Inbound {
     Started { id: String },
     Done { id: String },
     Ping,
-}
-
-pub fn check_token(
-    state: &AppState,
-    receiver: &ReceiverId,
-    token: Option<&str>,
-) -> Result<(), ApiError> {
-    match token {
-        Some(t) if state.tokens.verify(receiver, t) => Ok(()),
-        _ => Err(ApiError::BadToken),
-    }
 }
 
 pub async fn connect(

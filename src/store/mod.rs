@@ -40,7 +40,19 @@
 //!
 //! All stores share the shape: a node calls a transition, the store answers with the receiver's
 //! [`Snapshot`] after it, and the node hands that to its hub. The Redis store also tells the
-//! other nodes with widgets for that receiver, through pub/sub, in the same script.
+//! other nodes with widgets for that receiver, through pub/sub, in the same function call.
+//!
+//! # How to add a transition
+//!
+//! 1. A variant of [`machine::Command`], and its rule in [`machine::apply`], with unit tests that
+//!    give it the time it needs.
+//! 2. A variant of [`Call`] (its index and label: metrics then time and count it).
+//! 3. Its function in `redis/receiver.lua`, registered under the library's version, and its name
+//!    in `redis/functions.rs`.
+//! 4. A method on [`Store`], which the embedded store answers with `machine::apply` and the Redis
+//!    store with the function.
+//! 5. One conformance case in `tests/api/conformance.rs`, and the command in the generator of
+//!    `tests/api/differential.rs`, which then holds the Lua to the machine.
 
 pub mod machine;
 pub mod memory;
@@ -59,6 +71,71 @@ pub const PRESENCE_TTL: Duration = Duration::from_secs(30);
 pub const PRESENCE_REFRESH: Duration = Duration::from_secs(10);
 /// How long an idempotency key is remembered.
 pub const IDEMPOTENCY_TTL: Duration = Duration::from_secs(24 * 60 * 60);
+
+/// A kind of store call: one per transition of the rules, and the status read. Metrics time and
+/// count calls keyed by it, so a new transition is measured by adding its variant here.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Call {
+    Publish,
+    Widgets,
+    Started,
+    Done,
+    Check,
+    Sweep,
+    Status,
+}
+
+impl Call {
+    /// Every call, in order of [`Call::index`].
+    pub const ALL: [Call; 7] = [
+        Call::Publish,
+        Call::Widgets,
+        Call::Started,
+        Call::Done,
+        Call::Check,
+        Call::Sweep,
+        Call::Status,
+    ];
+
+    /// Its place in [`Call::ALL`]. Exhaustive, so a new variant must be given one.
+    pub fn index(self) -> usize {
+        match self {
+            Call::Publish => 0,
+            Call::Widgets => 1,
+            Call::Started => 2,
+            Call::Done => 3,
+            Call::Check => 4,
+            Call::Sweep => 5,
+            Call::Status => 6,
+        }
+    }
+
+    /// As metrics label it.
+    pub fn label(self) -> &'static str {
+        match self {
+            Call::Publish => "publish",
+            Call::Widgets => "widgets",
+            Call::Started => "started",
+            Call::Done => "done",
+            Call::Check => "check",
+            Call::Sweep => "sweep",
+            Call::Status => "status",
+        }
+    }
+}
+
+/// Hears how long each store call took. The store reports; what listens (the node's metrics)
+/// is given to it at start, so the store depends on no metrics of its own.
+pub trait CallObserver: Send + Sync {
+    fn observe(&self, call: Call, took: Duration, failed: bool);
+}
+
+/// Hears nothing: for stores made without metrics (tests, benchmarks).
+pub struct Unobserved;
+
+impl CallObserver for Unobserved {
+    fn observe(&self, _: Call, _: Duration, _: bool) {}
+}
 
 /// The parameters of the rules, the same on every node that shares a store.
 #[derive(Clone, Copy, Debug)]

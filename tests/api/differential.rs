@@ -295,7 +295,7 @@ fn the_redis_script_keeps_the_rules_of_the_machine() {
                 rules(),
                 node,
                 tx,
-                Arc::default(),
+                Arc::new(cuebox::store::Unobserved),
             )
             .await
             .expect("connects");

@@ -689,7 +689,7 @@ pub async fn make_store(backing: &Backing, rules: Rules, node: &str) -> StoreUnd
                 rules,
                 node,
                 tx,
-                Arc::default(),
+                Arc::new(cuebox::store::Unobserved),
             )
             .await
             .expect("the Redis store connects"),

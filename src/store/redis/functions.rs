@@ -9,50 +9,23 @@ use super::connection::{Connection, Target};
 use super::keys::{Keys, RECEIVER_KEYS};
 use super::replies::parse_snapshot;
 use crate::alert::ReceiverId;
-use crate::metrics::Metrics;
-use crate::store::{Rules, Snapshot, StoreError, PRESENCE_TTL};
+use crate::store::{Call, CallObserver, Rules, Snapshot, StoreError, PRESENCE_TTL};
 
 /// The library of the rules, loaded with `FUNCTION LOAD REPLACE` at start and whenever Redis
 /// answers that a function is missing.
 const LIBRARY: &str = include_str!("receiver.lua");
 
-/// The library's functions. Their names carry the library's version, so that nodes of two
-/// versions can share a Redis during a rolling deploy.
-#[derive(Clone, Copy, Debug)]
-pub(super) enum Function {
-    Publish,
-    Widgets,
-    Started,
-    Done,
-    Check,
-    Sweep,
-    Status,
-}
-
-impl Function {
-    pub(super) fn name(self) -> &'static str {
-        match self {
-            Function::Publish => "cuebox_v1_publish",
-            Function::Widgets => "cuebox_v1_widgets",
-            Function::Started => "cuebox_v1_started",
-            Function::Done => "cuebox_v1_done",
-            Function::Check => "cuebox_v1_check",
-            Function::Sweep => "cuebox_v1_sweep",
-            Function::Status => "cuebox_v1_status",
-        }
-    }
-
-    /// As metrics label it.
-    fn label(self) -> &'static str {
-        match self {
-            Function::Publish => "publish",
-            Function::Widgets => "widgets",
-            Function::Started => "started",
-            Function::Done => "done",
-            Function::Check => "check",
-            Function::Sweep => "sweep",
-            Function::Status => "status",
-        }
+/// The library's function for each call. The names carry the library's version, so that nodes of
+/// two versions can share a Redis during a rolling deploy.
+pub(super) fn function(call: Call) -> &'static str {
+    match call {
+        Call::Publish => "cuebox_v1_publish",
+        Call::Widgets => "cuebox_v1_widgets",
+        Call::Started => "cuebox_v1_started",
+        Call::Done => "cuebox_v1_done",
+        Call::Check => "cuebox_v1_check",
+        Call::Sweep => "cuebox_v1_sweep",
+        Call::Status => "cuebox_v1_status",
     }
 }
 
@@ -95,7 +68,7 @@ pub(super) struct Core {
     pub(super) keys: Keys,
     pub(super) rules: Rules,
     pub(super) node: Arc<str>,
-    pub(super) metrics: Arc<Metrics>,
+    pub(super) observer: Arc<dyn CallObserver>,
     /// 0: Redis's own clock. Otherwise the time in ms every call runs at (tests only).
     pub(super) clock: AtomicU64,
 }
@@ -105,7 +78,7 @@ impl Core {
     pub(super) async fn run(
         &self,
         receiver: &ReceiverId,
-        function: Function,
+        function: Call,
         idempotency_key: Option<&str>,
         args: &[&str],
     ) -> Result<Value, StoreError> {
@@ -114,11 +87,7 @@ impl Core {
     }
 
     /// Sends a call of `function`, loading the library again if Redis lacks it.
-    pub(super) async fn call(
-        &self,
-        function: Function,
-        call: redis::Cmd,
-    ) -> Result<Value, StoreError> {
+    pub(super) async fn call(&self, function: Call, call: redis::Cmd) -> Result<Value, StoreError> {
         let mut con = self.calls.get().unwrap_or(&self.con).clone();
         let started = std::time::Instant::now();
         let mut reply = call.query_async(&mut con).await;
@@ -129,8 +98,8 @@ impl Core {
                 Err(e) => return Err(e),
             };
         }
-        self.metrics
-            .store_call(function.label(), started.elapsed(), reply.is_err());
+        self.observer
+            .observe(function, started.elapsed(), reply.is_err());
         Ok(reply?)
     }
 
@@ -141,7 +110,7 @@ impl Core {
     fn fcall(
         &self,
         receiver: &ReceiverId,
-        function: Function,
+        function: Call,
         idempotency_key: Option<&str>,
         args: &[&str],
     ) -> redis::Cmd {
@@ -149,7 +118,7 @@ impl Core {
         let keys = RECEIVER_KEYS.len() + usize::from(idempotency_key.is_some());
         let bytes = 256 + args.iter().map(|a| a.len()).sum::<usize>();
         let mut call = redis::Cmd::with_capacity(3 + keys + FIXED_ARGS + args.len(), bytes);
-        call.arg("FCALL").arg(function.name()).arg(keys);
+        call.arg("FCALL").arg(self::function(function)).arg(keys);
         self.keys.receiver(receiver, idempotency_key, |key| {
             call.arg(key);
         });
@@ -177,7 +146,7 @@ impl Core {
     pub(super) async fn transition(
         &self,
         receiver: &ReceiverId,
-        function: Function,
+        function: Call,
         args: &[&str],
     ) -> Result<Snapshot, StoreError> {
         parse_snapshot(self.run(receiver, function, None, args).await?)

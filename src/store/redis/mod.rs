@@ -33,17 +33,17 @@ use redis::{ErrorKind, Value};
 use tokio::sync::mpsc;
 
 use self::connection::{Connection, Target};
-use self::functions::{load_library, Core, Function};
+use self::functions::{function, load_library, Core};
 use self::keys::Keys;
 use self::presence::sweep_dead_nodes;
 use self::replies::{int, parse_snapshot, protocol, text};
 pub use self::secret::shared_secret;
 use self::watches::Watches;
 use super::{
-    Notice, Publish, Rules, Snapshot, Status, Store, StoreError, WidgetChange, IDEMPOTENCY_TTL,
+    Call, CallObserver, Notice, Publish, Rules, Snapshot, Status, Store, StoreError, WidgetChange,
+    IDEMPOTENCY_TTL,
 };
 use crate::alert::{AlertRecord, ReceiverId};
-use crate::metrics::Metrics;
 
 pub struct RedisStore {
     core: Arc<Core>,
@@ -92,7 +92,7 @@ impl RedisStore {
         rules: Rules,
         node: &str,
         notices: mpsc::UnboundedSender<Notice>,
-        metrics: Arc<Metrics>,
+        observer: Arc<dyn CallObserver>,
     ) -> Result<Self, StoreError> {
         let mut con = target.connect(None).await?;
         load_library(&mut con).await?;
@@ -105,7 +105,7 @@ impl RedisStore {
             keys,
             rules,
             node: node.into(),
-            metrics,
+            observer,
             clock: AtomicU64::new(0),
         });
         let sweeper = tokio::spawn(sweep_dead_nodes(core.clone(), notices)).abort_handle();
@@ -136,9 +136,7 @@ impl RedisStore {
     /// A node was found dead: its widgets for the receiver are gone, and the alert in flight goes
     /// back to the queue if no other widget is live.
     pub async fn sweep(&self, receiver: &ReceiverId, dead: &str) -> Result<Snapshot, StoreError> {
-        self.core
-            .transition(receiver, Function::Sweep, &[dead])
-            .await
+        self.core.transition(receiver, Call::Sweep, &[dead]).await
     }
 
     /// Makes the connection that transitions use on the calling thread's runtime, once per
@@ -188,7 +186,7 @@ impl Store for RedisStore {
             .core
             .run(
                 &alert.receiver,
-                Function::Publish,
+                Call::Publish,
                 idempotency_key,
                 &[&alert.id, &value, &max_queue, &ttl],
             )
@@ -233,7 +231,7 @@ impl Store for RedisStore {
             .core
             .run(
                 receiver,
-                Function::Widgets,
+                Call::Widgets,
                 None,
                 &[change, &count.to_string(), &max],
             )
@@ -250,25 +248,25 @@ impl Store for RedisStore {
         // strings on every call).
         let mut call = redis::Cmd::with_capacity(7, 128);
         call.arg("FCALL")
-            .arg(Function::Started.name())
+            .arg(function(Call::Started))
             .arg(1)
             .arg(self.core.keys.state(receiver));
         self.core.clock_arg(&mut call);
         call.arg(id)
             .arg(self.core.rules.ack_grace.as_millis() as u64);
-        parse_snapshot(self.core.call(Function::Started, call).await?)
+        parse_snapshot(self.core.call(Call::Started, call).await?)
     }
 
     async fn done(&self, receiver: &ReceiverId, id: &str) -> Result<Snapshot, StoreError> {
-        self.core.transition(receiver, Function::Done, &[id]).await
+        self.core.transition(receiver, Call::Done, &[id]).await
     }
 
     async fn check(&self, receiver: &ReceiverId, id: &str) -> Result<Snapshot, StoreError> {
-        self.core.transition(receiver, Function::Check, &[id]).await
+        self.core.transition(receiver, Call::Check, &[id]).await
     }
 
     async fn status(&self, receiver: &ReceiverId) -> Result<Status, StoreError> {
-        let reply = self.core.run(receiver, Function::Status, None, &[]).await?;
+        let reply = self.core.run(receiver, Call::Status, None, &[]).await?;
         match reply {
             Value::Array(items) if items.len() == 3 => Ok(Status {
                 queued: int(&items[0])?,

@@ -5,8 +5,9 @@ use std::time::Duration;
 
 use tokio::sync::mpsc;
 
-use super::functions::{Core, Function};
+use super::functions::Core;
 use crate::alert::ReceiverId;
+use crate::store::Call;
 use crate::store::{Notice, StoreError};
 
 /// How often a node says it is alive, and looks for nodes that stopped saying so.
@@ -70,7 +71,7 @@ async fn heartbeat_and_sweep(
             "a node stopped; sweeping its receivers"
         );
         for receiver in held.iter().filter_map(|r| ReceiverId::parse(r).ok()) {
-            let snapshot = core.transition(&receiver, Function::Sweep, &[node]).await?;
+            let snapshot = core.transition(&receiver, Call::Sweep, &[node]).await?;
             let _ = notices.send(Notice::Changed { receiver, snapshot });
         }
         let () = redis::cmd("DEL")
