@@ -36,7 +36,7 @@ use self::connection::{Connection, Target};
 use self::functions::{function, load_library, Core};
 use self::keys::Keys;
 use self::presence::sweep_dead_nodes;
-use self::replies::{int, parse_snapshot, protocol, text};
+use self::replies::{alert_json, int, parse_snapshot, protocol, text};
 pub use self::secret::shared_secret;
 use self::watches::Watches;
 use super::{
@@ -271,7 +271,7 @@ impl Store for RedisStore {
             Value::Array(items) if items.len() == 3 => Ok(Status {
                 queued: int(&items[0])?,
                 widgets: int(&items[1])?,
-                in_flight: text(&items[2]).map(Into::into),
+                in_flight: text(&items[2]).and_then(alert_json).map(Into::into),
             }),
             other => Err(protocol("status", &other)),
         }

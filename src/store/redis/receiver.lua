@@ -30,9 +30,12 @@ local function int(n)
   return string.format('%d', n)
 end
 
+-- An alert as stored, "<duration_ms> <times sent> <alert json>": its two numbers. The JSON is
+-- never cut out here; answers carry the stored value whole and the node skips the numbers, which
+-- spares Redis a copy of every alert on every send.
 local function parse_alert(value)
-  local duration, sent, json = string.match(value, '^(%d+) (%d+) (.*)$')
-  return tonumber(duration), tonumber(sent), json
+  local duration, sent = string.match(value, '^(%d+) (%d+) ')
+  return tonumber(duration), tonumber(sent)
 end
 
 -- Redis's clock, not the nodes': every node then agrees on every deadline. A test that moves the
@@ -48,51 +51,44 @@ end
 
 -- One call's context: its keys, its node's constants, the clock, and the receiver's state, read
 -- once. Functions change `c.st`; finish() writes it back in one HSET (`started`, which changes
--- two fields only, writes them itself).
+-- two fields only, writes them itself). One context serves every call, filled afresh by each:
+-- Redis runs one function at a time, and making new tables on every call costs it more than
+-- filling old ones.
+local c = {st = {}, events = {}}
 local function open(keys, args)
   local now = clock(args[7])
   local f = redis.call('HMGET', keys[1], 'seq', 'id', 'attempt', 'phase', 'deadline', 'duration')
   local seq = tonumber(f[1]) or 0
-  return {
-    state = keys[1], queue = keys[2], alerts = keys[3], widgets = keys[4], idem = keys[5],
-    node = args[1], channel = args[2],
-    start_timeout = tonumber(args[3]), ack_grace = tonumber(args[4]),
-    presence_ttl = tonumber(args[5]), publish = args[6],
-    now = now,
-    had_flight = f[2] ~= false,
-    st = {
-      seq = seq,
-      id = f[2] or nil,
-      attempt = tonumber(f[3]),
-      phase = f[4] or nil,
-      deadline = tonumber(f[5]),
-      duration = tonumber(f[6]),
-    },
-    seq_before = seq,
-    dirty = false,
-    -- The in-flight alert's JSON, once this call has read it.
-    alert_json = nil,
-    -- What this call did, in order, for the caller's metrics: sent resent requeued done expired.
-    events = {},
-    -- Live widgets over all nodes, and whether a live node other than the caller holds any;
-    -- read once per call, after any change the call makes to the widgets hash.
-    live_total = nil,
-    live_others = nil,
-  }
+  c.state, c.queue, c.alerts, c.widgets, c.idem = keys[1], keys[2], keys[3], keys[4], keys[5]
+  c.node, c.channel, c.publish = args[1], args[2], args[6]
+  c.start_timeout, c.ack_grace = tonumber(args[3]), tonumber(args[4])
+  c.presence_ttl = tonumber(args[5])
+  c.now = now
+  c.had_flight = f[2] ~= false
+  local st = c.st
+  st.seq, st.id, st.attempt = seq, f[2] or nil, tonumber(f[3])
+  st.phase, st.deadline, st.duration = f[4] or nil, tonumber(f[5]), tonumber(f[6])
+  c.seq_before = seq
+  c.dirty = false
+  -- The in-flight alert as stored, once this call has read it.
+  c.alert_json = nil
+  -- What this call did, in order, for the caller's metrics: sent resent requeued done expired.
+  local events = c.events
+  for i = #events, 1, -1 do events[i] = nil end
+  -- Live widgets over all nodes, and whether a live node other than the caller holds any;
+  -- read once per call, after any change the call makes to the widgets hash.
+  c.live_total, c.live_others = nil, nil
+  return c
 end
 
--- {seq, id, attempt, started (0 or 1), ms to deadline, alert json, events}; id and json are
--- false when free, and json is false unless asked for.
+-- {seq, id, attempt, started (0 or 1), ms to deadline, alert as stored, events}; id and the
+-- alert are false when free, and the alert is false unless asked for.
 local function snapshot(c, with_alert)
   local st = c.st
   local happened = table.concat(c.events, ' ')
   if not st.id then return {st.seq, false, 0, 0, 0, false, happened} end
   if with_alert and not c.alert_json then
-    local value = redis.call('HGET', c.alerts, st.id)
-    if value then
-      local _, _, j = parse_alert(value)
-      c.alert_json = j
-    end
+    c.alert_json = redis.call('HGET', c.alerts, st.id) or nil
   end
   local json = false
   if with_alert and c.alert_json then json = c.alert_json end
@@ -145,10 +141,10 @@ local function dispatch(c)
     local value = redis.call('HGET', c.alerts, id)
     -- An id without its alert cannot be shown; skip it rather than wedge the queue.
     if value then
-      local duration, sent, json = parse_alert(value)
+      local duration, sent = parse_alert(value)
       st.id, st.attempt, st.phase = id, sent + 1, 'sent'
       st.deadline, st.duration = c.now + c.start_timeout, duration
-      c.alert_json = json
+      c.alert_json = value
       bump(c)
       table.insert(c.events, 'sent')
       return
@@ -171,8 +167,8 @@ local function requeue(c)
   if not st.id then return end
   local value = redis.call('HGET', c.alerts, st.id)
   if value then
-    local duration, _, json = parse_alert(value)
-    redis.call('HSET', c.alerts, st.id, duration .. ' ' .. st.attempt .. ' ' .. json)
+    local counted = string.gsub(value, '^(%d+) %d+ ', '%1 ' .. st.attempt .. ' ', 1)
+    redis.call('HSET', c.alerts, st.id, counted)
     redis.call('LPUSH', c.queue, st.id)
   end
   clear_flight(c)

@@ -7,7 +7,7 @@ use redis::Value;
 use super::keys::Keys;
 use crate::store::{Event, Flight, Notice, Snapshot, StoreError};
 
-/// `<origin node> <seq> <id or -> <attempt> <started> <ms to deadline> <alert json>`, as
+/// `<origin node> <seq> <id or -> <attempt> <started> <ms to deadline> <alert as stored>`, as
 /// `finish()` in `receiver.lua` publishes it. A node's own messages are skipped: it already
 /// applied the snapshot its call returned.
 pub(super) fn parse_notice(keys: &Keys, node: &str, data: &[Value]) -> Option<Notice> {
@@ -27,13 +27,13 @@ pub(super) fn parse_notice(keys: &Keys, node: &str, data: &[Value]) -> Option<No
     let attempt = parts.next()?.parse().ok()?;
     let started = parts.next()? == "1";
     let remaining = Duration::from_millis(parts.next()?.parse().ok()?);
-    let json = parts.next()?;
+    let stored = parts.next()?;
     let flight = (id != "-").then(|| Flight {
         id: id.into(),
         attempt,
         started,
         remaining,
-        alert: (!json.is_empty()).then(|| json.into()),
+        alert: alert_json(stored).map(Into::into),
     });
     Some(Notice::Changed {
         receiver,
@@ -43,6 +43,18 @@ pub(super) fn parse_notice(keys: &Keys, node: &str, data: &[Value]) -> Option<No
             events: Vec::new(),
         },
     })
+}
+
+/// The JSON of an alert as the library stores and answers it, `"<duration_ms> <times sent>
+/// <json>"`: Redis hands it over whole, and the node skips the two numbers.
+pub(super) fn alert_json(stored: &str) -> Option<&str> {
+    let mut parts = stored.splitn(3, ' ');
+    let (duration, sent) = (parts.next()?, parts.next()?);
+    let numeric = |s: &str| !s.is_empty() && s.bytes().all(|b| b.is_ascii_digit());
+    if !numeric(duration) || !numeric(sent) {
+        return None;
+    }
+    parts.next().filter(|json| !json.is_empty())
 }
 
 pub(super) fn parse_snapshot(v: Value) -> Result<Snapshot, StoreError> {
@@ -60,11 +72,8 @@ pub(super) fn parse_snapshot(v: Value) -> Result<Snapshot, StoreError> {
             attempt: int(&attempt)? as u32,
             started: int(&started)? == 1,
             remaining: Duration::from_millis(int(&remaining)?),
-            // Taken, not copied: the alert is the one large part of a reply.
-            alert: match json {
-                Value::BulkString(bytes) => String::from_utf8(bytes).ok().map(Into::into),
-                _ => None,
-            },
+            // Copied once, from the reply into the snapshot: the alert is the one large part.
+            alert: text(&json).and_then(alert_json).map(Into::into),
         }),
     };
     Ok(Snapshot {
