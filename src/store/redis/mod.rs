@@ -36,7 +36,7 @@ use self::connection::{Connection, Target};
 use self::functions::{function, load_library, Core};
 use self::keys::Keys;
 use self::presence::sweep_dead_nodes;
-use self::replies::{alert_json, int, parse_snapshot, protocol, text};
+use self::replies::{alert_json, int, parse_snapshot, protocol, tagged, text};
 pub use self::secret::shared_secret;
 use self::watches::Watches;
 use super::{
@@ -191,27 +191,20 @@ impl Store for RedisStore {
                 &[&alert.id, &value, &max_queue, &ttl],
             )
             .await?;
-        let Value::Array(items) = reply else {
-            return Err(protocol("publish", &reply));
-        };
-        let mut items = items.into_iter();
-        match (
-            items.next().as_ref().and_then(text),
-            items.next(),
-            items.next(),
-        ) {
-            (Some("accepted"), Some(position), Some(snapshot)) => Ok(Publish::Accepted {
+        let (kind, mut items) = tagged(reply)?;
+        match (kind.as_str(), items.next(), items.next()) {
+            ("accepted", Some(position), Some(snapshot)) => Ok(Publish::Accepted {
                 position: int(&position)?,
                 snapshot: parse_snapshot(snapshot)?,
             }),
-            (Some("duplicate"), Some(id), Some(position)) => Ok(Publish::Duplicate {
+            ("duplicate", Some(id), Some(position)) => Ok(Publish::Duplicate {
                 id: text(&id)
                     .ok_or_else(|| protocol("publish", &id))?
                     .to_owned(),
                 position: int(&position)?,
             }),
-            (Some("full"), None, None) => Ok(Publish::QueueFull),
-            _ => Err(StoreError::Protocol("publish: unexpected reply".into())),
+            ("full", _, _) => Ok(Publish::QueueFull),
+            _ => Err(StoreError::Protocol(format!("publish: unexpected {kind}"))),
         }
     }
 
@@ -236,7 +229,8 @@ impl Store for RedisStore {
                 &[change, &count.to_string(), &max],
             )
             .await?;
-        if matches!(&reply, Value::Array(items) if items.len() == 1) {
+        if matches!(&reply, Value::Array(items) if items.first().and_then(text) == Some("too_many"))
+        {
             return Err(StoreError::TooManyWidgets(self.core.rules.max_widgets));
         }
         parse_snapshot(reply)
@@ -266,14 +260,14 @@ impl Store for RedisStore {
     }
 
     async fn status(&self, receiver: &ReceiverId) -> Result<Status, StoreError> {
-        let reply = self.core.run(receiver, Call::Status, None, &[]).await?;
-        match reply {
-            Value::Array(items) if items.len() == 3 => Ok(Status {
-                queued: int(&items[0])?,
-                widgets: int(&items[1])?,
-                in_flight: text(&items[2]).and_then(alert_json).map(Into::into),
+        let (kind, items) = tagged(self.core.run(receiver, Call::Status, None, &[]).await?)?;
+        match (kind.as_str(), items.as_slice()) {
+            ("status", [queued, widgets, in_flight, ..]) => Ok(Status {
+                queued: int(queued)?,
+                widgets: int(widgets)?,
+                in_flight: text(in_flight).and_then(alert_json).map(Into::into),
             }),
-            other => Err(protocol("status", &other)),
+            _ => Err(StoreError::Protocol(format!("status: unexpected {kind}"))),
         }
     }
 

@@ -21,9 +21,12 @@
 -- ARGV[7] the time in ms, for tests that move the clock themselves; empty: Redis's own clock
 -- ARGV[8..] the function's own arguments
 --
--- Every function but status answers with a snapshot (see snapshot()). When the call moved the
--- receiver's seq and another node has live widgets, the snapshot is also published on the
--- events channel.
+-- Every answer is a tagged array: its first element names its kind ('snapshot', 'accepted',
+-- 'duplicate', 'full', 'too_many', 'status'), so a new kind has room and no meaning rides on an
+-- array's length. Every function but status answers with a snapshot (see snapshot()), alone or
+-- inside another kind. When the call moved the receiver's seq and another node has live
+-- widgets, the snapshot is also published on the events channel, as a line of the same fields
+-- that starts with its kind ('snapshot') and the calling node.
 
 -- Numbers past 1e14 (seq) must not be written in Lua's exponent form.
 local function int(n)
@@ -81,12 +84,12 @@ local function open(keys, args)
   return c
 end
 
--- {seq, id, attempt, started (0 or 1), ms to deadline, alert as stored, events}; id and the
--- alert are false when free, and the alert is false unless asked for.
+-- {'snapshot', seq, id, attempt, started (0 or 1), ms to deadline, alert as stored, events}; id
+-- and the alert are false when free, and the alert is false unless asked for.
 local function snapshot(c, with_alert)
   local st = c.st
   local happened = table.concat(c.events, ' ')
-  if not st.id then return {st.seq, false, 0, 0, 0, false, happened} end
+  if not st.id then return {'snapshot', st.seq, false, 0, 0, 0, false, happened} end
   if with_alert and not c.alert_json then
     c.alert_json = redis.call('HGET', c.alerts, st.id) or nil
   end
@@ -94,7 +97,8 @@ local function snapshot(c, with_alert)
   if with_alert and c.alert_json then json = c.alert_json end
   local started = 0
   if st.phase == 'started' then started = 1 end
-  return {st.seq, st.id, st.attempt, started, math.max(0, st.deadline - c.now), json, happened}
+  return {'snapshot', st.seq, st.id, st.attempt, started, math.max(0, st.deadline - c.now), json,
+    happened}
 end
 
 local function bump(c)
@@ -200,9 +204,8 @@ local function finish(c, with_alert)
   if changed then
     local _, others = presence(c)
     if others then
-      local id, json = snap[2], snap[6]
-      redis.call(c.publish, c.channel, table.concat({c.node, int(snap[1]), id or '-',
-        snap[3], snap[4], snap[5], json or ''}, ' '))
+      redis.call(c.publish, c.channel, table.concat({'snapshot', c.node, int(snap[2]),
+        snap[3] or '-', snap[4], snap[5], snap[6], snap[7] or ''}, ' '))
     end
   end
   return snap
@@ -293,7 +296,7 @@ local function started(keys, args)
   local now = clock(args[1])
   local f = redis.call('HMGET', keys[1], 'seq', 'id', 'attempt', 'phase', 'deadline', 'duration')
   local seq, id = tonumber(f[1]) or 0, f[2]
-  if not id then return {seq, false, 0, 0, 0, false, ''} end
+  if not id then return {'snapshot', seq, false, 0, 0, 0, false, ''} end
   local phase, deadline = f[4], tonumber(f[5])
   if id == args[2] and phase == 'sent' then
     phase, deadline = 'started', now + tonumber(f[6]) + tonumber(args[3])
@@ -301,7 +304,7 @@ local function started(keys, args)
   end
   local is_started = 0
   if phase == 'started' then is_started = 1 end
-  return {seq, id, tonumber(f[3]), is_started, math.max(0, deadline - now), false, ''}
+  return {'snapshot', seq, id, tonumber(f[3]), is_started, math.max(0, deadline - now), false, ''}
 end
 
 -- ARGV[8] the alert a widget finished.
@@ -343,12 +346,12 @@ local function sweep(keys, args)
   return finish(c, false)
 end
 
--- {queued, live widgets, alert in flight or false}
+-- {'status', queued, live widgets, alert in flight as stored or false}
 local function status(keys, args)
   local c = open(keys, args)
   local total = presence(c)
   local snap = snapshot(c, true)
-  return {redis.call('LLEN', c.queue), total, snap[6]}
+  return {'status', redis.call('LLEN', c.queue), total, snap[7]}
 end
 
 redis.register_function('cuebox_v1_publish', publish)

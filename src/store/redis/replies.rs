@@ -7,9 +7,10 @@ use redis::Value;
 use super::keys::Keys;
 use crate::store::{Event, Flight, Notice, Snapshot, StoreError};
 
-/// `<origin node> <seq> <id or -> <attempt> <started> <ms to deadline> <alert as stored>`, as
-/// `finish()` in `receiver.lua` publishes it. A node's own messages are skipped: it already
-/// applied the snapshot its call returned.
+/// `snapshot <origin node> <seq> <id or -> <attempt> <started> <ms to deadline> <alert as
+/// stored>`, as `finish()` in `receiver.lua` publishes it. A node's own messages are skipped: it
+/// already applied the snapshot its call returned. A kind this node does not know is skipped too,
+/// so a newer node may publish more kinds.
 pub(super) fn parse_notice(keys: &Keys, node: &str, data: &[Value]) -> Option<Notice> {
     let [channel, payload] = data else {
         return None;
@@ -17,7 +18,10 @@ pub(super) fn parse_notice(keys: &Keys, node: &str, data: &[Value]) -> Option<No
     let receiver = keys.receiver_of_events(text(channel)?)?;
     // Borrowed: only the alert's JSON is copied, once, into the snapshot.
     let payload = text(payload)?;
-    let mut parts = payload.splitn(7, ' ');
+    let mut parts = payload.splitn(8, ' ');
+    if parts.next()? != "snapshot" {
+        return None;
+    }
     let origin = parts.next()?;
     if origin == node {
         return None;
@@ -57,14 +61,41 @@ pub(super) fn alert_json(stored: &str) -> Option<&str> {
     parts.next().filter(|json| !json.is_empty())
 }
 
-pub(super) fn parse_snapshot(v: Value) -> Result<Snapshot, StoreError> {
-    let items = match v {
-        Value::Array(items) if items.len() == 7 => items,
-        other => return Err(protocol("snapshot", &other)),
+/// An answer's kind (its first element) and the rest of it.
+pub(super) fn tagged(v: Value) -> Result<(String, std::vec::IntoIter<Value>), StoreError> {
+    let Value::Array(items) = v else {
+        return Err(protocol("answer", &v));
     };
-    // unwrap: the length was checked just above.
-    let [seq, id, attempt, started, remaining, json, events]: [Value; 7] =
-        items.try_into().expect("seven items");
+    let mut items = items.into_iter();
+    let kind = items.next().as_ref().and_then(text).map(str::to_owned);
+    match kind {
+        Some(kind) => Ok((kind, items)),
+        None => Err(StoreError::Protocol("an answer without its kind".into())),
+    }
+}
+
+pub(super) fn parse_snapshot(v: Value) -> Result<Snapshot, StoreError> {
+    let (kind, mut items) = tagged(v)?;
+    if kind != "snapshot" {
+        return Err(StoreError::Protocol(format!(
+            "expected a snapshot, got {kind}"
+        )));
+    }
+    // Fields a newer library may add after these are left alone.
+    let mut next = || {
+        items
+            .next()
+            .ok_or_else(|| StoreError::Protocol("a snapshot cut short".into()))
+    };
+    let (seq, id, attempt, started, remaining, json, events) = (
+        next()?,
+        next()?,
+        next()?,
+        next()?,
+        next()?,
+        next()?,
+        next()?,
+    );
     let flight = match text(&id) {
         None => None,
         Some(id) => Some(Flight {
