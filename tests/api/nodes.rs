@@ -379,3 +379,17 @@ async fn a_node_refuses_a_redis_without_functions_and_says_why() {
     };
     assert!(message.contains("Redis 7 or newer"), "{message}");
 }
+
+#[actix_web::test]
+async fn a_redis_that_lost_the_library_gets_it_again_on_the_next_call() {
+    let redis = RedisServer::spawn().await;
+    let app = TestApp::redis(&redis).await;
+    let mut w = app.widget("alice").await;
+    // As after a failover to a replica that never had it, or a restart without persistence.
+    redis.cmd(&["FUNCTION", "FLUSH"]).await;
+    let id = app.publish_alert("alice", "after the flush").await;
+    let (got, attempt, _) = w.next_alert().await;
+    assert_eq!((got.as_str(), attempt), (id.as_str(), 1));
+    let listed = format!("{:?}", redis.cmd(&["FUNCTION", "LIST"]).await);
+    assert!(listed.contains("cuebox_v1"), "{listed}");
+}
