@@ -22,7 +22,8 @@
 use std::collections::{HashMap, HashSet, VecDeque};
 use std::sync::Arc;
 
-use super::{Event, Flight, Publish, Rules, Snapshot, StoreError, WidgetChange};
+use super::{Answered, Event, Flight, Publish, Rules, Snapshot, StoreError, WidgetChange};
+use crate::alert::AlertRecord;
 
 /// Milliseconds on the store's clock.
 pub type Millis = u64;
@@ -33,6 +34,17 @@ pub struct Stored {
     pub id: Arc<str>,
     pub json: Arc<str>,
     pub duration_ms: u32,
+}
+
+impl Stored {
+    /// An alert as published.
+    pub fn of(alert: &AlertRecord) -> Self {
+        Self {
+            id: alert.id.as_str().into(),
+            json: alert.json.clone(),
+            duration_ms: alert.duration_ms,
+        }
+    }
 }
 
 /// A waiting alert, with how many times it was sent before going back to the queue.
@@ -142,7 +154,16 @@ pub struct Outcome {
 }
 
 impl Outcome {
-    /// The outcome as the `Store` trait's publish answers it.
+    /// What a store answers with: the trail and the wake-up time stay with the caller of the
+    /// machine.
+    pub fn answered(self) -> Answered {
+        Answered {
+            answer: self.answer,
+            snapshot: Some(self.snapshot),
+        }
+    }
+
+    /// As the `Store` trait's publish answers it.
     pub fn into_publish(self) -> Publish {
         match self.answer {
             Answer::Accepted { position } => Publish::Accepted {
@@ -154,12 +175,9 @@ impl Outcome {
         }
     }
 
-    /// The outcome as the `Store` trait's other transitions answer it.
+    /// As the `Store` trait's other transitions answer it.
     pub fn into_snapshot(self) -> Result<Snapshot, StoreError> {
-        match self.answer {
-            Answer::TooManyWidgets(max) => Err(StoreError::TooManyWidgets(max)),
-            _ => Ok(self.snapshot),
-        }
+        self.answered().into_snapshot()
     }
 }
 

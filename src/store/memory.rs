@@ -12,9 +12,9 @@ use std::sync::{Mutex, MutexGuard};
 use async_trait::async_trait;
 use tokio::time::Instant;
 
-use super::machine::{self, Command, Millis, Outcome, Receiver, Stored};
-use super::{Publish, Rules, Snapshot, Status, Store, StoreError, WidgetChange};
-use crate::alert::{AlertRecord, ReceiverId};
+use super::machine::{self, Command, Millis, Outcome, Receiver};
+use super::{Answered, Rules, Status, Store, StoreError};
+use crate::alert::ReceiverId;
 
 /// The one node the embedded store serves, as its widget reports name it.
 const NODE: &str = "embedded";
@@ -54,7 +54,7 @@ impl MemoryStore {
     }
 
     /// Applies one command to a receiver, then forgets the receiver if nothing is left of it.
-    fn apply(&self, receiver: &ReceiverId, command: Command<'_>) -> Outcome {
+    fn transition(&self, receiver: &ReceiverId, command: Command<'_>) -> Outcome {
         let now = self.now();
         let mut guard = self.lock();
         let Receivers { map, seq_floor } = &mut *guard;
@@ -73,43 +73,16 @@ impl MemoryStore {
 
 #[async_trait]
 impl Store for MemoryStore {
-    async fn publish(
-        &self,
-        alert: &AlertRecord,
-        idempotency_key: Option<&str>,
-    ) -> Result<Publish, StoreError> {
-        let alert_stored = Stored {
-            id: alert.id.as_str().into(),
-            json: alert.json.clone(),
-            duration_ms: alert.duration_ms,
-        };
-        let command = Command::Publish {
-            alert: alert_stored,
-            idempotency_key,
-        };
-        Ok(self.apply(&alert.receiver, command).into_publish())
-    }
-
-    async fn widgets(
+    async fn apply(
         &self,
         receiver: &ReceiverId,
-        change: WidgetChange,
-    ) -> Result<Snapshot, StoreError> {
-        let command = Command::Widgets { node: NODE, change };
-        self.apply(receiver, command).into_snapshot()
+        command: Command<'_>,
+    ) -> Result<Answered, StoreError> {
+        Ok(self.transition(receiver, command).answered())
     }
 
-    async fn started(&self, receiver: &ReceiverId, id: &str) -> Result<Snapshot, StoreError> {
-        self.apply(receiver, Command::Started { id })
-            .into_snapshot()
-    }
-
-    async fn done(&self, receiver: &ReceiverId, id: &str) -> Result<Snapshot, StoreError> {
-        self.apply(receiver, Command::Done { id }).into_snapshot()
-    }
-
-    async fn check(&self, receiver: &ReceiverId, id: &str) -> Result<Snapshot, StoreError> {
-        self.apply(receiver, Command::Check { id }).into_snapshot()
+    fn node(&self) -> &str {
+        NODE
     }
 
     async fn status(&self, receiver: &ReceiverId) -> Result<Status, StoreError> {

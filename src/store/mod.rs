@@ -49,8 +49,8 @@
 //! 2. A variant of [`Call`] (its index and label: metrics then time and count it).
 //! 3. Its function in `redis/receiver.lua`, registered under the library's version, and its name
 //!    in `redis/functions.rs`.
-//! 4. A method on [`Store`], which the embedded store answers with `machine::apply` and the Redis
-//!    store with the function.
+//! 4. Its arm in the Redis store's [`Store::apply`] (the embedded store answers every command
+//!    with `machine::apply` as it is), and, if the hub calls it, a provided method on [`Store`].
 //! 5. One conformance case in `tests/api/conformance.rs`, and the command in the generator of
 //!    `tests/api/differential.rs`, which then holds the Lua to the machine.
 
@@ -267,15 +267,72 @@ pub enum Notice {
     Resync,
 }
 
-/// One receiver queue store. Every method is one atomic transition of one receiver.
+/// What a store answers a command with: what it came to, and the receiver's snapshot after it
+/// (absent where the answer needs none: a duplicate, a full queue, a refused join).
+#[derive(Clone, Debug, PartialEq)]
+pub struct Answered {
+    pub answer: machine::Answer,
+    pub snapshot: Option<Snapshot>,
+}
+
+impl Answered {
+    /// As [`Store::publish`] answers it.
+    pub fn into_publish(self) -> Result<Publish, StoreError> {
+        Ok(match self.answer {
+            machine::Answer::Accepted { position } => Publish::Accepted {
+                position,
+                snapshot: self.snapshot.ok_or_else(missing_snapshot)?,
+            },
+            machine::Answer::Duplicate { id, position } => Publish::Duplicate { id, position },
+            machine::Answer::QueueFull => Publish::QueueFull,
+            other => {
+                return Err(StoreError::Protocol(format!(
+                    "a publish answered {other:?}"
+                )))
+            }
+        })
+    }
+
+    /// As the other transitions answer it: a join past the limit is an error.
+    pub fn into_snapshot(self) -> Result<Snapshot, StoreError> {
+        match self.answer {
+            machine::Answer::TooManyWidgets(max) => Err(StoreError::TooManyWidgets(max)),
+            _ => self.snapshot.ok_or_else(missing_snapshot),
+        }
+    }
+}
+
+fn missing_snapshot() -> StoreError {
+    StoreError::Protocol("an answer without its snapshot".into())
+}
+
+/// One receiver queue store. A store implements [`Store::apply`], one atomic transition of one
+/// receiver for any [`machine::Command`], and a few reads; the transitions the hub calls are
+/// written once, here, on top of it.
 #[async_trait]
 pub trait Store: Send + Sync + 'static {
+    /// Applies one command to a receiver, atomically.
+    async fn apply(
+        &self,
+        receiver: &ReceiverId,
+        command: machine::Command<'_>,
+    ) -> Result<Answered, StoreError>;
+
+    /// The node this store reports widgets as.
+    fn node(&self) -> &str;
+
     /// Queues an alert and dispatches it if the receiver is free.
     async fn publish(
         &self,
         alert: &AlertRecord,
         idempotency_key: Option<&str>,
-    ) -> Result<Publish, StoreError>;
+    ) -> Result<Publish, StoreError> {
+        let command = machine::Command::Publish {
+            alert: machine::Stored::of(alert),
+            idempotency_key,
+        };
+        self.apply(&alert.receiver, command).await?.into_publish()
+    }
 
     /// Records a change in this node's widgets for the receiver, then dispatches or requeues as
     /// the live count requires. The snapshot always carries the alert in flight, if any. A
@@ -284,16 +341,31 @@ pub trait Store: Send + Sync + 'static {
         &self,
         receiver: &ReceiverId,
         change: WidgetChange,
-    ) -> Result<Snapshot, StoreError>;
+    ) -> Result<Snapshot, StoreError> {
+        let command = machine::Command::Widgets {
+            node: self.node(),
+            change,
+        };
+        self.apply(receiver, command).await?.into_snapshot()
+    }
 
     /// A widget began to show alert `id`.
-    async fn started(&self, receiver: &ReceiverId, id: &str) -> Result<Snapshot, StoreError>;
+    async fn started(&self, receiver: &ReceiverId, id: &str) -> Result<Snapshot, StoreError> {
+        let command = machine::Command::Started { id };
+        self.apply(receiver, command).await?.into_snapshot()
+    }
 
     /// A widget finished alert `id`: completes it and dispatches the next.
-    async fn done(&self, receiver: &ReceiverId, id: &str) -> Result<Snapshot, StoreError>;
+    async fn done(&self, receiver: &ReceiverId, id: &str) -> Result<Snapshot, StoreError> {
+        let command = machine::Command::Done { id };
+        self.apply(receiver, command).await?.into_snapshot()
+    }
 
     /// The deadline of alert `id` may have passed: resends or expires it if so.
-    async fn check(&self, receiver: &ReceiverId, id: &str) -> Result<Snapshot, StoreError>;
+    async fn check(&self, receiver: &ReceiverId, id: &str) -> Result<Snapshot, StoreError> {
+        let command = machine::Command::Check { id };
+        self.apply(receiver, command).await?.into_snapshot()
+    }
 
     /// Reads the receiver's queue length, alert in flight and live widgets.
     async fn status(&self, receiver: &ReceiverId) -> Result<Status, StoreError>;

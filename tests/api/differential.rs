@@ -237,9 +237,11 @@ async fn run(
                 let m = model
                     .apply(name, Command::Sweep { node: NODES[node] })
                     .into_snapshot();
-                let x = nodes[(node + 1) % 2]
-                    .sweep(&receiver(name), NODES[node])
-                    .await;
+                let command = Command::Sweep { node: NODES[node] };
+                let x = match nodes[(node + 1) % 2].apply(&receiver(name), command).await {
+                    Ok(answered) => answered.into_snapshot(),
+                    Err(e) => Err(e),
+                };
                 same(step, op, m, x)?;
             }
             Op::Wait { ms } => model.now += ms,

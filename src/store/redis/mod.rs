@@ -39,11 +39,12 @@ use self::presence::sweep_dead_nodes;
 use self::replies::{alert_json, int, parse_snapshot, protocol, tagged, text};
 pub use self::secret::shared_secret;
 use self::watches::Watches;
+use super::machine::{Answer, Command, Stored};
 use super::{
-    Call, CallObserver, Notice, Publish, Rules, Snapshot, Status, Store, StoreError, WidgetChange,
+    Answered, Call, CallObserver, Notice, Rules, Snapshot, Status, Store, StoreError, WidgetChange,
     IDEMPOTENCY_TTL,
 };
-use crate::alert::{AlertRecord, ReceiverId};
+use crate::alert::ReceiverId;
 
 pub struct RedisStore {
     core: Arc<Core>,
@@ -133,12 +134,6 @@ impl RedisStore {
         self.core.clock.store(now.unwrap_or(0), Ordering::Relaxed);
     }
 
-    /// A node was found dead: its widgets for the receiver are gone, and the alert in flight goes
-    /// back to the queue if no other widget is live.
-    pub async fn sweep(&self, receiver: &ReceiverId, dead: &str) -> Result<Snapshot, StoreError> {
-        self.core.transition(receiver, Call::Sweep, &[dead]).await
-    }
-
     /// Makes the connection that transitions use on the calling thread's runtime, once per
     /// store; the first HTTP worker calls it as it starts.
     ///
@@ -170,14 +165,14 @@ impl RedisStore {
     }
 }
 
-#[async_trait]
-impl Store for RedisStore {
-    async fn publish(
+impl RedisStore {
+    async fn publish_call(
         &self,
-        alert: &AlertRecord,
+        receiver: &ReceiverId,
+        alert: Stored,
         idempotency_key: Option<&str>,
-    ) -> Result<Publish, StoreError> {
-        // The stored value carries what the script needs without decoding JSON: the duration
+    ) -> Result<Answered, StoreError> {
+        // The stored value carries what the library needs without decoding JSON: the duration
         // and how many times the alert was sent (none yet).
         let value = format!("{} 0 {}", alert.duration_ms, alert.json);
         let max_queue = self.core.rules.max_queue.to_string();
@@ -185,34 +180,40 @@ impl Store for RedisStore {
         let reply = self
             .core
             .run(
-                &alert.receiver,
+                receiver,
                 Call::Publish,
                 idempotency_key,
                 &[&alert.id, &value, &max_queue, &ttl],
             )
             .await?;
         let (kind, mut items) = tagged(reply)?;
-        match (kind.as_str(), items.next(), items.next()) {
-            ("accepted", Some(position), Some(snapshot)) => Ok(Publish::Accepted {
-                position: int(&position)?,
-                snapshot: parse_snapshot(snapshot)?,
-            }),
-            ("duplicate", Some(id), Some(position)) => Ok(Publish::Duplicate {
-                id: text(&id)
-                    .ok_or_else(|| protocol("publish", &id))?
-                    .to_owned(),
-                position: int(&position)?,
-            }),
-            ("full", _, _) => Ok(Publish::QueueFull),
-            _ => Err(StoreError::Protocol(format!("publish: unexpected {kind}"))),
-        }
+        let (answer, snapshot) = match (kind.as_str(), items.next(), items.next()) {
+            ("accepted", Some(position), Some(snapshot)) => (
+                Answer::Accepted {
+                    position: int(&position)?,
+                },
+                Some(parse_snapshot(snapshot)?),
+            ),
+            ("duplicate", Some(id), Some(position)) => (
+                Answer::Duplicate {
+                    id: text(&id)
+                        .ok_or_else(|| protocol("publish", &id))?
+                        .to_owned(),
+                    position: int(&position)?,
+                },
+                None,
+            ),
+            ("full", _, _) => (Answer::QueueFull, None),
+            _ => return Err(StoreError::Protocol(format!("publish: unexpected {kind}"))),
+        };
+        Ok(Answered { answer, snapshot })
     }
 
-    async fn widgets(
+    async fn widgets_call(
         &self,
         receiver: &ReceiverId,
         change: WidgetChange,
-    ) -> Result<Snapshot, StoreError> {
+    ) -> Result<Answered, StoreError> {
         let (change, count) = match change {
             WidgetChange::Joined => ("joined", 0),
             WidgetChange::Left => ("left", 0),
@@ -231,15 +232,19 @@ impl Store for RedisStore {
             .await?;
         if matches!(&reply, Value::Array(items) if items.first().and_then(text) == Some("too_many"))
         {
-            return Err(StoreError::TooManyWidgets(self.core.rules.max_widgets));
+            let answer = Answer::TooManyWidgets(self.core.rules.max_widgets);
+            return Ok(Answered {
+                answer,
+                snapshot: None,
+            });
         }
-        parse_snapshot(reply)
+        changed(parse_snapshot(reply)?)
     }
 
-    async fn started(&self, receiver: &ReceiverId, id: &str) -> Result<Snapshot, StoreError> {
-        // The most frequent call is given only what it needs: the state key, the clock, the id
-        // and the grace (a third of the arguments of the others, which Redis turns into Lua
-        // strings on every call).
+    /// The most frequent call is given only what it needs: the state key, the clock, the id and
+    /// the grace (a third of the arguments of the others, which Redis turns into Lua strings on
+    /// every call).
+    async fn started_call(&self, receiver: &ReceiverId, id: &str) -> Result<Answered, StoreError> {
         let mut call = redis::Cmd::with_capacity(7, 128);
         call.arg("FCALL")
             .arg(function(Call::Started))
@@ -248,15 +253,51 @@ impl Store for RedisStore {
         self.core.clock_arg(&mut call);
         call.arg(id)
             .arg(self.core.rules.ack_grace.as_millis() as u64);
-        parse_snapshot(self.core.call(Call::Started, call).await?)
+        changed(parse_snapshot(self.core.call(Call::Started, call).await?)?)
+    }
+}
+
+fn changed(snapshot: Snapshot) -> Result<Answered, StoreError> {
+    Ok(Answered {
+        answer: Answer::Changed,
+        snapshot: Some(snapshot),
+    })
+}
+
+#[async_trait]
+impl Store for RedisStore {
+    async fn apply(
+        &self,
+        receiver: &ReceiverId,
+        command: Command<'_>,
+    ) -> Result<Answered, StoreError> {
+        match command {
+            Command::Publish {
+                alert,
+                idempotency_key,
+            } => self.publish_call(receiver, alert, idempotency_key).await,
+            Command::Widgets { node, change } if node == &*self.core.node => {
+                self.widgets_call(receiver, change).await
+            }
+            Command::Widgets { node, .. } => Err(StoreError::Protocol(format!(
+                "node {} cannot report widgets for node {node}",
+                self.core.node
+            ))),
+            Command::Started { id } => self.started_call(receiver, id).await,
+            Command::Done { id } => {
+                changed(self.core.transition(receiver, Call::Done, &[id]).await?)
+            }
+            Command::Check { id } => {
+                changed(self.core.transition(receiver, Call::Check, &[id]).await?)
+            }
+            Command::Sweep { node } => {
+                changed(self.core.transition(receiver, Call::Sweep, &[node]).await?)
+            }
+        }
     }
 
-    async fn done(&self, receiver: &ReceiverId, id: &str) -> Result<Snapshot, StoreError> {
-        self.core.transition(receiver, Call::Done, &[id]).await
-    }
-
-    async fn check(&self, receiver: &ReceiverId, id: &str) -> Result<Snapshot, StoreError> {
-        self.core.transition(receiver, Call::Check, &[id]).await
+    fn node(&self) -> &str {
+        &self.core.node
     }
 
     async fn status(&self, receiver: &ReceiverId) -> Result<Status, StoreError> {
