@@ -22,7 +22,7 @@
 use std::collections::{HashMap, HashSet, VecDeque};
 use std::sync::Arc;
 
-use super::{Answered, Event, Flight, Publish, Rules, Snapshot, StoreError, WidgetChange};
+use super::{Answered, Event, Flight, Rules, Snapshot, WidgetChange};
 use crate::alert::AlertRecord;
 
 /// Milliseconds on the store's clock.
@@ -161,23 +161,6 @@ impl Outcome {
             answer: self.answer,
             snapshot: Some(self.snapshot),
         }
-    }
-
-    /// As the `Store` trait's publish answers it.
-    pub fn into_publish(self) -> Publish {
-        match self.answer {
-            Answer::Accepted { position } => Publish::Accepted {
-                position,
-                snapshot: self.snapshot,
-            },
-            Answer::Duplicate { id, position } => Publish::Duplicate { id, position },
-            _ => Publish::QueueFull,
-        }
-    }
-
-    /// As the `Store` trait's other transitions answer it.
-    pub fn into_snapshot(self) -> Result<Snapshot, StoreError> {
-        self.answered().into_snapshot()
     }
 }
 

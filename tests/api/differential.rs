@@ -12,7 +12,7 @@ use cuebox::alert::{AlertRecord, ReceiverId};
 use cuebox::store::machine::{self, Command, Receiver, Stored};
 use cuebox::store::redis::keys::Keys;
 use cuebox::store::redis::RedisStore;
-use cuebox::store::{Publish, Rules, Snapshot, Status, Store, StoreError, WidgetChange};
+use cuebox::store::{Rules, Snapshot, Status, Store, StoreError, WidgetChange};
 use proptest::prelude::*;
 use proptest::test_runner::{Config, TestCaseError, TestRunner};
 use serde_json::json;
@@ -198,7 +198,7 @@ async fn run(
                     alert: stored(&alert),
                     idempotency_key: key.as_deref(),
                 };
-                let m: Result<Publish, StoreError> = Ok(model.apply(name, command).into_publish());
+                let m = model.apply(name, command).answered().into_publish();
                 let x = nodes[step % 2].publish(&alert, key.as_deref()).await;
                 same(step, op, m, x)?;
             }
@@ -208,7 +208,7 @@ async fn run(
                     node: NODES[node],
                     change,
                 };
-                let m = model.apply(name, command).into_snapshot();
+                let m = model.apply(name, command).answered().into_snapshot();
                 let x = nodes[node].widgets(&receiver(name), change).await;
                 same(step, op, m, x)?;
             }
@@ -223,7 +223,10 @@ async fn run(
                     },
                     &nodes[step % 2],
                 );
-                let m = model.apply(name, command.clone()).into_snapshot();
+                let m = model
+                    .apply(name, command.clone())
+                    .answered()
+                    .into_snapshot();
                 let rid = receiver(name);
                 let x: Result<Snapshot, StoreError> = match command {
                     Command::Started { .. } => store.started(&rid, &id).await,
@@ -236,6 +239,7 @@ async fn run(
                 let name = RECEIVERS[r];
                 let m = model
                     .apply(name, Command::Sweep { node: NODES[node] })
+                    .answered()
                     .into_snapshot();
                 let command = Command::Sweep { node: NODES[node] };
                 let x = match nodes[(node + 1) % 2].apply(&receiver(name), command).await {
