@@ -8,7 +8,8 @@
 //! time comes.
 //!
 //! The embedded store is a map of receivers and this function. The Redis store runs the same
-//! rules in `redis/receiver.lua`; `tests/api/conformance.rs` holds both stores to them.
+//! rules in `redis/receiver.lua`, which `tests/api/differential.rs` holds to this machine with
+//! random command sequences; `tests/api/conformance.rs` holds both stores to the rules.
 //!
 //! # How the rules read
 //!
@@ -316,12 +317,7 @@ impl Step<'_> {
 
     /// Live widgets over all nodes.
     fn live(&self) -> u32 {
-        self.r
-            .presence
-            .values()
-            .filter(|p| p.live_until > self.now)
-            .map(|p| p.widgets)
-            .sum()
+        self.r.live_widgets(self.now)
     }
 
     fn flight_matching(&mut self, id: &str) -> Option<&mut InFlight> {
