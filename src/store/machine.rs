@@ -168,13 +168,12 @@ impl Outcome {
 /// Applies one command to a receiver at time `now`.
 pub fn apply(r: &mut Receiver, command: Command<'_>, now: Millis, rules: &Rules) -> Outcome {
     let mut step = Step {
+        seq_before: r.seq,
         r,
         now,
         rules,
-        seq_before: 0,
         trail: Vec::new(),
     };
-    step.seq_before = step.r.seq;
     let (answer, with_alert) = step.run(command);
     step.finish(answer, with_alert)
 }

@@ -378,3 +378,19 @@ pub trait Store: Send + Sync + 'static {
     /// Answers while the store is reachable.
     async fn ping(&self) -> Result<(), StoreError>;
 }
+
+#[cfg(test)]
+mod tests {
+    use super::Call;
+
+    /// Metrics index their series by `Call::index`: a variant missing from `Call::ALL`, or out
+    /// of its place, would index past them.
+    #[test]
+    fn every_call_sits_at_its_index_in_all() {
+        for (i, call) in Call::ALL.iter().enumerate() {
+            assert_eq!(call.index(), i, "{call:?}");
+        }
+        let highest = Call::ALL.iter().map(|c| c.index()).max();
+        assert_eq!(highest, Some(Call::ALL.len() - 1));
+    }
+}
