@@ -273,7 +273,15 @@ async fn run(
         });
         let x = redis.cmd(&["LRANGE", &queue_key, "0", "-1"]).await;
         let x: Vec<String> = redis::from_redis_value(x).unwrap();
-        let m: Vec<String> = m.queue.iter().map(|q| q.alert.id.to_string()).collect();
+        // Each entry as the library keeps it, times sent included.
+        let m: Vec<String> = m
+            .queue
+            .iter()
+            .map(|q| {
+                let a = &q.alert;
+                format!("{} {} {} {}", a.id, a.duration_ms, q.sent, a.json)
+            })
+            .collect();
         if m != x {
             return Err(TestCaseError::fail(format!(
                 "{name}'s queue: machine {m:?}, redis {x:?}"

@@ -1,15 +1,16 @@
 //! The library of the rules (`receiver.lua`, Redis Functions) and the calls to its functions.
 
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::AtomicBool;
 use std::sync::{Arc, OnceLock};
 
 use redis::Value;
 
+use super::clock::RedisClock;
 use super::connection::{Connection, Target};
 use super::keys::{Keys, RECEIVER_KEYS};
 use super::replies::parse_snapshot;
 use crate::alert::ReceiverId;
-use crate::store::{Call, CallObserver, Rules, Snapshot, StoreError, PRESENCE_TTL};
+use crate::store::{Call, CallObserver, Rules, Snapshot, StoreError};
 
 /// The library of the rules, loaded with `FUNCTION LOAD REPLACE` at start and whenever Redis
 /// answers that a function is missing.
@@ -19,13 +20,13 @@ const LIBRARY: &str = include_str!("receiver.lua");
 /// two versions can share a Redis during a rolling deploy.
 pub(super) fn function(call: Call) -> &'static str {
     match call {
-        Call::Publish => "cuebox_v1_publish",
-        Call::Widgets => "cuebox_v1_widgets",
-        Call::Started => "cuebox_v1_started",
-        Call::Done => "cuebox_v1_done",
-        Call::Check => "cuebox_v1_check",
-        Call::Sweep => "cuebox_v1_sweep",
-        Call::Status => "cuebox_v1_status",
+        Call::Publish => "cuebox_v2_publish",
+        Call::Widgets => "cuebox_v2_widgets",
+        Call::Started => "cuebox_v2_started",
+        Call::Done => "cuebox_v2_done",
+        Call::Check => "cuebox_v2_check",
+        Call::Sweep => "cuebox_v2_sweep",
+        Call::Status => "cuebox_v2_status",
     }
 }
 
@@ -69,8 +70,8 @@ pub(super) struct Core {
     pub(super) rules: Rules,
     pub(super) node: Arc<str>,
     pub(super) observer: Arc<dyn CallObserver>,
-    /// 0: Redis's own clock. Otherwise the time in ms every call runs at (tests only).
-    pub(super) clock: AtomicU64,
+    /// The time every call runs at.
+    pub(super) clock: RedisClock,
 }
 
 impl Core {
@@ -104,7 +105,7 @@ impl Core {
     }
 
     /// `FCALL` of one of the library's functions, written straight into one command: KEYS,
-    /// then the node's constants, then the function's own arguments. (`redis::Script`'s
+    /// then the node's constants and the time, then the function's own arguments. (`redis::Script`'s
     /// invocation allocated for every argument and copied them again; with the keys formatted
     /// apiece, that was some twenty allocations a transition.)
     fn fcall(
@@ -114,7 +115,7 @@ impl Core {
         idempotency_key: Option<&str>,
         args: &[&str],
     ) -> redis::Cmd {
-        const FIXED_ARGS: usize = 7;
+        const FIXED_ARGS: usize = 4;
         let keys = RECEIVER_KEYS.len() + usize::from(idempotency_key.is_some());
         let bytes = 256 + args.iter().map(|a| a.len()).sum::<usize>();
         let mut call = redis::Cmd::with_capacity(3 + keys + FIXED_ARGS + args.len(), bytes);
@@ -123,24 +124,13 @@ impl Core {
             call.arg(key);
         });
         call.arg(&*self.node)
-            .arg(self.keys.events(receiver))
-            .arg(self.rules.start_timeout.as_millis() as u64)
-            .arg(self.rules.ack_grace.as_millis() as u64)
-            .arg(PRESENCE_TTL.as_millis() as u64)
-            .arg(self.con.publish_command());
-        self.clock_arg(&mut call);
+            .arg(self.clock.now())
+            .arg(self.con.publish_command())
+            .arg(self.rules.start_timeout.as_millis() as u64);
         for a in args {
             call.arg(*a);
         }
         call
-    }
-
-    /// The time argument: empty for Redis's own clock, or the one a test set.
-    pub(super) fn clock_arg(&self, call: &mut redis::Cmd) {
-        match self.clock.load(Ordering::Relaxed) {
-            0 => call.arg(""),
-            now => call.arg(now),
-        };
     }
 
     pub(super) async fn transition(

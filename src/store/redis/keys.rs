@@ -6,9 +6,9 @@
 //!
 //! | key                             | type   | holds                                             |
 //! |---------------------------------|--------|---------------------------------------------------|
-//! | `P:{r}:state`                   | hash   | `seq`; and while busy `id attempt phase deadline duration` |
-//! | `P:{r}:queue`                   | list   | ids of waiting alerts, head first                 |
-//! | `P:{r}:alerts`                  | hash   | id -> `"<duration_ms> <times sent> <alert json>"` |
+//! | `P:{r}:receiver`                | hash   | `seq`, `flight`, `alert`, `live` (see `receiver.lua`) |
+//! | `P:{r}:queue`                   | list   | waiting alerts, head first: `"<id> <duration_ms> <times sent> <alert json>"` |
+//! | `P:{r}:alerts`                  | hash   | id -> `"1"` for each alert queued or in flight     |
 //! | `P:{r}:widgets`                 | hash   | node id -> `"<widgets> <live until, ms>"`         |
 //! | `P:{r}:idem:<key>`              | string | `"<alert id> <position>"`, expires after 24 h    |
 //! | `P:{r}:events` (channel)        | pubsub | snapshots for other nodes                          |
@@ -29,7 +29,7 @@ pub struct Keys {
 
 /// The keys of one receiver a function call takes, in the order `receiver.lua` takes them as
 /// KEYS (after these, the idempotency key, when the call has one).
-pub const RECEIVER_KEYS: [&str; 4] = ["state", "queue", "alerts", "widgets"];
+pub const RECEIVER_KEYS: [&str; 4] = ["receiver", "queue", "alerts", "widgets"];
 
 impl Keys {
     /// Fails on a prefix that would break hash tags or read badly in `redis-cli`.
@@ -85,8 +85,8 @@ impl Keys {
         }
     }
 
-    /// A receiver's state hash alone, for the calls that need no other key.
-    pub fn state(&self, r: &ReceiverId) -> String {
+    /// A receiver's own hash alone, for the calls that need no other key.
+    pub fn receiver_hash(&self, r: &ReceiverId) -> String {
         format!("{}:{{{}}}:{}", self.prefix, r, RECEIVER_KEYS[0])
     }
 
@@ -152,14 +152,20 @@ mod tests {
         assert_eq!(
             all,
             [
-                "cb:{alice}:state",
+                "cb:{alice}:receiver",
                 "cb:{alice}:queue",
                 "cb:{alice}:alerts",
                 "cb:{alice}:widgets",
                 "cb:{alice}:idem:x{y}",
             ]
         );
-        assert_eq!(keys.receiver_of_events(&keys.events(&r)), Some(r));
+        assert_eq!(keys.receiver_of_events(&keys.events(&r)), Some(r.clone()));
+        // receiver.lua finds the channel from the receiver's key.
+        let hash = keys.receiver_hash(&r);
+        assert_eq!(
+            hash.strip_suffix("receiver"),
+            keys.events(&r).strip_suffix("events")
+        );
     }
 
     #[test]

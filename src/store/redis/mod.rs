@@ -16,6 +16,7 @@
 //! - `secret`: the widget token secret every node shares;
 //! - [`keys`]: every key name; [`connection`]: a server or a cluster behind one type.
 
+mod clock;
 pub mod connection;
 mod functions;
 pub mod keys;
@@ -24,7 +25,7 @@ mod replies;
 mod secret;
 mod watches;
 
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
@@ -32,6 +33,7 @@ use async_trait::async_trait;
 use redis::{ErrorKind, Value};
 use tokio::sync::mpsc;
 
+use self::clock::RedisClock;
 use self::connection::{Connection, Target};
 use self::functions::{function, load_library, Core};
 use self::keys::Keys;
@@ -41,8 +43,8 @@ pub use self::secret::shared_secret;
 use self::watches::Watches;
 use super::machine::{Answer, Command, Stored};
 use super::{
-    Answered, Call, CallObserver, Notice, Rules, Snapshot, Status, Store, StoreError, WidgetChange,
-    IDEMPOTENCY_TTL,
+    Answered, Call, CallObserver, Flight, Notice, Rules, Snapshot, Status, Store, StoreError,
+    WidgetChange, IDEMPOTENCY_TTL, PRESENCE_TTL,
 };
 use crate::alert::ReceiverId;
 
@@ -97,6 +99,7 @@ impl RedisStore {
     ) -> Result<Self, StoreError> {
         let mut con = target.connect(None).await?;
         load_library(&mut con).await?;
+        let clock = RedisClock::read(&mut con).await?;
         let watches = Watches::start(target, keys.clone(), node.into(), notices.clone()).await?;
         let core = Arc::new(Core {
             con,
@@ -107,7 +110,7 @@ impl RedisStore {
             rules,
             node: node.into(),
             observer,
-            clock: AtomicU64::new(0),
+            clock,
         });
         let sweeper = tokio::spawn(sweep_dead_nodes(core.clone(), notices)).abort_handle();
         Ok(Self {
@@ -127,11 +130,11 @@ impl RedisStore {
         shared_secret(&mut self.core.con.clone(), &self.core.keys).await
     }
 
-    /// Tests only: every call runs at `now` (ms) instead of at Redis's clock, so the script's
+    /// Tests only: every call runs at `now` (ms) instead of at Redis's clock, so the library's
     /// timing rules can be held to the pure machine's without sleeping. `None`: Redis's clock.
     #[doc(hidden)]
     pub fn set_clock_for_tests(&self, now: Option<u64>) {
-        self.core.clock.store(now.unwrap_or(0), Ordering::Relaxed);
+        self.core.clock.fix(now);
     }
 
     /// Makes the connection that transitions use on the calling thread's runtime, once per
@@ -172,9 +175,9 @@ impl RedisStore {
         alert: Stored,
         idempotency_key: Option<&str>,
     ) -> Result<Answered, StoreError> {
-        // The stored value carries what the library needs without decoding JSON: the duration
-        // and how many times the alert was sent (none yet).
-        let value = format!("{} 0 {}", alert.duration_ms, alert.json);
+        // The queue entry carries what the library needs without decoding JSON: the id, the
+        // duration and how many times the alert was sent (none yet).
+        let entry = format!("{} {} 0 {}", alert.id, alert.duration_ms, alert.json);
         let max_queue = self.core.rules.max_queue.to_string();
         let ttl = IDEMPOTENCY_TTL.as_secs().to_string();
         let reply = self
@@ -183,7 +186,7 @@ impl RedisStore {
                 receiver,
                 Call::Publish,
                 idempotency_key,
-                &[&alert.id, &value, &max_queue, &ttl],
+                &[&alert.id, &entry, &max_queue, &ttl],
             )
             .await?;
         let (kind, mut items) = tagged(reply)?;
@@ -221,13 +224,14 @@ impl RedisStore {
             WidgetChange::Withdrawn => ("withdrawn", 0),
         };
         let max = self.core.rules.max_widgets.to_string();
+        let ttl = PRESENCE_TTL.as_millis().to_string();
         let reply = self
             .core
             .run(
                 receiver,
                 Call::Widgets,
                 None,
-                &[change, &count.to_string(), &max],
+                &[change, &count.to_string(), &max, &ttl],
             )
             .await?;
         if matches!(&reply, Value::Array(items) if items.first().and_then(text) == Some("too_many"))
@@ -241,19 +245,40 @@ impl RedisStore {
         changed(parse_snapshot(reply)?)
     }
 
-    /// The most frequent call is given only what it needs: the state key, the clock, the id and
-    /// the grace (a third of the arguments of the others, which Redis turns into Lua strings on
-    /// every call).
+    /// The most frequent call is given only what it needs: the receiver's key, the time, the id
+    /// and the grace (a third of the arguments of the others, which Redis turns into Lua strings
+    /// on every call).
     async fn started_call(&self, receiver: &ReceiverId, id: &str) -> Result<Answered, StoreError> {
         let mut call = redis::Cmd::with_capacity(7, 128);
         call.arg("FCALL")
             .arg(function(Call::Started))
             .arg(1)
-            .arg(self.core.keys.state(receiver));
-        self.core.clock_arg(&mut call);
-        call.arg(id)
+            .arg(self.core.keys.receiver_hash(receiver))
+            .arg(self.core.clock.now())
+            .arg(id)
             .arg(self.core.rules.ack_grace.as_millis() as u64);
-        changed(parse_snapshot(self.core.call(Call::Started, call).await?)?)
+        let reply = self.core.call(Call::Started, call).await?;
+        let is_started = matches!(&reply, Value::Array(items) if items.first().and_then(text) == Some("started"));
+        if !is_started {
+            return changed(parse_snapshot(reply)?);
+        }
+        // It applied: the answer is the snapshot less what this call knows (the id, that the
+        // alert has started, and that nothing else happened).
+        let (_, items) = tagged(reply)?;
+        match items.as_slice() {
+            [seq, attempt, remaining, ..] => changed(Snapshot {
+                seq: int(seq)?,
+                flight: Some(Flight {
+                    id: id.into(),
+                    attempt: int(attempt)? as u32,
+                    started: true,
+                    remaining: Duration::from_millis(int(remaining)?),
+                    alert: None,
+                }),
+                events: Vec::new(),
+            }),
+            _ => Err(StoreError::Protocol("started: an answer cut short".into())),
+        }
     }
 }
 

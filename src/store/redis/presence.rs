@@ -27,6 +27,10 @@ pub(super) async fn sweep_dead_nodes(core: Arc<Core>, notices: mpsc::UnboundedSe
         if let Err(e) = heartbeat_and_sweep(&core, &notices).await {
             tracing::warn!(error = %e, "node heartbeat or sweep failed");
         }
+        // The last offset stands until a reading succeeds.
+        if let Err(e) = core.clock.sync(&mut core.con.clone()).await {
+            tracing::warn!(error = %e, "could not read Redis's clock");
+        }
     }
 }
 

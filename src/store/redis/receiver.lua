@@ -1,4 +1,4 @@
-#!lua name=cuebox_v1
+#!lua name=cuebox_v2
 -- The Redis Functions library of cuebox: every state transition of one receiver, each one
 -- atomic because Redis runs a function whole. The rules are written out in src/store/mod.rs and
 -- once as a pure machine in src/store/machine.rs, which the embedded store runs;
@@ -6,151 +6,212 @@
 -- holds both stores to the rules.
 --
 -- Loaded once per Redis (FUNCTION LOAD), so the helpers below are made once, not on every call
--- as a script's are. The library and every function name carry the version (v1): nodes of two
--- versions can share a Redis during a rolling deploy, each calling its own.
+-- as a script's are. The library and every function name carry the version (v2, for key layout
+-- 2): nodes of two library versions over one layout can share a Redis during a rolling deploy,
+-- each calling its own.
 --
--- Every function but `started` takes the same keys and leading arguments:
--- KEYS[1] state    hash    seq; while busy: id attempt phase deadline duration
--- KEYS[2] queue    list    ids of waiting alerts, head first
--- KEYS[3] alerts   hash    id -> "<duration_ms> <times sent> <alert json>"
+-- What a call costs Redis (measured in docs/benchmarks.md): each redis.call 5 to 7k
+-- instructions, and 2.3k more for every hash field it reads; each argument and each element of
+-- the answer about 1k; each conversion between a number and a string about 2k (tonumber is
+-- strtod, and a number handed on as text is printed); and Lua's own steps, a table access or a
+-- function call a few hundred each. So the receiver is one hash of four fields, with the alert in
+-- flight packed into one of them; each call reads what it needs in one HMGET, keeps fields as
+-- the strings Redis gave until arithmetic needs them, parses the flight only when it must, and
+-- writes back in one HSET.
+--
+-- Layout 2, every key sharing the receiver's hash tag:
+-- KEYS[1] receiver hash    seq      changes of the alert in flight, counted
+--                          flight   "<id> <sent|started> <duration_ms> <attempt> <deadline, ms>"
+--                          alert    the alert in flight, as its queue entry
+--                          live     live widgets, cached: "<until, ms> <the node holding them
+--                                   all, or *>", or "0" for none (see presence())
+-- KEYS[2] queue    list    waiting alerts, head first, each "<id> <duration_ms> <times sent>
+--                          <alert json>"
+-- KEYS[3] alerts   hash    id -> "1" for every alert queued or in flight, so the same id is
+--                          never queued twice
 -- KEYS[4] widgets  hash    node id -> "<widgets> <live until, ms>"
 -- KEYS[5] idempotency key (publish with a key only)
--- ARGV[1] calling node   ARGV[2] events channel
--- ARGV[3] start timeout ms   ARGV[4] ack grace ms   ARGV[5] presence ttl ms
--- ARGV[6] PUBLISH, or SPUBLISH on a Redis Cluster (the channel shares the receiver's slot)
--- ARGV[7] the time in ms, for tests that move the clock themselves; empty: Redis's own clock
--- ARGV[8..] the function's own arguments
+-- ARGV[1] calling node   ARGV[2] the time in ms
+-- ARGV[3] PUBLISH, or SPUBLISH on a Redis Cluster (the events channel shares the receiver's slot)
+-- ARGV[4] start timeout ms   ARGV[5..] the function's own arguments
 --
--- Every answer is a tagged array: its first element names its kind ('snapshot', 'accepted',
--- 'duplicate', 'full', 'too_many', 'status'), so a new kind has room and no meaning rides on an
--- array's length. Every function but status answers with a snapshot (see snapshot()), alone or
--- inside another kind. When the call moved the receiver's seq and another node has live
--- widgets, the snapshot is also published on the events channel, as a line of the same fields
--- that starts with its kind ('snapshot') and the calling node.
+-- The time is Redis's clock as the calling node reads it (the node keeps its offset to Redis's
+-- TIME, measured with every heartbeat), so every node agrees on every deadline without a TIME
+-- call in every function; tests pass a clock of their own.
+--
+-- Layout 1 (library v1) kept the state as six fields in `<r>:state`, and each queued alert's
+-- value in `alerts` with only its id in the queue. This library takes both over as it meets
+-- them, with nothing converted in bulk: a receiver whose hash has no seq is read from its layout-1
+-- state once (load_layout_1()), and a queue entry without its value is looked up in `alerts` when
+-- it comes up (dispatch()).
+--
+-- Every answer is a tagged array: its first element names its kind ('snapshot', 'started',
+-- 'accepted', 'duplicate', 'full', 'too_many', 'status'), so a new kind has room and no meaning
+-- rides on an array's length. Every function but status answers with a snapshot (see snapshot()),
+-- alone or inside another kind, or (started) with the part of one that can have changed. When the
+-- call moved the receiver's seq and another node has live widgets, the snapshot is also published
+-- on the receiver's events channel, as a line of the same fields that starts with its kind
+-- ('snapshot') and the calling node.
 
 -- Numbers past 1e14 (seq) must not be written in Lua's exponent form.
 local function int(n)
   return string.format('%d', n)
 end
 
--- An alert as stored, "<duration_ms> <times sent> <alert json>": its two numbers. The JSON is
--- never cut out here; answers carry the stored value whole and the node skips the numbers, which
--- spares Redis a copy of every alert on every send.
-local function parse_alert(value)
-  local duration, sent = string.match(value, '^(%d+) (%d+) ')
-  return tonumber(duration), tonumber(sent)
+-- A field as Redis takes it: a string read from Redis goes back as it came.
+local function str(v)
+  if type(v) == 'string' then return v end
+  return int(v)
 end
 
--- Redis's clock, not the nodes': every node then agrees on every deadline. A test that moves the
--- clock itself gives the time instead (`given`; empty in production).
-local function clock(given)
-  local now = tonumber(given)
-  if not now then
-    local time = redis.call('TIME')
-    now = tonumber(time[1]) * 1000 + math.floor(tonumber(time[2]) / 1000)
+-- One call's context, filled afresh by each call (Redis runs one function at a time, and making
+-- new tables on every call costs more than filling one): its keys and arguments, the clock, and
+-- the receiver's fields. While `packed` holds the flight as read, its fields (id, phase,
+-- duration, attempt, deadline) are not parsed yet; see flight().
+local c = {}
+
+-- Parses the alert in flight, if there is one and it is not parsed yet; answers its id.
+local function flight(c)
+  if c.packed then
+    c.id, c.phase, c.duration, c.attempt, c.deadline = string.match(c.packed,
+      '^(%S+) (%a+) (%d+) (%d+) (%d+)$')
+    c.packed = nil
   end
-  return now
+  return c.id
 end
 
--- One call's context: its keys, its node's constants, the clock, and the receiver's state, read
--- once. Functions change `c.st`; finish() writes it back in one HSET (`started`, which changes
--- two fields only, writes them itself). One context serves every call, filled afresh by each:
--- Redis runs one function at a time, and making new tables on every call costs it more than
--- filling old ones.
-local c = {st = {}, events = {}}
+-- The in-flight alert's queue entry: in the receiver's hash, or (layout 1) made from its value.
+local function flight_entry(c)
+  if c.alert == nil and c.id then
+    c.alert = redis.call('HGET', c.keys[1], 'alert')
+    if not c.alert then
+      local value = redis.call('HGET', c.keys[3], c.id)
+      if value then c.alert = c.id .. ' ' .. value end
+    end
+  end
+  return c.alert
+end
+
+-- A receiver this library has not written yet: what layout 1 left in `<r>:state`, if anything.
+-- Its seq carries on; the next save() writes the receiver in layout 2 and removes the old key.
+-- The key is not among KEYS because only this first call reads it; it shares the receiver's
+-- hash tag, and so its slot.
+local function load_layout_1(c)
+  local old = string.gsub(c.keys[1], 'receiver$', 'state')
+  local f = redis.call('HMGET', old, 'seq', 'id', 'attempt', 'phase', 'deadline', 'duration')
+  c.seq = f[1] or '0'
+  if f[2] then
+    c.id, c.attempt, c.phase, c.deadline, c.duration = f[2], f[3], f[4], f[5], f[6]
+    flight_entry(c)
+    c.had_flight, c.flight_changed = true, true
+  end
+  c.seq_before, c.layout_1, c.dirty = c.seq, old, true
+end
+
 local function open(keys, args)
-  local now = clock(args[7])
-  local f = redis.call('HMGET', keys[1], 'seq', 'id', 'attempt', 'phase', 'deadline', 'duration')
-  local seq = tonumber(f[1]) or 0
-  c.state, c.queue, c.alerts, c.widgets, c.idem = keys[1], keys[2], keys[3], keys[4], keys[5]
-  c.node, c.channel, c.publish = args[1], args[2], args[6]
-  c.start_timeout, c.ack_grace = tonumber(args[3]), tonumber(args[4])
-  c.presence_ttl = tonumber(args[5])
-  c.now = now
-  c.had_flight = f[2] ~= false
-  local st = c.st
-  st.seq, st.id, st.attempt = seq, f[2] or nil, tonumber(f[3])
-  st.phase, st.deadline, st.duration = f[4] or nil, tonumber(f[5]), tonumber(f[6])
-  c.seq_before = seq
-  c.dirty = false
-  -- The in-flight alert as stored, once this call has read it.
-  c.alert_json = nil
+  local f = redis.call('HMGET', keys[1], 'seq', 'flight', 'live')
+  c.keys, c.args, c.node, c.now = keys, args, args[1], tonumber(args[2])
+  c.seq, c.seq_before, c.packed, c.live = f[1], f[1], f[2] or nil, f[3]
+  c.id, c.phase, c.duration, c.attempt, c.deadline, c.alert = nil, nil, nil, nil, nil, nil
+  c.had_flight, c.flight_changed, c.dirty, c.layout_1 = f[2] ~= false, false, false, nil
+  c.live_any, c.live_others, c.recounted = nil, nil, false
   -- What this call did, in order, for the caller's metrics: sent resent requeued done expired.
-  local events = c.events
-  for i = #events, 1, -1 do events[i] = nil end
-  -- Live widgets over all nodes, and whether a live node other than the caller holds any;
-  -- read once per call, after any change the call makes to the widgets hash.
-  c.live_total, c.live_others = nil, nil
+  c.happened = ''
+  if not f[1] and not f[2] then load_layout_1(c) end
   return c
 end
 
--- {'snapshot', seq, id, attempt, started (0 or 1), ms to deadline, alert as stored, events}; id
--- and the alert are false when free, and the alert is false unless asked for.
+-- {'snapshot', seq, id, attempt, started (0 or 1), ms to deadline, alert entry, events}; id and
+-- the alert are false when free, and the alert is false unless asked for.
 local function snapshot(c, with_alert)
-  local st = c.st
-  local happened = table.concat(c.events, ' ')
-  if not st.id then return {'snapshot', st.seq, false, 0, 0, 0, false, happened} end
-  if with_alert and not c.alert_json then
-    c.alert_json = redis.call('HGET', c.alerts, st.id) or nil
-  end
-  local json = false
-  if with_alert and c.alert_json then json = c.alert_json end
+  local seq = c.seq or 0
+  if not flight(c) then return {'snapshot', seq, false, 0, 0, 0, false, c.happened} end
+  local entry = false
+  if with_alert then entry = flight_entry(c) or false end
   local started = 0
-  if st.phase == 'started' then started = 1 end
-  return {'snapshot', st.seq, st.id, st.attempt, started, math.max(0, st.deadline - c.now), json,
-    happened}
+  if c.phase == 'started' then started = 1 end
+  return {'snapshot', seq, c.id, c.attempt, started,
+    math.max(0, tonumber(c.deadline) - c.now), entry, c.happened}
 end
 
 local function bump(c)
-  local st = c.st
-  if st.seq == 0 then
+  local seq = tonumber(c.seq) or 0
+  if seq == 0 then
     -- A new receiver, or one whose keys were lost (a Redis restart without persistence):
     -- count on from the clock, so seq still moves past anything a node saw before.
-    st.seq = c.now * 1000
+    seq = c.now * 1000
   end
-  st.seq = st.seq + 1
-  c.dirty = true
+  c.seq, c.dirty = seq + 1, true
 end
 
+-- Counts the live widgets over all nodes' reports (`flat`, as HGETALL gives it) and caches
+-- whether there are any, until the first counted report expires. Answers the count.
+local function count(c, flat)
+  local total, sole, soonest = 0, nil, nil
+  for i = 1, #flat, 2 do
+    local n, live_until = string.match(flat[i + 1], '^(%d+) (%d+)$')
+    n, live_until = tonumber(n), tonumber(live_until)
+    if n and n > 0 and live_until > c.now then
+      total = total + n
+      if sole == nil then sole = flat[i] elseif sole ~= flat[i] then sole = '*' end
+      if soonest == nil or live_until < soonest then soonest = live_until end
+    end
+  end
+  c.live_any = total > 0
+  c.live_others = total > 0 and sole ~= c.node
+  if total > 0 then c.live = int(soonest) .. ' ' .. sole else c.live = '0' end
+  c.recounted, c.dirty = true, true
+  return total
+end
+
+-- Whether any widget is live on any node, and whether a node other than the caller holds one:
+-- from the cache while no report it counted has expired, else counted afresh. The cache is exact:
+-- a report can only start counting through widgets() or sweep(), which count afresh.
 local function presence(c)
-  if c.live_total == nil then
-    local total, others = 0, false
-    local flat = redis.call('HGETALL', c.widgets)
-    for i = 1, #flat, 2 do
-      local count, live_until = string.match(flat[i + 1], '^(%d+) (%d+)$')
-      count, live_until = tonumber(count), tonumber(live_until)
-      if count and count > 0 and live_until > c.now then
-        total = total + count
-        if flat[i] ~= c.node then others = true end
+  if c.live_any == nil then
+    local live = c.live
+    if live == '0' then
+      c.live_any, c.live_others = false, false
+    else
+      local live_until, node
+      if live then live_until, node = string.match(live, '^(%d+) (.+)$') end
+      if live_until and tonumber(live_until) > c.now then
+        c.live_any, c.live_others = true, node ~= c.node
+      else
+        count(c, redis.call('HGETALL', c.keys[4]))
       end
     end
-    c.live_total, c.live_others = total, others
   end
-  return c.live_total, c.live_others
+  return c.live_any, c.live_others
 end
 
 local function clear_flight(c)
-  local st = c.st
-  st.id, st.attempt, st.phase, st.deadline, st.duration = nil, nil, nil, nil, nil
-  c.alert_json = nil
+  c.id, c.phase, c.duration, c.attempt, c.deadline, c.alert = nil, nil, nil, nil, nil, nil
+  c.packed = nil
 end
 
 -- Free to busy: the one place an alert goes out. Only while free and someone can see it.
 local function dispatch(c)
-  local st = c.st
-  if st.id or presence(c) == 0 then return end
+  if c.packed or c.id or not presence(c) then return end
   while true do
-    local id = redis.call('LPOP', c.queue)
-    if not id then return end
-    local value = redis.call('HGET', c.alerts, id)
-    -- An id without its alert cannot be shown; skip it rather than wedge the queue.
-    if value then
-      local duration, sent = parse_alert(value)
-      st.id, st.attempt, st.phase = id, sent + 1, 'sent'
-      st.deadline, st.duration = c.now + c.start_timeout, duration
-      c.alert_json = value
+    local entry = redis.call('LPOP', c.keys[2])
+    if not entry then return end
+    local id, duration, sent = string.match(entry, '^(%S+) (%d+) (%d+) ')
+    if not id then
+      -- Layout 1: the id alone, its value in `alerts`. An id without its alert cannot be shown;
+      -- it is skipped rather than wedge the queue.
+      local value = redis.call('HGET', c.keys[3], entry)
+      if value then
+        duration, sent = string.match(value, '^(%d+) (%d+) ')
+        if duration then id, entry = entry, entry .. ' ' .. value end
+      end
+    end
+    if id then
+      c.id, c.phase, c.duration, c.alert = id, 'sent', duration, entry
+      if sent == '0' then c.attempt = '1' else c.attempt = tonumber(sent) + 1 end
+      c.deadline, c.flight_changed = c.now + tonumber(c.args[4]), true
       bump(c)
-      table.insert(c.events, 'sent')
+      c.happened = c.happened .. ' sent'
       return
     end
   end
@@ -158,111 +219,135 @@ end
 
 -- Busy to free: the one place an alert stops being in flight for good: 'done' or 'expired'.
 local function complete(c, how)
-  redis.call('HDEL', c.alerts, c.st.id)
+  redis.call('HDEL', c.keys[3], c.id)
   clear_flight(c)
   bump(c)
-  table.insert(c.events, how)
+  c.happened = c.happened .. ' ' .. how
 end
 
 -- Back to the head of the queue when no widget is left to show it, remembering how many times
 -- it was sent so the next send counts on.
 local function requeue(c)
-  local st = c.st
-  if not st.id then return end
-  local value = redis.call('HGET', c.alerts, st.id)
-  if value then
-    local counted = string.gsub(value, '^(%d+) %d+ ', '%1 ' .. st.attempt .. ' ', 1)
-    redis.call('HSET', c.alerts, st.id, counted)
-    redis.call('LPUSH', c.queue, st.id)
+  if not flight(c) then return end
+  local entry = flight_entry(c)
+  if entry then
+    local counted = string.gsub(entry, '^(%S+ %d+) %d+ ', '%1 ' .. str(c.attempt) .. ' ', 1)
+    redis.call('LPUSH', c.keys[2], counted)
+  else
+    redis.call('HDEL', c.keys[3], c.id)
   end
   clear_flight(c)
   bump(c)
-  table.insert(c.events, 'requeued')
+  c.happened = c.happened .. ' requeued'
 end
 
--- Writes `st` back, if this call changed it.
+-- Writes the receiver back in one HSET, if this call changed it: seq, the alert in flight (its
+-- packed fields when they changed, its entry when it is new), and a fresh count of live widgets.
 local function save(c)
   if not c.dirty then return end
-  local st = c.st
-  if st.id then
-    redis.call('HSET', c.state, 'seq', int(st.seq), 'id', st.id, 'attempt', int(st.attempt),
-      'phase', st.phase, 'deadline', int(st.deadline), 'duration', int(st.duration))
-  else
-    redis.call('HSET', c.state, 'seq', int(st.seq))
-    if c.had_flight then
-      redis.call('HDEL', c.state, 'id', 'attempt', 'phase', 'deadline', 'duration')
+  local key, seq = c.keys[1], str(c.seq or 0)
+  if c.flight_changed and c.id then
+    local packed = c.id .. ' ' .. c.phase .. ' ' .. c.duration .. ' ' .. str(c.attempt) .. ' ' ..
+      str(c.deadline)
+    if c.alert and not c.recounted then
+      -- A new alert in flight: the usual case, and so the one written out.
+      redis.call('HSET', key, 'seq', seq, 'flight', packed, 'alert', c.alert)
+    else
+      local h = {'HSET', key, 'seq', seq, 'flight', packed}
+      if c.alert then h[#h + 1], h[#h + 2] = 'alert', c.alert end
+      if c.recounted then h[#h + 1], h[#h + 2] = 'live', c.live end
+      redis.call(unpack(h))
     end
+  elseif c.recounted then
+    redis.call('HSET', key, 'seq', seq, 'live', c.live)
+  else
+    redis.call('HSET', key, 'seq', seq)
   end
+  if c.had_flight and not (c.id or c.packed) then redis.call('HDEL', key, 'flight', 'alert') end
+  if c.layout_1 then redis.call('DEL', c.layout_1) end
 end
 
 -- The call's answer, after saving; when seq moved, the new alert in flight goes with it and to
 -- other nodes.
 local function finish(c, with_alert)
   save(c)
-  local changed = c.st.seq ~= c.seq_before
+  local changed = c.seq ~= c.seq_before
   local snap = snapshot(c, with_alert or changed)
   if changed then
     local _, others = presence(c)
     if others then
-      redis.call(c.publish, c.channel, table.concat({'snapshot', c.node, int(snap[2]),
-        snap[3] or '-', snap[4], snap[5], snap[6], snap[7] or ''}, ' '))
+      local channel = string.gsub(c.keys[1], 'receiver$', 'events')
+      redis.call(c.args[3], channel, table.concat({'snapshot', c.node, str(snap[2]),
+        snap[3] or '-', str(snap[4]), snap[5], snap[6], snap[7] or ''}, ' '))
     end
   end
   return snap
 end
 
--- ARGV[8] the alert's id, ARGV[9] "<duration_ms> 0 <alert json>", ARGV[10] most alerts
--- waiting, ARGV[11] idempotency ttl in seconds.
+-- How many alerts are ahead of queued alert `id` (a rare path: only a publish repeated).
+local function position_in_queue(c, id)
+  local entries = redis.call('LRANGE', c.keys[2], 0, -1)
+  local prefix = id .. ' '
+  for i = 1, #entries do
+    local e = entries[i]
+    if e == id or string.sub(e, 1, #prefix) == prefix then return i - 1 end
+  end
+  return 0
+end
+
+-- ARGV[5] the alert's id, ARGV[6] its queue entry "<id> <duration_ms> 0 <alert json>",
+-- ARGV[7] most alerts waiting, ARGV[8] idempotency ttl in seconds.
 local function publish(keys, args)
   local c = open(keys, args)
-  local st = c.st
-  local id, value, max_queue, idem_ttl = args[8], args[9], tonumber(args[10]), args[11]
-  if c.idem then
-    local seen = redis.call('GET', c.idem)
+  local id, idem = args[5], keys[5]
+  if idem then
+    local seen = redis.call('GET', idem)
     if seen then
       local first, position = string.match(seen, '^(%S+) (%d+)$')
       return {'duplicate', first, tonumber(position)}
     end
   end
+  local busy = (c.packed or c.id) ~= nil
   -- An id that is queued or in flight already: the node's retry of a call whose answer was
   -- lost (the first ran after all). Answered as that call would have been, queueing nothing.
-  if redis.call('HSETNX', c.alerts, id, value) == 0 then
+  if redis.call('HSETNX', keys[3], id, '1') == 0 then
     local position = 0
-    if st.id ~= id then
-      position = redis.call('LPOS', c.queue, id) or 0
-      if st.id then position = position + 1 end
+    if flight(c) ~= id then
+      position = position_in_queue(c, id)
+      if busy then position = position + 1 end
     end
     return {'accepted', position, finish(c, true)}
   end
-  local waiting = redis.call('LLEN', c.queue)
-  if waiting >= max_queue then
-    redis.call('HDEL', c.alerts, id)
+  local waiting = redis.call('LLEN', keys[2])
+  if waiting >= tonumber(args[7]) then
+    redis.call('HDEL', keys[3], id)
     return {'full'}
   end
   local position = waiting
-  if st.id then position = position + 1 end
-  redis.call('RPUSH', c.queue, id)
-  if c.idem then redis.call('SET', c.idem, id .. ' ' .. position, 'EX', idem_ttl) end
+  if busy then position = position + 1 end
+  redis.call('RPUSH', keys[2], args[6])
+  if idem then redis.call('SET', idem, id .. ' ' .. position, 'EX', args[8]) end
   dispatch(c)
   return {'accepted', position, finish(c, false)}
 end
 
--- ARGV[8] joined, left, withdrawn or refresh; ARGV[9] the count, for refresh;
--- ARGV[10] most widgets of one receiver.
+-- ARGV[5] joined, left, withdrawn or refresh; ARGV[6] the count, for refresh;
+-- ARGV[7] most widgets of one receiver; ARGV[8] how long a report stays live, ms.
 local function widgets(keys, args)
   local c = open(keys, args)
-  local change, count, max_widgets = args[8], tonumber(args[9]), tonumber(args[10])
-  if change == 'joined' and presence(c) >= max_widgets then return {'too_many'} end
-  c.live_total = nil -- read again below, after this call's own change
-  local mine = 0
-  local flat = redis.call('HGETALL', c.widgets)
+  local change = args[5]
+  local flat = redis.call('HGETALL', keys[4])
+  if change == 'joined' and count(c, flat) >= tonumber(args[7]) then return {'too_many'} end
+  local mine, kept = 0, {}
   for i = 1, #flat, 2 do
     local n, live_until = string.match(flat[i + 1], '^(%d+) (%d+)$')
     if flat[i] == c.node then
       mine = tonumber(n) or 0
     elseif not live_until or tonumber(live_until) <= c.now then
       -- A node that stopped refreshing its report is gone; forget it.
-      redis.call('HDEL', c.widgets, flat[i])
+      redis.call('HDEL', keys[4], flat[i])
+    else
+      kept[#kept + 1], kept[#kept + 2] = flat[i], flat[i + 1]
     end
   end
   if change == 'joined' then
@@ -270,18 +355,21 @@ local function widgets(keys, args)
   elseif change == 'left' or change == 'withdrawn' then
     mine = math.max(0, mine - 1)
   else
-    mine = count
+    mine = tonumber(args[6])
   end
   if mine > 0 then
-    redis.call('HSET', c.widgets, c.node, mine .. ' ' .. (c.now + c.presence_ttl))
+    local report = mine .. ' ' .. int(c.now + tonumber(args[8]))
+    redis.call('HSET', keys[4], c.node, report)
+    kept[#kept + 1], kept[#kept + 2] = c.node, report
   else
-    redis.call('HDEL', c.widgets, c.node)
+    redis.call('HDEL', keys[4], c.node)
   end
+  count(c, kept)
   -- A withdrawn widget (its node is stopping) will reconnect elsewhere and be given the alert
   -- in flight again, so it stays in flight.
   if change == 'withdrawn' then
     -- nothing moves
-  elseif presence(c) == 0 then
+  elseif not presence(c) then
     requeue(c)
   else
     dispatch(c)
@@ -289,77 +377,88 @@ local function widgets(keys, args)
   return finish(c, true)
 end
 
--- A widget began to show an alert. The most frequent call, and it moves no seq, so it is given
--- only what it needs: KEYS[1] state; ARGV[1] the time (as ARGV[7] above), ARGV[2] the alert's
--- id, ARGV[3] the ack grace in ms. Answers the snapshot, without the alert.
+-- A widget began to show an alert: sent becomes started, and the deadline its duration plus the
+-- ack grace. The most frequent call, and it moves no seq, so it is given only what it needs:
+-- KEYS[1] the receiver; ARGV[1] the time in ms, ARGV[2] the alert's id, ARGV[3] the ack grace in
+-- ms. When it applies, it answers {'started', seq, attempt, ms to deadline}: the snapshot, less
+-- what the caller knows. Otherwise the snapshot as it stands. (A receiver still in layout 1 has no
+-- flight here yet; its first other call takes it over.)
 local function started(keys, args)
-  local now = clock(args[1])
-  local f = redis.call('HMGET', keys[1], 'seq', 'id', 'attempt', 'phase', 'deadline', 'duration')
-  local seq, id = tonumber(f[1]) or 0, f[2]
-  if not id then return {'snapshot', seq, false, 0, 0, 0, false, ''} end
-  local phase, deadline = f[4], tonumber(f[5])
-  if id == args[2] and phase == 'sent' then
-    phase, deadline = 'started', now + tonumber(f[6]) + tonumber(args[3])
-    redis.call('HSET', keys[1], 'phase', phase, 'deadline', int(deadline))
+  local f = redis.call('HMGET', keys[1], 'seq', 'flight')
+  local packed = f[2]
+  if not packed then return {'snapshot', f[1] or 0, false, 0, 0, 0, false, ''} end
+  local id = args[2]
+  local sent = id .. ' sent '
+  if string.sub(packed, 1, #sent) == sent then
+    local duration, attempt = string.match(packed, '^(%d+) (%d+)', #sent + 1)
+    local remaining = tonumber(duration) + tonumber(args[3])
+    redis.call('HSET', keys[1], 'flight', id .. ' started ' .. duration .. ' ' .. attempt ..
+      ' ' .. int(tonumber(args[1]) + remaining))
+    return {'started', f[1], attempt, remaining}
   end
-  local is_started = 0
-  if phase == 'started' then is_started = 1 end
-  return {'snapshot', seq, id, tonumber(f[3]), is_started, math.max(0, deadline - now), false, ''}
+  c.keys, c.now, c.seq, c.packed, c.happened = keys, tonumber(args[1]), f[1], packed, ''
+  return snapshot(c, false)
 end
 
--- ARGV[8] the alert a widget finished.
+-- ARGV[5] the alert a widget finished.
 local function done(keys, args)
   local c = open(keys, args)
-  if c.st.id == args[8] then
+  local id = args[5]
+  -- Only the id is compared: the rest of a flight that ends is never needed.
+  if c.packed and string.sub(c.packed, 1, #id + 1) == id .. ' ' then
+    c.id, c.packed = id, nil
     complete(c, 'done')
     dispatch(c)
   end
   return finish(c, false)
 end
 
--- ARGV[8] the alert whose deadline may have passed.
+-- ARGV[5] the alert whose deadline may have passed.
 local function check(keys, args)
   local c = open(keys, args)
-  local st = c.st
-  if st.id == args[8] and st.deadline <= c.now then
-    if st.phase ~= 'sent' then
+  if flight(c) == args[5] and tonumber(c.deadline) <= c.now then
+    if c.phase ~= 'sent' then
       complete(c, 'expired')
       dispatch(c)
-    elseif presence(c) == 0 then
+    elseif not presence(c) then
       requeue(c)
     else
       -- Sent but never started: the frame may have been lost, so send it again.
-      st.attempt, st.deadline = st.attempt + 1, c.now + c.start_timeout
+      c.attempt, c.deadline = tonumber(c.attempt) + 1, c.now + tonumber(args[4])
+      c.flight_changed = true
       bump(c)
-      table.insert(c.events, 'resent')
+      c.happened = c.happened .. ' resent'
     end
   end
   return finish(c, false)
 end
 
--- ARGV[8] a node found dead. Its widgets are gone; if no other widget is live, the alert in
+-- ARGV[5] a node found dead. Its widgets are gone; if no other widget is live, the alert in
 -- flight goes back to the head of the queue.
 local function sweep(keys, args)
   local c = open(keys, args)
-  redis.call('HDEL', c.widgets, args[8])
-  if presence(c) == 0 then requeue(c) else dispatch(c) end
+  redis.call('HDEL', keys[4], args[5])
+  count(c, redis.call('HGETALL', keys[4]))
+  if not presence(c) then requeue(c) else dispatch(c) end
   return finish(c, false)
 end
 
--- {'status', queued, live widgets, alert in flight as stored or false}
+-- {'status', queued, live widgets, alert in flight as its queue entry, or false}. Reads only:
+-- a receiver still in layout 1 is read, not taken over.
 local function status(keys, args)
   local c = open(keys, args)
-  local total = presence(c)
-  local snap = snapshot(c, true)
-  return {'status', redis.call('LLEN', c.queue), total, snap[7]}
+  local total = count(c, redis.call('HGETALL', keys[4]))
+  local entry = false
+  if flight(c) then entry = flight_entry(c) or false end
+  return {'status', redis.call('LLEN', keys[2]), total, entry}
 end
 
-redis.register_function('cuebox_v1_publish', publish)
-redis.register_function('cuebox_v1_widgets', widgets)
-redis.register_function('cuebox_v1_started', started)
-redis.register_function('cuebox_v1_done', done)
-redis.register_function('cuebox_v1_check', check)
-redis.register_function('cuebox_v1_sweep', sweep)
+redis.register_function('cuebox_v2_publish', publish)
+redis.register_function('cuebox_v2_widgets', widgets)
+redis.register_function('cuebox_v2_started', started)
+redis.register_function('cuebox_v2_done', done)
+redis.register_function('cuebox_v2_check', check)
+redis.register_function('cuebox_v2_sweep', sweep)
 redis.register_function{
-  function_name = 'cuebox_v1_status', callback = status, flags = {'no-writes'}
+  function_name = 'cuebox_v2_status', callback = status, flags = {'no-writes'}
 }

@@ -7,8 +7,8 @@ use redis::Value;
 use super::keys::Keys;
 use crate::store::{Event, Flight, Notice, Snapshot, StoreError};
 
-/// `snapshot <origin node> <seq> <id or -> <attempt> <started> <ms to deadline> <alert as
-/// stored>`, as `finish()` in `receiver.lua` publishes it. A node's own messages are skipped: it
+/// `snapshot <origin node> <seq> <id or -> <attempt> <started> <ms to deadline> <alert's queue
+/// entry>`, as `finish()` in `receiver.lua` publishes it. A node's own messages are skipped: it
 /// already applied the snapshot its call returned. A kind this node does not know is skipped too,
 /// so a newer node may publish more kinds.
 pub(super) fn parse_notice(keys: &Keys, node: &str, data: &[Value]) -> Option<Notice> {
@@ -31,13 +31,13 @@ pub(super) fn parse_notice(keys: &Keys, node: &str, data: &[Value]) -> Option<No
     let attempt = parts.next()?.parse().ok()?;
     let started = parts.next()? == "1";
     let remaining = Duration::from_millis(parts.next()?.parse().ok()?);
-    let stored = parts.next()?;
+    let entry = parts.next()?;
     let flight = (id != "-").then(|| Flight {
         id: id.into(),
         attempt,
         started,
         remaining,
-        alert: alert_json(stored).map(Into::into),
+        alert: alert_json(entry).map(Into::into),
     });
     Some(Notice::Changed {
         receiver,
@@ -49,13 +49,13 @@ pub(super) fn parse_notice(keys: &Keys, node: &str, data: &[Value]) -> Option<No
     })
 }
 
-/// The JSON of an alert as the library stores and answers it, `"<duration_ms> <times sent>
-/// <json>"`: Redis hands it over whole, and the node skips the two numbers.
-pub(super) fn alert_json(stored: &str) -> Option<&str> {
-    let mut parts = stored.splitn(3, ' ');
-    let (duration, sent) = (parts.next()?, parts.next()?);
+/// The JSON of an alert as the library queues and answers it, `"<id> <duration_ms> <times sent>
+/// <json>"`: Redis hands the entry over whole, and the node skips the id and the two numbers.
+pub(super) fn alert_json(entry: &str) -> Option<&str> {
+    let mut parts = entry.splitn(4, ' ');
+    let (id, duration, sent) = (parts.next()?, parts.next()?, parts.next()?);
     let numeric = |s: &str| !s.is_empty() && s.bytes().all(|b| b.is_ascii_digit());
-    if !numeric(duration) || !numeric(sent) {
+    if id.is_empty() || !numeric(duration) || !numeric(sent) {
         return None;
     }
     parts.next().filter(|json| !json.is_empty())
@@ -124,10 +124,14 @@ pub(super) fn text(v: &Value) -> Option<&str> {
     }
 }
 
+/// A number, as an integer reply or as the digits the library passes on as Redis gave them
+/// (converting them in Lua would cost Redis more than reading them here).
 pub(super) fn int(v: &Value) -> Result<u64, StoreError> {
     match v {
         Value::Int(n) => u64::try_from(*n).map_err(|_| protocol("integer", v)),
-        _ => Err(protocol("integer", v)),
+        _ => text(v)
+            .and_then(|s| s.parse().ok())
+            .ok_or_else(|| protocol("integer", v)),
     }
 }
 
