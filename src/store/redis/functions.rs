@@ -123,10 +123,11 @@ impl Core {
         self.keys.receiver(receiver, idempotency_key, |key| {
             call.arg(key);
         });
+        let now = self.clock.now();
         call.arg(&*self.node)
-            .arg(self.clock.now())
+            .arg(now)
             .arg(self.con.publish_command())
-            .arg(self.rules.start_timeout.as_millis() as u64);
+            .arg(now + self.rules.start_timeout.as_millis() as u64);
         for a in args {
             call.arg(*a);
         }

@@ -249,14 +249,15 @@ impl RedisStore {
     /// and the grace (a third of the arguments of the others, which Redis turns into Lua strings
     /// on every call).
     async fn started_call(&self, receiver: &ReceiverId, id: &str) -> Result<Answered, StoreError> {
+        let now = self.core.clock.now();
         let mut call = redis::Cmd::with_capacity(7, 128);
         call.arg("FCALL")
             .arg(function(Call::Started))
             .arg(1)
             .arg(self.core.keys.receiver_hash(receiver))
-            .arg(self.core.clock.now())
+            .arg(now)
             .arg(id)
-            .arg(self.core.rules.ack_grace.as_millis() as u64);
+            .arg(now + self.core.rules.ack_grace.as_millis() as u64);
         let reply = self.core.call(Call::Started, call).await?;
         let is_started = matches!(&reply, Value::Array(items) if items.first().and_then(text) == Some("started"));
         if !is_started {
@@ -266,13 +267,13 @@ impl RedisStore {
         // alert has started, and that nothing else happened).
         let (_, items) = tagged(reply)?;
         match items.as_slice() {
-            [seq, attempt, remaining, ..] => changed(Snapshot {
+            [seq, attempt, deadline, ..] => changed(Snapshot {
                 seq: int(seq)?,
                 flight: Some(Flight {
                     id: id.into(),
                     attempt: int(attempt)? as u32,
                     started: true,
-                    remaining: Duration::from_millis(int(remaining)?),
+                    remaining: Duration::from_millis(int(deadline)?.saturating_sub(now)),
                     alert: None,
                 }),
                 events: Vec::new(),

@@ -33,7 +33,8 @@
 -- KEYS[5] idempotency key (publish with a key only)
 -- ARGV[1] calling node   ARGV[2] the time in ms
 -- ARGV[3] PUBLISH, or SPUBLISH on a Redis Cluster (the events channel shares the receiver's slot)
--- ARGV[4] start timeout ms   ARGV[5..] the function's own arguments
+-- ARGV[4] the deadline of an alert sent now (the time plus the start timeout), in ms
+-- ARGV[5..] the function's own arguments
 --
 -- The time is Redis's clock as the calling node reads it (the node keeps its offset to Redis's
 -- TIME, measured with every heartbeat), so every node agrees on every deadline without a TIME
@@ -67,7 +68,8 @@ end
 -- One call's context, filled afresh by each call (Redis runs one function at a time, and making
 -- new tables on every call costs more than filling one): its keys and arguments, the clock, and
 -- the receiver's fields. While `packed` holds the flight as read, its fields (id, phase,
--- duration, attempt, deadline) are not parsed yet; see flight().
+-- duration, attempt, deadline) are not parsed yet; see flight(). A field that holds nothing holds
+-- false, so the table keeps one shape from call to call.
 local c = {}
 
 -- Parses the alert in flight, if there is one and it is not parsed yet; answers its id.
@@ -75,14 +77,15 @@ local function flight(c)
   if c.packed then
     c.id, c.phase, c.duration, c.attempt, c.deadline = string.match(c.packed,
       '^(%S+) (%a+) (%d+) (%d+) (%d+)$')
-    c.packed = nil
+    c.packed = false
   end
   return c.id
 end
 
 -- The in-flight alert's queue entry: in the receiver's hash, or (layout 1) made from its value.
 local function flight_entry(c)
-  if c.alert == nil and c.id then
+  if not c.alert_read and c.id then
+    c.alert_read = true
     c.alert = redis.call('HGET', c.keys[1], 'alert')
     if not c.alert then
       local value = redis.call('HGET', c.keys[3], c.id)
@@ -111,10 +114,11 @@ end
 local function open(keys, args)
   local f = redis.call('HMGET', keys[1], 'seq', 'flight', 'live')
   c.keys, c.args, c.node, c.now = keys, args, args[1], tonumber(args[2])
-  c.seq, c.seq_before, c.packed, c.live = f[1], f[1], f[2] or nil, f[3]
-  c.id, c.phase, c.duration, c.attempt, c.deadline, c.alert = nil, nil, nil, nil, nil, nil
-  c.had_flight, c.flight_changed, c.dirty, c.layout_1 = f[2] ~= false, false, false, nil
-  c.live_any, c.live_others, c.recounted = nil, nil, false
+  c.seq, c.seq_before, c.packed, c.live = f[1], f[1], f[2], f[3]
+  c.id, c.phase, c.duration, c.attempt, c.deadline = false, false, false, false, false
+  c.alert, c.alert_read = false, false
+  c.had_flight, c.flight_changed, c.dirty, c.layout_1 = f[2] ~= false, false, false, false
+  c.live_known, c.live_any, c.live_others, c.recounted = false, false, false, false
   -- What this call did, in order, for the caller's metrics: sent resent requeued done expired.
   c.happened = ''
   if not f[1] and not f[2] then load_layout_1(c) end
@@ -157,7 +161,7 @@ local function count(c, flat)
       if soonest == nil or live_until < soonest then soonest = live_until end
     end
   end
-  c.live_any = total > 0
+  c.live_known, c.live_any = true, total > 0
   c.live_others = total > 0 and sole ~= c.node
   if total > 0 then c.live = int(soonest) .. ' ' .. sole else c.live = '0' end
   c.recounted, c.dirty = true, true
@@ -168,15 +172,15 @@ end
 -- from the cache while no report it counted has expired, else counted afresh. The cache is exact:
 -- a report can only start counting through widgets() or sweep(), which count afresh.
 local function presence(c)
-  if c.live_any == nil then
+  if not c.live_known then
     local live = c.live
     if live == '0' then
-      c.live_any, c.live_others = false, false
+      c.live_known, c.live_any, c.live_others = true, false, false
     else
       local live_until, node
       if live then live_until, node = string.match(live, '^(%d+) (.+)$') end
       if live_until and tonumber(live_until) > c.now then
-        c.live_any, c.live_others = true, node ~= c.node
+        c.live_known, c.live_any, c.live_others = true, true, node ~= c.node
       else
         count(c, redis.call('HGETALL', c.keys[4]))
       end
@@ -186,8 +190,8 @@ local function presence(c)
 end
 
 local function clear_flight(c)
-  c.id, c.phase, c.duration, c.attempt, c.deadline, c.alert = nil, nil, nil, nil, nil, nil
-  c.packed = nil
+  c.id, c.phase, c.duration, c.attempt, c.deadline = false, false, false, false, false
+  c.alert, c.alert_read, c.packed = false, true, false
 end
 
 -- Free to busy: the one place an alert goes out. Only while free and someone can see it.
@@ -207,9 +211,10 @@ local function dispatch(c)
       end
     end
     if id then
-      c.id, c.phase, c.duration, c.alert = id, 'sent', duration, entry
+      c.id, c.phase, c.duration, c.alert, c.alert_read = id, 'sent', duration, entry, true
       if sent == '0' then c.attempt = '1' else c.attempt = tonumber(sent) + 1 end
-      c.deadline, c.flight_changed = c.now + tonumber(c.args[4]), true
+      -- Written as the node gave it: no conversion on the most frequent path.
+      c.deadline, c.flight_changed = c.args[4], true
       bump(c)
       c.happened = c.happened .. ' sent'
       return
@@ -307,7 +312,7 @@ local function publish(keys, args)
       return {'duplicate', first, tonumber(position)}
     end
   end
-  local busy = (c.packed or c.id) ~= nil
+  local busy = c.packed or c.id
   -- An id that is queued or in flight already: the node's retry of a call whose answer was
   -- lost (the first ran after all). Answered as that call would have been, queueing nothing.
   if redis.call('HSETNX', keys[3], id, '1') == 0 then
@@ -379,10 +384,10 @@ end
 
 -- A widget began to show an alert: sent becomes started, and the deadline its duration plus the
 -- ack grace. The most frequent call, and it moves no seq, so it is given only what it needs:
--- KEYS[1] the receiver; ARGV[1] the time in ms, ARGV[2] the alert's id, ARGV[3] the ack grace in
--- ms. When it applies, it answers {'started', seq, attempt, ms to deadline}: the snapshot, less
--- what the caller knows. Otherwise the snapshot as it stands. (A receiver still in layout 1 has no
--- flight here yet; its first other call takes it over.)
+-- KEYS[1] the receiver; ARGV[1] the time in ms, ARGV[2] the alert's id, ARGV[3] the time plus the
+-- ack grace, in ms. When it applies, it answers {'started', seq, attempt, deadline}: the
+-- snapshot, less what the caller knows. Otherwise the snapshot as it stands. (A receiver still in
+-- layout 1 has no flight here yet; its first other call takes it over.)
 local function started(keys, args)
   local f = redis.call('HMGET', keys[1], 'seq', 'flight')
   local packed = f[2]
@@ -391,10 +396,10 @@ local function started(keys, args)
   local sent = id .. ' sent '
   if string.sub(packed, 1, #sent) == sent then
     local duration, attempt = string.match(packed, '^(%d+) (%d+)', #sent + 1)
-    local remaining = tonumber(duration) + tonumber(args[3])
+    local deadline = tonumber(args[3]) + tonumber(duration)
     redis.call('HSET', keys[1], 'flight', id .. ' started ' .. duration .. ' ' .. attempt ..
-      ' ' .. int(tonumber(args[1]) + remaining))
-    return {'started', f[1], attempt, remaining}
+      ' ' .. int(deadline))
+    return {'started', f[1], attempt, deadline}
   end
   c.keys, c.now, c.seq, c.packed, c.happened = keys, tonumber(args[1]), f[1], packed, ''
   return snapshot(c, false)
@@ -406,7 +411,7 @@ local function done(keys, args)
   local id = args[5]
   -- Only the id is compared: the rest of a flight that ends is never needed.
   if c.packed and string.sub(c.packed, 1, #id + 1) == id .. ' ' then
-    c.id, c.packed = id, nil
+    c.id, c.packed = id, false
     complete(c, 'done')
     dispatch(c)
   end
@@ -424,7 +429,7 @@ local function check(keys, args)
       requeue(c)
     else
       -- Sent but never started: the frame may have been lost, so send it again.
-      c.attempt, c.deadline = tonumber(c.attempt) + 1, c.now + tonumber(args[4])
+      c.attempt, c.deadline = tonumber(c.attempt) + 1, args[4]
       c.flight_changed = true
       bump(c)
       c.happened = c.happened .. ' resent'
