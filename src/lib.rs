@@ -12,7 +12,7 @@
 //!   argument); [`store::memory`] (embedded: a map and the machine) and [`store::redis`] (a Redis
 //!   Functions library, any number of nodes) keep them; [`store::redis::keys`] names every Redis key.
 //! - [`ingest`] takes alerts producers add to the `{prefix}:ingest` Redis stream.
-//! - [`migrate`] applies `migrations/` to the Redis key layout at start.
+//! - [`migrate`] applies `migrations/redis/` to the Redis key layout at start.
 //! - [`limits`] keeps this node's own limits: publish rate per key, widget connections.
 //! - [`metrics`] counts what operators scrape at `/metrics`.
 //! - [`hub`] keeps this node's widgets, relaying the store's snapshots to them and timing deadlines.

@@ -1,4 +1,4 @@
-//! Applies `migrations/` to a Redis store at start.
+//! Applies `migrations/redis/` to a Redis store at start.
 //!
 //! Each migration is a Lua script, run once, in order, under a lock so that nodes starting
 //! together do not race; the version reached is kept at `{prefix}:schema:version`. A node meets a
@@ -17,12 +17,19 @@ pub struct Migration {
     pub script: &'static str,
 }
 
-/// Every migration, oldest first. A new layout adds a file in `migrations/` and a line here.
-pub const MIGRATIONS: &[Migration] = &[Migration {
-    version: 1,
-    name: "0001_initial",
-    script: include_str!("../migrations/0001_initial.lua"),
-}];
+/// Every migration, oldest first. A new layout adds a file in `migrations/redis/` and a line here.
+pub const MIGRATIONS: &[Migration] = &[
+    Migration {
+        version: 1,
+        name: "0001_initial",
+        script: include_str!("../migrations/redis/0001_initial.lua"),
+    },
+    Migration {
+        version: 2,
+        name: "0002_queue_entries",
+        script: include_str!("../migrations/redis/0002_queue_entries.lua"),
+    },
+];
 
 /// The newest layout this build knows.
 pub fn latest() -> u64 {

@@ -77,3 +77,132 @@ async fn the_binary_says_why_it_will_not_start() {
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(stderr.contains("layout is version 999"), "{stderr}");
 }
+
+/// Layout 1 as the library of the previous release (`cuebox_v1`) left it: the receiver's state in
+/// six fields of `<r>:state`, each queued alert's id alone in the queue and its value
+/// (`"<duration_ms> <times sent> <json>"`) in `alerts`. Made here from alerts a node queued in
+/// layout 2, so their JSON is exactly what a node writes.
+async fn rewrite_as_layout_1(redis: &RedisServer, receiver: &str, flight_sent: u32) -> Vec<String> {
+    let key = |name: &str| format!("cuebox:{{{receiver}}}:{name}");
+    let entries: Vec<String> =
+        redis::from_redis_value(redis.cmd(&["LRANGE", &key("queue"), "0", "-1"]).await).unwrap();
+    let mut ids = Vec::new();
+    redis
+        .cmd(&["DEL", &key("queue"), &key("alerts"), &key("receiver")])
+        .await;
+    for (i, entry) in entries.iter().enumerate() {
+        let (id, value) = entry.split_once(' ').unwrap();
+        ids.push(id.to_owned());
+        redis.cmd(&["HSET", &key("alerts"), id, value]).await;
+        if i > 0 {
+            redis.cmd(&["RPUSH", &key("queue"), id]).await;
+        }
+    }
+    // The first is in flight, sent `flight_sent` times, with its start timeout a minute away.
+    let duration = entries[0].split(' ').nth(1).unwrap();
+    let deadline = (std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_millis()
+        + 60_000)
+        .to_string();
+    let attempt = flight_sent.to_string();
+    redis
+        .cmd(&[
+            "HSET",
+            &key("state"),
+            "seq",
+            "1700000000000005",
+            "id",
+            &ids[0],
+            "attempt",
+            &attempt,
+            "phase",
+            "sent",
+            "deadline",
+            &deadline,
+            "duration",
+            duration,
+        ])
+        .await;
+    ids
+}
+
+#[actix_web::test]
+async fn alerts_queued_in_layout_1_are_all_shown_in_order_after_the_upgrade() {
+    let redis = RedisServer::spawn().await;
+    let app = TestApp::redis(&redis).await;
+    let mut published = Vec::new();
+    for i in 0..4 {
+        published.push(app.publish_alert("alice", &format!("alert {i}")).await);
+    }
+    // A receiver with nothing in flight, whose queue is layout 1's: only a publish touched it.
+    let bob = app.publish_alert("bob", "bob's").await;
+    app.stop().await;
+    let ids = rewrite_as_layout_1(&redis, "alice", 1).await;
+    assert_eq!(ids, published);
+    let bob_entries: Vec<String> = redis::from_redis_value(
+        redis
+            .cmd(&["LRANGE", "cuebox:{bob}:queue", "0", "-1"])
+            .await,
+    )
+    .unwrap();
+    let (bob_id, bob_value) = bob_entries[0].split_once(' ').unwrap();
+    redis
+        .cmd(&[
+            "DEL",
+            "cuebox:{bob}:queue",
+            "cuebox:{bob}:alerts",
+            "cuebox:{bob}:receiver",
+        ])
+        .await;
+    redis
+        .cmd(&["HSET", "cuebox:{bob}:alerts", bob_id, bob_value])
+        .await;
+    redis.cmd(&["RPUSH", "cuebox:{bob}:queue", bob_id]).await;
+    redis.cmd(&["SET", "cuebox:schema:version", "1"]).await;
+
+    let app = TestApp::redis(&redis).await;
+    assert_eq!(
+        redis.cmd(&["GET", "cuebox:schema:version"]).await,
+        redis::Value::BulkString(b"2".to_vec())
+    );
+    let status = app.status("alice").await;
+    assert_eq!(status["queued"], 3, "{status}");
+    assert_eq!(status["in_flight"]["id"], published[0].as_str(), "{status}");
+
+    // A new alert goes after the old ones.
+    let late = app.publish_alert("alice", "after the upgrade").await;
+    let mut w = app.widget("alice").await;
+    let mut shown = Vec::new();
+    for expected_attempt in [1, 1, 1, 1, 1] {
+        let (id, attempt, alert) = w.next_alert().await;
+        assert_eq!(attempt, expected_attempt, "{alert}");
+        assert_eq!(alert["id"], id.as_str());
+        w.show(&id).await;
+        shown.push(id);
+    }
+    let mut expected = published.clone();
+    expected.push(late);
+    assert_eq!(shown, expected);
+    assert_eq!(shown.len(), 5);
+    // Alice was taken over: her layout-1 state is gone, her seq carried on.
+    assert_eq!(
+        redis.cmd(&["EXISTS", "cuebox:{alice}:state"]).await,
+        redis::Value::Int(0)
+    );
+    let seq: u64 =
+        redis::from_redis_value(redis.cmd(&["HGET", "cuebox:{alice}:receiver", "seq"]).await)
+            .unwrap();
+    assert!(seq > 1_700_000_000_000_005, "{seq}");
+    // Nothing of theirs is left behind but each receiver's own hash.
+    assert_eq!(
+        redis.cmd(&["HLEN", "cuebox:{alice}:alerts"]).await,
+        redis::Value::Int(0)
+    );
+
+    let mut b = app.widget("bob").await;
+    let (id, attempt, alert) = b.next_alert().await;
+    assert_eq!((id.as_str(), attempt), (bob_id, 1));
+    assert_eq!(alert["message"], "bob's");
+}

@@ -1,0 +1,17 @@
+-- 0002_queue_entries: key layout 2 (library cuebox_v2, see src/store/redis/receiver.lua).
+--
+-- Each queued alert's value moves into its queue entry, "<id> <duration_ms> <times sent> <json>",
+-- and a receiver's state into one hash of four fields, `<r>:receiver` (seq, flight, alert, live),
+-- in place of layout 1's `<r>:state`. The `alerts` hash keeps only the ids queued or in flight.
+--
+-- Nothing is converted here. A cluster's receivers live on many masters, beyond the reach of one
+-- script, and a large deployment should not stall its Redis converting every queue at once. So
+-- the library reads both layouts and takes each receiver over the first time it meets it: its
+-- layout-1 state is read once and removed, and layout-1 queue entries (bare ids, their values
+-- still in `alerts`) are looked up as they come to the head. tests/api/migrations.rs upgrades a
+-- receiver written in layout 1 and finds every alert.
+--
+-- What this migration does is record layout 2, so that a node of an older release, which reads
+-- only layout 1, refuses to start (stop every older node before starting this release).
+-- ARGV[1] is the key prefix. Migrations run with EVAL under the schema lock, in order, once.
+return 'ok'
