@@ -138,6 +138,7 @@ async fn alerts_queued_in_layout_1_are_all_shown_in_order_after_the_upgrade() {
     }
     // A receiver with nothing in flight, whose queue is layout 1's: only a publish touched it.
     let bob = app.publish_alert("bob", "bob's").await;
+    let bob = bob.as_str();
     app.stop().await;
     let ids = rewrite_as_layout_1(&redis, "alice", 1).await;
     assert_eq!(ids, published);
@@ -148,6 +149,7 @@ async fn alerts_queued_in_layout_1_are_all_shown_in_order_after_the_upgrade() {
     )
     .unwrap();
     let (bob_id, bob_value) = bob_entries[0].split_once(' ').unwrap();
+    assert_eq!(bob_id, bob);
     redis
         .cmd(&[
             "DEL",
