@@ -10,6 +10,7 @@
 //!
 //! The parts, by job:
 //! - `functions`: the library, its functions, and the calls to them;
+//! - `clock`: Redis's time as this node reads it, passed with every call;
 //! - `presence`: this node's heartbeat, and the sweep of dead nodes' widgets;
 //! - `watches`: the pub/sub subscriptions to receivers' events;
 //! - `replies`: what Redis answers, read into snapshots and notices;
