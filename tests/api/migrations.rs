@@ -88,7 +88,7 @@ async fn rewrite_as_layout_1(redis: &RedisServer, receiver: &str, flight_sent: u
         redis::from_redis_value(redis.cmd(&["LRANGE", &key("queue"), "0", "-1"]).await).unwrap();
     let mut ids = Vec::new();
     redis
-        .cmd(&["DEL", &key("queue"), &key("alerts"), &key("receiver")])
+        .cmd(&["DEL", &key("queue"), &key("ids"), &key("receiver")])
         .await;
     for (i, entry) in entries.iter().enumerate() {
         let (id, value) = entry.split_once(' ').unwrap();
@@ -154,7 +154,7 @@ async fn alerts_queued_in_layout_1_are_all_shown_in_order_after_the_upgrade() {
         .cmd(&[
             "DEL",
             "cuebox:{bob}:queue",
-            "cuebox:{bob}:alerts",
+            "cuebox:{bob}:ids",
             "cuebox:{bob}:receiver",
         ])
         .await;
@@ -197,11 +197,18 @@ async fn alerts_queued_in_layout_1_are_all_shown_in_order_after_the_upgrade() {
         redis::from_redis_value(redis.cmd(&["HGET", "cuebox:{alice}:receiver", "seq"]).await)
             .unwrap();
     assert!(seq > 1_700_000_000_000_005, "{seq}");
-    // Nothing of theirs is left behind but each receiver's own hash.
-    assert_eq!(
-        redis.cmd(&["HLEN", "cuebox:{alice}:alerts"]).await,
-        redis::Value::Int(0)
-    );
+    // Nothing of layout 1 is left behind, and once the last done is in, nothing waits.
+    for key in ["cuebox:{alice}:alerts", "cuebox:{alice}:state"] {
+        assert_eq!(
+            redis.cmd(&["EXISTS", key]).await,
+            redis::Value::Int(0),
+            "{key}"
+        );
+    }
+    eventually(|| async {
+        redis.cmd(&["SCARD", "cuebox:{alice}:ids"]).await == redis::Value::Int(0)
+    })
+    .await;
 
     let mut b = app.widget("bob").await;
     let (id, attempt, alert) = b.next_alert().await;

@@ -8,7 +8,7 @@
 //! |---------------------------------|--------|---------------------------------------------------|
 //! | `P:{r}:receiver`                | hash   | `seq`, `flight`, `alert`, `live` (see `receiver.lua`) |
 //! | `P:{r}:queue`                   | list   | waiting alerts, head first: `"<id> <duration_ms> <times sent> <alert json>"` |
-//! | `P:{r}:alerts`                  | hash   | id -> `"1"` for each alert queued or in flight     |
+//! | `P:{r}:ids`                     | set    | each alert queued or in flight                     |
 //! | `P:{r}:widgets`                 | hash   | node id -> `"<widgets> <live until, ms>"`         |
 //! | `P:{r}:idem:<key>`              | string | `"<alert id> <position>"`, expires after 24 h    |
 //! | `P:{r}:events` (channel)        | pubsub | snapshots for other nodes                          |
@@ -29,7 +29,7 @@ pub struct Keys {
 
 /// The keys of one receiver a function call takes, in the order `receiver.lua` takes them as
 /// KEYS (after these, the idempotency key, when the call has one).
-pub const RECEIVER_KEYS: [&str; 4] = ["receiver", "queue", "alerts", "widgets"];
+pub const RECEIVER_KEYS: [&str; 4] = ["receiver", "queue", "ids", "widgets"];
 
 impl Keys {
     /// Fails on a prefix that would break hash tags or read badly in `redis-cli`.
@@ -154,7 +154,7 @@ mod tests {
             [
                 "cb:{alice}:receiver",
                 "cb:{alice}:queue",
-                "cb:{alice}:alerts",
+                "cb:{alice}:ids",
                 "cb:{alice}:widgets",
                 "cb:{alice}:idem:x{y}",
             ]

@@ -27,8 +27,9 @@
 --                                   all, or *>", or "0" for none (see presence())
 -- KEYS[2] queue    list    waiting alerts, head first, each "<id> <duration_ms> <times sent>
 --                          <alert json>"
--- KEYS[3] alerts   hash    id -> "1" for every alert queued or in flight, so the same id is
---                          never queued twice
+-- KEYS[3] ids      set     every alert queued or in flight, so the same id is never queued
+--                          twice (a set, not a hash: Redis keeps a small hash as a list it
+--                          scans, and this one has an entry per waiting alert)
 -- KEYS[4] widgets  hash    node id -> "<widgets> <live until, ms>"
 -- KEYS[5] idempotency key (publish with a key only)
 -- ARGV[1] calling node   ARGV[2] the time in ms
@@ -41,10 +42,10 @@
 -- call in every function; tests pass a clock of their own.
 --
 -- Layout 1 (library v1) kept the state as six fields in `<r>:state`, and each queued alert's
--- value in `alerts` with only its id in the queue. This library takes both over as it meets
--- them, with nothing converted in bulk: a receiver whose hash has no seq is read from its layout-1
--- state once (load_layout_1()), and a queue entry without its value is looked up in `alerts` when
--- it comes up (dispatch()).
+-- value in `<r>:alerts` with only its id in the queue. Nothing is converted in bulk (a cluster's
+-- receivers are beyond the reach of one script): the first call that finds a receiver without
+-- its hash takes it over, converting its state, its queue and its ids in one pass
+-- (read_layout_1()). status() only reads, and reads layout 1 as it is.
 --
 -- Every answer is a tagged array: its first element names its kind ('snapshot', 'started',
 -- 'accepted', 'duplicate', 'full', 'too_many', 'status'), so a new kind has room and no meaning
@@ -82,33 +83,58 @@ local function flight(c)
   return c.id
 end
 
--- The in-flight alert's queue entry: in the receiver's hash, or (layout 1) made from its value.
+-- The in-flight alert's queue entry, read when an answer needs it.
 local function flight_entry(c)
   if not c.alert_read and c.id then
     c.alert_read = true
     c.alert = redis.call('HGET', c.keys[1], 'alert')
-    if not c.alert then
-      local value = redis.call('HGET', c.keys[3], c.id)
-      if value then c.alert = c.id .. ' ' .. value end
-    end
   end
   return c.alert
 end
 
--- A receiver this library has not written yet: what layout 1 left in `<r>:state`, if anything.
--- Its seq carries on; the next save() writes the receiver in layout 2 and removes the old key.
--- The key is not among KEYS because only this first call reads it; it shares the receiver's
--- hash tag, and so its slot.
-local function load_layout_1(c)
-  local old = string.gsub(c.keys[1], 'receiver$', 'state')
-  local f = redis.call('HMGET', old, 'seq', 'id', 'attempt', 'phase', 'deadline', 'duration')
+-- A receiver this library has not written yet, read from what layout 1 left: its state in
+-- `<r>:state`, its alerts' values in `<r>:alerts`. Those two keys are not among KEYS because only
+-- this first call uses them; they share the receiver's hash tag, and so its slot. With `convert`,
+-- the queue and the ids are rewritten in layout 2 and both keys removed, once, in time linear in
+-- the queue; its seq and its alert in flight are written by this call's save(). Without (status),
+-- it is only read.
+local function read_layout_1(c, convert)
+  local state = string.gsub(c.keys[1], 'receiver$', 'state')
+  local alerts = string.gsub(c.keys[1], 'receiver$', 'alerts')
+  local f = redis.call('HMGET', state, 'seq', 'id', 'attempt', 'phase', 'deadline', 'duration')
   c.seq = f[1] or '0'
   if f[2] then
+    local value = redis.call('HGET', alerts, f[2])
     c.id, c.attempt, c.phase, c.deadline, c.duration = f[2], f[3], f[4], f[5], f[6]
-    flight_entry(c)
+    c.alert, c.alert_read = value and (f[2] .. ' ' .. value), true
     c.had_flight, c.flight_changed = true, true
   end
-  c.seq_before, c.layout_1, c.dirty = c.seq, old, true
+  c.seq_before, c.dirty = c.seq, true
+  if not convert then return end
+  local queued = redis.call('LRANGE', c.keys[2], 0, -1)
+  if #queued > 0 then
+    local values = redis.call('HMGET', alerts, unpack(queued))
+    local entries, ids = {}, {}
+    for i = 1, #queued do
+      local id = string.match(queued[i], '^%S+')
+      if id ~= queued[i] then
+        -- Already an entry of layout 2 (this receiver's hash was lost, not its queue): kept.
+        entries[#entries + 1], ids[#ids + 1] = queued[i], id
+      elseif values[i] then
+        entries[#entries + 1], ids[#ids + 1] = id .. ' ' .. values[i], id
+      end
+      -- An id without its value cannot be shown; layout 1 skipped it too.
+    end
+    redis.call('DEL', c.keys[2])
+    for i = 1, #entries, 1000 do
+      redis.call('RPUSH', c.keys[2], unpack(entries, i, math.min(i + 999, #entries)))
+    end
+    for i = 1, #ids, 1000 do
+      redis.call('SADD', c.keys[3], unpack(ids, i, math.min(i + 999, #ids)))
+    end
+  end
+  if c.id then redis.call('SADD', c.keys[3], c.id) end
+  redis.call('DEL', state, alerts)
 end
 
 local function open(keys, args)
@@ -117,11 +143,17 @@ local function open(keys, args)
   c.seq, c.seq_before, c.packed, c.live = f[1], f[1], f[2], f[3]
   c.id, c.phase, c.duration, c.attempt, c.deadline = false, false, false, false, false
   c.alert, c.alert_read = false, false
-  c.had_flight, c.flight_changed, c.dirty, c.layout_1 = f[2] ~= false, false, false, false
+  c.had_flight, c.flight_changed, c.dirty = f[2] ~= false, false, false
   c.live_known, c.live_any, c.live_others, c.recounted = false, false, false, false
   -- What this call did, in order, for the caller's metrics: sent resent requeued done expired.
   c.happened = ''
-  if not f[1] and not f[2] then load_layout_1(c) end
+  return c, not f[1] and not f[2]
+end
+
+-- Opens a call that may write: a receiver still in layout 1 is taken over first.
+local function open_to_write(keys, args)
+  local c, unwritten = open(keys, args)
+  if unwritten then read_layout_1(c, true) end
   return c
 end
 
@@ -201,15 +233,7 @@ local function dispatch(c)
     local entry = redis.call('LPOP', c.keys[2])
     if not entry then return end
     local id, duration, sent = string.match(entry, '^(%S+) (%d+) (%d+) ')
-    if not id then
-      -- Layout 1: the id alone, its value in `alerts`. An id without its alert cannot be shown;
-      -- it is skipped rather than wedge the queue.
-      local value = redis.call('HGET', c.keys[3], entry)
-      if value then
-        duration, sent = string.match(value, '^(%d+) (%d+) ')
-        if duration then id, entry = entry, entry .. ' ' .. value end
-      end
-    end
+    -- An entry that does not parse cannot be shown; it is skipped rather than wedge the queue.
     if id then
       c.id, c.phase, c.duration, c.alert, c.alert_read = id, 'sent', duration, entry, true
       if sent == '0' then c.attempt = '1' else c.attempt = tonumber(sent) + 1 end
@@ -224,7 +248,7 @@ end
 
 -- Busy to free: the one place an alert stops being in flight for good: 'done' or 'expired'.
 local function complete(c, how)
-  redis.call('HDEL', c.keys[3], c.id)
+  redis.call('SREM', c.keys[3], c.id)
   clear_flight(c)
   bump(c)
   c.happened = c.happened .. ' ' .. how
@@ -239,7 +263,7 @@ local function requeue(c)
     local counted = string.gsub(entry, '^(%S+ %d+) %d+ ', '%1 ' .. str(c.attempt) .. ' ', 1)
     redis.call('LPUSH', c.keys[2], counted)
   else
-    redis.call('HDEL', c.keys[3], c.id)
+    redis.call('SREM', c.keys[3], c.id)
   end
   clear_flight(c)
   bump(c)
@@ -269,7 +293,6 @@ local function save(c)
     redis.call('HSET', key, 'seq', seq)
   end
   if c.had_flight and not (c.id or c.packed) then redis.call('HDEL', key, 'flight', 'alert') end
-  if c.layout_1 then redis.call('DEL', c.layout_1) end
 end
 
 -- The call's answer, after saving; when seq moved, the new alert in flight goes with it and to
@@ -295,7 +318,7 @@ local function position_in_queue(c, id)
   local prefix = id .. ' '
   for i = 1, #entries do
     local e = entries[i]
-    if e == id or string.sub(e, 1, #prefix) == prefix then return i - 1 end
+    if string.sub(e, 1, #prefix) == prefix then return i - 1 end
   end
   return 0
 end
@@ -303,7 +326,7 @@ end
 -- ARGV[5] the alert's id, ARGV[6] its queue entry "<id> <duration_ms> 0 <alert json>",
 -- ARGV[7] most alerts waiting, ARGV[8] idempotency ttl in seconds.
 local function publish(keys, args)
-  local c = open(keys, args)
+  local c = open_to_write(keys, args)
   local id, idem = args[5], keys[5]
   if idem then
     local seen = redis.call('GET', idem)
@@ -315,7 +338,7 @@ local function publish(keys, args)
   local busy = c.packed or c.id
   -- An id that is queued or in flight already: the node's retry of a call whose answer was
   -- lost (the first ran after all). Answered as that call would have been, queueing nothing.
-  if redis.call('HSETNX', keys[3], id, '1') == 0 then
+  if redis.call('SADD', keys[3], id) == 0 then
     local position = 0
     if flight(c) ~= id then
       position = position_in_queue(c, id)
@@ -325,7 +348,7 @@ local function publish(keys, args)
   end
   local waiting = redis.call('LLEN', keys[2])
   if waiting >= tonumber(args[7]) then
-    redis.call('HDEL', keys[3], id)
+    redis.call('SREM', keys[3], id)
     return {'full'}
   end
   local position = waiting
@@ -339,7 +362,7 @@ end
 -- ARGV[5] joined, left, withdrawn or refresh; ARGV[6] the count, for refresh;
 -- ARGV[7] most widgets of one receiver; ARGV[8] how long a report stays live, ms.
 local function widgets(keys, args)
-  local c = open(keys, args)
+  local c = open_to_write(keys, args)
   local change = args[5]
   local flat = redis.call('HGETALL', keys[4])
   if change == 'joined' and count(c, flat) >= tonumber(args[7]) then return {'too_many'} end
@@ -407,7 +430,7 @@ end
 
 -- ARGV[5] the alert a widget finished.
 local function done(keys, args)
-  local c = open(keys, args)
+  local c = open_to_write(keys, args)
   local id = args[5]
   -- Only the id is compared: the rest of a flight that ends is never needed.
   if c.packed and string.sub(c.packed, 1, #id + 1) == id .. ' ' then
@@ -420,7 +443,7 @@ end
 
 -- ARGV[5] the alert whose deadline may have passed.
 local function check(keys, args)
-  local c = open(keys, args)
+  local c = open_to_write(keys, args)
   if flight(c) == args[5] and tonumber(c.deadline) <= c.now then
     if c.phase ~= 'sent' then
       complete(c, 'expired')
@@ -441,7 +464,7 @@ end
 -- ARGV[5] a node found dead. Its widgets are gone; if no other widget is live, the alert in
 -- flight goes back to the head of the queue.
 local function sweep(keys, args)
-  local c = open(keys, args)
+  local c = open_to_write(keys, args)
   redis.call('HDEL', keys[4], args[5])
   count(c, redis.call('HGETALL', keys[4]))
   if not presence(c) then requeue(c) else dispatch(c) end
@@ -451,7 +474,8 @@ end
 -- {'status', queued, live widgets, alert in flight as its queue entry, or false}. Reads only:
 -- a receiver still in layout 1 is read, not taken over.
 local function status(keys, args)
-  local c = open(keys, args)
+  local c, unwritten = open(keys, args)
+  if unwritten then read_layout_1(c, false) end
   local total = count(c, redis.call('HGETALL', keys[4]))
   local entry = false
   if flight(c) then entry = flight_entry(c) or false end
