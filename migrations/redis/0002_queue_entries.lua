@@ -2,14 +2,14 @@
 --
 -- Each queued alert's value moves into its queue entry, "<id> <duration_ms> <times sent> <json>",
 -- and a receiver's state into one hash of four fields, `<r>:receiver` (seq, flight, alert, live),
--- in place of layout 1's `<r>:state`. The `alerts` hash keeps only the ids queued or in flight.
+-- in place of layout 1's `<r>:state`. The ids queued or in flight move from the `<r>:alerts` hash
+-- (which held the values) to the set `<r>:ids`.
 --
 -- Nothing is converted here. A cluster's receivers live on many masters, beyond the reach of one
 -- script, and a large deployment should not stall its Redis converting every queue at once. So
--- the library reads both layouts and takes each receiver over the first time it meets it: its
--- layout-1 state is read once and removed, and layout-1 queue entries (bare ids, their values
--- still in `alerts`) are looked up as they come to the head. tests/api/migrations.rs upgrades a
--- receiver written in layout 1 and finds every alert.
+-- the library takes each receiver over, whole and atomically, the first time a call finds it in
+-- layout 1 (read_layout_1() in src/store/redis/receiver.lua). tests/api/migrations.rs writes
+-- receivers in layout 1 and finds every alert shown, once, in order, after the upgrade.
 --
 -- What this migration does is record layout 2, so that a node of an older release, which reads
 -- only layout 1, refuses to start (stop every older node before starting this release).

@@ -215,3 +215,46 @@ async fn alerts_queued_in_layout_1_are_all_shown_in_order_after_the_upgrade() {
     assert_eq!((id.as_str(), attempt), (bob_id, 1));
     assert_eq!(alert["message"], "bob's");
 }
+
+#[actix_web::test]
+async fn a_long_layout_1_queue_is_taken_over_whole() {
+    let redis = RedisServer::spawn().await;
+    // Longer than Lua's unpack() takes at once, so the takeover must work in chunks.
+    let ids: Vec<String> = (0..9000).map(|i| format!("carol-{i:05}")).collect();
+    let mut hset = vec!["HSET".to_owned(), "cuebox:{carol}:alerts".to_owned()];
+    for id in &ids {
+        let json = format!(r#"{{"id":"{id}","receiver":"carol","kind":"test","message":"m"}}"#);
+        hset.extend([id.clone(), format!("5000 0 {json}")]);
+    }
+    let hset: Vec<&str> = hset.iter().map(String::as_str).collect();
+    redis.cmd(&hset).await;
+    let mut rpush = vec!["RPUSH", "cuebox:{carol}:queue"];
+    rpush.extend(ids.iter().map(String::as_str));
+    redis.cmd(&rpush).await;
+    redis
+        .cmd(&["HSET", "cuebox:{carol}:state", "seq", "1700000000000005"])
+        .await;
+    redis.cmd(&["SET", "cuebox:schema:version", "1"]).await;
+
+    let app = TestApp::redis(&redis).await;
+    let mut w = app.widget("carol").await;
+    for expected in &ids[..3] {
+        let (id, attempt, _) = w.next_alert().await;
+        assert_eq!((&id, attempt), (expected, 1));
+        w.show(&id).await;
+    }
+    let (id, _, _) = w.next_alert().await;
+    assert_eq!(id, ids[3]);
+    assert_eq!(
+        redis.cmd(&["LLEN", "cuebox:{carol}:queue"]).await,
+        redis::Value::Int(8996)
+    );
+    assert_eq!(
+        redis.cmd(&["SCARD", "cuebox:{carol}:ids"]).await,
+        redis::Value::Int(8997)
+    );
+    let last: String =
+        redis::from_redis_value(redis.cmd(&["LINDEX", "cuebox:{carol}:queue", "-1"]).await)
+            .unwrap();
+    assert!(last.starts_with("carol-08999 5000 0 {"), "{last}");
+}

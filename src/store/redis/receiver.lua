@@ -28,8 +28,9 @@
 -- KEYS[2] queue    list    waiting alerts, head first, each "<id> <duration_ms> <times sent>
 --                          <alert json>"
 -- KEYS[3] ids      set     every alert queued or in flight, so the same id is never queued
---                          twice (a set, not a hash: Redis keeps a small hash as a list it
---                          scans, and this one has an entry per waiting alert)
+--                          twice (a set, not a hash: Redis keeps a hash of short values as a
+--                          list it scans, up to 512 entries by default, and this one has an
+--                          entry per waiting alert)
 -- KEYS[4] widgets  hash    node id -> "<widgets> <live until, ms>"
 -- KEYS[5] idempotency key (publish with a key only)
 -- ARGV[1] calling node   ARGV[2] the time in ms
@@ -113,7 +114,12 @@ local function read_layout_1(c, convert)
   if not convert then return end
   local queued = redis.call('LRANGE', c.keys[2], 0, -1)
   if #queued > 0 then
-    local values = redis.call('HMGET', alerts, unpack(queued))
+    -- In chunks: Lua's unpack() takes a few thousand values at most.
+    local values = {}
+    for i = 1, #queued, 1000 do
+      local got = redis.call('HMGET', alerts, unpack(queued, i, math.min(i + 999, #queued)))
+      for j = 1, #got do values[i + j - 1] = got[j] end
+    end
     local entries, ids = {}, {}
     for i = 1, #queued do
       local id = string.match(queued[i], '^%S+')
