@@ -81,7 +81,10 @@ impl Application {
                     );
                     random_secret()
                 });
-                (Arc::new(MemoryStore::new(rules)), secret)
+                (
+                    Arc::new(MemoryStore::observed(rules, metrics.clone())),
+                    secret,
+                )
             }
             Some(target) => {
                 let store = RedisStore::connect(

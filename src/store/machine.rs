@@ -23,7 +23,7 @@
 use std::collections::{HashMap, HashSet, VecDeque};
 use std::sync::Arc;
 
-use super::{Answered, Event, Flight, Rules, Snapshot, WidgetChange};
+use super::{Answered, Call, Event, Flight, Rules, Snapshot, WidgetChange};
 use crate::alert::AlertRecord;
 
 /// Milliseconds on the store's clock.
@@ -114,6 +114,20 @@ pub enum Command<'a> {
     Check { id: &'a str },
     /// `node` was found dead: its widgets are gone.
     Sweep { node: &'a str },
+}
+
+impl Command<'_> {
+    /// The store call it is measured as.
+    pub fn call(&self) -> Call {
+        match self {
+            Command::Publish { .. } => Call::Publish,
+            Command::Widgets { .. } => Call::Widgets,
+            Command::Started { .. } => Call::Started,
+            Command::Done { .. } => Call::Done,
+            Command::Check { .. } => Call::Check,
+            Command::Sweep { .. } => Call::Sweep,
+        }
+    }
 }
 
 /// What a command came to, besides the snapshot.

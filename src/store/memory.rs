@@ -7,13 +7,13 @@
 //! async one.
 
 use std::collections::HashMap;
-use std::sync::{Mutex, MutexGuard};
+use std::sync::{Arc, Mutex, MutexGuard};
 
 use async_trait::async_trait;
 use tokio::time::Instant;
 
 use super::machine::{self, Command, Millis, Outcome, Receiver};
-use super::{Answered, Rules, Status, Store, StoreError};
+use super::{Answered, Call, CallObserver, Rules, Status, Store, StoreError, Unobserved};
 use crate::alert::ReceiverId;
 
 /// The one node the embedded store serves, as its widget reports name it.
@@ -21,6 +21,7 @@ const NODE: &str = "embedded";
 
 pub struct MemoryStore {
     rules: Rules,
+    observer: Arc<dyn CallObserver>,
     /// The store's clock starts here.
     epoch: Instant,
     receivers: Mutex<Receivers>,
@@ -36,8 +37,14 @@ struct Receivers {
 
 impl MemoryStore {
     pub fn new(rules: Rules) -> Self {
+        Self::observed(rules, Arc::new(Unobserved))
+    }
+
+    /// A store that reports how long each call took, as the Redis store does.
+    pub fn observed(rules: Rules, observer: Arc<dyn CallObserver>) -> Self {
         Self {
             rules,
+            observer,
             epoch: Instant::now(),
             receivers: Mutex::default(),
         }
@@ -78,7 +85,10 @@ impl Store for MemoryStore {
         receiver: &ReceiverId,
         command: Command<'_>,
     ) -> Result<Answered, StoreError> {
-        Ok(self.transition(receiver, command).answered())
+        let (call, started) = (command.call(), std::time::Instant::now());
+        let outcome = self.transition(receiver, command);
+        self.observer.observe(call, started.elapsed(), false);
+        Ok(outcome.answered())
     }
 
     fn node(&self) -> &str {
@@ -86,8 +96,8 @@ impl Store for MemoryStore {
     }
 
     async fn status(&self, receiver: &ReceiverId) -> Result<Status, StoreError> {
-        let now = self.now();
-        Ok(match self.lock().map.get(receiver) {
+        let (now, started) = (self.now(), std::time::Instant::now());
+        let status = match self.lock().map.get(receiver) {
             None => Status {
                 queued: 0,
                 in_flight: None,
@@ -98,7 +108,10 @@ impl Store for MemoryStore {
                 in_flight: r.flight.as_ref().map(|f| f.alert.json.clone()),
                 widgets: u64::from(r.live_widgets(now)),
             },
-        })
+        };
+        self.observer
+            .observe(Call::Status, started.elapsed(), false);
+        Ok(status)
     }
 
     async fn watch(&self, _receiver: &ReceiverId) -> Result<(), StoreError> {

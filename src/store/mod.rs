@@ -46,7 +46,8 @@
 //!
 //! 1. A variant of [`machine::Command`], and its rule in [`machine::apply`], with unit tests that
 //!    give it the time it needs.
-//! 2. A variant of [`Call`] (its index and label: metrics then time and count it).
+//! 2. A variant of [`Call`] (its index and label) and its arm in [`machine::Command::call`]:
+//!    both stores then time and count the command under it.
 //! 3. Its function in `redis/receiver.lua`, registered under the library's version, and its name
 //!    in `redis/functions.rs`.
 //! 4. Its arm in the Redis store's [`Store::apply`] (the embedded store answers every command

@@ -185,10 +185,10 @@ fn series(scrape: &str, name: &str) -> Option<f64> {
         .find_map(|l| l.strip_prefix(name)?.strip_prefix(' ')?.parse().ok())
 }
 
-#[actix_web::test]
-async fn metrics_count_what_happened_on_this_node() {
-    let redis = RedisServer::spawn().await;
-    let app = TestApp::redis(&redis).await;
+crate::on_both_stores!(metrics_count_what_happened_on_this_node);
+async fn metrics_count_what_happened_on_this_node(redis_url: Option<String>) {
+    // Every store call is timed, on either store, by the command it ran.
+    let app = TestApp::spawn(serve_args(redis_url)).await;
     let mut w = app.widget("alice").await;
     let a1 = app.publish_alert("alice", "one").await;
     let (status, _) = app

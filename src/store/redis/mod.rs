@@ -298,6 +298,7 @@ impl Store for RedisStore {
         receiver: &ReceiverId,
         command: Command<'_>,
     ) -> Result<Answered, StoreError> {
+        let call = command.call();
         match command {
             Command::Publish {
                 alert,
@@ -311,14 +312,8 @@ impl Store for RedisStore {
                 self.core.node
             ))),
             Command::Started { id } => self.started_call(receiver, id).await,
-            Command::Done { id } => {
-                changed(self.core.transition(receiver, Call::Done, &[id]).await?)
-            }
-            Command::Check { id } => {
-                changed(self.core.transition(receiver, Call::Check, &[id]).await?)
-            }
-            Command::Sweep { node } => {
-                changed(self.core.transition(receiver, Call::Sweep, &[node]).await?)
+            Command::Done { id } | Command::Check { id } | Command::Sweep { node: id } => {
+                changed(self.core.transition(receiver, call, &[id]).await?)
             }
         }
     }
