@@ -393,3 +393,24 @@ async fn a_redis_that_lost_the_library_gets_it_again_on_the_next_call() {
     let listed = format!("{:?}", redis.cmd(&["FUNCTION", "LIST"]).await);
     assert!(listed.contains("cuebox_v2"), "{listed}");
 }
+
+#[actix_web::test]
+async fn the_rules_run_on_redis_clock_as_the_node_reads_it() {
+    let redis = RedisServer::spawn().await;
+    let app = TestApp::redis(&redis).await;
+    let mut w = app.widget("alice").await;
+    app.publish_alert("alice", "one").await;
+    w.next_alert().await;
+    // A receiver's first seq is the time of its first change (ms × 1000, plus one), taken from
+    // the time the node passed, which is its reading of Redis's TIME.
+    let seq: u64 =
+        redis::from_redis_value(redis.cmd(&["HGET", "cuebox:{alice}:receiver", "seq"]).await)
+            .unwrap();
+    let time: Vec<String> = redis::from_redis_value(redis.cmd(&["TIME"]).await).unwrap();
+    let redis_ms = time[0].parse::<u64>().unwrap() * 1000 + time[1].parse::<u64>().unwrap() / 1000;
+    let node_ms = seq / 1000;
+    assert!(
+        node_ms <= redis_ms && redis_ms - node_ms < 2_000,
+        "the node's clock {node_ms} against Redis's {redis_ms}"
+    );
+}
