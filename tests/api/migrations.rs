@@ -258,3 +258,94 @@ async fn a_long_layout_1_queue_is_taken_over_whole() {
             .unwrap();
     assert!(last.starts_with("carol-08999 5000 0 {"), "{last}");
 }
+
+/// On a cluster the takeover reads and removes layout 1's keys, which no call names among its
+/// keys: Redis Cluster allows that because they share the receiver's hash tag, and so its slot.
+#[actix_web::test]
+async fn on_a_cluster_a_layout_1_receiver_is_taken_over() {
+    let cluster = RedisCluster::spawn().await;
+    let port = cluster.nodes[0].port.to_string();
+    // `redis-cli -c` follows the cluster to the master that owns the receiver's slot.
+    let cli = |args: Vec<String>| {
+        let port = port.clone();
+        async move {
+            let out = tokio::process::Command::new("redis-cli")
+                .args(["-c", "-p", &port])
+                .args(&args)
+                .output()
+                .await
+                .expect("redis-cli runs");
+            assert!(out.status.success(), "{args:?}");
+            String::from_utf8_lossy(&out.stdout).trim().to_owned()
+        }
+    };
+    let ids: Vec<String> = (0..5).map(|i| format!("dave-{i}")).collect();
+    for (i, id) in ids.iter().enumerate() {
+        let json = format!(r#"{{"id":"{id}","receiver":"dave","kind":"test","message":"m"}}"#);
+        let sent = if i == 0 { "1" } else { "0" };
+        cli(vec![
+            "HSET".into(),
+            "cuebox:{dave}:alerts".into(),
+            id.clone(),
+            format!("5000 {sent} {json}"),
+        ])
+        .await;
+        if i > 0 {
+            cli(vec![
+                "RPUSH".into(),
+                "cuebox:{dave}:queue".into(),
+                id.clone(),
+            ])
+            .await;
+        }
+    }
+    // The first in flight, sent once, its start timeout a minute away.
+    let deadline = (std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_millis()
+        + 60_000)
+        .to_string();
+    cli([
+        "HSET",
+        "cuebox:{dave}:state",
+        "seq",
+        "1700000000000005",
+        "id",
+        &ids[0],
+    ]
+    .iter()
+    .map(|s| s.to_string())
+    .chain(
+        [
+            "attempt", "1", "phase", "sent", "deadline", &deadline, "duration", "5000",
+        ]
+        .map(String::from),
+    )
+    .collect())
+    .await;
+    cli(vec![
+        "SET".into(),
+        "cuebox:schema:version".into(),
+        "1".into(),
+    ])
+    .await;
+
+    let mut args = serve_args(Some(cluster.seeds()));
+    args.redis.cluster = true;
+    let app = TestApp::spawn(args).await;
+    let mut w = app.widget("dave").await;
+    for expected in &ids {
+        let (id, attempt, _) = w.next_alert().await;
+        assert_eq!((&id, attempt), (expected, 1));
+        w.show(&id).await;
+    }
+    assert_eq!(
+        cli(vec!["EXISTS".into(), "cuebox:{dave}:state".into()]).await,
+        "0"
+    );
+    assert_eq!(
+        cli(vec!["EXISTS".into(), "cuebox:{dave}:alerts".into()]).await,
+        "0"
+    );
+}
