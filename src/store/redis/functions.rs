@@ -105,9 +105,9 @@ impl Core {
     }
 
     /// `FCALL` of one of the library's functions, written straight into one command: KEYS,
-    /// then the node's constants and the time, then the function's own arguments. (`redis::Script`'s
-    /// invocation allocated for every argument and copied them again; with the keys formatted
-    /// apiece, that was some twenty allocations a transition.)
+    /// then the node's constants and the time, then the function's own arguments.
+    /// (`redis::Script`'s invocation allocated for every argument and copied them again; with the
+    /// keys formatted apiece, that was some twenty allocations a transition.)
     fn fcall(
         &self,
         receiver: &ReceiverId,
