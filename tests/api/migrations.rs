@@ -78,6 +78,14 @@ async fn the_binary_says_why_it_will_not_start() {
     assert!(stderr.contains("layout is version 999"), "{stderr}");
 }
 
+/// A start deadline a minute away, in ms, as layout 1 wrote one.
+fn a_minute_from_now() -> String {
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap();
+    (now.as_millis() + 60_000).to_string()
+}
+
 /// Layout 1 as the library of the previous release (`cuebox_v1`) left it: the receiver's state in
 /// six fields of `<r>:state`, each queued alert's id alone in the queue and its value
 /// (`"<duration_ms> <times sent> <json>"`) in `alerts`. Made here from alerts a node queued in
@@ -100,12 +108,7 @@ async fn rewrite_as_layout_1(redis: &RedisServer, receiver: &str, flight_sent: u
     }
     // The first is in flight, sent `flight_sent` times, with its start timeout a minute away.
     let duration = entries[0].split(' ').nth(1).unwrap();
-    let deadline = (std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .unwrap()
-        .as_millis()
-        + 60_000)
-        .to_string();
+    let deadline = a_minute_from_now();
     let attempt = flight_sent.to_string();
     redis
         .cmd(&[
@@ -300,12 +303,7 @@ async fn on_a_cluster_a_layout_1_receiver_is_taken_over() {
         }
     }
     // The first in flight, sent once, its start timeout a minute away.
-    let deadline = (std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .unwrap()
-        .as_millis()
-        + 60_000)
-        .to_string();
+    let deadline = a_minute_from_now();
     cli([
         "HSET",
         "cuebox:{dave}:state",

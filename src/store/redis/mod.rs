@@ -31,7 +31,7 @@ use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
 use async_trait::async_trait;
-use redis::{ErrorKind, Value};
+use redis::ErrorKind;
 use tokio::sync::mpsc;
 
 use self::clock::RedisClock;
@@ -39,7 +39,7 @@ use self::connection::{Connection, Target};
 use self::functions::{function, load_library, Core};
 use self::keys::Keys;
 use self::presence::sweep_dead_nodes;
-use self::replies::{alert_json, int, parse_snapshot, protocol, tagged, text};
+use self::replies::{alert_json, int, kind_of, parse_snapshot, protocol, tagged, text};
 pub use self::secret::shared_secret;
 use self::watches::Watches;
 use super::machine::{Answer, Command, Stored};
@@ -235,8 +235,7 @@ impl RedisStore {
                 &[change, &count.to_string(), &max, &ttl],
             )
             .await?;
-        if matches!(&reply, Value::Array(items) if items.first().and_then(text) == Some("too_many"))
-        {
+        if kind_of(&reply) == Some("too_many") {
             let answer = Answer::TooManyWidgets(self.core.rules.max_widgets);
             return Ok(Answered {
                 answer,
@@ -260,8 +259,7 @@ impl RedisStore {
             .arg(id)
             .arg(now + self.core.rules.ack_grace.as_millis() as u64);
         let reply = self.core.call(Call::Started, call).await?;
-        let is_started = matches!(&reply, Value::Array(items) if items.first().and_then(text) == Some("started"));
-        if !is_started {
+        if kind_of(&reply) != Some("started") {
             return changed(parse_snapshot(reply)?);
         }
         // It applied: the answer is the snapshot less what this call knows (the id, that the

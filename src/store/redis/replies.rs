@@ -61,6 +61,14 @@ pub(super) fn alert_json(entry: &str) -> Option<&str> {
     parts.next().filter(|json| !json.is_empty())
 }
 
+/// An answer's kind (its first element), without taking the answer apart.
+pub(super) fn kind_of(v: &Value) -> Option<&str> {
+    match v {
+        Value::Array(items) => items.first().and_then(text),
+        _ => None,
+    }
+}
+
 /// An answer's kind (its first element) and the rest of it.
 pub(super) fn tagged(v: Value) -> Result<(String, std::vec::IntoIter<Value>), StoreError> {
     let Value::Array(items) = v else {
