@@ -2,6 +2,7 @@
 
 use clap::{Args, Parser, Subcommand};
 
+use crate::store::embedded::disk::Durability;
 use crate::store::redis::connection::Target;
 
 #[derive(Parser, Debug)]
@@ -48,6 +49,9 @@ pub struct ServeArgs {
     #[command(flatten)]
     pub redis: RedisArgs,
 
+    #[command(flatten)]
+    pub data: DataArgs,
+
     /// A key platforms must present to publish (repeat the flag, or comma-separate in the
     /// variable). None: one is made and printed at start.
     #[arg(
@@ -58,8 +62,8 @@ pub struct ServeArgs {
     )]
     pub publish_keys: Vec<String>,
 
-    /// Secret that signs widget tokens. Unset: kept in Redis (shared by every node), or made per
-    /// process with the embedded store.
+    /// Secret that signs widget tokens. Unset: kept in Redis (shared by every node), or in the
+    /// data dir with the embedded store.
     #[arg(long, env = "CUEBOX_SECRET", hide_env_values = true)]
     pub secret: Option<String>,
 
@@ -120,9 +124,13 @@ pub struct WidgetUrlArgs {
     #[arg(long, env = "CUEBOX_SECRET", hide_env_values = true)]
     pub secret: Option<String>,
 
-    /// With no --secret, the secret is read from the Redis the nodes share.
+    /// With no --secret, the secret is read from the Redis the nodes share, or with no Redis
+    /// from the data dir.
     #[command(flatten)]
     pub redis: RedisArgs,
+
+    #[command(flatten)]
+    pub data: DataArgs,
 
     /// Where streamers reach cuebox.
     #[arg(long, env = "CUEBOX_BASE_URL", default_value = "http://127.0.0.1:8080")]
@@ -133,8 +141,7 @@ pub struct WidgetUrlArgs {
 #[derive(Args, Debug, Clone)]
 pub struct RedisArgs {
     /// Redis URL (redis://host:port/db), or with --redis-cluster the comma-separated seed
-    /// nodes. `serve` without it uses the embedded in-memory store, for one node; queued alerts
-    /// then do not survive a restart.
+    /// nodes. `serve` without it uses the embedded store, for one node, kept in --data-dir.
     #[arg(long = "redis-url", env = "CUEBOX_REDIS_URL")]
     pub url: Option<String>,
 
@@ -147,6 +154,27 @@ pub struct RedisArgs {
     /// Prefix of every Redis key.
     #[arg(long, env = "CUEBOX_KEY_PREFIX", default_value = "cuebox")]
     pub key_prefix: String,
+}
+
+/// Where the embedded store keeps its data, the same for `serve` and `widget-url`.
+#[derive(Args, Debug, Clone)]
+pub struct DataArgs {
+    /// The embedded store's directory (used with no --redis-url): its SQLite database, and the
+    /// lock that keeps it to one node.
+    #[arg(long, env = "CUEBOX_DATA_DIR", default_value = "./cuebox-data")]
+    pub data_dir: std::path::PathBuf,
+
+    /// `normal`: a commit survives the process being killed; the last moments before a power
+    /// cut may be lost. `full`: every commit is synced to disk before it is answered.
+    #[arg(long, env = "CUEBOX_DURABILITY", value_enum, default_value_t = Durability::Normal)]
+    pub durability: Durability,
+
+    /// Keep nothing on disk (for tests and benchmarks): queued alerts, the publish key and the
+    /// widget secret are lost when the process ends.
+    #[arg(long = "in-memory", env = "CUEBOX_IN_MEMORY",
+          value_parser = clap::builder::BoolishValueParser::new(),
+          default_value_t = false, num_args = 0..=1, default_missing_value = "true")]
+    pub in_memory: bool,
 }
 
 impl RedisArgs {

@@ -32,8 +32,14 @@ async fn serve(args: cuebox::config::ServeArgs) -> Result<(), cuebox::startup::S
     tracing::info!(%base, "cuebox is listening");
     if let Some(key) = &app.generated_publish_key {
         let demo = cuebox::alert::ReceiverId::parse("demo").expect("a valid literal id");
-        // Printed once, to stdout, so that `cargo run --release` is a working demo.
-        println!("No publish key configured; this run accepts:\n  {key}");
+        // Printed at each start, to stdout, so that `cargo run --release` is a working demo.
+        match &app.data_dir {
+            Some(dir) => println!(
+                "No publish key configured; the one kept in {} is accepted:\n  {key}",
+                dir.display()
+            ),
+            None => println!("No publish key configured; this run accepts:\n  {key}"),
+        }
         println!(
             "Widget URL for the demo receiver (open it, or add it to OBS):\n  {}",
             widget_url(&base, &app.tokens, &demo)

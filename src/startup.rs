@@ -19,7 +19,8 @@ use crate::ingest::Ingest;
 use crate::limits::{Connections, PublishRate};
 use crate::metrics::Metrics;
 use crate::migrate::{self, MigrateError};
-use crate::store::memory::MemoryStore;
+use crate::store::embedded::disk::{self, OpenError};
+use crate::store::embedded::EmbeddedStore;
 use crate::store::redis::keys::Keys;
 use crate::store::redis::RedisStore;
 use crate::store::{Rules, Store, StoreError};
@@ -35,6 +36,8 @@ pub enum StartError {
     Store(#[from] StoreError),
     #[error(transparent)]
     Migrate(#[from] MigrateError),
+    #[error(transparent)]
+    DataDir(#[from] OpenError),
     #[error("cannot listen on {addr}: {source}")]
     Bind {
         addr: String,
@@ -47,8 +50,11 @@ pub struct Application {
     server: Server,
     shutdown: watch::Sender<bool>,
     background: Vec<JoinHandle<()>>,
-    /// The publish key made at start when none was configured.
+    /// The publish key made when none was configured: kept in the data dir with the embedded
+    /// store, made at each start otherwise.
     pub generated_publish_key: Option<String>,
+    /// Where the embedded store keeps its data, if it does.
+    pub data_dir: Option<std::path::PathBuf>,
     pub tokens: WidgetTokens,
 }
 
@@ -68,23 +74,32 @@ impl Application {
         let target = args.redis.target();
         // The Redis store, if any, as itself: its transitions' connection is made on a worker.
         let mut redis_store: Option<Arc<RedisStore>> = None;
+        // With the embedded store on disk, the publish key to make if none is configured.
+        let mut kept_publish_key = None;
+        let mut data_dir = None;
         let (store, secret): (Arc<dyn Store>, String) = match &target {
-            None => {
+            None if args.data.in_memory => {
                 tracing::warn!(
-                    "no CUEBOX_REDIS_URL: using the embedded in-memory store for this node only; \
-                     queued alerts do not survive a restart"
+                    "--in-memory: queued alerts, the publish key and the widget secret are lost \
+                     when this process ends"
                 );
-                let secret = args.secret.clone().unwrap_or_else(|| {
-                    tracing::warn!(
-                        "no CUEBOX_SECRET: widget URLs are signed with a per-process secret and \
-                         change at every restart"
-                    );
-                    random_secret()
-                });
-                (
-                    Arc::new(MemoryStore::observed(rules, metrics.clone())),
-                    secret,
-                )
+                let secret = args.secret.clone().unwrap_or_else(random_secret);
+                let store = EmbeddedStore::in_memory(rules).observed_by(metrics.clone());
+                (Arc::new(store), secret)
+            }
+            None => {
+                let (dir, durability) = (args.data.data_dir.clone(), args.data.durability);
+                // Loading every receiver reads the whole database: off the runtime's threads.
+                let opened = tokio::task::spawn_blocking(move || {
+                    EmbeddedStore::open(&dir, durability, rules)
+                })
+                .await
+                .map_err(|e| StartError::Config(format!("opening the data dir: {e}")))??;
+                let (store, secrets) = opened;
+                kept_publish_key = Some(secrets.publish_key);
+                data_dir = Some(args.data.data_dir.clone());
+                let secret = args.secret.clone().unwrap_or(secrets.widget_secret);
+                (Arc::new(store.observed_by(metrics.clone())), secret)
             }
             Some(target) => {
                 let store = RedisStore::connect(
@@ -119,7 +134,7 @@ impl Application {
             .publish_keys
             .iter()
             .all(|k| k.trim().is_empty())
-            .then(random_publish_key);
+            .then(|| kept_publish_key.unwrap_or_else(random_publish_key));
         let publish_keys = match &generated_publish_key {
             Some(k) => PublishKeys::new(std::slice::from_ref(k)),
             None => PublishKeys::new(&args.publish_keys),
@@ -188,6 +203,7 @@ impl Application {
             shutdown,
             background,
             generated_publish_key,
+            data_dir,
             tokens,
         })
     }
@@ -286,7 +302,8 @@ pub fn widget_url(base_url: &str, tokens: &WidgetTokens, receiver: &ReceiverId) 
     )
 }
 
-/// `cuebox widget-url`: the secret from the flag, or the one the nodes keep in Redis.
+/// `cuebox widget-url`: the secret from the flag, or the one the nodes keep in Redis, or the
+/// one the embedded store keeps in its data dir.
 pub async fn widget_url_command(args: WidgetUrlArgs) -> Result<String, StartError> {
     let receiver = ReceiverId::parse(&args.receiver).map_err(|e| StartError::Config(e.message))?;
     let secret = match (&args.secret, args.redis.target()) {
@@ -297,11 +314,18 @@ pub async fn widget_url_command(args: WidgetUrlArgs) -> Result<String, StartErro
             crate::store::redis::shared_secret(&mut con, &keys).await?
         }
         (None, None) => {
-            return Err(StartError::Config(
-                "give --secret (CUEBOX_SECRET) or --redis-url (CUEBOX_REDIS_URL) to read the \
-                 secret the nodes share"
-                    .into(),
-            ))
+            let dir = &args.data.data_dir;
+            match disk::read_secret(dir).map_err(StartError::Config)? {
+                Some(secret) => secret,
+                None => {
+                    return Err(StartError::Config(format!(
+                        "no widget secret in the data dir {}: start the node once (it makes \
+                         one), or give --data-dir (CUEBOX_DATA_DIR), --redis-url \
+                         (CUEBOX_REDIS_URL) or --secret (CUEBOX_SECRET)",
+                        dir.display()
+                    )))
+                }
+            }
         }
     };
     Ok(widget_url(

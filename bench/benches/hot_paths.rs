@@ -22,7 +22,7 @@ use cuebox::alert::{AlertRecord, NewAlert, ReceiverId};
 use cuebox::auth::{PublishKeys, WidgetTokens};
 use cuebox::hub::alert_frame;
 use cuebox::metrics::Metrics;
-use cuebox::store::memory::MemoryStore;
+use cuebox::store::embedded::EmbeddedStore;
 use cuebox::store::redis::connection::Target;
 use cuebox::store::redis::keys::Keys;
 use cuebox::store::redis::RedisStore;
@@ -209,7 +209,7 @@ fn store(c: &mut Criterion) {
         .build()
         .expect("a tokio runtime");
     // Criterion calls each benchmark's closure once per sample, so setup lives outside them.
-    let memory = MemoryStore::new(rules());
+    let memory = EmbeddedStore::in_memory(rules());
     let memory_record = receiver_with_widget(&rt, &memory, "bench_memory_cycle");
     // Made on first use, so filters that select no Redis benchmark need no redis-server.
     let redis: OnceCell<RedisBench> = OnceCell::new();

@@ -19,6 +19,9 @@ const STARTUP: Duration = Duration::from_secs(20);
 #[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
 pub enum StoreKind {
     Redis,
+    /// The embedded store, in a data dir of the harness's own.
+    Sqlite,
+    /// The embedded store kept in memory only.
     Memory,
 }
 
@@ -26,6 +29,7 @@ impl StoreKind {
     pub fn name(self) -> &'static str {
         match self {
             StoreKind::Redis => "redis",
+            StoreKind::Sqlite => "sqlite",
             StoreKind::Memory => "memory",
         }
     }
@@ -131,10 +135,21 @@ pub struct Node {
     /// For CPU and RSS; unknown for a node named by URL without `--pid`.
     pub pid: Option<u32>,
     pub store: &'static str,
-    /// Declared before `redis` so the node stops first: fields drop in order.
+    /// Declared before `redis` and `data_dir` so the node stops first: fields drop in order.
     child: Option<Owned>,
     /// The Redis the node uses, if any.
     pub redis: Option<Redis>,
+    /// The embedded store's data dir, removed when the node is dropped.
+    _data_dir: Option<DataDir>,
+}
+
+/// A data dir of the harness's own, removed when dropped.
+struct DataDir(PathBuf);
+
+impl Drop for DataDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
 }
 
 /// How to start a node.
@@ -165,6 +180,7 @@ impl Node {
             store: if redis.is_some() { "redis" } else { "unknown" },
             redis,
             child: None,
+            _data_dir: None,
         }
     }
 
@@ -172,9 +188,11 @@ impl Node {
     pub async fn spawn(spec: &Spawn) -> Result<Self, Error> {
         let redis = match spec.store {
             StoreKind::Redis => Some(Redis::spawn().await?),
-            StoreKind::Memory => None,
+            StoreKind::Sqlite | StoreKind::Memory => None,
         };
         let port = free_port()?;
+        let data_dir = (spec.store == StoreKind::Sqlite)
+            .then(|| DataDir(std::env::temp_dir().join(format!("cuebox-bench-data-{port}"))));
         let addr: SocketAddr = ([127, 0, 0, 1], port).into();
         let mut cmd = Command::new(&spec.binary);
         cmd.arg("serve")
@@ -185,10 +203,24 @@ impl Node {
             .args(&spec.args)
             .env("CUEBOX_LOG", "warn")
             .env_remove("CUEBOX_REDIS_URL")
+            .env_remove("CUEBOX_DATA_DIR")
+            .env_remove("CUEBOX_IN_MEMORY")
             .stdout(Stdio::null())
             .stderr(Stdio::inherit());
         if let Some(redis) = &redis {
             cmd.args(["--redis-url", &redis.url]);
+        }
+        // As variables, not flags, so a build from before the SQLite store (in memory with no
+        // Redis, and knowing neither) still starts for an old-against-new comparison.
+        match (&data_dir, spec.store) {
+            (Some(dir), _) => {
+                let _ = std::fs::remove_dir_all(&dir.0);
+                cmd.env("CUEBOX_DATA_DIR", &dir.0);
+            }
+            (None, StoreKind::Memory) => {
+                cmd.env("CUEBOX_IN_MEMORY", "true");
+            }
+            (None, _) => {}
         }
         let child = cmd
             .spawn()
@@ -201,6 +233,7 @@ impl Node {
             store: spec.store.name(),
             redis,
             child: Some(Owned(child)),
+            _data_dir: data_dir,
         };
         node.wait_until_ready().await?;
         Ok(node)

@@ -94,6 +94,25 @@ pub struct Receiver {
     /// The ids queued and in flight, so the same id is never queued twice (Redis: the alerts
     /// hash).
     pub ids: HashSet<Arc<str>>,
+    /// What the commands applied so far changed of the queue and the idempotency keys, in
+    /// order, for a store that keeps them on disk row by row: it takes them after each command
+    /// (`std::mem::take`) and writes just those. `seq` and the alert in flight it compares
+    /// instead. A store that keeps no copy of its own clears them.
+    pub changes: Vec<Change>,
+}
+
+/// A change [`apply`] made to a receiver's queue or idempotency keys (see
+/// [`Receiver::changes`]).
+#[derive(Clone, Debug, PartialEq)]
+pub enum Change {
+    /// An alert joined the back of the queue.
+    PushedBack,
+    /// An alert went back to the head of the queue.
+    PushedFront,
+    /// The head of the queue left it.
+    PoppedFront,
+    /// A publish's idempotency key was remembered, under this key.
+    Remembered(String),
 }
 
 /// Every transition of a receiver.
@@ -282,9 +301,11 @@ impl Step<'_> {
                 until: now + ms(super::IDEMPOTENCY_TTL),
             };
             self.r.idempotency.insert(key.to_owned(), seen);
+            self.r.changes.push(Change::Remembered(key.to_owned()));
         }
         self.r.ids.insert(alert.id.clone());
         self.r.queue.push_back(Queued { alert, sent: 0 });
+        self.r.changes.push(Change::PushedBack);
         self.dispatch();
         (Answer::Accepted { position }, false)
     }
@@ -372,6 +393,7 @@ impl Step<'_> {
         let Some(next) = self.r.queue.pop_front() else {
             return;
         };
+        self.r.changes.push(Change::PoppedFront);
         let (id, attempt) = (next.alert.id.clone(), next.sent + 1);
         self.r.flight = Some(InFlight {
             alert: next.alert,
@@ -401,6 +423,7 @@ impl Step<'_> {
                 alert: f.alert,
                 sent: f.attempt,
             });
+            self.r.changes.push(Change::PushedFront);
             self.bump();
             self.happened(Event::Requeued, id, attempt);
         }

@@ -55,8 +55,8 @@
 //! 5. One conformance case in `tests/api/conformance.rs`, and the command in the generator of
 //!    `tests/api/differential.rs`, which then holds the Lua to the machine.
 
+pub mod embedded;
 pub mod machine;
-pub mod memory;
 pub mod redis;
 
 use std::sync::Arc;

@@ -14,6 +14,9 @@ fn cuebox() -> tokio::process::Command {
         "CUEBOX_REDIS_URL",
         "CUEBOX_PUBLISH_KEYS",
         "CUEBOX_BIND",
+        "CUEBOX_DATA_DIR",
+        "CUEBOX_DURABILITY",
+        "CUEBOX_IN_MEMORY",
     ] {
         cmd.env_remove(var);
     }
@@ -86,8 +89,12 @@ async fn widget_url_signs_with_the_given_or_the_shared_secret() {
         .expect("the URL starts with the base");
     assert_eq!(app.get(path, None).await.0, 200, "{url}");
 
+    // Nothing given, and no data dir where it is looked for: it says what to give.
+    let cwd = DataDir::fresh();
+    std::fs::create_dir_all(&cwd.0).unwrap();
     let out = cuebox()
         .args(["widget-url", "alice"])
+        .current_dir(&cwd.0)
         .output()
         .await
         .unwrap();
@@ -98,7 +105,11 @@ async fn widget_url_signs_with_the_given_or_the_shared_secret() {
 #[actix_web::test]
 async fn a_bare_start_prints_a_publish_key_and_a_working_demo_url() {
     let port = free_port();
+    // As a user starts it: in a folder of its own, where it makes ./cuebox-data.
+    let cwd = DataDir::fresh();
+    std::fs::create_dir_all(&cwd.0).unwrap();
     let mut child = cuebox()
+        .current_dir(&cwd.0)
         .env("CUEBOX_BIND", format!("127.0.0.1:{port}"))
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())

@@ -423,6 +423,14 @@ macro_rules! conformance {
                 }
             )*
         }
+        mod sqlite {
+            $(
+                #[tokio::test]
+                async fn $case() {
+                    super::$case(crate::helpers::Backing::Sqlite).await;
+                }
+            )*
+        }
         mod cluster {
             $(
                 #[tokio::test]

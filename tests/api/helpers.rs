@@ -10,9 +10,10 @@ use std::time::Duration;
 use actix_web::web::Bytes;
 use awc::ws;
 use cuebox::alert::ReceiverId;
-use cuebox::config::{RedisArgs, ServeArgs};
+use cuebox::config::{DataArgs, RedisArgs, ServeArgs};
 use cuebox::startup::{Application, Stopper};
-use cuebox::store::memory::MemoryStore;
+use cuebox::store::embedded::disk::Durability;
+use cuebox::store::embedded::EmbeddedStore;
 use cuebox::store::redis::connection::Target;
 use cuebox::store::redis::keys::Keys;
 use cuebox::store::redis::RedisStore;
@@ -258,23 +259,56 @@ pub fn fast_rules() -> Rules {
     }
 }
 
+/// A data dir of a test's own, removed when dropped.
+pub struct DataDir(pub PathBuf);
+
+impl DataDir {
+    /// A path no other test uses; not made yet (the node makes it).
+    pub fn fresh() -> Self {
+        static NEXT: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+        let n = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let dir = std::env::temp_dir().join(format!("cuebox-test-{}-{n}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        Self(dir)
+    }
+}
+
+impl Drop for DataDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
 /// Which store a test node or conformance case runs on.
 #[derive(Clone)]
 pub enum Backing {
+    /// The embedded store kept in memory only (`--in-memory`).
     Memory,
+    /// The embedded store in a data dir of its own.
+    Sqlite,
     Redis(String),
     /// Comma-separated seed nodes.
     Cluster(String),
 }
 
-/// The serve arguments tests use; `redis_url` None is the embedded store.
+/// The serve arguments tests use; `redis_url` None is the embedded store, in a data dir of the
+/// test's own that [`TestApp`] removes when it is dropped.
 pub fn serve_args(redis_url: Option<String>) -> ServeArgs {
+    let data = DataDir::fresh();
+    let data_dir = data.0.clone();
+    // The TestApp that runs these arguments removes it.
+    std::mem::forget(data);
     ServeArgs {
         bind: "127.0.0.1:0".into(),
         redis: RedisArgs {
             url: redis_url,
             cluster: false,
             key_prefix: "cuebox".into(),
+        },
+        data: DataArgs {
+            data_dir,
+            durability: Durability::Normal,
+            in_memory: false,
         },
         publish_keys: vec![PUBLISH_KEY.into()],
         secret: Some(SECRET.into()),
@@ -297,6 +331,8 @@ pub struct TestApp {
     pub stopper: Stopper,
     pub http: awc::Client,
     server: Option<tokio::task::JoinHandle<std::io::Result<()>>>,
+    /// The embedded store's data dir, removed on drop.
+    _data: Option<DataDir>,
 }
 
 impl TestApp {
@@ -306,6 +342,8 @@ impl TestApp {
         if std::env::var_os("CUEBOX_LOG").is_some() {
             cuebox::telemetry::init(cuebox::config::LogFormat::Pretty);
         }
+        let data = (args.redis.url.is_none() && !args.data.in_memory)
+            .then(|| DataDir(args.data.data_dir.clone()));
         let app = Application::build(args).await.expect("the node builds");
         let base = app.base_url();
         let stopper = app.stopper();
@@ -315,6 +353,7 @@ impl TestApp {
             stopper,
             http: awc::Client::builder().timeout(PROMPTLY).finish(),
             server,
+            _data: data,
         }
     }
 
@@ -671,31 +710,51 @@ impl WidgetClient {
 pub struct StoreUnderTest {
     pub store: Arc<dyn Store>,
     pub notices: mpsc::UnboundedReceiver<Notice>,
+    /// Last, so it is removed after the store closes.
+    pub _data: Option<DataDir>,
 }
 
 pub async fn make_store(backing: &Backing, rules: Rules, node: &str) -> StoreUnderTest {
     let (tx, notices) = mpsc::unbounded_channel();
     let target = match backing {
-        Backing::Memory => None,
-        Backing::Redis(url) => Some(Target::new(url, false)),
-        Backing::Cluster(seeds) => Some(Target::new(seeds, true)),
+        Backing::Memory => {
+            let store = Arc::new(EmbeddedStore::in_memory(rules));
+            return StoreUnderTest {
+                store,
+                notices,
+                _data: None,
+            };
+        }
+        Backing::Sqlite => {
+            let data = DataDir::fresh();
+            let (store, _) = EmbeddedStore::open(&data.0, Durability::Normal, rules)
+                .expect("the data dir opens");
+            return StoreUnderTest {
+                store: Arc::new(store),
+                notices,
+                _data: Some(data),
+            };
+        }
+        Backing::Redis(url) => Target::new(url, false),
+        Backing::Cluster(seeds) => Target::new(seeds, true),
     };
-    let store: Arc<dyn Store> = match target {
-        None => Arc::new(MemoryStore::new(rules)),
-        Some(target) => Arc::new(
-            RedisStore::connect(
-                &target,
-                Keys::new("cuebox").unwrap(),
-                rules,
-                node,
-                tx,
-                Arc::new(cuebox::store::Unobserved),
-            )
-            .await
-            .expect("the Redis store connects"),
-        ),
-    };
-    StoreUnderTest { store, notices }
+    let store: Arc<dyn Store> = Arc::new(
+        RedisStore::connect(
+            &target,
+            Keys::new("cuebox").unwrap(),
+            rules,
+            node,
+            tx,
+            Arc::new(cuebox::store::Unobserved),
+        )
+        .await
+        .expect("the Redis store connects"),
+    );
+    StoreUnderTest {
+        store,
+        notices,
+        _data: None,
+    }
 }
 
 pub fn receiver(s: &str) -> ReceiverId {

@@ -25,7 +25,7 @@ async fn next_alert_id(widget: &mut Widget) -> String {
 async fn a_widget_the_hub_lets_go_is_counted_out_exactly_once(redis_url: Option<String>) {
     let backing = match redis_url {
         Some(url) => Backing::Redis(url),
-        None => Backing::Memory,
+        None => Backing::Sqlite,
     };
     let s = make_store(&backing, fast_rules(), "node-a").await;
     let store = s.store.clone();

@@ -1,0 +1,40 @@
+-- The embedded store's first schema: what the pure machine's receivers hold that must outlive
+-- the process (src/store/embedded/disk.rs writes and reads it). Presence is not kept: widgets
+-- reconnect after a restart and report again.
+
+-- One row per receiver with a seq to keep: its alert in flight, if any, in the flight_ columns
+-- (all NULL when the receiver is free).
+CREATE TABLE receivers (
+    receiver        TEXT PRIMARY KEY NOT NULL,
+    seq             INTEGER NOT NULL,
+    flight_id       TEXT,
+    flight_json     TEXT,
+    flight_duration INTEGER,
+    flight_attempt  INTEGER,
+    flight_started  INTEGER,
+    flight_deadline INTEGER
+);
+
+-- Waiting alerts, one row each. `pos` orders a receiver's queue, head first; it counts down
+-- for an alert put back at the head and up for a new one at the back, so neither moves a row.
+-- `sent` is how many times it was sent before going back to the queue.
+CREATE TABLE queue (
+    receiver    TEXT NOT NULL,
+    pos         INTEGER NOT NULL,
+    id          TEXT NOT NULL,
+    duration_ms INTEGER NOT NULL,
+    sent        INTEGER NOT NULL,
+    json        TEXT NOT NULL,
+    PRIMARY KEY (receiver, pos)
+);
+
+-- Idempotency keys of publishes, each until `until_ms` (24 hours after the first publish).
+CREATE TABLE idempotency (
+    receiver TEXT NOT NULL,
+    key      TEXT NOT NULL,
+    id       TEXT NOT NULL,
+    position INTEGER NOT NULL,
+    until_ms INTEGER NOT NULL,
+    PRIMARY KEY (receiver, key)
+);
+CREATE INDEX idempotency_until ON idempotency (until_ms);

@@ -1,0 +1,448 @@
+//! The embedded store's database: SQLite in the data dir, in WAL mode. It keeps what the pure
+//! machine's receivers hold that must outlive the process (each receiver's `seq` and alert in
+//! flight, its queue row by row, its idempotency keys) and the node's own secrets. No rule runs
+//! here: SQLite only keeps the machine's state, and this file is all the SQL there is.
+//!
+//! The schema is `migrations/sqlite/`, applied at open in order; the version reached is
+//! SQLite's `user_version`. One node per data dir: [`Database::open`] holds an exclusive lock on
+//! `cuebox.lock` for as long as the database is open.
+
+use std::collections::HashMap;
+use std::fs::{File, TryLockError};
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use rusqlite::{params, Connection, OpenFlags, OptionalExtension};
+
+use crate::alert::ReceiverId;
+use crate::store::machine::{InFlight, Millis, Queued, Receiver, Remembered, Stored};
+
+/// The database file in the data dir.
+pub const DB_FILE: &str = "cuebox.db";
+/// Held exclusively by the node that has the data dir open.
+pub const LOCK_FILE: &str = "cuebox.lock";
+
+/// Every migration, oldest first: a new schema adds a file in `migrations/sqlite/` and a line
+/// here. Its version is its place in the list, counting from 1.
+pub const MIGRATIONS: &[(&str, &str)] = &[
+    (
+        "0001_initial",
+        include_str!("../../../migrations/sqlite/0001_initial.sql"),
+    ),
+    (
+        "0002_node_secrets",
+        include_str!("../../../migrations/sqlite/0002_node_secrets.sql"),
+    ),
+];
+
+/// How hard a commit tries to reach the disk.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum Durability {
+    /// `synchronous=NORMAL` in WAL mode: a commit survives the process being killed, and the
+    /// last moments before a power cut may be lost.
+    Normal,
+    /// `synchronous=FULL`: every commit is synced to disk before it is answered.
+    Full,
+}
+
+/// Why the data dir could not be opened.
+#[derive(Debug, thiserror::Error)]
+pub enum OpenError {
+    #[error(
+        "another cuebox node is using the data dir {0} (it holds {0}/cuebox.lock). The embedded \
+         store serves one node; to run several, give them one Redis (--redis-url)"
+    )]
+    InUse(String),
+    #[error("the data dir {dir}: {error}")]
+    Io { dir: String, error: std::io::Error },
+    #[error("the database in {dir}: {error}")]
+    Sql { dir: String, error: rusqlite::Error },
+    #[error(
+        "the database in {dir} has schema version {found}, newer than this build knows ({known}): \
+         run the newer cuebox, or restore a backup"
+    )]
+    TooNew { dir: String, found: i64, known: i64 },
+}
+
+/// One row to write, as a transition changed it.
+#[derive(Debug)]
+pub enum Row {
+    /// The receiver's `seq` and alert in flight.
+    Receiver {
+        receiver: ReceiverId,
+        seq: u64,
+        flight: Option<InFlight>,
+    },
+    /// The receiver is idle and forgotten: no queue, nothing in flight.
+    Forget(ReceiverId),
+    Queued {
+        receiver: ReceiverId,
+        pos: i64,
+        entry: Queued,
+    },
+    Unqueued {
+        receiver: ReceiverId,
+        pos: i64,
+    },
+    Remembered {
+        receiver: ReceiverId,
+        key: String,
+        seen: Remembered,
+    },
+}
+
+impl Row {
+    pub fn receiver(&self) -> &ReceiverId {
+        match self {
+            Row::Receiver { receiver, .. }
+            | Row::Forget(receiver)
+            | Row::Queued { receiver, .. }
+            | Row::Unqueued { receiver, .. }
+            | Row::Remembered { receiver, .. } => receiver,
+        }
+    }
+}
+
+/// A receiver as loaded: the machine's state, and the position of its queue's head.
+pub struct Loaded {
+    pub receiver: Receiver,
+    pub head: i64,
+}
+
+/// The open database of a data dir, and the lock that keeps it this node's.
+pub struct Database {
+    conn: Connection,
+    dir: PathBuf,
+    _lock: File,
+}
+
+impl Database {
+    /// Opens (making it if need be) the data dir's database, applies the migrations it lacks,
+    /// and takes the data dir for this node.
+    pub fn open(dir: &Path, durability: Durability) -> Result<Self, OpenError> {
+        let shown = dir.display().to_string();
+        let io = |error| OpenError::Io {
+            dir: shown.clone(),
+            error,
+        };
+        std::fs::create_dir_all(dir).map_err(io)?;
+        let lock = File::options()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .open(dir.join(LOCK_FILE))
+            .map_err(io)?;
+        match lock.try_lock() {
+            Ok(()) => {}
+            Err(TryLockError::WouldBlock) => return Err(OpenError::InUse(shown)),
+            Err(TryLockError::Error(e)) => return Err(io(e)),
+        }
+        let sql = |error| OpenError::Sql {
+            dir: shown.clone(),
+            error,
+        };
+        let mut conn = Connection::open(dir.join(DB_FILE)).map_err(sql)?;
+        let fresh: i64 = conn
+            .query_row("PRAGMA user_version", [], |r| r.get(0))
+            .map_err(sql)?;
+        if fresh == 0 {
+            // Only a database with no table yet takes this: pages freed by a drain go back to
+            // the file system a little at a time (see purge()).
+            conn.execute_batch("PRAGMA auto_vacuum = INCREMENTAL")
+                .map_err(sql)?;
+        }
+        conn.pragma_update(None, "journal_mode", "WAL")
+            .map_err(sql)?;
+        let synchronous = match durability {
+            Durability::Normal => "NORMAL",
+            Durability::Full => "FULL",
+        };
+        conn.pragma_update(None, "synchronous", synchronous)
+            .map_err(sql)?;
+        // After a checkpoint the WAL file is cut back to this size rather than left at its
+        // largest.
+        conn.pragma_update(None, "journal_size_limit", 64 * 1024 * 1024)
+            .map_err(sql)?;
+        conn.busy_timeout(Duration::from_secs(5)).map_err(sql)?;
+        migrate(&mut conn).map_err(|e| match e {
+            MigrateError::Sql(error) => sql(error),
+            MigrateError::TooNew(found) => OpenError::TooNew {
+                dir: shown.clone(),
+                found,
+                known: MIGRATIONS.len() as i64,
+            },
+        })?;
+        Ok(Self {
+            conn,
+            dir: dir.to_owned(),
+            _lock: lock,
+        })
+    }
+
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+
+    /// The node setting `name`, made with `make` and kept the first time it is asked for.
+    pub fn node_setting(
+        &self,
+        name: &str,
+        make: impl FnOnce() -> String,
+    ) -> rusqlite::Result<String> {
+        let kept: Option<String> = self
+            .conn
+            .query_row("SELECT value FROM node WHERE name = ?1", [name], |r| {
+                r.get(0)
+            })
+            .optional()?;
+        if let Some(value) = kept {
+            return Ok(value);
+        }
+        let value = make();
+        self.conn.execute(
+            "INSERT INTO node (name, value) VALUES (?1, ?2)",
+            params![name, value],
+        )?;
+        Ok(value)
+    }
+
+    /// Every receiver kept, with the idempotency keys still live at `now`.
+    pub fn load(&self, now: Millis) -> rusqlite::Result<HashMap<ReceiverId, Loaded>> {
+        let mut loaded: HashMap<ReceiverId, Loaded> = HashMap::new();
+        let mut statement = self.conn.prepare(
+            "SELECT receiver, seq, flight_id, flight_json, flight_duration, flight_attempt, \
+             flight_started, flight_deadline FROM receivers",
+        )?;
+        let mut rows = statement.query([])?;
+        while let Some(row) = rows.next()? {
+            let Some(receiver) = receiver_of(row.get_ref(0)?.as_str()?) else {
+                continue;
+            };
+            let mut r = Receiver {
+                seq: row.get::<_, i64>(1)? as u64,
+                ..Receiver::default()
+            };
+            if let Some(id) = row.get::<_, Option<String>>(2)? {
+                let alert = Stored {
+                    id: id.into(),
+                    json: row.get::<_, String>(3)?.into(),
+                    duration_ms: row.get(4)?,
+                };
+                r.ids.insert(alert.id.clone());
+                r.flight = Some(InFlight {
+                    alert,
+                    attempt: row.get(5)?,
+                    started: row.get(6)?,
+                    deadline: row.get::<_, i64>(7)? as u64,
+                });
+            }
+            loaded.insert(
+                receiver,
+                Loaded {
+                    receiver: r,
+                    head: 0,
+                },
+            );
+        }
+        let mut statement = self.conn.prepare(
+            "SELECT receiver, pos, id, duration_ms, sent, json FROM queue ORDER BY receiver, pos",
+        )?;
+        let mut rows = statement.query([])?;
+        while let Some(row) = rows.next()? {
+            let Some(receiver) = receiver_of(row.get_ref(0)?.as_str()?) else {
+                continue;
+            };
+            let pos: i64 = row.get(1)?;
+            let entry = Queued {
+                alert: Stored {
+                    id: row.get::<_, String>(2)?.into(),
+                    json: row.get::<_, String>(5)?.into(),
+                    duration_ms: row.get(3)?,
+                },
+                sent: row.get(4)?,
+            };
+            let kept = loaded.entry(receiver).or_insert_with(|| Loaded {
+                receiver: Receiver::default(),
+                head: pos,
+            });
+            if kept.receiver.queue.is_empty() {
+                kept.head = pos;
+            }
+            kept.receiver.ids.insert(entry.alert.id.clone());
+            kept.receiver.queue.push_back(entry);
+        }
+        let mut statement = self.conn.prepare(
+            "SELECT receiver, key, id, position, until_ms FROM idempotency WHERE until_ms > ?1",
+        )?;
+        let mut rows = statement.query([now as i64])?;
+        while let Some(row) = rows.next()? {
+            let Some(receiver) = receiver_of(row.get_ref(0)?.as_str()?) else {
+                continue;
+            };
+            let seen = Remembered {
+                id: row.get(2)?,
+                position: row.get::<_, i64>(3)? as u64,
+                until: row.get::<_, i64>(4)? as u64,
+            };
+            let kept = loaded.entry(receiver).or_insert_with(|| Loaded {
+                receiver: Receiver::default(),
+                head: 0,
+            });
+            kept.receiver.idempotency.insert(row.get(1)?, seen);
+        }
+        Ok(loaded)
+    }
+
+    /// Writes every row in one transaction, and drops idempotency keys past their time.
+    pub fn write(&mut self, rows: &[&Row], purge_before: Option<Millis>) -> rusqlite::Result<()> {
+        let tx = self.conn.transaction()?;
+        for row in rows {
+            match row {
+                Row::Receiver {
+                    receiver,
+                    seq,
+                    flight,
+                } => {
+                    let mut put = tx.prepare_cached(
+                        "INSERT OR REPLACE INTO receivers (receiver, seq, flight_id, flight_json, \
+                         flight_duration, flight_attempt, flight_started, flight_deadline) \
+                         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
+                    )?;
+                    match flight {
+                        Some(f) => put.execute(params![
+                            receiver.as_str(),
+                            *seq as i64,
+                            &*f.alert.id,
+                            &*f.alert.json,
+                            f.alert.duration_ms,
+                            f.attempt,
+                            f.started,
+                            f.deadline as i64
+                        ])?,
+                        None => put.execute(params![
+                            receiver.as_str(),
+                            *seq as i64,
+                            None::<&str>,
+                            None::<&str>,
+                            None::<u32>,
+                            None::<u32>,
+                            None::<bool>,
+                            None::<i64>
+                        ])?,
+                    };
+                }
+                Row::Forget(receiver) => {
+                    tx.prepare_cached("DELETE FROM receivers WHERE receiver = ?1")?
+                        .execute([receiver.as_str()])?;
+                }
+                Row::Queued {
+                    receiver,
+                    pos,
+                    entry,
+                } => {
+                    tx.prepare_cached(
+                        "INSERT OR REPLACE INTO queue (receiver, pos, id, duration_ms, sent, json) \
+                         VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
+                    )?
+                    .execute(params![
+                        receiver.as_str(),
+                        pos,
+                        &*entry.alert.id,
+                        entry.alert.duration_ms,
+                        entry.sent,
+                        &*entry.alert.json
+                    ])?;
+                }
+                Row::Unqueued { receiver, pos } => {
+                    tx.prepare_cached("DELETE FROM queue WHERE receiver = ?1 AND pos = ?2")?
+                        .execute(params![receiver.as_str(), pos])?;
+                }
+                Row::Remembered {
+                    receiver,
+                    key,
+                    seen,
+                } => {
+                    tx.prepare_cached(
+                        "INSERT OR REPLACE INTO idempotency (receiver, key, id, position, until_ms) \
+                         VALUES (?1, ?2, ?3, ?4, ?5)",
+                    )?
+                    .execute(params![
+                        receiver.as_str(),
+                        key,
+                        seen.id,
+                        seen.position as i64,
+                        seen.until as i64
+                    ])?;
+                }
+            }
+        }
+        if let Some(now) = purge_before {
+            tx.prepare_cached("DELETE FROM idempotency WHERE until_ms <= ?1")?
+                .execute([now as i64])?;
+        }
+        tx.commit()?;
+        if purge_before.is_some() {
+            // Hands pages freed since the last purge back to the file system, a bounded number
+            // at a time so a large drain's worth does not hold the writer long.
+            self.conn
+                .query_row("PRAGMA incremental_vacuum(2000)", [], |_| Ok(()))
+                .optional()?;
+        }
+        Ok(())
+    }
+}
+
+fn receiver_of(s: &str) -> Option<ReceiverId> {
+    // Every id was checked before it was written; one that no longer parses (a rule tightened
+    // since) is left on disk rather than loaded.
+    ReceiverId::parse(s).ok()
+}
+
+enum MigrateError {
+    Sql(rusqlite::Error),
+    TooNew(i64),
+}
+
+impl From<rusqlite::Error> for MigrateError {
+    fn from(e: rusqlite::Error) -> Self {
+        MigrateError::Sql(e)
+    }
+}
+
+/// Applies the migrations the database lacks, each in its own transaction with the version it
+/// reaches.
+fn migrate(conn: &mut Connection) -> Result<(), MigrateError> {
+    let version: i64 = conn.query_row("PRAGMA user_version", [], |r| r.get(0))?;
+    if version > MIGRATIONS.len() as i64 {
+        return Err(MigrateError::TooNew(version));
+    }
+    for (i, (name, sql)) in MIGRATIONS.iter().enumerate().skip(version as usize) {
+        let tx = conn.transaction()?;
+        tx.execute_batch(sql)?;
+        tx.pragma_update(None, "user_version", i as i64 + 1)?;
+        tx.commit()?;
+        tracing::info!(
+            migration = name,
+            "applied a migration to the embedded store"
+        );
+    }
+    Ok(())
+}
+
+/// The widget secret kept in a data dir, read without opening the data dir for writing: for
+/// `cuebox widget-url`, which may run while the node does.
+pub fn read_secret(dir: &Path) -> Result<Option<String>, String> {
+    let path = dir.join(DB_FILE);
+    if !path.exists() {
+        return Ok(None);
+    }
+    let conn = Connection::open_with_flags(&path, OpenFlags::SQLITE_OPEN_READ_ONLY)
+        .map_err(|e| format!("{}: {e}", path.display()))?;
+    conn.query_row(
+        "SELECT value FROM node WHERE name = 'widget_secret'",
+        [],
+        |r| r.get(0),
+    )
+    .optional()
+    .map_err(|e| format!("{}: {e}", path.display()))
+}

@@ -1,0 +1,557 @@
+//! The embedded store, for a single node with no Redis: a map of receivers in this process's
+//! memory, each changed only by the pure state machine ([`machine`]), and, unless it is made
+//! [`EmbeddedStore::in_memory`], a SQLite database in the data dir ([`disk`]) that keeps every
+//! change before it is answered. A 202 means the alert is on disk.
+//!
+//! # How a transition runs
+//!
+//! Under one `std::sync::Mutex` (each transition is one [`machine::apply`] and never awaits,
+//! so a plain mutex is both correct and cheaper than an async one): apply the command, turn
+//! what it changed into rows ([`rows_of`]), and hand them to the writer thread. Then, with the
+//! lock let go, wait for the commit that holds them. Rows reach the writer in the order the
+//! transitions were applied, since they are sent under the lock; the writer takes every job
+//! waiting when it wakes into one transaction (group commit), so under load many transitions
+//! share one commit, and with `--durability full` one sync. A transition that wrote nothing
+//! still waits for the commits before it, so nothing is answered from a state the disk may not
+//! keep.
+//!
+//! If a commit fails (a full disk), the map is read back from the database, which the failed
+//! transaction left as it was: memory never runs ahead of the disk for long, and the callers of
+//! the failed transitions are told nothing happened.
+//!
+//! At start the map is loaded from the database. An alert that was in flight goes back to the
+//! head of its queue, since no widget is connected yet: it is sent again with `attempt + 1`
+//! once one is, as the Redis store does when a node dies.
+
+pub mod disk;
+
+use std::collections::HashMap;
+use std::path::Path;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{mpsc, Arc, Mutex, MutexGuard};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use async_trait::async_trait;
+use tokio::sync::oneshot;
+
+use self::disk::{Database, Durability, OpenError, Row};
+use super::machine::{self, Change, Command, Millis, Outcome, Receiver};
+use super::{Answered, Call, CallObserver, Rules, Status, Store, StoreError, Unobserved};
+use crate::alert::ReceiverId;
+
+/// The one node the embedded store serves, as its widget reports name it.
+const NODE: &str = "embedded";
+
+/// Most transitions one commit takes.
+const MAX_BATCH: usize = 1024;
+
+/// How often the writer drops idempotency keys past their time.
+const PURGE_EVERY: Duration = Duration::from_secs(10 * 60);
+
+pub struct EmbeddedStore {
+    rules: Rules,
+    observer: Arc<dyn CallObserver>,
+    clock: Arc<Clock>,
+    receivers: Arc<Receivers>,
+    /// None: in memory only.
+    writer: Option<Writer>,
+}
+
+/// What a data dir keeps of the node itself.
+pub struct NodeSecrets {
+    pub widget_secret: String,
+    pub publish_key: String,
+}
+
+impl EmbeddedStore {
+    /// A store that keeps nothing on disk: for tests and benchmarks, and `--in-memory`.
+    pub fn in_memory(rules: Rules) -> Self {
+        Self {
+            rules,
+            observer: Arc::new(Unobserved),
+            clock: Arc::default(),
+            receivers: Arc::default(),
+            writer: None,
+        }
+    }
+
+    /// The store of a data dir: takes the dir for this node, loads what it keeps, and puts any
+    /// alert that was in flight back at the head of its queue.
+    pub fn open(
+        dir: &Path,
+        durability: Durability,
+        rules: Rules,
+    ) -> Result<(Self, NodeSecrets), OpenError> {
+        let mut db = Database::open(dir, durability)?;
+        let shown = dir.display().to_string();
+        let sql = |error| OpenError::Sql {
+            dir: shown.clone(),
+            error,
+        };
+        let secrets = NodeSecrets {
+            widget_secret: db
+                .node_setting("widget_secret", crate::auth::random_secret)
+                .map_err(sql)?,
+            publish_key: db
+                .node_setting("publish_key", crate::auth::random_publish_key)
+                .map_err(sql)?,
+        };
+        let clock = Arc::new(Clock::default());
+        let loaded = db.load(clock.now()).map_err(sql)?;
+        let mut map = HashMap::with_capacity(loaded.len());
+        let (mut queued, mut in_flight) = (0, 0);
+        let mut rows = Vec::new();
+        for (receiver, l) in loaded {
+            let mut kept = Kept {
+                r: l.receiver,
+                head: l.head,
+            };
+            queued += kept.r.queue.len();
+            if kept.r.flight.is_some() {
+                in_flight += 1;
+                let command = Command::Sweep { node: NODE };
+                rows.extend(kept.apply(&receiver, command, clock.now(), &rules).1);
+            }
+            map.insert(receiver, kept);
+        }
+        db.write(&rows.iter().collect::<Vec<_>>(), Some(clock.now()))
+            .map_err(sql)?;
+        tracing::info!(
+            data_dir = %shown, receivers = map.len(), queued, in_flight,
+            "using the embedded store"
+        );
+        let receivers = Arc::new(Receivers {
+            map: Mutex::new(Map {
+                receivers: map,
+                seq_floor: 0,
+            }),
+        });
+        let writer = Writer::start(db, receivers.clone(), clock.clone());
+        let store = Self {
+            rules,
+            observer: Arc::new(Unobserved),
+            clock,
+            receivers,
+            writer: Some(writer),
+        };
+        Ok((store, secrets))
+    }
+
+    /// Reports how long each call took, as the Redis store does.
+    pub fn observed_by(mut self, observer: Arc<dyn CallObserver>) -> Self {
+        self.observer = observer;
+        self
+    }
+
+    /// Holds the store's clock at `now` (ms since the epoch), or lets it follow the wall clock
+    /// again: for tests of timing rules.
+    pub fn set_clock_for_tests(&self, now: Option<Millis>) {
+        self.clock.fixed.store(now.unwrap_or(0), Ordering::Relaxed);
+    }
+
+    /// Applies one command to a receiver; the commit that keeps it, if there is a disk.
+    fn transition(
+        &self,
+        receiver: &ReceiverId,
+        command: Command<'_>,
+    ) -> (Outcome, Option<oneshot::Receiver<Committed>>) {
+        let mut map = self.receivers.lock();
+        let now = self.clock.now();
+        let Map {
+            receivers,
+            seq_floor,
+        } = &mut *map;
+        let kept = receivers.entry(receiver.clone()).or_insert_with(|| Kept {
+            r: Receiver {
+                seq: *seq_floor,
+                ..Receiver::default()
+            },
+            head: 0,
+        });
+        let (outcome, pending) = match &self.writer {
+            Some(writer) => {
+                let (outcome, rows) = kept.apply(receiver, command, now, &self.rules);
+                (outcome, Some(writer.send(rows)))
+            }
+            None => {
+                let outcome = machine::apply(&mut kept.r, command, now, &self.rules);
+                kept.r.changes.clear();
+                (outcome, None)
+            }
+        };
+        if kept.r.is_idle(now) {
+            *seq_floor = (*seq_floor).max(kept.r.seq);
+            receivers.remove(receiver);
+        }
+        (outcome, pending)
+    }
+}
+
+/// Every receiver the store holds.
+#[derive(Default)]
+struct Receivers {
+    map: Mutex<Map>,
+}
+
+#[derive(Default)]
+struct Map {
+    receivers: HashMap<ReceiverId, Kept>,
+    /// The highest `seq` of any receiver forgotten so far in this process. A receiver made
+    /// again starts from here, so its `seq` never goes back to a value a hub has already seen.
+    /// (A restart starts hubs afresh, and new receivers count from the clock.)
+    seq_floor: u64,
+}
+
+impl Receivers {
+    fn lock(&self) -> MutexGuard<'_, Map> {
+        // A panic while holding the lock cannot leave a receiver half-changed in a way the
+        // rules can't read, so a poisoned lock is still usable.
+        self.map.lock().unwrap_or_else(|e| e.into_inner())
+    }
+}
+
+/// A receiver, and where its queue's head sits on disk.
+#[derive(Default)]
+struct Kept {
+    r: Receiver,
+    /// The `pos` of the queue's first row (see `migrations/sqlite/0001_initial.sql`).
+    head: i64,
+}
+
+impl Kept {
+    /// Applies one command; its outcome, and the rows that keep what it changed.
+    fn apply(
+        &mut self,
+        receiver: &ReceiverId,
+        command: Command<'_>,
+        now: Millis,
+        rules: &Rules,
+    ) -> (Outcome, Vec<Row>) {
+        let before = Mark::of(&self.r);
+        let len_before = self.r.queue.len();
+        let outcome = machine::apply(&mut self.r, command, now, rules);
+        let rows = self.rows_of(receiver, before, len_before, now);
+        (outcome, rows)
+    }
+
+    /// The rows that keep what the last command changed: the queue rows it added or removed
+    /// (from the machine's [`Change`]s), the receiver's own row if its `seq` or alert in flight
+    /// moved, and the idempotency keys it remembered.
+    fn rows_of(
+        &mut self,
+        receiver: &ReceiverId,
+        before: Mark,
+        len_before: usize,
+        now: Millis,
+    ) -> Vec<Row> {
+        let mut rows = Vec::new();
+        let (mut head, mut len) = (self.head, len_before as i64);
+        let mut touched = Vec::new();
+        for change in std::mem::take(&mut self.r.changes) {
+            match change {
+                Change::PushedBack => {
+                    touched.push(head + len);
+                    len += 1;
+                }
+                Change::PushedFront => {
+                    head -= 1;
+                    len += 1;
+                    touched.push(head);
+                }
+                Change::PoppedFront => {
+                    touched.push(head);
+                    head += 1;
+                    len -= 1;
+                }
+                Change::Remembered(key) => {
+                    if let Some(seen) = self.r.idempotency.get(&key) {
+                        let seen = seen.clone();
+                        rows.push(Row::Remembered {
+                            receiver: receiver.clone(),
+                            key,
+                            seen,
+                        });
+                    }
+                }
+            }
+        }
+        debug_assert_eq!(len, self.r.queue.len() as i64);
+        self.head = head;
+        // A position touched twice in one command (taken, then put back) is written once, as
+        // it ends.
+        touched.sort_unstable();
+        touched.dedup();
+        for pos in touched {
+            let row = match self
+                .r
+                .queue
+                .get((pos - head) as usize)
+                .filter(|_| pos >= head)
+            {
+                Some(entry) => Row::Queued {
+                    receiver: receiver.clone(),
+                    pos,
+                    entry: entry.clone(),
+                },
+                None => Row::Unqueued {
+                    receiver: receiver.clone(),
+                    pos,
+                },
+            };
+            rows.push(row);
+        }
+        if self.r.is_idle(now) {
+            rows.push(Row::Forget(receiver.clone()));
+        } else if Mark::of(&self.r) != before {
+            rows.push(Row::Receiver {
+                receiver: receiver.clone(),
+                seq: self.r.seq,
+                flight: self.r.flight.clone(),
+            });
+        }
+        rows
+    }
+}
+
+/// What of a receiver its own row keeps, to tell whether a command changed it.
+#[derive(PartialEq)]
+struct Mark(u64, Option<(usize, u32, bool, Millis)>);
+
+impl Mark {
+    fn of(r: &Receiver) -> Self {
+        let flight = r.flight.as_ref().map(|f| {
+            let id = Arc::as_ptr(&f.alert.id) as *const u8 as usize;
+            (id, f.attempt, f.started, f.deadline)
+        });
+        Mark(r.seq, flight)
+    }
+}
+
+/// The store's clock: milliseconds since the Unix epoch, so deadlines and idempotency keys
+/// kept on disk mean the same after a restart; never going back within a process.
+#[derive(Default)]
+struct Clock {
+    /// Set by tests; 0 when not.
+    fixed: AtomicU64,
+    last: AtomicU64,
+}
+
+impl Clock {
+    fn now(&self) -> Millis {
+        let fixed = self.fixed.load(Ordering::Relaxed);
+        if fixed != 0 {
+            return fixed;
+        }
+        let wall = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map_or(0, |d| d.as_millis() as Millis);
+        self.last.fetch_max(wall, Ordering::Relaxed).max(wall)
+    }
+}
+
+/// What became of a job's commit.
+type Committed = Result<(), CommitFailed>;
+
+#[derive(Clone, Debug)]
+struct CommitFailed {
+    message: String,
+    /// Memory was read back from the disk: the transition did not happen.
+    undone: bool,
+}
+
+/// The rows of one transition, and who waits for their commit.
+struct Job {
+    rows: Vec<Row>,
+    done: oneshot::Sender<Committed>,
+}
+
+/// The thread that owns the database and commits what transitions send it.
+struct Writer {
+    jobs: Option<mpsc::Sender<Job>>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl Writer {
+    fn start(db: Database, receivers: Arc<Receivers>, clock: Arc<Clock>) -> Self {
+        let (jobs, rx) = mpsc::channel();
+        let thread = std::thread::Builder::new()
+            .name("cuebox-sqlite".into())
+            .spawn(move || write_loop(db, rx, &receivers, &clock))
+            .expect("a thread for the database");
+        Self {
+            jobs: Some(jobs),
+            thread: Some(thread),
+        }
+    }
+
+    fn send(&self, rows: Vec<Row>) -> oneshot::Receiver<Committed> {
+        let (done, committed) = oneshot::channel();
+        if let Some(jobs) = &self.jobs {
+            // If the writer is gone, the job is dropped and its caller hears so.
+            let _ = jobs.send(Job { rows, done });
+        }
+        committed
+    }
+}
+
+impl Drop for Writer {
+    fn drop(&mut self) {
+        // Let the writer commit what it was given, then close the database and free the data
+        // dir's lock.
+        self.jobs.take();
+        if let Some(thread) = self.thread.take() {
+            let _ = thread.join();
+        }
+    }
+}
+
+fn write_loop(mut db: Database, jobs: mpsc::Receiver<Job>, receivers: &Receivers, clock: &Clock) {
+    let mut purged = Instant::now();
+    while let Ok(first) = jobs.recv() {
+        let mut batch = vec![first];
+        while batch.len() < MAX_BATCH {
+            match jobs.try_recv() {
+                Ok(job) => batch.push(job),
+                Err(_) => break,
+            }
+        }
+        let rows: Vec<&Row> = batch.iter().flat_map(|j| &j.rows).collect();
+        if rows.is_empty() {
+            finish(batch, Ok(()));
+            continue;
+        }
+        let purge = (purged.elapsed() >= PURGE_EVERY).then(|| clock.now());
+        match db.write(&rows, purge) {
+            Ok(()) => {
+                if purge.is_some() {
+                    purged = Instant::now();
+                }
+                finish(batch, Ok(()));
+            }
+            Err(e) => {
+                drop(rows);
+                let failed = undo(&db, &jobs, &mut batch, receivers, clock, &e);
+                finish(batch, Err(failed));
+            }
+        }
+    }
+}
+
+fn finish(batch: Vec<Job>, committed: Committed) {
+    for job in batch {
+        let _ = job.done.send(committed.clone());
+    }
+}
+
+/// After a failed commit: every transition not yet committed fails with it, and the map is
+/// read back from the database, which the failed transaction left as it was. Widgets are not
+/// kept on disk, so each receiver's reports stay as they are in memory.
+fn undo(
+    db: &Database,
+    jobs: &mpsc::Receiver<Job>,
+    batch: &mut Vec<Job>,
+    receivers: &Receivers,
+    clock: &Clock,
+    error: &rusqlite::Error,
+) -> CommitFailed {
+    let message = format!(
+        "the data dir {} could not be written: {error}",
+        db.dir().display()
+    );
+    tracing::error!(%message, "a commit failed; reading the receivers back from the database");
+    // Under the lock no transition runs, so every job applied but not committed is in the
+    // channel by now.
+    let mut map = receivers.lock();
+    while let Ok(job) = jobs.try_recv() {
+        batch.push(job);
+    }
+    let undone = match db.load(clock.now()) {
+        Ok(loaded) => {
+            let mut fresh: HashMap<ReceiverId, Kept> = loaded
+                .into_iter()
+                .map(|(receiver, l)| {
+                    let kept = Kept {
+                        r: l.receiver,
+                        head: l.head,
+                    };
+                    (receiver, kept)
+                })
+                .collect();
+            for (receiver, kept) in map.receivers.drain() {
+                if !kept.r.presence.is_empty() {
+                    fresh.entry(receiver).or_default().r.presence = kept.r.presence;
+                }
+            }
+            map.receivers = fresh;
+            true
+        }
+        Err(e) => {
+            tracing::error!(error = %e, "the database could not be read back either");
+            false
+        }
+    };
+    CommitFailed { message, undone }
+}
+
+#[async_trait]
+impl Store for EmbeddedStore {
+    async fn apply(
+        &self,
+        receiver: &ReceiverId,
+        command: Command<'_>,
+    ) -> Result<Answered, StoreError> {
+        let (call, started) = (command.call(), Instant::now());
+        let (outcome, pending) = self.transition(receiver, command);
+        let committed = match pending {
+            None => Ok(()),
+            Some(pending) => match pending.await {
+                Ok(committed) => committed,
+                Err(_) => Err(CommitFailed {
+                    message: "the database's writer has stopped".into(),
+                    undone: false,
+                }),
+            },
+        };
+        self.observer
+            .observe(call, started.elapsed(), committed.is_err());
+        match committed {
+            Ok(()) => Ok(outcome.answered()),
+            Err(f) if f.undone => Err(StoreError::Unavailable(f.message)),
+            Err(f) => Err(StoreError::OutcomeUnknown(f.message)),
+        }
+    }
+
+    fn node(&self) -> &str {
+        NODE
+    }
+
+    async fn status(&self, receiver: &ReceiverId) -> Result<Status, StoreError> {
+        let (now, started) = (self.clock.now(), Instant::now());
+        let status = match self.receivers.lock().receivers.get(receiver) {
+            None => Status {
+                queued: 0,
+                in_flight: None,
+                widgets: 0,
+            },
+            Some(kept) => Status {
+                queued: kept.r.queued(),
+                in_flight: kept.r.flight.as_ref().map(|f| f.alert.json.clone()),
+                widgets: u64::from(kept.r.live_widgets(now)),
+            },
+        };
+        self.observer
+            .observe(Call::Status, started.elapsed(), false);
+        Ok(status)
+    }
+
+    async fn watch(&self, _receiver: &ReceiverId) -> Result<(), StoreError> {
+        // One node: every change is made here, so there is nothing to hear about.
+        Ok(())
+    }
+
+    async fn unwatch(&self, _receiver: &ReceiverId) {}
+
+    async fn ping(&self) -> Result<(), StoreError> {
+        Ok(())
+    }
+}
