@@ -6,6 +6,7 @@ mod cli;
 mod concurrency;
 mod conformance;
 mod differential;
+mod embedded;
 mod helpers;
 mod hub;
 mod ingest;
