@@ -2,22 +2,23 @@
 -- the process (src/store/embedded/disk.rs writes and reads it). Presence is not kept: widgets
 -- reconnect after a restart and report again.
 
--- One row per receiver with a seq to keep: its alert in flight, if any, in the flight_ columns
--- (all NULL when the receiver is free).
+-- One row per receiver with a seq to keep, and its alert in flight, if any, in the flight_
+-- columns (all NULL when the receiver is free). The alert itself stays in its queue row, at
+-- `flight_pos`: sending it changes this small row, not a row holding the alert's text. Each
+-- alert cycle rewrites this row twice (sent, started), so it holds nothing else.
 CREATE TABLE receivers (
     receiver        TEXT PRIMARY KEY NOT NULL,
     seq             INTEGER NOT NULL,
-    flight_id       TEXT,
-    flight_json     TEXT,
-    flight_duration INTEGER,
+    flight_pos      INTEGER,
     flight_attempt  INTEGER,
     flight_started  INTEGER,
     flight_deadline INTEGER
 );
 
--- Waiting alerts, one row each. `pos` orders a receiver's queue, head first; it counts down
--- for an alert put back at the head and up for a new one at the back, so neither moves a row.
--- `sent` is how many times it was sent before going back to the queue.
+-- Alerts, one row each: the waiting ones, and the one in flight (at its receiver's
+-- flight_pos). `pos` orders a receiver's queue, head first; it counts down for an alert put
+-- back at the head and up for a new one at the back, so neither moves a row. `sent` is how
+-- many times a waiting alert was sent before going back to the queue.
 CREATE TABLE queue (
     receiver    TEXT NOT NULL,
     pos         INTEGER NOT NULL,

@@ -195,7 +195,9 @@ async fn sigterm_closes_widgets_with_1012_and_exits_within_10_s() {
 #[actix_web::test]
 async fn json_logs_name_the_receiver_and_alert_of_each_line() {
     let port = free_port();
+    let data = DataDir::fresh();
     let mut child = cuebox()
+        .env("CUEBOX_DATA_DIR", &data.0)
         .args([
             "serve",
             "--log-format",
@@ -319,7 +321,9 @@ async fn node_killed_mid_alert(redis_url: &str, cluster: bool) {
 #[actix_web::test]
 async fn a_client_sending_junk_is_logged_at_debug_never_at_error() {
     let port = free_port();
+    let data = DataDir::fresh();
     let mut child = cuebox()
+        .env("CUEBOX_DATA_DIR", &data.0)
         .args(["serve", "--log-format", "json"])
         .args(["--bind", &format!("127.0.0.1:{port}")])
         .args(["--secret", SECRET, "--publish-key", PUBLISH_KEY])

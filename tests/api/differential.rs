@@ -1,14 +1,21 @@
-//! The Redis script held to the pure machine: random sequences of commands, for several
-//! receivers from two nodes, with widgets joining and leaving and a clock that jumps past
-//! deadlines, run against `store::machine` and against `receiver.lua` on a real redis-server.
-//! Every answer, and each receiver's final state, must agree.
+//! The stores held to the pure machine: random sequences of commands, for several receivers,
+//! with widgets joining and leaving and a clock that jumps past deadlines, run against
+//! `store::machine` and against a store. Every answer, and each receiver's final state, must
+//! agree.
 //!
-//! `PROPTEST_CASES` sets the number of sequences (default 256, about ten seconds).
+//! - The Redis store: `receiver.lua` on a real redis-server, called from two nodes.
+//! - The SQLite store: the machine itself, kept on disk; the sequences also restart it (closed
+//!   and opened again on its data dir, as after a kill), and the model takes the same restart:
+//!   widgets gone, an alert in flight back at the head of its queue.
+//!
+//! `PROPTEST_CASES` sets the number of sequences of each (default 256, about ten seconds).
 
 use std::collections::HashMap;
 use std::sync::Arc;
 
 use cuebox::alert::{AlertRecord, ReceiverId};
+use cuebox::store::embedded::disk::Durability;
+use cuebox::store::embedded::EmbeddedStore;
 use cuebox::store::machine::{self, Command, Receiver, Stored};
 use cuebox::store::redis::keys::Keys;
 use cuebox::store::redis::RedisStore;
@@ -64,6 +71,8 @@ enum Op {
     Wait {
         ms: u64,
     },
+    /// Closes the store and opens it again (the SQLite store; the Redis store ignores it).
+    Restart,
 }
 
 fn op() -> impl Strategy<Value = Op> {
@@ -93,6 +102,7 @@ fn op() -> impl Strategy<Value = Op> {
             1 => Just(1_500u64),
             1 => Just(31_000u64),
         ].prop_map(|ms| Op::Wait { ms }),
+        1 => Just(Op::Restart),
     ]
 }
 
@@ -111,6 +121,11 @@ struct Model {
     now: u64,
     last: HashMap<&'static str, AlertRecord>,
     published: usize,
+    /// As the embedded store does: an idle receiver is forgotten, and one made again counts
+    /// on from the highest `seq` forgotten in this run of the store. (Redis keeps each
+    /// receiver's `seq`.)
+    forgets: bool,
+    seq_floor: u64,
 }
 
 impl Model {
@@ -130,9 +145,156 @@ impl Model {
     }
 
     fn apply(&mut self, r: &'static str, command: Command<'_>) -> machine::Outcome {
-        let state = self.receivers.entry(r).or_default();
-        machine::apply(state, command, self.now, &rules())
+        let floor = self.seq_floor;
+        let state = self.receivers.entry(r).or_insert_with(|| Receiver {
+            seq: floor,
+            ..Receiver::default()
+        });
+        let outcome = machine::apply(state, command, self.now, &rules());
+        if self.forgets && state.is_idle(self.now) {
+            self.seq_floor = self.seq_floor.max(state.seq);
+            self.receivers.remove(r);
+        }
+        outcome
     }
+
+    /// What the embedded store does when it opens again: no widget is connected, and an alert
+    /// that was in flight goes back to the head of its queue.
+    fn restart(&mut self) {
+        self.seq_floor = 0;
+        for state in self.receivers.values_mut() {
+            state.presence.clear();
+            if state.flight.is_some() {
+                let sweep = Command::Sweep { node: EMBEDDED };
+                machine::apply(state, sweep, self.now, &rules());
+            }
+        }
+    }
+}
+
+/// How the embedded store's widgets report.
+const EMBEDDED: &str = "embedded";
+
+/// The store the machine is held to.
+enum Under {
+    Redis {
+        redis: RedisServer,
+        nodes: Vec<Arc<RedisStore>>,
+    },
+    Sqlite {
+        dir: DataDir,
+        store: Option<Arc<EmbeddedStore>>,
+    },
+}
+
+impl Under {
+    /// The store that takes the call a node would make.
+    fn store(&self, node: usize) -> Arc<dyn Store> {
+        match self {
+            Under::Redis { nodes, .. } => nodes[node % nodes.len()].clone(),
+            Under::Sqlite { store, .. } => store.clone().expect("the store is open"),
+        }
+    }
+
+    /// The name the node's widgets report as.
+    fn node_name(&self, node: usize) -> &'static str {
+        match self {
+            Under::Redis { .. } => NODES[node],
+            Under::Sqlite { .. } => EMBEDDED,
+        }
+    }
+
+    fn set_clock(&self, now: u64) {
+        match self {
+            Under::Redis { nodes, .. } => {
+                for node in nodes {
+                    node.set_clock_for_tests(Some(now));
+                }
+            }
+            Under::Sqlite { store, .. } => {
+                if let Some(store) = store {
+                    store.set_clock_for_tests(Some(now));
+                }
+            }
+        }
+    }
+
+    /// Empties the store for the next sequence.
+    async fn reset(&mut self) {
+        match self {
+            Under::Redis { redis, .. } => {
+                redis.cmd(&["FLUSHALL"]).await;
+            }
+            Under::Sqlite { dir, store } => {
+                store.take();
+                let _ = std::fs::remove_dir_all(&dir.0);
+                *store = Some(open_sqlite(dir, T0));
+            }
+        }
+    }
+
+    /// Closes the store and opens it again on its data dir; false if this store has no such
+    /// thing.
+    fn restart(&mut self, now: u64) -> bool {
+        match self {
+            Under::Redis { .. } => false,
+            Under::Sqlite { dir, store } => {
+                // Dropped, the store lets its writer commit what it was given and frees the data
+                // dir; nothing else holds it.
+                let old = store.take().expect("the store is open");
+                assert_eq!(Arc::strong_count(&old), 1, "the store is still held");
+                drop(old);
+                *store = Some(open_sqlite(dir, now));
+                true
+            }
+        }
+    }
+
+    /// The receiver's waiting alerts, in order, each as the Redis library keeps it.
+    async fn queue(&self, name: &str) -> Vec<String> {
+        match self {
+            Under::Redis { redis, .. } => {
+                let keys = Keys::new("cuebox").unwrap();
+                let mut queue_key = String::new();
+                keys.receiver(&ReceiverId::parse(name).unwrap(), None, |k| {
+                    if k.ends_with(":queue") {
+                        queue_key = k.to_owned();
+                    }
+                });
+                let x = redis.cmd(&["LRANGE", &queue_key, "0", "-1"]).await;
+                redis::from_redis_value(x).unwrap()
+            }
+            Under::Sqlite { dir, .. } => {
+                // Read from the file, not the store's memory: what a restart would find.
+                let db = rusqlite::Connection::open(dir.0.join("cuebox.db")).unwrap();
+                let mut rows = db
+                    .prepare(
+                        "SELECT id, duration_ms, sent, json FROM queue WHERE receiver = ?1 \
+                         AND pos IS NOT (SELECT flight_pos FROM receivers WHERE receiver = ?1) \
+                         ORDER BY pos",
+                    )
+                    .unwrap();
+                rows.query_map([name], |r| {
+                    Ok(format!(
+                        "{} {} {} {}",
+                        r.get::<_, String>(0)?,
+                        r.get::<_, u32>(1)?,
+                        r.get::<_, u32>(2)?,
+                        r.get::<_, String>(3)?
+                    ))
+                })
+                .unwrap()
+                .map(Result::unwrap)
+                .collect()
+            }
+        }
+    }
+}
+
+fn open_sqlite(dir: &DataDir, now: u64) -> Arc<EmbeddedStore> {
+    let (store, _) = EmbeddedStore::open_at_for_tests(&dir.0, Durability::Normal, rules(), now)
+        .expect("the data dir opens");
+    Arc::new(store)
 }
 
 fn stored(a: &AlertRecord) -> Stored {
@@ -148,35 +310,31 @@ fn same<T: PartialEq + std::fmt::Debug>(
     step: usize,
     op: &Op,
     machine: Result<T, StoreError>,
-    redis: Result<T, StoreError>,
+    store: Result<T, StoreError>,
 ) -> Result<(), TestCaseError> {
-    match (&machine, &redis) {
+    match (&machine, &store) {
         (Ok(m), Ok(r)) if m == r => Ok(()),
         (Err(StoreError::TooManyWidgets(a)), Err(StoreError::TooManyWidgets(b))) if a == b => {
             Ok(())
         }
         _ => Err(TestCaseError::fail(format!(
-            "step {step}, {op:?}:\n  machine {machine:?}\n  redis   {redis:?}"
+            "step {step}, {op:?}:\n  machine {machine:?}\n  store   {store:?}"
         ))),
     }
 }
 
-async fn run(
-    redis: &RedisServer,
-    nodes: &[Arc<RedisStore>],
-    ops: Vec<Op>,
-) -> Result<(), TestCaseError> {
-    redis.cmd(&["FLUSHALL"]).await;
+async fn run(under: &mut Under, ops: Vec<Op>) -> Result<(), TestCaseError> {
+    under.reset().await;
     let mut model = Model {
         receivers: HashMap::new(),
         now: T0,
         last: HashMap::new(),
         published: 0,
+        forgets: matches!(under, Under::Sqlite { .. }),
+        seq_floor: 0,
     };
     for (step, op) in ops.iter().enumerate() {
-        for node in nodes {
-            node.set_clock_for_tests(Some(model.now));
-        }
+        under.set_clock(model.now);
         match *op {
             Op::Publish { r, key, again } => {
                 let name = RECEIVERS[r];
@@ -199,17 +357,17 @@ async fn run(
                     idempotency_key: key.as_deref(),
                 };
                 let m = model.apply(name, command).answered().into_publish();
-                let x = nodes[step % 2].publish(&alert, key.as_deref()).await;
+                let x = under.store(step).publish(&alert, key.as_deref()).await;
                 same(step, op, m, x)?;
             }
             Op::Widgets { r, node, change } => {
                 let name = RECEIVERS[r];
                 let command = Command::Widgets {
-                    node: NODES[node],
+                    node: under.node_name(node),
                     change,
                 };
                 let m = model.apply(name, command).answered().into_snapshot();
-                let x = nodes[node].widgets(&receiver(name), change).await;
+                let x = under.store(node).widgets(&receiver(name), change).await;
                 same(step, op, m, x)?;
             }
             Op::Started { r, which } | Op::Done { r, which } | Op::Check { r, which } => {
@@ -221,7 +379,7 @@ async fn run(
                         Op::Done { .. } => Command::Done { id: &id },
                         _ => Command::Check { id: &id },
                     },
-                    &nodes[step % 2],
+                    under.store(step),
                 );
                 let m = model
                     .apply(name, command.clone())
@@ -237,25 +395,28 @@ async fn run(
             }
             Op::Sweep { r, node } => {
                 let name = RECEIVERS[r];
+                let gone = under.node_name(node);
                 let m = model
-                    .apply(name, Command::Sweep { node: NODES[node] })
+                    .apply(name, Command::Sweep { node: gone })
                     .answered()
                     .into_snapshot();
-                let command = Command::Sweep { node: NODES[node] };
-                let x = match nodes[(node + 1) % 2].apply(&receiver(name), command).await {
+                let command = Command::Sweep { node: gone };
+                let x = match under.store(node + 1).apply(&receiver(name), command).await {
                     Ok(answered) => answered.into_snapshot(),
                     Err(e) => Err(e),
                 };
                 same(step, op, m, x)?;
             }
             Op::Wait { ms } => model.now += ms,
+            Op::Restart => {
+                if under.restart(model.now) {
+                    model.restart();
+                }
+            }
         }
     }
     // Each receiver's final state: its status, and its queue in order.
-    for node in nodes {
-        node.set_clock_for_tests(Some(model.now));
-    }
-    let keys = Keys::new("cuebox").unwrap();
+    under.set_clock(model.now);
     for name in RECEIVERS {
         let m = model.receivers.get(name).cloned().unwrap_or_default();
         let status = Status {
@@ -263,16 +424,9 @@ async fn run(
             in_flight: m.flight.as_ref().map(|f| f.alert.json.clone()),
             widgets: u64::from(m.live_widgets(model.now)),
         };
-        let x = nodes[0].status(&receiver(name)).await;
+        let x = under.store(0).status(&receiver(name)).await;
         same(ops.len(), &Op::Wait { ms: 0 }, Ok(status), x)?;
-        let mut queue_key = String::new();
-        keys.receiver(&ReceiverId::parse(name).unwrap(), None, |k| {
-            if k.ends_with(":queue") {
-                queue_key = k.to_owned();
-            }
-        });
-        let x = redis.cmd(&["LRANGE", &queue_key, "0", "-1"]).await;
-        let x: Vec<String> = redis::from_redis_value(x).unwrap();
+        let x = under.queue(name).await;
         // Each entry as the library keeps it, times sent included.
         let m: Vec<String> = m
             .queue
@@ -284,20 +438,46 @@ async fn run(
             .collect();
         if m != x {
             return Err(TestCaseError::fail(format!(
-                "{name}'s queue: machine {m:?}, redis {x:?}"
+                "{name}'s queue: machine {m:?}, store {x:?}"
             )));
         }
     }
     Ok(())
 }
 
-#[test]
-fn the_redis_script_keeps_the_rules_of_the_machine() {
-    let rt = tokio::runtime::Builder::new_current_thread()
+/// Runs `PROPTEST_CASES` random sequences against the store.
+fn check(rt: &tokio::runtime::Runtime, under: Under) {
+    // The runner takes a shared closure; each sequence runs alone, so the cell is never
+    // borrowed twice.
+    let under = std::cell::RefCell::new(under);
+    let cases = std::env::var("PROPTEST_CASES")
+        .ok()
+        .and_then(|c| c.parse().ok())
+        .unwrap_or(256);
+    let mut runner = TestRunner::new(Config {
+        cases,
+        failure_persistence: None,
+        ..Config::default()
+    });
+    let result = runner.run(&proptest::collection::vec(op(), 1..60), |ops| {
+        rt.block_on(run(&mut under.borrow_mut(), ops))
+    });
+    if let Err(e) = result {
+        panic!("{e}");
+    }
+}
+
+fn runtime() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
-        .unwrap();
-    let (redis, nodes) = rt.block_on(async {
+        .unwrap()
+}
+
+#[test]
+fn the_redis_script_keeps_the_rules_of_the_machine() {
+    let rt = runtime();
+    let under = rt.block_on(async {
         let redis = RedisServer::spawn().await;
         let mut nodes = Vec::new();
         for node in NODES {
@@ -315,21 +495,16 @@ fn the_redis_script_keeps_the_rules_of_the_machine() {
             .expect("connects");
             nodes.push(Arc::new(store));
         }
-        (redis, nodes)
+        Under::Redis { redis, nodes }
     });
-    let cases = std::env::var("PROPTEST_CASES")
-        .ok()
-        .and_then(|c| c.parse().ok())
-        .unwrap_or(256);
-    let mut runner = TestRunner::new(Config {
-        cases,
-        failure_persistence: None,
-        ..Config::default()
-    });
-    let result = runner.run(&proptest::collection::vec(op(), 1..60), |ops| {
-        rt.block_on(run(&redis, &nodes, ops))
-    });
-    if let Err(e) = result {
-        panic!("{e}");
-    }
+    check(&rt, under);
+}
+
+#[test]
+fn the_sqlite_store_keeps_the_rules_of_the_machine_across_restarts() {
+    let under = Under::Sqlite {
+        dir: DataDir::fresh(),
+        store: None,
+    };
+    check(&runtime(), under);
 }

@@ -71,10 +71,11 @@ pub enum Row {
     Receiver {
         receiver: ReceiverId,
         seq: u64,
-        flight: Option<InFlight>,
+        flight: Option<FlightRow>,
     },
     /// The receiver is idle and forgotten: no queue, nothing in flight.
     Forget(ReceiverId),
+    /// An alert's row: waiting, or in flight if the receiver's row points at it.
     Queued {
         receiver: ReceiverId,
         pos: i64,
@@ -91,6 +92,16 @@ pub enum Row {
     },
 }
 
+/// The alert in flight as the receiver's row keeps it: where its alert's row is, and how it
+/// stands.
+#[derive(Debug, PartialEq)]
+pub struct FlightRow {
+    pub pos: i64,
+    pub attempt: u32,
+    pub started: bool,
+    pub deadline: Millis,
+}
+
 impl Row {
     pub fn receiver(&self) -> &ReceiverId {
         match self {
@@ -103,10 +114,15 @@ impl Row {
     }
 }
 
-/// A receiver as loaded: the machine's state, and the position of its queue's head.
+/// A receiver as loaded: the machine's state, the position of its queue's head, and that of
+/// its alert in flight.
+#[derive(Default)]
 pub struct Loaded {
     pub receiver: Receiver,
     pub head: i64,
+    pub flight_pos: Option<i64>,
+    /// It has a row in `receivers`.
+    pub has_row: bool,
 }
 
 /// The open database of a data dir, and the lock that keeps it this node's.
@@ -209,40 +225,29 @@ impl Database {
     /// Every receiver kept, with the idempotency keys still live at `now`.
     pub fn load(&self, now: Millis) -> rusqlite::Result<HashMap<ReceiverId, Loaded>> {
         let mut loaded: HashMap<ReceiverId, Loaded> = HashMap::new();
+        // The alert in flight of each receiver, less the alert itself, which is in its row.
+        let mut flights: HashMap<ReceiverId, FlightRow> = HashMap::new();
         let mut statement = self.conn.prepare(
-            "SELECT receiver, seq, flight_id, flight_json, flight_duration, flight_attempt, \
-             flight_started, flight_deadline FROM receivers",
+            "SELECT receiver, seq, flight_pos, flight_attempt, flight_started, flight_deadline \
+             FROM receivers",
         )?;
         let mut rows = statement.query([])?;
         while let Some(row) = rows.next()? {
             let Some(receiver) = receiver_of(row.get_ref(0)?.as_str()?) else {
                 continue;
             };
-            let mut r = Receiver {
-                seq: row.get::<_, i64>(1)? as u64,
-                ..Receiver::default()
-            };
-            if let Some(id) = row.get::<_, Option<String>>(2)? {
-                let alert = Stored {
-                    id: id.into(),
-                    json: row.get::<_, String>(3)?.into(),
-                    duration_ms: row.get(4)?,
+            if let Some(pos) = row.get::<_, Option<i64>>(2)? {
+                let flight = FlightRow {
+                    pos,
+                    attempt: row.get(3)?,
+                    started: row.get(4)?,
+                    deadline: row.get::<_, i64>(5)? as u64,
                 };
-                r.ids.insert(alert.id.clone());
-                r.flight = Some(InFlight {
-                    alert,
-                    attempt: row.get(5)?,
-                    started: row.get(6)?,
-                    deadline: row.get::<_, i64>(7)? as u64,
-                });
+                flights.insert(receiver.clone(), flight);
             }
-            loaded.insert(
-                receiver,
-                Loaded {
-                    receiver: r,
-                    head: 0,
-                },
-            );
+            let kept = loaded.entry(receiver).or_default();
+            kept.receiver.seq = row.get::<_, i64>(1)? as u64;
+            kept.has_row = true;
         }
         let mut statement = self.conn.prepare(
             "SELECT receiver, pos, id, duration_ms, sent, json FROM queue ORDER BY receiver, pos",
@@ -253,23 +258,29 @@ impl Database {
                 continue;
             };
             let pos: i64 = row.get(1)?;
-            let entry = Queued {
-                alert: Stored {
-                    id: row.get::<_, String>(2)?.into(),
-                    json: row.get::<_, String>(5)?.into(),
-                    duration_ms: row.get(3)?,
-                },
-                sent: row.get(4)?,
+            let alert = Stored {
+                id: row.get::<_, String>(2)?.into(),
+                json: row.get::<_, String>(5)?.into(),
+                duration_ms: row.get(3)?,
             };
-            let kept = loaded.entry(receiver).or_insert_with(|| Loaded {
-                receiver: Receiver::default(),
-                head: pos,
-            });
+            let flight = flights.get(&receiver).filter(|f| f.pos == pos);
+            let kept = loaded.entry(receiver).or_default();
+            kept.receiver.ids.insert(alert.id.clone());
+            if let Some(f) = flight {
+                kept.flight_pos = Some(pos);
+                kept.receiver.flight = Some(InFlight {
+                    alert,
+                    attempt: f.attempt,
+                    started: f.started,
+                    deadline: f.deadline,
+                });
+                continue;
+            }
             if kept.receiver.queue.is_empty() {
                 kept.head = pos;
             }
-            kept.receiver.ids.insert(entry.alert.id.clone());
-            kept.receiver.queue.push_back(entry);
+            let sent = row.get(4)?;
+            kept.receiver.queue.push_back(Queued { alert, sent });
         }
         let mut statement = self.conn.prepare(
             "SELECT receiver, key, id, position, until_ms FROM idempotency WHERE until_ms > ?1",
@@ -284,10 +295,7 @@ impl Database {
                 position: row.get::<_, i64>(3)? as u64,
                 until: row.get::<_, i64>(4)? as u64,
             };
-            let kept = loaded.entry(receiver).or_insert_with(|| Loaded {
-                receiver: Receiver::default(),
-                head: 0,
-            });
+            let kept = loaded.entry(receiver).or_default();
             kept.receiver.idempotency.insert(row.get(1)?, seen);
         }
         Ok(loaded)
@@ -304,32 +312,20 @@ impl Database {
                     flight,
                 } => {
                     let mut put = tx.prepare_cached(
-                        "INSERT OR REPLACE INTO receivers (receiver, seq, flight_id, flight_json, \
-                         flight_duration, flight_attempt, flight_started, flight_deadline) \
-                         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
+                        "INSERT INTO receivers (receiver, seq, flight_pos, flight_attempt, \
+                         flight_started, flight_deadline) VALUES (?1, ?2, ?3, ?4, ?5, ?6) \
+                         ON CONFLICT (receiver) DO UPDATE SET seq = ?2, flight_pos = ?3, \
+                         flight_attempt = ?4, flight_started = ?5, flight_deadline = ?6",
                     )?;
-                    match flight {
-                        Some(f) => put.execute(params![
-                            receiver.as_str(),
-                            *seq as i64,
-                            &*f.alert.id,
-                            &*f.alert.json,
-                            f.alert.duration_ms,
-                            f.attempt,
-                            f.started,
-                            f.deadline as i64
-                        ])?,
-                        None => put.execute(params![
-                            receiver.as_str(),
-                            *seq as i64,
-                            None::<&str>,
-                            None::<&str>,
-                            None::<u32>,
-                            None::<u32>,
-                            None::<bool>,
-                            None::<i64>
-                        ])?,
-                    };
+                    let f = flight.as_ref();
+                    put.execute(params![
+                        receiver.as_str(),
+                        *seq as i64,
+                        f.map(|f| f.pos),
+                        f.map(|f| f.attempt),
+                        f.map(|f| f.started),
+                        f.map(|f| f.deadline as i64)
+                    ])?;
                 }
                 Row::Forget(receiver) => {
                     tx.prepare_cached("DELETE FROM receivers WHERE receiver = ?1")?

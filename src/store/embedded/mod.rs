@@ -35,7 +35,7 @@ use async_trait::async_trait;
 use tokio::sync::oneshot;
 
 use self::disk::{Database, Durability, OpenError, Row};
-use super::machine::{self, Change, Command, Millis, Outcome, Receiver};
+use super::machine::{self, Change, Command, Millis, Outcome, Queued, Receiver};
 use super::{Answered, Call, CallObserver, Rules, Status, Store, StoreError, Unobserved};
 use crate::alert::ReceiverId;
 
@@ -82,6 +82,28 @@ impl EmbeddedStore {
         durability: Durability,
         rules: Rules,
     ) -> Result<(Self, NodeSecrets), OpenError> {
+        Self::open_with(dir, durability, rules, Clock::default())
+    }
+
+    /// [`EmbeddedStore::open`] with its clock held at `now` from the start (ms since the
+    /// epoch), so that what it loads is judged at that time: for tests of timing rules.
+    pub fn open_at_for_tests(
+        dir: &Path,
+        durability: Durability,
+        rules: Rules,
+        now: Millis,
+    ) -> Result<(Self, NodeSecrets), OpenError> {
+        let clock = Clock::default();
+        clock.fixed.store(now, Ordering::Relaxed);
+        Self::open_with(dir, durability, rules, clock)
+    }
+
+    fn open_with(
+        dir: &Path,
+        durability: Durability,
+        rules: Rules,
+        clock: Clock,
+    ) -> Result<(Self, NodeSecrets), OpenError> {
         let mut db = Database::open(dir, durability)?;
         let shown = dir.display().to_string();
         let sql = |error| OpenError::Sql {
@@ -96,16 +118,13 @@ impl EmbeddedStore {
                 .node_setting("publish_key", crate::auth::random_publish_key)
                 .map_err(sql)?,
         };
-        let clock = Arc::new(Clock::default());
+        let clock = Arc::new(clock);
         let loaded = db.load(clock.now()).map_err(sql)?;
         let mut map = HashMap::with_capacity(loaded.len());
         let (mut queued, mut in_flight) = (0, 0);
         let mut rows = Vec::new();
         for (receiver, l) in loaded {
-            let mut kept = Kept {
-                r: l.receiver,
-                head: l.head,
-            };
+            let mut kept = Kept::from(l);
             queued += kept.r.queue.len();
             if kept.r.flight.is_some() {
                 in_flight += 1;
@@ -166,7 +185,7 @@ impl EmbeddedStore {
                 seq: *seq_floor,
                 ..Receiver::default()
             },
-            head: 0,
+            ..Kept::default()
         });
         let (outcome, pending) = match &self.writer {
             Some(writer) => {
@@ -210,12 +229,30 @@ impl Receivers {
     }
 }
 
-/// A receiver, and where its queue's head sits on disk.
+/// A receiver, and where its alerts' rows sit on disk (see
+/// `migrations/sqlite/0001_initial.sql`).
 #[derive(Default)]
 struct Kept {
     r: Receiver,
-    /// The `pos` of the queue's first row (see `migrations/sqlite/0001_initial.sql`).
+    /// The `pos` of the queue's first row.
     head: i64,
+    /// The `pos` of the row of the alert in flight, while there is one.
+    flight_pos: Option<i64>,
+    /// The receiver has its row on disk. A receiver made again after it was forgotten counts
+    /// on from the `seq` it was made with, which its first row keeps even if that command
+    /// moved nothing.
+    has_row: bool,
+}
+
+impl From<disk::Loaded> for Kept {
+    fn from(l: disk::Loaded) -> Self {
+        Self {
+            r: l.receiver,
+            head: l.head,
+            flight_pos: l.flight_pos,
+            has_row: l.has_row,
+        }
+    }
 }
 
 impl Kept {
@@ -234,9 +271,13 @@ impl Kept {
         (outcome, rows)
     }
 
-    /// The rows that keep what the last command changed: the queue rows it added or removed
+    /// The rows that keep what the last command changed: the alert rows it added or removed
     /// (from the machine's [`Change`]s), the receiver's own row if its `seq` or alert in flight
     /// moved, and the idempotency keys it remembered.
+    ///
+    /// An alert sent keeps its row, which the receiver's row then points at (`flight_pos`):
+    /// the machine took it from the queue, but on disk only the pointer moves, and the row goes
+    /// when the alert completes. Put back at the head, it lands on that same row again.
     fn rows_of(
         &mut self,
         receiver: &ReceiverId,
@@ -247,19 +288,24 @@ impl Kept {
         let mut rows = Vec::new();
         let (mut head, mut len) = (self.head, len_before as i64);
         let mut touched = Vec::new();
+        let mut pushed = Vec::new();
+        let mut popped = None;
         for change in std::mem::take(&mut self.r.changes) {
             match change {
                 Change::PushedBack => {
                     touched.push(head + len);
+                    pushed.push(head + len);
                     len += 1;
                 }
                 Change::PushedFront => {
                     head -= 1;
                     len += 1;
                     touched.push(head);
+                    pushed.push(head);
                 }
                 Change::PoppedFront => {
                     touched.push(head);
+                    popped = Some(head);
                     head += 1;
                     len -= 1;
                 }
@@ -277,21 +323,57 @@ impl Kept {
         }
         debug_assert_eq!(len, self.r.queue.len() as i64);
         self.head = head;
+        let flight_pos_before = self.flight_pos;
+        let after = Mark::of(&self.r);
+        self.flight_pos = match &self.r.flight {
+            None => None,
+            Some(_) if after.same_alert(&before) => flight_pos_before,
+            // Sent in this command: it is the head the command took.
+            Some(f) => Some(popped.unwrap_or_else(|| {
+                // The machine sends only what it takes from the queue; were that ever not so,
+                // the alert gets a row of its own just ahead of everything.
+                let pos = head.min(flight_pos_before.unwrap_or(head)) - 1;
+                rows.push(Row::Queued {
+                    receiver: receiver.clone(),
+                    pos,
+                    entry: Queued {
+                        alert: f.alert.clone(),
+                        sent: 0,
+                    },
+                });
+                pos
+            })),
+        };
+        // The row of an alert that stopped being in flight goes, unless the queue has it back.
+        if let Some(pos) = flight_pos_before.filter(|p| Some(*p) != self.flight_pos) {
+            touched.push(pos);
+        }
         // A position touched twice in one command (taken, then put back) is written once, as
         // it ends.
         touched.sort_unstable();
         touched.dedup();
         for pos in touched {
-            let row = match self
-                .r
-                .queue
-                .get((pos - head) as usize)
-                .filter(|_| pos >= head)
-            {
+            let waiting = (pos >= head)
+                .then(|| self.r.queue.get((pos - head) as usize))
+                .flatten();
+            let row = match waiting {
                 Some(entry) => Row::Queued {
                     receiver: receiver.clone(),
                     pos,
                     entry: entry.clone(),
+                },
+                // The alert just sent: its row stays, now pointed at as in flight; it is written
+                // only if this same command queued it.
+                None if Some(pos) == self.flight_pos => match &self.r.flight {
+                    Some(f) if pushed.contains(&pos) => Row::Queued {
+                        receiver: receiver.clone(),
+                        pos,
+                        entry: Queued {
+                            alert: f.alert.clone(),
+                            sent: f.attempt - 1,
+                        },
+                    },
+                    _ => continue,
                 },
                 None => Row::Unqueued {
                     receiver: receiver.clone(),
@@ -302,11 +384,18 @@ impl Kept {
         }
         if self.r.is_idle(now) {
             rows.push(Row::Forget(receiver.clone()));
-        } else if Mark::of(&self.r) != before {
+        } else if after != before || !self.has_row {
+            self.has_row = true;
+            let flight = self.r.flight.as_ref().zip(self.flight_pos);
             rows.push(Row::Receiver {
                 receiver: receiver.clone(),
                 seq: self.r.seq,
-                flight: self.r.flight.clone(),
+                flight: flight.map(|(f, pos)| disk::FlightRow {
+                    pos,
+                    attempt: f.attempt,
+                    started: f.started,
+                    deadline: f.deadline,
+                }),
             });
         }
         rows
@@ -324,6 +413,11 @@ impl Mark {
             (id, f.attempt, f.started, f.deadline)
         });
         Mark(r.seq, flight)
+    }
+
+    /// Both have the same alert in flight (perhaps sent again, or started since).
+    fn same_alert(&self, other: &Mark) -> bool {
+        matches!((&self.1, &other.1), (Some(a), Some(b)) if a.0 == b.0)
     }
 }
 
@@ -469,13 +563,7 @@ fn undo(
         Ok(loaded) => {
             let mut fresh: HashMap<ReceiverId, Kept> = loaded
                 .into_iter()
-                .map(|(receiver, l)| {
-                    let kept = Kept {
-                        r: l.receiver,
-                        head: l.head,
-                    };
-                    (receiver, kept)
-                })
+                .map(|(receiver, l)| (receiver, Kept::from(l)))
                 .collect();
             for (receiver, kept) in map.receivers.drain() {
                 if !kept.r.presence.is_empty() {
