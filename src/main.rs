@@ -1,5 +1,6 @@
 //! The `cuebox` binary: parses the command line and runs a node or a command.
 
+use std::io::Write;
 use std::process::ExitCode;
 
 use clap::Parser;
@@ -32,22 +33,21 @@ async fn serve(args: cuebox::config::ServeArgs) -> Result<(), cuebox::startup::S
     tracing::info!(%base, "cuebox is listening");
     if let Some(key) = &app.generated_publish_key {
         let demo = cuebox::alert::ReceiverId::parse("demo").expect("a valid literal id");
+        let kept = match &app.data_dir {
+            Some(dir) => format!("the one kept in {} is accepted", dir.display()),
+            None => "this run accepts".to_owned(),
+        };
         // Printed at each start, to stdout, so that `cargo run --release` is a working demo.
-        match &app.data_dir {
-            Some(dir) => println!(
-                "No publish key configured; the one kept in {} is accepted:\n  {key}",
-                dir.display()
-            ),
-            None => println!("No publish key configured; this run accepts:\n  {key}"),
-        }
-        println!(
-            "Widget URL for the demo receiver (open it, or add it to OBS):\n  {}",
-            widget_url(&base, &app.tokens, &demo)
-        );
-        println!(
-            "Try:\n  curl -X POST {base}/publish -H 'Authorization: Bearer {key}' \
+        // A write error is ignored: a node must not die because whoever read its stdout
+        // stopped reading (`println!` would panic on the broken pipe).
+        let _ = writeln!(
+            std::io::stdout(),
+            "No publish key configured; {kept}:\n  {key}\n\
+             Widget URL for the demo receiver (open it, or add it to OBS):\n  {}\n\
+             Try:\n  curl -X POST {base}/publish -H 'Authorization: Bearer {key}' \
              -H 'Content-Type: application/json' \
-             -d '{{\"receiver\":\"demo\",\"from\":\"Ana\",\"amount\":{{\"value\":\"10.50\",\"currency\":\"BRL\"}},\"message\":\"Hello!\"}}'"
+             -d '{{\"receiver\":\"demo\",\"from\":\"Ana\",\"amount\":{{\"value\":\"10.50\",\"currency\":\"BRL\"}},\"message\":\"Hello!\"}}'",
+            widget_url(&base, &app.tokens, &demo)
         );
     }
     app.run_until_stopped()

@@ -164,6 +164,7 @@ impl Application {
             body_timeout: Duration::from_millis(args.body_timeout_ms),
             metrics,
             shutdown: shutdown_rx,
+            refusals: Default::default(),
         });
 
         let listener = TcpListener::bind(&args.bind).map_err(|source| StartError::Bind {

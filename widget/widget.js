@@ -10,6 +10,7 @@
   const SILENT_MS = 45000; // no frame for this long: the connection is dead even if not closed
   const MIN_DELAY_MS = 1000;
   const MAX_DELAY_MS = 30000;
+  const REFUSED_RETRY_MS = 30000; // a refused URL is tried again this often, quietly
   const TOKEN_REVOKED = 4001;
 
   const parts = location.pathname.split('/');
@@ -27,8 +28,25 @@
   };
 
   // For tests and for a curious streamer's devtools.
-  const status = { connected: false, shown: [], current: null };
+  const status = { connected: false, shown: [], current: null, refused: null };
   window.cuebox = status;
+
+  // Refused: this page is on stream, so it shows nothing and says why only in the console
+  // (OBS: right-click the source, Interact, or the browser source's log), then tries again.
+  function warnRefused(why) {
+    status.refused = why;
+    console.warn(why === 'receiver'
+      ? 'cuebox: the receiver in this widget URL is not a valid receiver id.'
+      : 'cuebox: this widget URL\'s token does not open receiver "' + receiver + '": the URL ' +
+        'was made by another cuebox, or before its secret changed. Get a new one with ' +
+        '`cuebox widget-url ' + receiver + '`.', 'Nothing is shown; trying again every ' +
+      REFUSED_RETRY_MS / 1000 + ' s.');
+  }
+  if (document.body.dataset.refused) {
+    warnRefused(document.body.dataset.refused);
+    setTimeout(() => location.reload(), REFUSED_RETRY_MS);
+    return;
+  }
 
   let socket = null;
   let delay = MIN_DELAY_MS;
@@ -187,6 +205,10 @@
     }
     socket = ws;
     lastHeard = Date.now();
+    let opened = false;
+    ws.onopen = () => {
+      opened = true;
+    };
     ws.onmessage = (event) => {
       if (ws !== socket) return;
       lastHeard = Date.now();
@@ -211,6 +233,10 @@
         clear();
         return;
       }
+      if (!opened) {
+        askWhyRefused();
+        return;
+      }
       reconnectLater();
     };
     ws.onerror = () => {
@@ -222,6 +248,7 @@
     switch (frame && frame.type) {
       case 'hello':
         delay = MIN_DELAY_MS;
+        status.refused = null;
         setConnected(true);
         break;
       case 'alert':
@@ -249,6 +276,21 @@
   function dropped() {
     socket = null;
     setConnected(false);
+  }
+
+  // A socket refused before it opened: the browser does not say why, but this page's own URL
+  // does. 401 means the token no longer opens the receiver (the node was set up again with
+  // another secret): clear the stage and try slowly. Anything else is an ordinary outage.
+  function askWhyRefused() {
+    fetch(location.href, { cache: 'no-store' }).then((res) => {
+      if (res.status !== 401 || stopped || retryTimer) {
+        reconnectLater();
+        return;
+      }
+      clear();
+      warnRefused('token');
+      retryTimer = setTimeout(connect, REFUSED_RETRY_MS);
+    }, () => reconnectLater());
   }
 
   // Exponential backoff with jitter, so a restarted node is not met by every widget at once.

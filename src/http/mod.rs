@@ -34,6 +34,8 @@ pub struct AppState {
     pub metrics: Arc<Metrics>,
     /// Becomes true when the node shuts down; widget connections close on it.
     pub shutdown: watch::Receiver<bool>,
+    /// Widgets refused for a bad token, for the log.
+    pub refusals: token::Refusals,
 }
 
 pub fn routes(cfg: &mut web::ServiceConfig) {

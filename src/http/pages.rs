@@ -1,6 +1,6 @@
 //! The widget page and its assets, compiled into the binary so one file deploys.
 
-use super::token::{check_token, TokenQuery};
+use super::token::{check_token, Opening, TokenQuery};
 use super::{ApiError, AppState};
 use crate::alert::ReceiverId;
 use actix_web::http::header;
@@ -16,19 +16,42 @@ const CSP: &str = "default-src 'self'; script-src 'self'; style-src 'self'; \
                    img-src http: https: data:; media-src http: https:; connect-src 'self' ws: wss:";
 
 /// `GET /widget/{receiver}?token=T`: the page to add to OBS as a browser source.
+///
+/// Whatever this answers is on stream, so a refusal is the same transparent page with 401 and
+/// nothing visible on it: the page sees it is refused (`data-refused` on its body), says why in
+/// the browser's console, and tries again every 30 seconds.
 pub async fn widget_page(
     path: web::Path<String>,
     query: web::Query<TokenQuery>,
     state: web::Data<AppState>,
-) -> Result<HttpResponse, ApiError> {
-    let receiver = ReceiverId::parse(&path)?;
-    check_token(&state, &receiver, query.token.as_deref())?;
-    Ok(HttpResponse::Ok()
+) -> HttpResponse {
+    let refused = match ReceiverId::parse(&path) {
+        Err(_) => Some("receiver"),
+        Ok(receiver) => check_token(&state, &receiver, query.token.as_deref(), Opening::Page)
+            .err()
+            .map(|_| "token"),
+    };
+    let (mut response, body) = match refused {
+        None => (HttpResponse::Ok(), WIDGET_HTML.into()),
+        Some(why) => {
+            let status = match why {
+                "token" => actix_web::http::StatusCode::UNAUTHORIZED,
+                _ => actix_web::http::StatusCode::BAD_REQUEST,
+            };
+            let marked = WIDGET_HTML.replacen(
+                "<body data-connected=\"false\">",
+                &format!("<body data-connected=\"false\" data-refused=\"{why}\">"),
+                1,
+            );
+            (HttpResponse::build(status), marked)
+        }
+    };
+    response
         .insert_header((header::CONTENT_TYPE, "text/html; charset=utf-8"))
         .insert_header((header::CONTENT_SECURITY_POLICY, CSP))
         .insert_header((header::CACHE_CONTROL, "no-cache"))
         .insert_header(("Referrer-Policy", "no-referrer"))
-        .body(WIDGET_HTML))
+        .body::<String>(body)
 }
 
 pub async fn widget_asset(path: web::Path<String>) -> Result<HttpResponse, ApiError> {

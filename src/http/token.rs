@@ -1,5 +1,9 @@
 //! The widget token a page or a socket of one receiver is opened with: `?token=T`.
 
+use std::collections::HashMap;
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
+
 use serde::Deserialize;
 
 use super::{ApiError, AppState};
@@ -11,14 +15,67 @@ pub struct TokenQuery {
     pub token: Option<String>,
 }
 
-/// The token opens this receiver's widget, or the request is refused with 401.
+/// What a refused token was presented for, as the log says it.
+#[derive(Clone, Copy, Debug)]
+pub enum Opening {
+    Page,
+    Socket,
+}
+
+/// The token opens this receiver's widget, or the request is refused with 401 (and logged, at
+/// most once a minute per receiver).
 pub fn check_token(
     state: &AppState,
     receiver: &ReceiverId,
     token: Option<&str>,
+    opening: Opening,
 ) -> Result<(), ApiError> {
     match token {
         Some(t) if state.tokens.verify(receiver, t) => Ok(()),
-        _ => Err(ApiError::BadToken),
+        _ => {
+            state.refusals.note(receiver, opening);
+            Err(ApiError::BadToken)
+        }
+    }
+}
+
+/// A widget with a bad token retries forever, so its refusals are logged at most once a
+/// minute per receiver: enough for a streamer's operator to see which widget URL is wrong
+/// without a line every few seconds.
+#[derive(Default)]
+pub struct Refusals {
+    logged: Mutex<HashMap<ReceiverId, Instant>>,
+}
+
+const LOG_EVERY: Duration = Duration::from_secs(60);
+/// Receivers remembered at once. Past it, receivers refused within the last minute are not
+/// logged again until some are forgotten: a flood of made-up receiver names cannot grow the
+/// map.
+const REMEMBERED: usize = 10_000;
+
+impl Refusals {
+    pub fn note(&self, receiver: &ReceiverId, opening: Opening) {
+        let now = Instant::now();
+        {
+            let mut logged = self.logged.lock().unwrap_or_else(|e| e.into_inner());
+            if logged
+                .get(receiver)
+                .is_some_and(|at| now.duration_since(*at) < LOG_EVERY)
+            {
+                return;
+            }
+            if logged.len() >= REMEMBERED {
+                logged.retain(|_, at| now.duration_since(*at) < LOG_EVERY);
+                if logged.len() >= REMEMBERED {
+                    return;
+                }
+            }
+            logged.insert(receiver.clone(), now);
+        }
+        tracing::warn!(
+            %receiver, ?opening,
+            "refused a widget: its token does not open this receiver (a URL made by another \
+             cuebox, or with another secret); logged at most once a minute per receiver"
+        );
     }
 }

@@ -18,7 +18,7 @@ use serde_json::json;
 use tokio::time::Instant;
 
 use super::socket::ConnectionSocket;
-use super::token::{check_token, TokenQuery};
+use super::token::{check_token, Opening, TokenQuery};
 use super::{ApiError, AppState};
 use crate::alert::ReceiverId;
 use crate::hub::{Frame, Hub, Widget};
@@ -56,7 +56,7 @@ pub async fn connect(
     // Everything that can refuse a widget does so before the upgrade, with a status the
     // widget's backoff understands: a bad token, a full node, a receiver with too many widgets,
     // a store that cannot count it.
-    check_token(&state, &receiver, query.token.as_deref())?;
+    check_token(&state, &receiver, query.token.as_deref(), Opening::Socket)?;
     // Before anything reaches the store: a plain GET would otherwise count a widget in and out,
     // and send the alert in flight again with one more attempt.
     actix_http::ws::verify_handshake(req.head()).map_err(not_an_upgrade)?;

@@ -694,3 +694,176 @@ async fn the_widget_recovers_after_the_server_restarts() {
         .await;
     assert_eq!(page.eval("window.cuebox.shown").await, json!([id]));
 }
+
+/// What a streamer would see on stream: any text at all on the page, and whether the card shows.
+const NOTHING_SHOWN: &str = "document.body.innerText.trim() === '' && \
+    document.getElementById('card').hidden === true";
+
+#[actix_web::test]
+async fn a_widget_with_a_bad_token_shows_nothing_and_says_why_in_the_console() {
+    let app = TestApp::memory().await;
+    let mut page = Page::open(&format!("{}/widget/alice?token=not-a-token", app.base)).await;
+    page.wait_for(
+        "window.cuebox && window.cuebox.refused === 'token'",
+        PROMPTLY,
+        "the page sees it was refused",
+    )
+    .await;
+    assert_eq!(page.eval(NOTHING_SHOWN).await, json!(true));
+    // It does not keep knocking: no socket was even tried, so no widget is counted and an
+    // alert for the receiver stays queued.
+    app.publish_alert("alice", "for a real widget").await;
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    assert_eq!(page.eval(NOTHING_SHOWN).await, json!(true));
+    assert_eq!(app.status("alice").await["widgets"], 0);
+    let said = page.console().join("\n");
+    assert!(
+        said.contains("does not open receiver") && said.contains("30 s"),
+        "{said}"
+    );
+    page.assert_no_uncaught_errors();
+}
+
+/// The bug this guards against: a node set up again with another secret refused the widget in
+/// OBS, and after a reload the refusal's JSON text was on stream.
+#[actix_web::test]
+async fn a_widget_whose_token_stops_working_clears_the_stage_and_waits_quietly() {
+    let port = free_port();
+    let mut args = serve_args(None);
+    args.bind = format!("127.0.0.1:{port}");
+    let app = TestApp::spawn(args.clone()).await;
+    let mut page = Page::open(&widget_url(&app, "alice")).await;
+    page.wait_for(CONNECTED, PROMPTLY, "the widget connects")
+        .await;
+    app.stop().await;
+
+    let deadline = Instant::now() + PROMPTLY;
+    while std::net::TcpListener::bind(&args.bind).is_err() {
+        assert!(Instant::now() < deadline, "port {port} never came free");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    args.secret = Some("another-secret".into());
+    let app = TestApp::spawn(args).await;
+    page.wait_for(
+        "window.cuebox.refused === 'token'",
+        Duration::from_secs(20),
+        "the widget learns its token no longer opens the receiver",
+    )
+    .await;
+    app.publish_alert("alice", "not for this widget").await;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert_eq!(page.eval(NOTHING_SHOWN).await, json!(true));
+    assert_eq!(page.eval("window.cuebox.shown").await, json!([]));
+    page.assert_no_uncaught_errors();
+}
+
+/// The README's quick start across a restart, as a self-hoster does it: `cuebox` started bare
+/// in a folder, the printed widget URL open in a browser, the node stopped and started again.
+/// The same key publishes, and the open widget comes back by itself and shows what was queued.
+#[actix_web::test]
+async fn the_quick_start_keeps_its_key_url_and_queue_across_a_restart() {
+    let cwd = DataDir::fresh();
+    std::fs::create_dir_all(&cwd.0).unwrap();
+    let port = free_port();
+    let (mut node, key, url) = bare_start(&cwd.0, port).await;
+    let mut page = Page::open(&url).await;
+    page.wait_for(CONNECTED, PROMPTLY, "the widget connects")
+        .await;
+    let base = format!("http://127.0.0.1:{port}");
+    let first = publish_with(&base, &key, "before the restart").await;
+    page.wait_for(
+        &format!("window.cuebox.shown.includes('{first}')"),
+        PROMPTLY,
+        "the first alert shows",
+    )
+    .await;
+    node.start_kill().unwrap();
+    let _ = node.wait().await;
+    page.wait_for(
+        "window.cuebox.connected === false",
+        PROMPTLY,
+        "the widget notices the node went away",
+    )
+    .await;
+
+    let deadline = Instant::now() + PROMPTLY;
+    while std::net::TcpListener::bind(("127.0.0.1", port)).is_err() {
+        assert!(Instant::now() < deadline, "port {port} never came free");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let (_node, key_again, url_again) = bare_start(&cwd.0, port).await;
+    assert_eq!((&key_again, &url_again), (&key, &url));
+    // Queued while the widget is still away, then shown, in order, once it is back.
+    let queued = [
+        publish_with(&base, &key, "queued one").await,
+        publish_with(&base, &key, "queued two").await,
+    ];
+    page.wait_for(
+        &format!("window.cuebox.shown.includes('{}')", queued[1]),
+        Duration::from_secs(40),
+        "the widget reconnects by itself and shows the queued alerts",
+    )
+    .await;
+    assert_eq!(
+        page.eval("window.cuebox.shown").await,
+        json!([first, queued[0], queued[1]])
+    );
+    page.assert_no_uncaught_errors();
+}
+
+/// Starts `cuebox` with no flags in `cwd` and reads the key and demo widget URL it prints.
+async fn bare_start(cwd: &std::path::Path, port: u16) -> (tokio::process::Child, String, String) {
+    use tokio::io::{AsyncBufReadExt, BufReader as AsyncBufReader};
+    let mut cmd = tokio::process::Command::new(env!("CARGO_BIN_EXE_cuebox"));
+    for var in ["CUEBOX_SECRET", "CUEBOX_REDIS_URL", "CUEBOX_PUBLISH_KEYS"] {
+        cmd.env_remove(var);
+    }
+    for var in ["CUEBOX_DATA_DIR", "CUEBOX_DURABILITY", "CUEBOX_IN_MEMORY"] {
+        cmd.env_remove(var);
+    }
+    let mut child = cmd
+        .current_dir(cwd)
+        .env("CUEBOX_BIND", format!("127.0.0.1:{port}"))
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap();
+    let mut lines = AsyncBufReader::new(child.stdout.take().unwrap()).lines();
+    let mut printed = Vec::new();
+    let read = tokio::time::timeout(PROMPTLY, async {
+        while let Ok(Some(line)) = lines.next_line().await {
+            printed.push(line.trim().to_owned());
+            if printed.iter().any(|l| l.contains("/widget/demo?token=")) {
+                break;
+            }
+        }
+    })
+    .await;
+    assert!(read.is_ok(), "no demo URL in {printed:?}");
+    let key = printed
+        .iter()
+        .find(|l| l.starts_with("pk_"))
+        .expect("a key");
+    let url = printed
+        .iter()
+        .find(|l| l.contains("/widget/demo?token="))
+        .unwrap();
+    (child, key.clone(), url.clone())
+}
+
+/// A client of its own each time: a pooled connection to the killed node would be reset.
+async fn publish_with(base: &str, key: &str, message: &str) -> String {
+    let mut res = awc::Client::new()
+        .post(format!("{base}/publish"))
+        .insert_header(("Authorization", format!("Bearer {key}")))
+        .insert_header(("Content-Type", "application/json"))
+        .send_body(
+            json!({ "receiver": "demo", "message": message, "duration_ms": 1000 }).to_string(),
+        )
+        .await
+        .unwrap();
+    assert_eq!(res.status().as_u16(), 202);
+    let body: Value = res.json().await.unwrap();
+    body["id"].as_str().unwrap().to_owned()
+}

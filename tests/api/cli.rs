@@ -382,3 +382,65 @@ async fn a_client_sending_junk_is_logged_at_debug_never_at_error() {
     assert!(errors.is_empty(), "logged at error: {errors:?}");
     assert_eq!(faults, junk.len(), "each piece of junk is logged at debug");
 }
+
+#[actix_web::test]
+async fn refused_widgets_are_logged_at_warn_once_a_minute_per_receiver() {
+    let port = free_port();
+    let data = DataDir::fresh();
+    let mut child = cuebox()
+        .env("CUEBOX_DATA_DIR", &data.0)
+        .args(["serve", "--log-format", "json"])
+        .args(["--bind", &format!("127.0.0.1:{port}")])
+        .args(["--secret", SECRET, "--publish-key", PUBLISH_KEY])
+        .env("CUEBOX_LOG", "info")
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut lines = BufReader::new(child.stderr.take().unwrap()).lines();
+    let ws = format!("ws://127.0.0.1:{port}");
+    let _ = WidgetClient::connect_when_listening(&format!("{ws}/ws/demo?token={}", {
+        cuebox::auth::WidgetTokens::new(SECRET).token(&receiver("demo"))
+    }))
+    .await;
+    // A widget retrying a bad token, three times, on the socket and the page; another receiver's
+    // once.
+    let http = awc::Client::new();
+    for receiver in ["alice", "alice", "alice", "bob"] {
+        let refused = WidgetClient::connect(&format!("{ws}/ws/{receiver}?token=bad")).await;
+        assert!(refused.is_err());
+        let page = http
+            .get(format!(
+                "http://127.0.0.1:{port}/widget/{receiver}?token=bad"
+            ))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(page.status().as_u16(), 401);
+    }
+    // A line after them all, to know the log has caught up.
+    let _ = http
+        .get(format!("http://127.0.0.1:{port}/widget/zed?token=bad"))
+        .send()
+        .await;
+    let mut refused: Vec<String> = Vec::new();
+    tokio::time::timeout(PROMPTLY, async {
+        while let Ok(Some(line)) = lines.next_line().await {
+            let v: serde_json::Value = serde_json::from_str(&line).expect("every line is JSON");
+            let message = v["message"].as_str().unwrap_or_default();
+            if message.starts_with("refused a widget") {
+                assert_eq!(v["level"], "WARN", "{v}");
+                let receiver = v["receiver"].as_str().unwrap_or_default();
+                refused.push(receiver.to_owned());
+                if receiver == "zed" {
+                    return;
+                }
+            }
+        }
+        panic!("the log ended");
+    })
+    .await
+    .expect("the refusals are logged");
+    assert_eq!(refused, ["alice", "bob", "zed"]);
+    let _ = child.start_kill();
+}
