@@ -3,17 +3,17 @@
 -- reconnect after a restart and report again.
 
 -- One row per receiver with a seq to keep, and its alert in flight, if any, in the flight_
--- columns (all NULL when the receiver is free). The alert itself stays in its queue row, at
--- `flight_pos`: sending it changes this small row, not a row holding the alert's text. Each
--- alert cycle rewrites this row twice (sent, started), so it holds nothing else.
+-- columns (both NULL when the receiver is free). The alert itself stays in its queue row, at
+-- `flight_pos`: sending it changes this small row, not a row holding the alert's text. Whether
+-- it started, and its deadline, are not kept: at start every alert that was in flight goes
+-- back to its queue to be sent again (src/store/embedded/mod.rs), so `started`, the most
+-- frequent transition, writes nothing.
 CREATE TABLE receivers (
-    receiver        TEXT PRIMARY KEY NOT NULL,
-    seq             INTEGER NOT NULL,
-    flight_pos      INTEGER,
-    flight_attempt  INTEGER,
-    flight_started  INTEGER,
-    flight_deadline INTEGER
-);
+    receiver       TEXT PRIMARY KEY NOT NULL,
+    seq            INTEGER NOT NULL,
+    flight_pos     INTEGER,
+    flight_attempt INTEGER
+) WITHOUT ROWID;
 
 -- Alerts, one row each: the waiting ones, and the one in flight (at its receiver's
 -- flight_pos). `pos` orders a receiver's queue, head first; it counts down for an alert put
@@ -27,7 +27,7 @@ CREATE TABLE queue (
     sent        INTEGER NOT NULL,
     json        TEXT NOT NULL,
     PRIMARY KEY (receiver, pos)
-);
+) WITHOUT ROWID;
 
 -- Idempotency keys of publishes, each until `until_ms` (24 hours after the first publish).
 CREATE TABLE idempotency (
@@ -37,5 +37,5 @@ CREATE TABLE idempotency (
     position INTEGER NOT NULL,
     until_ms INTEGER NOT NULL,
     PRIMARY KEY (receiver, key)
-);
+) WITHOUT ROWID;
 CREATE INDEX idempotency_until ON idempotency (until_ms);

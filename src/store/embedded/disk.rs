@@ -92,14 +92,12 @@ pub enum Row {
     },
 }
 
-/// The alert in flight as the receiver's row keeps it: where its alert's row is, and how it
-/// stands.
+/// The alert in flight as the receiver's row keeps it: where its alert's row is, and its
+/// attempt. Nothing of its timing: a restart sends it again.
 #[derive(Debug, PartialEq)]
 pub struct FlightRow {
     pub pos: i64,
     pub attempt: u32,
-    pub started: bool,
-    pub deadline: Millis,
 }
 
 impl Row {
@@ -227,10 +225,9 @@ impl Database {
         let mut loaded: HashMap<ReceiverId, Loaded> = HashMap::new();
         // The alert in flight of each receiver, less the alert itself, which is in its row.
         let mut flights: HashMap<ReceiverId, FlightRow> = HashMap::new();
-        let mut statement = self.conn.prepare(
-            "SELECT receiver, seq, flight_pos, flight_attempt, flight_started, flight_deadline \
-             FROM receivers",
-        )?;
+        let mut statement = self
+            .conn
+            .prepare("SELECT receiver, seq, flight_pos, flight_attempt FROM receivers")?;
         let mut rows = statement.query([])?;
         while let Some(row) = rows.next()? {
             let Some(receiver) = receiver_of(row.get_ref(0)?.as_str()?) else {
@@ -240,8 +237,6 @@ impl Database {
                 let flight = FlightRow {
                     pos,
                     attempt: row.get(3)?,
-                    started: row.get(4)?,
-                    deadline: row.get::<_, i64>(5)? as u64,
                 };
                 flights.insert(receiver.clone(), flight);
             }
@@ -268,11 +263,12 @@ impl Database {
             kept.receiver.ids.insert(alert.id.clone());
             if let Some(f) = flight {
                 kept.flight_pos = Some(pos);
+                // Not started, and past its deadline: the store sends it again at once.
                 kept.receiver.flight = Some(InFlight {
                     alert,
                     attempt: f.attempt,
-                    started: f.started,
-                    deadline: f.deadline,
+                    started: false,
+                    deadline: 0,
                 });
                 continue;
             }
@@ -312,19 +308,16 @@ impl Database {
                     flight,
                 } => {
                     let mut put = tx.prepare_cached(
-                        "INSERT INTO receivers (receiver, seq, flight_pos, flight_attempt, \
-                         flight_started, flight_deadline) VALUES (?1, ?2, ?3, ?4, ?5, ?6) \
-                         ON CONFLICT (receiver) DO UPDATE SET seq = ?2, flight_pos = ?3, \
-                         flight_attempt = ?4, flight_started = ?5, flight_deadline = ?6",
+                        "INSERT INTO receivers (receiver, seq, flight_pos, flight_attempt) \
+                         VALUES (?1, ?2, ?3, ?4) ON CONFLICT (receiver) DO UPDATE \
+                         SET seq = ?2, flight_pos = ?3, flight_attempt = ?4",
                     )?;
                     let f = flight.as_ref();
                     put.execute(params![
                         receiver.as_str(),
                         *seq as i64,
                         f.map(|f| f.pos),
-                        f.map(|f| f.attempt),
-                        f.map(|f| f.started),
-                        f.map(|f| f.deadline as i64)
+                        f.map(|f| f.attempt)
                     ])?;
                 }
                 Row::Forget(receiver) => {

@@ -142,7 +142,7 @@ impl EmbeddedStore {
         let receivers = Arc::new(Receivers {
             map: Mutex::new(Map {
                 receivers: map,
-                seq_floor: 0,
+                ..Map::default()
             }),
         });
         let writer = Writer::start(db, receivers.clone(), clock.clone());
@@ -179,6 +179,7 @@ impl EmbeddedStore {
         let Map {
             receivers,
             seq_floor,
+            pending,
         } = &mut *map;
         let kept = receivers.entry(receiver.clone()).or_insert_with(|| Kept {
             r: Receiver {
@@ -190,7 +191,16 @@ impl EmbeddedStore {
         let (outcome, pending) = match &self.writer {
             Some(writer) => {
                 let (outcome, rows) = kept.apply(receiver, command, now, &self.rules);
-                (outcome, Some(writer.send(rows)))
+                // Nothing to write and nothing of this receiver's waiting to be committed: the
+                // answer holds only what is on disk, so it need not wait for the writer. (The
+                // most frequent case: `started`, which writes nothing.) Otherwise the job goes
+                // in line, rows or not, and the answer waits for the commits before it.
+                if rows.is_empty() && !pending.contains_key(receiver) {
+                    (outcome, None)
+                } else {
+                    *pending.entry(receiver.clone()).or_default() += 1;
+                    (outcome, Some(writer.send(receiver.clone(), rows)))
+                }
             }
             None => {
                 let outcome = machine::apply(&mut kept.r, command, now, &self.rules);
@@ -219,6 +229,22 @@ struct Map {
     /// again starts from here, so its `seq` never goes back to a value a hub has already seen.
     /// (A restart starts hubs afresh, and new receivers count from the clock.)
     seq_floor: u64,
+    /// Jobs sent to the writer and not yet committed, per receiver (only those with some).
+    pending: HashMap<ReceiverId, u32>,
+}
+
+impl Map {
+    /// The writer committed (or failed) these jobs.
+    fn settled(&mut self, batch: &[Job]) {
+        for job in batch {
+            if let Some(n) = self.pending.get_mut(&job.receiver) {
+                *n -= 1;
+                if *n == 0 {
+                    self.pending.remove(&job.receiver);
+                }
+            }
+        }
+    }
 }
 
 impl Receivers {
@@ -393,8 +419,6 @@ impl Kept {
                 flight: flight.map(|(f, pos)| disk::FlightRow {
                     pos,
                     attempt: f.attempt,
-                    started: f.started,
-                    deadline: f.deadline,
                 }),
             });
         }
@@ -402,15 +426,17 @@ impl Kept {
     }
 }
 
-/// What of a receiver its own row keeps, to tell whether a command changed it.
+/// What of a receiver its own row keeps, to tell whether a command changed it: its `seq`, and
+/// which alert is in flight at which attempt. Not whether it started, nor its deadline: at start
+/// every alert that was in flight is sent again, so `started` writes nothing.
 #[derive(PartialEq)]
-struct Mark(u64, Option<(usize, u32, bool, Millis)>);
+struct Mark(u64, Option<(usize, u32)>);
 
 impl Mark {
     fn of(r: &Receiver) -> Self {
         let flight = r.flight.as_ref().map(|f| {
             let id = Arc::as_ptr(&f.alert.id) as *const u8 as usize;
-            (id, f.attempt, f.started, f.deadline)
+            (id, f.attempt)
         });
         Mark(r.seq, flight)
     }
@@ -455,6 +481,7 @@ struct CommitFailed {
 
 /// The rows of one transition, and who waits for their commit.
 struct Job {
+    receiver: ReceiverId,
     rows: Vec<Row>,
     done: oneshot::Sender<Committed>,
 }
@@ -478,11 +505,17 @@ impl Writer {
         }
     }
 
-    fn send(&self, rows: Vec<Row>) -> oneshot::Receiver<Committed> {
+    /// Hands a transition's rows to the writer, under the receivers' lock, so in the order the
+    /// transitions were applied.
+    fn send(&self, receiver: ReceiverId, rows: Vec<Row>) -> oneshot::Receiver<Committed> {
         let (done, committed) = oneshot::channel();
         if let Some(jobs) = &self.jobs {
             // If the writer is gone, the job is dropped and its caller hears so.
-            let _ = jobs.send(Job { rows, done });
+            let _ = jobs.send(Job {
+                receiver,
+                rows,
+                done,
+            });
         }
         committed
     }
@@ -511,7 +544,7 @@ fn write_loop(mut db: Database, jobs: mpsc::Receiver<Job>, receivers: &Receivers
         }
         let rows: Vec<&Row> = batch.iter().flat_map(|j| &j.rows).collect();
         if rows.is_empty() {
-            finish(batch, Ok(()));
+            finish(batch, Ok(()), receivers);
             continue;
         }
         let purge = (purged.elapsed() >= PURGE_EVERY).then(|| clock.now());
@@ -520,18 +553,19 @@ fn write_loop(mut db: Database, jobs: mpsc::Receiver<Job>, receivers: &Receivers
                 if purge.is_some() {
                     purged = Instant::now();
                 }
-                finish(batch, Ok(()));
+                finish(batch, Ok(()), receivers);
             }
             Err(e) => {
                 drop(rows);
                 let failed = undo(&db, &jobs, &mut batch, receivers, clock, &e);
-                finish(batch, Err(failed));
+                finish(batch, Err(failed), receivers);
             }
         }
     }
 }
 
-fn finish(batch: Vec<Job>, committed: Committed) {
+fn finish(batch: Vec<Job>, committed: Committed, receivers: &Receivers) {
+    receivers.lock().settled(&batch);
     for job in batch {
         let _ = job.done.send(committed.clone());
     }
