@@ -197,6 +197,20 @@ impl Database {
         &self.dir
     }
 
+    /// Caps the database's size, so a test can fill it as a full disk would.
+    pub(super) fn cap_pages(&self, pages: u64) -> rusqlite::Result<()> {
+        self.conn
+            .query_row(&format!("PRAGMA max_page_count = {pages}"), [], |_| Ok(()))
+    }
+
+    /// Pages the database has now.
+    #[cfg(test)]
+    pub(super) fn page_count(&self) -> rusqlite::Result<u64> {
+        self.conn
+            .query_row("PRAGMA page_count", [], |r| r.get::<_, i64>(0))
+            .map(|n| n as u64)
+    }
+
     /// The node setting `name`, made with `make` and kept the first time it is asked for.
     pub fn node_setting(
         &self,

@@ -82,7 +82,7 @@ impl EmbeddedStore {
         durability: Durability,
         rules: Rules,
     ) -> Result<(Self, NodeSecrets), OpenError> {
-        Self::open_with(dir, durability, rules, Clock::default())
+        Self::open_with(dir, durability, rules, Clock::default(), None)
     }
 
     /// [`EmbeddedStore::open`] with its clock held at `now` from the start (ms since the
@@ -95,14 +95,17 @@ impl EmbeddedStore {
     ) -> Result<(Self, NodeSecrets), OpenError> {
         let clock = Clock::default();
         clock.fixed.store(now, Ordering::Relaxed);
-        Self::open_with(dir, durability, rules, clock)
+        Self::open_with(dir, durability, rules, clock, None)
     }
 
+    /// `max_pages` caps the database's size (`PRAGMA max_page_count`), for a test of a full
+    /// disk.
     fn open_with(
         dir: &Path,
         durability: Durability,
         rules: Rules,
         clock: Clock,
+        max_pages: Option<u64>,
     ) -> Result<(Self, NodeSecrets), OpenError> {
         let mut db = Database::open(dir, durability)?;
         let shown = dir.display().to_string();
@@ -110,6 +113,9 @@ impl EmbeddedStore {
             dir: shown.clone(),
             error,
         };
+        if let Some(pages) = max_pages {
+            db.cap_pages(pages).map_err(sql)?;
+        }
         let secrets = NodeSecrets {
             widget_secret: db
                 .node_setting("widget_secret", crate::auth::random_secret)
@@ -675,5 +681,82 @@ impl Store for EmbeddedStore {
 
     async fn ping(&self) -> Result<(), StoreError> {
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::alert::NewAlert;
+    use crate::store::{Publish, WidgetChange};
+
+    fn rules() -> Rules {
+        Rules {
+            start_timeout: Duration::from_secs(5),
+            ack_grace: Duration::from_secs(5),
+            max_queue: 10_000,
+            max_widgets: 4,
+        }
+    }
+
+    /// A data dir of the test's own, removed when dropped.
+    struct Dir(std::path::PathBuf);
+
+    impl Drop for Dir {
+        fn drop(&mut self) {
+            let _ = std::fs::remove_dir_all(&self.0);
+        }
+    }
+
+    fn alert(n: usize) -> crate::alert::AlertRecord {
+        // As long as a message may be, so the capped database fills within a hundred alerts.
+        let body = serde_json::json!({ "receiver": "alice", "message": format!("{n} {}", "x".repeat(480)) });
+        NewAlert::parse(body.to_string().as_bytes(), None)
+            .expect("a valid alert")
+            .into_record()
+    }
+
+    /// A full disk: the publish that cannot be committed is refused as not taken, the store
+    /// goes on answering from what the disk holds, and a restart finds exactly what was
+    /// accepted.
+    #[tokio::test]
+    async fn a_commit_that_fails_leaves_memory_as_the_disk_has_it() {
+        let dir =
+            Dir(std::env::temp_dir().join(format!("cuebox-unit-full-{}", std::process::id())));
+        let _ = std::fs::remove_dir_all(&dir.0);
+        let probe = Database::open(&dir.0, Durability::Normal).unwrap();
+        let pages = probe.page_count().unwrap();
+        drop(probe);
+        let (store, _) = EmbeddedStore::open_with(
+            &dir.0,
+            Durability::Normal,
+            rules(),
+            Clock::default(),
+            Some(pages + 12),
+        )
+        .unwrap();
+        let alice = ReceiverId::parse("alice").unwrap();
+        let mut accepted = 0;
+        let refused = loop {
+            match store.publish(&alert(accepted), None).await {
+                Ok(Publish::Accepted { .. }) => accepted += 1,
+                Ok(other) => panic!("{other:?}"),
+                Err(e) => break e,
+            }
+            assert!(accepted < 1000, "the database never filled");
+        };
+        assert!(matches!(refused, StoreError::Unavailable(_)), "{refused:?}");
+        assert!(accepted > 0);
+        assert_eq!(store.status(&alice).await.unwrap().queued, accepted as u64);
+        // Still answering, from what is on disk: the head goes out to a widget.
+        let snap = store.widgets(&alice, WidgetChange::Joined).await;
+        let snap = snap.expect("a transition that fits still commits");
+        assert_eq!(snap.flight.map(|f| f.attempt), Some(1));
+        drop(store);
+
+        let (store, _) = EmbeddedStore::open(&dir.0, Durability::Normal, rules()).unwrap();
+        let status = store.status(&alice).await.unwrap();
+        // The one sent went back to the queue at the restart.
+        assert_eq!(status.queued, accepted as u64);
     }
 }
