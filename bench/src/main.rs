@@ -12,7 +12,7 @@ use serde_json::{json, Map, Value};
 use cuebox_bench::load::Clock;
 use cuebox_bench::node::{self, Node, Redis, Spawn, StoreKind};
 use cuebox_bench::report::{self, num, Table};
-use cuebox_bench::scenarios::{ceiling, cycles, drain, growth, idle, publish};
+use cuebox_bench::scenarios::{ceiling, cycles, data, drain, growth, idle, publish};
 use cuebox_bench::Error;
 
 #[derive(Parser, Debug)]
@@ -89,6 +89,8 @@ enum Scenario {
     Growth(growth::Args),
     /// Redis's own rate for an equivalent script, then cuebox's drain as a ratio of it.
     Ceiling(ceiling::Args),
+    /// The SQLite store's data dir with 100,000 alerts queued and drained, and its restart time.
+    Data(data::Args),
     /// Every scenario in turn, each on a fresh node, with ratios to the ceiling.
     All(AllArgs),
 }
@@ -147,6 +149,7 @@ async fn run(cli: &Cli) -> Result<(), Error> {
         Scenario::Publish(args) => tables.push(publish::run(&node(cli).await?, args).await?),
         Scenario::Idle(args) => tables.push(idle::run(&node(cli).await?, args).await?),
         Scenario::Growth(args) => tables.extend(growth::run(&node(cli).await?, clock, args).await?),
+        Scenario::Data(args) => tables.push(data::run(&mut node(cli).await?, args).await?),
         Scenario::Ceiling(args) => {
             let node = node(cli).await?;
             let drain_args = drain::Args {

@@ -140,8 +140,17 @@ pub struct Node {
     /// The Redis the node uses, if any.
     pub redis: Option<Redis>,
     /// The embedded store's data dir, removed when the node is dropped.
-    _data_dir: Option<DataDir>,
+    data_dir: Option<DataDir>,
+    /// How it was started, to start it again.
+    command: Option<Started>,
 }
+
+/// A node's binary, arguments and environment variables, as it was started.
+type Started = (
+    PathBuf,
+    Vec<std::ffi::OsString>,
+    Vec<(String, std::ffi::OsString)>,
+);
 
 /// A data dir of the harness's own, removed when dropped.
 struct DataDir(PathBuf);
@@ -180,7 +189,8 @@ impl Node {
             store: if redis.is_some() { "redis" } else { "unknown" },
             redis,
             child: None,
-            _data_dir: None,
+            data_dir: None,
+            command: None,
         }
     }
 
@@ -222,6 +232,13 @@ impl Node {
             }
             (None, _) => {}
         }
+        let command = (
+            spec.binary.clone(),
+            cmd.get_args().map(ToOwned::to_owned).collect(),
+            cmd.get_envs()
+                .filter_map(|(k, v)| Some((k.to_string_lossy().into_owned(), v?.to_owned())))
+                .collect(),
+        );
         let child = cmd
             .spawn()
             .map_err(|e| format!("cannot run {}: {e}", spec.binary.display()))?;
@@ -233,10 +250,48 @@ impl Node {
             store: spec.store.name(),
             redis,
             child: Some(Owned(child)),
-            _data_dir: data_dir,
+            data_dir,
+            command: Some(command),
         };
         node.wait_until_ready().await?;
         Ok(node)
+    }
+
+    /// The embedded store's data dir, for a node started here with it.
+    pub fn data_dir(&self) -> Option<&std::path::Path> {
+        self.data_dir.as_ref().map(|d| d.0.as_path())
+    }
+
+    /// Kills the node (SIGKILL) and starts it again as it was first started, on the same port
+    /// and data dir; answers how long it took from the start of the new process until it
+    /// listened.
+    pub async fn restart(&mut self) -> Result<Duration, Error> {
+        let (binary, args, envs) = self
+            .command
+            .clone()
+            .ok_or("only a node started here can be restarted")?;
+        self.child.take();
+        let deadline = Instant::now() + STARTUP;
+        while std::net::TcpListener::bind(self.addr).is_err() {
+            if Instant::now() > deadline {
+                return Err("the old node's port never came free".into());
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        let mut cmd = Command::new(binary);
+        cmd.args(args)
+            .env_remove("CUEBOX_REDIS_URL")
+            .env_remove("CUEBOX_DATA_DIR")
+            .env_remove("CUEBOX_IN_MEMORY")
+            .envs(envs)
+            .stdout(Stdio::null())
+            .stderr(Stdio::inherit());
+        let started = Instant::now();
+        let child = cmd.spawn()?;
+        self.pid = Some(child.id());
+        self.child = Some(Owned(child));
+        self.wait_until_ready().await?;
+        Ok(started.elapsed())
     }
 
     async fn wait_until_ready(&mut self) -> Result<(), Error> {

@@ -3,6 +3,7 @@
 
 pub mod ceiling;
 pub mod cycles;
+pub mod data;
 pub mod drain;
 pub mod growth;
 pub mod idle;

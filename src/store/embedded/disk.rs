@@ -161,7 +161,7 @@ impl Database {
             .map_err(sql)?;
         if fresh == 0 {
             // Only a database with no table yet takes this: pages freed by a drain go back to
-            // the file system a little at a time (see purge()).
+            // the file system a little at a time (see tidy()).
             conn.execute_batch("PRAGMA auto_vacuum = INCREMENTAL")
                 .map_err(sql)?;
         }
@@ -174,8 +174,8 @@ impl Database {
         conn.pragma_update(None, "synchronous", synchronous)
             .map_err(sql)?;
         // After a checkpoint the WAL file is cut back to this size rather than left at its
-        // largest.
-        conn.pragma_update(None, "journal_size_limit", 64 * 1024 * 1024)
+        // largest (a fill of 100,000 alerts, or a tidy, grows it past 16 MiB).
+        conn.pragma_update(None, "journal_size_limit", 8 * 1024 * 1024)
             .map_err(sql)?;
         conn.busy_timeout(Duration::from_secs(5)).map_err(sql)?;
         migrate(&mut conn).map_err(|e| match e {
@@ -311,8 +311,8 @@ impl Database {
         Ok(loaded)
     }
 
-    /// Writes every row in one transaction, and drops idempotency keys past their time.
-    pub fn write(&mut self, rows: &[&Row], purge_before: Option<Millis>) -> rusqlite::Result<()> {
+    /// Writes every row in one transaction.
+    pub fn write(&mut self, rows: &[&Row]) -> rusqlite::Result<()> {
         let tx = self.conn.transaction()?;
         for row in rows {
             match row {
@@ -379,18 +379,21 @@ impl Database {
                 }
             }
         }
-        if let Some(now) = purge_before {
-            tx.prepare_cached("DELETE FROM idempotency WHERE until_ms <= ?1")?
-                .execute([now as i64])?;
-        }
-        tx.commit()?;
-        if purge_before.is_some() {
-            // Hands pages freed since the last purge back to the file system, a bounded number
-            // at a time so a large drain's worth does not hold the writer long.
-            self.conn
-                .query_row("PRAGMA incremental_vacuum(2000)", [], |_| Ok(()))
-                .optional()?;
-        }
+        tx.commit()
+    }
+
+    /// Housekeeping, now and then: drops idempotency keys past their time, and hands up to
+    /// `pages` freed pages back to the file system (a drained queue's worth over a few rounds,
+    /// so no round holds the writer long).
+    pub fn tidy(&mut self, now: Millis, pages: u32) -> rusqlite::Result<()> {
+        self.conn
+            .prepare_cached("DELETE FROM idempotency WHERE until_ms <= ?1")?
+            .execute([now as i64])?;
+        let mut vacuum = self
+            .conn
+            .prepare_cached(&format!("PRAGMA incremental_vacuum({pages})"))?;
+        let mut freed = vacuum.query([])?;
+        while freed.next()?.is_some() {}
         Ok(())
     }
 }

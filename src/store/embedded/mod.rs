@@ -45,8 +45,11 @@ const NODE: &str = "embedded";
 /// Most transitions one commit takes.
 const MAX_BATCH: usize = 1024;
 
-/// How often the writer drops idempotency keys past their time.
-const PURGE_EVERY: Duration = Duration::from_secs(10 * 60);
+/// How often the writer tidies the database (see [`Database::tidy`]), busy or idle.
+const TIDY_EVERY: Duration = Duration::from_secs(10);
+/// Pages (4 KiB) handed back to the file system at each tidy: a 100,000-alert queue's worth
+/// within a minute of it draining.
+const TIDY_PAGES: u32 = 4000;
 
 pub struct EmbeddedStore {
     rules: Rules,
@@ -139,8 +142,8 @@ impl EmbeddedStore {
             }
             map.insert(receiver, kept);
         }
-        db.write(&rows.iter().collect::<Vec<_>>(), Some(clock.now()))
-            .map_err(sql)?;
+        db.write(&rows.iter().collect::<Vec<_>>()).map_err(sql)?;
+        db.tidy(clock.now(), TIDY_PAGES).map_err(sql)?;
         tracing::info!(
             data_dir = %shown, receivers = map.len(), queued, in_flight,
             "using the embedded store"
@@ -539,8 +542,19 @@ impl Drop for Writer {
 }
 
 fn write_loop(mut db: Database, jobs: mpsc::Receiver<Job>, receivers: &Receivers, clock: &Clock) {
-    let mut purged = Instant::now();
-    while let Ok(first) = jobs.recv() {
+    let mut tidied = Instant::now();
+    loop {
+        if tidied.elapsed() >= TIDY_EVERY {
+            if let Err(e) = db.tidy(clock.now(), TIDY_PAGES) {
+                tracing::warn!(error = %e, "could not tidy the embedded store's database");
+            }
+            tidied = Instant::now();
+        }
+        let first = match jobs.recv_timeout(TIDY_EVERY.saturating_sub(tidied.elapsed())) {
+            Ok(job) => job,
+            Err(mpsc::RecvTimeoutError::Timeout) => continue,
+            Err(mpsc::RecvTimeoutError::Disconnected) => return,
+        };
         let mut batch = vec![first];
         while batch.len() < MAX_BATCH {
             match jobs.try_recv() {
@@ -553,14 +567,8 @@ fn write_loop(mut db: Database, jobs: mpsc::Receiver<Job>, receivers: &Receivers
             finish(batch, Ok(()), receivers);
             continue;
         }
-        let purge = (purged.elapsed() >= PURGE_EVERY).then(|| clock.now());
-        match db.write(&rows, purge) {
-            Ok(()) => {
-                if purge.is_some() {
-                    purged = Instant::now();
-                }
-                finish(batch, Ok(()), receivers);
-            }
+        match db.write(&rows) {
+            Ok(()) => finish(batch, Ok(()), receivers),
             Err(e) => {
                 drop(rows);
                 let failed = undo(&db, &jobs, &mut batch, receivers, clock, &e);
