@@ -9,10 +9,12 @@
 //! - [`auth`] holds publish keys and widget tokens.
 //! - [`store`] holds the per-receiver queue and its state machine behind one trait, with the rules
 //!   written out in its docs and once as code in [`store::machine`] (pure: no I/O, time as an
-//!   argument); [`store::memory`] (embedded: a map and the machine) and [`store::redis`] (a Redis
-//!   Functions library, any number of nodes) keep them; [`store::redis::keys`] names every Redis key.
+//!   argument); [`store::embedded`] (one node: a map and the machine, kept in SQLite by
+//!   [`store::embedded::disk`]) and [`store::redis`] (a Redis Functions library, any number of
+//!   nodes) keep them; [`store::redis::keys`] names every Redis key.
 //! - [`ingest`] takes alerts producers add to the `{prefix}:ingest` Redis stream.
-//! - [`migrate`] applies `migrations/redis/` to the Redis key layout at start.
+//! - [`migrate`] applies `migrations/redis/` to the Redis key layout at start; the embedded
+//!   store applies `migrations/sqlite/` itself when it opens its data dir.
 //! - [`limits`] keeps this node's own limits: publish rate per key, widget connections.
 //! - [`metrics`] counts what operators scrape at `/metrics`.
 //! - [`hub`] keeps this node's widgets, relaying the store's snapshots to them and timing deadlines.

@@ -52,8 +52,12 @@
 //!    in `redis/functions.rs`.
 //! 4. Its arm in the Redis store's [`Store::apply`] (the embedded store answers every command
 //!    with `machine::apply` as it is), and, if the hub calls it, a provided method on [`Store`].
-//! 5. One conformance case in `tests/api/conformance.rs`, and the command in the generator of
-//!    `tests/api/differential.rs`, which then holds the Lua to the machine.
+//! 5. If the rule changes the queue or keeps something new, a [`machine::Change`] the machine
+//!    records as it does it, and its rows in `embedded/mod.rs` (`Kept::rows_of`), with a
+//!    migration in `migrations/sqlite/` for a new table or column.
+//! 6. One conformance case in `tests/api/conformance.rs`, and the command in the generator of
+//!    `tests/api/differential.rs`, which then holds the Lua and the SQLite store (restarted at
+//!    random) to the machine.
 
 pub mod embedded;
 pub mod machine;

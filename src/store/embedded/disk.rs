@@ -382,19 +382,32 @@ impl Database {
         tx.commit()
     }
 
-    /// Housekeeping, now and then: drops idempotency keys past their time, and hands up to
-    /// `pages` freed pages back to the file system (a drained queue's worth over a few rounds,
-    /// so no round holds the writer long).
-    pub fn tidy(&mut self, now: Millis, pages: u32) -> rusqlite::Result<()> {
+    /// Housekeeping, now and then: drops idempotency keys past their time, and, while free
+    /// pages are over a quarter of the file (a large queue drained), hands up to `pages` of them
+    /// back to the file system. A steady load reuses its free pages, so it pays nothing here.
+    /// `idle`: nothing was written since the last tidy, so the WAL is then checkpointed and
+    /// emptied. Answers whether it moved any page (so the WAL is not empty).
+    pub fn tidy(&mut self, now: Millis, pages: u32, idle: bool) -> rusqlite::Result<bool> {
         self.conn
             .prepare_cached("DELETE FROM idempotency WHERE until_ms <= ?1")?
             .execute([now as i64])?;
-        let mut vacuum = self
-            .conn
-            .prepare_cached(&format!("PRAGMA incremental_vacuum({pages})"))?;
-        let mut freed = vacuum.query([])?;
-        while freed.next()?.is_some() {}
-        Ok(())
+        let count = |pragma: &str| -> rusqlite::Result<i64> {
+            self.conn.query_row(pragma, [], |r| r.get(0))
+        };
+        let (free, total) = (count("PRAGMA freelist_count")?, count("PRAGMA page_count")?);
+        let vacuum = free >= 256 && free * 4 >= total;
+        if vacuum {
+            let mut step = self
+                .conn
+                .prepare_cached(&format!("PRAGMA incremental_vacuum({pages})"))?;
+            let mut freed = step.query([])?;
+            while freed.next()?.is_some() {}
+        }
+        if idle {
+            self.conn
+                .query_row("PRAGMA wal_checkpoint(TRUNCATE)", [], |_| Ok(()))?;
+        }
+        Ok(vacuum)
     }
 }
 

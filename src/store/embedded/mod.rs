@@ -7,7 +7,7 @@
 //!
 //! Under one `std::sync::Mutex` (each transition is one [`machine::apply`] and never awaits,
 //! so a plain mutex is both correct and cheaper than an async one): apply the command, turn
-//! what it changed into rows ([`rows_of`]), and hand them to the writer thread. Then, with the
+//! what it changed into rows (`Kept::rows_of`), and hand them to the writer thread. Then, with the
 //! lock let go, wait for the commit that holds them. Rows reach the writer in the order the
 //! transitions were applied, since they are sent under the lock; the writer takes every job
 //! waiting when it wakes into one transaction (group commit), so under load many transitions
@@ -46,10 +46,11 @@ const NODE: &str = "embedded";
 const MAX_BATCH: usize = 1024;
 
 /// How often the writer tidies the database (see [`Database::tidy`]), busy or idle.
-const TIDY_EVERY: Duration = Duration::from_secs(10);
-/// Pages (4 KiB) handed back to the file system at each tidy: a 100,000-alert queue's worth
-/// within a minute of it draining.
-const TIDY_PAGES: u32 = 4000;
+const TIDY_EVERY: Duration = Duration::from_secs(2);
+/// Most pages (4 KiB) handed back to the file system at one tidy, and only while free pages are
+/// more than a quarter of the file: a 100,000-alert queue's worth within a minute of it
+/// draining, in steps short enough not to be felt (moving a page writes it to the WAL).
+const TIDY_PAGES: u32 = 500;
 
 pub struct EmbeddedStore {
     rules: Rules,
@@ -143,7 +144,7 @@ impl EmbeddedStore {
             map.insert(receiver, kept);
         }
         db.write(&rows.iter().collect::<Vec<_>>()).map_err(sql)?;
-        db.tidy(clock.now(), TIDY_PAGES).map_err(sql)?;
+        db.tidy(clock.now(), TIDY_PAGES, false).map_err(sql)?;
         tracing::info!(
             data_dir = %shown, receivers = map.len(), queued, in_flight,
             "using the embedded store"
@@ -543,12 +544,18 @@ impl Drop for Writer {
 
 fn write_loop(mut db: Database, jobs: mpsc::Receiver<Job>, receivers: &Receivers, clock: &Clock) {
     let mut tidied = Instant::now();
+    // Whether anything was written since the last tidy, and whether the WAL was emptied since.
+    let (mut wrote, mut emptied) = (false, false);
     loop {
         if tidied.elapsed() >= TIDY_EVERY {
-            if let Err(e) = db.tidy(clock.now(), TIDY_PAGES) {
-                tracing::warn!(error = %e, "could not tidy the embedded store's database");
+            let idle = !wrote && !emptied;
+            match db.tidy(clock.now(), TIDY_PAGES, idle) {
+                Ok(moved) => emptied = idle && !moved,
+                Err(e) => {
+                    tracing::warn!(error = %e, "could not tidy the embedded store's database")
+                }
             }
-            tidied = Instant::now();
+            (wrote, tidied) = (false, Instant::now());
         }
         let first = match jobs.recv_timeout(TIDY_EVERY.saturating_sub(tidied.elapsed())) {
             Ok(job) => job,
@@ -567,6 +574,7 @@ fn write_loop(mut db: Database, jobs: mpsc::Receiver<Job>, receivers: &Receivers
             finish(batch, Ok(()), receivers);
             continue;
         }
+        wrote = true;
         match db.write(&rows) {
             Ok(()) => finish(batch, Ok(()), receivers),
             Err(e) => {
