@@ -793,6 +793,26 @@ async fn the_quick_start_keeps_its_key_url_and_queue_across_a_restart() {
     }
     let (_node, key_again, url_again) = bare_start(&cwd.0, port).await;
     assert_eq!((&key_again, &url_again), (&key, &url));
+    // `cuebox widget-url` in the same folder, while the node runs, signs the same URL.
+    let printed = tokio::process::Command::new(env!("CARGO_BIN_EXE_cuebox"))
+        .args([
+            "widget-url",
+            "demo",
+            "--base-url",
+            &format!("http://127.0.0.1:{port}"),
+        ])
+        .env_remove("CUEBOX_SECRET")
+        .env_remove("CUEBOX_REDIS_URL")
+        .env_remove("CUEBOX_DATA_DIR")
+        .current_dir(&cwd.0)
+        .output()
+        .await
+        .unwrap();
+    assert_eq!(
+        String::from_utf8_lossy(&printed.stdout).trim(),
+        url,
+        "{printed:?}"
+    );
     // Queued while the widget is still away, then shown, in order, once it is back.
     let queued = [
         publish_with(&base, &key, "queued one").await,
