@@ -82,7 +82,7 @@ pub async fn run(node: &mut Node, args: &Args) -> Result<Table, Error> {
         .await?;
     let drain_seconds = start.elapsed().as_secs_f64();
     let drained = size(&dir);
-    // The node hands freed pages back to the file system every 10 s: the size once it stops
+    // The node hands freed pages back to the file system every 2 s: the size once it stops
     // shrinking (it has not over 12 s), within two minutes.
     let (mut tidied, mut since, waited) = (drained, Instant::now(), Instant::now());
     while since.elapsed() < Duration::from_secs(12) && waited.elapsed() < Duration::from_secs(120) {
@@ -108,7 +108,7 @@ pub async fn run(node: &mut Node, args: &Args) -> Result<Table, Error> {
     table.notes.push(
         "size: every file in the data dir (database, WAL, shared memory); restart: from SIGKILL's \
          new process start until it listens, with every queue loaded; tidied: once the node has \
-         handed freed pages back (it does every 10 s), tidied_after_s after the drain"
+         handed freed pages back (it does every 2 s), tidied_after_s after the drain"
             .into(),
     );
     Ok(table)
