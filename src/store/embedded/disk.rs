@@ -139,7 +139,12 @@ impl Database {
             dir: shown.clone(),
             error,
         };
-        std::fs::create_dir_all(dir).map_err(io)?;
+        // Only its owner may read it: it holds the publish key and the widget secret.
+        let mut made = std::fs::DirBuilder::new();
+        made.recursive(true);
+        #[cfg(unix)]
+        std::os::unix::fs::DirBuilderExt::mode(&mut made, 0o700);
+        made.create(dir).map_err(io)?;
         let lock = File::options()
             .create(true)
             .truncate(false)
