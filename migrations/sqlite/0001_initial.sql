@@ -8,9 +8,16 @@
 -- it started, and its deadline, are not kept: at start every alert that was in flight goes
 -- back to its queue to be sent again (src/store/embedded/mod.rs), so `started`, the most
 -- frequent transition, writes nothing.
+--
+-- `head_pos` is the `pos` of the first waiting alert. A row below it, but the one in flight, is
+-- done with: sending or completing an alert moves `head_pos` and `flight_pos` in this one row
+-- rather than deleting a row from another page of `queue` for each alert, and such rows are
+-- deleted later, many at a time (src/store/embedded/disk.rs, `tidy`). NULL: every row of the
+-- receiver is live.
 CREATE TABLE receivers (
     receiver       TEXT PRIMARY KEY NOT NULL,
     seq            INTEGER NOT NULL,
+    head_pos       INTEGER,
     flight_pos     INTEGER,
     flight_attempt INTEGER
 ) WITHOUT ROWID;

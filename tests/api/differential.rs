@@ -271,7 +271,8 @@ impl Under {
                     .prepare(
                         "SELECT id, duration_ms, sent, json FROM queue WHERE receiver = ?1 \
                          AND pos IS NOT (SELECT flight_pos FROM receivers WHERE receiver = ?1) \
-                         ORDER BY pos",
+                         AND pos >= coalesce((SELECT head_pos FROM receivers \
+                         WHERE receiver = ?1), pos) ORDER BY pos",
                     )
                     .unwrap();
                 rows.query_map([name], |r| {

@@ -67,13 +67,14 @@ pub enum OpenError {
 /// One row to write, as a transition changed it.
 #[derive(Debug)]
 pub enum Row {
-    /// The receiver's `seq` and alert in flight.
+    /// The receiver's `seq`, the `pos` of its queue's head, and its alert in flight.
     Receiver {
         receiver: ReceiverId,
         seq: u64,
+        head: i64,
         flight: Option<FlightRow>,
     },
-    /// The receiver is idle and forgotten: no queue, nothing in flight.
+    /// The receiver is idle and forgotten: no queue, nothing in flight; its rows all go.
     Forget(ReceiverId),
     /// An alert's row: waiting, or in flight if the receiver's row points at it.
     Queued {
@@ -121,6 +122,8 @@ pub struct Loaded {
     pub flight_pos: Option<i64>,
     /// It has a row in `receivers`.
     pub has_row: bool,
+    /// Its row's `head_pos`, if it has one.
+    pub head_pos: Option<i64>,
 }
 
 /// The open database of a data dir, and the lock that keeps it this node's.
@@ -246,22 +249,27 @@ impl Database {
         let mut flights: HashMap<ReceiverId, FlightRow> = HashMap::new();
         let mut statement = self
             .conn
-            .prepare("SELECT receiver, seq, flight_pos, flight_attempt FROM receivers")?;
+            .prepare("SELECT receiver, seq, head_pos, flight_pos, flight_attempt FROM receivers")?;
         let mut rows = statement.query([])?;
         while let Some(row) = rows.next()? {
             let Some(receiver) = receiver_of(row.get_ref(0)?.as_str()?) else {
                 continue;
             };
-            if let Some(pos) = row.get::<_, Option<i64>>(2)? {
+            if let Some(pos) = row.get::<_, Option<i64>>(3)? {
                 let flight = FlightRow {
                     pos,
-                    attempt: row.get(3)?,
+                    attempt: row.get(4)?,
                 };
                 flights.insert(receiver.clone(), flight);
             }
+            let head: Option<i64> = row.get(2)?;
             let kept = loaded.entry(receiver).or_default();
             kept.receiver.seq = row.get::<_, i64>(1)? as u64;
             kept.has_row = true;
+            kept.head_pos = head;
+            if let Some(head) = head {
+                kept.head = head;
+            }
         }
         let mut statement = self.conn.prepare(
             "SELECT receiver, pos, id, duration_ms, sent, json FROM queue ORDER BY receiver, pos",
@@ -279,6 +287,10 @@ impl Database {
             };
             let flight = flights.get(&receiver).filter(|f| f.pos == pos);
             let kept = loaded.entry(receiver).or_default();
+            if flight.is_none() && kept.head_pos.is_some_and(|head| pos < head) {
+                // Done with, not yet deleted.
+                continue;
+            }
             kept.receiver.ids.insert(alert.id.clone());
             if let Some(f) = flight {
                 kept.flight_pos = Some(pos);
@@ -291,7 +303,7 @@ impl Database {
                 });
                 continue;
             }
-            if kept.receiver.queue.is_empty() {
+            if kept.receiver.queue.is_empty() && kept.head_pos.is_none() {
                 kept.head = pos;
             }
             let sent = row.get(4)?;
@@ -324,23 +336,28 @@ impl Database {
                 Row::Receiver {
                     receiver,
                     seq,
+                    head,
                     flight,
                 } => {
                     let mut put = tx.prepare_cached(
-                        "INSERT INTO receivers (receiver, seq, flight_pos, flight_attempt) \
-                         VALUES (?1, ?2, ?3, ?4) ON CONFLICT (receiver) DO UPDATE \
-                         SET seq = ?2, flight_pos = ?3, flight_attempt = ?4",
+                        "INSERT INTO receivers (receiver, seq, head_pos, flight_pos, \
+                         flight_attempt) VALUES (?1, ?2, ?3, ?4, ?5) ON CONFLICT (receiver) \
+                         DO UPDATE SET seq = ?2, head_pos = ?3, flight_pos = ?4, \
+                         flight_attempt = ?5",
                     )?;
                     let f = flight.as_ref();
                     put.execute(params![
                         receiver.as_str(),
                         *seq as i64,
+                        head,
                         f.map(|f| f.pos),
                         f.map(|f| f.attempt)
                     ])?;
                 }
                 Row::Forget(receiver) => {
                     tx.prepare_cached("DELETE FROM receivers WHERE receiver = ?1")?
+                        .execute([receiver.as_str()])?;
+                    tx.prepare_cached("DELETE FROM queue WHERE receiver = ?1")?
                         .execute([receiver.as_str()])?;
                 }
                 Row::Queued {
@@ -387,15 +404,34 @@ impl Database {
         tx.commit()
     }
 
-    /// Housekeeping, now and then: drops idempotency keys past their time, and, while free
-    /// pages are over a quarter of the file (a large queue drained), hands up to `pages` of them
-    /// back to the file system. A steady load reuses its free pages, so it pays nothing here.
-    /// `idle`: nothing was written since the last tidy, so the WAL is then checkpointed and
-    /// emptied. Answers whether it moved any page (so the WAL is not empty).
-    pub fn tidy(&mut self, now: Millis, pages: u32, idle: bool) -> rusqlite::Result<bool> {
-        self.conn
-            .prepare_cached("DELETE FROM idempotency WHERE until_ms <= ?1")?
-            .execute([now as i64])?;
+    /// Housekeeping, now and then: deletes the rows these receivers are done with (below
+    /// their `head_pos`, but the one in flight), as the disk has them; drops idempotency keys
+    /// past their time; and, while free pages are over a quarter of the file (a large queue
+    /// drained), hands up to `pages` of them back to the file system. A steady load reuses its
+    /// free pages, so it pays nothing for them. `idle`: nothing was written since the last
+    /// tidy, so the WAL is then checkpointed and emptied. Answers whether it changed anything
+    /// (so the WAL is not empty).
+    pub fn tidy(
+        &mut self,
+        done_with: &[ReceiverId],
+        now: Millis,
+        pages: u32,
+        idle: bool,
+    ) -> rusqlite::Result<bool> {
+        let tx = self.conn.transaction()?;
+        {
+            let mut sweep = tx.prepare_cached(
+                "DELETE FROM queue WHERE receiver = ?1 AND pos < (SELECT head_pos FROM \
+                 receivers WHERE receiver = ?1) AND pos IS NOT (SELECT flight_pos FROM \
+                 receivers WHERE receiver = ?1)",
+            )?;
+            for receiver in done_with {
+                sweep.execute([receiver.as_str()])?;
+            }
+            tx.prepare_cached("DELETE FROM idempotency WHERE until_ms <= ?1")?
+                .execute([now as i64])?;
+        }
+        tx.commit()?;
         let count = |pragma: &str| -> rusqlite::Result<i64> {
             self.conn.query_row(pragma, [], |r| r.get(0))
         };
@@ -408,11 +444,11 @@ impl Database {
             let mut freed = step.query([])?;
             while freed.next()?.is_some() {}
         }
-        if idle {
+        if idle && done_with.is_empty() {
             self.conn
                 .query_row("PRAGMA wal_checkpoint(TRUNCATE)", [], |_| Ok(()))?;
         }
-        Ok(vacuum)
+        Ok(vacuum || !done_with.is_empty())
     }
 }
 

@@ -25,7 +25,7 @@
 
 pub mod disk;
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::path::Path;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{mpsc, Arc, Mutex, MutexGuard};
@@ -51,6 +51,8 @@ const TIDY_EVERY: Duration = Duration::from_secs(2);
 /// more than a quarter of the file: a 100,000-alert queue's worth within a minute of it
 /// draining, in steps short enough not to be felt (moving a page writes it to the WAL).
 const TIDY_PAGES: u32 = 500;
+/// Most receivers whose done-with rows one tidy deletes.
+const SWEEP_RECEIVERS: usize = 500;
 
 pub struct EmbeddedStore {
     rules: Rules,
@@ -144,7 +146,7 @@ impl EmbeddedStore {
             map.insert(receiver, kept);
         }
         db.write(&rows.iter().collect::<Vec<_>>()).map_err(sql)?;
-        db.tidy(clock.now(), TIDY_PAGES, false).map_err(sql)?;
+        db.tidy(&[], clock.now(), TIDY_PAGES, false).map_err(sql)?;
         tracing::info!(
             data_dir = %shown, receivers = map.len(), queued, in_flight,
             "using the embedded store"
@@ -155,7 +157,9 @@ impl EmbeddedStore {
                 ..Map::default()
             }),
         });
-        let writer = Writer::start(db, receivers.clone(), clock.clone());
+        // Rows left below a head before the restart are deleted as the writer tidies.
+        let done_with = receivers.lock().receivers.keys().cloned().collect();
+        let writer = Writer::start(db, receivers.clone(), clock.clone(), done_with);
         let store = Self {
             rules,
             observer: Arc::new(Unobserved),
@@ -322,6 +326,7 @@ impl Kept {
         now: Millis,
     ) -> Vec<Row> {
         let mut rows = Vec::new();
+        let head_before = self.head;
         let (mut head, mut len) = (self.head, len_before as i64);
         let mut touched = Vec::new();
         let mut pushed = Vec::new();
@@ -411,6 +416,9 @@ impl Kept {
                     },
                     _ => continue,
                 },
+                // Below the head: done with. The receiver's row moves `head_pos` past it, and
+                // the writer deletes such rows later, many at a time.
+                None if pos < head => continue,
                 None => Row::Unqueued {
                     receiver: receiver.clone(),
                     pos,
@@ -420,12 +428,13 @@ impl Kept {
         }
         if self.r.is_idle(now) {
             rows.push(Row::Forget(receiver.clone()));
-        } else if after != before || !self.has_row {
+        } else if after != before || !self.has_row || head != head_before {
             self.has_row = true;
             let flight = self.r.flight.as_ref().zip(self.flight_pos);
             rows.push(Row::Receiver {
                 receiver: receiver.clone(),
                 seq: self.r.seq,
+                head,
                 flight: flight.map(|(f, pos)| disk::FlightRow {
                     pos,
                     attempt: f.attempt,
@@ -503,11 +512,16 @@ struct Writer {
 }
 
 impl Writer {
-    fn start(db: Database, receivers: Arc<Receivers>, clock: Arc<Clock>) -> Self {
+    fn start(
+        db: Database,
+        receivers: Arc<Receivers>,
+        clock: Arc<Clock>,
+        done_with: HashSet<ReceiverId>,
+    ) -> Self {
         let (jobs, rx) = mpsc::channel();
         let thread = std::thread::Builder::new()
             .name("cuebox-sqlite".into())
-            .spawn(move || write_loop(db, rx, &receivers, &clock))
+            .spawn(move || write_loop(db, rx, &receivers, &clock, done_with))
             .expect("a thread for the database");
         Self {
             jobs: Some(jobs),
@@ -542,14 +556,25 @@ impl Drop for Writer {
     }
 }
 
-fn write_loop(mut db: Database, jobs: mpsc::Receiver<Job>, receivers: &Receivers, clock: &Clock) {
+fn write_loop(
+    mut db: Database,
+    jobs: mpsc::Receiver<Job>,
+    receivers: &Receivers,
+    clock: &Clock,
+    mut done_with: HashSet<ReceiverId>,
+) {
     let mut tidied = Instant::now();
     // Whether anything was written since the last tidy, and whether the WAL was emptied since.
     let (mut wrote, mut emptied) = (false, false);
     loop {
         if tidied.elapsed() >= TIDY_EVERY {
             let idle = !wrote && !emptied;
-            match db.tidy(clock.now(), TIDY_PAGES, idle) {
+            // Receivers whose head moved since, a bounded number at a time.
+            let sweep: Vec<ReceiverId> = done_with.iter().take(SWEEP_RECEIVERS).cloned().collect();
+            for receiver in &sweep {
+                done_with.remove(receiver);
+            }
+            match db.tidy(&sweep, clock.now(), TIDY_PAGES, idle) {
                 Ok(moved) => emptied = idle && !moved,
                 Err(e) => {
                     tracing::warn!(error = %e, "could not tidy the embedded store's database")
@@ -575,6 +600,13 @@ fn write_loop(mut db: Database, jobs: mpsc::Receiver<Job>, receivers: &Receivers
             continue;
         }
         wrote = true;
+        for row in &rows {
+            if let Row::Receiver { receiver, .. } = row {
+                if !done_with.contains(receiver) {
+                    done_with.insert(receiver.clone());
+                }
+            }
+        }
         match db.write(&rows) {
             Ok(()) => finish(batch, Ok(()), receivers),
             Err(e) => {
