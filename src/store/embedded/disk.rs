@@ -404,20 +404,9 @@ impl Database {
         tx.commit()
     }
 
-    /// Housekeeping, now and then: deletes the rows these receivers are done with (below
-    /// their `head_pos`, but the one in flight), as the disk has them; drops idempotency keys
-    /// past their time; and, while free pages are over a quarter of the file (a large queue
-    /// drained), hands up to `pages` of them back to the file system. A steady load reuses its
-    /// free pages, so it pays nothing for them. `idle`: nothing was written since the last
-    /// tidy, so the WAL is then checkpointed and emptied. Answers whether it changed anything
-    /// (so the WAL is not empty).
-    pub fn tidy(
-        &mut self,
-        done_with: &[ReceiverId],
-        now: Millis,
-        pages: u32,
-        idle: bool,
-    ) -> rusqlite::Result<bool> {
+    /// Deletes the rows these receivers are done with (below their `head_pos`, but the one in
+    /// flight), as the disk has them, in one transaction.
+    pub fn sweep(&mut self, done_with: &[ReceiverId]) -> rusqlite::Result<()> {
         let tx = self.conn.transaction()?;
         {
             let mut sweep = tx.prepare_cached(
@@ -428,10 +417,19 @@ impl Database {
             for receiver in done_with {
                 sweep.execute([receiver.as_str()])?;
             }
-            tx.prepare_cached("DELETE FROM idempotency WHERE until_ms <= ?1")?
-                .execute([now as i64])?;
         }
-        tx.commit()?;
+        tx.commit()
+    }
+
+    /// Housekeeping, now and then: drops idempotency keys past their time, and, while free
+    /// pages are over a quarter of the file (a large queue drained), hands up to `pages` of them
+    /// back to the file system. A steady load reuses its free pages, so it pays nothing here.
+    /// `idle`: nothing was written since the last tidy, so the WAL is then checkpointed and
+    /// emptied. Answers whether it moved any page (so the WAL is not empty).
+    pub fn tidy(&mut self, now: Millis, pages: u32, idle: bool) -> rusqlite::Result<bool> {
+        self.conn
+            .prepare_cached("DELETE FROM idempotency WHERE until_ms <= ?1")?
+            .execute([now as i64])?;
         let count = |pragma: &str| -> rusqlite::Result<i64> {
             self.conn.query_row(pragma, [], |r| r.get(0))
         };
@@ -444,11 +442,11 @@ impl Database {
             let mut freed = step.query([])?;
             while freed.next()?.is_some() {}
         }
-        if idle && done_with.is_empty() {
+        if idle {
             self.conn
                 .query_row("PRAGMA wal_checkpoint(TRUNCATE)", [], |_| Ok(()))?;
         }
-        Ok(vacuum || !done_with.is_empty())
+        Ok(vacuum)
     }
 }
 

@@ -51,8 +51,10 @@ const TIDY_EVERY: Duration = Duration::from_secs(2);
 /// more than a quarter of the file: a 100,000-alert queue's worth within a minute of it
 /// draining, in steps short enough not to be felt (moving a page writes it to the WAL).
 const TIDY_PAGES: u32 = 500;
-/// Most receivers whose done-with rows one tidy deletes.
-const SWEEP_RECEIVERS: usize = 500;
+/// How often the writer deletes the rows receivers are done with, and the most receivers it
+/// sweeps at once: often and few, so no sweep holds the writer long.
+const SWEEP_EVERY: Duration = Duration::from_millis(100);
+const SWEEP_RECEIVERS: usize = 100;
 
 pub struct EmbeddedStore {
     rules: Rules,
@@ -146,7 +148,7 @@ impl EmbeddedStore {
             map.insert(receiver, kept);
         }
         db.write(&rows.iter().collect::<Vec<_>>()).map_err(sql)?;
-        db.tidy(&[], clock.now(), TIDY_PAGES, false).map_err(sql)?;
+        db.tidy(clock.now(), TIDY_PAGES, false).map_err(sql)?;
         tracing::info!(
             data_dir = %shown, receivers = map.len(), queued, in_flight,
             "using the embedded store"
@@ -563,18 +565,24 @@ fn write_loop(
     clock: &Clock,
     mut done_with: HashSet<ReceiverId>,
 ) {
-    let mut tidied = Instant::now();
+    let (mut tidied, mut swept) = (Instant::now(), Instant::now());
     // Whether anything was written since the last tidy, and whether the WAL was emptied since.
     let (mut wrote, mut emptied) = (false, false);
     loop {
-        if tidied.elapsed() >= TIDY_EVERY {
-            let idle = !wrote && !emptied;
+        if swept.elapsed() >= SWEEP_EVERY && !done_with.is_empty() {
             // Receivers whose head moved since, a bounded number at a time.
             let sweep: Vec<ReceiverId> = done_with.iter().take(SWEEP_RECEIVERS).cloned().collect();
             for receiver in &sweep {
                 done_with.remove(receiver);
             }
-            match db.tidy(&sweep, clock.now(), TIDY_PAGES, idle) {
+            if let Err(e) = db.sweep(&sweep) {
+                tracing::warn!(error = %e, "could not delete rows the embedded store is done with");
+            }
+            (wrote, swept) = (true, Instant::now());
+        }
+        if tidied.elapsed() >= TIDY_EVERY {
+            let idle = !wrote && !emptied;
+            match db.tidy(clock.now(), TIDY_PAGES, idle) {
                 Ok(moved) => emptied = idle && !moved,
                 Err(e) => {
                     tracing::warn!(error = %e, "could not tidy the embedded store's database")
@@ -582,7 +590,11 @@ fn write_loop(
             }
             (wrote, tidied) = (false, Instant::now());
         }
-        let first = match jobs.recv_timeout(TIDY_EVERY.saturating_sub(tidied.elapsed())) {
+        let mut wait = TIDY_EVERY.saturating_sub(tidied.elapsed());
+        if !done_with.is_empty() {
+            wait = wait.min(SWEEP_EVERY.saturating_sub(swept.elapsed()));
+        }
+        let first = match jobs.recv_timeout(wait) {
             Ok(job) => job,
             Err(mpsc::RecvTimeoutError::Timeout) => continue,
             Err(mpsc::RecvTimeoutError::Disconnected) => return,
