@@ -53,7 +53,7 @@ const TIDY_EVERY: Duration = Duration::from_secs(2);
 const TIDY_PAGES: u32 = 500;
 /// How often the writer deletes the rows receivers are done with, and the most receivers it
 /// sweeps at once: often and few, so no sweep holds the writer long.
-const SWEEP_EVERY: Duration = Duration::from_millis(100);
+const SWEEP_EVERY: Duration = Duration::from_millis(250);
 const SWEEP_RECEIVERS: usize = 100;
 
 pub struct EmbeddedStore {
