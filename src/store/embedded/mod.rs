@@ -313,13 +313,14 @@ impl Kept {
         (outcome, rows)
     }
 
-    /// The rows that keep what the last command changed: the alert rows it added or removed
-    /// (from the machine's [`Change`]s), the receiver's own row if its `seq` or alert in flight
-    /// moved, and the idempotency keys it remembered.
+    /// The rows that keep what the last command changed: the alert rows it added (from the
+    /// machine's [`Change`]s), the receiver's own row if its `seq`, its queue's head or its
+    /// alert in flight moved, and the idempotency keys it remembered.
     ///
-    /// An alert sent keeps its row, which the receiver's row then points at (`flight_pos`):
-    /// the machine took it from the queue, but on disk only the pointer moves, and the row goes
-    /// when the alert completes. Put back at the head, it lands on that same row again.
+    /// No alert's row is deleted here. An alert sent keeps its row, which the receiver's row
+    /// then points at (`flight_pos`); put back at the head, it lands on that same row again.
+    /// Rows below the head but the one in flight are done with: the writer deletes them later,
+    /// many at a time (`Database::sweep`), so a completion writes only the receiver's row.
     fn rows_of(
         &mut self,
         receiver: &ReceiverId,
