@@ -673,11 +673,7 @@ async fn the_widget_recovers_after_the_server_restarts() {
 
     // The same port and secret, so the URL in OBS still holds. The old listener is closed once
     // stop returns; the wait only covers a slow release by the kernel.
-    let deadline = Instant::now() + PROMPTLY;
-    while std::net::TcpListener::bind(&args.bind).is_err() {
-        assert!(Instant::now() < deadline, "port {port} never came free");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    port_free(port).await;
     let app = TestApp::spawn(args).await;
     let id = app.publish_alert("alice", "after the restart").await;
     page.wait_for(
@@ -737,11 +733,7 @@ async fn a_widget_whose_token_stops_working_clears_the_stage_and_waits_quietly()
         .await;
     app.stop().await;
 
-    let deadline = Instant::now() + PROMPTLY;
-    while std::net::TcpListener::bind(&args.bind).is_err() {
-        assert!(Instant::now() < deadline, "port {port} never came free");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    port_free(port).await;
     args.secret = Some("another-secret".into());
     let app = TestApp::spawn(args).await;
     page.wait_for(
@@ -786,11 +778,7 @@ async fn the_quick_start_keeps_its_key_url_and_queue_across_a_restart() {
     )
     .await;
 
-    let deadline = Instant::now() + PROMPTLY;
-    while std::net::TcpListener::bind(("127.0.0.1", port)).is_err() {
-        assert!(Instant::now() < deadline, "port {port} never came free");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    port_free(port).await;
     let (_node, key_again, url_again) = bare_start(&cwd.0, port).await;
     assert_eq!((&key_again, &url_again), (&key, &url));
     // `cuebox widget-url` in the same folder, while the node runs, signs the same URL.
@@ -829,47 +817,6 @@ async fn the_quick_start_keeps_its_key_url_and_queue_across_a_restart() {
         json!([first, queued[0], queued[1]])
     );
     page.assert_no_uncaught_errors();
-}
-
-/// Starts `cuebox` with no flags in `cwd` and reads the key and demo widget URL it prints.
-async fn bare_start(cwd: &std::path::Path, port: u16) -> (tokio::process::Child, String, String) {
-    use tokio::io::{AsyncBufReadExt, BufReader as AsyncBufReader};
-    let mut cmd = tokio::process::Command::new(env!("CARGO_BIN_EXE_cuebox"));
-    for var in ["CUEBOX_SECRET", "CUEBOX_REDIS_URL", "CUEBOX_PUBLISH_KEYS"] {
-        cmd.env_remove(var);
-    }
-    for var in ["CUEBOX_DATA_DIR", "CUEBOX_DURABILITY", "CUEBOX_IN_MEMORY"] {
-        cmd.env_remove(var);
-    }
-    let mut child = cmd
-        .current_dir(cwd)
-        .env("CUEBOX_BIND", format!("127.0.0.1:{port}"))
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .kill_on_drop(true)
-        .spawn()
-        .unwrap();
-    let mut lines = AsyncBufReader::new(child.stdout.take().unwrap()).lines();
-    let mut printed = Vec::new();
-    let read = tokio::time::timeout(PROMPTLY, async {
-        while let Ok(Some(line)) = lines.next_line().await {
-            printed.push(line.trim().to_owned());
-            if printed.iter().any(|l| l.contains("/widget/demo?token=")) {
-                break;
-            }
-        }
-    })
-    .await;
-    assert!(read.is_ok(), "no demo URL in {printed:?}");
-    let key = printed
-        .iter()
-        .find(|l| l.starts_with("pk_"))
-        .expect("a key");
-    let url = printed
-        .iter()
-        .find(|l| l.contains("/widget/demo?token="))
-        .unwrap();
-    (child, key.clone(), url.clone())
 }
 
 /// A client of its own each time: a pooled connection to the killed node would be reset.

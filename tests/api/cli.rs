@@ -7,23 +7,6 @@ use tokio::io::{AsyncBufReadExt, BufReader};
 
 use crate::helpers::*;
 
-fn cuebox() -> tokio::process::Command {
-    let mut cmd = tokio::process::Command::new(env!("CARGO_BIN_EXE_cuebox"));
-    for var in [
-        "CUEBOX_SECRET",
-        "CUEBOX_REDIS_URL",
-        "CUEBOX_PUBLISH_KEYS",
-        "CUEBOX_BIND",
-        "CUEBOX_DATA_DIR",
-        "CUEBOX_DURABILITY",
-        "CUEBOX_IN_MEMORY",
-    ] {
-        cmd.env_remove(var);
-    }
-    cmd.kill_on_drop(true);
-    cmd
-}
-
 #[actix_web::test]
 async fn help_names_every_flag_with_its_variable() {
     let out = cuebox().args(["serve", "--help"]).output().await.unwrap();
@@ -108,33 +91,7 @@ async fn a_bare_start_prints_a_publish_key_and_a_working_demo_url() {
     // As a user starts it: in a folder of its own, where it makes ./cuebox-data.
     let cwd = DataDir::fresh();
     std::fs::create_dir_all(&cwd.0).unwrap();
-    let mut child = cuebox()
-        .current_dir(&cwd.0)
-        .env("CUEBOX_BIND", format!("127.0.0.1:{port}"))
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
-    let mut printed = Vec::new();
-    let read = tokio::time::timeout(PROMPTLY, async {
-        while let Ok(Some(line)) = lines.next_line().await {
-            printed.push(line.trim().to_owned());
-            if printed.iter().any(|l| l.contains("/widget/demo?token=")) {
-                break;
-            }
-        }
-    })
-    .await;
-    assert!(read.is_ok(), "no demo URL in {printed:?}");
-    let key = printed
-        .iter()
-        .find(|l| l.starts_with("pk_"))
-        .expect("a key");
-    let url = printed
-        .iter()
-        .find(|l| l.contains("/widget/demo?token="))
-        .unwrap();
+    let (mut child, key, url) = bare_start(&cwd.0, port).await;
 
     let http = awc::Client::new();
     assert_eq!(http.get(url.as_str()).send().await.unwrap().status(), 200);
@@ -318,21 +275,34 @@ async fn node_killed_mid_alert(redis_url: &str, cluster: bool) {
     assert_eq!(survivor.status("bob").await["in_flight"]["id"], b1.as_str());
 }
 
-#[actix_web::test]
-async fn a_client_sending_junk_is_logged_at_debug_never_at_error() {
-    let port = free_port();
-    let data = DataDir::fresh();
+/// A node on `port` logging JSON lines at `filter` to its stderr, read line by line.
+fn json_logging_node(
+    data: &DataDir,
+    port: u16,
+    filter: &str,
+) -> (
+    tokio::process::Child,
+    tokio::io::Lines<BufReader<tokio::process::ChildStderr>>,
+) {
     let mut child = cuebox()
         .env("CUEBOX_DATA_DIR", &data.0)
         .args(["serve", "--log-format", "json"])
         .args(["--bind", &format!("127.0.0.1:{port}")])
         .args(["--secret", SECRET, "--publish-key", PUBLISH_KEY])
-        .env("CUEBOX_LOG", "info,cuebox::http::client=debug")
+        .env("CUEBOX_LOG", filter)
         .stdout(Stdio::null())
         .stderr(Stdio::piped())
         .spawn()
         .unwrap();
-    let mut lines = BufReader::new(child.stderr.take().unwrap()).lines();
+    let lines = BufReader::new(child.stderr.take().unwrap()).lines();
+    (child, lines)
+}
+
+#[actix_web::test]
+async fn a_client_sending_junk_is_logged_at_debug_never_at_error() {
+    let port = free_port();
+    let data = DataDir::fresh();
+    let (mut child, mut lines) = json_logging_node(&data, port, "info,cuebox::http::client=debug");
     let junk: [&[u8]; 3] = [
         b"GARBAGE\r\n\r\n",
         b"GET / HTTP/1.1\r\nHost: x\r\nBad Header\r\n\r\n",
@@ -387,17 +357,7 @@ async fn a_client_sending_junk_is_logged_at_debug_never_at_error() {
 async fn refused_widgets_are_logged_at_warn_once_a_minute_per_receiver() {
     let port = free_port();
     let data = DataDir::fresh();
-    let mut child = cuebox()
-        .env("CUEBOX_DATA_DIR", &data.0)
-        .args(["serve", "--log-format", "json"])
-        .args(["--bind", &format!("127.0.0.1:{port}")])
-        .args(["--secret", SECRET, "--publish-key", PUBLISH_KEY])
-        .env("CUEBOX_LOG", "info")
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let mut lines = BufReader::new(child.stderr.take().unwrap()).lines();
+    let (mut child, mut lines) = json_logging_node(&data, port, "info");
     let ws = format!("ws://127.0.0.1:{port}");
     let _ = WidgetClient::connect_when_listening(&format!("{ws}/ws/demo?token={}", {
         cuebox::auth::WidgetTokens::new(SECRET).token(&receiver("demo"))

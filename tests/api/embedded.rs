@@ -23,17 +23,7 @@ struct Node {
 }
 
 fn command(dir: &Path, port: u16) -> tokio::process::Command {
-    let mut cmd = tokio::process::Command::new(env!("CARGO_BIN_EXE_cuebox"));
-    for var in [
-        "CUEBOX_SECRET",
-        "CUEBOX_REDIS_URL",
-        "CUEBOX_PUBLISH_KEYS",
-        "CUEBOX_BIND",
-        "CUEBOX_IN_MEMORY",
-        "CUEBOX_DURABILITY",
-    ] {
-        cmd.env_remove(var);
-    }
+    let mut cmd = cuebox();
     cmd.args(["serve", "--bind", &format!("127.0.0.1:{port}")])
         .arg("--data-dir")
         .arg(dir)
@@ -41,8 +31,7 @@ fn command(dir: &Path, port: u16) -> tokio::process::Command {
         // Short, so an alert a killed node left in flight goes out again promptly.
         .args(["--start-timeout-ms", "1000", "--ack-grace-ms", "1000"])
         .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .kill_on_drop(true);
+        .stderr(Stdio::piped());
     cmd
 }
 
@@ -108,15 +97,6 @@ impl Node {
 
 fn receiver_id(s: &str) -> cuebox::alert::ReceiverId {
     cuebox::alert::ReceiverId::parse(s).unwrap()
-}
-
-/// Waits for the port to be free again after a node on it went away.
-async fn port_free(port: u16) {
-    let deadline = Instant::now() + PROMPTLY;
-    while std::net::TcpListener::bind(("127.0.0.1", port)).is_err() {
-        assert!(Instant::now() < deadline, "port {port} never came free");
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
 }
 
 #[actix_web::test]

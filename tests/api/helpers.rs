@@ -771,3 +771,72 @@ pub fn record_with(body: Value) -> cuebox::alert::AlertRecord {
         .expect("a valid alert")
         .into_record()
 }
+
+/// The `cuebox` binary, with none of the operator's `CUEBOX_*` variables, killed when dropped.
+pub fn cuebox() -> tokio::process::Command {
+    let mut cmd = tokio::process::Command::new(env!("CARGO_BIN_EXE_cuebox"));
+    for var in [
+        "CUEBOX_SECRET",
+        "CUEBOX_REDIS_URL",
+        "CUEBOX_PUBLISH_KEYS",
+        "CUEBOX_BIND",
+        "CUEBOX_DATA_DIR",
+        "CUEBOX_DURABILITY",
+        "CUEBOX_IN_MEMORY",
+    ] {
+        cmd.env_remove(var);
+    }
+    cmd.kill_on_drop(true);
+    cmd
+}
+
+/// Waits for a port to be free again after a node on it went away.
+pub async fn port_free(port: u16) {
+    let deadline = tokio::time::Instant::now() + PROMPTLY;
+    while TcpListener::bind(("127.0.0.1", port)).is_err() {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "port {port} never came free"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// `cuebox` started as a user starts it, with no flags, in `cwd` (where it makes
+/// ./cuebox-data), listening on `port`: the process, and the publish key and demo widget URL it
+/// printed. The rest of what it prints is read, as a terminal would.
+pub async fn bare_start(
+    cwd: &std::path::Path,
+    port: u16,
+) -> (tokio::process::Child, String, String) {
+    use tokio::io::{AsyncBufReadExt, BufReader};
+    let mut child = cuebox()
+        .current_dir(cwd)
+        .env("CUEBOX_BIND", format!("127.0.0.1:{port}"))
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
+    let mut printed = Vec::new();
+    let read = tokio::time::timeout(PROMPTLY, async {
+        while let Ok(Some(line)) = lines.next_line().await {
+            printed.push(line.trim().to_owned());
+            if printed.iter().any(|l| l.contains("/widget/demo?token=")) {
+                break;
+            }
+        }
+    })
+    .await;
+    assert!(read.is_ok(), "no demo URL in {printed:?}");
+    actix_web::rt::spawn(async move { while let Ok(Some(_)) = lines.next_line().await {} });
+    let key = printed
+        .iter()
+        .find(|l| l.starts_with("pk_"))
+        .expect("a key");
+    let url = printed
+        .iter()
+        .find(|l| l.contains("/widget/demo?token="))
+        .unwrap();
+    (child, key.clone(), url.clone())
+}
