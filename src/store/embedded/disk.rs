@@ -101,18 +101,6 @@ pub struct FlightRow {
     pub attempt: u32,
 }
 
-impl Row {
-    pub fn receiver(&self) -> &ReceiverId {
-        match self {
-            Row::Receiver { receiver, .. }
-            | Row::Forget(receiver)
-            | Row::Queued { receiver, .. }
-            | Row::Unqueued { receiver, .. }
-            | Row::Remembered { receiver, .. } => receiver,
-        }
-    }
-}
-
 /// A receiver as loaded: the machine's state, the position of its queue's head, and that of
 /// its alert in flight.
 #[derive(Default)]
