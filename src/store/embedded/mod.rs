@@ -12,8 +12,8 @@
 //! transitions were applied, since they are sent under the lock; the writer takes every job
 //! waiting when it wakes into one transaction (group commit), so under load many transitions
 //! share one commit, and with `--durability full` one sync. A transition that wrote nothing
-//! still waits for the commits before it, so nothing is answered from a state the disk may not
-//! keep.
+//! still waits for the commits of its receiver's transitions before it, if any, so nothing is
+//! answered from a state the disk may not keep.
 //!
 //! If a commit fails (a full disk), the map is read back from the database, which the failed
 //! transaction left as it was: memory never runs ahead of the disk for long, and the callers of
@@ -204,7 +204,7 @@ impl EmbeddedStore {
             },
             ..Kept::default()
         });
-        let (outcome, pending) = match &self.writer {
+        let (outcome, commit) = match &self.writer {
             Some(writer) => {
                 let (outcome, rows) = kept.apply(receiver, command, now, &self.rules);
                 // Nothing to write and nothing of this receiver's waiting to be committed: the
@@ -228,7 +228,7 @@ impl EmbeddedStore {
             *seq_floor = (*seq_floor).max(kept.r.seq);
             receivers.remove(receiver);
         }
-        (outcome, pending)
+        (outcome, commit)
     }
 }
 
@@ -388,10 +388,6 @@ impl Kept {
                 pos
             })),
         };
-        // The row of an alert that stopped being in flight goes, unless the queue has it back.
-        if let Some(pos) = flight_pos_before.filter(|p| Some(*p) != self.flight_pos) {
-            touched.push(pos);
-        }
         // A position touched twice in one command (taken, then put back) is written once, as
         // it ends.
         touched.sort_unstable();
@@ -690,10 +686,10 @@ impl Store for EmbeddedStore {
         command: Command<'_>,
     ) -> Result<Answered, StoreError> {
         let (call, started) = (command.call(), Instant::now());
-        let (outcome, pending) = self.transition(receiver, command);
-        let committed = match pending {
+        let (outcome, commit) = self.transition(receiver, command);
+        let committed = match commit {
             None => Ok(()),
-            Some(pending) => match pending.await {
+            Some(commit) => match commit.await {
                 Ok(committed) => committed,
                 Err(_) => Err(CommitFailed {
                     message: "the database's writer has stopped".into(),
