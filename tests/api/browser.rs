@@ -652,8 +652,9 @@ async fn donor_text_is_shown_as_text_and_runs_nothing() {
     .await;
 }
 
-#[actix_web::test]
-async fn the_widget_recovers_after_the_server_restarts() {
+/// A node on a port of its own with alice's widget page open and connected, then the node
+/// stopped: its arguments, to start it again on the same port, the port, and the page.
+async fn a_connected_page_whose_node_stops() -> (cuebox::config::ServeArgs, u16, Page) {
     let port = free_port();
     let mut args = serve_args(None);
     args.bind = format!("127.0.0.1:{port}");
@@ -661,8 +662,13 @@ async fn the_widget_recovers_after_the_server_restarts() {
     let mut page = Page::open(&widget_url(&app, "alice")).await;
     page.wait_for(CONNECTED, PROMPTLY, "the widget connects")
         .await;
-
     app.stop().await;
+    (args, port, page)
+}
+
+#[actix_web::test]
+async fn the_widget_recovers_after_the_server_restarts() {
+    let (args, port, mut page) = a_connected_page_whose_node_stops().await;
     page.wait_for(
         "window.cuebox.connected === false && document.body.dataset.connected === 'false'",
         PROMPTLY,
@@ -724,14 +730,7 @@ async fn a_widget_with_a_bad_token_shows_nothing_and_says_why_in_the_console() {
 /// OBS, and after a reload the refusal's JSON text was on stream.
 #[actix_web::test]
 async fn a_widget_whose_token_stops_working_clears_the_stage_and_waits_quietly() {
-    let port = free_port();
-    let mut args = serve_args(None);
-    args.bind = format!("127.0.0.1:{port}");
-    let app = TestApp::spawn(args.clone()).await;
-    let mut page = Page::open(&widget_url(&app, "alice")).await;
-    page.wait_for(CONNECTED, PROMPTLY, "the widget connects")
-        .await;
-    app.stop().await;
+    let (mut args, port, mut page) = a_connected_page_whose_node_stops().await;
 
     port_free(port).await;
     args.secret = Some("another-secret".into());
