@@ -1,9 +1,11 @@
-//! Who may publish, and which widget may watch which receiver.
+//! Who may publish, which widget may watch which receiver, and who may control it.
 //!
 //! Publish keys are compared through HMAC tags, so the comparison runs in constant time and the
-//! keys themselves are not kept. Widget tokens are an HMAC-SHA256 of the receiver under the
-//! secret: a token opens one receiver's widget and nothing else, and any node holding the same
-//! secret can check it without a store round trip.
+//! keys themselves are not kept. A receiver's tokens are an HMAC-SHA256 of its id and their
+//! purpose under the secret: a widget token opens one receiver's widget and nothing else (it is
+//! shown on stream, in OBS's source settings, and may leak), and a dashboard token controls one
+//! receiver's queue (pause, skip, clear...) and nothing else. Any node holding the same secret
+//! can check either without a store round trip.
 
 use hmac::{Hmac, Mac};
 use sha2::Sha256;
@@ -74,36 +76,57 @@ impl PublishKeys {
     }
 }
 
-/// Makes and checks widget tokens.
+/// What a receiver's token opens.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Purpose {
+    /// The widget: it shows alerts, and controls nothing.
+    Widget,
+    /// The controls and the dock.
+    Dashboard,
+}
+
+/// Makes and checks receivers' tokens.
 #[derive(Clone)]
-pub struct WidgetTokens {
+pub struct ReceiverTokens {
     secret: Vec<u8>,
 }
 
-impl WidgetTokens {
+impl ReceiverTokens {
     pub fn new(secret: &str) -> Self {
         Self {
             secret: secret.as_bytes().to_vec(),
         }
     }
 
-    fn mac_for(&self, receiver: &ReceiverId) -> HmacSha256 {
+    fn mac_for(&self, purpose: Purpose, receiver: &ReceiverId) -> HmacSha256 {
         let mut m = mac(&self.secret);
-        // The purpose is part of the message so that later token kinds (a dashboard token, say)
-        // can never be mistaken for a widget token.
-        m.update(b"cuebox widget v1\0");
+        // The purpose is part of the message, so one kind of token is never taken for another.
+        m.update(match purpose {
+            Purpose::Widget => b"cuebox widget v1\0".as_slice(),
+            Purpose::Dashboard => b"cuebox dashboard v1\0".as_slice(),
+        });
         m.update(receiver.as_str().as_bytes());
         m
     }
 
+    /// The widget token.
     pub fn token(&self, receiver: &ReceiverId) -> String {
-        hex(&self.mac_for(receiver).finalize().into_bytes())
+        self.token_for(Purpose::Widget, receiver)
+    }
+
+    pub fn token_for(&self, purpose: Purpose, receiver: &ReceiverId) -> String {
+        hex(&self.mac_for(purpose, receiver).finalize().into_bytes())
+    }
+
+    /// Checks a widget token.
+    pub fn verify(&self, receiver: &ReceiverId, token: &str) -> bool {
+        self.verify_for(Purpose::Widget, receiver, token)
     }
 
     /// Checks a token in constant time (`verify_slice`).
-    pub fn verify(&self, receiver: &ReceiverId, token: &str) -> bool {
+    pub fn verify_for(&self, purpose: Purpose, receiver: &ReceiverId, token: &str) -> bool {
         match unhex(token) {
-            Some(bytes) => self.mac_for(receiver).verify_slice(&bytes).is_ok(),
+            Some(bytes) => self.mac_for(purpose, receiver).verify_slice(&bytes).is_ok(),
             None => false,
         }
     }
@@ -129,15 +152,27 @@ mod tests {
 
     #[test]
     fn a_token_opens_its_receiver_only() {
-        let tokens = WidgetTokens::new("s3cret");
+        let tokens = ReceiverTokens::new("s3cret");
         let alice = ReceiverId::parse("alice").unwrap();
         let bob = ReceiverId::parse("bob").unwrap();
         let t = tokens.token(&alice);
         assert!(tokens.verify(&alice, &t));
         assert!(!tokens.verify(&bob, &t));
-        assert!(!WidgetTokens::new("other").verify(&alice, &t));
+        assert!(!ReceiverTokens::new("other").verify(&alice, &t));
         assert!(!tokens.verify(&alice, "zz"));
         assert!(!tokens.verify(&alice, &t.replace('a', "é")));
+    }
+
+    #[test]
+    fn a_widget_token_controls_nothing_and_a_dashboard_token_shows_nothing() {
+        let tokens = ReceiverTokens::new("s3cret");
+        let alice = ReceiverId::parse("alice").unwrap();
+        let widget = tokens.token(&alice);
+        let dashboard = tokens.token_for(Purpose::Dashboard, &alice);
+        assert_ne!(widget, dashboard);
+        assert!(tokens.verify_for(Purpose::Dashboard, &alice, &dashboard));
+        assert!(!tokens.verify_for(Purpose::Dashboard, &alice, &widget));
+        assert!(!tokens.verify(&alice, &dashboard));
     }
 
     #[test]

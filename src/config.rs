@@ -38,6 +38,9 @@ pub enum Command {
     Serve(ServeArgs),
     /// Print the widget URL to paste into OBS for a receiver.
     WidgetUrl(WidgetUrlArgs),
+    /// Print the dock URL of a receiver, for an OBS custom browser dock. Its dashboard token
+    /// controls the receiver's queue (pause, skip...): keep it off stream.
+    DockUrl(WidgetUrlArgs),
 }
 
 #[derive(Args, Debug, Clone)]

@@ -22,6 +22,7 @@ use tokio::time::Instant;
 
 use crate::alert::{AlertRecord, ReceiverId};
 use crate::metrics::{HubGauges, Metrics};
+use crate::store::machine::Command;
 use crate::store::{Notice, Publish, Snapshot, Store, StoreError, WidgetChange, PRESENCE_REFRESH};
 
 /// Frames a widget may have waiting before it counts as too slow and is closed. A widget gets a
@@ -182,6 +183,18 @@ impl Hub {
         Ok(())
     }
 
+    /// A command of the streamer's (pause, resume, skip): applied, and its snapshot handed to
+    /// this node's widgets like any other.
+    pub async fn control(
+        &self,
+        receiver: &ReceiverId,
+        command: Command<'_>,
+    ) -> Result<Snapshot, StoreError> {
+        let snapshot = self.store.apply(receiver, command).await?.into_snapshot()?;
+        self.apply(receiver, snapshot.clone());
+        Ok(snapshot)
+    }
+
     /// Applies what another node did.
     pub async fn notice(&self, notice: Notice) {
         match notice {
@@ -319,6 +332,14 @@ impl Hub {
         if snapshot.seq < local.seq {
             return;
         }
+        if let Some(skipped) = snapshot
+            .skipped
+            .as_deref()
+            .filter(|_| snapshot.seq > local.seq)
+        {
+            // Before the next alert's frame, so a widget clears the skipped one first.
+            send(&mut local.widgets, None, &skip_frame(skipped));
+        }
         let Some(flight) = snapshot.flight else {
             if snapshot.seq > local.seq {
                 local.seq = snapshot.seq;
@@ -400,6 +421,13 @@ fn send(widgets: &mut [LocalWidget], only: Option<u64>, frame: &Frame) {
             w.outbox.close_channel();
         }
     }
+}
+
+/// `{"type":"skip","id":"..."}`: the streamer skipped the alert, and widgets stop it at once.
+fn skip_frame(id: &str) -> Frame {
+    serde_json::json!({"type": "skip", "id": id})
+        .to_string()
+        .into()
 }
 
 /// `{"type":"alert","alert":{...},"attempt":N}`, around the alert's JSON as stored.

@@ -4,8 +4,9 @@ use std::io::Write;
 use std::process::ExitCode;
 
 use clap::Parser;
+use cuebox::auth::Purpose;
 use cuebox::config::{Cli, Command};
-use cuebox::startup::{widget_url, widget_url_command, Application};
+use cuebox::startup::{receiver_url_command, widget_url, Application};
 
 #[tokio::main]
 async fn main() -> ExitCode {
@@ -14,9 +15,12 @@ async fn main() -> ExitCode {
     let result = match cli.command {
         None => serve(cli.serve).await,
         Some(Command::Serve(args)) => serve(args).await,
-        Some(Command::WidgetUrl(args)) => widget_url_command(args).await.map(|url| {
-            println!("{url}");
-        }),
+        Some(Command::WidgetUrl(args)) => receiver_url_command(args, Purpose::Widget)
+            .await
+            .map(|url| println!("{url}")),
+        Some(Command::DockUrl(args)) => receiver_url_command(args, Purpose::Dashboard)
+            .await
+            .map(|url| println!("{url}")),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

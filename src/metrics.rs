@@ -28,6 +28,7 @@ pub struct Metrics {
     requeued: Counter,
     shown: Counter,
     expired: Counter,
+    skipped: Counter,
     publish_seconds: Histogram,
     store_seconds: Vec<Histogram>,
     store_errors: Vec<Counter>,
@@ -62,14 +63,13 @@ impl Default for Metrics {
         registry.register(
             "alerts",
             "Alerts by outcome: published, duplicate and refused (queue full) at publish; sent, \
-             resent (never started), requeued (no widget left), shown (done) and expired as the \
-             queue moves; skipped and filtered stay 0, as cuebox neither skips nor filters \
-             alerts yet. Counted by the node that caused each",
+             resent (never started), requeued (no widget left), shown (done), expired and \
+             skipped (by the streamer) as the queue moves; filtered stays 0, as cuebox filters \
+             no alerts yet. Counted by the node that caused each",
             alerts.clone(),
         );
         let outcome = |o: &'static str| alerts.get_or_create_owned(&vec![("outcome", o)]);
-        // Present so dashboards can be built on them; nothing skips or filters an alert yet.
-        outcome("skipped");
+        // Present so dashboards can be built on it; nothing filters an alert yet.
         outcome("filtered");
 
         let publish_seconds = latency_buckets();
@@ -132,6 +132,7 @@ impl Default for Metrics {
             requeued: outcome("requeued"),
             shown: outcome("shown"),
             expired: outcome("expired"),
+            skipped: outcome("skipped"),
             publish_seconds,
             // Every kind of call, from the one list of them, indexed as `Call::index`.
             store_seconds: Call::ALL
@@ -175,6 +176,7 @@ impl Metrics {
                 Event::Requeued => self.requeued.inc(),
                 Event::Done => self.shown.inc(),
                 Event::Expired => self.expired.inc(),
+                Event::Skipped => self.skipped.inc(),
             };
         }
     }

@@ -11,7 +11,7 @@ use tokio::sync::{mpsc, watch};
 use tokio::task::JoinHandle;
 
 use crate::alert::ReceiverId;
-use crate::auth::{random_publish_key, random_secret, PublishKeys, WidgetTokens};
+use crate::auth::{random_publish_key, random_secret, PublishKeys, Purpose, ReceiverTokens};
 use crate::config::{ServeArgs, WidgetUrlArgs};
 use crate::http::{self, AppState};
 use crate::hub::Hub;
@@ -55,7 +55,7 @@ pub struct Application {
     pub generated_publish_key: Option<String>,
     /// Where the embedded store keeps its data, if it does.
     pub data_dir: Option<std::path::PathBuf>,
-    pub tokens: WidgetTokens,
+    pub tokens: ReceiverTokens,
 }
 
 impl Application {
@@ -139,7 +139,7 @@ impl Application {
             Some(k) => PublishKeys::new(std::slice::from_ref(k)),
             None => PublishKeys::new(&args.publish_keys),
         };
-        let tokens = WidgetTokens::new(&secret);
+        let tokens = ReceiverTokens::new(&secret);
         let publish_rate = PublishRate::new(args.publish_rate, publish_keys.len());
 
         let hub = Hub::new(store, metrics.clone());
@@ -294,18 +294,36 @@ async fn wait_for_signal() {
 }
 
 /// The URL to paste into OBS for a receiver.
-pub fn widget_url(base_url: &str, tokens: &WidgetTokens, receiver: &ReceiverId) -> String {
+pub fn widget_url(base_url: &str, tokens: &ReceiverTokens, receiver: &ReceiverId) -> String {
+    receiver_url(base_url, tokens, Purpose::Widget, receiver)
+}
+
+/// A receiver's page with its token: the widget (a browser source) or the dock (a custom
+/// browser dock, with the dashboard token).
+pub fn receiver_url(
+    base_url: &str,
+    tokens: &ReceiverTokens,
+    purpose: Purpose,
+    receiver: &ReceiverId,
+) -> String {
+    let page = match purpose {
+        Purpose::Widget => "widget",
+        Purpose::Dashboard => "dock",
+    };
     format!(
-        "{}/widget/{}?token={}",
+        "{}/{page}/{}?token={}",
         base_url.trim_end_matches('/'),
         receiver,
-        tokens.token(receiver)
+        tokens.token_for(purpose, receiver)
     )
 }
 
-/// `cuebox widget-url`: the secret from the flag, or the one the nodes keep in Redis, or the
-/// one the embedded store keeps in its data dir.
-pub async fn widget_url_command(args: WidgetUrlArgs) -> Result<String, StartError> {
+/// `cuebox widget-url` and `cuebox dock-url`: the secret from the flag, or the one the nodes
+/// keep in Redis, or the one the embedded store keeps in its data dir.
+pub async fn receiver_url_command(
+    args: WidgetUrlArgs,
+    purpose: Purpose,
+) -> Result<String, StartError> {
     let receiver = ReceiverId::parse(&args.receiver).map_err(|e| StartError::Config(e.message))?;
     let secret = match (&args.secret, args.redis.target()) {
         (Some(s), _) => s.clone(),
@@ -329,9 +347,10 @@ pub async fn widget_url_command(args: WidgetUrlArgs) -> Result<String, StartErro
             }
         }
     };
-    Ok(widget_url(
+    Ok(receiver_url(
         &args.base_url,
-        &WidgetTokens::new(&secret),
+        &ReceiverTokens::new(&secret),
+        purpose,
         &receiver,
     ))
 }

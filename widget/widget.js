@@ -28,7 +28,7 @@
   };
 
   // For tests and for a curious streamer's devtools.
-  const status = { connected: false, shown: [], current: null, refused: null };
+  const status = { connected: false, shown: [], skipped: [], current: null, refused: null };
   window.cuebox = status;
 
   // Refused: this page is on stream, so it shows nothing and says why only in the console
@@ -100,6 +100,15 @@
     // finished it). It is the authority, so follow it.
     if (showing) clear();
     show(alert);
+  }
+
+  // The streamer skipped an alert: if it is on screen, it goes at once, with no `done` (the
+  // server has completed it already). Remembered, so a late resend of it is not shown again.
+  function onSkip(frame) {
+    if (typeof frame.id !== 'string') return;
+    status.skipped.push(frame.id);
+    if (finished.indexOf(frame.id) === -1) remember(frame.id);
+    if (showing && showing.id === frame.id) clear();
   }
 
   function show(alert) {
@@ -253,6 +262,9 @@
         break;
       case 'alert':
         onAlert(frame);
+        break;
+      case 'skip':
+        onSkip(frame);
         break;
       case 'error':
         console.warn('cuebox: server error', frame.code, frame.message);

@@ -19,7 +19,7 @@ use std::time::{Duration, Instant};
 
 use criterion::{criterion_group, criterion_main, BatchSize, Criterion};
 use cuebox::alert::{AlertRecord, NewAlert, ReceiverId};
-use cuebox::auth::{PublishKeys, WidgetTokens};
+use cuebox::auth::{PublishKeys, ReceiverTokens};
 use cuebox::hub::alert_frame;
 use cuebox::metrics::Metrics;
 use cuebox::store::embedded::EmbeddedStore;
@@ -95,11 +95,11 @@ fn alert(c: &mut Criterion) {
 }
 
 fn auth(c: &mut Criterion) {
-    let tokens = WidgetTokens::new(SECRET);
+    let tokens = ReceiverTokens::new(SECRET);
     let streamer = receiver("bench_streamer");
     let good = tokens.token(&streamer);
     // Well formed and of the right length, so the whole MAC is computed before it is refused.
-    let forged = WidgetTokens::new("not-the-secret").token(&streamer);
+    let forged = ReceiverTokens::new("not-the-secret").token(&streamer);
     // A check that measures a refusal as an acceptance (or the reverse) measures nothing.
     assert!(tokens.verify(&streamer, &good), "a good token is accepted");
     assert!(
@@ -113,7 +113,7 @@ fn auth(c: &mut Criterion) {
 
     let mut group = c.benchmark_group("auth");
     group.bench_function("widget_tokens_new", |b| {
-        b.iter(|| WidgetTokens::new(black_box(SECRET)))
+        b.iter(|| ReceiverTokens::new(black_box(SECRET)))
     });
     group.bench_function("token", |b| b.iter(|| tokens.token(black_box(&streamer))));
     group.bench_function("verify/good", |b| {

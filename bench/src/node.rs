@@ -8,7 +8,7 @@ use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use cuebox::alert::ReceiverId;
-use cuebox::auth::WidgetTokens;
+use cuebox::auth::ReceiverTokens;
 
 use crate::Error;
 
@@ -131,7 +131,7 @@ impl Drop for Redis {
 pub struct Node {
     pub addr: SocketAddr,
     pub publish_key: String,
-    pub tokens: WidgetTokens,
+    pub tokens: ReceiverTokens,
     /// For CPU and RSS; unknown for a node named by URL without `--pid`.
     pub pid: Option<u32>,
     pub store: &'static str,
@@ -184,7 +184,7 @@ impl Node {
         Self {
             addr,
             publish_key: publish_key.to_owned(),
-            tokens: WidgetTokens::new(secret),
+            tokens: ReceiverTokens::new(secret),
             pid,
             store: if redis.is_some() { "redis" } else { "unknown" },
             redis,
@@ -245,7 +245,7 @@ impl Node {
         let mut node = Self {
             addr,
             publish_key: PUBLISH_KEY.to_owned(),
-            tokens: WidgetTokens::new(SECRET),
+            tokens: ReceiverTokens::new(SECRET),
             pid: Some(child.id()),
             store: spec.store.name(),
             redis,

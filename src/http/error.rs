@@ -14,6 +14,11 @@ pub enum ApiError {
     Invalid(FieldError),
     #[error("a valid publish key is required: Authorization: Bearer <key>")]
     Unauthorized,
+    #[error(
+        "a publish key or this receiver's dashboard token is required: Authorization: Bearer \
+         <key or token>, or ?token=<token>"
+    )]
+    NotController,
     #[error("the widget token is missing or does not match the receiver")]
     BadToken,
     #[error("the body must be at most {0} bytes")]
@@ -44,6 +49,22 @@ pub enum ApiError {
          queued twice"
     )]
     OutcomeUnknown(#[source] StoreError),
+    #[error(
+        "the store did not answer in time, so the change may have taken effect: read the \
+         receiver (GET /receivers/{{receiver}}) before trying again"
+    )]
+    ChangeUnknown(#[source] StoreError),
+}
+
+impl ApiError {
+    /// A store error under a control: an unknown outcome says to look before trying again,
+    /// since a control (a skip, say) is not idempotent the way a publish with a key is.
+    pub fn of_control(e: StoreError) -> Self {
+        match e {
+            StoreError::OutcomeUnknown(_) => ApiError::ChangeUnknown(e),
+            e => e.into(),
+        }
+    }
 }
 
 impl From<FieldError> for ApiError {
@@ -68,7 +89,7 @@ impl ApiError {
     fn code(&self) -> &'static str {
         match self {
             ApiError::Invalid(e) => e.code,
-            ApiError::Unauthorized => "unauthorized",
+            ApiError::Unauthorized | ApiError::NotController => "unauthorized",
             ApiError::BadToken => "invalid_token",
             ApiError::TooLarge(_) => "payload_too_large",
             ApiError::BodyTimeout(_) => "request_timeout",
@@ -81,7 +102,7 @@ impl ApiError {
             ApiError::NodeFull => "node_full",
             ApiError::ShuttingDown => "shutting_down",
             ApiError::Unavailable(_) => "store_unavailable",
-            ApiError::OutcomeUnknown(_) => "outcome_unknown",
+            ApiError::OutcomeUnknown(_) | ApiError::ChangeUnknown(_) => "outcome_unknown",
         }
     }
 }
@@ -90,7 +111,9 @@ impl ResponseError for ApiError {
     fn status_code(&self) -> StatusCode {
         match self {
             ApiError::Invalid(_) => StatusCode::BAD_REQUEST,
-            ApiError::Unauthorized | ApiError::BadToken => StatusCode::UNAUTHORIZED,
+            ApiError::Unauthorized | ApiError::NotController | ApiError::BadToken => {
+                StatusCode::UNAUTHORIZED
+            }
             ApiError::TooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
             ApiError::BodyTimeout(_) => StatusCode::REQUEST_TIMEOUT,
             ApiError::UnsupportedMediaType => StatusCode::UNSUPPORTED_MEDIA_TYPE,
@@ -100,7 +123,7 @@ impl ResponseError for ApiError {
             ApiError::NodeFull | ApiError::ShuttingDown => StatusCode::SERVICE_UNAVAILABLE,
             ApiError::NotFound => StatusCode::NOT_FOUND,
             ApiError::UpgradeRequired => StatusCode::UPGRADE_REQUIRED,
-            ApiError::Unavailable(_) | ApiError::OutcomeUnknown(_) => {
+            ApiError::Unavailable(_) | ApiError::OutcomeUnknown(_) | ApiError::ChangeUnknown(_) => {
                 StatusCode::SERVICE_UNAVAILABLE
             }
         }
@@ -109,7 +132,7 @@ impl ResponseError for ApiError {
     fn error_response(&self) -> HttpResponse {
         match self {
             ApiError::Unavailable(cause) => tracing::warn!(error = %cause, "store unavailable"),
-            ApiError::OutcomeUnknown(cause) => {
+            ApiError::OutcomeUnknown(cause) | ApiError::ChangeUnknown(cause) => {
                 tracing::warn!(error = %cause, "the store did not answer; outcome unknown")
             }
             _ => {}
@@ -120,11 +143,12 @@ impl ResponseError for ApiError {
         };
         let mut res = HttpResponse::build(self.status_code());
         match self {
-            ApiError::Unauthorized => {
+            ApiError::Unauthorized | ApiError::NotController => {
                 res.insert_header((header::WWW_AUTHENTICATE, "Bearer"));
             }
             ApiError::Unavailable(_)
             | ApiError::OutcomeUnknown(_)
+            | ApiError::ChangeUnknown(_)
             | ApiError::QueueFull
             | ApiError::NodeFull
             | ApiError::ShuttingDown => {

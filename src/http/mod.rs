@@ -1,10 +1,10 @@
 //! The HTTP surface: routes, the state every handler shares, and authorization.
 
+mod controls;
 mod error;
 mod health;
 mod pages;
 mod publish;
-mod receivers;
 pub(crate) mod socket;
 mod token;
 mod widget;
@@ -17,7 +17,7 @@ use tokio::sync::watch;
 pub use error::ApiError;
 
 use crate::alert::FieldError;
-use crate::auth::{PublishKeys, WidgetTokens};
+use crate::auth::{PublishKeys, ReceiverTokens};
 use crate::hub::Hub;
 use crate::limits::{Connections, PublishRate};
 use crate::metrics::Metrics;
@@ -26,7 +26,7 @@ use crate::metrics::Metrics;
 pub struct AppState {
     pub hub: Arc<Hub>,
     pub publish_keys: PublishKeys,
-    pub tokens: WidgetTokens,
+    pub tokens: ReceiverTokens,
     pub publish_rate: PublishRate,
     pub connections: Connections,
     /// How long a request body may take to arrive whole.
@@ -49,7 +49,16 @@ pub fn routes(cfg: &mut web::ServiceConfig) {
         .into()
     }))
     .route("/publish", web::post().to(publish::publish))
-    .route("/receivers/{receiver}", web::get().to(receivers::status))
+    .route("/receivers/{receiver}", web::get().to(controls::status))
+    .route(
+        "/receivers/{receiver}/pause",
+        web::post().to(controls::pause),
+    )
+    .route(
+        "/receivers/{receiver}/resume",
+        web::post().to(controls::resume),
+    )
+    .route("/receivers/{receiver}/skip", web::post().to(controls::skip))
     // HEAD as well as GET: load balancers probe with either.
     .route("/healthz", web::get().to(health::healthz))
     .route("/healthz", web::head().to(health::healthz))

@@ -17,6 +17,9 @@
 //!   and only while free and some widget is live on some node.
 //! - **Completion** (busy to free) is `complete`, for `done` and `expired`.
 //! - **Requeue** puts the alert in flight back at the head when no widget is left to show it.
+//! - **Pause** stops dispatch, and only dispatch: the alert in flight still finishes, and
+//!   **resume** dispatches at once. **Skip** completes the alert in flight as skipped and sends
+//!   the next.
 //! - Every change of the alert in flight bumps `seq`; a receiver seen for the first time starts
 //!   it from the clock, so it still moves past anything a node saw before its state was lost.
 
@@ -94,6 +97,8 @@ pub struct Receiver {
     /// The ids queued and in flight, so the same id is never queued twice (Redis: the alerts
     /// hash).
     pub ids: HashSet<Arc<str>>,
+    /// The streamer paused the receiver: nothing new goes out until it is resumed.
+    pub paused: bool,
     /// What the commands applied so far changed of the queue and the idempotency keys, in
     /// order, for a store that keeps them on disk row by row: it takes them after each command
     /// (`std::mem::take`) and writes just those. `seq` and the alert in flight it compares
@@ -133,6 +138,10 @@ pub enum Command<'a> {
     Check { id: &'a str },
     /// `node` was found dead: its widgets are gone.
     Sweep { node: &'a str },
+    /// The streamer paused the receiver, or resumed it.
+    Pause { paused: bool },
+    /// The streamer skipped the alert in flight (only if it is `id`, when given).
+    Skip { id: Option<&'a str> },
 }
 
 impl Command<'_> {
@@ -145,6 +154,8 @@ impl Command<'_> {
             Command::Done { .. } => Call::Done,
             Command::Check { .. } => Call::Check,
             Command::Sweep { .. } => Call::Sweep,
+            Command::Pause { .. } => Call::Pause,
+            Command::Skip { .. } => Call::Skip,
         }
     }
 }
@@ -272,6 +283,23 @@ impl Step<'_> {
                 }
                 (Answer::Changed, false)
             }
+            Command::Pause { paused } => {
+                self.r.paused = paused;
+                self.dispatch();
+                (Answer::Changed, true)
+            }
+            Command::Skip { id } => {
+                let matches = self
+                    .r
+                    .flight
+                    .as_ref()
+                    .is_some_and(|f| id.is_none_or(|id| &*f.alert.id == id));
+                if matches {
+                    self.complete(Event::Skipped);
+                    self.dispatch();
+                }
+                (Answer::Changed, true)
+            }
         }
     }
 
@@ -385,9 +413,10 @@ impl Step<'_> {
         });
     }
 
-    /// Free to busy: the one place an alert goes out. Only while free and someone can see it.
+    /// Free to busy: the one place an alert goes out. Only while free, not paused, and someone
+    /// can see it.
     fn dispatch(&mut self) {
-        if self.r.flight.is_some() || self.live() == 0 {
+        if self.r.flight.is_some() || self.r.paused || self.live() == 0 {
             return;
         }
         let Some(next) = self.r.queue.pop_front() else {
@@ -453,12 +482,18 @@ impl Step<'_> {
             remaining: std::time::Duration::from_millis(f.deadline.saturating_sub(now)),
             alert: (with_alert || changed).then(|| f.alert.json.clone()),
         });
+        let skipped = self
+            .trail
+            .iter()
+            .find(|h| h.event == Event::Skipped)
+            .map(|h| h.id.clone());
         Outcome {
             answer,
             snapshot: Snapshot {
                 seq: self.r.seq,
                 flight,
                 events: self.trail.iter().map(|h| h.event).collect(),
+                skipped,
             },
             wake_at: self.r.flight.as_ref().map(|f| f.deadline),
             trail: self.trail,
@@ -483,7 +518,8 @@ impl Receiver {
 
     /// Nothing is left of it but its `seq`: a store may forget it, keeping `seq` as a floor.
     pub fn is_idle(&self, now: Millis) -> bool {
-        self.queue.is_empty()
+        !self.paused
+            && self.queue.is_empty()
             && self.flight.is_none()
             && self.live_widgets(now) == 0
             && self.idempotency.values().all(|seen| seen.until <= now)

@@ -88,11 +88,13 @@ pub enum Call {
     Check,
     Sweep,
     Status,
+    Pause,
+    Skip,
 }
 
 impl Call {
     /// Every call, in order of [`Call::index`].
-    pub const ALL: [Call; 7] = [
+    pub const ALL: [Call; 9] = [
         Call::Publish,
         Call::Widgets,
         Call::Started,
@@ -100,6 +102,8 @@ impl Call {
         Call::Check,
         Call::Sweep,
         Call::Status,
+        Call::Pause,
+        Call::Skip,
     ];
 
     /// Its place in [`Call::ALL`]. Exhaustive, so a new variant must be given one.
@@ -112,6 +116,8 @@ impl Call {
             Call::Check => 4,
             Call::Sweep => 5,
             Call::Status => 6,
+            Call::Pause => 7,
+            Call::Skip => 8,
         }
     }
 
@@ -125,6 +131,8 @@ impl Call {
             Call::Check => "check",
             Call::Sweep => "sweep",
             Call::Status => "status",
+            Call::Pause => "pause",
+            Call::Skip => "skip",
         }
     }
 }
@@ -197,6 +205,9 @@ pub struct Snapshot {
     /// What the call did, in order. Only the caller hears of them (notices carry none), so
     /// each happening is counted once over all nodes.
     pub events: Vec<Event>,
+    /// The alert the call skipped, if it did: every widget showing it stops at once, so
+    /// notices carry it too.
+    pub skipped: Option<Arc<str>>,
 }
 
 /// Something that happened to an alert in one transition.
@@ -212,6 +223,8 @@ pub enum Event {
     Done,
     /// Started but never done in time.
     Expired,
+    /// The streamer skipped it while it was in flight.
+    Skipped,
 }
 
 impl Event {
@@ -222,6 +235,7 @@ impl Event {
             "requeued" => Event::Requeued,
             "done" => Event::Done,
             "expired" => Event::Expired,
+            "skipped" => Event::Skipped,
             _ => return None,
         })
     }
@@ -256,6 +270,7 @@ pub enum WidgetChange {
 #[derive(Clone, Debug, PartialEq)]
 pub struct Status {
     pub queued: u64,
+    pub paused: bool,
     pub in_flight: Option<Arc<str>>,
     pub widgets: u64,
 }

@@ -43,7 +43,7 @@ async fn widget_url_signs_with_the_given_or_the_shared_secret() {
         .await
         .unwrap();
     assert!(out.status.success());
-    let token = cuebox::auth::WidgetTokens::new(SECRET).token(&receiver("alice"));
+    let token = cuebox::auth::ReceiverTokens::new(SECRET).token(&receiver("alice"));
     assert_eq!(
         String::from_utf8_lossy(&out.stdout).trim(),
         format!("https://a.example/widget/alice?token={token}")
@@ -124,7 +124,7 @@ async fn sigterm_closes_widgets_with_1012_and_exits_within_10_s() {
         .stderr(Stdio::null())
         .spawn()
         .unwrap();
-    let token = cuebox::auth::WidgetTokens::new(SECRET).token(&receiver("alice"));
+    let token = cuebox::auth::ReceiverTokens::new(SECRET).token(&receiver("alice"));
     let url = format!("ws://127.0.0.1:{port}/ws/alice?token={token}");
     let mut w = WidgetClient::connect_when_listening(&url).await;
     assert_eq!(w.next_json().await["type"], "hello");
@@ -237,7 +237,7 @@ async fn node_killed_mid_alert(redis_url: &str, cluster: bool) {
         .spawn()
         .unwrap();
     let ws = |r: &str| {
-        let token = cuebox::auth::WidgetTokens::new(SECRET).token(&receiver(r));
+        let token = cuebox::auth::ReceiverTokens::new(SECRET).token(&receiver(r));
         format!("ws://127.0.0.1:{port}/ws/{r}?token={token}")
     };
     let mut alice = WidgetClient::connect_when_listening(&ws("alice")).await;
@@ -360,7 +360,7 @@ async fn refused_widgets_are_logged_at_warn_once_a_minute_per_receiver() {
     let (mut child, mut lines) = json_logging_node(&data, port, "info");
     let ws = format!("ws://127.0.0.1:{port}");
     let _ = WidgetClient::connect_when_listening(&format!("{ws}/ws/demo?token={}", {
-        cuebox::auth::WidgetTokens::new(SECRET).token(&receiver("demo"))
+        cuebox::auth::ReceiverTokens::new(SECRET).token(&receiver("demo"))
     }))
     .await;
     // A widget retrying a bad token, three times, on the socket and the page; another receiver's

@@ -5,6 +5,7 @@
 
 use std::time::Duration;
 
+use cuebox::store::machine::Command;
 use cuebox::store::{Publish, Snapshot, WidgetChange};
 use serde_json::json;
 
@@ -413,6 +414,97 @@ async fn receivers_do_not_share_anything(b: Backing) {
     );
 }
 
+async fn control(s: &StoreUnderTest, r: &str, command: Command<'_>) -> Snapshot {
+    let answered = s.store.apply(&receiver(r), command).await.unwrap();
+    answered.into_snapshot().unwrap()
+}
+
+async fn a_paused_receiver_sends_nothing_new_and_finishes_what_is_in_flight(b: Backing) {
+    let s = make_store(&b, fast_rules(), NODE).await;
+    let r = receiver("alice");
+    s.store.widgets(&r, WidgetChange::Joined).await.unwrap();
+    let (a1, _) = publish(&s, "alice", "one").await;
+    let snap = control(&s, "alice", Command::Pause { paused: true }).await;
+    assert_eq!(
+        flight_id(&snap),
+        Some(a1.clone()),
+        "pause leaves the flight"
+    );
+    assert!(s.store.status(&r).await.unwrap().paused);
+    let (a2, snap) = publish(&s, "alice", "two").await;
+    assert_eq!(flight_id(&snap), Some(a1.clone()));
+    let snap = s.store.done(&r, &a1).await.unwrap();
+    assert_eq!(snap.flight, None, "paused: nothing new goes out");
+    // Not even to a widget that joins, nor after a deadline check.
+    let snap = s.store.widgets(&r, WidgetChange::Joined).await.unwrap();
+    assert_eq!(snap.flight, None);
+    assert_eq!(queued(&s, "alice").await, 1);
+    // Pausing twice is pausing.
+    control(&s, "alice", Command::Pause { paused: true }).await;
+
+    let snap = control(&s, "alice", Command::Pause { paused: false }).await;
+    let f = snap.flight.expect("resume sends the next at once");
+    assert_eq!((f.id.to_string(), f.attempt), (a2, 1));
+    assert!(f.alert.is_some(), "the news carries the alert");
+    assert!(!s.store.status(&r).await.unwrap().paused);
+}
+
+async fn a_pause_is_kept_while_the_receiver_has_nothing_else(b: Backing) {
+    let s = make_store(&b, fast_rules(), NODE).await;
+    let r = receiver("alice");
+    control(&s, "alice", Command::Pause { paused: true }).await;
+    // Nothing queued, no widget: the pause alone is what the receiver holds.
+    assert!(s.store.status(&r).await.unwrap().paused);
+    s.store.widgets(&r, WidgetChange::Joined).await.unwrap();
+    let (_, snap) = publish(&s, "alice", "one").await;
+    assert_eq!(snap.flight, None);
+}
+
+async fn a_skip_completes_the_alert_in_flight_and_sends_the_next(b: Backing) {
+    use cuebox::store::Event::{Sent, Skipped};
+    let s = make_store(&b, fast_rules(), NODE).await;
+    let r = receiver("alice");
+    s.store.widgets(&r, WidgetChange::Joined).await.unwrap();
+    let (a1, first) = publish(&s, "alice", "one").await;
+    let (a2, _) = publish(&s, "alice", "two").await;
+    s.store.started(&r, &a1).await.unwrap();
+
+    // A skip meant for another alert skips nothing.
+    let snap = control(&s, "alice", Command::Skip { id: Some(&a2) }).await;
+    assert_eq!((flight_id(&snap), snap.seq), (Some(a1.clone()), first.seq));
+    assert_eq!(snap.skipped, None);
+
+    let snap = control(&s, "alice", Command::Skip { id: Some(&a1) }).await;
+    assert_eq!(snap.events, [Skipped, Sent]);
+    assert_eq!(snap.skipped.as_deref(), Some(a1.as_str()));
+    let f = snap.flight.expect("the next goes out");
+    assert_eq!(f.id.to_string(), a2);
+    assert!(snap.seq > first.seq);
+    // Its widget's late done changes nothing.
+    let late = s.store.done(&r, &a1).await.unwrap();
+    assert_eq!((flight_id(&late), late.seq), (Some(a2.clone()), snap.seq));
+
+    // Without an id, whatever is in flight; with nothing in flight, nothing.
+    let snap = control(&s, "alice", Command::Skip { id: None }).await;
+    assert_eq!(snap.skipped.as_deref(), Some(a2.as_str()));
+    assert_eq!(snap.flight, None);
+    let again = control(&s, "alice", Command::Skip { id: None }).await;
+    assert_eq!((again.skipped, again.seq), (None, snap.seq));
+}
+
+async fn a_skip_while_paused_sends_nothing_new(b: Backing) {
+    let s = make_store(&b, fast_rules(), NODE).await;
+    let r = receiver("alice");
+    s.store.widgets(&r, WidgetChange::Joined).await.unwrap();
+    let (a1, _) = publish(&s, "alice", "one").await;
+    publish(&s, "alice", "two").await;
+    control(&s, "alice", Command::Pause { paused: true }).await;
+    let snap = control(&s, "alice", Command::Skip { id: None }).await;
+    assert_eq!(snap.skipped.as_deref(), Some(a1.as_str()));
+    assert_eq!(snap.flight, None);
+    assert_eq!(queued(&s, "alice").await, 1);
+}
+
 macro_rules! conformance {
     ($($case:ident),* $(,)?) => {
         mod memory {
@@ -472,4 +564,8 @@ conformance!(
     a_withdrawn_widget_leaves_its_alert_in_flight,
     a_join_past_the_widget_limit_is_refused_and_counts_nothing,
     each_transition_says_what_it_did,
+    a_paused_receiver_sends_nothing_new_and_finishes_what_is_in_flight,
+    a_pause_is_kept_while_the_receiver_has_nothing_else,
+    a_skip_completes_the_alert_in_flight_and_sends_the_next,
+    a_skip_while_paused_sends_nothing_new,
 );

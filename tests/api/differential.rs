@@ -67,6 +67,15 @@ enum Op {
         r: usize,
         node: usize,
     },
+    Pause {
+        r: usize,
+        paused: bool,
+    },
+    /// A skip of the alert named, or with `None` of whatever is in flight.
+    Skip {
+        r: usize,
+        which: Option<Which>,
+    },
     /// Moves the clock on; now and then past the presence TTL.
     Wait {
         ms: u64,
@@ -95,8 +104,10 @@ fn op() -> impl Strategy<Value = Op> {
         3 => (r.clone(), node.clone(), change).prop_map(|(r, node, change)| Op::Widgets { r, node, change }),
         2 => (r.clone(), which.clone()).prop_map(|(r, which)| Op::Started { r, which }),
         3 => (r.clone(), which.clone()).prop_map(|(r, which)| Op::Done { r, which }),
-        2 => (r.clone(), which).prop_map(|(r, which)| Op::Check { r, which }),
-        1 => (r, node).prop_map(|(r, node)| Op::Sweep { r, node }),
+        2 => (r.clone(), which.clone()).prop_map(|(r, which)| Op::Check { r, which }),
+        1 => (r.clone(), node).prop_map(|(r, node)| Op::Sweep { r, node }),
+        1 => (r.clone(), proptest::bool::ANY).prop_map(|(r, paused)| Op::Pause { r, paused }),
+        1 => (r, proptest::option::of(which.clone())).prop_map(|(r, which)| Op::Skip { r, which }),
         3 => prop_oneof![
             6 => 0u64..400,
             1 => Just(1_500u64),
@@ -408,6 +419,21 @@ async fn run(under: &mut Under, ops: Vec<Op>) -> Result<(), TestCaseError> {
                 };
                 same(step, op, m, x)?;
             }
+            Op::Pause { r, paused } => {
+                let name = RECEIVERS[r];
+                let command = Command::Pause { paused };
+                let m = model.apply(name, command.clone()).answered();
+                let x = under.store(step).apply(&receiver(name), command).await;
+                same(step, op, Ok(m), x)?;
+            }
+            Op::Skip { r, which } => {
+                let name = RECEIVERS[r];
+                let id = which.map(|w| model.id(name, w));
+                let command = Command::Skip { id: id.as_deref() };
+                let m = model.apply(name, command.clone()).answered();
+                let x = under.store(step).apply(&receiver(name), command).await;
+                same(step, op, Ok(m), x)?;
+            }
             Op::Wait { ms } => model.now += ms,
             Op::Restart => {
                 if under.restart(model.now) {
@@ -422,6 +448,7 @@ async fn run(under: &mut Under, ops: Vec<Op>) -> Result<(), TestCaseError> {
         let m = model.receivers.get(name).cloned().unwrap_or_default();
         let status = Status {
             queued: m.queued(),
+            paused: m.paused,
             in_flight: m.flight.as_ref().map(|f| f.alert.json.clone()),
             widgets: u64::from(m.live_widgets(model.now)),
         };

@@ -90,7 +90,7 @@ impl Node {
     }
 
     fn widget_url(&self, receiver: &str) -> String {
-        let token = cuebox::auth::WidgetTokens::new(SECRET).token(&receiver_id(receiver));
+        let token = cuebox::auth::ReceiverTokens::new(SECRET).token(&receiver_id(receiver));
         format!("ws://127.0.0.1:{}/ws/{receiver}?token={token}", self.port)
     }
 }

@@ -373,7 +373,7 @@ impl TestApp {
     }
 
     pub fn token(&self, receiver: &str) -> String {
-        cuebox::auth::WidgetTokens::new(SECRET).token(&ReceiverId::parse(receiver).unwrap())
+        cuebox::auth::ReceiverTokens::new(SECRET).token(&ReceiverId::parse(receiver).unwrap())
     }
 
     /// `POST /publish` with the test key; answers the status and the JSON body.

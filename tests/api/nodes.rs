@@ -51,7 +51,7 @@ async fn both_nodes_share_the_widget_secret_kept_in_redis() {
         redis::Value::BulkString(b) => String::from_utf8(b).unwrap(),
         other => panic!("no secret kept: {other:?}"),
     };
-    let token = cuebox::auth::WidgetTokens::new(&secret).token(&receiver);
+    let token = cuebox::auth::ReceiverTokens::new(&secret).token(&receiver);
     for node in [&a, &b] {
         let (status, _) = node
             .get(&format!("/widget/alice?token={token}"), None)
@@ -391,7 +391,7 @@ async fn a_redis_that_lost_the_library_gets_it_again_on_the_next_call() {
     let (got, attempt, _) = w.next_alert().await;
     assert_eq!((got.as_str(), attempt), (id.as_str(), 1));
     let listed = format!("{:?}", redis.cmd(&["FUNCTION", "LIST"]).await);
-    assert!(listed.contains("cuebox_v2"), "{listed}");
+    assert!(listed.contains("cuebox_v3"), "{listed}");
 }
 
 #[actix_web::test]

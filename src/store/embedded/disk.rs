@@ -33,6 +33,10 @@ pub const MIGRATIONS: &[(&str, &str)] = &[
         "0002_node_secrets",
         include_str!("../../../migrations/sqlite/0002_node_secrets.sql"),
     ),
+    (
+        "0003_pause",
+        include_str!("../../../migrations/sqlite/0003_pause.sql"),
+    ),
 ];
 
 /// How hard a commit tries to reach the disk.
@@ -67,12 +71,14 @@ pub enum OpenError {
 /// One row to write, as a transition changed it.
 #[derive(Debug)]
 pub enum Row {
-    /// The receiver's `seq`, the `pos` of its queue's head, and its alert in flight.
+    /// The receiver's `seq`, the `pos` of its queue's head, its alert in flight, and whether it
+    /// is paused.
     Receiver {
         receiver: ReceiverId,
         seq: u64,
         head: i64,
         flight: Option<FlightRow>,
+        paused: bool,
     },
     /// The receiver is idle and forgotten: no queue, nothing in flight; its rows all go.
     Forget(ReceiverId),
@@ -235,9 +241,9 @@ impl Database {
         let mut loaded: HashMap<ReceiverId, Loaded> = HashMap::new();
         // The alert in flight of each receiver, less the alert itself, which is in its row.
         let mut flights: HashMap<ReceiverId, FlightRow> = HashMap::new();
-        let mut statement = self
-            .conn
-            .prepare("SELECT receiver, seq, head_pos, flight_pos, flight_attempt FROM receivers")?;
+        let mut statement = self.conn.prepare(
+            "SELECT receiver, seq, head_pos, flight_pos, flight_attempt, paused FROM receivers",
+        )?;
         let mut rows = statement.query([])?;
         while let Some(row) = rows.next()? {
             let Some(receiver) = receiver_of(row.get_ref(0)?.as_str()?) else {
@@ -253,6 +259,7 @@ impl Database {
             let head: Option<i64> = row.get(2)?;
             let kept = loaded.entry(receiver).or_default();
             kept.receiver.seq = row.get::<_, i64>(1)? as u64;
+            kept.receiver.paused = row.get(5)?;
             kept.has_row = true;
             kept.head_pos = head;
             if let Some(head) = head {
@@ -326,12 +333,13 @@ impl Database {
                     seq,
                     head,
                     flight,
+                    paused,
                 } => {
                     let mut put = tx.prepare_cached(
                         "INSERT INTO receivers (receiver, seq, head_pos, flight_pos, \
-                         flight_attempt) VALUES (?1, ?2, ?3, ?4, ?5) ON CONFLICT (receiver) \
-                         DO UPDATE SET seq = ?2, head_pos = ?3, flight_pos = ?4, \
-                         flight_attempt = ?5",
+                         flight_attempt, paused) VALUES (?1, ?2, ?3, ?4, ?5, ?6) \
+                         ON CONFLICT (receiver) DO UPDATE SET seq = ?2, head_pos = ?3, \
+                         flight_pos = ?4, flight_attempt = ?5, paused = ?6",
                     )?;
                     let f = flight.as_ref();
                     put.execute(params![
@@ -339,7 +347,8 @@ impl Database {
                         *seq as i64,
                         head,
                         f.map(|f| f.pos),
-                        f.map(|f| f.attempt)
+                        f.map(|f| f.attempt),
+                        paused
                     ])?;
                 }
                 Row::Forget(receiver) => {

@@ -438,6 +438,7 @@ impl Kept {
                     pos,
                     attempt: f.attempt,
                 }),
+                paused: self.r.paused,
             });
         }
         rows
@@ -448,7 +449,7 @@ impl Kept {
 /// which alert is in flight at which attempt. Not whether it started, nor its deadline: at start
 /// every alert that was in flight is sent again, so `started` writes nothing.
 #[derive(PartialEq)]
-struct Mark(u64, Option<(usize, u32)>);
+struct Mark(u64, Option<(usize, u32)>, bool);
 
 impl Mark {
     fn of(r: &Receiver) -> Self {
@@ -456,7 +457,7 @@ impl Mark {
             let id = Arc::as_ptr(&f.alert.id) as *const u8 as usize;
             (id, f.attempt)
         });
-        Mark(r.seq, flight)
+        Mark(r.seq, flight, r.paused)
     }
 
     /// Both have the same alert in flight (perhaps sent again, or started since).
@@ -715,11 +716,13 @@ impl Store for EmbeddedStore {
         let status = match self.receivers.lock().receivers.get(receiver) {
             None => Status {
                 queued: 0,
+                paused: false,
                 in_flight: None,
                 widgets: 0,
             },
             Some(kept) => Status {
                 queued: kept.r.queued(),
+                paused: kept.r.paused,
                 in_flight: kept.r.flight.as_ref().map(|f| f.alert.json.clone()),
                 widgets: u64::from(kept.r.live_widgets(now)),
             },

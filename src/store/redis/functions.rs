@@ -20,13 +20,15 @@ const LIBRARY: &str = include_str!("receiver.lua");
 /// two versions can share a Redis during a rolling deploy.
 pub(super) fn function(call: Call) -> &'static str {
     match call {
-        Call::Publish => "cuebox_v2_publish",
-        Call::Widgets => "cuebox_v2_widgets",
-        Call::Started => "cuebox_v2_started",
-        Call::Done => "cuebox_v2_done",
-        Call::Check => "cuebox_v2_check",
-        Call::Sweep => "cuebox_v2_sweep",
-        Call::Status => "cuebox_v2_status",
+        Call::Publish => "cuebox_v3_publish",
+        Call::Widgets => "cuebox_v3_widgets",
+        Call::Started => "cuebox_v3_started",
+        Call::Done => "cuebox_v3_done",
+        Call::Check => "cuebox_v3_check",
+        Call::Sweep => "cuebox_v3_sweep",
+        Call::Status => "cuebox_v3_status",
+        Call::Pause => "cuebox_v3_pause",
+        Call::Skip => "cuebox_v3_skip",
     }
 }
 

@@ -276,6 +276,7 @@ impl RedisStore {
                     alert: None,
                 }),
                 events: Vec::new(),
+                skipped: None,
             }),
             _ => Err(StoreError::Protocol("started: an answer cut short".into())),
         }
@@ -313,6 +314,15 @@ impl Store for RedisStore {
             Command::Done { id } | Command::Check { id } | Command::Sweep { node: id } => {
                 changed(self.core.transition(receiver, call, &[id]).await?)
             }
+            Command::Pause { paused } => {
+                let paused = if paused { "1" } else { "0" };
+                changed(self.core.transition(receiver, call, &[paused]).await?)
+            }
+            Command::Skip { id } => changed(
+                self.core
+                    .transition(receiver, call, &[id.unwrap_or("")])
+                    .await?,
+            ),
         }
     }
 
@@ -323,8 +333,10 @@ impl Store for RedisStore {
     async fn status(&self, receiver: &ReceiverId) -> Result<Status, StoreError> {
         let (kind, items) = tagged(self.core.run(receiver, Call::Status, None, &[]).await?)?;
         match (kind.as_str(), items.as_slice()) {
-            ("status", [queued, widgets, in_flight, ..]) => Ok(Status {
+            ("status", [queued, widgets, in_flight, rest @ ..]) => Ok(Status {
                 queued: int(queued)?,
+                // Absent from a library before pause.
+                paused: rest.first().map(int).transpose()? == Some(1),
                 widgets: int(widgets)?,
                 in_flight: text(in_flight).and_then(alert_json).map(Into::into),
             }),

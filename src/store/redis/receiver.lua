@@ -1,4 +1,4 @@
-#!lua name=cuebox_v2
+#!lua name=cuebox_v3
 -- The Redis Functions library of cuebox: every state transition of one receiver, each one
 -- atomic because Redis runs a function whole. The rules are written out in src/store/mod.rs and
 -- once as a pure machine in src/store/machine.rs, which the embedded store runs;
@@ -6,9 +6,9 @@
 -- holds both stores to the rules.
 --
 -- Loaded once per Redis (FUNCTION LOAD), so the helpers below are made once, not on every call
--- as a script's are. The library and every function name carry the version (v2, for key layout
--- 2): nodes of two library versions over one layout can share a Redis during a rolling deploy,
--- each calling its own.
+-- as a script's are. The library and every function name carry the version (v3: key layout 2,
+-- with pause and skip): nodes of two library versions over one layout can share a Redis during a
+-- rolling deploy, each calling its own.
 --
 -- What a call costs Redis (measured in docs/benchmarks.md): each redis.call 5 to 7k
 -- instructions, and 2.3k more for every hash field it reads; each argument and each element of
@@ -25,6 +25,7 @@
 --                          alert    the alert in flight, as its queue entry
 --                          live     live widgets, cached: "<until, ms> <the node holding them
 --                                   all, or *>", or "0" for none (see presence())
+--                          paused   "1" while the streamer has paused the receiver, else absent
 -- KEYS[2] queue    list    waiting alerts, head first, each "<id> <duration_ms> <times sent>
 --                          <alert json>"
 -- KEYS[3] ids      set     every alert queued or in flight, so the same id is never queued
@@ -54,7 +55,7 @@
 -- alone or inside another kind, or (started) with the part of one that can have changed. When the
 -- call moved the receiver's seq and another node has live widgets, the snapshot is also published
 -- on the receiver's events channel, as a line of the same fields that starts with its kind
--- ('snapshot') and the calling node.
+-- ('snapshot', or 'skip' and the skipped id when the call skipped an alert) and the calling node.
 
 -- Numbers past 1e14 (seq) must not be written in Lua's exponent form.
 local function int(n)
@@ -144,9 +145,10 @@ local function read_layout_1(c, convert)
 end
 
 local function open(keys, args)
-  local f = redis.call('HMGET', keys[1], 'seq', 'flight', 'live')
+  local f = redis.call('HMGET', keys[1], 'seq', 'flight', 'live', 'paused')
   c.keys, c.args, c.node, c.now = keys, args, args[1], tonumber(args[2])
-  c.seq, c.seq_before, c.packed, c.live = f[1], f[1], f[2], f[3]
+  c.seq, c.seq_before, c.packed, c.live, c.paused = f[1], f[1], f[2], f[3], f[4]
+  c.skipped = false
   c.id, c.phase, c.duration, c.attempt, c.deadline = false, false, false, false, false
   c.alert, c.alert_read = false, false
   c.had_flight, c.flight_changed, c.dirty = f[2] ~= false, false, false
@@ -163,17 +165,24 @@ local function open_to_write(keys, args)
   return c
 end
 
--- {'snapshot', seq, id, attempt, started (0 or 1), ms to deadline, alert entry, events}; id and
--- the alert are false when free, and the alert is false unless asked for.
+-- {'snapshot', seq, id, attempt, started (0 or 1), ms to deadline, alert entry, events
+-- [, skipped id]}; id and the alert are false when free, and the alert is false unless asked
+-- for. The skipped id only when the call skipped one: every other answer stays one shorter.
 local function snapshot(c, with_alert)
   local seq = c.seq or 0
-  if not flight(c) then return {'snapshot', seq, false, 0, 0, 0, false, c.happened} end
-  local entry = false
-  if with_alert then entry = flight_entry(c) or false end
-  local started = 0
-  if c.phase == 'started' then started = 1 end
-  return {'snapshot', seq, c.id, c.attempt, started,
-    math.max(0, tonumber(c.deadline) - c.now), entry, c.happened}
+  local snap
+  if not flight(c) then
+    snap = {'snapshot', seq, false, 0, 0, 0, false, c.happened}
+  else
+    local entry = false
+    if with_alert then entry = flight_entry(c) or false end
+    local started = 0
+    if c.phase == 'started' then started = 1 end
+    snap = {'snapshot', seq, c.id, c.attempt, started,
+      math.max(0, tonumber(c.deadline) - c.now), entry, c.happened}
+  end
+  if c.skipped then snap[9] = c.skipped end
+  return snap
 end
 
 local function bump(c)
@@ -232,9 +241,10 @@ local function clear_flight(c)
   c.alert, c.alert_read, c.packed = false, true, false
 end
 
--- Free to busy: the one place an alert goes out. Only while free and someone can see it.
+-- Free to busy: the one place an alert goes out. Only while free, not paused, and someone can
+-- see it.
 local function dispatch(c)
-  if c.packed or c.id or not presence(c) then return end
+  if c.packed or c.id or c.paused or not presence(c) then return end
   while true do
     local entry = redis.call('LPOP', c.keys[2])
     if not entry then return end
@@ -252,7 +262,8 @@ local function dispatch(c)
   end
 end
 
--- Busy to free: the one place an alert stops being in flight for good: 'done' or 'expired'.
+-- Busy to free: the one place an alert stops being in flight for good: 'done', 'expired' or
+-- 'skipped'.
 local function complete(c, how)
   redis.call('SREM', c.keys[3], c.id)
   clear_flight(c)
@@ -311,7 +322,9 @@ local function finish(c, with_alert)
     local _, others = presence(c)
     if others then
       local channel = string.gsub(c.keys[1], 'receiver$', 'events')
-      redis.call(c.args[3], channel, table.concat({'snapshot', c.node, str(snap[2]),
+      local head = 'snapshot ' .. c.node
+      if c.skipped then head = 'skip ' .. c.node .. ' ' .. c.skipped end
+      redis.call(c.args[3], channel, table.concat({head, str(snap[2]),
         snap[3] or '-', str(snap[4]), snap[5], snap[6], snap[7] or ''}, ' '))
     end
   end
@@ -431,6 +444,7 @@ local function started(keys, args)
     return {'started', f[1], attempt, deadline}
   end
   c.keys, c.now, c.seq, c.packed, c.happened = keys, tonumber(args[1]), f[1], packed, ''
+  c.skipped = false
   return snapshot(c, false)
 end
 
@@ -477,23 +491,55 @@ local function sweep(keys, args)
   return finish(c, false)
 end
 
--- {'status', queued, live widgets, alert in flight as its queue entry, or false}. Reads only:
--- a receiver still in layout 1 is read, not taken over.
+-- ARGV[5] '1' to pause, '0' to resume. Pausing stops dispatch only: the alert in flight
+-- finishes. Resuming dispatches at once.
+local function pause(keys, args)
+  local c = open_to_write(keys, args)
+  if args[5] == '1' then
+    if not c.paused then redis.call('HSET', keys[1], 'paused', '1') end
+    c.paused = '1'
+  else
+    if c.paused then redis.call('HDEL', keys[1], 'paused') end
+    c.paused = false
+    dispatch(c)
+  end
+  return finish(c, true)
+end
+
+-- ARGV[5] the alert to skip, or '' for whichever is in flight. It completes as 'skipped', its
+-- widgets are told (the snapshot and the notice carry its id), and the next goes out.
+local function skip(keys, args)
+  local c = open_to_write(keys, args)
+  local id = flight(c)
+  if id and (args[5] == '' or args[5] == id) then
+    complete(c, 'skipped')
+    c.skipped = id
+    dispatch(c)
+  end
+  return finish(c, true)
+end
+
+-- {'status', queued, live widgets, alert in flight as its queue entry or false, paused (0 or
+-- 1)}. Reads only: a receiver still in layout 1 is read, not taken over.
 local function status(keys, args)
   local c, unwritten = open(keys, args)
   if unwritten then read_layout_1(c, false) end
   local total = count(c, redis.call('HGETALL', keys[4]))
   local entry = false
   if flight(c) then entry = flight_entry(c) or false end
-  return {'status', redis.call('LLEN', keys[2]), total, entry}
+  local paused = 0
+  if c.paused then paused = 1 end
+  return {'status', redis.call('LLEN', keys[2]), total, entry, paused}
 end
 
-redis.register_function('cuebox_v2_publish', publish)
-redis.register_function('cuebox_v2_widgets', widgets)
-redis.register_function('cuebox_v2_started', started)
-redis.register_function('cuebox_v2_done', done)
-redis.register_function('cuebox_v2_check', check)
-redis.register_function('cuebox_v2_sweep', sweep)
+redis.register_function('cuebox_v3_publish', publish)
+redis.register_function('cuebox_v3_widgets', widgets)
+redis.register_function('cuebox_v3_started', started)
+redis.register_function('cuebox_v3_done', done)
+redis.register_function('cuebox_v3_check', check)
+redis.register_function('cuebox_v3_sweep', sweep)
+redis.register_function('cuebox_v3_pause', pause)
+redis.register_function('cuebox_v3_skip', skip)
 redis.register_function{
-  function_name = 'cuebox_v2_status', callback = status, flags = {'no-writes'}
+  function_name = 'cuebox_v3_status', callback = status, flags = {'no-writes'}
 }

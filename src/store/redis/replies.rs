@@ -8,9 +8,10 @@ use super::keys::Keys;
 use crate::store::{Event, Flight, Notice, Snapshot, StoreError};
 
 /// `snapshot <origin node> <seq> <id or -> <attempt> <started> <ms to deadline> <alert's queue
-/// entry>`, as `finish()` in `receiver.lua` publishes it. A node's own messages are skipped: it
-/// already applied the snapshot its call returned. A kind this node does not know is skipped too,
-/// so a newer node may publish more kinds.
+/// entry>`, as `finish()` in `receiver.lua` publishes it, or the same after `skip <origin node>
+/// <skipped id>` when the call skipped an alert. A node's own messages are skipped: it already
+/// applied the snapshot its call returned. A kind this node does not know is skipped too, so a
+/// newer node may publish more kinds.
 pub(super) fn parse_notice(keys: &Keys, node: &str, data: &[Value]) -> Option<Notice> {
     let [channel, payload] = data else {
         return None;
@@ -18,14 +19,20 @@ pub(super) fn parse_notice(keys: &Keys, node: &str, data: &[Value]) -> Option<No
     let receiver = keys.receiver_of_events(text(channel)?)?;
     // Borrowed: only the alert's JSON is copied, once, into the snapshot.
     let payload = text(payload)?;
-    let mut parts = payload.splitn(8, ' ');
-    if parts.next()? != "snapshot" {
-        return None;
-    }
-    let origin = parts.next()?;
+    let (kind, rest) = payload.split_once(' ')?;
+    let (origin, rest) = rest.split_once(' ')?;
     if origin == node {
         return None;
     }
+    let (skipped, rest) = match kind {
+        "snapshot" => (None, rest),
+        "skip" => {
+            let (id, rest) = rest.split_once(' ')?;
+            (Some(id.into()), rest)
+        }
+        _ => return None,
+    };
+    let mut parts = rest.splitn(6, ' ');
     let seq = parts.next()?.parse().ok()?;
     let id = parts.next()?;
     let attempt = parts.next()?.parse().ok()?;
@@ -45,6 +52,7 @@ pub(super) fn parse_notice(keys: &Keys, node: &str, data: &[Value]) -> Option<No
             seq,
             flight,
             events: Vec::new(),
+            skipped,
         },
     })
 }
@@ -104,6 +112,8 @@ pub(super) fn parse_snapshot(v: Value) -> Result<Snapshot, StoreError> {
         next()?,
         next()?,
     );
+    // Only when the call skipped an alert.
+    let skipped = items.next().as_ref().and_then(text).map(Into::into);
     let flight = match text(&id) {
         None => None,
         Some(id) => Some(Flight {
@@ -121,6 +131,7 @@ pub(super) fn parse_snapshot(v: Value) -> Result<Snapshot, StoreError> {
         events: text(&events)
             .map(|e| e.split(' ').filter_map(Event::parse).collect())
             .unwrap_or_default(),
+        skipped,
     })
 }
 

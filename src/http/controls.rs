@@ -1,0 +1,133 @@
+//! The streamer's controls over one receiver: pause, resume, skip, and the receiver's state.
+//!
+//! Each takes a publish key or the receiver's dashboard token (never its widget token, which is
+//! shown on stream), as `Authorization: Bearer ...` or `?token=`. Each change is one command of
+//! the state machine, atomic in the store, and each answers the receiver's state read after it.
+
+use actix_web::{web, HttpRequest, HttpResponse};
+use serde::Deserialize;
+use serde_json::{json, Value};
+
+use super::{authorize_publisher, ApiError, AppState};
+use crate::alert::ReceiverId;
+use crate::auth::Purpose;
+use crate::store::machine::Command;
+
+/// The query of a control: the dashboard token, and for skip the alert meant.
+#[derive(Deserialize)]
+pub struct ControlQuery {
+    token: Option<String>,
+    /// Skip this alert only: a skip clicked just as the alert ended must not skip the next.
+    id: Option<String>,
+}
+
+/// A publish key, or this receiver's dashboard token, in the header or the query.
+fn authorize_controller(
+    req: &HttpRequest,
+    state: &AppState,
+    receiver: &ReceiverId,
+    query_token: Option<&str>,
+) -> Result<(), ApiError> {
+    if authorize_publisher(req, &state.publish_keys).is_ok() {
+        return Ok(());
+    }
+    let bearer = req
+        .headers()
+        .get(actix_web::http::header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "))
+        .map(str::trim);
+    let opens = |t: &str| state.tokens.verify_for(Purpose::Dashboard, receiver, t);
+    if bearer.is_some_and(opens) || query_token.is_some_and(opens) {
+        Ok(())
+    } else {
+        Err(ApiError::NotController)
+    }
+}
+
+/// `GET /receivers/{receiver}`.
+pub async fn status(
+    req: HttpRequest,
+    path: web::Path<String>,
+    query: web::Query<ControlQuery>,
+    state: web::Data<AppState>,
+) -> Result<HttpResponse, ApiError> {
+    let receiver = ReceiverId::parse(&path)?;
+    authorize_controller(&req, &state, &receiver, query.token.as_deref())?;
+    Ok(HttpResponse::Ok().json(state_of(&state, &receiver).await?))
+}
+
+/// `POST /receivers/{receiver}/pause`: nothing new goes out; the alert in flight finishes.
+pub async fn pause(
+    req: HttpRequest,
+    path: web::Path<String>,
+    query: web::Query<ControlQuery>,
+    state: web::Data<AppState>,
+) -> Result<HttpResponse, ApiError> {
+    control(req, path, query, state, |_| Command::Pause { paused: true }).await
+}
+
+/// `POST /receivers/{receiver}/resume`: the next alert goes out at once.
+pub async fn resume(
+    req: HttpRequest,
+    path: web::Path<String>,
+    query: web::Query<ControlQuery>,
+    state: web::Data<AppState>,
+) -> Result<HttpResponse, ApiError> {
+    control(req, path, query, state, |_| Command::Pause {
+        paused: false,
+    })
+    .await
+}
+
+/// `POST /receivers/{receiver}/skip[?id=]`: the alert in flight completes as skipped, its
+/// widgets stop it at once, and the next goes out.
+pub async fn skip(
+    req: HttpRequest,
+    path: web::Path<String>,
+    query: web::Query<ControlQuery>,
+    state: web::Data<AppState>,
+) -> Result<HttpResponse, ApiError> {
+    control(req, path, query, state, |q| Command::Skip {
+        id: q.id.as_deref(),
+    })
+    .await
+}
+
+async fn control(
+    req: HttpRequest,
+    path: web::Path<String>,
+    query: web::Query<ControlQuery>,
+    state: web::Data<AppState>,
+    command: impl FnOnce(&ControlQuery) -> Command<'_>,
+) -> Result<HttpResponse, ApiError> {
+    let receiver = ReceiverId::parse(&path)?;
+    authorize_controller(&req, &state, &receiver, query.token.as_deref())?;
+    let snapshot = state
+        .hub
+        .control(&receiver, command(&query))
+        .await
+        .map_err(ApiError::of_control)?;
+    let mut body = state_of(&state, &receiver).await?;
+    if let Some(id) = snapshot.skipped {
+        body["skipped"] = json!(&*id);
+    }
+    Ok(HttpResponse::Ok().json(body))
+}
+
+/// The receiver as the store holds it: paused or not, its queue, its alert in flight and its
+/// live widgets.
+async fn state_of(state: &AppState, receiver: &ReceiverId) -> Result<Value, ApiError> {
+    let status = state.hub.store().status(receiver).await?;
+    let in_flight = status
+        .in_flight
+        .as_deref()
+        .and_then(|json| serde_json::from_str::<Value>(json).ok());
+    Ok(json!({
+        "receiver": receiver,
+        "paused": status.paused,
+        "queued": status.queued,
+        "in_flight": in_flight,
+        "widgets": status.widgets,
+    }))
+}
