@@ -361,6 +361,42 @@ impl TestApp {
         Self::spawn(serve_args(None)).await
     }
 
+    /// A node of the embedded store on `dir`, which outlives it: a node started again on the
+    /// same dir finds what this one kept.
+    pub async fn embedded_in(dir: &DataDir) -> Self {
+        let mut args = serve_args(None);
+        let _ = std::fs::remove_dir_all(&args.data.data_dir);
+        args.data.data_dir = dir.0.clone();
+        let mut app = Self::spawn(args).await;
+        // Not this node's to remove.
+        std::mem::forget(app._data.take());
+        app
+    }
+
+    /// `POST` to a control of the receiver's, with the publish key, or with `token` as the
+    /// query's dashboard token.
+    pub async fn control(&self, path: &str, token: Option<&str>) -> (u16, Value) {
+        match token {
+            Some(t) => {
+                let sep = if path.contains('?') { '&' } else { '?' };
+                let path = format!("{path}{sep}token={t}");
+                self.post_raw(&path, None, "application/json", "").await
+            }
+            None => {
+                self.post_raw(path, Some(PUBLISH_KEY), "application/json", "")
+                    .await
+            }
+        }
+    }
+
+    /// The receiver's dashboard token.
+    pub fn dashboard_token(&self, receiver: &str) -> String {
+        cuebox::auth::ReceiverTokens::new(SECRET).token_for(
+            cuebox::auth::Purpose::Dashboard,
+            &ReceiverId::parse(receiver).unwrap(),
+        )
+    }
+
     pub async fn redis(redis: &RedisServer) -> Self {
         Self::spawn(serve_args(Some(redis.url()))).await
     }

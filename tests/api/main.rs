@@ -5,6 +5,7 @@ mod browser;
 mod cli;
 mod concurrency;
 mod conformance;
+mod controls;
 mod differential;
 mod embedded;
 mod helpers;

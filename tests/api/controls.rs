@@ -1,0 +1,160 @@
+//! The streamer's controls over HTTP: who may use them, and what each does to real widgets,
+//! on either store and across nodes.
+
+use std::time::Duration;
+
+use serde_json::json;
+
+use crate::helpers::*;
+
+#[actix_web::test]
+async fn controls_take_a_publish_key_or_the_receivers_dashboard_token_only() {
+    let app = TestApp::memory().await;
+    let dashboard = app.dashboard_token("alice");
+    let refused = [
+        app.post_raw("/receivers/alice/pause", None, "application/json", "")
+            .await,
+        // The widget token is shown on stream: it controls nothing.
+        app.control("/receivers/alice/pause", Some(&app.token("alice")))
+            .await,
+        app.control("/receivers/alice/pause", Some(&app.dashboard_token("bob")))
+            .await,
+        app.post_raw(
+            "/receivers/alice/pause",
+            Some("not-a-key"),
+            "application/json",
+            "",
+        )
+        .await,
+    ];
+    for (status, body) in refused {
+        assert_eq!(status, 401, "{body}");
+        assert_eq!(body["error"]["code"], "unauthorized", "{body}");
+    }
+    assert_eq!(app.status("alice").await["paused"], false);
+
+    let (status, body) = app
+        .control("/receivers/alice/pause", Some(&dashboard))
+        .await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(body["paused"], true, "{body}");
+    assert_eq!(body["receiver"], "alice");
+    // The token in the header works the same, and so does the publish key.
+    let (status, body) = app
+        .post_raw(
+            "/receivers/alice/resume",
+            Some(&dashboard),
+            "application/json",
+            "",
+        )
+        .await;
+    assert_eq!((status, &body["paused"]), (200, &json!(false)), "{body}");
+    let (status, body) = app.control("/receivers/alice/pause", None).await;
+    assert_eq!((status, &body["paused"]), (200, &json!(true)), "{body}");
+    let (status, body) = app
+        .get(&format!("/receivers/alice?token={dashboard}"), None)
+        .await;
+    assert_eq!((status, &body["paused"]), (200, &json!(true)), "{body}");
+}
+
+#[actix_web::test]
+async fn a_pause_holds_the_queue_and_lets_the_alert_on_screen_finish() {
+    let app = TestApp::memory().await;
+    let mut w = app.widget("alice").await;
+    app.wait_for_widgets("alice", 1).await;
+    let a1 = app.publish_alert("alice", "one").await;
+    assert_eq!(w.next_alert().await.0, a1);
+    let (status, body) = app.control("/receivers/alice/pause", None).await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(body["in_flight"]["id"], a1.as_str(), "{body}");
+    let a2 = app.publish_alert("alice", "two").await;
+    w.show(&a1).await;
+    w.expect_silence(Duration::from_millis(400)).await;
+    assert_eq!(app.status("alice").await["queued"], 1);
+
+    let (status, body) = app.control("/receivers/alice/resume", None).await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(body["paused"], false);
+    assert_eq!(body["in_flight"]["id"], a2.as_str(), "{body}");
+    assert_eq!(w.next_alert().await.0, a2);
+}
+
+#[actix_web::test]
+async fn a_skip_stops_the_alert_on_every_widget_of_every_node_and_sends_the_next() {
+    let redis = RedisServer::spawn().await;
+    let a = TestApp::redis(&redis).await;
+    let b = TestApp::redis(&redis).await;
+    let mut on_a = a.widget("alice").await;
+    let mut on_b = b.widget("alice").await;
+    a.wait_for_widgets("alice", 2).await;
+    let a1 = a.publish_alert("alice", "one").await;
+    let a2 = a.publish_alert("alice", "two").await;
+    for w in [&mut on_a, &mut on_b] {
+        assert_eq!(w.next_alert().await.0, a1);
+        w.started(&a1).await;
+    }
+    // Skipped from the node neither widget's alert was published on... and from the other.
+    let (status, body) = b
+        .control(
+            &format!("/receivers/alice/skip?id={a1}"),
+            Some(&b.dashboard_token("alice")),
+        )
+        .await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(body["skipped"], a1.as_str(), "{body}");
+    assert_eq!(body["in_flight"]["id"], a2.as_str(), "{body}");
+    for w in [&mut on_a, &mut on_b] {
+        let skip = w.next_json().await;
+        assert_eq!(skip, json!({"type": "skip", "id": a1}));
+        assert_eq!(w.next_alert().await.0, a2);
+    }
+    // A skip that names an alert no longer in flight skips nothing.
+    let (status, body) = a
+        .control(&format!("/receivers/alice/skip?id={a1}"), None)
+        .await;
+    assert_eq!(status, 200, "{body}");
+    assert!(body.get("skipped").is_none(), "{body}");
+    assert_eq!(body["in_flight"]["id"], a2.as_str());
+    on_a.expect_silence(Duration::from_millis(300)).await;
+}
+
+#[actix_web::test]
+async fn a_pause_survives_a_restart_of_the_embedded_node() {
+    let dir = DataDir::fresh();
+    let app = TestApp::embedded_in(&dir).await;
+    app.publish_alert("alice", "waiting").await;
+    let (status, _) = app.control("/receivers/alice/pause", None).await;
+    assert_eq!(status, 200);
+    // And a receiver with nothing but its pause.
+    let (status, _) = app.control("/receivers/bob/pause", None).await;
+    assert_eq!(status, 200);
+    app.stop().await;
+
+    let app = TestApp::embedded_in(&dir).await;
+    assert_eq!(app.status("alice").await["paused"], true);
+    assert_eq!(app.status("bob").await["paused"], true);
+    let mut w = app.widget("alice").await;
+    app.wait_for_widgets("alice", 1).await;
+    w.expect_silence(Duration::from_millis(300)).await;
+    app.control("/receivers/alice/resume", None).await;
+    assert_eq!(w.next_alert().await.2["message"], "waiting");
+    app.stop().await;
+}
+
+#[actix_web::test]
+async fn a_pause_survives_restarts_of_the_node_and_of_a_persistent_redis() {
+    let mut redis = RedisServer::spawn_with(&["--appendonly", "yes"]).await;
+    let app = TestApp::redis(&redis).await;
+    app.publish_alert("alice", "waiting").await;
+    app.control("/receivers/alice/pause", None).await;
+    app.stop().await;
+    redis.restart().await;
+
+    let app = TestApp::redis(&redis).await;
+    assert_eq!(app.status("alice").await["paused"], true);
+    let mut w = app.widget("alice").await;
+    app.wait_for_widgets("alice", 1).await;
+    w.expect_silence(Duration::from_millis(300)).await;
+    app.control("/receivers/alice/resume", None).await;
+    assert_eq!(w.next_alert().await.2["message"], "waiting");
+}
