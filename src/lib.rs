@@ -6,7 +6,7 @@
 //!
 //! - [`config`] holds the command line, every flag with its environment variable.
 //! - [`alert`] holds receivers and alerts, parsed and checked once at the edge.
-//! - [`auth`] holds publish keys and widget tokens.
+//! - [`auth`] holds publish keys and receivers' tokens (widget and dashboard).
 //! - [`store`] holds the per-receiver queue and its state machine behind one trait, with the rules
 //!   written out in its docs and once as code in [`store::machine`] (pure: no I/O, time as an
 //!   argument); [`store::embedded`] (one node: a map and the machine, kept in SQLite by
@@ -18,7 +18,7 @@
 //! - [`limits`] keeps this node's own limits: publish rate per key, widget connections.
 //! - [`metrics`] counts what operators scrape at `/metrics`.
 //! - [`hub`] keeps this node's widgets, relaying the store's snapshots to them and timing deadlines.
-//! - [`http`] serves publish, receiver status, the widget socket and page, health.
+//! - [`http`] serves publish, the streamer's controls, the widget socket and page, health.
 //! - [`startup`] builds a node and runs it until it is stopped.
 //! - [`telemetry`] sets up logging.
 //!
