@@ -99,7 +99,18 @@ const FIELDS: &[&str] = &[
     "duration_ms",
     "data",
     "idempotency_key",
+    "priority",
 ];
+
+/// How an alert queues: `"high"` goes ahead of every normal waiting alert, still one at a time
+/// and FIFO among the high ones.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Priority {
+    #[default]
+    Normal,
+    High,
+}
 
 /// A valid alert as published, before it has an id.
 #[derive(Debug, Clone, PartialEq)]
@@ -113,6 +124,7 @@ pub struct NewAlert {
     pub duration_ms: u32,
     pub data: Option<Map<String, Value>>,
     pub idempotency_key: Option<String>,
+    pub priority: Priority,
 }
 
 /// An accepted alert: its id, its receiver, and the JSON that widgets get, serialized once.
@@ -121,6 +133,7 @@ pub struct AlertRecord {
     pub id: String,
     pub receiver: ReceiverId,
     pub duration_ms: u32,
+    pub priority: Priority,
     pub json: Arc<str>,
 }
 
@@ -137,6 +150,7 @@ struct AlertJson<'a> {
     message: &'a Option<String>,
     media: &'a Option<Media>,
     duration_ms: u32,
+    priority: Priority,
     data: &'a Option<Map<String, Value>>,
     created_at: String,
 }
@@ -243,6 +257,16 @@ impl NewAlert {
             }
             Some(_) => return Err(FieldError::invalid("data", "data must be a JSON object")),
         };
+        let priority = match opt_string(&mut obj, "priority")?.as_deref() {
+            None | Some("normal") => Priority::Normal,
+            Some("high") => Priority::High,
+            Some(_) => {
+                return Err(FieldError::invalid(
+                    "priority",
+                    "priority must be \"normal\" or \"high\"",
+                ))
+            }
+        };
         let body_key = opt_string(&mut obj, "idempotency_key")?;
         let idempotency_key = match (body_key, header_key) {
             (Some(b), Some(h)) if b != h => {
@@ -274,6 +298,7 @@ impl NewAlert {
             duration_ms,
             data,
             idempotency_key,
+            priority,
         })
     }
 
@@ -290,6 +315,7 @@ impl NewAlert {
             message: &self.message,
             media: &self.media,
             duration_ms: self.duration_ms,
+            priority: self.priority,
             data: &self.data,
             created_at,
         })
@@ -299,6 +325,7 @@ impl NewAlert {
             id,
             receiver: self.receiver,
             duration_ms: self.duration_ms,
+            priority: self.priority,
             json: json.into(),
         }
     }

@@ -29,6 +29,11 @@ pub const MIGRATIONS: &[Migration] = &[
         name: "0002_queue_entries",
         script: include_str!("../migrations/redis/0002_queue_entries.lua"),
     },
+    Migration {
+        version: 3,
+        name: "0003_controls",
+        script: include_str!("../migrations/redis/0003_controls.lua"),
+    },
 ];
 
 /// The newest layout this build knows.

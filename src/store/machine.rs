@@ -16,7 +16,10 @@
 //! - **Dispatch** (free to busy) is `dispatch`, the only place an alert goes out,
 //!   and only while free and some widget is live on some node.
 //! - **Completion** (busy to free) is `complete`, for `done` and `expired`.
-//! - **Requeue** puts the alert in flight back at the head when no widget is left to show it.
+//! - **Lanes.** A receiver's waiting alerts are in two lanes: the priority lane (high-priority
+//!   alerts, and an alert put back at the head) goes out before the normal one; each is FIFO.
+//! - **Requeue** puts the alert in flight back at the head when no widget is left to show it:
+//!   the head of the priority lane, since it went out ahead of everything still waiting.
 //! - **Pause** stops dispatch, and only dispatch: the alert in flight still finishes, and
 //!   **resume** dispatches at once. **Skip** completes the alert in flight as skipped and sends
 //!   the next.
@@ -88,6 +91,10 @@ pub struct Remembered {
 #[derive(Clone, Debug, Default, PartialEq)]
 pub struct Receiver {
     pub seq: u64,
+    /// The priority lane, dispatched before `queue`: high-priority alerts, and alerts put back
+    /// at the head.
+    pub priority: VecDeque<Queued>,
+    /// The normal lane.
     pub queue: VecDeque<Queued>,
     pub flight: Option<InFlight>,
     /// node id -> its report.
@@ -106,16 +113,25 @@ pub struct Receiver {
     pub changes: Vec<Change>,
 }
 
+/// One of a receiver's two queues of waiting alerts.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum Lane {
+    /// Before every normal alert, one at a time and FIFO among themselves.
+    Priority,
+    #[default]
+    Normal,
+}
+
 /// A change [`apply`] made to a receiver's queue or idempotency keys (see
 /// [`Receiver::changes`]).
 #[derive(Clone, Debug, PartialEq)]
 pub enum Change {
-    /// An alert joined the back of the queue.
-    PushedBack,
-    /// An alert went back to the head of the queue.
-    PushedFront,
-    /// The head of the queue left it.
-    PoppedFront,
+    /// An alert joined the back of a lane.
+    PushedBack(Lane),
+    /// An alert went back to the head of a lane.
+    PushedFront(Lane),
+    /// The head of a lane left it.
+    PoppedFront(Lane),
     /// A publish's idempotency key was remembered, under this key.
     Remembered(String),
 }
@@ -123,10 +139,11 @@ pub enum Change {
 /// Every transition of a receiver.
 #[derive(Clone, Debug)]
 pub enum Command<'a> {
-    /// Queue an alert, and send it if the receiver is free.
+    /// Queue an alert in a lane, and send it if the receiver is free.
     Publish {
         alert: Stored,
         idempotency_key: Option<&'a str>,
+        lane: Lane,
     },
     /// A node's widgets for the receiver changed.
     Widgets { node: &'a str, change: WidgetChange },
@@ -240,7 +257,8 @@ impl Step<'_> {
             Command::Publish {
                 alert,
                 idempotency_key,
-            } => self.publish(alert, idempotency_key),
+                lane,
+            } => self.publish(alert, idempotency_key, lane),
             Command::Widgets { node, change } => self.widgets(node, change),
             Command::Started { id } => {
                 let grace = ms(self.rules.ack_grace);
@@ -303,7 +321,12 @@ impl Step<'_> {
         }
     }
 
-    fn publish(&mut self, alert: Stored, idempotency_key: Option<&str>) -> (Answer, bool) {
+    fn publish(
+        &mut self,
+        alert: Stored,
+        idempotency_key: Option<&str>,
+        lane: Lane,
+    ) -> (Answer, bool) {
         let now = self.now;
         if let Some(key) = idempotency_key {
             self.r.idempotency.retain(|_, seen| seen.until > now);
@@ -318,10 +341,14 @@ impl Step<'_> {
             let position = self.position_of(&alert.id).unwrap_or(0);
             return (Answer::Accepted { position }, true);
         }
-        if self.r.queue.len() as u64 >= self.rules.max_queue {
+        if self.r.queued() >= self.rules.max_queue {
             return (Answer::QueueFull, false);
         }
-        let position = self.r.queue.len() as u64 + u64::from(self.r.flight.is_some());
+        let ahead = match lane {
+            Lane::Priority => self.r.priority.len(),
+            Lane::Normal => self.r.priority.len() + self.r.queue.len(),
+        };
+        let position = ahead as u64 + u64::from(self.r.flight.is_some());
         if let Some(key) = idempotency_key {
             let seen = Remembered {
                 id: alert.id.to_string(),
@@ -332,8 +359,8 @@ impl Step<'_> {
             self.r.changes.push(Change::Remembered(key.to_owned()));
         }
         self.r.ids.insert(alert.id.clone());
-        self.r.queue.push_back(Queued { alert, sent: 0 });
-        self.r.changes.push(Change::PushedBack);
+        self.r.lane(lane).push_back(Queued { alert, sent: 0 });
+        self.r.changes.push(Change::PushedBack(lane));
         self.dispatch();
         (Answer::Accepted { position }, false)
     }
@@ -391,7 +418,7 @@ impl Step<'_> {
         if self.r.flight.as_ref().is_some_and(|f| &*f.alert.id == id) {
             return Some(0);
         }
-        let ahead = self.r.queue.iter().position(|q| &*q.alert.id == id)?;
+        let ahead = self.r.waiting().position(|q| &*q.alert.id == id)?;
         Some(ahead as u64 + u64::from(self.r.flight.is_some()))
     }
 
@@ -419,10 +446,15 @@ impl Step<'_> {
         if self.r.flight.is_some() || self.r.paused || self.live() == 0 {
             return;
         }
-        let Some(next) = self.r.queue.pop_front() else {
+        let lane = if self.r.priority.is_empty() {
+            Lane::Normal
+        } else {
+            Lane::Priority
+        };
+        let Some(next) = self.r.lane(lane).pop_front() else {
             return;
         };
-        self.r.changes.push(Change::PoppedFront);
+        self.r.changes.push(Change::PoppedFront(lane));
         let (id, attempt) = (next.alert.id.clone(), next.sent + 1);
         self.r.flight = Some(InFlight {
             alert: next.alert,
@@ -444,15 +476,16 @@ impl Step<'_> {
     }
 
     /// Back to the head of the queue when no widget is left to show it, remembering how many
-    /// times it was sent so the next send counts on.
+    /// times it was sent so the next send counts on. The head of the priority lane: it went
+    /// out ahead of everything still waiting, and goes out first again.
     fn requeue(&mut self) {
         if let Some(f) = self.r.flight.take() {
             let (id, attempt) = (f.alert.id.clone(), f.attempt);
-            self.r.queue.push_front(Queued {
+            self.r.priority.push_front(Queued {
                 alert: f.alert,
                 sent: f.attempt,
             });
-            self.r.changes.push(Change::PushedFront);
+            self.r.changes.push(Change::PushedFront(Lane::Priority));
             self.bump();
             self.happened(Event::Requeued, id, attempt);
         }
@@ -502,9 +535,21 @@ impl Step<'_> {
 }
 
 impl Receiver {
-    /// Waiting alerts.
+    /// Waiting alerts, in both lanes.
     pub fn queued(&self) -> u64 {
-        self.queue.len() as u64
+        (self.priority.len() + self.queue.len()) as u64
+    }
+
+    /// Waiting alerts, in the order they go out.
+    pub fn waiting(&self) -> impl Iterator<Item = &Queued> {
+        self.priority.iter().chain(self.queue.iter())
+    }
+
+    pub fn lane(&mut self, lane: Lane) -> &mut VecDeque<Queued> {
+        match lane {
+            Lane::Priority => &mut self.priority,
+            Lane::Normal => &mut self.queue,
+        }
     }
 
     /// Live widgets over all nodes at `now`.
@@ -519,6 +564,7 @@ impl Receiver {
     /// Nothing is left of it but its `seq`: a store may forget it, keeping `seq` as a floor.
     pub fn is_idle(&self, now: Millis) -> bool {
         !self.paused
+            && self.priority.is_empty()
             && self.queue.is_empty()
             && self.flight.is_none()
             && self.live_widgets(now) == 0
@@ -557,6 +603,7 @@ mod tests {
         let command = Command::Publish {
             alert: alert(id),
             idempotency_key: None,
+            lane: Lane::Normal,
         };
         apply(r, command, now, &rules())
     }
@@ -625,7 +672,7 @@ mod tests {
         let o = apply(&mut r, Command::Check { id: "a1" }, ttl, &rules());
         assert_eq!(flight(&o), None);
         assert_eq!(o.snapshot.events, [Event::Requeued]);
-        assert_eq!(r.queue.front().map(|q| q.sent), Some(1));
+        assert_eq!(r.priority.front().map(|q| q.sent), Some(1));
     }
 
     #[test]

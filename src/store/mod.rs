@@ -347,9 +347,14 @@ pub trait Store: Send + Sync + 'static {
         alert: &AlertRecord,
         idempotency_key: Option<&str>,
     ) -> Result<Publish, StoreError> {
+        let lane = match alert.priority {
+            crate::alert::Priority::High => machine::Lane::Priority,
+            crate::alert::Priority::Normal => machine::Lane::Normal,
+        };
         let command = machine::Command::Publish {
             alert: machine::Stored::of(alert),
             idempotency_key,
+            lane,
         };
         self.apply(&alert.receiver, command).await?.into_publish()
     }

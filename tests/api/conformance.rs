@@ -505,6 +505,54 @@ async fn a_skip_while_paused_sends_nothing_new(b: Backing) {
     assert_eq!(queued(&s, "alice").await, 1);
 }
 
+async fn publish_high(s: &StoreUnderTest, r: &str, message: &str) -> (String, u64) {
+    let alert = record_with(json!({"receiver": r, "message": message, "priority": "high"}));
+    match s.store.publish(&alert, None).await.unwrap() {
+        Publish::Accepted { position, .. } => (alert.id, position),
+        other => panic!("expected accepted, got {other:?}"),
+    }
+}
+
+async fn high_priority_alerts_go_ahead_of_normal_ones_in_their_own_order(b: Backing) {
+    let s = make_store(&b, fast_rules(), NODE).await;
+    let r = receiver("alice");
+    s.store.widgets(&r, WidgetChange::Joined).await.unwrap();
+    let (n1, _) = publish(&s, "alice", "normal 1").await;
+    let (n2, _) = publish(&s, "alice", "normal 2").await;
+    let (h1, position) = publish_high(&s, "alice", "high 1").await;
+    assert_eq!(position, 1, "only the alert in flight is ahead of it");
+    let (h2, position) = publish_high(&s, "alice", "high 2").await;
+    assert_eq!(position, 2);
+    let alert = record("alice", "normal 3");
+    let n3 = alert.id.clone();
+    match s.store.publish(&alert, None).await.unwrap() {
+        Publish::Accepted { position, .. } => assert_eq!(position, 4),
+        other => panic!("expected accepted, got {other:?}"),
+    }
+    assert_eq!(queued(&s, "alice").await, 4);
+    let mut shown = vec![n1.clone()];
+    for _ in 0..4 {
+        let current = shown.last().unwrap().clone();
+        let snap = s.store.done(&r, &current).await.unwrap();
+        shown.push(flight_id(&snap).expect("the next goes out"));
+    }
+    assert_eq!(shown, [n1, h1, h2, n2, n3]);
+}
+
+async fn an_alert_put_back_goes_out_again_before_high_priority_ones(b: Backing) {
+    let s = make_store(&b, fast_rules(), NODE).await;
+    let r = receiver("alice");
+    s.store.widgets(&r, WidgetChange::Joined).await.unwrap();
+    let (n1, _) = publish(&s, "alice", "normal 1").await;
+    let (h1, _) = publish_high(&s, "alice", "high 1").await;
+    s.store.widgets(&r, WidgetChange::Left).await.unwrap();
+    let snap = s.store.widgets(&r, WidgetChange::Joined).await.unwrap();
+    let f = snap.flight.expect("sent again");
+    assert_eq!((f.id.to_string(), f.attempt), (n1.clone(), 2));
+    let snap = s.store.done(&r, &n1).await.unwrap();
+    assert_eq!(flight_id(&snap), Some(h1));
+}
+
 macro_rules! conformance {
     ($($case:ident),* $(,)?) => {
         mod memory {
@@ -568,4 +616,6 @@ conformance!(
     a_pause_is_kept_while_the_receiver_has_nothing_else,
     a_skip_completes_the_alert_in_flight_and_sends_the_next,
     a_skip_while_paused_sends_nothing_new,
+    high_priority_alerts_go_ahead_of_normal_ones_in_their_own_order,
+    an_alert_put_back_goes_out_again_before_high_priority_ones,
 );

@@ -158,3 +158,36 @@ async fn a_pause_survives_restarts_of_the_node_and_of_a_persistent_redis() {
     app.control("/receivers/alice/resume", None).await;
     assert_eq!(w.next_alert().await.2["message"], "waiting");
 }
+
+#[actix_web::test]
+async fn high_priority_alerts_jump_the_queue_but_not_the_alert_on_screen() {
+    let app = TestApp::memory().await;
+    let mut w = app.widget("alice").await;
+    app.wait_for_widgets("alice", 1).await;
+    let first = app.publish_alert("alice", "on screen").await;
+    let normal = app.publish_alert("alice", "normal").await;
+    let (status, body) = app
+        .publish(json!({"receiver": "alice", "message": "urgent", "priority": "high"}))
+        .await;
+    assert_eq!((status, &body["position"]), (202, &json!(1)), "{body}");
+    let urgent = body["id"].as_str().unwrap().to_owned();
+    let (status, body) = app
+        .publish(json!({"receiver": "alice", "message": "x", "priority": "urgent"}))
+        .await;
+    assert_eq!(status, 400, "{body}");
+    assert_eq!(body["error"]["field"], "priority");
+
+    let (id, _, alert) = w.next_alert().await;
+    assert_eq!(
+        (id.as_str(), &alert["priority"]),
+        (first.as_str(), &json!("normal"))
+    );
+    w.show(&first).await;
+    let (id, _, alert) = w.next_alert().await;
+    assert_eq!(
+        (id.as_str(), &alert["priority"]),
+        (urgent.as_str(), &json!("high"))
+    );
+    w.show(&urgent).await;
+    assert_eq!(w.next_alert().await.0, normal);
+}

@@ -13,10 +13,11 @@
 use std::collections::HashMap;
 use std::sync::Arc;
 
+use cuebox::alert::Priority;
 use cuebox::alert::{AlertRecord, ReceiverId};
 use cuebox::store::embedded::disk::Durability;
 use cuebox::store::embedded::EmbeddedStore;
-use cuebox::store::machine::{self, Command, Receiver, Stored};
+use cuebox::store::machine::{self, Command, Lane, Receiver, Stored};
 use cuebox::store::redis::keys::Keys;
 use cuebox::store::redis::RedisStore;
 use cuebox::store::{Rules, Snapshot, Status, Store, StoreError, WidgetChange};
@@ -45,6 +46,7 @@ enum Op {
         r: usize,
         key: Option<u8>,
         again: bool,
+        high: bool,
     },
     Widgets {
         r: usize,
@@ -99,8 +101,13 @@ fn op() -> impl Strategy<Value = Op> {
         1 => (0u32..3).prop_map(WidgetChange::Refresh),
     ];
     prop_oneof![
-        4 => (r.clone(), proptest::option::of(0u8..3), proptest::bool::weighted(0.15))
-            .prop_map(|(r, key, again)| Op::Publish { r, key, again }),
+        4 => (
+            r.clone(),
+            proptest::option::of(0u8..3),
+            proptest::bool::weighted(0.15),
+            proptest::bool::weighted(0.25),
+        )
+            .prop_map(|(r, key, again, high)| Op::Publish { r, key, again, high }),
         3 => (r.clone(), node.clone(), change).prop_map(|(r, node, change)| Op::Widgets { r, node, change }),
         2 => (r.clone(), which.clone()).prop_map(|(r, which)| Op::Started { r, which }),
         3 => (r.clone(), which.clone()).prop_map(|(r, which)| Op::Done { r, which }),
@@ -261,19 +268,26 @@ impl Under {
         }
     }
 
-    /// The receiver's waiting alerts, in order, each as the Redis library keeps it.
+    /// The receiver's waiting alerts, in order (the priority lane, then the normal one), each
+    /// as the Redis library keeps it.
     async fn queue(&self, name: &str) -> Vec<String> {
         match self {
             Under::Redis { redis, .. } => {
                 let keys = Keys::new("cuebox").unwrap();
-                let mut queue_key = String::new();
+                let mut lanes = Vec::new();
                 keys.receiver(&ReceiverId::parse(name).unwrap(), None, |k| {
-                    if k.ends_with(":queue") {
-                        queue_key = k.to_owned();
+                    if k.ends_with(":queue") || k.ends_with(":priority") {
+                        lanes.push(k.to_owned());
                     }
                 });
-                let x = redis.cmd(&["LRANGE", &queue_key, "0", "-1"]).await;
-                redis::from_redis_value(x).unwrap()
+                // KEYS order is queue, then priority.
+                lanes.reverse();
+                let mut waiting = Vec::new();
+                for lane in lanes {
+                    let x = redis.cmd(&["LRANGE", &lane, "0", "-1"]).await;
+                    waiting.extend(redis::from_redis_value::<Vec<String>>(x).unwrap());
+                }
+                waiting
             }
             Under::Sqlite { dir, .. } => {
                 // Read from the file, not the store's memory: what a restart would find.
@@ -282,11 +296,13 @@ impl Under {
                     .prepare(
                         "SELECT id, duration_ms, sent, json FROM queue WHERE receiver = ?1 \
                          AND pos IS NOT (SELECT flight_pos FROM receivers WHERE receiver = ?1) \
-                         AND pos >= coalesce((SELECT head_pos FROM receivers \
-                         WHERE receiver = ?1), pos) ORDER BY pos",
+                         AND ((pos >= ?2 AND pos >= coalesce((SELECT head_pos FROM receivers \
+                         WHERE receiver = ?1), pos)) OR (pos < ?2 AND pos >= coalesce((SELECT \
+                         priority_head FROM receivers WHERE receiver = ?1), pos))) ORDER BY pos",
                     )
                     .unwrap();
-                rows.query_map([name], |r| {
+                let split = cuebox::store::embedded::disk::PRIORITY_BASE / 2;
+                rows.query_map(rusqlite::params![name, split], |r| {
                     Ok(format!(
                         "{} {} {} {}",
                         r.get::<_, String>(0)?,
@@ -348,7 +364,12 @@ async fn run(under: &mut Under, ops: Vec<Op>) -> Result<(), TestCaseError> {
     for (step, op) in ops.iter().enumerate() {
         under.set_clock(model.now);
         match *op {
-            Op::Publish { r, key, again } => {
+            Op::Publish {
+                r,
+                key,
+                again,
+                high,
+            } => {
                 let name = RECEIVERS[r];
                 let alert = match (again, model.last.get(name)) {
                     (true, Some(last)) => last.clone(),
@@ -358,15 +379,21 @@ async fn run(under: &mut Under, ops: Vec<Op>) -> Result<(), TestCaseError> {
                             "receiver": name,
                             "message": format!("alert {}", model.published),
                             "duration_ms": 1000 + 100 * (model.published % 5),
+                            "priority": if high { "high" } else { "normal" },
                         });
                         record_with(body)
                     }
                 };
                 model.last.insert(name, alert.clone());
                 let key = key.map(|k| format!("key-{k}"));
+                let lane = match alert.priority {
+                    Priority::High => Lane::Priority,
+                    Priority::Normal => Lane::Normal,
+                };
                 let command = Command::Publish {
                     alert: stored(&alert),
                     idempotency_key: key.as_deref(),
+                    lane,
                 };
                 let m = model.apply(name, command).answered().into_publish();
                 let x = under.store(step).publish(&alert, key.as_deref()).await;
@@ -457,8 +484,7 @@ async fn run(under: &mut Under, ops: Vec<Op>) -> Result<(), TestCaseError> {
         let x = under.queue(name).await;
         // Each entry as the library keeps it, times sent included.
         let m: Vec<String> = m
-            .queue
-            .iter()
+            .waiting()
             .map(|q| {
                 let a = &q.alert;
                 format!("{} {} {} {}", a.id, a.duration_ms, q.sent, a.json)

@@ -15,7 +15,7 @@ use std::time::Duration;
 use rusqlite::{params, Connection, OpenFlags, OptionalExtension};
 
 use crate::alert::ReceiverId;
-use crate::store::machine::{InFlight, Millis, Queued, Receiver, Remembered, Stored};
+use crate::store::machine::{InFlight, Lane, Millis, Queued, Receiver, Remembered, Stored};
 
 /// The database file in the data dir.
 pub const DB_FILE: &str = "cuebox.db";
@@ -34,10 +34,24 @@ pub const MIGRATIONS: &[(&str, &str)] = &[
         include_str!("../../../migrations/sqlite/0002_node_secrets.sql"),
     ),
     (
-        "0003_pause",
-        include_str!("../../../migrations/sqlite/0003_pause.sql"),
+        "0003_controls",
+        include_str!("../../../migrations/sqlite/0003_controls.sql"),
     ),
 ];
+
+/// Where the priority lane's rows start (`migrations/sqlite/0003_controls.sql`): far below the
+/// normal lane's, which start at 0 and count down only for alerts put back at the head by a
+/// store of before the lanes.
+pub const PRIORITY_BASE: i64 = -(1 << 60);
+
+/// The lane a row's `pos` is in.
+pub fn lane_of(pos: i64) -> Lane {
+    if pos < PRIORITY_BASE / 2 {
+        Lane::Priority
+    } else {
+        Lane::Normal
+    }
+}
 
 /// How hard a commit tries to reach the disk.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
@@ -71,12 +85,13 @@ pub enum OpenError {
 /// One row to write, as a transition changed it.
 #[derive(Debug)]
 pub enum Row {
-    /// The receiver's `seq`, the `pos` of its queue's head, its alert in flight, and whether it
-    /// is paused.
+    /// The receiver's `seq`, the `pos` of the head of each lane, its alert in flight, and
+    /// whether it is paused.
     Receiver {
         receiver: ReceiverId,
         seq: u64,
         head: i64,
+        priority_head: i64,
         flight: Option<FlightRow>,
         paused: bool,
     },
@@ -107,12 +122,14 @@ pub struct FlightRow {
     pub attempt: u32,
 }
 
-/// A receiver as loaded: the machine's state, the position of its queue's head, and that of
+/// A receiver as loaded: the machine's state, the positions of its lanes' heads, and that of
 /// its alert in flight.
 #[derive(Default)]
 pub struct Loaded {
     pub receiver: Receiver,
     pub head: i64,
+    /// None: the lane's first row, or [`PRIORITY_BASE`] if it has none.
+    pub priority_head: Option<i64>,
     pub flight_pos: Option<i64>,
     /// It has a row in `receivers`.
     pub has_row: bool,
@@ -242,7 +259,8 @@ impl Database {
         // The alert in flight of each receiver, less the alert itself, which is in its row.
         let mut flights: HashMap<ReceiverId, FlightRow> = HashMap::new();
         let mut statement = self.conn.prepare(
-            "SELECT receiver, seq, head_pos, flight_pos, flight_attempt, paused FROM receivers",
+            "SELECT receiver, seq, head_pos, flight_pos, flight_attempt, paused, priority_head \
+             FROM receivers",
         )?;
         let mut rows = statement.query([])?;
         while let Some(row) = rows.next()? {
@@ -260,6 +278,7 @@ impl Database {
             let kept = loaded.entry(receiver).or_default();
             kept.receiver.seq = row.get::<_, i64>(1)? as u64;
             kept.receiver.paused = row.get(5)?;
+            kept.priority_head = Some(row.get(6)?);
             kept.has_row = true;
             kept.head_pos = head;
             if let Some(head) = head {
@@ -282,7 +301,12 @@ impl Database {
             };
             let flight = flights.get(&receiver).filter(|f| f.pos == pos);
             let kept = loaded.entry(receiver).or_default();
-            if flight.is_none() && kept.head_pos.is_some_and(|head| pos < head) {
+            let lane = lane_of(pos);
+            let head = match lane {
+                Lane::Priority => kept.priority_head,
+                Lane::Normal => kept.head_pos,
+            };
+            if flight.is_none() && head.is_some_and(|head| pos < head) {
                 // Done with, not yet deleted.
                 continue;
             }
@@ -298,11 +322,15 @@ impl Database {
                 });
                 continue;
             }
-            if kept.receiver.queue.is_empty() && kept.head_pos.is_none() {
-                kept.head = pos;
+            match lane {
+                Lane::Priority if kept.priority_head.is_none() => kept.priority_head = Some(pos),
+                Lane::Normal if kept.receiver.queue.is_empty() && kept.head_pos.is_none() => {
+                    kept.head = pos
+                }
+                _ => {}
             }
             let sent = row.get(4)?;
-            kept.receiver.queue.push_back(Queued { alert, sent });
+            kept.receiver.lane(lane).push_back(Queued { alert, sent });
         }
         let mut statement = self.conn.prepare(
             "SELECT receiver, key, id, position, until_ms FROM idempotency WHERE until_ms > ?1",
@@ -332,14 +360,16 @@ impl Database {
                     receiver,
                     seq,
                     head,
+                    priority_head,
                     flight,
                     paused,
                 } => {
                     let mut put = tx.prepare_cached(
                         "INSERT INTO receivers (receiver, seq, head_pos, flight_pos, \
-                         flight_attempt, paused) VALUES (?1, ?2, ?3, ?4, ?5, ?6) \
+                         flight_attempt, paused, priority_head) \
+                         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7) \
                          ON CONFLICT (receiver) DO UPDATE SET seq = ?2, head_pos = ?3, \
-                         flight_pos = ?4, flight_attempt = ?5, paused = ?6",
+                         flight_pos = ?4, flight_attempt = ?5, paused = ?6, priority_head = ?7",
                     )?;
                     let f = flight.as_ref();
                     put.execute(params![
@@ -348,7 +378,8 @@ impl Database {
                         head,
                         f.map(|f| f.pos),
                         f.map(|f| f.attempt),
-                        paused
+                        paused,
+                        priority_head
                     ])?;
                 }
                 Row::Forget(receiver) => {
@@ -407,12 +438,13 @@ impl Database {
         let tx = self.conn.transaction()?;
         {
             let mut sweep = tx.prepare_cached(
-                "DELETE FROM queue WHERE receiver = ?1 AND pos < (SELECT head_pos FROM \
-                 receivers WHERE receiver = ?1) AND pos IS NOT (SELECT flight_pos FROM \
-                 receivers WHERE receiver = ?1)",
+                "DELETE FROM queue WHERE receiver = ?1 AND pos IS NOT (SELECT flight_pos FROM \
+                 receivers WHERE receiver = ?1) AND ((pos >= ?2 AND pos < (SELECT head_pos \
+                 FROM receivers WHERE receiver = ?1)) OR (pos < ?2 AND pos < (SELECT \
+                 priority_head FROM receivers WHERE receiver = ?1)))",
             )?;
             for receiver in done_with {
-                sweep.execute([receiver.as_str()])?;
+                sweep.execute(params![receiver.as_str(), PRIORITY_BASE / 2])?;
             }
         }
         tx.commit()

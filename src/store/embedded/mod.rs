@@ -35,7 +35,7 @@ use async_trait::async_trait;
 use tokio::sync::oneshot;
 
 use self::disk::{Database, Durability, OpenError, Row};
-use super::machine::{self, Change, Command, Millis, Outcome, Queued, Receiver};
+use super::machine::{self, Change, Command, Lane, Millis, Outcome, Queued, Receiver};
 use super::{Answered, Call, CallObserver, Rules, Status, Store, StoreError, Unobserved};
 use crate::alert::ReceiverId;
 
@@ -139,7 +139,7 @@ impl EmbeddedStore {
         let mut rows = Vec::new();
         for (receiver, l) in loaded {
             let mut kept = Kept::from(l);
-            queued += kept.r.queue.len();
+            queued += kept.r.queued() as usize;
             if kept.r.flight.is_some() {
                 in_flight += 1;
                 let command = Command::Sweep { node: NODE };
@@ -272,12 +272,13 @@ impl Receivers {
 }
 
 /// A receiver, and where its alerts' rows sit on disk (see
-/// `migrations/sqlite/0001_initial.sql`).
-#[derive(Default)]
+/// `migrations/sqlite/0001_initial.sql` and `0003_controls.sql`).
 struct Kept {
     r: Receiver,
-    /// The `pos` of the queue's first row.
+    /// The `pos` of the normal lane's first row.
     head: i64,
+    /// The `pos` of the priority lane's first row.
+    priority_head: i64,
     /// The `pos` of the row of the alert in flight, while there is one.
     flight_pos: Option<i64>,
     /// The receiver has its row on disk. A receiver made again after it was forgotten counts
@@ -286,11 +287,24 @@ struct Kept {
     has_row: bool,
 }
 
+impl Default for Kept {
+    fn default() -> Self {
+        Self {
+            r: Receiver::default(),
+            head: 0,
+            priority_head: disk::PRIORITY_BASE,
+            flight_pos: None,
+            has_row: false,
+        }
+    }
+}
+
 impl From<disk::Loaded> for Kept {
     fn from(l: disk::Loaded) -> Self {
         Self {
             r: l.receiver,
             head: l.head,
+            priority_head: l.priority_head.unwrap_or(disk::PRIORITY_BASE),
             flight_pos: l.flight_pos,
             has_row: l.has_row,
         }
@@ -307,15 +321,17 @@ impl Kept {
         rules: &Rules,
     ) -> (Outcome, Vec<Row>) {
         let before = Mark::of(&self.r);
-        let len_before = self.r.queue.len();
+        let lens_before = [self.r.priority.len(), self.r.queue.len()];
         let outcome = machine::apply(&mut self.r, command, now, rules);
-        let rows = self.rows_of(receiver, before, len_before, now);
+        let rows = self.rows_of(receiver, before, lens_before, now);
         (outcome, rows)
     }
 
     /// The rows that keep what the last command changed: the alert rows it added (from the
-    /// machine's [`Change`]s), the receiver's own row if its `seq`, its queue's head or its
-    /// alert in flight moved, and the idempotency keys it remembered.
+    /// machine's [`Change`]s), the receiver's own row if its `seq`, a lane's head, its alert in
+    /// flight or its pause moved, and the idempotency keys it remembered. Each lane is a run of
+    /// `pos` from its head; the two runs never meet (see [`disk::lane_of`]), so a `pos` says
+    /// its lane.
     ///
     /// No alert's row is deleted here. An alert sent keeps its row, which the receiver's row
     /// then points at (`flight_pos`); put back at the head, it lands on that same row again.
@@ -325,33 +341,42 @@ impl Kept {
         &mut self,
         receiver: &ReceiverId,
         before: Mark,
-        len_before: usize,
+        lens_before: [usize; 2],
         now: Millis,
     ) -> Vec<Row> {
         let mut rows = Vec::new();
-        let head_before = self.head;
-        let (mut head, mut len) = (self.head, len_before as i64);
+        // Indexed by `slot`: the priority lane, then the normal one.
+        let slot = |lane: Lane| match lane {
+            Lane::Priority => 0,
+            Lane::Normal => 1,
+        };
+        let heads_before = [self.priority_head, self.head];
+        let mut heads = heads_before;
+        let mut lens = lens_before.map(|l| l as i64);
         let mut touched = Vec::new();
         let mut pushed = Vec::new();
         let mut popped = None;
         for change in std::mem::take(&mut self.r.changes) {
             match change {
-                Change::PushedBack => {
-                    touched.push(head + len);
-                    pushed.push(head + len);
-                    len += 1;
+                Change::PushedBack(lane) => {
+                    let i = slot(lane);
+                    touched.push(heads[i] + lens[i]);
+                    pushed.push(heads[i] + lens[i]);
+                    lens[i] += 1;
                 }
-                Change::PushedFront => {
-                    head -= 1;
-                    len += 1;
-                    touched.push(head);
-                    pushed.push(head);
+                Change::PushedFront(lane) => {
+                    let i = slot(lane);
+                    heads[i] -= 1;
+                    lens[i] += 1;
+                    touched.push(heads[i]);
+                    pushed.push(heads[i]);
                 }
-                Change::PoppedFront => {
-                    touched.push(head);
-                    popped = Some(head);
-                    head += 1;
-                    len -= 1;
+                Change::PoppedFront(lane) => {
+                    let i = slot(lane);
+                    touched.push(heads[i]);
+                    popped = Some(heads[i]);
+                    heads[i] += 1;
+                    lens[i] -= 1;
                 }
                 Change::Remembered(key) => {
                     if let Some(seen) = self.r.idempotency.get(&key) {
@@ -365,8 +390,9 @@ impl Kept {
                 }
             }
         }
-        debug_assert_eq!(len, self.r.queue.len() as i64);
-        self.head = head;
+        debug_assert_eq!(lens[0], self.r.priority.len() as i64);
+        debug_assert_eq!(lens[1], self.r.queue.len() as i64);
+        [self.priority_head, self.head] = heads;
         let flight_pos_before = self.flight_pos;
         let after = Mark::of(&self.r);
         self.flight_pos = match &self.r.flight {
@@ -376,6 +402,7 @@ impl Kept {
             Some(f) => Some(popped.unwrap_or_else(|| {
                 // The machine sends only what it takes from the queue; were that ever not so,
                 // the alert gets a row of its own just ahead of everything.
+                let head = heads[0];
                 let pos = head.min(flight_pos_before.unwrap_or(head)) - 1;
                 rows.push(Row::Queued {
                     receiver: receiver.clone(),
@@ -393,14 +420,16 @@ impl Kept {
         touched.sort_unstable();
         touched.dedup();
         for pos in touched {
+            let lane = disk::lane_of(pos);
+            let head = heads[slot(lane)];
             let waiting = (pos >= head)
-                .then(|| self.r.queue.get((pos - head) as usize))
+                .then(|| self.r.lane(lane).get((pos - head) as usize).cloned())
                 .flatten();
             let row = match waiting {
                 Some(entry) => Row::Queued {
                     receiver: receiver.clone(),
                     pos,
-                    entry: entry.clone(),
+                    entry,
                 },
                 // The alert just sent: its row stays, now pointed at as in flight; it is written
                 // only if this same command queued it.
@@ -427,13 +456,14 @@ impl Kept {
         }
         if self.r.is_idle(now) {
             rows.push(Row::Forget(receiver.clone()));
-        } else if after != before || !self.has_row || head != head_before {
+        } else if after != before || !self.has_row || heads != heads_before {
             self.has_row = true;
             let flight = self.r.flight.as_ref().zip(self.flight_pos);
             rows.push(Row::Receiver {
                 receiver: receiver.clone(),
                 seq: self.r.seq,
-                head,
+                head: self.head,
+                priority_head: self.priority_head,
                 flight: flight.map(|(f, pos)| disk::FlightRow {
                     pos,
                     attempt: f.attempt,

@@ -6,10 +6,11 @@
 //!
 //! | key                             | type   | holds                                             |
 //! |---------------------------------|--------|---------------------------------------------------|
-//! | `P:{r}:receiver`                | hash   | `seq`, `flight`, `alert`, `live` (see `receiver.lua`) |
+//! | `P:{r}:receiver`                | hash   | `seq`, `flight`, `alert`, `live`, `paused`, `ahead` (see `receiver.lua`) |
 //! | `P:{r}:queue`                   | list   | waiting alerts, head first: `"<id> <duration_ms> <times sent> <alert json>"` |
 //! | `P:{r}:ids`                     | set    | each alert queued or in flight                     |
 //! | `P:{r}:widgets`                 | hash   | node id -> `"<widgets> <live until, ms>"`         |
+//! | `P:{r}:priority`                | list   | the priority lane, entries as in the queue; before it |
 //! | `P:{r}:idem:<key>`              | string | `"<alert id> <position>"`, expires after 24 h    |
 //! | `P:{r}:events` (channel)        | pubsub | snapshots for other nodes                          |
 //! | `P:secret`                      | string | the shared widget token secret                     |
@@ -29,7 +30,7 @@ pub struct Keys {
 
 /// The keys of one receiver a function call takes, in the order `receiver.lua` takes them as
 /// KEYS (after these, the idempotency key, when the call has one).
-pub const RECEIVER_KEYS: [&str; 4] = ["receiver", "queue", "ids", "widgets"];
+pub const RECEIVER_KEYS: [&str; 5] = ["receiver", "queue", "ids", "widgets", "priority"];
 
 impl Keys {
     /// Fails on a prefix that would break hash tags or read badly in `redis-cli`.
@@ -54,7 +55,7 @@ impl Keys {
         &self.prefix
     }
 
-    /// Hands `each` the keys of one receiver's script call, in KEYS order: its own four, then
+    /// Hands `each` the keys of one receiver's script call, in KEYS order: its own five, then
     /// the idempotency key if there is one. They are built in one buffer, one after another,
     /// because a call is made for every transition and formatting each key cost an allocation.
     pub fn receiver(
@@ -156,6 +157,7 @@ mod tests {
                 "cb:{alice}:queue",
                 "cb:{alice}:ids",
                 "cb:{alice}:widgets",
+                "cb:{alice}:priority",
                 "cb:{alice}:idem:x{y}",
             ]
         );

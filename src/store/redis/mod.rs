@@ -42,7 +42,7 @@ use self::presence::sweep_dead_nodes;
 use self::replies::{alert_json, int, kind_of, parse_snapshot, protocol, tagged, text};
 pub use self::secret::shared_secret;
 use self::watches::Watches;
-use super::machine::{Answer, Command, Stored};
+use super::machine::{Answer, Command, Lane, Stored};
 use super::{
     Answered, Call, CallObserver, Flight, Notice, Rules, Snapshot, Status, Store, StoreError,
     WidgetChange, IDEMPOTENCY_TTL, PRESENCE_TTL,
@@ -175,6 +175,7 @@ impl RedisStore {
         receiver: &ReceiverId,
         alert: Stored,
         idempotency_key: Option<&str>,
+        lane: Lane,
     ) -> Result<Answered, StoreError> {
         // The queue entry carries what the library needs without decoding JSON: the id, the
         // duration and how many times the alert was sent (none yet).
@@ -187,7 +188,7 @@ impl RedisStore {
                 receiver,
                 Call::Publish,
                 idempotency_key,
-                &[&alert.id, &entry, &max_queue, &ttl],
+                &[&alert.id, &entry, &max_queue, &ttl, lane_name(lane)],
             )
             .await?;
         let (kind, mut items) = tagged(reply)?;
@@ -283,6 +284,14 @@ impl RedisStore {
     }
 }
 
+/// A lane as the library's publish takes it.
+fn lane_name(lane: Lane) -> &'static str {
+    match lane {
+        Lane::Priority => "priority",
+        Lane::Normal => "normal",
+    }
+}
+
 fn changed(snapshot: Snapshot) -> Result<Answered, StoreError> {
     Ok(Answered {
         answer: Answer::Changed,
@@ -302,7 +311,11 @@ impl Store for RedisStore {
             Command::Publish {
                 alert,
                 idempotency_key,
-            } => self.publish_call(receiver, alert, idempotency_key).await,
+                lane,
+            } => {
+                self.publish_call(receiver, alert, idempotency_key, lane)
+                    .await
+            }
             Command::Widgets { node, change } if node == &*self.core.node => {
                 self.widgets_call(receiver, change).await
             }

@@ -26,6 +26,7 @@
 --                          live     live widgets, cached: "<until, ms> <the node holding them
 --                                   all, or *>", or "0" for none (see presence())
 --                          paused   "1" while the streamer has paused the receiver, else absent
+--                          ahead    alerts waiting in the priority lane (KEYS[5]), absent for none
 -- KEYS[2] queue    list    waiting alerts, head first, each "<id> <duration_ms> <times sent>
 --                          <alert json>"
 -- KEYS[3] ids      set     every alert queued or in flight, so the same id is never queued
@@ -33,7 +34,11 @@
 --                          list it scans, up to 512 entries by default, and this one has an
 --                          entry per waiting alert)
 -- KEYS[4] widgets  hash    node id -> "<widgets> <live until, ms>"
--- KEYS[5] idempotency key (publish with a key only)
+-- KEYS[5] priority list    the priority lane, entries as in the queue: high-priority alerts, and
+--                          alerts put back at the head. It goes out before the queue. Its
+--                          length is the receiver's `ahead`, so dispatch knows which lane to pop
+--                          without asking.
+-- KEYS[6] idempotency key (publish with a key only)
 -- ARGV[1] calling node   ARGV[2] the time in ms
 -- ARGV[3] PUBLISH, or SPUBLISH on a Redis Cluster (the events channel shares the receiver's slot)
 -- ARGV[4] the deadline of an alert sent now (the time plus the start timeout), in ms
@@ -145,10 +150,10 @@ local function read_layout_1(c, convert)
 end
 
 local function open(keys, args)
-  local f = redis.call('HMGET', keys[1], 'seq', 'flight', 'live', 'paused')
+  local f = redis.call('HMGET', keys[1], 'seq', 'flight', 'live', 'paused', 'ahead')
   c.keys, c.args, c.node, c.now = keys, args, args[1], tonumber(args[2])
   c.seq, c.seq_before, c.packed, c.live, c.paused = f[1], f[1], f[2], f[3], f[4]
-  c.skipped = false
+  c.ahead, c.ahead_changed, c.skipped = f[5], false, false
   c.id, c.phase, c.duration, c.attempt, c.deadline = false, false, false, false, false
   c.alert, c.alert_read = false, false
   c.had_flight, c.flight_changed, c.dirty = f[2] ~= false, false, false
@@ -241,14 +246,27 @@ local function clear_flight(c)
   c.alert, c.alert_read, c.packed = false, true, false
 end
 
+-- The priority lane's length, as `ahead` keeps it.
+local function set_ahead(c, n)
+  c.ahead, c.ahead_changed, c.dirty = int(n), true, true
+end
+
 -- Free to busy: the one place an alert goes out. Only while free, not paused, and someone can
--- see it.
+-- see it. From the priority lane while it holds any, else from the queue.
 local function dispatch(c)
   if c.packed or c.id or c.paused or not presence(c) then return end
   while true do
-    local entry = redis.call('LPOP', c.keys[2])
-    if not entry then return end
-    local id, duration, sent = string.match(entry, '^(%S+) (%d+) (%d+) ')
+    local entry
+    if c.ahead and c.ahead ~= '0' then
+      entry = redis.call('LPOP', c.keys[5])
+      -- A count that ran ahead of the lane is set right rather than wedge the receiver.
+      if entry then set_ahead(c, tonumber(c.ahead) - 1) else set_ahead(c, 0) end
+    else
+      entry = redis.call('LPOP', c.keys[2])
+      if not entry then return end
+    end
+    local id, duration, sent
+    if entry then id, duration, sent = string.match(entry, '^(%S+) (%d+) (%d+) ') end
     -- An entry that does not parse cannot be shown; it is skipped rather than wedge the queue.
     if id then
       c.id, c.phase, c.duration, c.alert, c.alert_read = id, 'sent', duration, entry, true
@@ -272,13 +290,15 @@ local function complete(c, how)
 end
 
 -- Back to the head of the queue when no widget is left to show it, remembering how many times
--- it was sent so the next send counts on.
+-- it was sent so the next send counts on. The head of the priority lane: it went out ahead of
+-- everything still waiting, and goes out first again.
 local function requeue(c)
   if not flight(c) then return end
   local entry = flight_entry(c)
   if entry then
     local counted = string.gsub(entry, '^(%S+ %d+) %d+ ', '%1 ' .. str(c.attempt) .. ' ', 1)
-    redis.call('LPUSH', c.keys[2], counted)
+    redis.call('LPUSH', c.keys[5], counted)
+    set_ahead(c, (tonumber(c.ahead) or 0) + 1)
   else
     redis.call('SREM', c.keys[3], c.id)
   end
@@ -310,6 +330,7 @@ local function save(c)
     redis.call('HSET', key, 'seq', seq)
   end
   if c.had_flight and not (c.id or c.packed) then redis.call('HDEL', key, 'flight', 'alert') end
+  if c.ahead_changed then redis.call('HSET', key, 'ahead', c.ahead) end
 end
 
 -- The call's answer, after saving; when seq moved, the new alert in flight goes with it and to
@@ -333,20 +354,24 @@ end
 
 -- How many alerts are ahead of queued alert `id` (a rare path: only a publish repeated).
 local function position_in_queue(c, id)
-  local entries = redis.call('LRANGE', c.keys[2], 0, -1)
-  local prefix = id .. ' '
-  for i = 1, #entries do
-    local e = entries[i]
-    if string.sub(e, 1, #prefix) == prefix then return i - 1 end
+  local prefix, before = id .. ' ', 0
+  for _, lane in ipairs({c.keys[5], c.keys[2]}) do
+    local entries = redis.call('LRANGE', lane, 0, -1)
+    for i = 1, #entries do
+      local e = entries[i]
+      if string.sub(e, 1, #prefix) == prefix then return before + i - 1 end
+    end
+    before = before + #entries
   end
   return 0
 end
 
 -- ARGV[5] the alert's id, ARGV[6] its queue entry "<id> <duration_ms> 0 <alert json>",
--- ARGV[7] most alerts waiting, ARGV[8] idempotency ttl in seconds.
+-- ARGV[7] most alerts waiting, ARGV[8] idempotency ttl in seconds, ARGV[9] its lane: 'priority'
+-- or 'normal'.
 local function publish(keys, args)
   local c = open_to_write(keys, args)
-  local id, idem = args[5], keys[5]
+  local id, idem = args[5], keys[6]
   if idem then
     local seen = redis.call('GET', idem)
     if seen then
@@ -365,14 +390,21 @@ local function publish(keys, args)
     end
     return {'accepted', position, finish(c, true)}
   end
-  local waiting = redis.call('LLEN', keys[2])
+  local ahead = tonumber(c.ahead) or 0
+  local waiting = redis.call('LLEN', keys[2]) + ahead
   if waiting >= tonumber(args[7]) then
     redis.call('SREM', keys[3], id)
     return {'full'}
   end
   local position = waiting
+  if args[9] == 'priority' then
+    position = ahead
+    redis.call('RPUSH', keys[5], args[6])
+    set_ahead(c, ahead + 1)
+  else
+    redis.call('RPUSH', keys[2], args[6])
+  end
   if busy then position = position + 1 end
-  redis.call('RPUSH', keys[2], args[6])
   if idem then redis.call('SET', idem, id .. ' ' .. position, 'EX', args[8]) end
   dispatch(c)
   return {'accepted', position, finish(c, false)}
@@ -529,7 +561,8 @@ local function status(keys, args)
   if flight(c) then entry = flight_entry(c) or false end
   local paused = 0
   if c.paused then paused = 1 end
-  return {'status', redis.call('LLEN', keys[2]), total, entry, paused}
+  local queued = redis.call('LLEN', keys[2]) + (tonumber(c.ahead) or 0)
+  return {'status', queued, total, entry, paused}
 end
 
 redis.register_function('cuebox_v3_publish', publish)

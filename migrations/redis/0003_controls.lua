@@ -1,0 +1,14 @@
+-- 0003_controls: key layout 3 (library cuebox_v3, see src/store/redis/receiver.lua).
+--
+-- The streamer's controls and the priority lane add to layout 2 without changing what it holds:
+-- the receiver hash gains `paused` ("1" while paused) and `ahead` (alerts waiting in the
+-- priority lane), and each receiver gains the list `<r>:priority`, the priority lane, whose
+-- entries are the queue's. A receiver of layout 2 reads as one that is not paused and has
+-- nothing in the priority lane, which is what it is, so nothing is converted.
+--
+-- What this migration does is record layout 3, so that a node of an older release, which would
+-- dispatch while paused and never look at the priority lane, refuses to start (stop every older
+-- node before starting this release). tests/api/migrations.rs writes receivers in layout 2 and
+-- finds every alert shown, once, in order, after the upgrade.
+-- ARGV[1] is the key prefix. Migrations run with EVAL under the schema lock, in order, once.
+return 'ok'
