@@ -94,6 +94,26 @@ pub async fn skip(
     .await
 }
 
+/// `DELETE /receivers/{receiver}/queue`: every waiting alert is removed, not the one in flight.
+pub async fn clear(
+    req: HttpRequest,
+    path: web::Path<String>,
+    query: web::Query<ControlQuery>,
+    state: web::Data<AppState>,
+) -> Result<HttpResponse, ApiError> {
+    let receiver = ReceiverId::parse(&path)?;
+    authorize_controller(&req, &state, &receiver, query.token.as_deref())?;
+    let cleared = state
+        .hub
+        .store()
+        .clear(&receiver)
+        .await
+        .map_err(ApiError::of_control)?;
+    let mut body = state_of(&state, &receiver).await?;
+    body["cleared"] = json!(cleared.len());
+    Ok(HttpResponse::Ok().json(body))
+}
+
 async fn control(
     req: HttpRequest,
     path: web::Path<String>,

@@ -59,6 +59,10 @@ pub fn routes(cfg: &mut web::ServiceConfig) {
         web::post().to(controls::resume),
     )
     .route("/receivers/{receiver}/skip", web::post().to(controls::skip))
+    .route(
+        "/receivers/{receiver}/queue",
+        web::delete().to(controls::clear),
+    )
     // HEAD as well as GET: load balancers probe with either.
     .route("/healthz", web::get().to(health::healthz))
     .route("/healthz", web::head().to(health::healthz))

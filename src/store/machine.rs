@@ -22,7 +22,8 @@
 //!   the head of the priority lane, since it went out ahead of everything still waiting.
 //! - **Pause** stops dispatch, and only dispatch: the alert in flight still finishes, and
 //!   **resume** dispatches at once. **Skip** completes the alert in flight as skipped and sends
-//!   the next.
+//!   the next. **Clear** removes waiting alerts from the heads of the lanes, never the one in
+//!   flight, a chunk per command.
 //! - Every change of the alert in flight bumps `seq`; a receiver seen for the first time starts
 //!   it from the clock, so it still moves past anything a node saw before its state was lost.
 
@@ -159,6 +160,18 @@ pub enum Command<'a> {
     Pause { paused: bool },
     /// The streamer skipped the alert in flight (only if it is `id`, when given).
     Skip { id: Option<&'a str> },
+    /// One chunk of clearing the waiting alerts: at most `most` of them, from the head of the
+    /// priority lane, then of the normal one, and of each at most its count in `left` (`None`:
+    /// all it holds now). A clear of many alerts is a run of these, each passing the `left` the
+    /// last answered, so alerts published while it runs are not cleared.
+    Clear { left: Option<Left>, most: u32 },
+}
+
+/// How many alerts of each lane a clear has yet to remove.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Left {
+    pub priority: u64,
+    pub normal: u64,
 }
 
 impl Command<'_> {
@@ -173,6 +186,7 @@ impl Command<'_> {
             Command::Sweep { .. } => Call::Sweep,
             Command::Pause { .. } => Call::Pause,
             Command::Skip { .. } => Call::Skip,
+            Command::Clear { .. } => Call::Clear,
         }
     }
 }
@@ -194,6 +208,11 @@ pub enum Answer {
     QueueFull,
     /// A widget joined past the limit; nothing was counted.
     TooManyWidgets(u32),
+    /// A chunk of a clear removed these alerts; `left` remain to be cleared.
+    Cleared {
+        ids: Vec<Arc<str>>,
+        left: Left,
+    },
 }
 
 /// Something that happened to one alert, for a history trail.
@@ -306,6 +325,7 @@ impl Step<'_> {
                 self.dispatch();
                 (Answer::Changed, true)
             }
+            Command::Clear { left, most } => self.clear(left, most),
             Command::Skip { id } => {
                 let matches = self
                     .r
@@ -363,6 +383,32 @@ impl Step<'_> {
         self.r.changes.push(Change::PushedBack(lane));
         self.dispatch();
         (Answer::Accepted { position }, false)
+    }
+
+    fn clear(&mut self, left: Option<Left>, most: u32) -> (Answer, bool) {
+        let mut left = left.unwrap_or(Left {
+            priority: self.r.priority.len() as u64,
+            normal: self.r.queue.len() as u64,
+        });
+        let mut ids = Vec::new();
+        for lane in [Lane::Priority, Lane::Normal] {
+            let count = match lane {
+                Lane::Priority => &mut left.priority,
+                Lane::Normal => &mut left.normal,
+            };
+            while *count > 0 && ids.len() < most as usize {
+                let Some(gone) = self.r.lane(lane).pop_front() else {
+                    // Fewer than counted: they went out meanwhile.
+                    *count = 0;
+                    break;
+                };
+                *count -= 1;
+                self.r.changes.push(Change::PoppedFront(lane));
+                self.r.ids.remove(&gone.alert.id);
+                ids.push(gone.alert.id);
+            }
+        }
+        (Answer::Cleared { ids, left }, false)
     }
 
     fn widgets(&mut self, node: &str, change: WidgetChange) -> (Answer, bool) {
@@ -673,6 +719,33 @@ mod tests {
         assert_eq!(flight(&o), None);
         assert_eq!(o.snapshot.events, [Event::Requeued]);
         assert_eq!(r.priority.front().map(|q| q.sent), Some(1));
+    }
+
+    #[test]
+    fn a_clear_in_chunks_leaves_the_flight_and_what_came_after_it_began() {
+        let mut r = Receiver::default();
+        join(&mut r, 0);
+        for id in ["a1", "a2", "a3"] {
+            publish(&mut r, id, 0);
+        }
+        let clear = |r: &mut Receiver, left| {
+            let o = apply(r, Command::Clear { left, most: 1 }, 1, &rules());
+            match o.answer {
+                Answer::Cleared { ids, left } => (ids, left),
+                other => panic!("{other:?}"),
+            }
+        };
+        let (ids, left) = clear(&mut r, None);
+        assert_eq!((ids, left.normal), (vec!["a2".into()], 1));
+        publish(&mut r, "a4", 2);
+        let (ids, left) = clear(&mut r, Some(left));
+        assert_eq!((ids, left.normal), (vec!["a3".into()], 0));
+        assert_eq!(r.flight.as_ref().map(|f| &*f.alert.id), Some("a1"));
+        assert_eq!(
+            r.waiting().map(|q| &*q.alert.id).collect::<Vec<_>>(),
+            ["a4"]
+        );
+        assert!(!r.ids.contains("a2"), "a cleared id may be published again");
     }
 
     #[test]

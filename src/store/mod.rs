@@ -74,6 +74,9 @@ use crate::alert::{AlertRecord, ReceiverId};
 pub const PRESENCE_TTL: Duration = Duration::from_secs(30);
 /// How often a node refreshes its reports, well inside [`PRESENCE_TTL`].
 pub const PRESENCE_REFRESH: Duration = Duration::from_secs(10);
+/// Most alerts one step of a clear removes: a few hundred `LPOP`ped and `SREM`ed in one function
+/// call hold Redis well under a millisecond, so clearing 10,000 never blocks it for long.
+pub const CLEAR_CHUNK: u32 = 500;
 /// How long an idempotency key is remembered.
 pub const IDEMPOTENCY_TTL: Duration = Duration::from_secs(24 * 60 * 60);
 
@@ -90,11 +93,12 @@ pub enum Call {
     Status,
     Pause,
     Skip,
+    Clear,
 }
 
 impl Call {
     /// Every call, in order of [`Call::index`].
-    pub const ALL: [Call; 9] = [
+    pub const ALL: [Call; 10] = [
         Call::Publish,
         Call::Widgets,
         Call::Started,
@@ -104,6 +108,7 @@ impl Call {
         Call::Status,
         Call::Pause,
         Call::Skip,
+        Call::Clear,
     ];
 
     /// Its place in [`Call::ALL`]. Exhaustive, so a new variant must be given one.
@@ -118,6 +123,7 @@ impl Call {
             Call::Status => 6,
             Call::Pause => 7,
             Call::Skip => 8,
+            Call::Clear => 9,
         }
     }
 
@@ -133,6 +139,7 @@ impl Call {
             Call::Status => "status",
             Call::Pause => "pause",
             Call::Skip => "skip",
+            Call::Clear => "clear",
         }
     }
 }
@@ -390,6 +397,29 @@ pub trait Store: Send + Sync + 'static {
     async fn check(&self, receiver: &ReceiverId, id: &str) -> Result<Snapshot, StoreError> {
         let command = machine::Command::Check { id };
         self.apply(receiver, command).await?.into_snapshot()
+    }
+
+    /// Removes every alert waiting now, never the one in flight, in chunks of [`CLEAR_CHUNK`],
+    /// each atomic; alerts published meanwhile stay. Answers the ids removed, in queue order.
+    /// An error part way leaves the rest waiting: clearing again removes them.
+    async fn clear(&self, receiver: &ReceiverId) -> Result<Vec<Arc<str>>, StoreError> {
+        let (mut left, mut cleared) = (None, Vec::new());
+        loop {
+            let command = machine::Command::Clear {
+                left,
+                most: CLEAR_CHUNK,
+            };
+            match self.apply(receiver, command).await?.answer {
+                machine::Answer::Cleared { ids, left: l } => {
+                    cleared.extend(ids);
+                    if l.priority == 0 && l.normal == 0 {
+                        return Ok(cleared);
+                    }
+                    left = Some(l);
+                }
+                other => return Err(StoreError::Protocol(format!("a clear answered {other:?}"))),
+            }
+        }
     }
 
     /// Reads the receiver's queue length, alert in flight and live widgets.

@@ -553,6 +553,32 @@ async fn an_alert_put_back_goes_out_again_before_high_priority_ones(b: Backing) 
     assert_eq!(flight_id(&snap), Some(h1));
 }
 
+async fn a_clear_removes_every_waiting_alert_and_never_the_one_in_flight(b: Backing) {
+    let s = make_store(&b, fast_rules(), NODE).await;
+    let r = receiver("alice");
+    s.store.widgets(&r, WidgetChange::Joined).await.unwrap();
+    let (a1, before) = publish(&s, "alice", "on screen").await;
+    let mut waiting = Vec::new();
+    for i in 0..3 {
+        waiting.push(publish(&s, "alice", &format!("normal {i}")).await.0);
+    }
+    waiting.insert(0, publish_high(&s, "alice", "high").await.0);
+    let cleared = s.store.clear(&r).await.unwrap();
+    let cleared: Vec<String> = cleared.iter().map(|id| id.to_string()).collect();
+    assert_eq!(
+        cleared, waiting,
+        "every waiting alert, in the order it would have gone out"
+    );
+    let status = s.store.status(&r).await.unwrap();
+    assert_eq!(status.queued, 0);
+    assert!(status.in_flight.is_some(), "the alert in flight stays");
+    let snap = s.store.done(&r, &a1).await.unwrap();
+    assert_eq!(snap.flight, None, "nothing is left to send");
+    assert!(snap.seq > before.seq);
+    // A cleared alert's id is no longer taken: nothing of it is left.
+    assert!(s.store.clear(&r).await.unwrap().is_empty());
+}
+
 macro_rules! conformance {
     ($($case:ident),* $(,)?) => {
         mod memory {
@@ -618,4 +644,5 @@ conformance!(
     a_skip_while_paused_sends_nothing_new,
     high_priority_alerts_go_ahead_of_normal_ones_in_their_own_order,
     an_alert_put_back_goes_out_again_before_high_priority_ones,
+    a_clear_removes_every_waiting_alert_and_never_the_one_in_flight,
 );

@@ -191,3 +191,55 @@ async fn high_priority_alerts_jump_the_queue_but_not_the_alert_on_screen() {
     w.show(&urgent).await;
     assert_eq!(w.next_alert().await.0, normal);
 }
+
+#[actix_web::test]
+async fn clearing_ten_thousand_alerts_goes_in_chunks_and_leaves_the_alert_on_screen() {
+    let redis = RedisServer::spawn().await;
+    let app = TestApp::redis(&redis).await;
+    let mut w = app.widget("alice").await;
+    app.wait_for_widgets("alice", 1).await;
+    let on_screen = app.publish_alert("alice", "on screen").await;
+    assert_eq!(w.next_alert().await.0, on_screen);
+    // Queued straight through a store of the test's own: 10,000 HTTP publishes would be slow.
+    let s = make_store(&Backing::Redis(redis.url()), fast_rules(), "filler").await;
+    for chunk in 0..20 {
+        let alerts: Vec<_> = (0..500)
+            .map(|i| record("alice", &format!("waiting {}", chunk * 500 + i)))
+            .collect();
+        let published =
+            futures_util::future::join_all(alerts.iter().map(|a| s.store.publish(a, None))).await;
+        assert!(published.iter().all(Result::is_ok));
+    }
+    assert_eq!(app.status("alice").await["queued"], 10_000);
+
+    let (status, body) = app
+        .http
+        .delete(format!(
+            "{}/receivers/alice/queue?token={}",
+            app.base,
+            app.dashboard_token("alice")
+        ))
+        .send()
+        .await
+        .map(|mut res| async move {
+            let status = res.status().as_u16();
+            let body: serde_json::Value = res.json().limit(1 << 20).await.unwrap();
+            (status, body)
+        })
+        .unwrap()
+        .await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(body["cleared"], 10_000, "{body}");
+    assert_eq!(body["queued"], 0, "{body}");
+    assert_eq!(body["in_flight"]["id"], on_screen.as_str(), "{body}");
+    // Twenty calls of 500, each one atomic step of the receiver: Redis is never held for all.
+    let (_, metrics) = app.get_text("/metrics").await;
+    let calls = metrics
+        .lines()
+        .find(|l| l.starts_with("cuebox_store_call_duration_seconds_count{op=\"clear\"}"))
+        .unwrap_or_else(|| panic!("no clear calls counted:\n{metrics}"));
+    assert!(calls.ends_with(" 20"), "{calls}");
+    // The alert on screen finishes, and nothing follows it.
+    w.show(&on_screen).await;
+    w.expect_silence(Duration::from_millis(300)).await;
+}

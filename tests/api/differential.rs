@@ -78,6 +78,13 @@ enum Op {
         r: usize,
         which: Option<Which>,
     },
+    /// A chunk of a clear, of at most `most`, with what a last chunk left (`None`: from the
+    /// start).
+    Clear {
+        r: usize,
+        left: Option<(u64, u64)>,
+        most: u32,
+    },
     /// Moves the clock on; now and then past the presence TTL.
     Wait {
         ms: u64,
@@ -114,7 +121,9 @@ fn op() -> impl Strategy<Value = Op> {
         2 => (r.clone(), which.clone()).prop_map(|(r, which)| Op::Check { r, which }),
         1 => (r.clone(), node).prop_map(|(r, node)| Op::Sweep { r, node }),
         1 => (r.clone(), proptest::bool::ANY).prop_map(|(r, paused)| Op::Pause { r, paused }),
-        1 => (r, proptest::option::of(which.clone())).prop_map(|(r, which)| Op::Skip { r, which }),
+        1 => (r.clone(), proptest::option::of(which.clone())).prop_map(|(r, which)| Op::Skip { r, which }),
+        1 => (r, proptest::option::of((0u64..4, 0u64..4)), 0u32..4)
+            .prop_map(|(r, left, most)| Op::Clear { r, left, most }),
         3 => prop_oneof![
             6 => 0u64..400,
             1 => Just(1_500u64),
@@ -457,6 +466,14 @@ async fn run(under: &mut Under, ops: Vec<Op>) -> Result<(), TestCaseError> {
                 let name = RECEIVERS[r];
                 let id = which.map(|w| model.id(name, w));
                 let command = Command::Skip { id: id.as_deref() };
+                let m = model.apply(name, command.clone()).answered();
+                let x = under.store(step).apply(&receiver(name), command).await;
+                same(step, op, Ok(m), x)?;
+            }
+            Op::Clear { r, left, most } => {
+                let name = RECEIVERS[r];
+                let left = left.map(|(priority, normal)| machine::Left { priority, normal });
+                let command = Command::Clear { left, most };
                 let m = model.apply(name, command.clone()).answered();
                 let x = under.store(step).apply(&receiver(name), command).await;
                 same(step, op, Ok(m), x)?;

@@ -454,6 +454,19 @@ impl TestApp {
         (status, serde_json::from_slice(&body).unwrap_or(Value::Null))
     }
 
+    /// `GET` of a text page (`/metrics`): the status and the text.
+    pub async fn get_text(&self, path: &str) -> (u16, String) {
+        let mut res = self
+            .http
+            .get(format!("{}{path}", self.base))
+            .send()
+            .await
+            .expect("the node answers");
+        let status = res.status().as_u16();
+        let body = res.body().limit(1 << 22).await.expect("a body");
+        (status, String::from_utf8_lossy(&body).into_owned())
+    }
+
     /// Publishes a minimal alert and returns its id.
     pub async fn publish_alert(&self, receiver: &str, message: &str) -> String {
         let (status, body) = self

@@ -29,6 +29,7 @@ pub(super) fn function(call: Call) -> &'static str {
         Call::Status => "cuebox_v3_status",
         Call::Pause => "cuebox_v3_pause",
         Call::Skip => "cuebox_v3_skip",
+        Call::Clear => "cuebox_v3_clear",
     }
 }
 

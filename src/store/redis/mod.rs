@@ -31,7 +31,7 @@ use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
 use async_trait::async_trait;
-use redis::ErrorKind;
+use redis::{ErrorKind, Value};
 use tokio::sync::mpsc;
 
 use self::clock::RedisClock;
@@ -42,7 +42,7 @@ use self::presence::sweep_dead_nodes;
 use self::replies::{alert_json, int, kind_of, parse_snapshot, protocol, tagged, text};
 pub use self::secret::shared_secret;
 use self::watches::Watches;
-use super::machine::{Answer, Command, Lane, Stored};
+use super::machine::{Answer, Command, Lane, Left, Stored};
 use super::{
     Answered, Call, CallObserver, Flight, Notice, Rules, Snapshot, Status, Store, StoreError,
     WidgetChange, IDEMPOTENCY_TTL, PRESENCE_TTL,
@@ -284,6 +284,53 @@ impl RedisStore {
     }
 }
 
+impl RedisStore {
+    async fn clear_call(
+        &self,
+        receiver: &ReceiverId,
+        left: Option<Left>,
+        most: u32,
+    ) -> Result<Answered, StoreError> {
+        let (priority, normal) = match left {
+            Some(l) => (l.priority.to_string(), l.normal.to_string()),
+            None => (String::new(), String::new()),
+        };
+        let most = most.to_string();
+        let reply = self
+            .core
+            .run(receiver, Call::Clear, None, &[&most, &priority, &normal])
+            .await?;
+        let (kind, mut items) = tagged(reply)?;
+        match (
+            kind.as_str(),
+            items.next(),
+            items.next(),
+            items.next(),
+            items.next(),
+        ) {
+            ("cleared", Some(priority), Some(normal), Some(Value::Array(ids)), Some(snapshot)) => {
+                let ids = ids
+                    .iter()
+                    .map(|id| {
+                        text(id)
+                            .map(Into::into)
+                            .ok_or_else(|| protocol("clear", id))
+                    })
+                    .collect::<Result<_, _>>()?;
+                let left = Left {
+                    priority: int(&priority)?,
+                    normal: int(&normal)?,
+                };
+                Ok(Answered {
+                    answer: Answer::Cleared { ids, left },
+                    snapshot: Some(parse_snapshot(snapshot)?),
+                })
+            }
+            _ => Err(StoreError::Protocol(format!("clear: unexpected {kind}"))),
+        }
+    }
+}
+
 /// A lane as the library's publish takes it.
 fn lane_name(lane: Lane) -> &'static str {
     match lane {
@@ -331,6 +378,7 @@ impl Store for RedisStore {
                 let paused = if paused { "1" } else { "0" };
                 changed(self.core.transition(receiver, call, &[paused]).await?)
             }
+            Command::Clear { left, most } => self.clear_call(receiver, left, most).await,
             Command::Skip { id } => changed(
                 self.core
                     .transition(receiver, call, &[id.unwrap_or("")])

@@ -551,6 +551,45 @@ local function skip(keys, args)
   return finish(c, true)
 end
 
+-- One chunk of a clear. ARGV[5] most alerts to remove; ARGV[6] and ARGV[7] how many of the
+-- priority lane and of the queue are left to clear, or '' for all each holds now. From the head
+-- of the priority lane, then of the queue; never the alert in flight. Answers
+-- {'cleared', left in the priority lane, left in the queue, {ids removed}, snapshot}.
+local function clear(keys, args)
+  local c = open_to_write(keys, args)
+  local most = tonumber(args[5])
+  local ahead = tonumber(c.ahead) or 0
+  local left_priority = tonumber(args[6]) or ahead
+  local left_queue = tonumber(args[7]) or redis.call('LLEN', keys[2])
+  local ids = {}
+  -- Removes up to `count` (and the chunk's room) from the head of `lane`; answers how many of
+  -- `count` are left (0 once the lane ran out), how many went, and whether the lane ran out.
+  local function take(lane, count)
+    local n = math.min(count, most - #ids)
+    if n <= 0 then return count, 0, false end
+    local gone = redis.call('LPOP', lane, n)
+    if not gone then return 0, 0, true end
+    for i = 1, #gone do
+      local id = string.match(gone[i], '^%S+')
+      if id then ids[#ids + 1] = id end
+    end
+    if #gone < n then return 0, #gone, true end
+    return count - #gone, #gone, false
+  end
+  local popped, ran_out
+  left_priority, popped, ran_out = take(keys[5], left_priority)
+  if ran_out then
+    if ahead ~= 0 then set_ahead(c, 0) end
+  elseif popped > 0 then
+    set_ahead(c, ahead - popped)
+  end
+  left_queue = take(keys[2], left_queue)
+  for i = 1, #ids, 1000 do
+    redis.call('SREM', keys[3], unpack(ids, i, math.min(i + 999, #ids)))
+  end
+  return {'cleared', left_priority, left_queue, ids, finish(c, false)}
+end
+
 -- {'status', queued, live widgets, alert in flight as its queue entry or false, paused (0 or
 -- 1)}. Reads only: a receiver still in layout 1 is read, not taken over.
 local function status(keys, args)
@@ -573,6 +612,7 @@ redis.register_function('cuebox_v3_check', check)
 redis.register_function('cuebox_v3_sweep', sweep)
 redis.register_function('cuebox_v3_pause', pause)
 redis.register_function('cuebox_v3_skip', skip)
+redis.register_function('cuebox_v3_clear', clear)
 redis.register_function{
   function_name = 'cuebox_v3_status', callback = status, flags = {'no-writes'}
 }
