@@ -55,7 +55,7 @@ pub struct FieldError {
 }
 
 impl FieldError {
-    fn invalid(field: &str, message: impl Into<String>) -> Self {
+    pub fn invalid(field: &str, message: impl Into<String>) -> Self {
         Self {
             code: "invalid_field",
             message: message.into(),
@@ -300,6 +300,23 @@ impl NewAlert {
             idempotency_key,
             priority,
         })
+    }
+
+    /// The alert the streamer's test button queues: kind `test`, so a widget (or a design)
+    /// can tell it from a real donation.
+    pub fn test(receiver: ReceiverId) -> Self {
+        Self {
+            receiver,
+            kind: "test".into(),
+            from: Some("cuebox".into()),
+            amount: None,
+            message: Some("This is a test alert.".into()),
+            media: None,
+            duration_ms: DEFAULT_DURATION_MS,
+            data: None,
+            idempotency_key: None,
+            priority: Priority::Normal,
+        }
     }
 
     /// Gives the alert a fresh id and creation time and serializes it for widgets.

@@ -1,4 +1,5 @@
-//! The streamer's controls over one receiver: pause, resume, skip, and the receiver's state.
+//! The streamer's controls over one receiver: pause, resume, skip, clear, a test alert, and the
+//! receiver's state.
 //!
 //! Each takes a publish key or the receiver's dashboard token (never its widget token, which is
 //! shown on stream), as `Authorization: Bearer ...` or `?token=`. Each change is one command of
@@ -9,9 +10,10 @@ use serde::Deserialize;
 use serde_json::{json, Value};
 
 use super::{authorize_publisher, ApiError, AppState};
-use crate::alert::ReceiverId;
+use crate::alert::{FieldError, NewAlert, ReceiverId};
 use crate::auth::Purpose;
 use crate::store::machine::Command;
+use crate::store::Publish;
 
 /// The query of a control: the dashboard token, and for skip the alert meant.
 #[derive(Deserialize)]
@@ -112,6 +114,75 @@ pub async fn clear(
     let mut body = state_of(&state, &receiver).await?;
     body["cleared"] = json!(cleared.len());
     Ok(HttpResponse::Ok().json(body))
+}
+
+/// The query of a page: `limit` (1 to [`MOST_PER_PAGE`], default [`PER_PAGE`]) and `offset`.
+#[derive(Deserialize)]
+pub struct PageQuery {
+    token: Option<String>,
+    limit: Option<u64>,
+    offset: Option<u64>,
+}
+
+const PER_PAGE: u64 = 50;
+const MOST_PER_PAGE: u64 = 500;
+
+/// `GET /receivers/{receiver}/queue?limit=&offset=`: the waiting alerts, in the order they go
+/// out.
+pub async fn queue(
+    req: HttpRequest,
+    path: web::Path<String>,
+    query: web::Query<PageQuery>,
+    state: web::Data<AppState>,
+) -> Result<HttpResponse, ApiError> {
+    let receiver = ReceiverId::parse(&path)?;
+    authorize_controller(&req, &state, &receiver, query.token.as_deref())?;
+    let limit = query.limit.unwrap_or(PER_PAGE);
+    if !(1..=MOST_PER_PAGE).contains(&limit) {
+        return Err(ApiError::Invalid(FieldError::invalid(
+            "limit",
+            format!("limit must be from 1 to {MOST_PER_PAGE}"),
+        )));
+    }
+    let offset = query.offset.unwrap_or(0);
+    let page = state.hub.store().waiting(&receiver, offset, limit).await?;
+    let alerts: Vec<Value> = page
+        .alerts
+        .iter()
+        .filter_map(|json| serde_json::from_str(json).ok())
+        .collect();
+    Ok(HttpResponse::Ok().json(json!({
+        "receiver": receiver,
+        "total": page.total,
+        "offset": offset,
+        "limit": limit,
+        "alerts": alerts,
+    })))
+}
+
+/// `POST /receivers/{receiver}/test`: queues a test alert (`kind: "test"`), behind what waits.
+pub async fn test(
+    req: HttpRequest,
+    path: web::Path<String>,
+    query: web::Query<ControlQuery>,
+    state: web::Data<AppState>,
+) -> Result<HttpResponse, ApiError> {
+    let receiver = ReceiverId::parse(&path)?;
+    authorize_controller(&req, &state, &receiver, query.token.as_deref())?;
+    let record = NewAlert::test(receiver.clone()).into_record();
+    let position = match state.hub.publish(&record, None).await? {
+        Publish::Accepted { position, .. } => position,
+        Publish::QueueFull => return Err(ApiError::QueueFull),
+        Publish::Duplicate { .. } => {
+            return Err(ApiError::of_control(crate::store::StoreError::Protocol(
+                "a test alert was taken for a duplicate".into(),
+            )))
+        }
+    };
+    let mut body = state_of(&state, &receiver).await?;
+    body["id"] = json!(record.id);
+    body["position"] = json!(position);
+    Ok(HttpResponse::Accepted().json(body))
 }
 
 async fn control(

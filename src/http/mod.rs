@@ -63,6 +63,11 @@ pub fn routes(cfg: &mut web::ServiceConfig) {
         "/receivers/{receiver}/queue",
         web::delete().to(controls::clear),
     )
+    .route(
+        "/receivers/{receiver}/queue",
+        web::get().to(controls::queue),
+    )
+    .route("/receivers/{receiver}/test", web::post().to(controls::test))
     // HEAD as well as GET: load balancers probe with either.
     .route("/healthz", web::get().to(health::healthz))
     .route("/healthz", web::head().to(health::healthz))

@@ -94,11 +94,12 @@ pub enum Call {
     Pause,
     Skip,
     Clear,
+    Queue,
 }
 
 impl Call {
     /// Every call, in order of [`Call::index`].
-    pub const ALL: [Call; 10] = [
+    pub const ALL: [Call; 11] = [
         Call::Publish,
         Call::Widgets,
         Call::Started,
@@ -109,6 +110,7 @@ impl Call {
         Call::Pause,
         Call::Skip,
         Call::Clear,
+        Call::Queue,
     ];
 
     /// Its place in [`Call::ALL`]. Exhaustive, so a new variant must be given one.
@@ -124,6 +126,7 @@ impl Call {
             Call::Pause => 7,
             Call::Skip => 8,
             Call::Clear => 9,
+            Call::Queue => 10,
         }
     }
 
@@ -140,6 +143,7 @@ impl Call {
             Call::Pause => "pause",
             Call::Skip => "skip",
             Call::Clear => "clear",
+            Call::Queue => "queue",
         }
     }
 }
@@ -280,6 +284,15 @@ pub struct Status {
     pub paused: bool,
     pub in_flight: Option<Arc<str>>,
     pub widgets: u64,
+}
+
+/// A page of a receiver's waiting alerts.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Waiting {
+    /// Alerts waiting in all.
+    pub total: u64,
+    /// The page, each alert's JSON.
+    pub alerts: Vec<Arc<str>>,
 }
 
 /// A snapshot that another node caused, for this node's hub.
@@ -424,6 +437,15 @@ pub trait Store: Send + Sync + 'static {
 
     /// Reads the receiver's queue length, alert in flight and live widgets.
     async fn status(&self, receiver: &ReceiverId) -> Result<Status, StoreError>;
+
+    /// Reads up to `limit` waiting alerts from the `offset`th, in the order they will go out
+    /// (the priority lane, then the normal one), as their JSON; and how many wait in all.
+    async fn waiting(
+        &self,
+        receiver: &ReceiverId,
+        offset: u64,
+        limit: u64,
+    ) -> Result<Waiting, StoreError>;
 
     /// Starts or stops telling this node about changes other nodes make to the receiver.
     /// Calls are counted: each `watch` is paired with one `unwatch`.

@@ -579,6 +579,48 @@ async fn a_clear_removes_every_waiting_alert_and_never_the_one_in_flight(b: Back
     assert!(s.store.clear(&r).await.unwrap().is_empty());
 }
 
+async fn the_waiting_alerts_read_in_pages_in_the_order_they_go_out(b: Backing) {
+    let s = make_store(&b, fast_rules(), NODE).await;
+    let r = receiver("alice");
+    s.store.widgets(&r, WidgetChange::Joined).await.unwrap();
+    publish(&s, "alice", "in flight").await;
+    let mut order = Vec::new();
+    for i in 0..3 {
+        order.push(publish(&s, "alice", &format!("normal {i}")).await.0);
+    }
+    order.insert(0, publish_high(&s, "alice", "high 0").await.0);
+    order.insert(1, publish_high(&s, "alice", "high 1").await.0);
+    let ids = |w: &cuebox::store::Waiting| -> Vec<String> {
+        w.alerts
+            .iter()
+            .map(|json| {
+                serde_json::from_str::<serde_json::Value>(json).unwrap()["id"]
+                    .as_str()
+                    .unwrap()
+                    .to_owned()
+            })
+            .collect()
+    };
+    let all = s.store.waiting(&r, 0, 100).await.unwrap();
+    assert_eq!((all.total, ids(&all)), (5, order.clone()));
+    for (offset, limit) in [(0, 2), (1, 2), (2, 2), (4, 3), (5, 1), (9, 1)] {
+        let page = s.store.waiting(&r, offset, limit).await.unwrap();
+        let expected: Vec<String> = order
+            .iter()
+            .skip(offset as usize)
+            .take(limit as usize)
+            .cloned()
+            .collect();
+        assert_eq!(
+            (page.total, ids(&page)),
+            (5, expected),
+            "offset {offset}, limit {limit}"
+        );
+    }
+    let none = s.store.waiting(&receiver("nobody"), 0, 10).await.unwrap();
+    assert_eq!((none.total, none.alerts.len()), (0, 0));
+}
+
 macro_rules! conformance {
     ($($case:ident),* $(,)?) => {
         mod memory {
@@ -645,4 +687,5 @@ conformance!(
     high_priority_alerts_go_ahead_of_normal_ones_in_their_own_order,
     an_alert_put_back_goes_out_again_before_high_priority_ones,
     a_clear_removes_every_waiting_alert_and_never_the_one_in_flight,
+    the_waiting_alerts_read_in_pages_in_the_order_they_go_out,
 );

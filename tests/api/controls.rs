@@ -243,3 +243,54 @@ async fn clearing_ten_thousand_alerts_goes_in_chunks_and_leaves_the_alert_on_scr
     w.show(&on_screen).await;
     w.expect_silence(Duration::from_millis(300)).await;
 }
+
+#[actix_web::test]
+async fn the_test_button_queues_a_test_alert_and_the_queue_lists_what_waits() {
+    let app = TestApp::memory().await;
+    let token = app.dashboard_token("alice");
+    let first = app.publish_alert("alice", "first").await;
+    let (status, body) = app.control("/receivers/alice/test", Some(&token)).await;
+    assert_eq!(status, 202, "{body}");
+    assert_eq!(
+        (&body["position"], &body["queued"]),
+        (&json!(1), &json!(2)),
+        "{body}"
+    );
+    let test_id = body["id"].as_str().unwrap().to_owned();
+
+    let (status, body) = app
+        .get(&format!("/receivers/alice/queue?token={token}"), None)
+        .await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(body["total"], 2);
+    let alerts = body["alerts"].as_array().unwrap();
+    assert_eq!(alerts[0]["id"], first.as_str());
+    assert_eq!(
+        (&alerts[1]["id"], &alerts[1]["kind"]),
+        (&json!(test_id), &json!("test"))
+    );
+    let (_, page) = app
+        .get("/receivers/alice/queue?limit=1&offset=1", Some(PUBLISH_KEY))
+        .await;
+    assert_eq!(page["alerts"].as_array().unwrap().len(), 1, "{page}");
+    assert_eq!(page["alerts"][0]["id"], test_id.as_str());
+    for bad in ["limit=0", "limit=501", "limit=x", "offset=-1"] {
+        let (status, body) = app
+            .get(&format!("/receivers/alice/queue?{bad}"), Some(PUBLISH_KEY))
+            .await;
+        assert_eq!(status, 400, "{bad}: {body}");
+    }
+    let (status, _) = app
+        .get(
+            &format!("/receivers/alice/queue?token={}", app.token("alice")),
+            None,
+        )
+        .await;
+    assert_eq!(status, 401, "the widget token lists nothing");
+
+    let mut w = app.widget("alice").await;
+    assert_eq!(w.next_alert().await.0, first);
+    w.show(&first).await;
+    let (id, _, alert) = w.next_alert().await;
+    assert_eq!((id, &alert["kind"]), (test_id, &json!("test")));
+}

@@ -498,6 +498,13 @@ async fn run(under: &mut Under, ops: Vec<Op>) -> Result<(), TestCaseError> {
         };
         let x = under.store(0).status(&receiver(name)).await;
         same(ops.len(), &Op::Wait { ms: 0 }, Ok(status), x)?;
+        let page = under.store(0).waiting(&receiver(name), 0, 100).await;
+        let json: Vec<_> = m.waiting().map(|q| q.alert.json.clone()).collect();
+        let expected = cuebox::store::Waiting {
+            total: m.queued(),
+            alerts: json,
+        };
+        same(ops.len(), &Op::Wait { ms: 0 }, Ok(expected), page)?;
         let x = under.queue(name).await;
         // Each entry as the library keeps it, times sent included.
         let m: Vec<String> = m

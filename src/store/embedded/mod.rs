@@ -36,7 +36,7 @@ use tokio::sync::oneshot;
 
 use self::disk::{Database, Durability, OpenError, Row};
 use super::machine::{self, Change, Command, Lane, Millis, Outcome, Queued, Receiver};
-use super::{Answered, Call, CallObserver, Rules, Status, Store, StoreError, Unobserved};
+use super::{Answered, Call, CallObserver, Rules, Status, Store, StoreError, Unobserved, Waiting};
 use crate::alert::ReceiverId;
 
 /// The one node the embedded store serves, as its widget reports name it.
@@ -739,6 +739,33 @@ impl Store for EmbeddedStore {
 
     fn node(&self) -> &str {
         NODE
+    }
+
+    async fn waiting(
+        &self,
+        receiver: &ReceiverId,
+        offset: u64,
+        limit: u64,
+    ) -> Result<Waiting, StoreError> {
+        let started = Instant::now();
+        let waiting = match self.receivers.lock().receivers.get(receiver) {
+            None => Waiting {
+                total: 0,
+                alerts: Vec::new(),
+            },
+            Some(kept) => Waiting {
+                total: kept.r.queued(),
+                alerts: kept
+                    .r
+                    .waiting()
+                    .skip(offset.try_into().unwrap_or(usize::MAX))
+                    .take(limit.try_into().unwrap_or(usize::MAX))
+                    .map(|q| q.alert.json.clone())
+                    .collect(),
+            },
+        };
+        self.observer.observe(Call::Queue, started.elapsed(), false);
+        Ok(waiting)
     }
 
     async fn status(&self, receiver: &ReceiverId) -> Result<Status, StoreError> {

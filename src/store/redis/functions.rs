@@ -30,6 +30,7 @@ pub(super) fn function(call: Call) -> &'static str {
         Call::Pause => "cuebox_v3_pause",
         Call::Skip => "cuebox_v3_skip",
         Call::Clear => "cuebox_v3_clear",
+        Call::Queue => "cuebox_v3_queue",
     }
 }
 

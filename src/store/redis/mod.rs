@@ -45,7 +45,7 @@ use self::watches::Watches;
 use super::machine::{Answer, Command, Lane, Left, Stored};
 use super::{
     Answered, Call, CallObserver, Flight, Notice, Rules, Snapshot, Status, Store, StoreError,
-    WidgetChange, IDEMPOTENCY_TTL, PRESENCE_TTL,
+    Waiting, WidgetChange, IDEMPOTENCY_TTL, PRESENCE_TTL,
 };
 use crate::alert::ReceiverId;
 
@@ -402,6 +402,35 @@ impl Store for RedisStore {
                 in_flight: text(in_flight).and_then(alert_json).map(Into::into),
             }),
             _ => Err(StoreError::Protocol(format!("status: unexpected {kind}"))),
+        }
+    }
+
+    async fn waiting(
+        &self,
+        receiver: &ReceiverId,
+        offset: u64,
+        limit: u64,
+    ) -> Result<Waiting, StoreError> {
+        let args = [offset.to_string(), limit.to_string()];
+        let reply = self
+            .core
+            .run(receiver, Call::Queue, None, &[&args[0], &args[1]])
+            .await?;
+        let (kind, mut items) = tagged(reply)?;
+        match (kind.as_str(), items.next(), items.next()) {
+            ("queue", Some(total), Some(Value::Array(entries))) => Ok(Waiting {
+                total: int(&total)?,
+                alerts: entries
+                    .iter()
+                    .map(|e| {
+                        text(e)
+                            .and_then(alert_json)
+                            .map(Into::into)
+                            .ok_or_else(|| protocol("queue", e))
+                    })
+                    .collect::<Result<_, _>>()?,
+            }),
+            _ => Err(StoreError::Protocol(format!("queue: unexpected {kind}"))),
         }
     }
 

@@ -590,6 +590,25 @@ local function clear(keys, args)
   return {'cleared', left_priority, left_queue, ids, finish(c, false)}
 end
 
+-- A page of the waiting alerts, in the order they go out. ARGV[5] the offset, ARGV[6] most
+-- alerts. Answers {'queue', waiting in all, {queue entries}}. Reads only.
+local function queue(keys, args)
+  local f = redis.call('HMGET', keys[1], 'ahead')
+  local ahead = tonumber(f[1]) or 0
+  local total = ahead + redis.call('LLEN', keys[2])
+  local from, most = tonumber(args[5]), tonumber(args[6])
+  local page = {}
+  if most > 0 and from < ahead then
+    page = redis.call('LRANGE', keys[5], from, math.min(ahead, from + most) - 1)
+  end
+  if #page < most and from + #page < total then
+    local start = math.max(0, from - ahead)
+    local rest = redis.call('LRANGE', keys[2], start, start + most - #page - 1)
+    for i = 1, #rest do page[#page + 1] = rest[i] end
+  end
+  return {'queue', total, page}
+end
+
 -- {'status', queued, live widgets, alert in flight as its queue entry or false, paused (0 or
 -- 1)}. Reads only: a receiver still in layout 1 is read, not taken over.
 local function status(keys, args)
@@ -615,4 +634,7 @@ redis.register_function('cuebox_v3_skip', skip)
 redis.register_function('cuebox_v3_clear', clear)
 redis.register_function{
   function_name = 'cuebox_v3_status', callback = status, flags = {'no-writes'}
+}
+redis.register_function{
+  function_name = 'cuebox_v3_queue', callback = queue, flags = {'no-writes'}
 }
