@@ -18,6 +18,7 @@ use tokio::task::JoinHandle;
 use crate::alert::NewAlert;
 use crate::hub::Hub;
 use crate::metrics::{Metrics, PublishOutcome};
+use crate::moderation::{moderate, SettingsCache, Verdict};
 use crate::store::redis::connection::{Connection, Target};
 use crate::store::redis::keys::Keys;
 use crate::store::{Publish, StoreError};
@@ -39,6 +40,7 @@ pub struct Ingest {
     pub claim_idle: Duration,
     pub hub: Arc<Hub>,
     pub metrics: Arc<Metrics>,
+    pub settings: Arc<SettingsCache>,
 }
 
 impl Ingest {
@@ -161,7 +163,7 @@ impl Ingest {
                     .await
             }
         };
-        let alert = match alert {
+        let mut alert = match alert {
             Ok(a) => a,
             Err(e) => {
                 let field = e.field.as_deref().unwrap_or("-");
@@ -173,6 +175,25 @@ impl Ingest {
             .idempotency_key
             .clone()
             .unwrap_or_else(|| format!("ingest:{}", entry.id));
+        // The receiver's moderation, as for `POST /publish`; the settings are read again until
+        // the store answers.
+        let moderated = std::time::Instant::now();
+        let settings = loop {
+            match self.settings.get(&alert.receiver).await {
+                Ok(settings) => break settings,
+                Err(e) => {
+                    tracing::warn!(error = %e, "could not read a receiver's settings; retrying");
+                    tokio::time::sleep(RETRY).await;
+                }
+            }
+        };
+        if let Verdict::Filtered(why) = moderate(&settings, &mut alert) {
+            tracing::debug!(receiver = %alert.receiver, why, "ingest entry filtered");
+            self.metrics
+                .publish(PublishOutcome::Filtered, moderated.elapsed());
+            self.ack(con, &entry).await;
+            return;
+        }
         let record = alert.into_record();
         let span = tracing::Span::current();
         span.record("receiver", record.receiver.as_str());

@@ -15,6 +15,7 @@
 //! - [`ingest`] takes alerts producers add to the `{prefix}:ingest` Redis stream.
 //! - [`migrate`] applies `migrations/redis/` to the Redis key layout at start; the embedded
 //!   store applies `migrations/sqlite/` itself when it opens its data dir.
+//! - [`moderation`] holds a receiver's moderation settings and applies them to an alert at publish.
 //! - [`limits`] keeps this node's own limits: publish rate per key, widget connections.
 //! - [`metrics`] counts what operators scrape at `/metrics`.
 //! - [`hub`] keeps this node's widgets, relaying the store's snapshots to them and timing deadlines.
@@ -34,6 +35,7 @@ pub mod ingest;
 pub mod limits;
 pub mod metrics;
 pub mod migrate;
+pub mod moderation;
 pub mod startup;
 pub mod store;
 pub mod telemetry;

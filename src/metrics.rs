@@ -23,6 +23,7 @@ pub struct Metrics {
     published: Counter,
     duplicate: Counter,
     refused: Counter,
+    filtered: Counter,
     sent: Counter,
     resent: Counter,
     requeued: Counter,
@@ -62,15 +63,13 @@ impl Default for Metrics {
         let alerts = Family::<Labels, Counter>::default();
         registry.register(
             "alerts",
-            "Alerts by outcome: published, duplicate and refused (queue full) at publish; sent, \
-             resent (never started), requeued (no widget left), shown (done), expired and \
-             skipped (by the streamer) as the queue moves; filtered stays 0, as cuebox filters \
-             no alerts yet. Counted by the node that caused each",
+            "Alerts by outcome: published, duplicate, refused (queue full) and filtered (by the \
+             receiver's moderation settings) at publish; sent, resent (never started), requeued \
+             (no widget left), shown (done), expired and skipped (by the streamer) as the queue \
+             moves. Counted by the node that caused each",
             alerts.clone(),
         );
         let outcome = |o: &'static str| alerts.get_or_create_owned(&vec![("outcome", o)]);
-        // Present so dashboards can be built on it; nothing filters an alert yet.
-        outcome("filtered");
 
         let publish_seconds = latency_buckets();
         registry.register(
@@ -127,6 +126,7 @@ impl Default for Metrics {
             published: outcome("published"),
             duplicate: outcome("duplicate"),
             refused: outcome("refused"),
+            filtered: outcome("filtered"),
             sent: outcome("sent"),
             resent: outcome("resent"),
             requeued: outcome("requeued"),
@@ -156,6 +156,7 @@ pub enum PublishOutcome {
     Published,
     Duplicate,
     Refused,
+    Filtered,
 }
 
 impl Metrics {
@@ -164,6 +165,7 @@ impl Metrics {
             PublishOutcome::Published => self.published.inc(),
             PublishOutcome::Duplicate => self.duplicate.inc(),
             PublishOutcome::Refused => self.refused.inc(),
+            PublishOutcome::Filtered => self.filtered.inc(),
         };
         self.publish_seconds.observe(took.as_secs_f64());
     }

@@ -19,6 +19,7 @@ use crate::ingest::Ingest;
 use crate::limits::{Connections, PublishRate};
 use crate::metrics::Metrics;
 use crate::migrate::{self, MigrateError};
+use crate::moderation::SettingsCache;
 use crate::store::embedded::disk::{self, OpenError};
 use crate::store::embedded::EmbeddedStore;
 use crate::store::redis::keys::Keys;
@@ -142,6 +143,7 @@ impl Application {
         let tokens = ReceiverTokens::new(&secret);
         let publish_rate = PublishRate::new(args.publish_rate, publish_keys.len());
 
+        let settings = SettingsCache::new(store.clone());
         let hub = Hub::new(store, metrics.clone());
         let mut background = hub.spawn_background(notices_rx);
         if let Some(target) = &target {
@@ -151,6 +153,7 @@ impl Application {
                 claim_idle: Duration::from_millis(args.ingest_claim_idle_ms),
                 hub: hub.clone(),
                 metrics: metrics.clone(),
+                settings: settings.clone(),
             };
             background.push(ingest.spawn(target).await?);
         }
@@ -165,6 +168,7 @@ impl Application {
             metrics,
             shutdown: shutdown_rx,
             refusals: Default::default(),
+            settings,
         });
 
         let listener = TcpListener::bind(&args.bind).map_err(|source| StartError::Bind {

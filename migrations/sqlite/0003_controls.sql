@@ -11,3 +11,9 @@
 -- `head_pos`, are done with, but the one in flight.
 ALTER TABLE receivers ADD COLUMN paused INTEGER NOT NULL DEFAULT 0;
 ALTER TABLE receivers ADD COLUMN priority_head INTEGER NOT NULL DEFAULT -1152921504606846976;
+
+-- Each receiver's moderation settings, as `PUT /receivers/{r}/settings` took them (JSON).
+CREATE TABLE settings (
+    receiver TEXT PRIMARY KEY NOT NULL,
+    json     TEXT NOT NULL
+) WITHOUT ROWID;

@@ -12,6 +12,7 @@ use serde_json::{json, Value};
 use super::{authorize_publisher, ApiError, AppState};
 use crate::alert::{FieldError, NewAlert, ReceiverId};
 use crate::auth::Purpose;
+use crate::moderation::Settings;
 use crate::store::machine::Command;
 use crate::store::Publish;
 
@@ -158,6 +159,39 @@ pub async fn queue(
         "limit": limit,
         "alerts": alerts,
     })))
+}
+
+/// `GET /receivers/{receiver}/settings`: the moderation settings, defaults filled in.
+pub async fn get_settings(
+    req: HttpRequest,
+    path: web::Path<String>,
+    query: web::Query<ControlQuery>,
+    state: web::Data<AppState>,
+) -> Result<HttpResponse, ApiError> {
+    let receiver = ReceiverId::parse(&path)?;
+    authorize_controller(&req, &state, &receiver, query.token.as_deref())?;
+    let settings = state.settings.get(&receiver).await?;
+    Ok(HttpResponse::Ok().json(&*settings))
+}
+
+/// `PUT /receivers/{receiver}/settings`: replaces the moderation settings whole. They apply to
+/// every publish from then on: at once on this node, within `SETTINGS_FRESH` on the others.
+pub async fn put_settings(
+    req: HttpRequest,
+    path: web::Path<String>,
+    query: web::Query<ControlQuery>,
+    body: web::Bytes,
+    state: web::Data<AppState>,
+) -> Result<HttpResponse, ApiError> {
+    let receiver = ReceiverId::parse(&path)?;
+    authorize_controller(&req, &state, &receiver, query.token.as_deref())?;
+    let settings = Settings::parse(&body)?;
+    state
+        .settings
+        .put(&receiver, settings.clone())
+        .await
+        .map_err(ApiError::of_control)?;
+    Ok(HttpResponse::Ok().json(settings))
 }
 
 /// `POST /receivers/{receiver}/test`: queues a test alert (`kind: "test"`), behind what waits.

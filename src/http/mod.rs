@@ -21,6 +21,7 @@ use crate::auth::{PublishKeys, ReceiverTokens};
 use crate::hub::Hub;
 use crate::limits::{Connections, PublishRate};
 use crate::metrics::Metrics;
+use crate::moderation::SettingsCache;
 
 /// What every handler can reach.
 pub struct AppState {
@@ -36,6 +37,8 @@ pub struct AppState {
     pub shutdown: watch::Receiver<bool>,
     /// Widgets refused for a bad token, for the log.
     pub refusals: token::Refusals,
+    /// Receivers' moderation settings, applied at publish.
+    pub settings: Arc<SettingsCache>,
 }
 
 pub fn routes(cfg: &mut web::ServiceConfig) {
@@ -68,6 +71,14 @@ pub fn routes(cfg: &mut web::ServiceConfig) {
         web::get().to(controls::queue),
     )
     .route("/receivers/{receiver}/test", web::post().to(controls::test))
+    .route(
+        "/receivers/{receiver}/settings",
+        web::get().to(controls::get_settings),
+    )
+    .route(
+        "/receivers/{receiver}/settings",
+        web::put().to(controls::put_settings),
+    )
     // HEAD as well as GET: load balancers probe with either.
     .route("/healthz", web::get().to(health::healthz))
     .route("/healthz", web::head().to(health::healthz))

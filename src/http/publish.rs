@@ -8,7 +8,11 @@ use serde_json::json;
 use super::{authorize_publisher, ApiError, AppState};
 use crate::alert::NewAlert;
 use crate::metrics::PublishOutcome;
+use crate::moderation::{moderate, Verdict};
 use crate::store::Publish;
+
+/// Marks the answer to a publish that moderation filtered, for the metrics.
+const FILTERED: &str = "x-cuebox-filtered";
 
 /// Bodies past this are refused with 413 before they are read whole.
 pub const MAX_BODY: usize = 64 * 1024;
@@ -22,6 +26,9 @@ pub async fn publish(
     let started = std::time::Instant::now();
     let answer = accept(req, body, &state).await;
     let outcome = match &answer {
+        Ok(res) if res.status() == StatusCode::ACCEPTED && res.headers().contains_key(FILTERED) => {
+            Some(PublishOutcome::Filtered)
+        }
         Ok(res) if res.status() == StatusCode::ACCEPTED => Some(PublishOutcome::Published),
         Ok(_) => Some(PublishOutcome::Duplicate),
         Err(ApiError::QueueFull) => Some(PublishOutcome::Refused),
@@ -80,7 +87,22 @@ async fn accept(
                 field: Some("idempotency_key".into()),
             })
         })?;
-    let alert = NewAlert::parse(&bytes, header_key)?;
+    let mut alert = NewAlert::parse(&bytes, header_key)?;
+    let settings = state.settings.get(&alert.receiver).await?;
+    if let Verdict::Filtered(why) = moderate(&settings, &mut alert) {
+        // Taken, and never to be shown: the platform has nothing to retry.
+        let record = alert.into_record();
+        tracing::debug!(receiver = %record.receiver, why, "alert filtered");
+        return Ok(HttpResponse::Accepted()
+            .insert_header((FILTERED, why))
+            .json(json!({
+                "id": record.id,
+                "receiver": record.receiver,
+                "position": null,
+                "duplicate": false,
+                "filtered": why,
+            })));
+    }
     let idempotency_key = alert.idempotency_key.clone();
     let record = alert.into_record();
     let span = tracing::Span::current();

@@ -95,11 +95,12 @@ pub enum Call {
     Skip,
     Clear,
     Queue,
+    Settings,
 }
 
 impl Call {
     /// Every call, in order of [`Call::index`].
-    pub const ALL: [Call; 11] = [
+    pub const ALL: [Call; 12] = [
         Call::Publish,
         Call::Widgets,
         Call::Started,
@@ -111,6 +112,7 @@ impl Call {
         Call::Skip,
         Call::Clear,
         Call::Queue,
+        Call::Settings,
     ];
 
     /// Its place in [`Call::ALL`]. Exhaustive, so a new variant must be given one.
@@ -127,6 +129,7 @@ impl Call {
             Call::Skip => 8,
             Call::Clear => 9,
             Call::Queue => 10,
+            Call::Settings => 11,
         }
     }
 
@@ -144,6 +147,7 @@ impl Call {
             Call::Skip => "skip",
             Call::Clear => "clear",
             Call::Queue => "queue",
+            Call::Settings => "settings",
         }
     }
 }
@@ -446,6 +450,12 @@ pub trait Store: Send + Sync + 'static {
         offset: u64,
         limit: u64,
     ) -> Result<Waiting, StoreError>;
+
+    /// The receiver's moderation settings as last put (JSON), if ever.
+    async fn settings(&self, receiver: &ReceiverId) -> Result<Option<Arc<str>>, StoreError>;
+
+    /// Keeps the receiver's moderation settings (JSON, checked by the caller).
+    async fn put_settings(&self, receiver: &ReceiverId, json: &str) -> Result<(), StoreError>;
 
     /// Starts or stops telling this node about changes other nodes make to the receiver.
     /// Calls are counted: each `watch` is paired with one `unwatch`.

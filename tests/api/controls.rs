@@ -294,3 +294,147 @@ async fn the_test_button_queues_a_test_alert_and_the_queue_lists_what_waits() {
     let (id, _, alert) = w.next_alert().await;
     assert_eq!((id, &alert["kind"]), (test_id, &json!("test")));
 }
+
+async fn put_settings(
+    app: &TestApp,
+    receiver: &str,
+    body: serde_json::Value,
+) -> (u16, serde_json::Value) {
+    let mut res = app
+        .http
+        .put(format!("{}/receivers/{receiver}/settings", app.base))
+        .insert_header((
+            "Authorization",
+            format!("Bearer {}", app.dashboard_token(receiver)),
+        ))
+        .send_body(body.to_string())
+        .await
+        .expect("the node answers");
+    let status = res.status().as_u16();
+    let body = res.json().await.unwrap_or(serde_json::Value::Null);
+    (status, body)
+}
+
+#[actix_web::test]
+async fn moderation_filters_masks_and_strips_before_anything_is_queued() {
+    let dir = DataDir::fresh();
+    let app = TestApp::embedded_in(&dir).await;
+    let (status, body) = app
+        .get("/receivers/alice/settings", Some(PUBLISH_KEY))
+        .await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(
+        body["strip_links"], true,
+        "links are stripped by default: {body}"
+    );
+    for (bad, field) in [
+        (json!({"min_amount": {"BRL": "five"}}), "min_amount"),
+        (
+            json!({"blocked_words": ["ok"], "blocked_mode": "shout"}),
+            serde_json::Value::Null.to_string().as_str(),
+        ),
+        (json!({"paused": true}), "paused"),
+    ] {
+        let (status, body) = put_settings(&app, "alice", bad.clone()).await;
+        assert_eq!(status, 400, "{bad}: {body}");
+        if field != "null" {
+            assert_eq!(body["error"]["field"], field, "{body}");
+        }
+    }
+    let settings = json!({
+        "min_amount": {"BRL": "5.00"},
+        "blocked_words": ["idiot"],
+        "blocked_mode": "mask",
+    });
+    let (status, body) = put_settings(&app, "alice", settings).await;
+    assert_eq!(status, 200, "{body}");
+
+    let (status, body) = app
+        .publish(
+            json!({"receiver": "alice", "from": "Ana", "message": "tiny",
+                        "amount": {"value": "4.99", "currency": "BRL"}}),
+        )
+        .await;
+    assert_eq!(
+        (status, &body["filtered"]),
+        (202, &json!("min_amount")),
+        "{body}"
+    );
+    assert_eq!(
+        app.status("alice").await["queued"],
+        0,
+        "a filtered alert is never queued"
+    );
+
+    let mut w = app.widget("alice").await;
+    app.wait_for_widgets("alice", 1).await;
+    let (status, body) = app
+        .publish(json!({"receiver": "alice", "from": "Bia www.phish.example",
+                        "message": "you 1D1OT, claim at https://phish.example/login now",
+                        "amount": {"value": "5.00", "currency": "BRL"}}))
+        .await;
+    assert_eq!(status, 202, "{body}");
+    assert!(body.get("filtered").is_none(), "{body}");
+    let (_, _, alert) = w.next_alert().await;
+    assert_eq!(alert["from"], "Bia");
+    assert_eq!(alert["message"], "you ***, claim at now");
+
+    // Kept by the store: the same after a restart.
+    w.close().await;
+    app.stop().await;
+    let app = TestApp::embedded_in(&dir).await;
+    let (_, body) = app
+        .get("/receivers/alice/settings", Some(PUBLISH_KEY))
+        .await;
+    assert_eq!(body["blocked_words"], json!(["idiot"]), "{body}");
+    let (status, body) = put_settings(
+        &app,
+        "alice",
+        json!({"blocked_words": ["spam"], "blocked_mode": "drop"}),
+    )
+    .await;
+    assert_eq!(status, 200, "{body}");
+    let (status, body) = app
+        .publish(json!({"receiver": "alice", "message": "buy Sp4m"}))
+        .await;
+    assert_eq!(
+        (status, &body["filtered"]),
+        (202, &json!("blocked_words")),
+        "{body}"
+    );
+    let (_, metrics) = app.get_text("/metrics").await;
+    assert!(
+        metrics.contains("cuebox_alerts_total{outcome=\"filtered\"} 1"),
+        "{}",
+        metrics
+            .lines()
+            .filter(|l| l.contains("filtered"))
+            .collect::<Vec<_>>()
+            .join("\n")
+    );
+    app.stop().await;
+}
+
+#[actix_web::test]
+async fn settings_put_on_one_node_apply_on_another() {
+    let redis = RedisServer::spawn().await;
+    let a = TestApp::redis(&redis).await;
+    let b = TestApp::redis(&redis).await;
+    // b reads the defaults first, and holds them for a moment.
+    let (_, body) = b.get("/receivers/alice/settings", Some(PUBLISH_KEY)).await;
+    assert_eq!(body["blocked_words"], json!([]));
+    let (status, _) = put_settings(
+        &a,
+        "alice",
+        json!({"blocked_words": ["secret"], "blocked_mode": "drop"}),
+    )
+    .await;
+    assert_eq!(status, 200);
+    eventually_within(Duration::from_secs(5), || async {
+        let (_, body) = b
+            .publish(json!({"receiver": "alice", "message": "the SECRET word"}))
+            .await;
+        body["filtered"] == "blocked_words"
+    })
+    .await;
+}

@@ -10,6 +10,7 @@
 use std::collections::HashMap;
 use std::fs::{File, TryLockError};
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::time::Duration;
 
 use rusqlite::{params, Connection, OpenFlags, OptionalExtension};
@@ -97,6 +98,11 @@ pub enum Row {
     },
     /// The receiver is idle and forgotten: no queue, nothing in flight; its rows all go.
     Forget(ReceiverId),
+    /// The receiver's moderation settings.
+    Settings {
+        receiver: ReceiverId,
+        json: Arc<str>,
+    },
     /// An alert's row: waiting, or in flight if the receiver's row points at it.
     Queued {
         receiver: ReceiverId,
@@ -253,6 +259,19 @@ impl Database {
         Ok(value)
     }
 
+    /// Every receiver's moderation settings.
+    pub fn settings(&self) -> rusqlite::Result<HashMap<ReceiverId, Arc<str>>> {
+        let mut statement = self.conn.prepare("SELECT receiver, json FROM settings")?;
+        let mut rows = statement.query([])?;
+        let mut settings = HashMap::new();
+        while let Some(row) = rows.next()? {
+            if let Some(receiver) = receiver_of(row.get_ref(0)?.as_str()?) {
+                settings.insert(receiver, row.get::<_, String>(1)?.into());
+            }
+        }
+        Ok(settings)
+    }
+
     /// Every receiver kept, with the idempotency keys still live at `now`.
     pub fn load(&self, now: Millis) -> rusqlite::Result<HashMap<ReceiverId, Loaded>> {
         let mut loaded: HashMap<ReceiverId, Loaded> = HashMap::new();
@@ -381,6 +400,12 @@ impl Database {
                         paused,
                         priority_head
                     ])?;
+                }
+                Row::Settings { receiver, json } => {
+                    tx.prepare_cached(
+                        "INSERT OR REPLACE INTO settings (receiver, json) VALUES (?1, ?2)",
+                    )?
+                    .execute(params![receiver.as_str(), &**json])?;
                 }
                 Row::Forget(receiver) => {
                     tx.prepare_cached("DELETE FROM receivers WHERE receiver = ?1")?

@@ -153,9 +153,11 @@ impl EmbeddedStore {
             data_dir = %shown, receivers = map.len(), queued, in_flight,
             "using the embedded store"
         );
+        let settings = db.settings().map_err(sql)?;
         let receivers = Arc::new(Receivers {
             map: Mutex::new(Map {
                 receivers: map,
+                settings,
                 ..Map::default()
             }),
         });
@@ -196,6 +198,7 @@ impl EmbeddedStore {
             receivers,
             seq_floor,
             pending,
+            ..
         } = &mut *map;
         let kept = receivers.entry(receiver.clone()).or_insert_with(|| Kept {
             r: Receiver {
@@ -247,6 +250,9 @@ struct Map {
     seq_floor: u64,
     /// Jobs sent to the writer and not yet committed, per receiver (only those with some).
     pending: HashMap<ReceiverId, u32>,
+    /// Each receiver's moderation settings; kept apart from the receivers, which are forgotten
+    /// when idle.
+    settings: HashMap<ReceiverId, Arc<str>>,
 }
 
 impl Map {
@@ -699,7 +705,16 @@ fn undo(
                 }
             }
             map.receivers = fresh;
-            true
+            match db.settings() {
+                Ok(settings) => {
+                    map.settings = settings;
+                    true
+                }
+                Err(e) => {
+                    tracing::error!(error = %e, "the settings could not be read back");
+                    false
+                }
+            }
         }
         Err(e) => {
             tracing::error!(error = %e, "the database could not be read back either");
@@ -766,6 +781,43 @@ impl Store for EmbeddedStore {
         };
         self.observer.observe(Call::Queue, started.elapsed(), false);
         Ok(waiting)
+    }
+
+    async fn settings(&self, receiver: &ReceiverId) -> Result<Option<Arc<str>>, StoreError> {
+        Ok(self.receivers.lock().settings.get(receiver).cloned())
+    }
+
+    async fn put_settings(&self, receiver: &ReceiverId, json: &str) -> Result<(), StoreError> {
+        let started = Instant::now();
+        let json: Arc<str> = json.into();
+        let commit = {
+            let mut map = self.receivers.lock();
+            map.settings.insert(receiver.clone(), json.clone());
+            self.writer.as_ref().map(|writer| {
+                *map.pending.entry(receiver.clone()).or_default() += 1;
+                let row = Row::Settings {
+                    receiver: receiver.clone(),
+                    json,
+                };
+                writer.send(receiver.clone(), vec![row])
+            })
+        };
+        let committed = match commit {
+            None => Ok(()),
+            Some(commit) => commit.await.unwrap_or_else(|_| {
+                Err(CommitFailed {
+                    message: "the database's writer has stopped".into(),
+                    undone: false,
+                })
+            }),
+        };
+        self.observer
+            .observe(Call::Settings, started.elapsed(), committed.is_err());
+        match committed {
+            Ok(()) => Ok(()),
+            Err(f) if f.undone => Err(StoreError::Unavailable(f.message)),
+            Err(f) => Err(StoreError::OutcomeUnknown(f.message)),
+        }
     }
 
     async fn status(&self, receiver: &ReceiverId) -> Result<Status, StoreError> {

@@ -16,10 +16,11 @@ use crate::store::{Call, CallObserver, Rules, Snapshot, StoreError};
 /// answers that a function is missing.
 const LIBRARY: &str = include_str!("receiver.lua");
 
-/// The library's function for each call. The names carry the library's version, so that nodes of
-/// two versions can share a Redis during a rolling deploy.
-pub(super) fn function(call: Call) -> &'static str {
-    match call {
+/// The library's function for each call (none for the settings, read and written with plain
+/// commands). The names carry the library's version, so that nodes of two versions can share a
+/// Redis during a rolling deploy.
+pub(super) fn function(call: Call) -> Option<&'static str> {
+    Some(match call {
         Call::Publish => "cuebox_v3_publish",
         Call::Widgets => "cuebox_v3_widgets",
         Call::Started => "cuebox_v3_started",
@@ -31,7 +32,8 @@ pub(super) fn function(call: Call) -> &'static str {
         Call::Skip => "cuebox_v3_skip",
         Call::Clear => "cuebox_v3_clear",
         Call::Queue => "cuebox_v3_queue",
-    }
+        Call::Settings => return None,
+    })
 }
 
 /// Loads the library (on every master of a cluster: the command is routed to all of them).
@@ -87,7 +89,13 @@ impl Core {
         idempotency_key: Option<&str>,
         args: &[&str],
     ) -> Result<Value, StoreError> {
-        let call = self.fcall(receiver, function, idempotency_key, args);
+        let Some(name) = self::function(function) else {
+            return Err(StoreError::Protocol(format!(
+                "{} is not a function of the library",
+                function.label()
+            )));
+        };
+        let call = self.fcall(receiver, name, idempotency_key, args);
         self.call(function, call).await
     }
 
@@ -115,7 +123,7 @@ impl Core {
     fn fcall(
         &self,
         receiver: &ReceiverId,
-        function: Call,
+        function: &str,
         idempotency_key: Option<&str>,
         args: &[&str],
     ) -> redis::Cmd {
@@ -123,7 +131,7 @@ impl Core {
         let keys = RECEIVER_KEYS.len() + usize::from(idempotency_key.is_some());
         let bytes = 256 + args.iter().map(|a| a.len()).sum::<usize>();
         let mut call = redis::Cmd::with_capacity(3 + keys + FIXED_ARGS + args.len(), bytes);
-        call.arg("FCALL").arg(self::function(function)).arg(keys);
+        call.arg("FCALL").arg(function).arg(keys);
         self.keys.receiver(receiver, idempotency_key, |key| {
             call.arg(key);
         });

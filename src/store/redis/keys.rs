@@ -12,6 +12,7 @@
 //! | `P:{r}:widgets`                 | hash   | node id -> `"<widgets> <live until, ms>"`         |
 //! | `P:{r}:priority`                | list   | the priority lane, entries as in the queue; before it |
 //! | `P:{r}:idem:<key>`              | string | `"<alert id> <position>"`, expires after 24 h    |
+//! | `P:{r}:settings`                | string | the receiver's moderation settings, JSON          |
 //! | `P:{r}:events` (channel)        | pubsub | snapshots for other nodes                          |
 //! | `P:secret`                      | string | the shared widget token secret                     |
 //! | `P:nodes`                       | set    | node ids, until a dead one is swept                |
@@ -89,6 +90,11 @@ impl Keys {
     /// A receiver's own hash alone, for the calls that need no other key.
     pub fn receiver_hash(&self, r: &ReceiverId) -> String {
         format!("{}:{{{}}}:{}", self.prefix, r, RECEIVER_KEYS[0])
+    }
+
+    /// The receiver's moderation settings (JSON), read and written whole with GET and SET.
+    pub fn settings(&self, r: &ReceiverId) -> String {
+        format!("{}:{{{}}}:settings", self.prefix, r)
     }
 
     pub fn events(&self, r: &ReceiverId) -> String {

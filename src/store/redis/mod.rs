@@ -253,7 +253,7 @@ impl RedisStore {
         let now = self.core.clock.now();
         let mut call = redis::Cmd::with_capacity(7, 128);
         call.arg("FCALL")
-            .arg(function(Call::Started))
+            .arg(function(Call::Started).unwrap_or_default())
             .arg(1)
             .arg(self.core.keys.receiver_hash(receiver))
             .arg(now)
@@ -432,6 +432,26 @@ impl Store for RedisStore {
             }),
             _ => Err(StoreError::Protocol(format!("queue: unexpected {kind}"))),
         }
+    }
+
+    async fn settings(&self, receiver: &ReceiverId) -> Result<Option<Arc<str>>, StoreError> {
+        let call = redis::cmd("GET")
+            .arg(self.core.keys.settings(receiver))
+            .to_owned();
+        match self.core.call(Call::Settings, call).await? {
+            Value::Nil => Ok(None),
+            v => text(&v)
+                .map(|s| Some(s.into()))
+                .ok_or_else(|| protocol("settings", &v)),
+        }
+    }
+
+    async fn put_settings(&self, receiver: &ReceiverId, json: &str) -> Result<(), StoreError> {
+        let call = redis::cmd("SET")
+            .arg(self.core.keys.settings(receiver))
+            .arg(json)
+            .to_owned();
+        self.core.call(Call::Settings, call).await.map(|_| ())
     }
 
     async fn watch(&self, receiver: &ReceiverId) -> Result<(), StoreError> {
