@@ -4,8 +4,9 @@
 //! keys themselves are not kept. A receiver's tokens are an HMAC-SHA256 of its id and their
 //! purpose under the secret: a widget token opens one receiver's widget and nothing else (it is
 //! shown on stream, in OBS's source settings, and may leak), and a dashboard token controls one
-//! receiver's queue (pause, skip, clear...) and nothing else. Any node holding the same secret
-//! can check either without a store round trip.
+//! receiver's queue (pause, skip, clear...) and nothing else. Each kind has a generation, kept by
+//! the store and 0 until the streamer first rotates it: a token is made for one generation, so a
+//! rotation retires every token made before it at once, on every node.
 
 use hmac::{Hmac, Mac};
 use sha2::Sha256;
@@ -85,6 +86,32 @@ pub enum Purpose {
     Dashboard,
 }
 
+/// The current generation of each kind of a receiver's token.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Generations {
+    pub widget: u64,
+    pub dashboard: u64,
+}
+
+impl Generations {
+    pub fn of(&self, purpose: Purpose) -> u64 {
+        match purpose {
+            Purpose::Widget => self.widget,
+            Purpose::Dashboard => self.dashboard,
+        }
+    }
+}
+
+impl Purpose {
+    /// As the API and the store name it.
+    pub fn name(self) -> &'static str {
+        match self {
+            Purpose::Widget => "widget",
+            Purpose::Dashboard => "dashboard",
+        }
+    }
+}
+
 /// Makes and checks receivers' tokens.
 #[derive(Clone)]
 pub struct ReceiverTokens {
@@ -98,7 +125,7 @@ impl ReceiverTokens {
         }
     }
 
-    fn mac_for(&self, purpose: Purpose, receiver: &ReceiverId) -> HmacSha256 {
+    fn mac_for(&self, purpose: Purpose, receiver: &ReceiverId, generation: u64) -> HmacSha256 {
         let mut m = mac(&self.secret);
         // The purpose is part of the message, so one kind of token is never taken for another.
         m.update(match purpose {
@@ -106,27 +133,43 @@ impl ReceiverTokens {
             Purpose::Dashboard => b"cuebox dashboard v1\0".as_slice(),
         });
         m.update(receiver.as_str().as_bytes());
+        // Generation 0 is the message as it was before tokens could be rotated, so URLs made
+        // then still open.
+        if generation > 0 {
+            m.update(b"\0");
+            m.update(generation.to_string().as_bytes());
+        }
         m
     }
 
-    /// The widget token.
+    /// The widget token of generation 0, which a receiver has until it is first rotated.
     pub fn token(&self, receiver: &ReceiverId) -> String {
-        self.token_for(Purpose::Widget, receiver)
+        self.token_for(Purpose::Widget, receiver, 0)
     }
 
-    pub fn token_for(&self, purpose: Purpose, receiver: &ReceiverId) -> String {
-        hex(&self.mac_for(purpose, receiver).finalize().into_bytes())
+    pub fn token_for(&self, purpose: Purpose, receiver: &ReceiverId, generation: u64) -> String {
+        let tag = self.mac_for(purpose, receiver, generation).finalize();
+        hex(&tag.into_bytes())
     }
 
-    /// Checks a widget token.
+    /// Checks a widget token of generation 0.
     pub fn verify(&self, receiver: &ReceiverId, token: &str) -> bool {
-        self.verify_for(Purpose::Widget, receiver, token)
+        self.verify_for(Purpose::Widget, receiver, 0, token)
     }
 
     /// Checks a token in constant time (`verify_slice`).
-    pub fn verify_for(&self, purpose: Purpose, receiver: &ReceiverId, token: &str) -> bool {
+    pub fn verify_for(
+        &self,
+        purpose: Purpose,
+        receiver: &ReceiverId,
+        generation: u64,
+        token: &str,
+    ) -> bool {
         match unhex(token) {
-            Some(bytes) => self.mac_for(purpose, receiver).verify_slice(&bytes).is_ok(),
+            Some(bytes) => self
+                .mac_for(purpose, receiver, generation)
+                .verify_slice(&bytes)
+                .is_ok(),
             None => false,
         }
     }
@@ -168,11 +211,28 @@ mod tests {
         let tokens = ReceiverTokens::new("s3cret");
         let alice = ReceiverId::parse("alice").unwrap();
         let widget = tokens.token(&alice);
-        let dashboard = tokens.token_for(Purpose::Dashboard, &alice);
+        let dashboard = tokens.token_for(Purpose::Dashboard, &alice, 0);
         assert_ne!(widget, dashboard);
-        assert!(tokens.verify_for(Purpose::Dashboard, &alice, &dashboard));
-        assert!(!tokens.verify_for(Purpose::Dashboard, &alice, &widget));
+        assert!(tokens.verify_for(Purpose::Dashboard, &alice, 0, &dashboard));
+        assert!(!tokens.verify_for(Purpose::Dashboard, &alice, 0, &widget));
         assert!(!tokens.verify(&alice, &dashboard));
+    }
+
+    #[test]
+    fn a_token_opens_its_generation_only() {
+        let tokens = ReceiverTokens::new("s3cret");
+        let alice = ReceiverId::parse("alice").unwrap();
+        let first = tokens.token_for(Purpose::Widget, &alice, 0);
+        let second = tokens.token_for(Purpose::Widget, &alice, 1);
+        assert_ne!(first, second);
+        assert_eq!(
+            first,
+            tokens.token(&alice),
+            "generation 0 is the token of before"
+        );
+        assert!(tokens.verify_for(Purpose::Widget, &alice, 1, &second));
+        assert!(!tokens.verify_for(Purpose::Widget, &alice, 1, &first));
+        assert!(!tokens.verify_for(Purpose::Widget, &alice, 0, &second));
     }
 
     #[test]

@@ -21,6 +21,7 @@ use tokio::task::{AbortHandle, JoinHandle};
 use tokio::time::Instant;
 
 use crate::alert::{AlertRecord, ReceiverId};
+use crate::auth::Purpose;
 use crate::metrics::{HubGauges, Metrics};
 use crate::store::machine::Command;
 use crate::store::{Notice, Publish, Snapshot, Store, StoreError, WidgetChange, PRESENCE_REFRESH};
@@ -39,6 +40,10 @@ const CHECK_RETRY: Duration = Duration::from_secs(1);
 
 /// A text frame for a widget, built once and shared by every widget that gets it.
 pub type Frame = ByteString;
+
+/// Not a frame for the widget but word to its connection: close with 4001, the token was
+/// rotated. A JSON frame never starts with a NUL.
+pub const REVOKED: &str = "\0revoked";
 
 pub struct Hub {
     store: Arc<dyn Store>,
@@ -195,11 +200,30 @@ impl Hub {
         Ok(snapshot)
     }
 
+    /// The receiver's widget token was rotated: each of its widgets here is closed with 4001
+    /// (see [`REVOKED`]), and one that reconnects with the old token is refused.
+    pub fn revoke(&self, receiver: &ReceiverId) {
+        let mut map = self.lock();
+        if let Some(local) = map.get_mut(receiver) {
+            for w in &mut local.widgets {
+                if w.outbox.try_send(REVOKED.into()).is_err() {
+                    w.outbox.close_channel();
+                }
+            }
+        }
+    }
+
     /// Applies what another node did.
     pub async fn notice(&self, notice: Notice) {
         match notice {
             Notice::Changed { receiver, snapshot } => self.apply(&receiver, snapshot),
             Notice::Resync => self.refresh().await,
+            Notice::Revoked {
+                receiver,
+                purpose: Purpose::Widget,
+            } => self.revoke(&receiver),
+            // Nothing here holds a dashboard token open.
+            Notice::Revoked { .. } => {}
         }
     }
 

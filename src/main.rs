@@ -6,7 +6,7 @@ use std::process::ExitCode;
 use clap::Parser;
 use cuebox::auth::Purpose;
 use cuebox::config::{Cli, Command};
-use cuebox::startup::{receiver_url_command, widget_url, Application};
+use cuebox::startup::{receiver_url_command, Application};
 
 #[tokio::main]
 async fn main() -> ExitCode {
@@ -37,6 +37,10 @@ async fn serve(args: cuebox::config::ServeArgs) -> Result<(), cuebox::startup::S
     tracing::info!(%base, "cuebox is listening");
     if let Some(key) = &app.generated_publish_key {
         let demo = cuebox::alert::ReceiverId::parse("demo").expect("a valid literal id");
+        let demo_url = app
+            .receiver_url(Purpose::Widget, &demo)
+            .await
+            .map_err(|e| cuebox::startup::StartError::Config(e.to_string()))?;
         let kept = match &app.data_dir {
             Some(dir) => format!("the one kept in {} is accepted", dir.display()),
             None => "this run accepts".to_owned(),
@@ -51,7 +55,7 @@ async fn serve(args: cuebox::config::ServeArgs) -> Result<(), cuebox::startup::S
              Try:\n  curl -X POST {base}/publish -H 'Authorization: Bearer {key}' \
              -H 'Content-Type: application/json' \
              -d '{{\"receiver\":\"demo\",\"from\":\"Ana\",\"amount\":{{\"value\":\"10.50\",\"currency\":\"BRL\"}},\"message\":\"Hello!\"}}'",
-            widget_url(&base, &app.tokens, &demo)
+            demo_url
         );
     }
     app.run_until_stopped()

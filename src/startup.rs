@@ -57,6 +57,7 @@ pub struct Application {
     /// Where the embedded store keeps its data, if it does.
     pub data_dir: Option<std::path::PathBuf>,
     pub tokens: ReceiverTokens,
+    store: Arc<dyn Store>,
 }
 
 impl Application {
@@ -144,7 +145,7 @@ impl Application {
         let publish_rate = PublishRate::new(args.publish_rate, publish_keys.len());
 
         let settings = SettingsCache::new(store.clone());
-        let hub = Hub::new(store, metrics.clone());
+        let hub = Hub::new(store.clone(), metrics.clone());
         let mut background = hub.spawn_background(notices_rx);
         if let Some(target) = &target {
             let ingest = Ingest {
@@ -210,7 +211,24 @@ impl Application {
             generated_publish_key,
             data_dir,
             tokens,
+            store,
         })
+    }
+
+    /// The URL of a receiver's widget or dock, with its token of the current generation.
+    pub async fn receiver_url(
+        &self,
+        purpose: Purpose,
+        receiver: &ReceiverId,
+    ) -> Result<String, StoreError> {
+        let generation = self.store.generations(receiver).await?.of(purpose);
+        Ok(receiver_url(
+            &self.base_url(),
+            &self.tokens,
+            purpose,
+            receiver,
+            generation,
+        ))
     }
 
     pub fn addr(&self) -> SocketAddr {
@@ -297,18 +315,14 @@ async fn wait_for_signal() {
     }
 }
 
-/// The URL to paste into OBS for a receiver.
-pub fn widget_url(base_url: &str, tokens: &ReceiverTokens, receiver: &ReceiverId) -> String {
-    receiver_url(base_url, tokens, Purpose::Widget, receiver)
-}
-
-/// A receiver's page with its token: the widget (a browser source) or the dock (a custom
-/// browser dock, with the dashboard token).
+/// A receiver's page with its token of `generation`: the widget (a browser source) or the dock
+/// (a custom browser dock, with the dashboard token).
 pub fn receiver_url(
     base_url: &str,
     tokens: &ReceiverTokens,
     purpose: Purpose,
     receiver: &ReceiverId,
+    generation: u64,
 ) -> String {
     let page = match purpose {
         Purpose::Widget => "widget",
@@ -318,7 +332,7 @@ pub fn receiver_url(
         "{}/{page}/{}?token={}",
         base_url.trim_end_matches('/'),
         receiver,
-        tokens.token_for(purpose, receiver)
+        tokens.token_for(purpose, receiver, generation)
     )
 }
 
@@ -329,6 +343,17 @@ pub async fn receiver_url_command(
     purpose: Purpose,
 ) -> Result<String, StartError> {
     let receiver = ReceiverId::parse(&args.receiver).map_err(|e| StartError::Config(e.message))?;
+    // The token's generation: from Redis, or the data dir (0 where neither says).
+    let generations = match args.redis.target() {
+        Some(target) => {
+            let keys = Keys::new(&args.redis.key_prefix).map_err(StartError::Config)?;
+            let mut con = target.connect(None).await?;
+            crate::store::redis::generations(&mut con, &keys, &receiver).await?
+        }
+        None => {
+            disk::read_generations_of(&args.data.data_dir, &receiver).map_err(StartError::Config)?
+        }
+    };
     let secret = match (&args.secret, args.redis.target()) {
         (Some(s), _) => s.clone(),
         (None, Some(target)) => {
@@ -356,6 +381,7 @@ pub async fn receiver_url_command(
         &ReceiverTokens::new(&secret),
         purpose,
         &receiver,
+        generations.of(purpose),
     ))
 }
 

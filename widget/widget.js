@@ -38,7 +38,8 @@
     console.warn(why === 'receiver'
       ? 'cuebox: the receiver in this widget URL is not a valid receiver id.'
       : 'cuebox: this widget URL\'s token does not open receiver "' + receiver + '": the URL ' +
-        'was made by another cuebox, or before its secret changed. Get a new one with ' +
+        'was made by another cuebox, before its secret changed, or before the streamer ' +
+        'rotated the token. Get a new one with ' +
         '`cuebox widget-url ' + receiver + '`.', 'Nothing is shown; trying again every ' +
       REFUSED_RETRY_MS / 1000 + ' s.');
   }
@@ -52,7 +53,6 @@
   let delay = MIN_DELAY_MS;
   let retryTimer = null;
   let lastHeard = 0;
-  let stopped = false;
   let showing = null; // { id, timer, hideTimer, audio }
   const finished = loadFinished();
 
@@ -238,8 +238,11 @@
       if (ws !== socket) return;
       dropped();
       if (event.code === TOKEN_REVOKED) {
-        stopped = true;
+        // The streamer rotated the widget token: this URL opens nothing any more. The stage
+        // clears and the page goes quiet, as for any refused URL, until OBS gets the new one.
         clear();
+        warnRefused('token');
+        retryTimer = setTimeout(connect, REFUSED_RETRY_MS);
         return;
       }
       if (!opened) {
@@ -295,7 +298,7 @@
   // another secret): clear the stage and try slowly. Anything else is an ordinary outage.
   function askWhyRefused() {
     fetch(location.href, { cache: 'no-store' }).then((res) => {
-      if (res.status !== 401 || stopped || retryTimer) {
+      if (res.status !== 401 || retryTimer) {
         reconnectLater();
         return;
       }
@@ -307,7 +310,7 @@
 
   // Exponential backoff with jitter, so a restarted node is not met by every widget at once.
   function reconnectLater() {
-    if (stopped || retryTimer) return;
+    if (retryTimer) return;
     const wait = delay * (0.5 + Math.random() * 0.5);
     delay = Math.min(delay * 2, MAX_DELAY_MS);
     retryTimer = setTimeout(connect, wait);

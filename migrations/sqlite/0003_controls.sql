@@ -17,3 +17,11 @@ CREATE TABLE settings (
     receiver TEXT PRIMARY KEY NOT NULL,
     json     TEXT NOT NULL
 ) WITHOUT ROWID;
+
+-- Each receiver's token generations, 0 until first rotated (`POST /receivers/{r}/tokens/rotate`):
+-- a token is made for one generation, so rotating retires the old one.
+CREATE TABLE tokens (
+    receiver  TEXT PRIMARY KEY NOT NULL,
+    widget    INTEGER NOT NULL DEFAULT 0,
+    dashboard INTEGER NOT NULL DEFAULT 0
+) WITHOUT ROWID;

@@ -13,6 +13,7 @@ use super::{authorize_publisher, ApiError, AppState};
 use crate::alert::{FieldError, NewAlert, ReceiverId};
 use crate::auth::Purpose;
 use crate::moderation::Settings;
+use crate::startup::receiver_url;
 use crate::store::machine::Command;
 use crate::store::Publish;
 
@@ -24,8 +25,9 @@ pub struct ControlQuery {
     id: Option<String>,
 }
 
-/// A publish key, or this receiver's dashboard token, in the header or the query.
-fn authorize_controller(
+/// A publish key, or this receiver's dashboard token of its current generation, in the header
+/// or the query.
+async fn authorize_controller(
     req: &HttpRequest,
     state: &AppState,
     receiver: &ReceiverId,
@@ -40,12 +42,68 @@ fn authorize_controller(
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.strip_prefix("Bearer "))
         .map(str::trim);
-    let opens = |t: &str| state.tokens.verify_for(Purpose::Dashboard, receiver, t);
+    if bearer.is_none() && query_token.is_none() {
+        return Err(ApiError::NotController);
+    }
+    let generation = state.hub.store().generations(receiver).await?.dashboard;
+    let opens = |t: &str| {
+        state
+            .tokens
+            .verify_for(Purpose::Dashboard, receiver, generation, t)
+    };
     if bearer.is_some_and(opens) || query_token.is_some_and(opens) {
         Ok(())
     } else {
         Err(ApiError::NotController)
     }
+}
+
+/// The query of a rotation: which token.
+#[derive(Deserialize)]
+pub struct RotateQuery {
+    token: Option<String>,
+    which: Option<String>,
+}
+
+/// `POST /receivers/{receiver}/tokens/rotate[?which=dashboard]`: a new widget token (or
+/// dashboard token), after which the old one opens nothing, on every node; widgets holding the
+/// old widget token are closed with 4001. Answers the new URL.
+pub async fn rotate(
+    req: HttpRequest,
+    path: web::Path<String>,
+    query: web::Query<RotateQuery>,
+    state: web::Data<AppState>,
+) -> Result<HttpResponse, ApiError> {
+    let receiver = ReceiverId::parse(&path)?;
+    authorize_controller(&req, &state, &receiver, query.token.as_deref()).await?;
+    let purpose = match query.which.as_deref() {
+        None | Some("widget") => Purpose::Widget,
+        Some("dashboard") => Purpose::Dashboard,
+        Some(_) => {
+            return Err(ApiError::Invalid(FieldError::invalid(
+                "which",
+                "which must be \"widget\" or \"dashboard\"",
+            )))
+        }
+    };
+    let generations = state
+        .hub
+        .store()
+        .rotate(&receiver, purpose)
+        .await
+        .map_err(ApiError::of_control)?;
+    if purpose == Purpose::Widget {
+        state.hub.revoke(&receiver);
+    }
+    let info = req.connection_info();
+    let base = format!("{}://{}", info.scheme(), info.host());
+    let generation = generations.of(purpose);
+    Ok(HttpResponse::Ok().json(json!({
+        "receiver": receiver,
+        "which": purpose.name(),
+        "generation": generation,
+        "url": receiver_url(&base, &state.tokens, purpose, &receiver, generation),
+    })))
 }
 
 /// `GET /receivers/{receiver}`.
@@ -56,7 +114,7 @@ pub async fn status(
     state: web::Data<AppState>,
 ) -> Result<HttpResponse, ApiError> {
     let receiver = ReceiverId::parse(&path)?;
-    authorize_controller(&req, &state, &receiver, query.token.as_deref())?;
+    authorize_controller(&req, &state, &receiver, query.token.as_deref()).await?;
     Ok(HttpResponse::Ok().json(state_of(&state, &receiver).await?))
 }
 
@@ -105,7 +163,7 @@ pub async fn clear(
     state: web::Data<AppState>,
 ) -> Result<HttpResponse, ApiError> {
     let receiver = ReceiverId::parse(&path)?;
-    authorize_controller(&req, &state, &receiver, query.token.as_deref())?;
+    authorize_controller(&req, &state, &receiver, query.token.as_deref()).await?;
     let cleared = state
         .hub
         .store()
@@ -137,7 +195,7 @@ pub async fn queue(
     state: web::Data<AppState>,
 ) -> Result<HttpResponse, ApiError> {
     let receiver = ReceiverId::parse(&path)?;
-    authorize_controller(&req, &state, &receiver, query.token.as_deref())?;
+    authorize_controller(&req, &state, &receiver, query.token.as_deref()).await?;
     let limit = query.limit.unwrap_or(PER_PAGE);
     if !(1..=MOST_PER_PAGE).contains(&limit) {
         return Err(ApiError::Invalid(FieldError::invalid(
@@ -169,7 +227,7 @@ pub async fn get_settings(
     state: web::Data<AppState>,
 ) -> Result<HttpResponse, ApiError> {
     let receiver = ReceiverId::parse(&path)?;
-    authorize_controller(&req, &state, &receiver, query.token.as_deref())?;
+    authorize_controller(&req, &state, &receiver, query.token.as_deref()).await?;
     let settings = state.settings.get(&receiver).await?;
     Ok(HttpResponse::Ok().json(&*settings))
 }
@@ -184,7 +242,7 @@ pub async fn put_settings(
     state: web::Data<AppState>,
 ) -> Result<HttpResponse, ApiError> {
     let receiver = ReceiverId::parse(&path)?;
-    authorize_controller(&req, &state, &receiver, query.token.as_deref())?;
+    authorize_controller(&req, &state, &receiver, query.token.as_deref()).await?;
     let settings = Settings::parse(&body)?;
     state
         .settings
@@ -202,7 +260,7 @@ pub async fn test(
     state: web::Data<AppState>,
 ) -> Result<HttpResponse, ApiError> {
     let receiver = ReceiverId::parse(&path)?;
-    authorize_controller(&req, &state, &receiver, query.token.as_deref())?;
+    authorize_controller(&req, &state, &receiver, query.token.as_deref()).await?;
     let record = NewAlert::test(receiver.clone()).into_record();
     let position = match state.hub.publish(&record, None).await? {
         Publish::Accepted { position, .. } => position,
@@ -227,7 +285,7 @@ async fn control(
     command: impl FnOnce(&ControlQuery) -> Command<'_>,
 ) -> Result<HttpResponse, ApiError> {
     let receiver = ReceiverId::parse(&path)?;
-    authorize_controller(&req, &state, &receiver, query.token.as_deref())?;
+    authorize_controller(&req, &state, &receiver, query.token.as_deref()).await?;
     let snapshot = state
         .hub
         .control(&receiver, command(&query))

@@ -72,6 +72,10 @@ pub fn routes(cfg: &mut web::ServiceConfig) {
     )
     .route("/receivers/{receiver}/test", web::post().to(controls::test))
     .route(
+        "/receivers/{receiver}/tokens/rotate",
+        web::post().to(controls::rotate),
+    )
+    .route(
         "/receivers/{receiver}/settings",
         web::get().to(controls::get_settings),
     )

@@ -27,9 +27,14 @@ pub async fn widget_page(
 ) -> HttpResponse {
     let refused = match ReceiverId::parse(&path) {
         Err(_) => Some("receiver"),
-        Ok(receiver) => check_token(&state, &receiver, query.token.as_deref(), Opening::Page)
-            .err()
-            .map(|_| "token"),
+        Ok(receiver) => {
+            match check_token(&state, &receiver, query.token.as_deref(), Opening::Page).await {
+                Err(ApiError::BadToken) => Some("token"),
+                // The store could not say which generation is current: the page is served, and
+                // its socket, which checks the token again, retries until it can.
+                Ok(()) | Err(_) => None,
+            }
+        }
     };
     let (mut response, body) = match refused {
         None => (HttpResponse::Ok(), WIDGET_HTML.into()),

@@ -8,6 +8,7 @@ use serde::Deserialize;
 
 use super::{ApiError, AppState};
 use crate::alert::ReceiverId;
+use crate::auth::Purpose;
 
 /// The query that carries it.
 #[derive(Deserialize)]
@@ -22,20 +23,28 @@ pub enum Opening {
     Socket,
 }
 
-/// The token opens this receiver's widget, or the request is refused with 401 (and logged, at
-/// most once a minute per receiver).
-pub fn check_token(
+/// The token opens this receiver's widget (it is of the receiver's current generation, which
+/// the store keeps), or the request is refused with 401 (and logged, at most once a minute per
+/// receiver).
+pub async fn check_token(
     state: &AppState,
     receiver: &ReceiverId,
     token: Option<&str>,
     opening: Opening,
 ) -> Result<(), ApiError> {
-    match token {
-        Some(t) if state.tokens.verify(receiver, t) => Ok(()),
-        _ => {
-            state.refusals.note(receiver, opening);
-            Err(ApiError::BadToken)
-        }
+    let Some(token) = token else {
+        state.refusals.note(receiver, opening);
+        return Err(ApiError::BadToken);
+    };
+    let generation = state.hub.store().generations(receiver).await?.widget;
+    if state
+        .tokens
+        .verify_for(Purpose::Widget, receiver, generation, token)
+    {
+        Ok(())
+    } else {
+        state.refusals.note(receiver, opening);
+        Err(ApiError::BadToken)
     }
 }
 

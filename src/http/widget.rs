@@ -56,7 +56,7 @@ pub async fn connect(
     // Everything that can refuse a widget does so before the upgrade, with a status the
     // widget's backoff understands: a bad token, a full node, a receiver with too many widgets,
     // a store that cannot count it.
-    check_token(&state, &receiver, query.token.as_deref(), Opening::Socket)?;
+    check_token(&state, &receiver, query.token.as_deref(), Opening::Socket).await?;
     // Before anything reaches the store: a plain GET would otherwise count a widget in and out,
     // and send the alert in flight again with one more attempt.
     actix_http::ws::verify_handshake(req.head()).map_err(not_an_upgrade)?;
@@ -194,6 +194,9 @@ async fn run(
                 }
             },
             frame = widget.frames.next() => match frame {
+                Some(frame) if frame.as_bytes().first() == Some(&0) => {
+                    Step::End(Some(reason(CloseCode::Other(4001), "token rotated")))
+                }
                 Some(frame) => Step::Send(Outbound::Text(frame)),
                 // The hub let go of this widget: it fell too far behind.
                 None => Step::End(Some(reason(CloseCode::Again, "too slow"))),

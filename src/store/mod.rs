@@ -69,6 +69,7 @@ use std::time::Duration;
 use async_trait::async_trait;
 
 use crate::alert::{AlertRecord, ReceiverId};
+use crate::auth::{Generations, Purpose};
 
 /// How long a node's report of its widgets counts as live without a refresh.
 pub const PRESENCE_TTL: Duration = Duration::from_secs(30);
@@ -96,11 +97,12 @@ pub enum Call {
     Clear,
     Queue,
     Settings,
+    Tokens,
 }
 
 impl Call {
     /// Every call, in order of [`Call::index`].
-    pub const ALL: [Call; 12] = [
+    pub const ALL: [Call; 13] = [
         Call::Publish,
         Call::Widgets,
         Call::Started,
@@ -113,6 +115,7 @@ impl Call {
         Call::Clear,
         Call::Queue,
         Call::Settings,
+        Call::Tokens,
     ];
 
     /// Its place in [`Call::ALL`]. Exhaustive, so a new variant must be given one.
@@ -130,6 +133,7 @@ impl Call {
             Call::Clear => 9,
             Call::Queue => 10,
             Call::Settings => 11,
+            Call::Tokens => 12,
         }
     }
 
@@ -148,6 +152,7 @@ impl Call {
             Call::Clear => "clear",
             Call::Queue => "queue",
             Call::Settings => "settings",
+            Call::Tokens => "tokens",
         }
     }
 }
@@ -309,6 +314,11 @@ pub enum Notice {
     /// Notices may have been missed (the notification connection dropped): re-read every
     /// receiver this node holds widgets for.
     Resync,
+    /// Another node rotated the receiver's `purpose` token: what holds the old one is closed.
+    Revoked {
+        receiver: ReceiverId,
+        purpose: Purpose,
+    },
 }
 
 /// What a store answers a command with: what it came to, and the receiver's snapshot after it
@@ -456,6 +466,17 @@ pub trait Store: Send + Sync + 'static {
 
     /// Keeps the receiver's moderation settings (JSON, checked by the caller).
     async fn put_settings(&self, receiver: &ReceiverId, json: &str) -> Result<(), StoreError>;
+
+    /// The current generation of each of the receiver's tokens (0 until first rotated).
+    async fn generations(&self, receiver: &ReceiverId) -> Result<Generations, StoreError>;
+
+    /// A new generation of the receiver's `purpose` token, after which the old one opens
+    /// nothing. Other nodes are told ([`Notice::Revoked`]), to close the widgets holding it.
+    async fn rotate(
+        &self,
+        receiver: &ReceiverId,
+        purpose: Purpose,
+    ) -> Result<Generations, StoreError>;
 
     /// Starts or stops telling this node about changes other nodes make to the receiver.
     /// Calls are counted: each `watch` is paired with one `unwatch`.

@@ -438,3 +438,123 @@ async fn settings_put_on_one_node_apply_on_another() {
     })
     .await;
 }
+
+/// The token in a URL that `rotate` or `widget-url` answered.
+fn token_of(url: &str) -> String {
+    url.split_once("?token=")
+        .expect("a token in the URL")
+        .1
+        .to_owned()
+}
+
+#[actix_web::test]
+async fn rotating_the_widget_token_closes_old_widgets_on_every_node_and_refuses_the_old_url() {
+    let redis = RedisServer::spawn().await;
+    let a = TestApp::redis(&redis).await;
+    let b = TestApp::redis(&redis).await;
+    let mut on_a = a.widget("alice").await;
+    let mut on_b = b.widget("alice").await;
+    a.wait_for_widgets("alice", 2).await;
+    let old = a.token("alice");
+
+    let (status, body) = a
+        .control(
+            "/receivers/alice/tokens/rotate",
+            Some(&a.dashboard_token("alice")),
+        )
+        .await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(
+        (&body["which"], &body["generation"]),
+        (&json!("widget"), &json!(1)),
+        "{body}"
+    );
+    let url = body["url"].as_str().unwrap();
+    assert!(
+        url.starts_with(&format!("{}/widget/alice?token=", a.base)),
+        "{url}"
+    );
+    let new = token_of(url);
+    assert_ne!(new, old);
+    for w in [&mut on_a, &mut on_b] {
+        match w.next_within(PROMPTLY).await {
+            Some(Incoming::Closed(Some(4001))) => {}
+            other => panic!("expected a close with 4001, got {other:?}"),
+        }
+    }
+    for node in [&a, &b] {
+        let ws = node.base.replace("http://", "ws://");
+        let refused = WidgetClient::connect(&format!("{ws}/ws/alice?token={old}")).await;
+        assert!(refused.is_err(), "the old token still opens a socket");
+        let (status, _) = node.get(&format!("/widget/alice?token={old}"), None).await;
+        assert_eq!(status, 401);
+        let (status, _) = node.get(&format!("/widget/alice?token={new}"), None).await;
+        assert_eq!(status, 200);
+        let mut w = WidgetClient::connect(&format!("{ws}/ws/alice?token={new}"))
+            .await
+            .expect("the new token opens");
+        assert_eq!(w.next_json().await["type"], "hello");
+    }
+}
+
+#[actix_web::test]
+async fn a_rotated_dashboard_token_is_kept_across_a_restart_and_printed_by_dock_url() {
+    let dir = DataDir::fresh();
+    let app = TestApp::embedded_in(&dir).await;
+    let old = app.dashboard_token("alice");
+    let (status, body) = app
+        .control("/receivers/alice/tokens/rotate?which=dashboard", Some(&old))
+        .await;
+    assert_eq!(status, 200, "{body}");
+    assert!(
+        body["url"].as_str().unwrap().contains("/dock/alice?token="),
+        "{body}"
+    );
+    let new = token_of(body["url"].as_str().unwrap());
+    let (status, _) = app.control("/receivers/alice/pause", Some(&old)).await;
+    assert_eq!(status, 401, "the old dashboard token controls nothing");
+    let (status, _) = app.control("/receivers/alice/pause", Some(&new)).await;
+    assert_eq!(status, 200);
+    // The widget token did not change.
+    let (status, _) = app
+        .get(&format!("/widget/alice?token={}", app.token("alice")), None)
+        .await;
+    assert_eq!(status, 200);
+    let (status, body) = app
+        .control("/receivers/alice/tokens/rotate?which=both", Some(&new))
+        .await;
+    assert_eq!(
+        (status, &body["error"]["field"]),
+        (400, &json!("which")),
+        "{body}"
+    );
+    app.stop().await;
+
+    // The CLI reads the generation from the data dir, with the node stopped or running.
+    let printed = cuebox()
+        .args([
+            "dock-url",
+            "alice",
+            "--secret",
+            SECRET,
+            "--base-url",
+            "http://example.test",
+        ])
+        .arg("--data-dir")
+        .arg(&dir.0)
+        .output()
+        .await
+        .unwrap();
+    assert!(printed.status.success(), "{printed:?}");
+    let printed = String::from_utf8(printed.stdout).unwrap();
+    assert_eq!(
+        printed.trim(),
+        format!("http://example.test/dock/alice?token={new}")
+    );
+    let app = TestApp::embedded_in(&dir).await;
+    let (status, _) = app.control("/receivers/alice/resume", Some(&new)).await;
+    assert_eq!(status, 200, "the rotation outlived the restart");
+    let (status, _) = app.control("/receivers/alice/resume", Some(&old)).await;
+    assert_eq!(status, 401);
+    app.stop().await;
+}

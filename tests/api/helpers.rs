@@ -11,8 +11,8 @@ use actix_web::web::Bytes;
 use awc::ws;
 use cuebox::alert::ReceiverId;
 use cuebox::config::{DataArgs, RedisArgs, ServeArgs};
-use cuebox::startup::{Application, Stopper};
-use cuebox::store::embedded::disk::Durability;
+use cuebox::startup::{Application, StartError, Stopper};
+use cuebox::store::embedded::disk::{Durability, OpenError};
 use cuebox::store::embedded::EmbeddedStore;
 use cuebox::store::redis::connection::Target;
 use cuebox::store::redis::keys::Keys;
@@ -344,7 +344,19 @@ impl TestApp {
         }
         let data = (args.redis.url.is_none() && !args.data.in_memory)
             .then(|| DataDir(args.data.data_dir.clone()));
-        let app = Application::build(args).await.expect("the node builds");
+        // A node stopped in this process lets go of its data dir once its last tasks are
+        // dropped, a moment after it stops (a process that exits lets go at once).
+        let deadline = tokio::time::Instant::now() + PROMPTLY;
+        let app = loop {
+            match Application::build(args.clone()).await {
+                Err(StartError::DataDir(OpenError::InUse(_)))
+                    if tokio::time::Instant::now() < deadline =>
+                {
+                    tokio::time::sleep(Duration::from_millis(20)).await
+                }
+                built => break built.expect("the node builds"),
+            }
+        };
         let base = app.base_url();
         let stopper = app.stopper();
         let server = Some(tokio::spawn(app.run_until_stopped()));
@@ -394,6 +406,7 @@ impl TestApp {
         cuebox::auth::ReceiverTokens::new(SECRET).token_for(
             cuebox::auth::Purpose::Dashboard,
             &ReceiverId::parse(receiver).unwrap(),
+            0,
         )
     }
 

@@ -16,6 +16,7 @@ use std::time::Duration;
 use rusqlite::{params, Connection, OpenFlags, OptionalExtension};
 
 use crate::alert::ReceiverId;
+use crate::auth::Generations;
 use crate::store::machine::{InFlight, Lane, Millis, Queued, Receiver, Remembered, Stored};
 
 /// The database file in the data dir.
@@ -102,6 +103,11 @@ pub enum Row {
     Settings {
         receiver: ReceiverId,
         json: Arc<str>,
+    },
+    /// The receiver's token generations.
+    Tokens {
+        receiver: ReceiverId,
+        generations: Generations,
     },
     /// An alert's row: waiting, or in flight if the receiver's row points at it.
     Queued {
@@ -259,6 +265,11 @@ impl Database {
         Ok(value)
     }
 
+    /// Every receiver's token generations, where any was rotated.
+    pub fn generations(&self) -> rusqlite::Result<HashMap<ReceiverId, Generations>> {
+        read_generations(&self.conn)
+    }
+
     /// Every receiver's moderation settings.
     pub fn settings(&self) -> rusqlite::Result<HashMap<ReceiverId, Arc<str>>> {
         let mut statement = self.conn.prepare("SELECT receiver, json FROM settings")?;
@@ -407,6 +418,20 @@ impl Database {
                     )?
                     .execute(params![receiver.as_str(), &**json])?;
                 }
+                Row::Tokens {
+                    receiver,
+                    generations,
+                } => {
+                    tx.prepare_cached(
+                        "INSERT OR REPLACE INTO tokens (receiver, widget, dashboard) \
+                         VALUES (?1, ?2, ?3)",
+                    )?
+                    .execute(params![
+                        receiver.as_str(),
+                        generations.widget as i64,
+                        generations.dashboard as i64
+                    ])?;
+                }
                 Row::Forget(receiver) => {
                     tx.prepare_cached("DELETE FROM receivers WHERE receiver = ?1")?
                         .execute([receiver.as_str()])?;
@@ -543,6 +568,38 @@ fn migrate(conn: &mut Connection) -> Result<(), MigrateError> {
 
 /// The widget secret kept in a data dir, read without opening the data dir for writing: for
 /// `cuebox widget-url`, which may run while the node does.
+fn read_generations(conn: &Connection) -> rusqlite::Result<HashMap<ReceiverId, Generations>> {
+    let mut statement = conn.prepare("SELECT receiver, widget, dashboard FROM tokens")?;
+    let mut rows = statement.query([])?;
+    let mut generations = HashMap::new();
+    while let Some(row) = rows.next()? {
+        if let Some(receiver) = receiver_of(row.get_ref(0)?.as_str()?) {
+            let g = Generations {
+                widget: row.get::<_, i64>(1)? as u64,
+                dashboard: row.get::<_, i64>(2)? as u64,
+            };
+            generations.insert(receiver, g);
+        }
+    }
+    Ok(generations)
+}
+
+/// A receiver's token generations as the data dir keeps them, read-only (for `cuebox
+/// widget-url` while the node runs); 0 where none was rotated, or the schema is older.
+pub fn read_generations_of(dir: &Path, receiver: &ReceiverId) -> Result<Generations, String> {
+    let path = dir.join(DB_FILE);
+    if !path.exists() {
+        return Ok(Generations::default());
+    }
+    let conn = Connection::open_with_flags(&path, OpenFlags::SQLITE_OPEN_READ_ONLY)
+        .map_err(|e| format!("{}: {e}", path.display()))?;
+    match read_generations(&conn) {
+        Ok(mut all) => Ok(all.remove(receiver).unwrap_or_default()),
+        // No table yet: a data dir of before rotation.
+        Err(_) => Ok(Generations::default()),
+    }
+}
+
 pub fn read_secret(dir: &Path) -> Result<Option<String>, String> {
     let path = dir.join(DB_FILE);
     if !path.exists() {

@@ -38,6 +38,7 @@ use self::disk::{Database, Durability, OpenError, Row};
 use super::machine::{self, Change, Command, Lane, Millis, Outcome, Queued, Receiver};
 use super::{Answered, Call, CallObserver, Rules, Status, Store, StoreError, Unobserved, Waiting};
 use crate::alert::ReceiverId;
+use crate::auth::{Generations, Purpose};
 
 /// The one node the embedded store serves, as its widget reports name it.
 const NODE: &str = "embedded";
@@ -154,10 +155,12 @@ impl EmbeddedStore {
             "using the embedded store"
         );
         let settings = db.settings().map_err(sql)?;
+        let generations = db.generations().map_err(sql)?;
         let receivers = Arc::new(Receivers {
             map: Mutex::new(Map {
                 receivers: map,
                 settings,
+                generations,
                 ..Map::default()
             }),
         });
@@ -172,6 +175,42 @@ impl EmbeddedStore {
             writer: Some(writer),
         };
         Ok((store, secrets))
+    }
+
+    /// Changes what `change` changes of the map, under its lock, and keeps the row it answers:
+    /// answered once the row is committed. For what the node keeps of a receiver besides its
+    /// queue (settings, token generations), outside the machine.
+    async fn keep(
+        &self,
+        receiver: &ReceiverId,
+        call: Call,
+        change: impl FnOnce(&mut Map) -> Row,
+    ) -> Result<(), StoreError> {
+        let started = Instant::now();
+        let commit = {
+            let mut map = self.receivers.lock();
+            let row = change(&mut map);
+            self.writer.as_ref().map(|writer| {
+                *map.pending.entry(receiver.clone()).or_default() += 1;
+                writer.send(receiver.clone(), vec![row])
+            })
+        };
+        let committed = match commit {
+            None => Ok(()),
+            Some(commit) => commit.await.unwrap_or_else(|_| {
+                Err(CommitFailed {
+                    message: "the database's writer has stopped".into(),
+                    undone: false,
+                })
+            }),
+        };
+        self.observer
+            .observe(call, started.elapsed(), committed.is_err());
+        match committed {
+            Ok(()) => Ok(()),
+            Err(f) if f.undone => Err(StoreError::Unavailable(f.message)),
+            Err(f) => Err(StoreError::OutcomeUnknown(f.message)),
+        }
     }
 
     /// Reports how long each call took, as the Redis store does.
@@ -250,9 +289,10 @@ struct Map {
     seq_floor: u64,
     /// Jobs sent to the writer and not yet committed, per receiver (only those with some).
     pending: HashMap<ReceiverId, u32>,
-    /// Each receiver's moderation settings; kept apart from the receivers, which are forgotten
-    /// when idle.
+    /// Each receiver's moderation settings and token generations; kept apart from the
+    /// receivers, which are forgotten when idle.
     settings: HashMap<ReceiverId, Arc<str>>,
+    generations: HashMap<ReceiverId, Generations>,
 }
 
 impl Map {
@@ -705,9 +745,10 @@ fn undo(
                 }
             }
             map.receivers = fresh;
-            match db.settings() {
-                Ok(settings) => {
+            match db.settings().and_then(|s| Ok((s, db.generations()?))) {
+                Ok((settings, generations)) => {
                     map.settings = settings;
+                    map.generations = generations;
                     true
                 }
                 Err(e) => {
@@ -788,36 +829,42 @@ impl Store for EmbeddedStore {
     }
 
     async fn put_settings(&self, receiver: &ReceiverId, json: &str) -> Result<(), StoreError> {
-        let started = Instant::now();
         let json: Arc<str> = json.into();
-        let commit = {
-            let mut map = self.receivers.lock();
+        self.keep(receiver, Call::Settings, |map| {
             map.settings.insert(receiver.clone(), json.clone());
-            self.writer.as_ref().map(|writer| {
-                *map.pending.entry(receiver.clone()).or_default() += 1;
-                let row = Row::Settings {
-                    receiver: receiver.clone(),
-                    json,
-                };
-                writer.send(receiver.clone(), vec![row])
-            })
-        };
-        let committed = match commit {
-            None => Ok(()),
-            Some(commit) => commit.await.unwrap_or_else(|_| {
-                Err(CommitFailed {
-                    message: "the database's writer has stopped".into(),
-                    undone: false,
-                })
-            }),
-        };
-        self.observer
-            .observe(Call::Settings, started.elapsed(), committed.is_err());
-        match committed {
-            Ok(()) => Ok(()),
-            Err(f) if f.undone => Err(StoreError::Unavailable(f.message)),
-            Err(f) => Err(StoreError::OutcomeUnknown(f.message)),
-        }
+            Row::Settings {
+                receiver: receiver.clone(),
+                json,
+            }
+        })
+        .await
+    }
+
+    async fn generations(&self, receiver: &ReceiverId) -> Result<Generations, StoreError> {
+        let map = self.receivers.lock();
+        Ok(map.generations.get(receiver).copied().unwrap_or_default())
+    }
+
+    async fn rotate(
+        &self,
+        receiver: &ReceiverId,
+        purpose: Purpose,
+    ) -> Result<Generations, StoreError> {
+        let mut rotated = Generations::default();
+        self.keep(receiver, Call::Tokens, |map| {
+            let g = map.generations.entry(receiver.clone()).or_default();
+            match purpose {
+                Purpose::Widget => g.widget += 1,
+                Purpose::Dashboard => g.dashboard += 1,
+            }
+            rotated = *g;
+            Row::Tokens {
+                receiver: receiver.clone(),
+                generations: *g,
+            }
+        })
+        .await?;
+        Ok(rotated)
     }
 
     async fn status(&self, receiver: &ReceiverId) -> Result<Status, StoreError> {

@@ -32,6 +32,7 @@ pub(super) fn function(call: Call) -> Option<&'static str> {
         Call::Skip => "cuebox_v3_skip",
         Call::Clear => "cuebox_v3_clear",
         Call::Queue => "cuebox_v3_queue",
+        Call::Tokens => "cuebox_v3_rotate",
         Call::Settings => return None,
     })
 }

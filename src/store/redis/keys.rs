@@ -13,6 +13,7 @@
 //! | `P:{r}:priority`                | list   | the priority lane, entries as in the queue; before it |
 //! | `P:{r}:idem:<key>`              | string | `"<alert id> <position>"`, expires after 24 h    |
 //! | `P:{r}:settings`                | string | the receiver's moderation settings, JSON          |
+//! | `P:{r}:tokens`                  | hash   | `widget`, `dashboard`: token generations, absent for 0 |
 //! | `P:{r}:events` (channel)        | pubsub | snapshots for other nodes                          |
 //! | `P:secret`                      | string | the shared widget token secret                     |
 //! | `P:nodes`                       | set    | node ids, until a dead one is swept                |
@@ -90,6 +91,11 @@ impl Keys {
     /// A receiver's own hash alone, for the calls that need no other key.
     pub fn receiver_hash(&self, r: &ReceiverId) -> String {
         format!("{}:{{{}}}:{}", self.prefix, r, RECEIVER_KEYS[0])
+    }
+
+    /// The receiver's token generations: `widget`, `dashboard` (see `rotate()` in receiver.lua).
+    pub fn tokens(&self, r: &ReceiverId) -> String {
+        format!("{}:{{{}}}:tokens", self.prefix, r)
     }
 
     /// The receiver's moderation settings (JSON), read and written whole with GET and SET.

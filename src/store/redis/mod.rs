@@ -48,6 +48,7 @@ use super::{
     Waiting, WidgetChange, IDEMPOTENCY_TTL, PRESENCE_TTL,
 };
 use crate::alert::ReceiverId;
+use crate::auth::{Generations, Purpose};
 
 pub struct RedisStore {
     core: Arc<Core>,
@@ -339,6 +340,38 @@ fn lane_name(lane: Lane) -> &'static str {
     }
 }
 
+fn generations_call(keys: &Keys, receiver: &ReceiverId) -> redis::Cmd {
+    redis::cmd("HMGET")
+        .arg(keys.tokens(receiver))
+        .arg("widget")
+        .arg("dashboard")
+        .to_owned()
+}
+
+fn read_generations(reply: Value) -> Result<Generations, StoreError> {
+    let Value::Array(items) = &reply else {
+        return Err(protocol("tokens", &reply));
+    };
+    let generation = |v: Option<&Value>| match v {
+        None | Some(Value::Nil) => Ok(0),
+        Some(v) => int(v),
+    };
+    Ok(Generations {
+        widget: generation(items.first())?,
+        dashboard: generation(items.get(1))?,
+    })
+}
+
+/// A receiver's token generations, for `cuebox widget-url` and `dock-url`.
+pub async fn generations(
+    con: &mut Connection,
+    keys: &Keys,
+    receiver: &ReceiverId,
+) -> Result<Generations, StoreError> {
+    let reply = generations_call(keys, receiver).query_async(con).await?;
+    read_generations(reply)
+}
+
 fn changed(snapshot: Snapshot) -> Result<Answered, StoreError> {
     Ok(Answered {
         answer: Answer::Changed,
@@ -452,6 +485,31 @@ impl Store for RedisStore {
             .arg(json)
             .to_owned();
         self.core.call(Call::Settings, call).await.map(|_| ())
+    }
+
+    async fn generations(&self, receiver: &ReceiverId) -> Result<Generations, StoreError> {
+        let call = generations_call(&self.core.keys, receiver);
+        read_generations(self.core.call(Call::Tokens, call).await?)
+    }
+
+    async fn rotate(
+        &self,
+        receiver: &ReceiverId,
+        purpose: Purpose,
+    ) -> Result<Generations, StoreError> {
+        let reply = self
+            .core
+            .run(receiver, Call::Tokens, None, &[purpose.name()])
+            .await?;
+        match tagged(reply)? {
+            (kind, mut items) if kind == "rotated" => {
+                items
+                    .next()
+                    .ok_or_else(|| StoreError::Protocol("rotate: no generation".into()))?;
+            }
+            (kind, _) => return Err(StoreError::Protocol(format!("rotate: unexpected {kind}"))),
+        }
+        self.generations(receiver).await
     }
 
     async fn watch(&self, receiver: &ReceiverId) -> Result<(), StoreError> {

@@ -61,6 +61,7 @@
 -- call moved the receiver's seq and another node has live widgets, the snapshot is also published
 -- on the receiver's events channel, as a line of the same fields that starts with its kind
 -- ('snapshot', or 'skip' and the skipped id when the call skipped an alert) and the calling node.
+-- A rotated token is told there too: 'rotated', the calling node, and which token.
 
 -- Numbers past 1e14 (seq) must not be written in Lua's exponent form.
 local function int(n)
@@ -590,6 +591,18 @@ local function clear(keys, args)
   return {'cleared', left_priority, left_queue, ids, finish(c, false)}
 end
 
+-- ARGV[5] 'widget' or 'dashboard': a new generation of that token of the receiver, after which
+-- the old one opens nothing. The other nodes are told on the events channel, to close what holds
+-- the old one. The generations live in the hash `<r>:tokens`, beside the receiver's hash (same
+-- hash tag, so same slot). Answers {'rotated', the new generation}.
+local function rotate(keys, args)
+  local tokens = string.gsub(keys[1], 'receiver$', 'tokens')
+  local generation = redis.call('HINCRBY', tokens, args[5], 1)
+  local channel = string.gsub(keys[1], 'receiver$', 'events')
+  redis.call(args[3], channel, 'rotated ' .. args[1] .. ' ' .. args[5])
+  return {'rotated', generation}
+end
+
 -- A page of the waiting alerts, in the order they go out. ARGV[5] the offset, ARGV[6] most
 -- alerts. Answers {'queue', waiting in all, {queue entries}}. Reads only.
 local function queue(keys, args)
@@ -632,6 +645,7 @@ redis.register_function('cuebox_v3_sweep', sweep)
 redis.register_function('cuebox_v3_pause', pause)
 redis.register_function('cuebox_v3_skip', skip)
 redis.register_function('cuebox_v3_clear', clear)
+redis.register_function('cuebox_v3_rotate', rotate)
 redis.register_function{
   function_name = 'cuebox_v3_status', callback = status, flags = {'no-writes'}
 }

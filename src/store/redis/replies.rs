@@ -5,6 +5,7 @@ use std::time::Duration;
 use redis::Value;
 
 use super::keys::Keys;
+use crate::auth::Purpose;
 use crate::store::{Event, Flight, Notice, Snapshot, StoreError};
 
 /// `snapshot <origin node> <seq> <id or -> <attempt> <started> <ms to deadline> <alert's queue
@@ -23,6 +24,14 @@ pub(super) fn parse_notice(keys: &Keys, node: &str, data: &[Value]) -> Option<No
     let (origin, rest) = rest.split_once(' ')?;
     if origin == node {
         return None;
+    }
+    if kind == "rotated" {
+        let purpose = match rest {
+            "widget" => Purpose::Widget,
+            "dashboard" => Purpose::Dashboard,
+            _ => return None,
+        };
+        return Some(Notice::Revoked { receiver, purpose });
     }
     let (skipped, rest) = match kind {
         "snapshot" => (None, rest),
