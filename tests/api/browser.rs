@@ -833,3 +833,53 @@ async fn publish_with(base: &str, key: &str, message: &str) -> String {
     let body: Value = res.json().await.unwrap();
     body["id"].as_str().unwrap().to_owned()
 }
+
+/// The streamer's controls as the widget on stream sees them: a skip takes the alert off at once
+/// and the next comes on; a rotated widget token clears the stage, and the page goes quiet.
+#[actix_web::test]
+async fn a_skip_takes_the_alert_off_at_once_and_a_rotated_token_clears_the_stage() {
+    let app = TestApp::memory().await;
+    let mut page = Page::open(&widget_url(&app, "alice")).await;
+    page.wait_for(CONNECTED, PROMPTLY, "the widget connects")
+        .await;
+    let mut ids = Vec::new();
+    for from in ["Ana", "Bia"] {
+        let (status, body) = app
+            .publish(json!({"receiver": "alice", "from": from, "duration_ms": 60000}))
+            .await;
+        assert_eq!(status, 202, "{body}");
+        ids.push(body["id"].as_str().unwrap().to_owned());
+    }
+    page.wait_for(
+        &format!("window.cuebox.current === '{}'", ids[0]),
+        PROMPTLY,
+        "the first alert shows",
+    )
+    .await;
+    let (status, body) = app
+        .control(&format!("/receivers/alice/skip?id={}", ids[0]), None)
+        .await;
+    assert_eq!(status, 200, "{body}");
+    // A 60 s alert gone within the wait: only the skip could have taken it off.
+    page.wait_for(
+        &format!(
+            "window.cuebox.current === '{}' && window.cuebox.skipped.includes('{}') && \
+             document.getElementById('card').dataset.alertId === '{}'",
+            ids[1], ids[0], ids[1]
+        ),
+        PROMPTLY,
+        "the skipped alert goes and the next comes on",
+    )
+    .await;
+
+    let (status, body) = app.control("/receivers/alice/tokens/rotate", None).await;
+    assert_eq!(status, 200, "{body}");
+    page.wait_for(
+        "window.cuebox.refused === 'token' && window.cuebox.current === null",
+        PROMPTLY,
+        "the widget learns its token was rotated",
+    )
+    .await;
+    assert_eq!(page.eval(NOTHING_SHOWN).await, json!(true));
+    page.assert_no_uncaught_errors();
+}
