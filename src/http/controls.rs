@@ -58,6 +58,18 @@ async fn authorize_controller(
     }
 }
 
+/// The receiver a control names, once the caller has shown it may control it.
+async fn controlled(
+    req: &HttpRequest,
+    path: &str,
+    token: Option<&str>,
+    state: &AppState,
+) -> Result<ReceiverId, ApiError> {
+    let receiver = ReceiverId::parse(path)?;
+    authorize_controller(req, state, &receiver, token).await?;
+    Ok(receiver)
+}
+
 /// The query of a rotation: which token.
 #[derive(Deserialize)]
 pub struct RotateQuery {
@@ -74,8 +86,7 @@ pub async fn rotate(
     query: web::Query<RotateQuery>,
     state: web::Data<AppState>,
 ) -> Result<HttpResponse, ApiError> {
-    let receiver = ReceiverId::parse(&path)?;
-    authorize_controller(&req, &state, &receiver, query.token.as_deref()).await?;
+    let receiver = controlled(&req, &path, query.token.as_deref(), &state).await?;
     let purpose = match query.which.as_deref() {
         None | Some("widget") => Purpose::Widget,
         Some("dashboard") => Purpose::Dashboard,
@@ -113,8 +124,7 @@ pub async fn status(
     query: web::Query<ControlQuery>,
     state: web::Data<AppState>,
 ) -> Result<HttpResponse, ApiError> {
-    let receiver = ReceiverId::parse(&path)?;
-    authorize_controller(&req, &state, &receiver, query.token.as_deref()).await?;
+    let receiver = controlled(&req, &path, query.token.as_deref(), &state).await?;
     Ok(HttpResponse::Ok().json(state_of(&state, &receiver).await?))
 }
 
@@ -162,8 +172,7 @@ pub async fn clear(
     query: web::Query<ControlQuery>,
     state: web::Data<AppState>,
 ) -> Result<HttpResponse, ApiError> {
-    let receiver = ReceiverId::parse(&path)?;
-    authorize_controller(&req, &state, &receiver, query.token.as_deref()).await?;
+    let receiver = controlled(&req, &path, query.token.as_deref(), &state).await?;
     let cleared = state
         .hub
         .store()
@@ -194,8 +203,7 @@ pub async fn queue(
     query: web::Query<PageQuery>,
     state: web::Data<AppState>,
 ) -> Result<HttpResponse, ApiError> {
-    let receiver = ReceiverId::parse(&path)?;
-    authorize_controller(&req, &state, &receiver, query.token.as_deref()).await?;
+    let receiver = controlled(&req, &path, query.token.as_deref(), &state).await?;
     let limit = query.limit.unwrap_or(PER_PAGE);
     if !(1..=MOST_PER_PAGE).contains(&limit) {
         return Err(ApiError::Invalid(FieldError::invalid(
@@ -226,8 +234,7 @@ pub async fn get_settings(
     query: web::Query<ControlQuery>,
     state: web::Data<AppState>,
 ) -> Result<HttpResponse, ApiError> {
-    let receiver = ReceiverId::parse(&path)?;
-    authorize_controller(&req, &state, &receiver, query.token.as_deref()).await?;
+    let receiver = controlled(&req, &path, query.token.as_deref(), &state).await?;
     let settings = state.settings.get(&receiver).await?;
     Ok(HttpResponse::Ok().json(&*settings))
 }
@@ -241,8 +248,7 @@ pub async fn put_settings(
     body: web::Bytes,
     state: web::Data<AppState>,
 ) -> Result<HttpResponse, ApiError> {
-    let receiver = ReceiverId::parse(&path)?;
-    authorize_controller(&req, &state, &receiver, query.token.as_deref()).await?;
+    let receiver = controlled(&req, &path, query.token.as_deref(), &state).await?;
     let settings = Settings::parse(&body)?;
     state
         .settings
@@ -259,8 +265,7 @@ pub async fn test(
     query: web::Query<ControlQuery>,
     state: web::Data<AppState>,
 ) -> Result<HttpResponse, ApiError> {
-    let receiver = ReceiverId::parse(&path)?;
-    authorize_controller(&req, &state, &receiver, query.token.as_deref()).await?;
+    let receiver = controlled(&req, &path, query.token.as_deref(), &state).await?;
     let record = NewAlert::test(receiver.clone()).into_record();
     let position = match state.hub.publish(&record, None).await? {
         Publish::Accepted { position, .. } => position,
@@ -284,8 +289,7 @@ async fn control(
     state: web::Data<AppState>,
     command: impl FnOnce(&ControlQuery) -> Command<'_>,
 ) -> Result<HttpResponse, ApiError> {
-    let receiver = ReceiverId::parse(&path)?;
-    authorize_controller(&req, &state, &receiver, query.token.as_deref()).await?;
+    let receiver = controlled(&req, &path, query.token.as_deref(), &state).await?;
     let snapshot = state
         .hub
         .control(&receiver, command(&query))
