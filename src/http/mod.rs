@@ -92,6 +92,7 @@ pub fn routes(cfg: &mut web::ServiceConfig) {
     .route("/ws/{receiver}", web::get().to(widget::connect))
     .route("/widget/{receiver}", web::get().to(pages::widget_page))
     .route("/widget-assets/{file}", web::get().to(pages::widget_asset))
+    .route("/dock/{receiver}", web::get().to(pages::dock_page))
     .default_service(web::to(|| async {
         Err::<actix_web::HttpResponse, _>(ApiError::NotFound)
     }));

@@ -1,14 +1,19 @@
-//! The widget page and its assets, compiled into the binary so one file deploys.
+//! The widget page, the dock page and their assets, compiled into the binary so one file
+//! deploys.
 
 use super::token::{check_token, Opening, TokenQuery};
 use super::{ApiError, AppState};
 use crate::alert::ReceiverId;
+use crate::auth::Purpose;
 use actix_web::http::header;
 use actix_web::{web, HttpResponse};
 
 const WIDGET_HTML: &str = include_str!("../../widget/index.html");
 const WIDGET_JS: &str = include_str!("../../widget/widget.js");
 const WIDGET_CSS: &str = include_str!("../../widget/widget.css");
+const DOCK_HTML: &str = include_str!("../../widget/dock.html");
+const DOCK_JS: &str = include_str!("../../widget/dock.js");
+const DOCK_CSS: &str = include_str!("../../widget/dock.css");
 
 /// Scripts only from cuebox itself, so even if donor text ever reached the DOM as HTML, no
 /// inline handler in it could run.
@@ -59,10 +64,51 @@ pub async fn widget_page(
         .body::<String>(body)
 }
 
+/// `GET /dock/{receiver}?token=T`: the streamer's controls, for an OBS custom browser dock. `T`
+/// is the receiver's dashboard token; a refused one gets 401 and the page saying so.
+pub async fn dock_page(
+    path: web::Path<String>,
+    query: web::Query<TokenQuery>,
+    state: web::Data<AppState>,
+) -> HttpResponse {
+    let opens = match ReceiverId::parse(&path) {
+        Err(_) => Ok(false),
+        Ok(receiver) => match (
+            query.token.as_deref(),
+            state.hub.store().generations(&receiver).await,
+        ) {
+            (None, _) => Ok(false),
+            (Some(token), Ok(g)) => {
+                Ok(state
+                    .tokens
+                    .verify_for(Purpose::Dashboard, &receiver, g.dashboard, token))
+            }
+            (Some(_), Err(e)) => Err(e),
+        },
+    };
+    let (mut response, body) = match opens {
+        Ok(true) => (HttpResponse::Ok(), DOCK_HTML.to_owned()),
+        Ok(false) => (
+            HttpResponse::Unauthorized(),
+            DOCK_HTML.replacen("<body ", "<body data-refused=\"token\" ", 1),
+        ),
+        // The page itself reads the receiver, and says what the store answers.
+        Err(_) => (HttpResponse::ServiceUnavailable(), DOCK_HTML.to_owned()),
+    };
+    response
+        .insert_header((header::CONTENT_TYPE, "text/html; charset=utf-8"))
+        .insert_header((header::CONTENT_SECURITY_POLICY, CSP))
+        .insert_header((header::CACHE_CONTROL, "no-cache"))
+        .insert_header(("Referrer-Policy", "no-referrer"))
+        .body::<String>(body)
+}
+
 pub async fn widget_asset(path: web::Path<String>) -> Result<HttpResponse, ApiError> {
     let (body, kind) = match path.as_str() {
         "widget.js" => (WIDGET_JS, "text/javascript; charset=utf-8"),
         "widget.css" => (WIDGET_CSS, "text/css; charset=utf-8"),
+        "dock.js" => (DOCK_JS, "text/javascript; charset=utf-8"),
+        "dock.css" => (DOCK_CSS, "text/css; charset=utf-8"),
         _ => return Err(ApiError::NotFound),
     };
     Ok(HttpResponse::Ok()

@@ -140,6 +140,16 @@ struct Page {
 impl Page {
     /// Launches a browser, opens `url` in a fresh page, and waits until the widget's script ran.
     async fn open(url: &str) -> Self {
+        Self::open_until(
+            url,
+            "document.readyState === 'complete' && typeof window.cuebox === 'object'",
+            "the widget page loads and runs widget.js",
+        )
+        .await
+    }
+
+    /// Launches a browser, opens `url` in a fresh page, and waits until `ready` holds in it.
+    async fn open_until(url: &str, ready: &str, what: &str) -> Self {
         let (browser, endpoint) = Chromium::launch().await;
         // CDP replies (screenshots above all) are far beyond awc's default frame limit.
         let (_, framed) = awc::Client::new()
@@ -188,12 +198,7 @@ impl Page {
             navigated.get("errorText").is_none(),
             "the widget page did not load: {navigated}"
         );
-        page.wait_for(
-            "document.readyState === 'complete' && typeof window.cuebox === 'object'",
-            PROMPTLY,
-            "the widget page loads and runs widget.js",
-        )
-        .await;
+        page.wait_for(ready, PROMPTLY, what).await;
         page
     }
 
@@ -882,4 +887,90 @@ async fn a_skip_takes_the_alert_off_at_once_and_a_rotated_token_clears_the_stage
     .await;
     assert_eq!(page.eval(NOTHING_SHOWN).await, json!(true));
     page.assert_no_uncaught_errors();
+}
+
+/// The dock as a streamer uses it in OBS: it shows the receiver, warns while alerts wait and no
+/// widget is connected, and its buttons pause, queue a test alert and clear, each change read
+/// back from the node. Donor text in the queue is text.
+#[actix_web::test]
+async fn the_dock_pauses_tests_and_clears_and_warns_when_no_widget_is_connected() {
+    let app = TestApp::memory().await;
+    let token = app.dashboard_token("alice");
+    let mut page = Page::open_until(
+        &format!("{}/dock/alice?token={token}", app.base),
+        "typeof window.cueboxDock === 'object' && window.cueboxDock.reads >= 1",
+        "the dock loads and reads the receiver",
+    )
+    .await;
+    assert_eq!(page.eval("window.cueboxDock.paused").await, json!(false));
+    assert_eq!(
+        page.eval("document.getElementById('warning').hidden").await,
+        json!(true)
+    );
+
+    let hostile = "<img src=x onerror=\"window.__pwned=1\">Ana";
+    app.publish(json!({"receiver": "alice", "from": hostile, "message": "hi"}))
+        .await;
+    app.publish_alert("alice", "second").await;
+    let click = |id: &str| format!("document.getElementById('{id}').click(), true");
+    page.eval(&click("refresh")).await;
+    page.wait_for(
+        "window.cueboxDock.queued === 2 && !document.getElementById('warning').hidden",
+        PROMPTLY,
+        "the dock lists two waiting alerts and warns that no widget is connected",
+    )
+    .await;
+    let first_item = page
+        .eval("document.querySelector('#queue li').textContent")
+        .await;
+    assert!(
+        first_item.as_str().unwrap().contains(hostile),
+        "{first_item}"
+    );
+    assert_eq!(
+        page.eval("document.querySelectorAll('#queue img').length + (window.__pwned || 0)")
+            .await,
+        json!(0),
+        "donor text in the dock is text"
+    );
+
+    page.eval(&click("pause")).await;
+    page.wait_for(
+        "window.cueboxDock.paused === true && document.body.dataset.paused === 'true' && \
+         document.getElementById('pause').textContent === 'Resume'",
+        PROMPTLY,
+        "a click on pause pauses the receiver",
+    )
+    .await;
+    page.screenshot_if_asked().await;
+    assert_eq!(app.status("alice").await["paused"], true);
+
+    page.eval(&click("test")).await;
+    page.wait_for(
+        "window.cueboxDock.queued === 3",
+        PROMPTLY,
+        "a test alert is queued",
+    )
+    .await;
+    // Clearing asks for a second click.
+    page.eval(&click("clear")).await;
+    assert_eq!(app.status("alice").await["queued"], 3);
+    page.eval(&click("clear")).await;
+    page.wait_for(
+        "window.cueboxDock.queued === 0",
+        PROMPTLY,
+        "the queue is cleared",
+    )
+    .await;
+    page.eval(&click("pause")).await;
+    page.wait_for("window.cueboxDock.paused === false", PROMPTLY, "resumed")
+        .await;
+    page.assert_no_uncaught_errors();
+    assert_eq!(page.eval("window.__csp.length").await, json!(0));
+
+    // The widget token opens no dock.
+    let (status, _) = app
+        .get(&format!("/dock/alice?token={}", app.token("alice")), None)
+        .await;
+    assert_eq!(status, 401);
 }

@@ -1,0 +1,158 @@
+// The cuebox dock: the streamer's controls over one receiver, for an OBS custom browser dock.
+//
+// It talks to the control API with the dashboard token from its own URL, and reads the receiver
+// again after every action and on ↻. Donor text goes in through textContent only: it is never
+// parsed as HTML. `window.cueboxDock` exposes what the page shows, for tests and for debugging.
+(() => {
+  'use strict';
+
+  const CONFIRM_MS = 3000; // clearing takes a second click within this
+  const PAGE = 50; // waiting alerts listed
+
+  const receiver = decodeURIComponent(location.pathname.split('/')[2] || '');
+  const token = new URLSearchParams(location.search).get('token') || '';
+  const base = '/receivers/' + encodeURIComponent(receiver);
+  const el = (id) => document.getElementById(id);
+  const state = {
+    receiver: receiver,
+    paused: null,
+    widgets: null,
+    queued: null,
+    current: null,
+    waiting: [],
+    error: null,
+    reads: 0,
+  };
+  window.cueboxDock = state;
+
+  if (document.body.dataset.refused) {
+    el('receiver').textContent = receiver;
+    showError('This dock URL\'s token does not control "' + receiver + '": get a new one with ' +
+      '`cuebox dock-url ' + receiver + '`.');
+    return;
+  }
+
+  async function call(method, path) {
+    const res = await fetch(base + path, {
+      method: method,
+      headers: { Authorization: 'Bearer ' + token },
+      cache: 'no-store',
+    });
+    let body = null;
+    try {
+      body = await res.json();
+    } catch (e) {
+      // not JSON: said below by the status
+    }
+    if (!res.ok) {
+      const message = body && body.error && body.error.message;
+      throw new Error(message || ('the node answered ' + res.status));
+    }
+    return body;
+  }
+
+  function describe(alert) {
+    const parts = [];
+    if (alert.kind && alert.kind !== 'donation') parts.push('[' + alert.kind + ']');
+    parts.push(alert.from || 'Someone');
+    if (alert.amount) parts.push(alert.amount.value + ' ' + alert.amount.currency);
+    if (alert.message) parts.push('— ' + alert.message);
+    return parts.join(' ');
+  }
+
+  function render(status, page) {
+    state.paused = status.paused;
+    state.widgets = status.widgets;
+    state.queued = status.queued;
+    state.current = status.in_flight ? status.in_flight.id : null;
+    state.waiting = page.alerts.map((a) => a.id);
+    state.error = null;
+    state.reads += 1;
+
+    document.body.dataset.paused = String(status.paused);
+    document.body.dataset.widgets = String(status.widgets);
+    el('receiver').textContent = receiver;
+    el('widgets').textContent = (status.paused ? 'Paused · ' : '') +
+      (status.widgets === 1 ? '1 widget connected' : status.widgets + ' widgets connected');
+    const warning = el('warning');
+    if (status.widgets === 0 && (status.queued > 0 || status.in_flight)) {
+      warning.textContent = 'No widget is connected: ' + status.queued + ' alert' +
+        (status.queued === 1 ? '' : 's') + ' waiting. Is the browser source in OBS on?';
+      warning.hidden = false;
+    } else {
+      warning.hidden = true;
+    }
+    el('pause').textContent = status.paused ? 'Resume' : 'Pause';
+    el('pause').dataset.action = status.paused ? 'resume' : 'pause';
+    el('skip').disabled = !status.in_flight;
+    el('now').textContent = status.in_flight ? describe(status.in_flight) : 'Nothing';
+    el('queued').textContent = String(status.queued);
+    const list = el('queue');
+    list.replaceChildren(...page.alerts.map((alert) => {
+      const item = document.createElement('li');
+      item.textContent = describe(alert);
+      item.dataset.alertId = alert.id;
+      if (alert.priority === 'high') item.classList.add('high');
+      return item;
+    }));
+    el('error').hidden = true;
+    el('updated').textContent = 'Read at ' + new Date().toLocaleTimeString();
+  }
+
+  function showError(message) {
+    state.error = message;
+    const error = el('error');
+    error.textContent = message;
+    error.hidden = false;
+  }
+
+  async function refresh() {
+    try {
+      const [status, page] = await Promise.all([call('GET', ''), call('GET', '/queue?limit=' + PAGE)]);
+      render(status, page);
+    } catch (e) {
+      showError(e.message);
+    }
+  }
+
+  async function act(button) {
+    const action = button.dataset.action;
+    if (action === 'clear' && !button.classList.contains('confirming')) {
+      // OBS's docks may not show confirm(): a second click within a moment confirms.
+      button.classList.add('confirming');
+      button.textContent = 'Click again to clear';
+      setTimeout(() => {
+        button.classList.remove('confirming');
+        button.textContent = 'Clear queue';
+      }, CONFIRM_MS);
+      return;
+    }
+    const requests = {
+      pause: ['POST', '/pause'],
+      resume: ['POST', '/resume'],
+      skip: ['POST', '/skip' + (state.current ? '?id=' + encodeURIComponent(state.current) : '')],
+      clear: ['DELETE', '/queue'],
+      test: ['POST', '/test'],
+    };
+    const buttons = document.querySelectorAll('button');
+    buttons.forEach((b) => { b.disabled = true; });
+    let failed = null;
+    try {
+      if (requests[action]) await call(requests[action][0], requests[action][1]);
+    } catch (e) {
+      failed = e.message;
+    }
+    if (action === 'clear') {
+      button.classList.remove('confirming');
+      button.textContent = 'Clear queue';
+    }
+    buttons.forEach((b) => { b.disabled = false; });
+    await refresh();
+    if (failed) showError(failed);
+  }
+
+  document.querySelectorAll('button').forEach((button) => {
+    button.addEventListener('click', () => act(button));
+  });
+  refresh();
+})();
