@@ -1,10 +1,11 @@
 -- 0003_controls: key layout 3 (library cuebox_v3, see src/store/redis/receiver.lua).
 --
 -- The streamer's controls and the priority lane add to layout 2 without changing what it holds:
--- the receiver hash gains `paused` ("1" while paused) and `ahead` (alerts waiting in the
--- priority lane), and each receiver gains the list `<r>:priority`, the priority lane, whose
--- entries are the queue's. A receiver of layout 2 reads as one that is not paused and has
--- nothing in the priority lane, which is what it is, so nothing is converted.
+-- the receiver hash gains `hold` ("p" while paused, then the number of alerts waiting in the
+-- priority lane when any do), and each receiver gains the list `<r>:priority`, the priority lane,
+-- whose entries are the queue's, and the keys `<r>:settings` and `<r>:tokens`. A receiver of
+-- layout 2 reads as one that is not paused, has nothing in the priority lane, and never had
+-- settings or a rotated token, which is what it is, so nothing is converted.
 --
 -- What this migration does is record layout 3, so that a node of an older release, which would
 -- dispatch while paused and never look at the priority lane, refuses to start (stop every older

@@ -6,7 +6,7 @@
 //!
 //! | key                             | type   | holds                                             |
 //! |---------------------------------|--------|---------------------------------------------------|
-//! | `P:{r}:receiver`                | hash   | `seq`, `flight`, `alert`, `live`, `paused`, `ahead` (see `receiver.lua`) |
+//! | `P:{r}:receiver`                | hash   | `seq`, `flight`, `alert`, `live`, `hold` (see `receiver.lua`) |
 //! | `P:{r}:queue`                   | list   | waiting alerts, head first: `"<id> <duration_ms> <times sent> <alert json>"` |
 //! | `P:{r}:ids`                     | set    | each alert queued or in flight                     |
 //! | `P:{r}:widgets`                 | hash   | node id -> `"<widgets> <live until, ms>"`         |

@@ -25,8 +25,10 @@
 --                          alert    the alert in flight, as its queue entry
 --                          live     live widgets, cached: "<until, ms> <the node holding them
 --                                   all, or *>", or "0" for none (see presence())
---                          paused   "1" while the streamer has paused the receiver, else absent
---                          ahead    alerts waiting in the priority lane (KEYS[5]), absent for none
+--                          hold     "p" while the streamer has paused the receiver, followed by
+--                                   how many alerts wait in the priority lane (KEYS[5]) when
+--                                   any do: "p", "3", "p3"; absent for neither (one field, not
+--                                   two, since every call reads it: see read_hold())
 -- KEYS[2] queue    list    waiting alerts, head first, each "<id> <duration_ms> <times sent>
 --                          <alert json>"
 -- KEYS[3] ids      set     every alert queued or in flight, so the same id is never queued
@@ -36,7 +38,7 @@
 -- KEYS[4] widgets  hash    node id -> "<widgets> <live until, ms>"
 -- KEYS[5] priority list    the priority lane, entries as in the queue: high-priority alerts, and
 --                          alerts put back at the head. It goes out before the queue. Its
---                          length is the receiver's `ahead`, so dispatch knows which lane to pop
+--                          length is in the receiver's `hold`, so dispatch knows which lane to pop
 --                          without asking.
 -- KEYS[6] idempotency key (publish with a key only)
 -- ARGV[1] calling node   ARGV[2] the time in ms
@@ -150,11 +152,25 @@ local function read_layout_1(c, convert)
   redis.call('DEL', state, alerts)
 end
 
+-- The receiver's `hold` field: c.paused ('1' or false) and c.ahead (the priority lane's length
+-- as a string, or false for none). Absent, as it is for a receiver that never used either, it
+-- costs nothing to read.
+local function read_hold(c, hold)
+  c.paused, c.ahead = false, false
+  if not hold then return end
+  if string.byte(hold, 1) == 112 then -- 'p'
+    c.paused = '1'
+    hold = string.sub(hold, 2)
+  end
+  if hold ~= '' and hold ~= '0' then c.ahead = hold end
+end
+
 local function open(keys, args)
-  local f = redis.call('HMGET', keys[1], 'seq', 'flight', 'live', 'paused', 'ahead')
+  local f = redis.call('HMGET', keys[1], 'seq', 'flight', 'live', 'hold')
   c.keys, c.args, c.node, c.now = keys, args, args[1], tonumber(args[2])
-  c.seq, c.seq_before, c.packed, c.live, c.paused = f[1], f[1], f[2], f[3], f[4]
-  c.ahead, c.ahead_changed, c.skipped = f[5], false, false
+  c.seq, c.seq_before, c.packed, c.live = f[1], f[1], f[2], f[3]
+  read_hold(c, f[4])
+  c.hold_changed, c.skipped = false, false
   c.id, c.phase, c.duration, c.attempt, c.deadline = false, false, false, false, false
   c.alert, c.alert_read = false, false
   c.had_flight, c.flight_changed, c.dirty = f[2] ~= false, false, false
@@ -247,9 +263,9 @@ local function clear_flight(c)
   c.alert, c.alert_read, c.packed = false, true, false
 end
 
--- The priority lane's length, as `ahead` keeps it.
+-- The priority lane's length, kept in `hold` by save().
 local function set_ahead(c, n)
-  c.ahead, c.ahead_changed, c.dirty = int(n), true, true
+  c.ahead, c.hold_changed, c.dirty = int(n), true, true
 end
 
 -- Free to busy: the one place an alert goes out. Only while free, not paused, and someone can
@@ -331,7 +347,12 @@ local function save(c)
     redis.call('HSET', key, 'seq', seq)
   end
   if c.had_flight and not (c.id or c.packed) then redis.call('HDEL', key, 'flight', 'alert') end
-  if c.ahead_changed then redis.call('HSET', key, 'ahead', c.ahead) end
+  if c.hold_changed then
+    local hold = ''
+    if c.paused then hold = 'p' end
+    if c.ahead and c.ahead ~= '0' then hold = hold .. c.ahead end
+    if hold == '' then redis.call('HDEL', key, 'hold') else redis.call('HSET', key, 'hold', hold) end
+  end
 end
 
 -- The call's answer, after saving; when seq moved, the new alert in flight goes with it and to
@@ -368,8 +389,8 @@ local function position_in_queue(c, id)
 end
 
 -- ARGV[5] the alert's id, ARGV[6] its queue entry "<id> <duration_ms> 0 <alert json>",
--- ARGV[7] most alerts waiting, ARGV[8] idempotency ttl in seconds, ARGV[9] its lane: 'priority'
--- or 'normal'.
+-- ARGV[7] most alerts waiting, ARGV[8] idempotency ttl in seconds, ARGV[9] 'priority' for the
+-- priority lane (absent for the normal one).
 local function publish(keys, args)
   local c = open_to_write(keys, args)
   local id, idem = args[5], keys[6]
@@ -528,14 +549,11 @@ end
 -- finishes. Resuming dispatches at once.
 local function pause(keys, args)
   local c = open_to_write(keys, args)
-  if args[5] == '1' then
-    if not c.paused then redis.call('HSET', keys[1], 'paused', '1') end
-    c.paused = '1'
-  else
-    if c.paused then redis.call('HDEL', keys[1], 'paused') end
-    c.paused = false
-    dispatch(c)
+  local paused = args[5] == '1'
+  if paused ~= (c.paused and true or false) then
+    c.paused, c.hold_changed, c.dirty = paused and '1', true, true
   end
+  if not paused then dispatch(c) end
   return finish(c, true)
 end
 
@@ -606,8 +624,8 @@ end
 -- A page of the waiting alerts, in the order they go out. ARGV[5] the offset, ARGV[6] most
 -- alerts. Answers {'queue', waiting in all, {queue entries}}. Reads only.
 local function queue(keys, args)
-  local f = redis.call('HMGET', keys[1], 'ahead')
-  local ahead = tonumber(f[1]) or 0
+  read_hold(c, redis.call('HGET', keys[1], 'hold'))
+  local ahead = tonumber(c.ahead) or 0
   local total = ahead + redis.call('LLEN', keys[2])
   local from, most = tonumber(args[5]), tonumber(args[6])
   local page = {}
