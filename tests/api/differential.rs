@@ -284,7 +284,7 @@ impl Under {
             Under::Redis { redis, .. } => {
                 let keys = Keys::new("cuebox").unwrap();
                 let mut lanes = Vec::new();
-                keys.receiver(&ReceiverId::parse(name).unwrap(), None, |k| {
+                keys.receiver(&ReceiverId::parse(name).unwrap(), false, None, |k| {
                     if k.ends_with(":queue") || k.ends_with(":priority") {
                         lanes.push(k.to_owned());
                     }

@@ -96,7 +96,9 @@ impl Core {
                 function.label()
             )));
         };
-        let call = self.fcall(receiver, name, idempotency_key, args);
+        // The functions that read the widgets hash every time are given it.
+        let with_widgets = matches!(function, Call::Widgets | Call::Sweep | Call::Status);
+        let call = self.fcall(receiver, name, with_widgets, idempotency_key, args);
         self.call(function, call).await
     }
 
@@ -125,17 +127,21 @@ impl Core {
         &self,
         receiver: &ReceiverId,
         function: &str,
+        with_widgets: bool,
         idempotency_key: Option<&str>,
         args: &[&str],
     ) -> redis::Cmd {
         const FIXED_ARGS: usize = 4;
-        let keys = RECEIVER_KEYS.len() + usize::from(idempotency_key.is_some());
+        let keys = RECEIVER_KEYS.len()
+            + usize::from(with_widgets)
+            + usize::from(idempotency_key.is_some());
         let bytes = 256 + args.iter().map(|a| a.len()).sum::<usize>();
         let mut call = redis::Cmd::with_capacity(3 + keys + FIXED_ARGS + args.len(), bytes);
         call.arg("FCALL").arg(function).arg(keys);
-        self.keys.receiver(receiver, idempotency_key, |key| {
-            call.arg(key);
-        });
+        self.keys
+            .receiver(receiver, with_widgets, idempotency_key, |key| {
+                call.arg(key);
+            });
         let now = self.clock.now();
         call.arg(&*self.node)
             .arg(now)

@@ -30,9 +30,11 @@ pub struct Keys {
     prefix: String,
 }
 
-/// The keys of one receiver a function call takes, in the order `receiver.lua` takes them as
-/// KEYS (after these, the idempotency key, when the call has one).
-pub const RECEIVER_KEYS: [&str; 5] = ["receiver", "queue", "ids", "widgets", "priority"];
+/// The keys of one receiver every function call takes, in the order `receiver.lua` takes them as
+/// KEYS. After these, the widgets hash for the functions that read it every time, or the
+/// idempotency key for a publish that has one.
+pub const RECEIVER_KEYS: [&str; 4] = ["receiver", "queue", "ids", "priority"];
+const WIDGETS: &str = "widgets";
 
 impl Keys {
     /// Fails on a prefix that would break hash tags or read badly in `redis-cli`.
@@ -57,12 +59,14 @@ impl Keys {
         &self.prefix
     }
 
-    /// Hands `each` the keys of one receiver's script call, in KEYS order: its own five, then
-    /// the idempotency key if there is one. They are built in one buffer, one after another,
-    /// because a call is made for every transition and formatting each key cost an allocation.
+    /// Hands `each` the keys of one receiver's script call, in KEYS order: its own four, then
+    /// the widgets hash `with_widgets`, then the idempotency key if there is one. They are built
+    /// in one buffer, one after another, because a call is made for every transition and
+    /// formatting each key cost an allocation.
     pub fn receiver(
         &self,
         r: &ReceiverId,
+        with_widgets: bool,
         idempotency_key: Option<&str>,
         mut each: impl FnMut(&str),
     ) {
@@ -75,7 +79,8 @@ impl Keys {
         key.push_str(r);
         key.push_str("}:");
         let base = key.len();
-        for name in RECEIVER_KEYS {
+        let widgets = with_widgets.then_some(WIDGETS);
+        for name in RECEIVER_KEYS.into_iter().chain(widgets) {
             key.truncate(base);
             key.push_str(name);
             each(&key);
@@ -161,17 +166,27 @@ mod tests {
         let keys = Keys::new("cb").unwrap();
         let r = ReceiverId::parse("alice").unwrap();
         let mut all = Vec::new();
-        keys.receiver(&r, Some("x{y}"), |k| all.push(k.to_owned()));
+        keys.receiver(&r, false, Some("x{y}"), |k| all.push(k.to_owned()));
         assert_eq!(
             all,
             [
                 "cb:{alice}:receiver",
                 "cb:{alice}:queue",
                 "cb:{alice}:ids",
-                "cb:{alice}:widgets",
                 "cb:{alice}:priority",
                 "cb:{alice}:idem:x{y}",
             ]
+        );
+        let mut with_widgets = Vec::new();
+        keys.receiver(&r, true, None, |k| with_widgets.push(k.to_owned()));
+        assert_eq!(
+            with_widgets.last().map(String::as_str),
+            Some("cb:{alice}:widgets")
+        );
+        // receiver.lua finds the widgets hash from the receiver's key when it is not given.
+        assert_eq!(
+            keys.receiver_hash(&r).replace(":receiver", ":widgets"),
+            "cb:{alice}:widgets"
         );
         assert_eq!(keys.receiver_of_events(&keys.events(&r)), Some(r.clone()));
         // receiver.lua finds the channel from the receiver's key.

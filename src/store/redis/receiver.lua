@@ -26,7 +26,7 @@
 --                          live     live widgets, cached: "<until, ms> <the node holding them
 --                                   all, or *>", or "0" for none (see presence())
 --                          hold     "p" while the streamer has paused the receiver, followed by
---                                   how many alerts wait in the priority lane (KEYS[5]) when
+--                                   how many alerts wait in the priority lane (KEYS[4]) when
 --                                   any do: "p", "3", "p3"; absent for neither (one field, not
 --                                   two, since every call reads it: see read_hold())
 -- KEYS[2] queue    list    waiting alerts, head first, each "<id> <duration_ms> <times sent>
@@ -35,12 +35,15 @@
 --                          twice (a set, not a hash: Redis keeps a hash of short values as a
 --                          list it scans, up to 512 entries by default, and this one has an
 --                          entry per waiting alert)
--- KEYS[4] widgets  hash    node id -> "<widgets> <live until, ms>"
--- KEYS[5] priority list    the priority lane, entries as in the queue: high-priority alerts, and
+-- KEYS[4] priority list    the priority lane, entries as in the queue: high-priority alerts, and
 --                          alerts put back at the head. It goes out before the queue. Its
 --                          length is in the receiver's `hold`, so dispatch knows which lane to pop
 --                          without asking.
--- KEYS[6] idempotency key (publish with a key only)
+-- KEYS[5] widgets  hash    node id -> "<widgets> <live until, ms>", given only to the functions
+--                          that always read it (widgets, sweep, status); the others find it from
+--                          KEYS[1] on the rare call that must count afresh (widgets_key()), since
+--                          each key passed costs every call about 1k instructions
+--   or    idempotency key (publish with a key only)
 -- ARGV[1] calling node   ARGV[2] the time in ms
 -- ARGV[3] PUBLISH, or SPUBLISH on a Redis Cluster (the events channel shares the receiver's slot)
 -- ARGV[4] the deadline of an alert sent now (the time plus the start timeout), in ms
@@ -170,7 +173,7 @@ local function open(keys, args)
   c.keys, c.args, c.node, c.now = keys, args, args[1], tonumber(args[2])
   c.seq, c.seq_before, c.packed, c.live = f[1], f[1], f[2], f[3]
   read_hold(c, f[4])
-  c.hold_changed, c.skipped = false, false
+  c.hold_changed, c.skipped, c.widgets_key = false, false, false
   c.id, c.phase, c.duration, c.attempt, c.deadline = false, false, false, false, false
   c.alert, c.alert_read = false, false
   c.had_flight, c.flight_changed, c.dirty = f[2] ~= false, false, false
@@ -237,6 +240,13 @@ local function count(c, flat)
   return total
 end
 
+-- The widgets hash: KEYS[5] for the functions given it, else found from the receiver's key
+-- (same hash tag, so same slot).
+local function widgets_key(c)
+  if c.widgets_key then return c.widgets_key end
+  return (string.gsub(c.keys[1], 'receiver$', 'widgets'))
+end
+
 -- Whether any widget is live on any node, and whether a node other than the caller holds one:
 -- from the cache while no report it counted has expired, else counted afresh. The cache is exact:
 -- a report can only start counting through widgets() or sweep(), which count afresh.
@@ -251,7 +261,7 @@ local function presence(c)
       if live_until and tonumber(live_until) > c.now then
         c.live_known, c.live_any, c.live_others = true, true, node ~= c.node
       else
-        count(c, redis.call('HGETALL', c.keys[4]))
+        count(c, redis.call('HGETALL', widgets_key(c)))
       end
     end
   end
@@ -275,7 +285,7 @@ local function dispatch(c)
   while true do
     local entry
     if c.ahead and c.ahead ~= '0' then
-      entry = redis.call('LPOP', c.keys[5])
+      entry = redis.call('LPOP', c.keys[4])
       -- A count that ran ahead of the lane is set right rather than wedge the receiver.
       if entry then set_ahead(c, tonumber(c.ahead) - 1) else set_ahead(c, 0) end
     else
@@ -314,7 +324,7 @@ local function requeue(c)
   local entry = flight_entry(c)
   if entry then
     local counted = string.gsub(entry, '^(%S+ %d+) %d+ ', '%1 ' .. str(c.attempt) .. ' ', 1)
-    redis.call('LPUSH', c.keys[5], counted)
+    redis.call('LPUSH', c.keys[4], counted)
     set_ahead(c, (tonumber(c.ahead) or 0) + 1)
   else
     redis.call('SREM', c.keys[3], c.id)
@@ -377,7 +387,7 @@ end
 -- How many alerts are ahead of queued alert `id` (a rare path: only a publish repeated).
 local function position_in_queue(c, id)
   local prefix, before = id .. ' ', 0
-  for _, lane in ipairs({c.keys[5], c.keys[2]}) do
+  for _, lane in ipairs({c.keys[4], c.keys[2]}) do
     local entries = redis.call('LRANGE', lane, 0, -1)
     for i = 1, #entries do
       local e = entries[i]
@@ -393,7 +403,7 @@ end
 -- priority lane (absent for the normal one).
 local function publish(keys, args)
   local c = open_to_write(keys, args)
-  local id, idem = args[5], keys[6]
+  local id, idem = args[5], keys[5]
   if idem then
     local seen = redis.call('GET', idem)
     if seen then
@@ -421,7 +431,7 @@ local function publish(keys, args)
   local position = waiting
   if args[9] == 'priority' then
     position = ahead
-    redis.call('RPUSH', keys[5], args[6])
+    redis.call('RPUSH', keys[4], args[6])
     set_ahead(c, ahead + 1)
   else
     redis.call('RPUSH', keys[2], args[6])
@@ -436,8 +446,9 @@ end
 -- ARGV[7] most widgets of one receiver; ARGV[8] how long a report stays live, ms.
 local function widgets(keys, args)
   local c = open_to_write(keys, args)
+  c.widgets_key = keys[5]
   local change = args[5]
-  local flat = redis.call('HGETALL', keys[4])
+  local flat = redis.call('HGETALL', keys[5])
   if change == 'joined' and count(c, flat) >= tonumber(args[7]) then return {'too_many'} end
   local mine, kept = 0, {}
   for i = 1, #flat, 2 do
@@ -446,7 +457,7 @@ local function widgets(keys, args)
       mine = tonumber(n) or 0
     elseif not live_until or tonumber(live_until) <= c.now then
       -- A node that stopped refreshing its report is gone; forget it.
-      redis.call('HDEL', keys[4], flat[i])
+      redis.call('HDEL', keys[5], flat[i])
     else
       kept[#kept + 1], kept[#kept + 2] = flat[i], flat[i + 1]
     end
@@ -460,10 +471,10 @@ local function widgets(keys, args)
   end
   if mine > 0 then
     local report = mine .. ' ' .. int(c.now + tonumber(args[8]))
-    redis.call('HSET', keys[4], c.node, report)
+    redis.call('HSET', keys[5], c.node, report)
     kept[#kept + 1], kept[#kept + 2] = c.node, report
   else
-    redis.call('HDEL', keys[4], c.node)
+    redis.call('HDEL', keys[5], c.node)
   end
   count(c, kept)
   -- A withdrawn widget (its node is stopping) will reconnect elsewhere and be given the alert
@@ -539,8 +550,9 @@ end
 -- flight goes back to the head of the queue.
 local function sweep(keys, args)
   local c = open_to_write(keys, args)
-  redis.call('HDEL', keys[4], args[5])
-  count(c, redis.call('HGETALL', keys[4]))
+  c.widgets_key = keys[5]
+  redis.call('HDEL', keys[5], args[5])
+  count(c, redis.call('HGETALL', keys[5]))
   if not presence(c) then requeue(c) else dispatch(c) end
   return finish(c, false)
 end
@@ -596,7 +608,7 @@ local function clear(keys, args)
     return count - #gone, #gone, false
   end
   local popped, ran_out
-  left_priority, popped, ran_out = take(keys[5], left_priority)
+  left_priority, popped, ran_out = take(keys[4], left_priority)
   if ran_out then
     if ahead ~= 0 then set_ahead(c, 0) end
   elseif popped > 0 then
@@ -630,7 +642,7 @@ local function queue(keys, args)
   local from, most = tonumber(args[5]), tonumber(args[6])
   local page = {}
   if most > 0 and from < ahead then
-    page = redis.call('LRANGE', keys[5], from, math.min(ahead, from + most) - 1)
+    page = redis.call('LRANGE', keys[4], from, math.min(ahead, from + most) - 1)
   end
   if #page < most and from + #page < total then
     local start = math.max(0, from - ahead)
@@ -645,7 +657,8 @@ end
 local function status(keys, args)
   local c, unwritten = open(keys, args)
   if unwritten then read_layout_1(c, false) end
-  local total = count(c, redis.call('HGETALL', keys[4]))
+  c.widgets_key = keys[5]
+  local total = count(c, redis.call('HGETALL', keys[5]))
   local entry = false
   if flight(c) then entry = flight_entry(c) or false end
   local paused = 0
