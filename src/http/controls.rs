@@ -9,7 +9,8 @@ use actix_web::{web, HttpRequest, HttpResponse};
 use serde::Deserialize;
 use serde_json::{json, Value};
 
-use super::{authorize_publisher, ApiError, AppState};
+use super::token::opens;
+use super::{authorize_publisher, bearer, ApiError, AppState};
 use crate::alert::{FieldError, NewAlert, ReceiverId};
 use crate::auth::Purpose;
 use crate::moderation::Settings;
@@ -36,22 +37,8 @@ async fn authorize_controller(
     if authorize_publisher(req, &state.publish_keys).is_ok() {
         return Ok(());
     }
-    let bearer = req
-        .headers()
-        .get(actix_web::http::header::AUTHORIZATION)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.strip_prefix("Bearer "))
-        .map(str::trim);
-    if bearer.is_none() && query_token.is_none() {
-        return Err(ApiError::NotController);
-    }
-    let generation = state.hub.store().generations(receiver).await?.dashboard;
-    let opens = |t: &str| {
-        state
-            .tokens
-            .verify_for(Purpose::Dashboard, receiver, generation, t)
-    };
-    if bearer.is_some_and(opens) || query_token.is_some_and(opens) {
+    let presented = [bearer(req), query_token];
+    if opens(state, Purpose::Dashboard, receiver, presented).await? {
         Ok(())
     } else {
         Err(ApiError::NotController)

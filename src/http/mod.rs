@@ -98,15 +98,18 @@ pub fn routes(cfg: &mut web::ServiceConfig) {
     }));
 }
 
-/// Checks `Authorization: Bearer <publish key>`; answers which key it is.
-fn authorize_publisher(req: &HttpRequest, keys: &PublishKeys) -> Result<usize, ApiError> {
-    let presented = req
-        .headers()
+/// What `Authorization: Bearer ...` presents, if anything.
+fn bearer(req: &HttpRequest) -> Option<&str> {
+    req.headers()
         .get(actix_web::http::header::AUTHORIZATION)
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.strip_prefix("Bearer "))
-        .map(str::trim);
-    presented
+        .map(str::trim)
+}
+
+/// Checks `Authorization: Bearer <publish key>`; answers which key it is.
+fn authorize_publisher(req: &HttpRequest, keys: &PublishKeys) -> Result<usize, ApiError> {
+    bearer(req)
         .and_then(|key| keys.find(key))
         .ok_or(ApiError::Unauthorized)
 }

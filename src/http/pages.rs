@@ -1,12 +1,12 @@
 //! The widget page, the dock page and their assets, compiled into the binary so one file
 //! deploys.
 
-use super::token::{check_token, Opening, TokenQuery};
+use super::token::{check_token, opens, Opening, TokenQuery};
 use super::{ApiError, AppState};
 use crate::alert::ReceiverId;
 use crate::auth::Purpose;
 use actix_web::http::header;
-use actix_web::{web, HttpResponse};
+use actix_web::{web, HttpResponse, HttpResponseBuilder};
 
 const WIDGET_HTML: &str = include_str!("../../widget/index.html");
 const WIDGET_JS: &str = include_str!("../../widget/widget.js");
@@ -41,7 +41,7 @@ pub async fn widget_page(
             }
         }
     };
-    let (mut response, body) = match refused {
+    let (response, body) = match refused {
         None => (HttpResponse::Ok(), WIDGET_HTML.into()),
         Some(why) => {
             let status = match why {
@@ -56,12 +56,17 @@ pub async fn widget_page(
             (HttpResponse::build(status), marked)
         }
     };
+    page(response, body)
+}
+
+/// A page of cuebox's own, under its CSP, never cached (a token may stop opening it).
+fn page(mut response: HttpResponseBuilder, body: String) -> HttpResponse {
     response
         .insert_header((header::CONTENT_TYPE, "text/html; charset=utf-8"))
         .insert_header((header::CONTENT_SECURITY_POLICY, CSP))
         .insert_header((header::CACHE_CONTROL, "no-cache"))
         .insert_header(("Referrer-Policy", "no-referrer"))
-        .body::<String>(body)
+        .body(body)
 }
 
 /// `GET /dock/{receiver}?token=T`: the streamer's controls, for an OBS custom browser dock. `T`
@@ -71,22 +76,19 @@ pub async fn dock_page(
     query: web::Query<TokenQuery>,
     state: web::Data<AppState>,
 ) -> HttpResponse {
-    let opens = match ReceiverId::parse(&path) {
+    let opened = match ReceiverId::parse(&path) {
         Err(_) => Ok(false),
-        Ok(receiver) => match (
-            query.token.as_deref(),
-            state.hub.store().generations(&receiver).await,
-        ) {
-            (None, _) => Ok(false),
-            (Some(token), Ok(g)) => {
-                Ok(state
-                    .tokens
-                    .verify_for(Purpose::Dashboard, &receiver, g.dashboard, token))
-            }
-            (Some(_), Err(e)) => Err(e),
-        },
+        Ok(receiver) => {
+            opens(
+                &state,
+                Purpose::Dashboard,
+                &receiver,
+                [query.token.as_deref()],
+            )
+            .await
+        }
     };
-    let (mut response, body) = match opens {
+    let (response, body) = match opened {
         Ok(true) => (HttpResponse::Ok(), DOCK_HTML.to_owned()),
         Ok(false) => (
             HttpResponse::Unauthorized(),
@@ -95,12 +97,7 @@ pub async fn dock_page(
         // The page itself reads the receiver, and says what the store answers.
         Err(_) => (HttpResponse::ServiceUnavailable(), DOCK_HTML.to_owned()),
     };
-    response
-        .insert_header((header::CONTENT_TYPE, "text/html; charset=utf-8"))
-        .insert_header((header::CONTENT_SECURITY_POLICY, CSP))
-        .insert_header((header::CACHE_CONTROL, "no-cache"))
-        .insert_header(("Referrer-Policy", "no-referrer"))
-        .body::<String>(body)
+    page(response, body)
 }
 
 pub async fn widget_asset(path: web::Path<String>) -> Result<HttpResponse, ApiError> {

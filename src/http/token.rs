@@ -9,6 +9,7 @@ use serde::Deserialize;
 use super::{ApiError, AppState};
 use crate::alert::ReceiverId;
 use crate::auth::Purpose;
+use crate::store::StoreError;
 
 /// The query that carries it.
 #[derive(Deserialize)]
@@ -23,24 +24,34 @@ pub enum Opening {
     Socket,
 }
 
-/// The token opens this receiver's widget (it is of the receiver's current generation, which
-/// the store keeps), or the request is refused with 401 (and logged, at most once a minute per
-/// receiver).
+/// Whether any of `presented` is the receiver's `purpose` token of its current generation, which
+/// the store keeps (so a rotation retires a token on every node at once). Nothing presented
+/// costs no store read.
+pub async fn opens<'a>(
+    state: &AppState,
+    purpose: Purpose,
+    receiver: &ReceiverId,
+    presented: impl IntoIterator<Item = Option<&'a str>>,
+) -> Result<bool, StoreError> {
+    let presented: Vec<&str> = presented.into_iter().flatten().collect();
+    if presented.is_empty() {
+        return Ok(false);
+    }
+    let generation = state.hub.store().generations(receiver).await?.of(purpose);
+    Ok(presented
+        .iter()
+        .any(|t| state.tokens.verify_for(purpose, receiver, generation, t)))
+}
+
+/// The token opens this receiver's widget, or the request is refused with 401 (and logged, at
+/// most once a minute per receiver).
 pub async fn check_token(
     state: &AppState,
     receiver: &ReceiverId,
     token: Option<&str>,
     opening: Opening,
 ) -> Result<(), ApiError> {
-    let Some(token) = token else {
-        state.refusals.note(receiver, opening);
-        return Err(ApiError::BadToken);
-    };
-    let generation = state.hub.store().generations(receiver).await?.widget;
-    if state
-        .tokens
-        .verify_for(Purpose::Widget, receiver, generation, token)
-    {
+    if opens(state, Purpose::Widget, receiver, [token]).await? {
         Ok(())
     } else {
         state.refusals.note(receiver, opening);
