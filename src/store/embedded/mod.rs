@@ -195,6 +195,17 @@ impl EmbeddedStore {
                 writer.send(receiver.clone(), vec![row])
             })
         };
+        self.settled(call, started, commit).await
+    }
+
+    /// Waits for the commit a call's rows went in, if any, and measures the call: an error says
+    /// whether the change was undone (memory read back from the disk) or may yet stand.
+    async fn settled(
+        &self,
+        call: Call,
+        started: Instant,
+        commit: Option<oneshot::Receiver<Committed>>,
+    ) -> Result<(), StoreError> {
         let committed = match commit {
             None => Ok(()),
             Some(commit) => commit.await.unwrap_or_else(|_| {
@@ -774,23 +785,8 @@ impl Store for EmbeddedStore {
     ) -> Result<Answered, StoreError> {
         let (call, started) = (command.call(), Instant::now());
         let (outcome, commit) = self.transition(receiver, command);
-        let committed = match commit {
-            None => Ok(()),
-            Some(commit) => match commit.await {
-                Ok(committed) => committed,
-                Err(_) => Err(CommitFailed {
-                    message: "the database's writer has stopped".into(),
-                    undone: false,
-                }),
-            },
-        };
-        self.observer
-            .observe(call, started.elapsed(), committed.is_err());
-        match committed {
-            Ok(()) => Ok(outcome.answered()),
-            Err(f) if f.undone => Err(StoreError::Unavailable(f.message)),
-            Err(f) => Err(StoreError::OutcomeUnknown(f.message)),
-        }
+        self.settled(call, started, commit).await?;
+        Ok(outcome.answered())
     }
 
     fn node(&self) -> &str {

@@ -495,15 +495,11 @@ impl Store for RedisStore {
             .core
             .run(receiver, Call::Tokens, None, &[purpose.name()])
             .await?;
+        // The generations after the rotation come with its answer: no second read.
         match tagged(reply)? {
-            (kind, mut items) if kind == "rotated" => {
-                items
-                    .next()
-                    .ok_or_else(|| StoreError::Protocol("rotate: no generation".into()))?;
-            }
-            (kind, _) => return Err(StoreError::Protocol(format!("rotate: unexpected {kind}"))),
+            (kind, items) if kind == "rotated" => read_generations(Value::Array(items.collect())),
+            (kind, _) => Err(StoreError::Protocol(format!("rotate: unexpected {kind}"))),
         }
-        self.generations(receiver).await
     }
 
     async fn watch(&self, receiver: &ReceiverId) -> Result<(), StoreError> {

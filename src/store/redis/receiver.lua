@@ -624,13 +624,14 @@ end
 -- ARGV[5] 'widget' or 'dashboard': a new generation of that token of the receiver, after which
 -- the old one opens nothing. The other nodes are told on the events channel, to close what holds
 -- the old one. The generations live in the hash `<r>:tokens`, beside the receiver's hash (same
--- hash tag, so same slot). Answers {'rotated', the new generation}.
+-- hash tag, so same slot). Answers {'rotated', widget generation, dashboard generation}.
 local function rotate(keys, args)
   local tokens = string.gsub(keys[1], 'receiver$', 'tokens')
-  local generation = redis.call('HINCRBY', tokens, args[5], 1)
+  redis.call('HINCRBY', tokens, args[5], 1)
+  local g = redis.call('HMGET', tokens, 'widget', 'dashboard')
   local channel = string.gsub(keys[1], 'receiver$', 'events')
   redis.call(args[3], channel, 'rotated ' .. args[1] .. ' ' .. args[5])
-  return {'rotated', generation}
+  return {'rotated', g[1] or '0', g[2] or '0'}
 end
 
 -- A page of the waiting alerts, in the order they go out. ARGV[5] the offset, ARGV[6] most
