@@ -150,6 +150,10 @@ pub struct Settings {
     pub blocked_mode: BlockedMode,
     #[serde(default = "on")]
     pub strip_links: bool,
+    /// `blocked_words` as matching sees them (see [`fold`]): made once when the settings are
+    /// read, not at every publish.
+    #[serde(skip)]
+    folded: Vec<Vec<char>>,
 }
 
 fn on() -> bool {
@@ -177,7 +181,7 @@ impl Settings {
     /// Parses and checks a `PUT` body: an unknown field, a bad currency or amount, or a word list
     /// too long is a 400 that names the field.
     pub fn parse(body: &[u8]) -> Result<Self, FieldError> {
-        let settings: Settings = serde_json::from_slice(body).map_err(|e| {
+        let mut settings: Settings = serde_json::from_slice(body).map_err(|e| {
             let field = e
                 .to_string()
                 .split('`')
@@ -202,11 +206,21 @@ impl Settings {
                 ));
             }
         }
+        settings.folded = settings
+            .blocked_words
+            .iter()
+            .map(|w| fold(w).chars().collect())
+            .collect();
+        let bad_word = |(word, folded): (&String, &Vec<char>)| {
+            let n = word.chars().count();
+            n == 0 || n > LONGEST_BLOCKED_WORD || folded.is_empty()
+        };
         if settings.blocked_words.len() > MOST_BLOCKED_WORDS
-            || settings.blocked_words.iter().any(|w| {
-                let n = w.chars().count();
-                n == 0 || n > LONGEST_BLOCKED_WORD || fold(w).is_empty()
-            })
+            || settings
+                .blocked_words
+                .iter()
+                .zip(&settings.folded)
+                .any(bad_word)
         {
             return Err(FieldError::invalid(
                 "blocked_words",
@@ -241,13 +255,13 @@ pub fn moderate(settings: &Settings, alert: &mut NewAlert) -> Verdict {
             *text = strip_links(text);
         }
     }
-    if settings.blocked_words.is_empty() {
+    if settings.folded.is_empty() {
         return Verdict::Show;
     }
-    let words: Vec<String> = settings.blocked_words.iter().map(|w| fold(w)).collect();
+    let words = &settings.folded;
     let mode = settings.blocked_mode;
     if let Some(from) = &mut alert.from {
-        let (masked, found) = mask(from, &words);
+        let (masked, found) = mask(from, words);
         match mode {
             BlockedMode::Drop if found => return Verdict::Filtered("blocked_words"),
             // A name cannot be hidden; it is masked in both other modes.
@@ -256,7 +270,7 @@ pub fn moderate(settings: &Settings, alert: &mut NewAlert) -> Verdict {
         }
     }
     if let Some(message) = &alert.message {
-        let (masked, found) = mask(message, &words);
+        let (masked, found) = mask(message, words);
         match mode {
             _ if !found => {}
             BlockedMode::Drop => return Verdict::Filtered("blocked_words"),
@@ -335,22 +349,22 @@ fn fold(word: &str) -> String {
 /// `text` with every blocked word (folded, in `words`) replaced by `***`, and whether any was.
 /// A word matches whole: what is around it in the text is not a letter or digit, so "class" is
 /// not "ass".
-fn mask(text: &str, words: &[String]) -> (String, bool) {
+fn mask(text: &str, words: &[Vec<char>]) -> (String, bool) {
     // The folded text, and for each of its chars the index of the text's char it came from.
     let chars: Vec<char> = text.chars().collect();
-    let mut folded = String::new();
-    let mut from: Vec<usize> = Vec::new();
+    let (mut folded, mut from) = (Vec::new(), Vec::new());
+    let mut one = String::new();
     for (i, &c) in chars.iter().enumerate() {
-        let before = folded.chars().count();
-        fold_char(c, &mut folded);
-        let after = folded.chars().count();
-        from.extend(std::iter::repeat_n(i, after - before));
+        one.clear();
+        fold_char(c, &mut one);
+        for f in one.chars() {
+            folded.push(f);
+            from.push(i);
+        }
     }
-    let folded: Vec<char> = folded.chars().collect();
     let mut hidden = vec![false; chars.len()];
     let mut found = false;
     for word in words {
-        let word: Vec<char> = word.chars().collect();
         if word.is_empty() || word.len() > folded.len() {
             continue;
         }
