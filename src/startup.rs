@@ -343,37 +343,38 @@ pub async fn receiver_url_command(
     purpose: Purpose,
 ) -> Result<String, StartError> {
     let receiver = ReceiverId::parse(&args.receiver).map_err(|e| StartError::Config(e.message))?;
-    // The token's generation: from Redis, or the data dir (0 where neither says).
-    let generations = match args.redis.target() {
+    // The secret (unless given) and the token's generation: both from Redis, over one
+    // connection, or both from the data dir.
+    let (secret, generations) = match args.redis.target() {
         Some(target) => {
             let keys = Keys::new(&args.redis.key_prefix).map_err(StartError::Config)?;
             let mut con = target.connect(None).await?;
-            crate::store::redis::generations(&mut con, &keys, &receiver).await?
+            let generations = crate::store::redis::generations(&mut con, &keys, &receiver).await?;
+            let secret = match &args.secret {
+                Some(s) => s.clone(),
+                None => crate::store::redis::shared_secret(&mut con, &keys).await?,
+            };
+            (secret, generations)
         }
         None => {
-            disk::read_generations_of(&args.data.data_dir, &receiver).map_err(StartError::Config)?
-        }
-    };
-    let secret = match (&args.secret, args.redis.target()) {
-        (Some(s), _) => s.clone(),
-        (None, Some(target)) => {
-            let keys = Keys::new(&args.redis.key_prefix).map_err(StartError::Config)?;
-            let mut con = target.connect(None).await?;
-            crate::store::redis::shared_secret(&mut con, &keys).await?
-        }
-        (None, None) => {
             let dir = &args.data.data_dir;
-            match disk::read_secret(dir).map_err(StartError::Config)? {
-                Some(secret) => secret,
-                None => {
-                    return Err(StartError::Config(format!(
-                        "no widget secret in the data dir {}: start the node once (it makes \
-                         one), or give --data-dir (CUEBOX_DATA_DIR), --redis-url \
-                         (CUEBOX_REDIS_URL) or --secret (CUEBOX_SECRET)",
-                        dir.display()
-                    )))
-                }
-            }
+            let generations =
+                disk::read_generations_of(dir, &receiver).map_err(StartError::Config)?;
+            let secret = match &args.secret {
+                Some(s) => s.clone(),
+                None => match disk::read_secret(dir).map_err(StartError::Config)? {
+                    Some(secret) => secret,
+                    None => {
+                        return Err(StartError::Config(format!(
+                            "no widget secret in the data dir {}: start the node once (it makes \
+                             one), or give --data-dir (CUEBOX_DATA_DIR), --redis-url \
+                             (CUEBOX_REDIS_URL) or --secret (CUEBOX_SECRET)",
+                            dir.display()
+                        )))
+                    }
+                },
+            };
+            (secret, generations)
         }
     };
     Ok(receiver_url(
