@@ -153,7 +153,17 @@ pub struct Loaded {
 pub struct Database {
     conn: Connection,
     dir: PathBuf,
-    _lock: File,
+    lock: File,
+}
+
+impl Drop for Database {
+    /// Lets go of the data dir explicitly rather than by closing the lock's file: the lock
+    /// belongs to the open file, which a process forked meanwhile (for a moment, until it runs
+    /// its program) shares, so closing ours alone could leave the dir held. Seen in the tests,
+    /// which start redis-server and browsers from other threads while stores open and close.
+    fn drop(&mut self) {
+        let _ = self.lock.unlock();
+    }
 }
 
 impl Database {
@@ -220,7 +230,7 @@ impl Database {
         Ok(Self {
             conn,
             dir: dir.to_owned(),
-            _lock: lock,
+            lock,
         })
     }
 
