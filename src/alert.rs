@@ -348,6 +348,31 @@ impl NewAlert {
     }
 }
 
+impl AlertRecord {
+    /// An alert of `receiver`'s history (its JSON as widgets got it) queued again: the same
+    /// alert with a fresh id and creation time, and `replay_of` naming the one it repeats.
+    /// `None` if the JSON is not an alert's.
+    pub fn replay_of(receiver: &ReceiverId, json: &str) -> Option<AlertRecord> {
+        let Ok(Value::Object(mut obj)) = serde_json::from_str::<Value>(json) else {
+            return None;
+        };
+        let old = obj.get("id")?.as_str()?.to_owned();
+        let duration_ms = obj.get("duration_ms")?.as_u64()?.try_into().ok()?;
+        let id = uuid::Uuid::new_v4().to_string();
+        let created_at = humantime::format_rfc3339_millis(SystemTime::now()).to_string();
+        obj.insert("id".into(), Value::String(id.clone()));
+        obj.insert("created_at".into(), Value::String(created_at));
+        obj.insert("replay_of".into(), Value::String(old));
+        Some(AlertRecord {
+            id,
+            receiver: receiver.clone(),
+            duration_ms,
+            priority: Priority::High,
+            json: Value::Object(obj).to_string().into(),
+        })
+    }
+}
+
 fn opt_string(obj: &mut Map<String, Value>, field: &str) -> Result<Option<String>, FieldError> {
     match obj.remove(field) {
         None | Some(Value::Null) => Ok(None),

@@ -96,6 +96,12 @@ pub struct ServeArgs {
           value_parser = clap::value_parser!(u32).range(1..=10_000))]
     pub max_widgets_per_receiver: u32,
 
+    /// Alerts each receiver's history keeps (the newest; with Redis up to an eighth more, as it
+    /// trims in steps).
+    #[arg(long, env = "CUEBOX_HISTORY", default_value_t = 500,
+          value_parser = clap::value_parser!(u32).range(1..=100_000))]
+    pub history: u32,
+
     /// An ingest stream entry another node has held unacknowledged this long is taken over:
     /// that node is taken to be gone.
     #[arg(long, env = "CUEBOX_INGEST_CLAIM_IDLE_MS", default_value_t = 30000,

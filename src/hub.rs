@@ -114,10 +114,21 @@ impl Hub {
         idempotency_key: Option<&str>,
     ) -> Result<Publish, StoreError> {
         let outcome = self.store.publish(alert, idempotency_key).await?;
+        Ok(self.accepted(alert, outcome))
+    }
+
+    /// Queues an alert from history again, at the head of the queue.
+    pub async fn replay(&self, alert: &AlertRecord) -> Result<Publish, StoreError> {
+        let outcome = self.store.replay(alert).await?;
+        Ok(self.accepted(alert, outcome))
+    }
+
+    /// Hands a queued alert's snapshot to this node's widgets.
+    fn accepted(&self, alert: &AlertRecord, outcome: Publish) -> Publish {
         if let Publish::Accepted { snapshot, .. } = &outcome {
             self.apply(&alert.receiver, snapshot.clone());
         }
-        Ok(outcome)
+        outcome
     }
 
     /// Adds a widget: it is registered here first, so no snapshot can pass it by, then counted

@@ -189,6 +189,12 @@ impl Ingest {
         };
         if let Verdict::Filtered(why) = moderate(&settings, &mut alert) {
             tracing::debug!(receiver = %alert.receiver, why, "ingest entry filtered");
+            let record = alert.into_record();
+            // Bounded by the node's life, as the publish below.
+            while let Err(e) = self.hub.store().filtered(&record).await {
+                tracing::warn!(error = %e, "could not record a filtered entry; retrying");
+                tokio::time::sleep(RETRY).await;
+            }
             self.metrics
                 .publish(PublishOutcome::Filtered, moderated.elapsed());
             self.ack(con, &entry).await;

@@ -34,6 +34,11 @@ pub const MIGRATIONS: &[Migration] = &[
         name: "0003_controls",
         script: include_str!("../migrations/redis/0003_controls.lua"),
     },
+    Migration {
+        version: 4,
+        name: "0004_history",
+        script: include_str!("../migrations/redis/0004_history.lua"),
+    },
 ];
 
 /// The newest layout this build knows.

@@ -67,6 +67,7 @@ impl Application {
             ack_grace: Duration::from_millis(args.ack_grace_ms),
             max_queue: args.max_queue,
             max_widgets: args.max_widgets_per_receiver,
+            history: args.history,
         };
         let keys = Keys::new(&args.redis.key_prefix).map_err(StartError::Config)?;
         let node = uuid::Uuid::new_v4().simple().to_string();

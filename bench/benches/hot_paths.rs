@@ -140,6 +140,7 @@ fn rules() -> Rules {
         ack_grace: Duration::from_millis(15000),
         max_queue: 10_000,
         max_widgets: 16,
+        history: 500,
     }
 }
 

@@ -1,5 +1,5 @@
-//! The streamer's controls over one receiver: pause, resume, skip, clear, a test alert, and the
-//! receiver's state.
+//! The streamer's controls over one receiver: pause, resume, skip, clear, replay, a test alert,
+//! and the receiver's state, queue and history.
 //!
 //! Each takes a publish key or the receiver's dashboard token (never its widget token, which is
 //! shown on stream), as `Authorization: Bearer ...` or `?token=`. Each change is one command of
@@ -11,10 +11,11 @@ use serde_json::{json, Value};
 
 use super::token::opens;
 use super::{authorize_publisher, bearer, ApiError, AppState};
-use crate::alert::{FieldError, NewAlert, ReceiverId};
+use crate::alert::{AlertRecord, FieldError, NewAlert, ReceiverId};
 use crate::auth::Purpose;
 use crate::moderation::Settings;
 use crate::startup::receiver_url;
+use crate::store::history::Record;
 use crate::store::machine::Command;
 use crate::store::Publish;
 
@@ -182,6 +183,18 @@ pub struct PageQuery {
 const PER_PAGE: u64 = 50;
 const MOST_PER_PAGE: u64 = 500;
 
+/// A page's `limit`, checked.
+fn page_limit(limit: Option<u64>) -> Result<u64, ApiError> {
+    let limit = limit.unwrap_or(PER_PAGE);
+    if !(1..=MOST_PER_PAGE).contains(&limit) {
+        return Err(ApiError::Invalid(FieldError::invalid(
+            "limit",
+            format!("limit must be from 1 to {MOST_PER_PAGE}"),
+        )));
+    }
+    Ok(limit)
+}
+
 /// `GET /receivers/{receiver}/queue?limit=&offset=`: the waiting alerts, in the order they go
 /// out.
 pub async fn queue(
@@ -191,13 +204,7 @@ pub async fn queue(
     state: web::Data<AppState>,
 ) -> Result<HttpResponse, ApiError> {
     let receiver = controlled(&req, &path, query.token.as_deref(), &state).await?;
-    let limit = query.limit.unwrap_or(PER_PAGE);
-    if !(1..=MOST_PER_PAGE).contains(&limit) {
-        return Err(ApiError::Invalid(FieldError::invalid(
-            "limit",
-            format!("limit must be from 1 to {MOST_PER_PAGE}"),
-        )));
-    }
+    let limit = page_limit(query.limit)?;
     let offset = query.offset.unwrap_or(0);
     let page = state.hub.store().waiting(&receiver, offset, limit).await?;
     let alerts: Vec<Value> = page
@@ -212,6 +219,101 @@ pub async fn queue(
         "limit": limit,
         "alerts": alerts,
     })))
+}
+
+/// The query of a page of history: `limit` (1 to [`MOST_PER_PAGE`], default [`PER_PAGE`]) and
+/// `before`, the id of the last alert of the page before.
+#[derive(Deserialize)]
+pub struct HistoryQuery {
+    token: Option<String>,
+    limit: Option<u64>,
+    before: Option<String>,
+}
+
+/// `GET /receivers/{receiver}/history?limit=&before=`: the alerts that left the receiver,
+/// newest first, each with its status and trail. `next` is the `before` of the next page, or null
+/// on the last.
+pub async fn history(
+    req: HttpRequest,
+    path: web::Path<String>,
+    query: web::Query<HistoryQuery>,
+    state: web::Data<AppState>,
+) -> Result<HttpResponse, ApiError> {
+    let receiver = controlled(&req, &path, query.token.as_deref(), &state).await?;
+    let limit = page_limit(query.limit)?;
+    let before = query.before.as_deref();
+    let page = state
+        .hub
+        .store()
+        .history(&receiver, before, limit as usize)
+        .await?;
+    let next = match (page.more, page.records.last()) {
+        (true, Some(last)) => json!(&*last.id),
+        _ => Value::Null,
+    };
+    let alerts: Vec<Value> = page.records.iter().map(history_entry).collect();
+    Ok(HttpResponse::Ok().json(json!({
+        "receiver": receiver,
+        "limit": limit,
+        "before": before,
+        "history": alerts,
+        "next": next,
+    })))
+}
+
+/// One alert of history as the API shows it: `{id, status, trail: [{event, at[, attempt]}],
+/// alert}`, times in ms since the Unix epoch.
+fn history_entry(record: &Record) -> Value {
+    let trail: Vec<Value> = record
+        .trail
+        .steps()
+        .into_iter()
+        .map(|step| match step.attempt {
+            Some(attempt) => json!({"event": step.mark.name(), "at": step.at, "attempt": attempt}),
+            None => json!({"event": step.mark.name(), "at": step.at}),
+        })
+        .collect();
+    json!({
+        "id": &*record.id,
+        "status": record.status.name(),
+        "trail": trail,
+        "alert": serde_json::from_str::<Value>(&record.json).ok(),
+    })
+}
+
+/// `POST /receivers/{receiver}/replay/{id}`: an alert from history queued again at the head,
+/// with a new id and `replay_of` naming it. Answers the receiver's state, the new alert's id and
+/// its position.
+pub async fn replay(
+    req: HttpRequest,
+    path: web::Path<(String, String)>,
+    query: web::Query<ControlQuery>,
+    state: web::Data<AppState>,
+) -> Result<HttpResponse, ApiError> {
+    let (receiver, id) = path.into_inner();
+    let receiver = controlled(&req, &receiver, query.token.as_deref(), &state).await?;
+    let store = state.hub.store();
+    let kept = store.history(&receiver, None, usize::MAX).await?;
+    let record = kept
+        .records
+        .iter()
+        .find(|r| *r.id == *id)
+        .and_then(|r| AlertRecord::replay_of(&receiver, &r.json))
+        .ok_or_else(|| ApiError::NotInHistory(id.clone()))?;
+    let position = match state.hub.replay(&record).await? {
+        Publish::Accepted { position, .. } => position,
+        Publish::QueueFull => return Err(ApiError::QueueFull),
+        Publish::Duplicate { .. } => {
+            return Err(ApiError::of_control(crate::store::StoreError::Protocol(
+                "a replay was taken for a duplicate".into(),
+            )))
+        }
+    };
+    let mut body = state_of(&state, &receiver).await?;
+    body["id"] = json!(record.id);
+    body["replay_of"] = json!(id);
+    body["position"] = json!(position);
+    Ok(HttpResponse::Accepted().json(body))
 }
 
 /// `GET /receivers/{receiver}/settings`: the moderation settings, defaults filled in.

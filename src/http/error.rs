@@ -31,6 +31,8 @@ pub enum ApiError {
     QueueFull,
     #[error("no such route")]
     NotFound,
+    #[error("alert {0} is not in this receiver's history (it keeps the newest alerts only)")]
+    NotInHistory(String),
     #[error("this is a WebSocket endpoint: connect with Upgrade: websocket")]
     UpgradeRequired,
     #[error("this publish key is over its rate; retry in {0} s")]
@@ -96,6 +98,7 @@ impl ApiError {
             ApiError::UnsupportedMediaType => "unsupported_media_type",
             ApiError::QueueFull => "queue_full",
             ApiError::NotFound => "not_found",
+            ApiError::NotInHistory(_) => "not_in_history",
             ApiError::UpgradeRequired => "upgrade_required",
             ApiError::RateLimited(_) => "rate_limited",
             ApiError::TooManyWidgets(_) => "too_many_widgets",
@@ -121,7 +124,7 @@ impl ResponseError for ApiError {
                 StatusCode::TOO_MANY_REQUESTS
             }
             ApiError::NodeFull | ApiError::ShuttingDown => StatusCode::SERVICE_UNAVAILABLE,
-            ApiError::NotFound => StatusCode::NOT_FOUND,
+            ApiError::NotFound | ApiError::NotInHistory(_) => StatusCode::NOT_FOUND,
             ApiError::UpgradeRequired => StatusCode::UPGRADE_REQUIRED,
             ApiError::Unavailable(_) | ApiError::OutcomeUnknown(_) | ApiError::ChangeUnknown(_) => {
                 StatusCode::SERVICE_UNAVAILABLE

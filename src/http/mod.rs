@@ -72,6 +72,14 @@ pub fn routes(cfg: &mut web::ServiceConfig) {
     )
     .route("/receivers/{receiver}/test", web::post().to(controls::test))
     .route(
+        "/receivers/{receiver}/history",
+        web::get().to(controls::history),
+    )
+    .route(
+        "/receivers/{receiver}/replay/{id}",
+        web::post().to(controls::replay),
+    )
+    .route(
         "/receivers/{receiver}/tokens/rotate",
         web::post().to(controls::rotate),
     )

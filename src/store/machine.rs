@@ -30,6 +30,7 @@
 use std::collections::{HashMap, HashSet, VecDeque};
 use std::sync::Arc;
 
+use super::history::{Mark, Record, Trail};
 use super::{Answered, Call, Event, Flight, Rules, Snapshot, WidgetChange};
 use crate::alert::AlertRecord;
 
@@ -55,11 +56,13 @@ impl Stored {
     }
 }
 
-/// A waiting alert, with how many times it was sent before going back to the queue.
+/// A waiting alert, with how many times it was sent before going back to the queue, and its
+/// trail so far.
 #[derive(Clone, Debug, PartialEq)]
 pub struct Queued {
     pub alert: Stored,
     pub sent: u32,
+    pub trail: Trail,
 }
 
 /// The alert in flight.
@@ -70,6 +73,7 @@ pub struct InFlight {
     pub started: bool,
     /// The start timeout while only sent; its duration plus the ack grace once started.
     pub deadline: Millis,
+    pub trail: Trail,
 }
 
 /// One node's report of its widgets for a receiver.
@@ -146,6 +150,11 @@ pub enum Command<'a> {
         idempotency_key: Option<&'a str>,
         lane: Lane,
     },
+    /// Queue an alert from history again, at the very head (of the priority lane): the
+    /// streamer asked for it now.
+    Replay { alert: Stored },
+    /// Moderation kept an alert off screen: it is only recorded in history.
+    Filtered { alert: Stored },
     /// A node's widgets for the receiver changed.
     Widgets { node: &'a str, change: WidgetChange },
     /// A widget began to show alert `id`.
@@ -167,6 +176,15 @@ pub enum Command<'a> {
     Clear { left: Option<Left>, most: u32 },
 }
 
+/// Where a publish puts its alert.
+#[derive(Clone, Copy, Debug)]
+enum Place {
+    /// At the back of a lane.
+    Back(Lane),
+    /// At the head of the priority lane.
+    Head,
+}
+
 /// How many alerts of each lane a clear has yet to remove.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Left {
@@ -178,7 +196,8 @@ impl Command<'_> {
     /// The store call it is measured as.
     pub fn call(&self) -> Call {
         match self {
-            Command::Publish { .. } => Call::Publish,
+            Command::Publish { .. } | Command::Replay { .. } => Call::Publish,
+            Command::Filtered { .. } => Call::Filtered,
             Command::Widgets { .. } => Call::Widgets,
             Command::Started { .. } => Call::Started,
             Command::Done { .. } => Call::Done,
@@ -230,6 +249,9 @@ pub struct Outcome {
     pub answer: Answer,
     pub snapshot: Snapshot,
     pub trail: Vec<Happened>,
+    /// The alerts that left the receiver for good in this command, for its history, in the
+    /// order they left. The machine keeps no history: the store keeps these.
+    pub recorded: Vec<Record>,
     /// When the receiver next needs a [`Command::Check`]: the deadline of its alert in flight.
     pub wake_at: Option<Millis>,
 }
@@ -253,6 +275,7 @@ pub fn apply(r: &mut Receiver, command: Command<'_>, now: Millis, rules: &Rules)
         now,
         rules,
         trail: Vec::new(),
+        recorded: Vec::new(),
     };
     let (answer, with_alert) = step.run(command);
     step.finish(answer, with_alert)
@@ -265,6 +288,7 @@ struct Step<'r> {
     rules: &'r Rules,
     seq_before: u64,
     trail: Vec<Happened>,
+    recorded: Vec<Record>,
 }
 
 impl Step<'_> {
@@ -277,13 +301,20 @@ impl Step<'_> {
                 alert,
                 idempotency_key,
                 lane,
-            } => self.publish(alert, idempotency_key, lane),
+            } => self.publish(alert, idempotency_key, Place::Back(lane)),
+            Command::Replay { alert } => self.publish(alert, None, Place::Head),
+            Command::Filtered { alert } => {
+                let trail = Trail::received(now).and(Mark::Filtered, now, None);
+                self.record(alert, Mark::Filtered, trail);
+                (Answer::Changed, false)
+            }
             Command::Widgets { node, change } => self.widgets(node, change),
             Command::Started { id } => {
                 let grace = ms(self.rules.ack_grace);
                 if let Some(f) = self.flight_matching(id).filter(|f| !f.started) {
                     f.started = true;
                     f.deadline = now + u64::from(f.alert.duration_ms) + grace;
+                    f.trail.push(Mark::Started, now, None);
                 }
                 (Answer::Changed, false)
             }
@@ -345,7 +376,7 @@ impl Step<'_> {
         &mut self,
         alert: Stored,
         idempotency_key: Option<&str>,
-        lane: Lane,
+        place: Place,
     ) -> (Answer, bool) {
         let now = self.now;
         if let Some(key) = idempotency_key {
@@ -364,9 +395,10 @@ impl Step<'_> {
         if self.r.queued() >= self.rules.max_queue {
             return (Answer::QueueFull, false);
         }
-        let ahead = match lane {
-            Lane::Priority => self.r.priority.len(),
-            Lane::Normal => self.r.priority.len() + self.r.queue.len(),
+        let ahead = match place {
+            Place::Head => 0,
+            Place::Back(Lane::Priority) => self.r.priority.len(),
+            Place::Back(Lane::Normal) => self.r.priority.len() + self.r.queue.len(),
         };
         let position = ahead as u64 + u64::from(self.r.flight.is_some());
         if let Some(key) = idempotency_key {
@@ -379,8 +411,21 @@ impl Step<'_> {
             self.r.changes.push(Change::Remembered(key.to_owned()));
         }
         self.r.ids.insert(alert.id.clone());
-        self.r.lane(lane).push_back(Queued { alert, sent: 0 });
-        self.r.changes.push(Change::PushedBack(lane));
+        let queued = Queued {
+            alert,
+            sent: 0,
+            trail: Trail::received(now),
+        };
+        match place {
+            Place::Back(lane) => {
+                self.r.lane(lane).push_back(queued);
+                self.r.changes.push(Change::PushedBack(lane));
+            }
+            Place::Head => {
+                self.r.priority.push_front(queued);
+                self.r.changes.push(Change::PushedFront(Lane::Priority));
+            }
+        }
         self.dispatch();
         (Answer::Accepted { position }, false)
     }
@@ -405,7 +450,9 @@ impl Step<'_> {
                 *count -= 1;
                 self.r.changes.push(Change::PoppedFront(lane));
                 self.r.ids.remove(&gone.alert.id);
-                ids.push(gone.alert.id);
+                ids.push(gone.alert.id.clone());
+                let trail = gone.trail.and(Mark::Cleared, self.now, None);
+                self.record(gone.alert, Mark::Cleared, trail);
             }
         }
         (Answer::Cleared { ids, left }, false)
@@ -476,6 +523,16 @@ impl Step<'_> {
         self.r.seq += 1;
     }
 
+    /// An alert left the receiver for good: its history entry.
+    fn record(&mut self, alert: Stored, status: Mark, trail: Trail) {
+        self.recorded.push(Record {
+            id: alert.id,
+            status,
+            trail,
+            json: alert.json,
+        });
+    }
+
     fn happened(&mut self, event: Event, id: Arc<str>, attempt: u32) {
         let at = self.now;
         self.trail.push(Happened {
@@ -507,6 +564,7 @@ impl Step<'_> {
             attempt,
             started: false,
             deadline: self.now + ms(self.rules.start_timeout),
+            trail: next.trail.and(Mark::Sent, self.now, Some(attempt)),
         });
         self.bump();
         self.happened(Event::Sent, id, attempt);
@@ -517,7 +575,14 @@ impl Step<'_> {
         if let Some(f) = self.r.flight.take() {
             self.r.ids.remove(&f.alert.id);
             self.bump();
-            self.happened(how, f.alert.id, f.attempt);
+            self.happened(how, f.alert.id.clone(), f.attempt);
+            let status = match how {
+                Event::Expired => Mark::Expired,
+                Event::Skipped => Mark::Skipped,
+                _ => Mark::Done,
+            };
+            let trail = f.trail.and(status, self.now, None);
+            self.record(f.alert, status, trail);
         }
     }
 
@@ -530,6 +595,7 @@ impl Step<'_> {
             self.r.priority.push_front(Queued {
                 alert: f.alert,
                 sent: f.attempt,
+                trail: f.trail.and(Mark::Requeued, self.now, Some(attempt)),
             });
             self.r.changes.push(Change::PushedFront(Lane::Priority));
             self.bump();
@@ -544,6 +610,7 @@ impl Step<'_> {
         };
         f.attempt += 1;
         f.deadline = deadline;
+        f.trail.push(Mark::Sent, self.now, Some(f.attempt));
         let (id, attempt) = (f.alert.id.clone(), f.attempt);
         self.bump();
         self.happened(Event::Resent, id, attempt);
@@ -576,6 +643,7 @@ impl Step<'_> {
             },
             wake_at: self.r.flight.as_ref().map(|f| f.deadline),
             trail: self.trail,
+            recorded: self.recorded,
         }
     }
 }
@@ -634,6 +702,7 @@ mod tests {
             ack_grace: std::time::Duration::from_millis(200),
             max_queue: 3,
             max_widgets: 2,
+            history: 500,
         }
     }
 

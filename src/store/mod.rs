@@ -60,6 +60,7 @@
 //!    random) to the machine.
 
 pub mod embedded;
+pub mod history;
 pub mod machine;
 pub mod redis;
 
@@ -98,11 +99,13 @@ pub enum Call {
     Queue,
     Settings,
     Tokens,
+    Filtered,
+    History,
 }
 
 impl Call {
     /// Every call, in order of [`Call::index`].
-    pub const ALL: [Call; 13] = [
+    pub const ALL: [Call; 15] = [
         Call::Publish,
         Call::Widgets,
         Call::Started,
@@ -116,6 +119,8 @@ impl Call {
         Call::Queue,
         Call::Settings,
         Call::Tokens,
+        Call::Filtered,
+        Call::History,
     ];
 
     /// Its place in [`Call::ALL`]. Exhaustive, so a new variant must be given one.
@@ -134,6 +139,8 @@ impl Call {
             Call::Queue => 10,
             Call::Settings => 11,
             Call::Tokens => 12,
+            Call::Filtered => 13,
+            Call::History => 14,
         }
     }
 
@@ -153,6 +160,8 @@ impl Call {
             Call::Queue => "queue",
             Call::Settings => "settings",
             Call::Tokens => "tokens",
+            Call::Filtered => "filtered",
+            Call::History => "history",
         }
     }
 }
@@ -178,6 +187,8 @@ pub struct Rules {
     pub max_queue: u64,
     /// Most widgets of one receiver, over all nodes.
     pub max_widgets: u32,
+    /// Alerts a receiver's history keeps at least (the newest).
+    pub history: u32,
 }
 
 /// A call that did not get its answer. Every transition is atomic, so a call either happened
@@ -448,6 +459,31 @@ pub trait Store: Send + Sync + 'static {
             }
         }
     }
+
+    /// Queues an alert from history again, at the head: it goes out next.
+    async fn replay(&self, alert: &AlertRecord) -> Result<Publish, StoreError> {
+        let command = machine::Command::Replay {
+            alert: machine::Stored::of(alert),
+        };
+        self.apply(&alert.receiver, command).await?.into_publish()
+    }
+
+    /// Records an alert moderation kept off screen in the receiver's history.
+    async fn filtered(&self, alert: &AlertRecord) -> Result<(), StoreError> {
+        let command = machine::Command::Filtered {
+            alert: machine::Stored::of(alert),
+        };
+        self.apply(&alert.receiver, command).await.map(|_| ())
+    }
+
+    /// Reads up to `limit` of the receiver's history, newest first, starting after the entry
+    /// of alert `before` (from the newest when `None`, or when `before` is not in history).
+    async fn history(
+        &self,
+        receiver: &ReceiverId,
+        before: Option<&str>,
+        limit: usize,
+    ) -> Result<history::Page, StoreError>;
 
     /// Reads the receiver's queue length, alert in flight and live widgets.
     async fn status(&self, receiver: &ReceiverId) -> Result<Status, StoreError>;

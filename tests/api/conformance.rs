@@ -5,8 +5,9 @@
 
 use std::time::Duration;
 
+use cuebox::store::history::Record;
 use cuebox::store::machine::Command;
-use cuebox::store::{Publish, Snapshot, WidgetChange};
+use cuebox::store::{Publish, Rules, Snapshot, WidgetChange};
 use serde_json::json;
 
 use crate::helpers::*;
@@ -621,6 +622,122 @@ async fn the_waiting_alerts_read_in_pages_in_the_order_they_go_out(b: Backing) {
     assert_eq!((none.total, none.alerts.len()), (0, 0));
 }
 
+/// The marks of a record's trail, by name.
+fn marks(r: &Record) -> Vec<&'static str> {
+    r.trail.steps().iter().map(|s| s.mark.name()).collect()
+}
+
+async fn history_keeps_how_each_alert_ended_with_its_trail(b: Backing) {
+    let s = make_store(&b, fast_rules(), NODE).await;
+    let r = receiver("alice");
+    s.store.widgets(&r, WidgetChange::Joined).await.unwrap();
+    let (a1, _) = publish(&s, "alice", "done").await;
+    let (a2, _) = publish(&s, "alice", "skipped").await;
+    let (_a3, _) = publish(&s, "alice", "on screen").await;
+    let (a4, _) = publish(&s, "alice", "cleared").await;
+    s.store.started(&r, &a1).await.unwrap();
+    s.store.done(&r, &a1).await.unwrap();
+    control(&s, "alice", Command::Skip { id: Some(&a2) }).await;
+    s.store.clear(&r).await.unwrap();
+    let filtered = record("alice", "filtered");
+    s.store.filtered(&filtered).await.unwrap();
+
+    let all = s.store.history(&r, None, 10).await.unwrap();
+    let seen: Vec<(String, &str, Vec<&str>)> = all
+        .records
+        .iter()
+        .map(|rec| (rec.id.to_string(), rec.status.name(), marks(rec)))
+        .collect();
+    assert_eq!(
+        seen,
+        [
+            (
+                filtered.id.clone(),
+                "filtered",
+                vec!["received", "filtered"]
+            ),
+            (a4.clone(), "cleared", vec!["received", "cleared"]),
+            (a2.clone(), "skipped", vec!["received", "sent", "skipped"]),
+            (
+                a1.clone(),
+                "done",
+                vec!["received", "sent", "started", "done"]
+            ),
+        ],
+        "newest first"
+    );
+    assert!(!all.more);
+    let done = &all.records[3];
+    let steps = done.trail.steps();
+    assert_eq!(steps[1].attempt, Some(1), "a send names its attempt");
+    assert!(steps.windows(2).all(|w| w[0].at <= w[1].at), "{steps:?}");
+    let json: serde_json::Value = serde_json::from_str(&done.json).unwrap();
+    assert_eq!(json["message"], "done", "the alert itself is kept");
+
+    let first = s.store.history(&r, None, 2).await.unwrap();
+    assert_eq!(first.records.len(), 2);
+    assert!(first.more);
+    let next = s.store.history(&r, Some(&a4), 2).await.unwrap();
+    let ids: Vec<String> = next.records.iter().map(|r| r.id.to_string()).collect();
+    assert_eq!((ids, next.more), (vec![a2, a1], false));
+    let gone = s
+        .store
+        .history(&r, Some("not-in-history"), 2)
+        .await
+        .unwrap();
+    assert!(gone.records.is_empty());
+    let none = s.store.history(&receiver("nobody"), None, 2).await.unwrap();
+    assert!(none.records.is_empty());
+}
+
+async fn history_keeps_the_newest_alerts_only(b: Backing) {
+    let rules = Rules {
+        history: 3,
+        ..fast_rules()
+    };
+    let s = make_store(&b, rules, NODE).await;
+    let r = receiver("alice");
+    s.store.widgets(&r, WidgetChange::Joined).await.unwrap();
+    let mut ids = Vec::new();
+    for i in 0..6 {
+        let (id, _) = publish(&s, "alice", &format!("alert {i}")).await;
+        s.store.done(&r, &id).await.unwrap();
+        ids.push(id);
+    }
+    let kept = s.store.history(&r, None, 10).await.unwrap();
+    let kept: Vec<String> = kept.records.iter().map(|r| r.id.to_string()).collect();
+    ids.reverse();
+    assert_eq!(kept, ids[..3]);
+}
+
+async fn a_replayed_alert_goes_out_next_under_a_new_id(b: Backing) {
+    let s = make_store(&b, fast_rules(), NODE).await;
+    let r = receiver("alice");
+    s.store.widgets(&r, WidgetChange::Joined).await.unwrap();
+    let (a1, _) = publish(&s, "alice", "again please").await;
+    let (_a2, _) = publish(&s, "alice", "normal").await;
+    let (h, _) = publish_high(&s, "alice", "high").await;
+    let snap = s.store.done(&r, &a1).await.unwrap();
+    assert_eq!(flight_id(&snap), Some(h.clone()));
+
+    let kept = s.store.history(&r, None, 1).await.unwrap();
+    let replay = cuebox::alert::AlertRecord::replay_of(&r, &kept.records[0].json).unwrap();
+    assert_ne!(replay.id, a1);
+    let position = match s.store.replay(&replay).await.unwrap() {
+        Publish::Accepted { position, .. } => position,
+        other => panic!("{other:?}"),
+    };
+    assert_eq!(position, 1, "next, after the alert in flight");
+    let snap = s.store.done(&r, &h).await.unwrap();
+    let f = snap.flight.expect("the replay goes out next");
+    assert_eq!(f.id.to_string(), replay.id);
+    let json: serde_json::Value = serde_json::from_str(f.alert.as_deref().unwrap()).unwrap();
+    assert_eq!(
+        (json["replay_of"].as_str(), json["message"].as_str()),
+        (Some(a1.as_str()), Some("again please"))
+    );
+}
+
 macro_rules! conformance {
     ($($case:ident),* $(,)?) => {
         mod memory {
@@ -688,4 +805,7 @@ conformance!(
     an_alert_put_back_goes_out_again_before_high_priority_ones,
     a_clear_removes_every_waiting_alert_and_never_the_one_in_flight,
     the_waiting_alerts_read_in_pages_in_the_order_they_go_out,
+    history_keeps_how_each_alert_ended_with_its_trail,
+    history_keeps_the_newest_alerts_only,
+    a_replayed_alert_goes_out_next_under_a_new_id,
 );

@@ -558,3 +558,162 @@ async fn a_rotated_dashboard_token_is_kept_across_a_restart_and_printed_by_dock_
     assert_eq!(status, 401);
     app.stop().await;
 }
+
+/// The events of a history entry's trail, by name.
+fn trail_of(entry: &serde_json::Value) -> Vec<String> {
+    entry["trail"]
+        .as_array()
+        .expect("a trail")
+        .iter()
+        .map(|step| step["event"].as_str().unwrap().to_owned())
+        .collect()
+}
+
+#[actix_web::test]
+async fn history_shows_how_each_alert_ended_and_a_replay_goes_out_next_from_any_node() {
+    let redis = RedisServer::spawn().await;
+    let a = TestApp::redis(&redis).await;
+    let b = TestApp::redis(&redis).await;
+    let mut w = a.widget("alice").await;
+    a.wait_for_widgets("alice", 1).await;
+    let shown = a.publish_alert("alice", "shown").await;
+    assert_eq!(w.next_alert().await.0, shown);
+    w.show(&shown).await;
+    let skipped = b.publish_alert("alice", "skipped").await;
+    assert_eq!(w.next_alert().await.0, skipped);
+    let (status, body) = b.control("/receivers/alice/skip", None).await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(w.next_json().await["type"], "skip");
+    let (status, _) = put_settings(&b, "alice", json!({"min_amount": {"BRL": "5.00"}})).await;
+    assert_eq!(status, 200);
+    let (status, body) = b
+        .publish(json!({"receiver": "alice", "amount": {"value": "1.00", "currency": "BRL"}}))
+        .await;
+    assert_eq!(status, 202, "{body}");
+    let filtered = body["id"].as_str().unwrap().to_owned();
+
+    // Read on the other node, with the dashboard token: newest first.
+    let token = a.dashboard_token("alice");
+    let (status, body) = a
+        .get(&format!("/receivers/alice/history?token={token}"), None)
+        .await;
+    assert_eq!(status, 200, "{body}");
+    let history = body["history"].as_array().unwrap();
+    let seen: Vec<(&str, &str)> = history
+        .iter()
+        .map(|e| (e["id"].as_str().unwrap(), e["status"].as_str().unwrap()))
+        .collect();
+    assert_eq!(
+        seen,
+        [
+            (filtered.as_str(), "filtered"),
+            (skipped.as_str(), "skipped"),
+            (shown.as_str(), "done")
+        ]
+    );
+    assert_eq!(
+        trail_of(&history[2]),
+        ["received", "sent", "started", "done"]
+    );
+    assert_eq!(history[2]["trail"][1]["attempt"], 1);
+    assert!(history[2]["trail"][0]["at"].as_u64().unwrap() > 1_700_000_000_000);
+    assert_eq!(history[2]["alert"]["message"], "shown");
+    assert_eq!(body["next"], json!(null));
+
+    // Pages: `next` is the `before` of the following one.
+    let (_, page) = a
+        .get("/receivers/alice/history?limit=2", Some(PUBLISH_KEY))
+        .await;
+    assert_eq!(page["next"], skipped.as_str(), "{page}");
+    let (_, rest) = a
+        .get(
+            &format!("/receivers/alice/history?limit=2&before={skipped}"),
+            Some(PUBLISH_KEY),
+        )
+        .await;
+    assert_eq!(rest["history"][0]["id"], shown.as_str(), "{rest}");
+    assert_eq!(rest["next"], json!(null));
+    for bad in ["limit=0", "limit=501", "limit=x"] {
+        let (status, body) = a
+            .get(
+                &format!("/receivers/alice/history?{bad}"),
+                Some(PUBLISH_KEY),
+            )
+            .await;
+        assert_eq!(status, 400, "{bad}: {body}");
+    }
+    let (status, _) = a
+        .get("/receivers/alice/history", Some(&a.token("alice")))
+        .await;
+    assert_eq!(status, 401, "a widget token reads no history");
+
+    // Replay from node B while a widget on node A shows something else: it goes out next.
+    let waiting = a.publish_alert("alice", "waiting").await;
+    assert_eq!(w.next_alert().await.0, waiting);
+    let later = a.publish_alert("alice", "later").await;
+    let (status, body) = b
+        .control(&format!("/receivers/alice/replay/{shown}"), Some(&token))
+        .await;
+    assert_eq!(status, 202, "{body}");
+    assert_eq!(
+        (body["replay_of"].as_str(), body["position"].as_u64()),
+        (Some(shown.as_str()), Some(1))
+    );
+    let replay = body["id"].as_str().unwrap().to_owned();
+    assert_ne!(replay, shown);
+    w.show(&waiting).await;
+    let (id, _, alert) = w.next_alert().await;
+    assert_eq!(id, replay);
+    assert_eq!(
+        (&alert["replay_of"], &alert["message"]),
+        (&json!(shown), &json!("shown"))
+    );
+    w.show(&replay).await;
+    assert_eq!(w.next_alert().await.0, later);
+
+    let (status, body) = b
+        .control("/receivers/alice/replay/not-an-alert", None)
+        .await;
+    assert_eq!(
+        (status, &body["error"]["code"]),
+        (404, &json!("not_in_history")),
+        "{body}"
+    );
+}
+
+#[actix_web::test]
+async fn history_and_cleared_alerts_survive_a_restart_of_the_embedded_node() {
+    let dir = DataDir::fresh();
+    let app = TestApp::embedded_in(&dir).await;
+    let mut w = app.widget("alice").await;
+    app.wait_for_widgets("alice", 1).await;
+    let a1 = app.publish_alert("alice", "one").await;
+    assert_eq!(w.next_alert().await.0, a1);
+    let a2 = app.publish_alert("alice", "two").await;
+    let mut res = app
+        .http
+        .delete(format!("{}/receivers/alice/queue", app.base))
+        .insert_header(("Authorization", format!("Bearer {PUBLISH_KEY}")))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status().as_u16(), 200);
+    let body: serde_json::Value = res.json().await.unwrap();
+    assert_eq!(body["cleared"], 1);
+    w.show(&a1).await;
+    eventually(|| async { app.status("alice").await["in_flight"].is_null() }).await;
+    drop(w);
+    app.stop().await;
+
+    let app = TestApp::embedded_in(&dir).await;
+    let (_, body) = app.get("/receivers/alice/history", Some(PUBLISH_KEY)).await;
+    let seen: Vec<(&str, &str)> = body["history"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| (e["id"].as_str().unwrap(), e["status"].as_str().unwrap()))
+        .collect();
+    assert_eq!(seen, [(a1.as_str(), "done"), (a2.as_str(), "cleared")]);
+    assert_eq!(trail_of(&body["history"][1]), ["received", "cleared"]);
+    app.stop().await;
+}

@@ -8,15 +8,19 @@
 //!   and opened again on its data dir, as after a kill), and the model takes the same restart:
 //!   widgets gone, an alert in flight back at the head of its queue.
 //!
+//! Each receiver's history is compared too: the machine hands each alert that leaves for good to
+//! the model, which keeps them as a store does.
+//!
 //! `PROPTEST_CASES` sets the number of sequences of each (default 256, about ten seconds).
 
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
 use std::sync::Arc;
 
 use cuebox::alert::Priority;
 use cuebox::alert::{AlertRecord, ReceiverId};
 use cuebox::store::embedded::disk::Durability;
 use cuebox::store::embedded::EmbeddedStore;
+use cuebox::store::history::{Page, Record};
 use cuebox::store::machine::{self, Command, Lane, Receiver, Stored};
 use cuebox::store::redis::keys::Keys;
 use cuebox::store::redis::RedisStore;
@@ -85,6 +89,14 @@ enum Op {
         left: Option<(u64, u64)>,
         most: u32,
     },
+    /// An alert from history queued again at the head.
+    Replay {
+        r: usize,
+    },
+    /// An alert moderation kept off screen.
+    Filtered {
+        r: usize,
+    },
     /// Moves the clock on; now and then past the presence TTL.
     Wait {
         ms: u64,
@@ -122,8 +134,10 @@ fn op() -> impl Strategy<Value = Op> {
         1 => (r.clone(), node).prop_map(|(r, node)| Op::Sweep { r, node }),
         1 => (r.clone(), proptest::bool::ANY).prop_map(|(r, paused)| Op::Pause { r, paused }),
         1 => (r.clone(), proptest::option::of(which.clone())).prop_map(|(r, which)| Op::Skip { r, which }),
-        1 => (r, proptest::option::of((0u64..4, 0u64..4)), 0u32..4)
+        1 => (r.clone(), proptest::option::of((0u64..4, 0u64..4)), 0u32..4)
             .prop_map(|(r, left, most)| Op::Clear { r, left, most }),
+        1 => r.clone().prop_map(|r| Op::Replay { r }),
+        1 => r.clone().prop_map(|r| Op::Filtered { r }),
         3 => prop_oneof![
             6 => 0u64..400,
             1 => Just(1_500u64),
@@ -139,6 +153,7 @@ fn rules() -> Rules {
         ack_grace: std::time::Duration::from_millis(200),
         max_queue: 4,
         max_widgets: 2,
+        history: 8,
     }
 }
 
@@ -153,6 +168,8 @@ struct Model {
     /// receiver's `seq`.)
     forgets: bool,
     seq_floor: u64,
+    /// Each receiver's history, newest first, as long as the rules keep.
+    history: HashMap<&'static str, VecDeque<Record>>,
 }
 
 impl Model {
@@ -178,6 +195,11 @@ impl Model {
             ..Receiver::default()
         });
         let outcome = machine::apply(state, command, self.now, &rules());
+        let history = self.history.entry(r).or_default();
+        for record in &outcome.recorded {
+            history.push_front(record.clone());
+        }
+        history.truncate(rules().history as usize);
         if self.forgets && state.is_idle(self.now) {
             self.seq_floor = self.seq_floor.max(state.seq);
             self.receivers.remove(r);
@@ -191,7 +213,9 @@ impl Model {
         self.seq_floor = 0;
         for state in self.receivers.values_mut() {
             state.presence.clear();
-            if state.flight.is_some() {
+            if let Some(f) = state.flight.as_mut() {
+                // The disk keeps an alert's trail as of its last send, not when it started.
+                f.trail = f.trail.as_sent();
                 let sweep = Command::Sweep { node: EMBEDDED };
                 machine::apply(state, sweep, self.now, &rules());
             }
@@ -303,7 +327,7 @@ impl Under {
                 let db = rusqlite::Connection::open(dir.0.join("cuebox.db")).unwrap();
                 let mut rows = db
                     .prepare(
-                        "SELECT id, duration_ms, sent, json FROM queue WHERE receiver = ?1 \
+                        "SELECT id, duration_ms, sent, trail, json FROM queue WHERE receiver = ?1 \
                          AND pos IS NOT (SELECT flight_pos FROM receivers WHERE receiver = ?1) \
                          AND ((pos >= ?2 AND pos >= coalesce((SELECT head_pos FROM receivers \
                          WHERE receiver = ?1), pos)) OR (pos < ?2 AND pos >= coalesce((SELECT \
@@ -313,11 +337,12 @@ impl Under {
                 let split = cuebox::store::embedded::disk::PRIORITY_BASE / 2;
                 rows.query_map(rusqlite::params![name, split], |r| {
                     Ok(format!(
-                        "{} {} {} {}",
+                        "{} {} {} {} {}",
                         r.get::<_, String>(0)?,
                         r.get::<_, u32>(1)?,
                         r.get::<_, u32>(2)?,
-                        r.get::<_, String>(3)?
+                        r.get::<_, String>(3)?,
+                        r.get::<_, String>(4)?
                     ))
                 })
                 .unwrap()
@@ -369,6 +394,7 @@ async fn run(under: &mut Under, ops: Vec<Op>) -> Result<(), TestCaseError> {
         published: 0,
         forgets: matches!(under, Under::Sqlite { .. }),
         seq_floor: 0,
+        history: HashMap::new(),
     };
     for (step, op) in ops.iter().enumerate() {
         under.set_clock(model.now);
@@ -478,6 +504,42 @@ async fn run(under: &mut Under, ops: Vec<Op>) -> Result<(), TestCaseError> {
                 let x = under.store(step).apply(&receiver(name), command).await;
                 same(step, op, Ok(m), x)?;
             }
+            Op::Replay { r } | Op::Filtered { r } => {
+                let name = RECEIVERS[r];
+                model.published += 1;
+                let alert = record_with(json!({
+                    "receiver": name,
+                    "message": format!("alert {}", model.published),
+                }));
+                let (command, x) = match op {
+                    Op::Replay { .. } => (
+                        Command::Replay {
+                            alert: stored(&alert),
+                        },
+                        under
+                            .store(step)
+                            .replay(&alert)
+                            .await
+                            .map(|p| format!("{p:?}")),
+                    ),
+                    _ => (
+                        Command::Filtered {
+                            alert: stored(&alert),
+                        },
+                        under
+                            .store(step)
+                            .filtered(&alert)
+                            .await
+                            .map(|p| format!("{p:?}")),
+                    ),
+                };
+                let answered = model.apply(name, command).answered();
+                let m = match op {
+                    Op::Replay { .. } => answered.into_publish().map(|p| format!("{p:?}")),
+                    _ => Ok(format!("{:?}", ())),
+                };
+                same(step, op, m, x)?;
+            }
             Op::Wait { ms } => model.now += ms,
             Op::Restart => {
                 if under.restart(model.now) {
@@ -506,18 +568,33 @@ async fn run(under: &mut Under, ops: Vec<Op>) -> Result<(), TestCaseError> {
         };
         same(ops.len(), &Op::Wait { ms: 0 }, Ok(expected), page)?;
         let x = under.queue(name).await;
-        // Each entry as the library keeps it, times sent included.
+        // Each entry as the library keeps it, times sent and trail included.
         let m: Vec<String> = m
             .waiting()
             .map(|q| {
                 let a = &q.alert;
-                format!("{} {} {} {}", a.id, a.duration_ms, q.sent, a.json)
+                let trail = q.trail.as_str();
+                format!("{} {} {} {trail} {}", a.id, a.duration_ms, q.sent, a.json)
             })
             .collect();
         if m != x {
             return Err(TestCaseError::fail(format!(
                 "{name}'s queue: machine {m:?}, store {x:?}"
             )));
+        }
+        // The history: its first page, and a page after its second record.
+        let history = model.history.get(name).cloned().unwrap_or_default();
+        let kept = rules().history as usize;
+        let first = under.store(1).history(&receiver(name), None, kept).await;
+        let expected = Page::of(history.iter(), None, kept);
+        same(ops.len(), &Op::Wait { ms: 0 }, Ok(expected), first)?;
+        if let Some(second) = history.get(1) {
+            let x = under
+                .store(0)
+                .history(&receiver(name), Some(&second.id), 2)
+                .await;
+            let m = Page::of(history.iter(), Some(&second.id), 2);
+            same(ops.len(), &Op::Wait { ms: 0 }, Ok(m), x)?;
         }
     }
     Ok(())

@@ -256,6 +256,7 @@ pub fn fast_rules() -> Rules {
         ack_grace: Duration::from_millis(200),
         max_queue: 10_000,
         max_widgets: 16,
+        history: 500,
     }
 }
 
@@ -317,6 +318,7 @@ pub fn serve_args(redis_url: Option<String>) -> ServeArgs {
         max_queue: 10_000,
         max_connections: 20_000,
         max_widgets_per_receiver: 16,
+        history: 500,
         publish_rate: 0,
         body_timeout_ms: 10_000,
         // Two, so widgets and publishers of one receiver may meet on different threads.

@@ -149,8 +149,56 @@ async fn assert_layout_2(redis: &RedisServer, receiver: &str) {
     );
 }
 
-#[actix_web::test]
-async fn alerts_queued_in_layout_2_are_all_shown_in_order_after_the_upgrade() {
+/// Layouts 2 and 3 keep no trails: a queue entry is "<id> <duration_ms> <times sent> <json>" and
+/// the packed flight has five fields. Made here from what a node of layout 4 wrote, by taking the
+/// trails out.
+async fn strip_trails(redis: &RedisServer, receiver: &str) {
+    let key = |name: &str| format!("cuebox:{{{receiver}}}:{name}");
+    let strip_entry = |entry: &str| -> String {
+        let mut parts = entry.splitn(5, ' ');
+        let (id, duration, sent) = (
+            parts.next().unwrap(),
+            parts.next().unwrap(),
+            parts.next().unwrap(),
+        );
+        let (trail, json) = (parts.next().unwrap(), parts.next().unwrap());
+        assert!(!trail.starts_with('{'), "a trail to strip: {entry}");
+        format!("{id} {duration} {sent} {json}")
+    };
+    for lane in ["queue", "priority"] {
+        let entries: Vec<String> =
+            redis::from_redis_value(redis.cmd(&["LRANGE", &key(lane), "0", "-1"]).await).unwrap();
+        redis.cmd(&["DEL", &key(lane)]).await;
+        for entry in entries {
+            redis
+                .cmd(&["RPUSH", &key(lane), &strip_entry(&entry)])
+                .await;
+        }
+    }
+    let fields: Vec<Option<String>> = redis::from_redis_value(
+        redis
+            .cmd(&["HMGET", &key("receiver"), "flight", "alert"])
+            .await,
+    )
+    .unwrap();
+    if let [Some(flight), Some(alert)] = &fields[..] {
+        let five: Vec<&str> = flight.split(' ').take(5).collect();
+        redis
+            .cmd(&[
+                "HSET",
+                &key("receiver"),
+                "flight",
+                &five.join(" "),
+                "alert",
+                &strip_entry(alert),
+            ])
+            .await;
+    }
+}
+
+/// Alerts queued by a node of an older layout (`version`, 2 or 3): every one is shown, once, in
+/// order, after the upgrade, and each one done is in history.
+async fn alerts_are_all_shown_in_order_after_an_upgrade_from(version: &str) {
     let redis = RedisServer::spawn().await;
     let app = TestApp::redis(&redis).await;
     let mut w = app.widget("alice").await;
@@ -164,12 +212,13 @@ async fn alerts_queued_in_layout_2_are_all_shown_in_order_after_the_upgrade() {
     app.stop().await;
     drop(w);
     assert_layout_2(&redis, "alice").await;
-    redis.cmd(&["SET", "cuebox:schema:version", "2"]).await;
+    strip_trails(&redis, "alice").await;
+    redis.cmd(&["SET", "cuebox:schema:version", version]).await;
 
     let app = TestApp::redis(&redis).await;
     assert_eq!(
         redis.cmd(&["GET", "cuebox:schema:version"]).await,
-        redis::Value::BulkString(b"3".to_vec())
+        redis::Value::BulkString(b"4".to_vec())
     );
     let status = app.status("alice").await;
     assert_eq!(status["queued"], 3, "{status}");
@@ -193,6 +242,47 @@ async fn alerts_queued_in_layout_2_are_all_shown_in_order_after_the_upgrade() {
     let mut expected = vec![published[0].clone(), high];
     expected.extend(published[1..].iter().cloned());
     assert_eq!(shown, expected);
+    // Each is in history, done; an alert queued before the upgrade has the trail from then on.
+    eventually(|| async { app.status("alice").await["in_flight"].is_null() }).await;
+    let (_, body) = app.get("/receivers/alice/history", Some(PUBLISH_KEY)).await;
+    let history = body["history"].as_array().unwrap();
+    let ids: Vec<&str> = history.iter().map(|e| e["id"].as_str().unwrap()).collect();
+    expected.reverse();
+    assert_eq!(ids, expected);
+    let events = |e: &serde_json::Value| -> Vec<String> {
+        e["trail"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|s| s["event"].as_str().unwrap().to_owned())
+            .collect()
+    };
+    assert!(history.iter().all(|e| e["status"] == "done"));
+    assert_eq!(
+        events(&history[4]),
+        ["started", "done"],
+        "in flight at the upgrade"
+    );
+    assert_eq!(
+        events(&history[0]),
+        ["sent", "started", "done"],
+        "queued before it"
+    );
+    assert_eq!(
+        events(&history[3]),
+        ["received", "sent", "started", "done"],
+        "after it"
+    );
+}
+
+#[actix_web::test]
+async fn alerts_queued_in_layout_2_are_all_shown_in_order_after_the_upgrade() {
+    alerts_are_all_shown_in_order_after_an_upgrade_from("2").await;
+}
+
+#[actix_web::test]
+async fn alerts_queued_in_layout_3_are_all_shown_in_order_and_kept_in_history_after_the_upgrade() {
+    alerts_are_all_shown_in_order_after_an_upgrade_from("3").await;
 }
 
 #[actix_web::test]

@@ -7,7 +7,7 @@
 //! SQLite's `user_version`. One node per data dir: [`Database::open`] holds an exclusive lock on
 //! `cuebox.lock` for as long as the database is open.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
 use std::fs::{File, TryLockError};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -17,6 +17,7 @@ use rusqlite::{params, Connection, OpenFlags, OptionalExtension};
 
 use crate::alert::ReceiverId;
 use crate::auth::Generations;
+use crate::store::history::{Mark, Record, Trail};
 use crate::store::machine::{InFlight, Lane, Millis, Queued, Receiver, Remembered, Stored};
 
 /// The database file in the data dir.
@@ -38,6 +39,10 @@ pub const MIGRATIONS: &[(&str, &str)] = &[
     (
         "0003_controls",
         include_str!("../../../migrations/sqlite/0003_controls.sql"),
+    ),
+    (
+        "0004_history",
+        include_str!("../../../migrations/sqlite/0004_history.sql"),
     ),
 ];
 
@@ -124,6 +129,11 @@ pub enum Row {
         key: String,
         seen: Remembered,
     },
+    /// An alert left the receiver for good.
+    History {
+        receiver: ReceiverId,
+        record: Record,
+    },
 }
 
 /// The alert in flight as the receiver's row keeps it: where its alert's row is, and its
@@ -132,6 +142,8 @@ pub enum Row {
 pub struct FlightRow {
     pub pos: i64,
     pub attempt: u32,
+    /// Its trail as of this send.
+    pub trail: Trail,
 }
 
 /// A receiver as loaded: the machine's state, the positions of its lanes' heads, and that of
@@ -299,8 +311,8 @@ impl Database {
         // The alert in flight of each receiver, less the alert itself, which is in its row.
         let mut flights: HashMap<ReceiverId, FlightRow> = HashMap::new();
         let mut statement = self.conn.prepare(
-            "SELECT receiver, seq, head_pos, flight_pos, flight_attempt, paused, priority_head \
-             FROM receivers",
+            "SELECT receiver, seq, head_pos, flight_pos, flight_attempt, paused, priority_head, \
+             flight_trail FROM receivers",
         )?;
         let mut rows = statement.query([])?;
         while let Some(row) = rows.next()? {
@@ -311,6 +323,7 @@ impl Database {
                 let flight = FlightRow {
                     pos,
                     attempt: row.get(4)?,
+                    trail: Trail::from_kept(row.get::<_, Option<String>>(7)?.unwrap_or_default()),
                 };
                 flights.insert(receiver.clone(), flight);
             }
@@ -326,7 +339,8 @@ impl Database {
             }
         }
         let mut statement = self.conn.prepare(
-            "SELECT receiver, pos, id, duration_ms, sent, json FROM queue ORDER BY receiver, pos",
+            "SELECT receiver, pos, id, duration_ms, sent, json, trail FROM queue \
+             ORDER BY receiver, pos",
         )?;
         let mut rows = statement.query([])?;
         while let Some(row) = rows.next()? {
@@ -339,6 +353,7 @@ impl Database {
                 json: row.get::<_, String>(5)?.into(),
                 duration_ms: row.get(3)?,
             };
+            let trail = Trail::from_kept(row.get::<_, String>(6)?);
             let flight = flights.get(&receiver).filter(|f| f.pos == pos);
             let kept = loaded.entry(receiver).or_default();
             let lane = lane_of(pos);
@@ -359,6 +374,7 @@ impl Database {
                     attempt: f.attempt,
                     started: false,
                     deadline: 0,
+                    trail: f.trail.clone(),
                 });
                 continue;
             }
@@ -370,7 +386,9 @@ impl Database {
                 _ => {}
             }
             let sent = row.get(4)?;
-            kept.receiver.lane(lane).push_back(Queued { alert, sent });
+            kept.receiver
+                .lane(lane)
+                .push_back(Queued { alert, sent, trail });
         }
         let mut statement = self.conn.prepare(
             "SELECT receiver, key, id, position, until_ms FROM idempotency WHERE until_ms > ?1",
@@ -406,10 +424,11 @@ impl Database {
                 } => {
                     let mut put = tx.prepare_cached(
                         "INSERT INTO receivers (receiver, seq, head_pos, flight_pos, \
-                         flight_attempt, paused, priority_head) \
-                         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7) \
+                         flight_attempt, paused, priority_head, flight_trail) \
+                         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8) \
                          ON CONFLICT (receiver) DO UPDATE SET seq = ?2, head_pos = ?3, \
-                         flight_pos = ?4, flight_attempt = ?5, paused = ?6, priority_head = ?7",
+                         flight_pos = ?4, flight_attempt = ?5, paused = ?6, priority_head = ?7, \
+                         flight_trail = ?8",
                     )?;
                     let f = flight.as_ref();
                     put.execute(params![
@@ -419,7 +438,8 @@ impl Database {
                         f.map(|f| f.pos),
                         f.map(|f| f.attempt),
                         paused,
-                        priority_head
+                        priority_head,
+                        f.map(|f| f.trail.as_str())
                     ])?;
                 }
                 Row::Settings { receiver, json } => {
@@ -454,8 +474,8 @@ impl Database {
                     entry,
                 } => {
                     tx.prepare_cached(
-                        "INSERT OR REPLACE INTO queue (receiver, pos, id, duration_ms, sent, json) \
-                         VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
+                        "INSERT OR REPLACE INTO queue (receiver, pos, id, duration_ms, sent, json, \
+                         trail) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
                     )?
                     .execute(params![
                         receiver.as_str(),
@@ -463,7 +483,21 @@ impl Database {
                         &*entry.alert.id,
                         entry.alert.duration_ms,
                         entry.sent,
-                        &*entry.alert.json
+                        &*entry.alert.json,
+                        entry.trail.as_str()
+                    ])?;
+                }
+                Row::History { receiver, record } => {
+                    tx.prepare_cached(
+                        "INSERT INTO history (receiver, id, status, trail, json) \
+                         VALUES (?1, ?2, ?3, ?4, ?5)",
+                    )?
+                    .execute(params![
+                        receiver.as_str(),
+                        &*record.id,
+                        record.status.name(),
+                        record.trail.as_str(),
+                        &*record.json
                     ])?;
                 }
                 Row::Unqueued { receiver, pos } => {
@@ -492,9 +526,37 @@ impl Database {
         tx.commit()
     }
 
+    /// Each receiver's newest `keep` history records (fewer where it has fewer), newest first.
+    pub fn history(&self, keep: u32) -> rusqlite::Result<HashMap<ReceiverId, VecDeque<Record>>> {
+        let mut statement = self
+            .conn
+            .prepare("SELECT receiver, id, status, trail, json FROM history ORDER BY n")?;
+        let mut rows = statement.query([])?;
+        let mut history: HashMap<ReceiverId, VecDeque<Record>> = HashMap::new();
+        while let Some(row) = rows.next()? {
+            let Some(receiver) = receiver_of(row.get_ref(0)?.as_str()?) else {
+                continue;
+            };
+            let Some(status) = Mark::parse_status(row.get_ref(2)?.as_str()?) else {
+                continue;
+            };
+            let record = Record {
+                id: row.get::<_, String>(1)?.into(),
+                status,
+                trail: Trail::from_kept(row.get::<_, String>(3)?),
+                json: row.get::<_, String>(4)?.into(),
+            };
+            let kept = history.entry(receiver).or_default();
+            kept.push_front(record);
+            kept.truncate(keep as usize);
+        }
+        Ok(history)
+    }
+
     /// Deletes the rows these receivers are done with (below their `head_pos`, but the one in
-    /// flight), as the disk has them, in one transaction.
-    pub fn sweep(&mut self, done_with: &[ReceiverId]) -> rusqlite::Result<()> {
+    /// flight), and their history past its newest `keep` records, as the disk has them, in one
+    /// transaction.
+    pub fn sweep(&mut self, done_with: &[ReceiverId], keep: u32) -> rusqlite::Result<()> {
         let tx = self.conn.transaction()?;
         {
             let mut sweep = tx.prepare_cached(
@@ -505,6 +567,13 @@ impl Database {
             )?;
             for receiver in done_with {
                 sweep.execute(params![receiver.as_str(), PRIORITY_BASE / 2])?;
+            }
+            let mut trim = tx.prepare_cached(
+                "DELETE FROM history WHERE receiver = ?1 AND n <= (SELECT n FROM history \
+                 WHERE receiver = ?1 ORDER BY n DESC LIMIT 1 OFFSET ?2)",
+            )?;
+            for receiver in done_with {
+                trim.execute(params![receiver.as_str(), keep])?;
             }
         }
         tx.commit()

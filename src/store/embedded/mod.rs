@@ -25,7 +25,7 @@
 
 pub mod disk;
 
-use std::collections::{HashMap, HashSet};
+use std::collections::{HashMap, HashSet, VecDeque};
 use std::path::Path;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{mpsc, Arc, Mutex, MutexGuard};
@@ -35,6 +35,7 @@ use async_trait::async_trait;
 use tokio::sync::oneshot;
 
 use self::disk::{Database, Durability, OpenError, Row};
+use super::history::{Page, Record};
 use super::machine::{self, Change, Command, Lane, Millis, Outcome, Queued, Receiver};
 use super::{Answered, Call, CallObserver, Rules, Status, Store, StoreError, Unobserved, Waiting};
 use crate::alert::ReceiverId;
@@ -156,17 +157,30 @@ impl EmbeddedStore {
         );
         let settings = db.settings().map_err(sql)?;
         let generations = db.generations().map_err(sql)?;
+        let history = db.history(rules.history).map_err(sql)?;
         let receivers = Arc::new(Receivers {
             map: Mutex::new(Map {
                 receivers: map,
                 settings,
                 generations,
+                history,
                 ..Map::default()
             }),
         });
-        // Rows left below a head before the restart are deleted as the writer tidies.
-        let done_with = receivers.lock().receivers.keys().cloned().collect();
-        let writer = Writer::start(db, receivers.clone(), clock.clone(), done_with);
+        // Rows left below a head before the restart are deleted as the writer tidies, and
+        // history past its length.
+        let done_with = {
+            let map = receivers.lock();
+            let with_history = map.history.keys();
+            map.receivers.keys().chain(with_history).cloned().collect()
+        };
+        let writer = Writer::start(
+            db,
+            receivers.clone(),
+            clock.clone(),
+            done_with,
+            rules.history,
+        );
         let store = Self {
             rules,
             observer: Arc::new(Unobserved),
@@ -248,6 +262,7 @@ impl EmbeddedStore {
             receivers,
             seq_floor,
             pending,
+            history,
             ..
         } = &mut *map;
         let kept = receivers.entry(receiver.clone()).or_insert_with(|| Kept {
@@ -277,6 +292,13 @@ impl EmbeddedStore {
                 (outcome, None)
             }
         };
+        if !outcome.recorded.is_empty() {
+            let kept = history.entry(receiver.clone()).or_default();
+            for record in &outcome.recorded {
+                kept.push_front(record.clone());
+            }
+            kept.truncate(self.rules.history as usize);
+        }
         if kept.r.is_idle(now) {
             *seq_floor = (*seq_floor).max(kept.r.seq);
             receivers.remove(receiver);
@@ -300,10 +322,11 @@ struct Map {
     seq_floor: u64,
     /// Jobs sent to the writer and not yet committed, per receiver (only those with some).
     pending: HashMap<ReceiverId, u32>,
-    /// Each receiver's moderation settings and token generations; kept apart from the
-    /// receivers, which are forgotten when idle.
+    /// Each receiver's moderation settings, token generations and history (newest first, at
+    /// most `Rules::history`); kept apart from the receivers, which are forgotten when idle.
     settings: HashMap<ReceiverId, Arc<str>>,
     generations: HashMap<ReceiverId, Generations>,
+    history: HashMap<ReceiverId, VecDeque<Record>>,
 }
 
 impl Map {
@@ -380,7 +403,11 @@ impl Kept {
         let before = Mark::of(&self.r);
         let lens_before = [self.r.priority.len(), self.r.queue.len()];
         let outcome = machine::apply(&mut self.r, command, now, rules);
-        let rows = self.rows_of(receiver, before, lens_before, now);
+        let mut rows = self.rows_of(receiver, before, lens_before, now);
+        rows.extend(outcome.recorded.iter().map(|record| Row::History {
+            receiver: receiver.clone(),
+            record: record.clone(),
+        }));
         (outcome, rows)
     }
 
@@ -454,6 +481,28 @@ impl Kept {
         let after = Mark::of(&self.r);
         self.flight_pos = match &self.r.flight {
             None => None,
+            // A replay put an alert at the head of the priority lane, onto the row of the alert
+            // in flight, which came from there: that row moves to just below the normal lane's
+            // head, where nothing is ever put back (rows there are done with but the one in
+            // flight).
+            Some(f)
+                if after.same_alert(&before)
+                    && flight_pos_before.is_some_and(|pos| {
+                        disk::lane_of(pos) == Lane::Priority && pos >= heads[0]
+                    }) =>
+            {
+                let pos = heads[1] - 1;
+                rows.push(Row::Queued {
+                    receiver: receiver.clone(),
+                    pos,
+                    entry: Queued {
+                        alert: f.alert.clone(),
+                        sent: f.attempt - 1,
+                        trail: f.trail.as_sent(),
+                    },
+                });
+                Some(pos)
+            }
             Some(_) if after.same_alert(&before) => flight_pos_before,
             // Sent in this command: it is the head the command took.
             Some(f) => Some(popped.unwrap_or_else(|| {
@@ -467,6 +516,7 @@ impl Kept {
                     entry: Queued {
                         alert: f.alert.clone(),
                         sent: 0,
+                        trail: f.trail.clone(),
                     },
                 });
                 pos
@@ -497,6 +547,7 @@ impl Kept {
                         entry: Queued {
                             alert: f.alert.clone(),
                             sent: f.attempt - 1,
+                            trail: f.trail.clone(),
                         },
                     },
                     _ => continue,
@@ -524,6 +575,9 @@ impl Kept {
                 flight: flight.map(|(f, pos)| disk::FlightRow {
                     pos,
                     attempt: f.attempt,
+                    // Not when it started: a restart sends it again, and `started` writes
+                    // nothing (the most frequent call, so it waits for no commit).
+                    trail: f.trail.as_sent(),
                 }),
                 paused: self.r.paused,
             });
@@ -604,11 +658,12 @@ impl Writer {
         receivers: Arc<Receivers>,
         clock: Arc<Clock>,
         done_with: HashSet<ReceiverId>,
+        history: u32,
     ) -> Self {
         let (jobs, rx) = mpsc::channel();
         let thread = std::thread::Builder::new()
             .name("cuebox-sqlite".into())
-            .spawn(move || write_loop(db, rx, &receivers, &clock, done_with))
+            .spawn(move || write_loop(db, rx, &receivers, &clock, done_with, history))
             .expect("a thread for the database");
         Self {
             jobs: Some(jobs),
@@ -649,6 +704,7 @@ fn write_loop(
     receivers: &Receivers,
     clock: &Clock,
     mut done_with: HashSet<ReceiverId>,
+    history: u32,
 ) {
     let (mut tidied, mut swept) = (Instant::now(), Instant::now());
     // Whether anything was written since the last tidy, and whether the WAL was emptied since.
@@ -660,7 +716,7 @@ fn write_loop(
             for receiver in &sweep {
                 done_with.remove(receiver);
             }
-            if let Err(e) = db.sweep(&sweep) {
+            if let Err(e) = db.sweep(&sweep, history) {
                 tracing::warn!(error = %e, "could not delete rows the embedded store is done with");
             }
             (wrote, swept) = (true, Instant::now());
@@ -708,7 +764,7 @@ fn write_loop(
             Ok(()) => finish(batch, Ok(()), receivers),
             Err(e) => {
                 drop(rows);
-                let failed = undo(&db, &jobs, &mut batch, receivers, clock, &e);
+                let failed = undo(&db, &jobs, &mut batch, receivers, clock, history, &e);
                 finish(batch, Err(failed), receivers);
             }
         }
@@ -731,6 +787,7 @@ fn undo(
     batch: &mut Vec<Job>,
     receivers: &Receivers,
     clock: &Clock,
+    history: u32,
     error: &rusqlite::Error,
 ) -> CommitFailed {
     let message = format!(
@@ -756,10 +813,14 @@ fn undo(
                 }
             }
             map.receivers = fresh;
-            match db.settings().and_then(|s| Ok((s, db.generations()?))) {
-                Ok((settings, generations)) => {
+            let kept = db
+                .settings()
+                .and_then(|s| Ok((s, db.generations()?, db.history(history)?)));
+            match kept {
+                Ok((settings, generations, history)) => {
                     map.settings = settings;
                     map.generations = generations;
+                    map.history = history;
                     true
                 }
                 Err(e) => {
@@ -818,6 +879,22 @@ impl Store for EmbeddedStore {
         };
         self.observer.observe(Call::Queue, started.elapsed(), false);
         Ok(waiting)
+    }
+
+    async fn history(
+        &self,
+        receiver: &ReceiverId,
+        before: Option<&str>,
+        limit: usize,
+    ) -> Result<Page, StoreError> {
+        let started = Instant::now();
+        let page = match self.receivers.lock().history.get(receiver) {
+            None => Page::default(),
+            Some(kept) => Page::of(kept.iter(), before, limit),
+        };
+        self.observer
+            .observe(Call::History, started.elapsed(), false);
+        Ok(page)
     }
 
     async fn settings(&self, receiver: &ReceiverId) -> Result<Option<Arc<str>>, StoreError> {
@@ -908,6 +985,7 @@ mod tests {
             ack_grace: Duration::from_secs(5),
             max_queue: 10_000,
             max_widgets: 4,
+            history: 500,
         }
     }
 

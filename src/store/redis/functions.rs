@@ -16,24 +16,25 @@ use crate::store::{Call, CallObserver, Rules, Snapshot, StoreError};
 /// answers that a function is missing.
 const LIBRARY: &str = include_str!("receiver.lua");
 
-/// The library's function for each call (none for the settings, read and written with plain
-/// commands). The names carry the library's version, so that nodes of two versions can share a
+/// The library's function for each call (none for the settings and the history, read and
+/// written with plain commands). The names carry the library's version, so that nodes of two versions can share a
 /// Redis during a rolling deploy.
 pub(super) fn function(call: Call) -> Option<&'static str> {
     Some(match call {
-        Call::Publish => "cuebox_v3_publish",
-        Call::Widgets => "cuebox_v3_widgets",
-        Call::Started => "cuebox_v3_started",
-        Call::Done => "cuebox_v3_done",
-        Call::Check => "cuebox_v3_check",
-        Call::Sweep => "cuebox_v3_sweep",
-        Call::Status => "cuebox_v3_status",
-        Call::Pause => "cuebox_v3_pause",
-        Call::Skip => "cuebox_v3_skip",
-        Call::Clear => "cuebox_v3_clear",
-        Call::Queue => "cuebox_v3_queue",
-        Call::Tokens => "cuebox_v3_rotate",
-        Call::Settings => return None,
+        Call::Publish => "cuebox_v4_publish",
+        Call::Widgets => "cuebox_v4_widgets",
+        Call::Started => "cuebox_v4_started",
+        Call::Done => "cuebox_v4_done",
+        Call::Check => "cuebox_v4_check",
+        Call::Sweep => "cuebox_v4_sweep",
+        Call::Status => "cuebox_v4_status",
+        Call::Pause => "cuebox_v4_pause",
+        Call::Skip => "cuebox_v4_skip",
+        Call::Clear => "cuebox_v4_clear",
+        Call::Queue => "cuebox_v4_queue",
+        Call::Tokens => "cuebox_v4_rotate",
+        Call::Filtered => "cuebox_v4_record",
+        Call::Settings | Call::History => return None,
     })
 }
 

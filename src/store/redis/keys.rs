@@ -108,6 +108,12 @@ impl Keys {
         format!("{}:{{{}}}:settings", self.prefix, r)
     }
 
+    /// The receiver's history: a list of `<id> <status> <trail> <json>`, newest first (see
+    /// `remember()` in receiver.lua, and `store::history`).
+    pub fn history(&self, r: &ReceiverId) -> String {
+        format!("{}:{{{}}}:history", self.prefix, r)
+    }
+
     pub fn events(&self, r: &ReceiverId) -> String {
         format!("{}:{{{}}}:events", self.prefix, r)
     }

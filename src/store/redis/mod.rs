@@ -42,6 +42,7 @@ use self::presence::sweep_dead_nodes;
 use self::replies::{alert_json, int, kind_of, parse_snapshot, protocol, tagged, text};
 pub use self::secret::shared_secret;
 use self::watches::Watches;
+use super::history::{Mark, Page, Record, Trail};
 use super::machine::{Answer, Command, Lane, Left, Stored};
 use super::{
     Answered, Call, CallObserver, Flight, Notice, Rules, Snapshot, Status, Store, StoreError,
@@ -176,20 +177,27 @@ impl RedisStore {
         receiver: &ReceiverId,
         alert: Stored,
         idempotency_key: Option<&str>,
-        lane: Lane,
+        place: Option<Lane>,
     ) -> Result<Answered, StoreError> {
         // The queue entry carries what the library needs without decoding JSON: the id, the
-        // duration and how many times the alert was sent (none yet).
-        let entry = format!("{} {} 0 {}", alert.id, alert.duration_ms, alert.json);
+        // duration, how many times the alert was sent (none yet), and its trail: received now.
+        let entry = format!(
+            "{} {} 0 r{} {}",
+            alert.id,
+            alert.duration_ms,
+            self.core.clock.now(),
+            alert.json
+        );
         let max_queue = self.core.rules.max_queue.to_string();
         let ttl = IDEMPOTENCY_TTL.as_secs().to_string();
-        // The lane only when it is not the normal one: an argument costs Redis about 1k
-        // instructions, and most publishes are normal.
-        let args = [&*alert.id, &entry, &max_queue, &ttl, "priority"];
-        let given = match lane {
-            Lane::Priority => 5,
-            Lane::Normal => 4,
+        // The lane only when it is not the back of the normal one: an argument costs Redis
+        // about 1k instructions, and most publishes are normal.
+        let (lane, given) = match place {
+            Some(Lane::Priority) => ("priority", 5),
+            Some(Lane::Normal) => ("", 4),
+            None => ("replay", 5),
         };
+        let args = [&*alert.id, &entry, &max_queue, &ttl, lane];
         let reply = self
             .core
             .run(receiver, Call::Publish, idempotency_key, &args[..given])
@@ -299,9 +307,15 @@ impl RedisStore {
             None => (String::new(), String::new()),
         };
         let most = most.to_string();
+        let keep = self.core.rules.history.to_string();
         let reply = self
             .core
-            .run(receiver, Call::Clear, None, &[&most, &priority, &normal])
+            .run(
+                receiver,
+                Call::Clear,
+                None,
+                &[&most, &priority, &normal, &keep],
+            )
             .await?;
         let (kind, mut items) = tagged(reply)?;
         match (
@@ -387,8 +401,21 @@ impl Store for RedisStore {
                 idempotency_key,
                 lane,
             } => {
-                self.publish_call(receiver, alert, idempotency_key, lane)
+                self.publish_call(receiver, alert, idempotency_key, Some(lane))
                     .await
+            }
+            Command::Replay { alert } => self.publish_call(receiver, alert, None, None).await,
+            Command::Filtered { alert } => {
+                let now = self.core.clock.now();
+                let record = Record {
+                    trail: Trail::received(now).and(Mark::Filtered, now, None),
+                    id: alert.id,
+                    status: Mark::Filtered,
+                    json: alert.json,
+                };
+                let keep = self.core.rules.history.to_string();
+                let args = [&*record.entry(), &*keep];
+                changed(self.core.transition(receiver, call, &args).await?)
             }
             Command::Widgets { node, change } if node == &*self.core.node => {
                 self.widgets_call(receiver, change).await
@@ -398,19 +425,24 @@ impl Store for RedisStore {
                 self.core.node
             ))),
             Command::Started { id } => self.started_call(receiver, id).await,
-            Command::Done { id } | Command::Check { id } | Command::Sweep { node: id } => {
-                changed(self.core.transition(receiver, call, &[id]).await?)
+            // The calls that may complete an alert are told how much history to keep.
+            Command::Done { id } | Command::Check { id } => {
+                let keep = self.core.rules.history.to_string();
+                changed(self.core.transition(receiver, call, &[id, &keep]).await?)
+            }
+            Command::Sweep { node } => {
+                changed(self.core.transition(receiver, call, &[node]).await?)
             }
             Command::Pause { paused } => {
                 let paused = if paused { "1" } else { "0" };
                 changed(self.core.transition(receiver, call, &[paused]).await?)
             }
             Command::Clear { left, most } => self.clear_call(receiver, left, most).await,
-            Command::Skip { id } => changed(
-                self.core
-                    .transition(receiver, call, &[id.unwrap_or("")])
-                    .await?,
-            ),
+            Command::Skip { id } => {
+                let keep = self.core.rules.history.to_string();
+                let args = [id.unwrap_or(""), &keep];
+                changed(self.core.transition(receiver, call, &args).await?)
+            }
         }
     }
 
@@ -459,6 +491,40 @@ impl Store for RedisStore {
             }),
             _ => Err(StoreError::Protocol(format!("queue: unexpected {kind}"))),
         }
+    }
+
+    /// A plain LRANGE: the history is one list, newest first. The first page reads just what it
+    /// shows; a page after a given alert reads all that is kept, to find it.
+    async fn history(
+        &self,
+        receiver: &ReceiverId,
+        before: Option<&str>,
+        limit: usize,
+    ) -> Result<Page, StoreError> {
+        // Past the length kept, what the list holds until its next trim is not shown.
+        let kept = i64::from(self.core.rules.history) - 1;
+        let last = match before {
+            None => kept.min(limit as i64),
+            Some(_) => kept,
+        };
+        let call = redis::cmd("LRANGE")
+            .arg(self.core.keys.history(receiver))
+            .arg(0)
+            .arg(last)
+            .to_owned();
+        let reply = self.core.call(Call::History, call).await?;
+        let Value::Array(entries) = &reply else {
+            return Err(protocol("history", &reply));
+        };
+        let records = entries
+            .iter()
+            .map(|e| {
+                text(e)
+                    .and_then(Record::parse_entry)
+                    .ok_or_else(|| protocol("history", e))
+            })
+            .collect::<Result<Vec<_>, _>>()?;
+        Ok(Page::of(records.iter(), before, limit))
     }
 
     async fn settings(&self, receiver: &ReceiverId) -> Result<Option<Arc<str>>, StoreError> {

@@ -1,4 +1,4 @@
-#!lua name=cuebox_v3
+#!lua name=cuebox_v4
 -- The Redis Functions library of cuebox: every state transition of one receiver, each one
 -- atomic because Redis runs a function whole. The rules are written out in src/store/mod.rs and
 -- once as a pure machine in src/store/machine.rs, which the embedded store runs;
@@ -6,8 +6,8 @@
 -- holds both stores to the rules.
 --
 -- Loaded once per Redis (FUNCTION LOAD), so the helpers below are made once, not on every call
--- as a script's are. The library and every function name carry the version (v3: key layout 2,
--- with pause and skip): nodes of two library versions over one layout can share a Redis during a
+-- as a script's are. The library and every function name carry the version (v4: key layout 4,
+-- with history): nodes of two library versions over one layout can share a Redis during a
 -- rolling deploy, each calling its own.
 --
 -- What a call costs Redis (measured in docs/benchmarks.md): each redis.call 5 to 7k
@@ -19,9 +19,10 @@
 -- the strings Redis gave until arithmetic needs them, parses the flight only when it must, and
 -- writes back in one HSET.
 --
--- Layout 2, every key sharing the receiver's hash tag:
+-- Layout 4, every key sharing the receiver's hash tag:
 -- KEYS[1] receiver hash    seq      changes of the alert in flight, counted
---                          flight   "<id> <sent|started> <duration_ms> <attempt> <deadline, ms>"
+--                          flight   "<id> <sent|started> <duration_ms> <attempt> <deadline, ms>
+--                                   <trail>" (the trail is absent from a flight of layout 3)
 --                          alert    the alert in flight, as its queue entry
 --                          live     live widgets, cached: "<until, ms> <the node holding them
 --                                   all, or *>", or "0" for none (see presence())
@@ -30,7 +31,8 @@
 --                                   any do: "p", "3", "p3"; absent for neither (one field, not
 --                                   two, since every call reads it: see read_hold())
 -- KEYS[2] queue    list    waiting alerts, head first, each "<id> <duration_ms> <times sent>
---                          <alert json>"
+--                          <trail> <alert json>" (no trail in an entry of layout 3: the JSON
+--                          follows the times sent, and always starts with '{')
 -- KEYS[3] ids      set     every alert queued or in flight, so the same id is never queued
 --                          twice (a set, not a hash: Redis keeps a hash of short values as a
 --                          list it scans, up to 512 entries by default, and this one has an
@@ -44,6 +46,15 @@
 --                          KEYS[1] on the rare call that must count afresh (widgets_key()), since
 --                          each key passed costs every call about 1k instructions
 --   or    idempotency key (publish with a key only)
+-- Not among KEYS: <r>:history, a list of the alerts that left the receiver for good, newest
+-- first, each "<id> <status> <trail> <alert json>" (see remember()).
+--
+-- A trail is what happened to an alert, mark after mark, each a letter and a time in ms, with
+-- ':' and the attempt after a send or a requeue: "r<received>s<sent>:1t<started>d<done>" (the
+-- letters are src/store/history.rs's). It rides in the queue entry while the alert waits and in
+-- the packed flight while it is in flight, growing by one concatenation per mark, and ends in
+-- the history entry; nothing else stores it.
+--
 -- ARGV[1] calling node   ARGV[2] the time in ms
 -- ARGV[3] PUBLISH, or SPUBLISH on a Redis Cluster (the events channel shares the receiver's slot)
 -- ARGV[4] the deadline of an alert sent now (the time plus the start timeout), in ms
@@ -89,8 +100,8 @@ local c = {}
 -- Parses the alert in flight, if there is one and it is not parsed yet; answers its id.
 local function flight(c)
   if c.packed then
-    c.id, c.phase, c.duration, c.attempt, c.deadline = string.match(c.packed,
-      '^(%S+) (%a+) (%d+) (%d+) (%d+)$')
+    c.id, c.phase, c.duration, c.attempt, c.deadline, c.trail = string.match(c.packed,
+      '^(%S+) (%a+) (%d+) (%d+) (%d+) ?(%S*)$')
     c.packed = false
   end
   return c.id
@@ -119,6 +130,7 @@ local function read_layout_1(c, convert)
   if f[2] then
     local value = redis.call('HGET', alerts, f[2])
     c.id, c.attempt, c.phase, c.deadline, c.duration = f[2], f[3], f[4], f[5], f[6]
+    c.trail = ''
     c.alert, c.alert_read = value and (f[2] .. ' ' .. value), true
     c.had_flight, c.flight_changed = true, true
   end
@@ -168,14 +180,23 @@ local function read_hold(c, hold)
   if hold ~= '' and hold ~= '0' then c.ahead = hold end
 end
 
-local function open(keys, args)
-  local f = redis.call('HMGET', keys[1], 'seq', 'flight', 'live', 'hold')
+-- Reads the receiver; `with_alert` reads the entry of the alert in flight too, in the same call,
+-- for a call that most often needs it.
+local function open(keys, args, with_alert)
+  local f
+  if with_alert then
+    f = redis.call('HMGET', keys[1], 'seq', 'flight', 'live', 'hold', 'alert')
+  else
+    f = redis.call('HMGET', keys[1], 'seq', 'flight', 'live', 'hold')
+  end
   c.keys, c.args, c.node, c.now = keys, args, args[1], tonumber(args[2])
   c.seq, c.seq_before, c.packed, c.live = f[1], f[1], f[2], f[3]
   read_hold(c, f[4])
   c.hold_changed, c.skipped, c.widgets_key = false, false, false
-  c.id, c.phase, c.duration, c.attempt, c.deadline = false, false, false, false, false
-  c.alert, c.alert_read = false, false
+  c.id, c.phase, c.duration, c.attempt, c.deadline, c.trail = false, false, false, false, false,
+    false
+  c.alert, c.alert_read, c.keep = false, false, false
+  if with_alert then c.alert, c.alert_read = f[5], true end
   c.had_flight, c.flight_changed, c.dirty = f[2] ~= false, false, false
   c.live_known, c.live_any, c.live_others, c.recounted = false, false, false, false
   -- What this call did, in order, for the caller's metrics: sent resent requeued done expired.
@@ -184,8 +205,8 @@ local function open(keys, args)
 end
 
 -- Opens a call that may write: a receiver still in layout 1 is taken over first.
-local function open_to_write(keys, args)
-  local c, unwritten = open(keys, args)
+local function open_to_write(keys, args, with_alert)
+  local c, unwritten = open(keys, args, with_alert)
   if unwritten then read_layout_1(c, true) end
   return c
 end
@@ -269,8 +290,28 @@ local function presence(c)
 end
 
 local function clear_flight(c)
-  c.id, c.phase, c.duration, c.attempt, c.deadline = false, false, false, false, false
+  c.id, c.phase, c.duration, c.attempt, c.deadline, c.trail = false, false, false, false, false,
+    false
   c.alert, c.alert_read, c.packed = false, true, false
+end
+
+-- Puts history entries at the head of the receiver's history, and trims it back to the length
+-- kept (c.keep, from the caller) once it has grown an eighth past it: one LTRIM in many pushes.
+local function remember(c, ...)
+  local key = string.sub(c.keys[1], 1, -9) .. 'history' -- KEYS[1] ends in 'receiver'
+  local n = redis.call('LPUSH', key, ...)
+  local keep = tonumber(c.keep)
+  if keep and n > keep + math.max(1, math.floor(keep / 8)) then
+    redis.call('LTRIM', key, 0, keep - 1)
+  end
+end
+
+-- The history entry of a queue entry that leaves for good as `status`, marked `letter` now, its
+-- trail so far being `trail` (nil: the entry's own).
+local function history_entry(entry, status, letter, now, trail)
+  local id, kept, json = string.match(entry, '^(%S+) %d+ %d+ ([^{ ]*) ?(.*)$')
+  if not id then return nil end
+  return id .. ' ' .. status .. ' ' .. (trail or kept) .. letter .. now .. ' ' .. json
 end
 
 -- The priority lane's length, kept in `hold` by save().
@@ -292,12 +333,15 @@ local function dispatch(c)
       entry = redis.call('LPOP', c.keys[2])
       if not entry then return end
     end
-    local id, duration, sent
-    if entry then id, duration, sent = string.match(entry, '^(%S+) (%d+) (%d+) ') end
+    local id, duration, sent, trail
+    if entry then
+      id, duration, sent, trail = string.match(entry, '^(%S+) (%d+) (%d+) ([^{ ]*)')
+    end
     -- An entry that does not parse cannot be shown; it is skipped rather than wedge the queue.
     if id then
       c.id, c.phase, c.duration, c.alert, c.alert_read = id, 'sent', duration, entry, true
       if sent == '0' then c.attempt = '1' else c.attempt = tonumber(sent) + 1 end
+      c.trail = trail .. 's' .. c.args[2] .. ':' .. str(c.attempt)
       -- Written as the node gave it: no conversion on the most frequent path.
       c.deadline, c.flight_changed = c.args[4], true
       bump(c)
@@ -308,9 +352,14 @@ local function dispatch(c)
 end
 
 -- Busy to free: the one place an alert stops being in flight for good: 'done', 'expired' or
--- 'skipped'.
-local function complete(c, how)
+-- 'skipped' (marked `letter` in its trail), into history.
+local function complete(c, how, letter)
   redis.call('SREM', c.keys[3], c.id)
+  local entry = flight_entry(c)
+  if entry then
+    local record = history_entry(entry, how, letter, c.args[2], c.trail)
+    if record then remember(c, record) end
+  end
   clear_flight(c)
   bump(c)
   c.happened = c.happened .. ' ' .. how
@@ -322,8 +371,11 @@ end
 local function requeue(c)
   if not flight(c) then return end
   local entry = flight_entry(c)
-  if entry then
-    local counted = string.gsub(entry, '^(%S+ %d+) %d+ ', '%1 ' .. str(c.attempt) .. ' ', 1)
+  local json_at = entry and string.find(entry, ' {', 1, true)
+  if json_at then
+    local attempt = str(c.attempt)
+    local counted = c.id .. ' ' .. c.duration .. ' ' .. attempt .. ' ' .. c.trail .. 'q' ..
+      c.args[2] .. ':' .. attempt .. string.sub(entry, json_at)
     redis.call('LPUSH', c.keys[4], counted)
     set_ahead(c, (tonumber(c.ahead) or 0) + 1)
   else
@@ -341,7 +393,7 @@ local function save(c)
   local key, seq = c.keys[1], str(c.seq or 0)
   if c.flight_changed and c.id then
     local packed = c.id .. ' ' .. c.phase .. ' ' .. c.duration .. ' ' .. str(c.attempt) .. ' ' ..
-      str(c.deadline)
+      str(c.deadline) .. ' ' .. (c.trail or '')
     if c.alert and not c.recounted then
       -- A new alert in flight: the usual case, and so the one written out.
       redis.call('HSET', key, 'seq', seq, 'flight', packed, 'alert', c.alert)
@@ -398,9 +450,9 @@ local function position_in_queue(c, id)
   return 0
 end
 
--- ARGV[5] the alert's id, ARGV[6] its queue entry "<id> <duration_ms> 0 <alert json>",
+-- ARGV[5] the alert's id, ARGV[6] its queue entry "<id> <duration_ms> 0 r<now> <alert json>",
 -- ARGV[7] most alerts waiting, ARGV[8] idempotency ttl in seconds, ARGV[9] 'priority' for the
--- priority lane (absent for the normal one).
+-- back of the priority lane, 'replay' for its head (absent for the back of the normal one).
 local function publish(keys, args)
   local c = open_to_write(keys, args)
   local id, idem = args[5], keys[5]
@@ -432,6 +484,10 @@ local function publish(keys, args)
   if args[9] == 'priority' then
     position = ahead
     redis.call('RPUSH', keys[4], args[6])
+    set_ahead(c, ahead + 1)
+  elseif args[9] == 'replay' then
+    position = 0
+    redis.call('LPUSH', keys[4], args[6])
     set_ahead(c, ahead + 1)
   else
     redis.call('RPUSH', keys[2], args[6])
@@ -502,10 +558,10 @@ local function started(keys, args)
   local id = args[2]
   local sent = id .. ' sent '
   if string.sub(packed, 1, #sent) == sent then
-    local duration, attempt = string.match(packed, '^(%d+) (%d+)', #sent + 1)
+    local duration, attempt, trail = string.match(packed, '^(%d+) (%d+) %d+ ?(%S*)', #sent + 1)
     local deadline = tonumber(args[3]) + tonumber(duration)
     redis.call('HSET', keys[1], 'flight', id .. ' started ' .. duration .. ' ' .. attempt ..
-      ' ' .. int(deadline))
+      ' ' .. int(deadline) .. ' ' .. trail .. 't' .. args[1])
     return {'started', f[1], attempt, deadline}
   end
   c.keys, c.now, c.seq, c.packed, c.happened = keys, tonumber(args[1]), f[1], packed, ''
@@ -513,31 +569,34 @@ local function started(keys, args)
   return snapshot(c, false)
 end
 
--- ARGV[5] the alert a widget finished.
+-- ARGV[5] the alert a widget finished; ARGV[6] the length of history kept. The alert's entry is
+-- read with the receiver, since it goes into history.
 local function done(keys, args)
-  local c = open_to_write(keys, args)
+  local c = open_to_write(keys, args, true)
   local id = args[5]
-  -- Only the id is compared: the rest of a flight that ends is never needed.
+  c.keep = args[6]
   if c.packed and string.sub(c.packed, 1, #id + 1) == id .. ' ' then
-    c.id, c.packed = id, false
-    complete(c, 'done')
+    flight(c)
+    complete(c, 'done', 'd')
     dispatch(c)
   end
   return finish(c, false)
 end
 
--- ARGV[5] the alert whose deadline may have passed.
+-- ARGV[5] the alert whose deadline may have passed; ARGV[6] the length of history kept.
 local function check(keys, args)
   local c = open_to_write(keys, args)
+  c.keep = args[6]
   if flight(c) == args[5] and tonumber(c.deadline) <= c.now then
     if c.phase ~= 'sent' then
-      complete(c, 'expired')
+      complete(c, 'expired', 'x')
       dispatch(c)
     elseif not presence(c) then
       requeue(c)
     else
       -- Sent but never started: the frame may have been lost, so send it again.
       c.attempt, c.deadline = tonumber(c.attempt) + 1, args[4]
+      c.trail = c.trail .. 's' .. args[2] .. ':' .. int(c.attempt)
       c.flight_changed = true
       bump(c)
       c.happened = c.happened .. ' resent'
@@ -569,13 +628,15 @@ local function pause(keys, args)
   return finish(c, true)
 end
 
--- ARGV[5] the alert to skip, or '' for whichever is in flight. It completes as 'skipped', its
--- widgets are told (the snapshot and the notice carry its id), and the next goes out.
+-- ARGV[5] the alert to skip, or '' for whichever is in flight; ARGV[6] the length of history
+-- kept. It completes as 'skipped', its widgets are told (the snapshot and the notice carry its
+-- id), and the next goes out.
 local function skip(keys, args)
   local c = open_to_write(keys, args)
+  c.keep = args[6]
   local id = flight(c)
   if id and (args[5] == '' or args[5] == id) then
-    complete(c, 'skipped')
+    complete(c, 'skipped', 'k')
     c.skipped = id
     dispatch(c)
   end
@@ -583,16 +644,18 @@ local function skip(keys, args)
 end
 
 -- One chunk of a clear. ARGV[5] most alerts to remove; ARGV[6] and ARGV[7] how many of the
--- priority lane and of the queue are left to clear, or '' for all each holds now. From the head
--- of the priority lane, then of the queue; never the alert in flight. Answers
--- {'cleared', left in the priority lane, left in the queue, {ids removed}, snapshot}.
+-- priority lane and of the queue are left to clear, or '' for all each holds now; ARGV[8] the
+-- length of history kept. From the head of the priority lane, then of the queue; never the alert
+-- in flight. Each goes into history as 'cleared'. Answers {'cleared', left in the priority lane,
+-- left in the queue, {ids removed}, snapshot}.
 local function clear(keys, args)
   local c = open_to_write(keys, args)
+  c.keep = args[8]
   local most = tonumber(args[5])
   local ahead = tonumber(c.ahead) or 0
   local left_priority = tonumber(args[6]) or ahead
   local left_queue = tonumber(args[7]) or redis.call('LLEN', keys[2])
-  local ids = {}
+  local ids, records = {}, {}
   -- Removes up to `count` (and the chunk's room) from the head of `lane`; answers how many of
   -- `count` are left (0 once the lane ran out), how many went, and whether the lane ran out.
   local function take(lane, count)
@@ -603,6 +666,8 @@ local function clear(keys, args)
     for i = 1, #gone do
       local id = string.match(gone[i], '^%S+')
       if id then ids[#ids + 1] = id end
+      local record = history_entry(gone[i], 'cleared', 'c', args[2])
+      if record then records[#records + 1] = record end
     end
     if #gone < n then return 0, #gone, true end
     return count - #gone, #gone, false
@@ -618,7 +683,19 @@ local function clear(keys, args)
   for i = 1, #ids, 1000 do
     redis.call('SREM', keys[3], unpack(ids, i, math.min(i + 999, #ids)))
   end
+  for i = 1, #records, 1000 do
+    remember(c, unpack(records, i, math.min(i + 999, #records)))
+  end
   return {'cleared', left_priority, left_queue, ids, finish(c, false)}
+end
+
+-- An alert moderation kept off screen: only recorded. ARGV[5] its history entry, ARGV[6] the
+-- length of history kept. Answers the receiver's snapshot, unchanged.
+local function record(keys, args)
+  local c = open(keys, args)
+  c.keep = args[6]
+  remember(c, args[5])
+  return snapshot(c, false)
 end
 
 -- ARGV[5] 'widget' or 'dashboard': a new generation of that token of the receiver, after which
@@ -668,19 +745,20 @@ local function status(keys, args)
   return {'status', queued, total, entry, paused}
 end
 
-redis.register_function('cuebox_v3_publish', publish)
-redis.register_function('cuebox_v3_widgets', widgets)
-redis.register_function('cuebox_v3_started', started)
-redis.register_function('cuebox_v3_done', done)
-redis.register_function('cuebox_v3_check', check)
-redis.register_function('cuebox_v3_sweep', sweep)
-redis.register_function('cuebox_v3_pause', pause)
-redis.register_function('cuebox_v3_skip', skip)
-redis.register_function('cuebox_v3_clear', clear)
-redis.register_function('cuebox_v3_rotate', rotate)
+redis.register_function('cuebox_v4_publish', publish)
+redis.register_function('cuebox_v4_widgets', widgets)
+redis.register_function('cuebox_v4_started', started)
+redis.register_function('cuebox_v4_done', done)
+redis.register_function('cuebox_v4_check', check)
+redis.register_function('cuebox_v4_sweep', sweep)
+redis.register_function('cuebox_v4_pause', pause)
+redis.register_function('cuebox_v4_skip', skip)
+redis.register_function('cuebox_v4_clear', clear)
+redis.register_function('cuebox_v4_rotate', rotate)
+redis.register_function('cuebox_v4_record', record)
 redis.register_function{
-  function_name = 'cuebox_v3_status', callback = status, flags = {'no-writes'}
+  function_name = 'cuebox_v4_status', callback = status, flags = {'no-writes'}
 }
 redis.register_function{
-  function_name = 'cuebox_v3_queue', callback = queue, flags = {'no-writes'}
+  function_name = 'cuebox_v4_queue', callback = queue, flags = {'no-writes'}
 }

@@ -67,7 +67,8 @@ pub(super) fn parse_notice(keys: &Keys, node: &str, data: &[Value]) -> Option<No
 }
 
 /// The JSON of an alert as the library queues and answers it, `"<id> <duration_ms> <times sent>
-/// <json>"`: Redis hands the entry over whole, and the node skips the id and the two numbers.
+/// <trail> <json>"`: Redis hands the entry over whole, and the node skips the id, the two numbers
+/// and the trail (absent from an entry of layout 3; the JSON always starts with `{`).
 pub(super) fn alert_json(entry: &str) -> Option<&str> {
     let mut parts = entry.splitn(4, ' ');
     let (id, duration, sent) = (parts.next()?, parts.next()?, parts.next()?);
@@ -75,7 +76,12 @@ pub(super) fn alert_json(entry: &str) -> Option<&str> {
     if id.is_empty() || !numeric(duration) || !numeric(sent) {
         return None;
     }
-    parts.next().filter(|json| !json.is_empty())
+    let rest = parts.next()?;
+    let json = match rest.starts_with('{') {
+        true => rest,
+        false => rest.split_once(' ')?.1,
+    };
+    Some(json).filter(|json| !json.is_empty())
 }
 
 /// An answer's kind (its first element), without taking the answer apart.

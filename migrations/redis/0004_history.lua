@@ -1,0 +1,15 @@
+-- 0004_history: key layout 4 (library cuebox_v4, see src/store/redis/receiver.lua).
+--
+-- Each receiver gains its history, the list `<r>:history` of the alerts that left it for good,
+-- and each alert a trail of what happened to it, which rides inside the strings layout 3 already
+-- has: a queue entry becomes "<id> <duration_ms> <times sent> <trail> <json>", and the packed
+-- alert in flight gains its trail as a sixth field. An entry or a flight of layout 3, without a
+-- trail, reads as one whose trail so far is empty (the JSON always starts with '{', and a trail
+-- never does), so nothing is converted: such an alert's history entry starts at its next mark.
+--
+-- What this migration does is record layout 4, so that a node of an older release, which would
+-- take a trail for the start of an alert's JSON, refuses to start (stop every older node before
+-- starting this release). tests/api/migrations.rs writes receivers in layout 3 and finds every
+-- alert shown, once, in order, after the upgrade, and in history once done.
+-- ARGV[1] is the key prefix. Migrations run with EVAL under the schema lock, in order, once.
+return 'ok'
