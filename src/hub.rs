@@ -23,7 +23,7 @@ use tokio::time::Instant;
 use crate::alert::{AlertRecord, ReceiverId};
 use crate::auth::Purpose;
 use crate::metrics::{HubGauges, Metrics};
-use crate::store::machine::Command;
+use crate::store::machine::{Command, Hold};
 use crate::store::{Notice, Publish, Snapshot, Store, StoreError, WidgetChange, PRESENCE_REFRESH};
 
 /// Frames a widget may have waiting before it counts as too slow and is closed. A widget gets a
@@ -37,6 +37,9 @@ const OUTBOX: usize = 64;
 const REFRESHING: usize = 16;
 /// How soon a timer that could not reach the store tries again.
 const CHECK_RETRY: Duration = Duration::from_secs(1);
+/// How long after a held alert's time it is woken: past it on the store's clock, though this
+/// node reads that clock with some error.
+const WAKE_MARGIN: Duration = Duration::from_millis(20);
 
 /// A text frame for a widget, built once and shared by every widget that gets it.
 pub type Frame = ByteString;
@@ -62,6 +65,8 @@ struct Local {
     seq: u64,
     flight: Option<LocalFlight>,
     timer: Option<AbortHandle>,
+    /// Wakes the receiver when a held alert approves itself.
+    waker: Option<AbortHandle>,
 }
 
 struct LocalWidget {
@@ -113,8 +118,44 @@ impl Hub {
         alert: &AlertRecord,
         idempotency_key: Option<&str>,
     ) -> Result<Publish, StoreError> {
-        let outcome = self.store.publish(alert, idempotency_key).await?;
+        self.admit(alert, idempotency_key, None).await
+    }
+
+    /// Publishes, or with `hold` holds the alert for approval. A held alert that approves itself
+    /// is woken here when its time comes, so it goes out at once if the receiver is free (any
+    /// later call on the receiver, such as a widget's refresh, approves it too).
+    pub async fn admit(
+        &self,
+        alert: &AlertRecord,
+        idempotency_key: Option<&str>,
+        hold: Option<Hold>,
+    ) -> Result<Publish, StoreError> {
+        let outcome = self.store.admit(alert, idempotency_key, hold).await?;
+        if let (Publish::Held { .. }, Some(after)) = (&outcome, hold.and_then(|h| h.approve_after))
+        {
+            // Not kept: this node may hold no widget of the receiver, and the task ends by itself.
+            let _ = self.wake_after(&alert.receiver, Duration::from_millis(after) + WAKE_MARGIN);
+        }
         Ok(self.accepted(alert, outcome))
+    }
+
+    /// Wakes the receiver once, `after` from now.
+    fn wake_after(&self, receiver: &ReceiverId, after: Duration) -> AbortHandle {
+        let me = self.me.clone();
+        let receiver = receiver.clone();
+        let task = tokio::spawn(async move {
+            tokio::time::sleep(after).await;
+            let Some(hub) = me.upgrade() else { return };
+            match hub.store.apply(&receiver, Command::Wake).await {
+                Ok(answered) => {
+                    if let Some(snapshot) = answered.snapshot {
+                        hub.apply(&receiver, snapshot);
+                    }
+                }
+                Err(e) => tracing::warn!(%receiver, error = %e, "waking held alerts failed"),
+            }
+        });
+        task.abort_handle()
     }
 
     /// Queues an alert from history again, at the head of the queue.
@@ -125,7 +166,7 @@ impl Hub {
 
     /// Hands a queued alert's snapshot to this node's widgets.
     fn accepted(&self, alert: &AlertRecord, outcome: Publish) -> Publish {
-        if let Publish::Accepted { snapshot, .. } = &outcome {
+        if let Publish::Accepted { snapshot, .. } | Publish::Held { snapshot } = &outcome {
             self.apply(&alert.receiver, snapshot.clone());
         }
         outcome
@@ -329,7 +370,10 @@ impl Hub {
         if let Some(local) = map.get_mut(receiver) {
             local.widgets.retain(|w| w.id != widget);
             if local.widgets.is_empty() {
-                if let Some(timer) = local.timer.take() {
+                for timer in [local.timer.take(), local.waker.take()]
+                    .into_iter()
+                    .flatten()
+                {
                     timer.abort();
                 }
                 map.remove(receiver);
@@ -364,6 +408,12 @@ impl Hub {
     }
 
     fn apply_to(&self, receiver: &ReceiverId, local: &mut Local, snapshot: Snapshot) {
+        if let Some(after) = snapshot.wake {
+            if let Some(waker) = local.waker.take() {
+                waker.abort();
+            }
+            local.waker = Some(self.wake_after(receiver, after + WAKE_MARGIN));
+        }
         if snapshot.seq < local.seq {
             return;
         }

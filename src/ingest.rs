@@ -207,7 +207,7 @@ impl Ingest {
         let started = std::time::Instant::now();
         // Bounded by the node's life: the task is aborted when the node stops.
         let outcome = loop {
-            match self.hub.publish(&record, Some(&key)).await {
+            match self.hub.admit(&record, Some(&key), settings.hold()).await {
                 Ok(outcome) => break outcome,
                 Err(e) => {
                     tracing::warn!(error = %e, "could not queue an ingest entry; retrying");
@@ -216,7 +216,7 @@ impl Ingest {
             }
         };
         match outcome {
-            Publish::Accepted { .. } => {
+            Publish::Accepted { .. } | Publish::Held { .. } => {
                 self.metrics
                     .publish(PublishOutcome::Published, started.elapsed());
                 self.ack(con, &entry).await;

@@ -10,6 +10,8 @@
 //!   look-alike characters (Cyrillic and Greek letters that look Latin, by Unicode's confusables
 //!   (UTS #39), and digits and symbols written for letters: `1d10t`, `@ss`).
 //! - `strip_links` (on unless turned off): anything URL-shaped in `from` or `message` is removed.
+//! - `hold_for_approval`, with `auto_approve_after_ms`: what passes the filters is held until the
+//!   streamer approves or denies it (or, with the delay, approves itself); see [`Settings::hold`].
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::{Arc, Mutex};
@@ -150,6 +152,9 @@ pub struct Settings {
     pub blocked_mode: BlockedMode,
     #[serde(default = "on")]
     pub strip_links: bool,
+    pub hold_for_approval: bool,
+    /// With `hold_for_approval`: a held alert approves itself this long after it was published.
+    pub auto_approve_after_ms: Option<u64>,
     /// `blocked_words` as matching sees them (see [`fold`]): made once when the settings are
     /// read, not at every publish.
     #[serde(skip)]
@@ -206,6 +211,14 @@ impl Settings {
                 ));
             }
         }
+        if let Some(ms) = settings.auto_approve_after_ms {
+            if !(1..=MOST_AUTO_APPROVE_MS).contains(&ms) {
+                return Err(FieldError::invalid(
+                    "auto_approve_after_ms",
+                    format!("auto_approve_after_ms must be from 1 to {MOST_AUTO_APPROVE_MS}"),
+                ));
+            }
+        }
         settings.folded = settings
             .blocked_words
             .iter()
@@ -231,6 +244,19 @@ impl Settings {
             ));
         }
         Ok(settings)
+    }
+}
+
+/// The longest a held alert may wait to approve itself: a day.
+const MOST_AUTO_APPROVE_MS: u64 = 24 * 60 * 60 * 1000;
+
+impl Settings {
+    /// How an alert that passes the filters is held for approval, if it is.
+    pub fn hold(&self) -> Option<crate::store::machine::Hold> {
+        self.hold_for_approval
+            .then_some(crate::store::machine::Hold {
+                approve_after: self.auto_approve_after_ms,
+            })
     }
 }
 

@@ -7,6 +7,10 @@
 -- trail, reads as one whose trail so far is empty (the JSON always starts with '{', and a trail
 -- never does), so nothing is converted: such an alert's history entry starts at its next mark.
 --
+-- Alerts held for approval wait in the list `<r>:held`, and the receiver's `hold` field gains
+-- "h", their count, and the soonest time one approves itself ("p3h2:1760000000000"). A receiver
+-- of layout 3 holds nothing, and its `hold` field reads the same.
+--
 -- What this migration does is record layout 4, so that a node of an older release, which would
 -- take a trail for the start of an alert's JSON, refuses to start (stop every older node before
 -- starting this release). tests/api/migrations.rs writes receivers in layout 3 and finds every

@@ -17,3 +17,18 @@ CREATE INDEX history_of_receiver ON history (receiver, n);
 -- restart the alert in flight is sent again, and its trail says so. Rows of before have none.
 ALTER TABLE queue ADD COLUMN trail TEXT NOT NULL DEFAULT '';
 ALTER TABLE receivers ADD COLUMN flight_trail TEXT;
+
+-- Alerts held for the streamer's approval (`hold_for_approval`), oldest first by `n`: each goes
+-- to the back of its lane (`lane`: 1 the priority lane, 0 the normal one) once approved, by the
+-- streamer or by itself at `approve_at` (ms), or into history once denied.
+CREATE TABLE held (
+    n           INTEGER PRIMARY KEY AUTOINCREMENT,
+    receiver    TEXT NOT NULL,
+    id          TEXT NOT NULL,
+    lane        INTEGER NOT NULL,
+    approve_at  INTEGER,
+    duration_ms INTEGER NOT NULL,
+    trail       TEXT NOT NULL,
+    json        TEXT NOT NULL,
+    UNIQUE (receiver, id)
+);

@@ -1,5 +1,5 @@
-//! The streamer's controls over one receiver: pause, resume, skip, clear, replay, a test alert,
-//! and the receiver's state, queue and history.
+//! The streamer's controls over one receiver: pause, resume, skip, clear, replay, approve and
+//! deny, a test alert, and the receiver's state, queue and history.
 //!
 //! Each takes a publish key or the receiver's dashboard token (never its widget token, which is
 //! shown on stream), as `Authorization: Bearer ...` or `?token=`. Each change is one command of
@@ -16,7 +16,7 @@ use crate::auth::Purpose;
 use crate::moderation::Settings;
 use crate::startup::receiver_url;
 use crate::store::history::Record;
-use crate::store::machine::Command;
+use crate::store::machine::{Answer, Command};
 use crate::store::Publish;
 
 /// The query of a control: the dashboard token, and for skip the alert meant.
@@ -207,17 +207,18 @@ pub async fn queue(
     let limit = page_limit(query.limit)?;
     let offset = query.offset.unwrap_or(0);
     let page = state.hub.store().waiting(&receiver, offset, limit).await?;
-    let alerts: Vec<Value> = page
-        .alerts
-        .iter()
-        .filter_map(|json| serde_json::from_str(json).ok())
-        .collect();
+    let parsed = |all: &[std::sync::Arc<str>]| -> Vec<Value> {
+        all.iter()
+            .filter_map(|json| serde_json::from_str(json).ok())
+            .collect()
+    };
     Ok(HttpResponse::Ok().json(json!({
         "receiver": receiver,
         "total": page.total,
         "offset": offset,
         "limit": limit,
-        "alerts": alerts,
+        "alerts": parsed(&page.alerts),
+        "held": parsed(&page.held),
     })))
 }
 
@@ -303,9 +304,9 @@ pub async fn replay(
     let position = match state.hub.replay(&record).await? {
         Publish::Accepted { position, .. } => position,
         Publish::QueueFull => return Err(ApiError::QueueFull),
-        Publish::Duplicate { .. } => {
+        Publish::Duplicate { .. } | Publish::Held { .. } => {
             return Err(ApiError::of_control(crate::store::StoreError::Protocol(
-                "a replay was taken for a duplicate".into(),
+                "a replay was taken for a duplicate, or held".into(),
             )))
         }
     };
@@ -314,6 +315,56 @@ pub async fn replay(
     body["replay_of"] = json!(id);
     body["position"] = json!(position);
     Ok(HttpResponse::Accepted().json(body))
+}
+
+/// `POST /receivers/{receiver}/approve/{id}`: a held alert joins the back of its lane.
+pub async fn approve(
+    req: HttpRequest,
+    path: web::Path<(String, String)>,
+    query: web::Query<ControlQuery>,
+    state: web::Data<AppState>,
+) -> Result<HttpResponse, ApiError> {
+    approval(req, path, query, state, true).await
+}
+
+/// `POST /receivers/{receiver}/deny/{id}`: a held alert goes into history as denied, never shown.
+pub async fn deny(
+    req: HttpRequest,
+    path: web::Path<(String, String)>,
+    query: web::Query<ControlQuery>,
+    state: web::Data<AppState>,
+) -> Result<HttpResponse, ApiError> {
+    approval(req, path, query, state, false).await
+}
+
+async fn approval(
+    req: HttpRequest,
+    path: web::Path<(String, String)>,
+    query: web::Query<ControlQuery>,
+    state: web::Data<AppState>,
+    approved: bool,
+) -> Result<HttpResponse, ApiError> {
+    let (receiver, id) = path.into_inner();
+    let receiver = controlled(&req, &receiver, query.token.as_deref(), &state).await?;
+    let command = match approved {
+        true => Command::Approve { id: &id },
+        false => Command::Deny { id: &id },
+    };
+    let answered = state
+        .hub
+        .store()
+        .apply(&receiver, command)
+        .await
+        .map_err(ApiError::of_control)?;
+    if answered.answer == Answer::NotHeld {
+        return Err(ApiError::NotHeld(id));
+    }
+    if let Some(snapshot) = answered.snapshot {
+        state.hub.apply(&receiver, snapshot);
+    }
+    let mut body = state_of(&state, &receiver).await?;
+    body[if approved { "approved" } else { "denied" }] = json!(id);
+    Ok(HttpResponse::Ok().json(body))
 }
 
 /// `GET /receivers/{receiver}/settings`: the moderation settings, defaults filled in.
@@ -359,9 +410,9 @@ pub async fn test(
     let position = match state.hub.publish(&record, None).await? {
         Publish::Accepted { position, .. } => position,
         Publish::QueueFull => return Err(ApiError::QueueFull),
-        Publish::Duplicate { .. } => {
+        Publish::Duplicate { .. } | Publish::Held { .. } => {
             return Err(ApiError::of_control(crate::store::StoreError::Protocol(
-                "a test alert was taken for a duplicate".into(),
+                "a test alert was taken for a duplicate, or held".into(),
             )))
         }
     };
@@ -403,6 +454,7 @@ async fn state_of(state: &AppState, receiver: &ReceiverId) -> Result<Value, ApiE
         "receiver": receiver,
         "paused": status.paused,
         "queued": status.queued,
+        "held": status.held,
         "in_flight": in_flight,
         "widgets": status.widgets,
     }))

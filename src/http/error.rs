@@ -33,6 +33,8 @@ pub enum ApiError {
     NotFound,
     #[error("alert {0} is not in this receiver's history (it keeps the newest alerts only)")]
     NotInHistory(String),
+    #[error("alert {0} is not held for approval (it may have been approved or denied already)")]
+    NotHeld(String),
     #[error("this is a WebSocket endpoint: connect with Upgrade: websocket")]
     UpgradeRequired,
     #[error("this publish key is over its rate; retry in {0} s")]
@@ -99,6 +101,7 @@ impl ApiError {
             ApiError::QueueFull => "queue_full",
             ApiError::NotFound => "not_found",
             ApiError::NotInHistory(_) => "not_in_history",
+            ApiError::NotHeld(_) => "not_held",
             ApiError::UpgradeRequired => "upgrade_required",
             ApiError::RateLimited(_) => "rate_limited",
             ApiError::TooManyWidgets(_) => "too_many_widgets",
@@ -124,7 +127,9 @@ impl ResponseError for ApiError {
                 StatusCode::TOO_MANY_REQUESTS
             }
             ApiError::NodeFull | ApiError::ShuttingDown => StatusCode::SERVICE_UNAVAILABLE,
-            ApiError::NotFound | ApiError::NotInHistory(_) => StatusCode::NOT_FOUND,
+            ApiError::NotFound | ApiError::NotInHistory(_) | ApiError::NotHeld(_) => {
+                StatusCode::NOT_FOUND
+            }
             ApiError::UpgradeRequired => StatusCode::UPGRADE_REQUIRED,
             ApiError::Unavailable(_) | ApiError::OutcomeUnknown(_) | ApiError::ChangeUnknown(_) => {
                 StatusCode::SERVICE_UNAVAILABLE

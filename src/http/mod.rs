@@ -80,6 +80,14 @@ pub fn routes(cfg: &mut web::ServiceConfig) {
         web::post().to(controls::replay),
     )
     .route(
+        "/receivers/{receiver}/approve/{id}",
+        web::post().to(controls::approve),
+    )
+    .route(
+        "/receivers/{receiver}/deny/{id}",
+        web::post().to(controls::deny),
+    )
+    .route(
         "/receivers/{receiver}/tokens/rotate",
         web::post().to(controls::rotate),
     )

@@ -112,9 +112,19 @@ async fn accept(
 
     match state
         .hub
-        .publish(&record, idempotency_key.as_deref())
+        .admit(&record, idempotency_key.as_deref(), settings.hold())
         .await?
     {
+        Publish::Held { .. } => {
+            tracing::debug!("alert held for approval");
+            Ok(HttpResponse::Accepted().json(json!({
+                "id": record.id,
+                "receiver": record.receiver,
+                "position": null,
+                "duplicate": false,
+                "held": true,
+            })))
+        }
         Publish::Accepted { position, .. } => {
             tracing::debug!(position, "alert queued");
             Ok(answer(

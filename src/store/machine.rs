@@ -65,6 +65,15 @@ pub struct Queued {
     pub trail: Trail,
 }
 
+/// An alert held for the streamer's approval, and where it goes once approved.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Held {
+    pub queued: Queued,
+    pub lane: Lane,
+    /// Approved by itself from then on, if ever.
+    pub approve_at: Option<Millis>,
+}
+
 /// The alert in flight.
 #[derive(Clone, Debug, PartialEq)]
 pub struct InFlight {
@@ -101,6 +110,8 @@ pub struct Receiver {
     pub priority: VecDeque<Queued>,
     /// The normal lane.
     pub queue: VecDeque<Queued>,
+    /// Alerts waiting for the streamer's approval, oldest first; never sent from here.
+    pub held: VecDeque<Held>,
     pub flight: Option<InFlight>,
     /// node id -> its report.
     pub presence: HashMap<Arc<str>, Presence>,
@@ -139,6 +150,10 @@ pub enum Change {
     PoppedFront(Lane),
     /// A publish's idempotency key was remembered, under this key.
     Remembered(String),
+    /// An alert joined the back of the held ones.
+    Held,
+    /// This held alert left them (approved or denied).
+    Unheld(Arc<str>),
 }
 
 /// Every transition of a receiver.
@@ -149,6 +164,8 @@ pub enum Command<'a> {
         alert: Stored,
         idempotency_key: Option<&'a str>,
         lane: Lane,
+        /// Held for approval instead of queued.
+        hold: Option<Hold>,
     },
     /// Queue an alert from history again, at the very head (of the priority lane): the
     /// streamer asked for it now.
@@ -174,6 +191,19 @@ pub enum Command<'a> {
     /// all it holds now). A clear of many alerts is a run of these, each passing the `left` the
     /// last answered, so alerts published while it runs are not cleared.
     Clear { left: Option<Left>, most: u32 },
+    /// The streamer approved held alert `id`: it joins its lane.
+    Approve { id: &'a str },
+    /// The streamer denied held alert `id`: it is recorded, never shown.
+    Deny { id: &'a str },
+    /// Held alerts may be due for approval by themselves.
+    Wake,
+}
+
+/// How a publish is held for approval.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Hold {
+    /// Approved by itself this long after it was published, if ever.
+    pub approve_after: Option<Millis>,
 }
 
 /// Where a publish puts its alert.
@@ -183,6 +213,8 @@ enum Place {
     Back(Lane),
     /// At the head of the priority lane.
     Head,
+    /// Held for approval, to join the back of the lane once approved.
+    Held(Lane, Hold),
 }
 
 /// How many alerts of each lane a clear has yet to remove.
@@ -206,6 +238,7 @@ impl Command<'_> {
             Command::Pause { .. } => Call::Pause,
             Command::Skip { .. } => Call::Skip,
             Command::Clear { .. } => Call::Clear,
+            Command::Approve { .. } | Command::Deny { .. } | Command::Wake => Call::Approval,
         }
     }
 }
@@ -232,6 +265,10 @@ pub enum Answer {
         ids: Vec<Arc<str>>,
         left: Left,
     },
+    /// A publish was held for approval.
+    Held,
+    /// An approval or a denial named an alert that is not held (any more).
+    NotHeld,
 }
 
 /// Something that happened to one alert, for a history trail.
@@ -276,6 +313,7 @@ pub fn apply(r: &mut Receiver, command: Command<'_>, now: Millis, rules: &Rules)
         rules,
         trail: Vec::new(),
         recorded: Vec::new(),
+        quiet: matches!(command, Command::Started { .. }),
     };
     let (answer, with_alert) = step.run(command);
     step.finish(answer, with_alert)
@@ -289,6 +327,8 @@ struct Step<'r> {
     seq_before: u64,
     trail: Vec<Happened>,
     recorded: Vec<Record>,
+    /// The command was `started`.
+    quiet: bool,
 }
 
 impl Step<'_> {
@@ -296,13 +336,46 @@ impl Step<'_> {
     /// in flight even if it did not change.
     fn run(&mut self, command: Command<'_>) -> (Answer, bool) {
         let now = self.now;
+        // Held alerts whose time came join their lanes before anything else the command does
+        // (but for the most frequent command and a record, which leave the lanes alone).
+        if !matches!(command, Command::Started { .. } | Command::Filtered { .. }) {
+            self.release_due();
+        }
         match command {
             Command::Publish {
                 alert,
                 idempotency_key,
                 lane,
+                hold: None,
             } => self.publish(alert, idempotency_key, Place::Back(lane)),
+            Command::Publish {
+                alert,
+                idempotency_key,
+                lane,
+                hold: Some(hold),
+            } => self.publish(alert, idempotency_key, Place::Held(lane, hold)),
             Command::Replay { alert } => self.publish(alert, None, Place::Head),
+            Command::Approve { id } => match self.unhold(id) {
+                Some(held) => {
+                    self.approve(held);
+                    self.dispatch();
+                    (Answer::Changed, false)
+                }
+                None => (Answer::NotHeld, false),
+            },
+            Command::Deny { id } => match self.unhold(id) {
+                Some(held) => {
+                    self.r.ids.remove(&held.queued.alert.id);
+                    let trail = held.queued.trail.and(Mark::Denied, now, None);
+                    self.record(held.queued.alert, Mark::Denied, trail);
+                    (Answer::Changed, false)
+                }
+                None => (Answer::NotHeld, false),
+            },
+            Command::Wake => {
+                self.dispatch();
+                (Answer::Changed, false)
+            }
             Command::Filtered { alert } => {
                 let trail = Trail::received(now).and(Mark::Filtered, now, None);
                 self.record(alert, Mark::Filtered, trail);
@@ -386,21 +459,27 @@ impl Step<'_> {
                 return (Answer::Duplicate { id, position }, false);
             }
         }
+        if self.r.held.iter().any(|h| h.queued.alert.id == alert.id) {
+            return (Answer::Held, true);
+        }
         if self.r.ids.contains(&alert.id) {
             // Queued or in flight already: a retry of a publish whose answer was lost. Answered
             // as that publish was, queueing nothing.
             let position = self.position_of(&alert.id).unwrap_or(0);
             return (Answer::Accepted { position }, true);
         }
-        if self.r.queued() >= self.rules.max_queue {
+        if self.r.queued() + self.r.held.len() as u64 >= self.rules.max_queue {
             return (Answer::QueueFull, false);
         }
         let ahead = match place {
-            Place::Head => 0,
+            Place::Head | Place::Held(..) => 0,
             Place::Back(Lane::Priority) => self.r.priority.len(),
             Place::Back(Lane::Normal) => self.r.priority.len() + self.r.queue.len(),
         };
-        let position = ahead as u64 + u64::from(self.r.flight.is_some());
+        let position = match place {
+            Place::Held(..) => 0,
+            _ => ahead as u64 + u64::from(self.r.flight.is_some()),
+        };
         if let Some(key) = idempotency_key {
             let seen = Remembered {
                 id: alert.id.to_string(),
@@ -416,6 +495,16 @@ impl Step<'_> {
             sent: 0,
             trail: Trail::received(now),
         };
+        if let Place::Held(lane, hold) = place {
+            let trail = queued.trail.and(Mark::Held, now, None);
+            self.r.held.push_back(Held {
+                queued: Queued { trail, ..queued },
+                lane,
+                approve_at: hold.approve_after.map(|after| now + after),
+            });
+            self.r.changes.push(Change::Held);
+            return (Answer::Held, false);
+        }
         match place {
             Place::Back(lane) => {
                 self.r.lane(lane).push_back(queued);
@@ -425,6 +514,7 @@ impl Step<'_> {
                 self.r.priority.push_front(queued);
                 self.r.changes.push(Change::PushedFront(Lane::Priority));
             }
+            Place::Held(..) => unreachable!("held above"),
         }
         self.dispatch();
         (Answer::Accepted { position }, false)
@@ -521,6 +611,42 @@ impl Step<'_> {
             self.r.seq = self.now * 1000;
         }
         self.r.seq += 1;
+    }
+
+    /// Takes held alert `id` out of the held ones.
+    fn unhold(&mut self, id: &str) -> Option<Held> {
+        let at = self.r.held.iter().position(|h| &*h.queued.alert.id == id)?;
+        let held = self.r.held.remove(at)?;
+        self.r
+            .changes
+            .push(Change::Unheld(held.queued.alert.id.clone()));
+        Some(held)
+    }
+
+    /// A held alert joins the back of its lane.
+    fn approve(&mut self, held: Held) {
+        let Held {
+            mut queued, lane, ..
+        } = held;
+        queued.trail.push(Mark::Approved, self.now, None);
+        self.r.lane(lane).push_back(queued);
+        self.r.changes.push(Change::PushedBack(lane));
+    }
+
+    /// Approves, oldest first, every held alert whose time to be approved by itself has come.
+    fn release_due(&mut self) {
+        let now = self.now;
+        while let Some(at) = self
+            .r
+            .held
+            .iter()
+            .position(|h| h.approve_at.is_some_and(|t| t <= now))
+        {
+            let id = self.r.held[at].queued.alert.id.clone();
+            if let Some(held) = self.unhold(&id) {
+                self.approve(held);
+            }
+        }
     }
 
     /// An alert left the receiver for good: its history entry.
@@ -633,6 +759,12 @@ impl Step<'_> {
             .iter()
             .find(|h| h.event == Event::Skipped)
             .map(|h| h.id.clone());
+        // `started` answers only what it can change (the Redis store's fast path).
+        let wake = match self.quiet {
+            true => None,
+            false => self.r.held.iter().filter_map(|h| h.approve_at).min(),
+        }
+        .map(|at| std::time::Duration::from_millis(at.saturating_sub(now)));
         Outcome {
             answer,
             snapshot: Snapshot {
@@ -640,6 +772,7 @@ impl Step<'_> {
                 flight,
                 events: self.trail.iter().map(|h| h.event).collect(),
                 skipped,
+                wake,
             },
             wake_at: self.r.flight.as_ref().map(|f| f.deadline),
             trail: self.trail,
@@ -678,6 +811,7 @@ impl Receiver {
     /// Nothing is left of it but its `seq`: a store may forget it, keeping `seq` as a floor.
     pub fn is_idle(&self, now: Millis) -> bool {
         !self.paused
+            && self.held.is_empty()
             && self.priority.is_empty()
             && self.queue.is_empty()
             && self.flight.is_none()
@@ -719,6 +853,7 @@ mod tests {
             alert: alert(id),
             idempotency_key: None,
             lane: Lane::Normal,
+            hold: None,
         };
         apply(r, command, now, &rules())
     }

@@ -101,11 +101,12 @@ pub enum Call {
     Tokens,
     Filtered,
     History,
+    Approval,
 }
 
 impl Call {
     /// Every call, in order of [`Call::index`].
-    pub const ALL: [Call; 15] = [
+    pub const ALL: [Call; 16] = [
         Call::Publish,
         Call::Widgets,
         Call::Started,
@@ -121,6 +122,7 @@ impl Call {
         Call::Tokens,
         Call::Filtered,
         Call::History,
+        Call::Approval,
     ];
 
     /// Its place in [`Call::ALL`]. Exhaustive, so a new variant must be given one.
@@ -141,6 +143,7 @@ impl Call {
             Call::Tokens => 12,
             Call::Filtered => 13,
             Call::History => 14,
+            Call::Approval => 15,
         }
     }
 
@@ -162,6 +165,7 @@ impl Call {
             Call::Tokens => "tokens",
             Call::Filtered => "filtered",
             Call::History => "history",
+            Call::Approval => "approval",
         }
     }
 }
@@ -239,6 +243,9 @@ pub struct Snapshot {
     /// The alert the call skipped, if it did: every widget showing it stops at once, so
     /// notices carry it too.
     pub skipped: Option<Arc<str>>,
+    /// Time until the first held alert approves itself, if any will: the node wakes the
+    /// receiver then ([`machine::Command::Wake`]). Notices, and `started`, carry none.
+    pub wake: Option<Duration>,
 }
 
 /// Something that happened to an alert in one transition.
@@ -282,6 +289,8 @@ pub enum Publish {
     Duplicate { id: String, position: u64 },
     /// The queue holds `max_queue` alerts already.
     QueueFull,
+    /// Held for the streamer's approval.
+    Held { snapshot: Snapshot },
 }
 
 /// A change in the number of this node's widgets for a receiver.
@@ -301,6 +310,8 @@ pub enum WidgetChange {
 #[derive(Clone, Debug, PartialEq)]
 pub struct Status {
     pub queued: u64,
+    /// Alerts held for approval (not counted in `queued`).
+    pub held: u64,
     pub paused: bool,
     pub in_flight: Option<Arc<str>>,
     pub widgets: u64,
@@ -313,6 +324,8 @@ pub struct Waiting {
     pub total: u64,
     /// The page, each alert's JSON.
     pub alerts: Vec<Arc<str>>,
+    /// Every alert held for approval, oldest first (a short list: the streamer empties it).
+    pub held: Vec<Arc<str>>,
 }
 
 /// A snapshot that another node caused, for this node's hub.
@@ -350,6 +363,9 @@ impl Answered {
             },
             machine::Answer::Duplicate { id, position } => Publish::Duplicate { id, position },
             machine::Answer::QueueFull => Publish::QueueFull,
+            machine::Answer::Held => Publish::Held {
+                snapshot: self.snapshot.ok_or_else(missing_snapshot)?,
+            },
             other => {
                 return Err(StoreError::Protocol(format!(
                     "a publish answered {other:?}"
@@ -392,6 +408,16 @@ pub trait Store: Send + Sync + 'static {
         alert: &AlertRecord,
         idempotency_key: Option<&str>,
     ) -> Result<Publish, StoreError> {
+        self.admit(alert, idempotency_key, None).await
+    }
+
+    /// Queues an alert as [`Store::publish`] does, or with `hold` holds it for approval.
+    async fn admit(
+        &self,
+        alert: &AlertRecord,
+        idempotency_key: Option<&str>,
+        hold: Option<machine::Hold>,
+    ) -> Result<Publish, StoreError> {
         let lane = match alert.priority {
             crate::alert::Priority::High => machine::Lane::Priority,
             crate::alert::Priority::Normal => machine::Lane::Normal,
@@ -400,6 +426,7 @@ pub trait Store: Send + Sync + 'static {
             alert: machine::Stored::of(alert),
             idempotency_key,
             lane,
+            hold,
         };
         self.apply(&alert.receiver, command).await?.into_publish()
     }

@@ -6,7 +6,7 @@
 use std::time::Duration;
 
 use cuebox::store::history::Record;
-use cuebox::store::machine::Command;
+use cuebox::store::machine::{Answer, Command, Hold};
 use cuebox::store::{Publish, Rules, Snapshot, WidgetChange};
 use serde_json::json;
 
@@ -738,6 +738,85 @@ async fn a_replayed_alert_goes_out_next_under_a_new_id(b: Backing) {
     );
 }
 
+async fn publish_held(s: &StoreUnderTest, r: &str, message: &str, after: Option<u64>) -> String {
+    let alert = record(r, message);
+    let hold = Some(Hold {
+        approve_after: after,
+    });
+    match s.store.admit(&alert, None, hold).await.unwrap() {
+        Publish::Held { snapshot } => assert_ne!(flight_id(&snapshot), Some(alert.id.clone())),
+        other => panic!("expected held, got {other:?}"),
+    }
+    alert.id
+}
+
+async fn held_alerts_wait_for_approval_and_a_denied_one_is_only_recorded(b: Backing) {
+    let s = make_store(&b, fast_rules(), NODE).await;
+    let r = receiver("alice");
+    s.store.widgets(&r, WidgetChange::Joined).await.unwrap();
+    let held = publish_held(&s, "alice", "held", None).await;
+    let status = s.store.status(&r).await.unwrap();
+    assert_eq!((status.held, status.queued, status.in_flight), (1, 0, None));
+    let waiting = s.store.waiting(&r, 0, 10).await.unwrap();
+    assert_eq!(waiting.held.len(), 1);
+    let (a2, _) = publish(&s, "alice", "not held").await;
+
+    let answered = s.store.apply(&r, Command::Approve { id: &held }).await;
+    assert_eq!(answered.unwrap().answer, Answer::Changed);
+    let status = s.store.status(&r).await.unwrap();
+    assert_eq!(
+        (status.held, status.queued),
+        (0, 1),
+        "approved: behind the one on screen"
+    );
+    let again = s.store.apply(&r, Command::Approve { id: &held }).await;
+    assert_eq!(again.unwrap().answer, Answer::NotHeld);
+
+    let denied = publish_held(&s, "alice", "denied", None).await;
+    let answered = s.store.apply(&r, Command::Deny { id: &denied }).await;
+    assert_eq!(answered.unwrap().answer, Answer::Changed);
+    assert_eq!(s.store.status(&r).await.unwrap().held, 0);
+
+    let snap = s.store.done(&r, &a2).await.unwrap();
+    assert_eq!(flight_id(&snap), Some(held.clone()));
+    s.store.done(&r, &held).await.unwrap();
+    let history = s.store.history(&r, None, 10).await.unwrap();
+    let seen: Vec<(String, &str, Vec<&str>)> = history
+        .records
+        .iter()
+        .map(|rec| (rec.id.to_string(), rec.status.name(), marks(rec)))
+        .collect();
+    assert_eq!(
+        seen,
+        [
+            (
+                held.clone(),
+                "done",
+                vec!["received", "held", "approved", "sent", "done"]
+            ),
+            (a2.clone(), "done", vec!["received", "sent", "done"]),
+            (denied.clone(), "denied", vec!["received", "held", "denied"]),
+        ]
+    );
+    // A denied alert's id is free again, as a cleared one's is.
+    let status = s.store.status(&r).await.unwrap();
+    assert_eq!((status.queued, status.held, status.in_flight), (0, 0, None));
+}
+
+async fn a_held_alert_approves_itself_when_its_time_comes(b: Backing) {
+    let s = make_store(&b, fast_rules(), NODE).await;
+    let r = receiver("alice");
+    s.store.widgets(&r, WidgetChange::Joined).await.unwrap();
+    let held = publish_held(&s, "alice", "auto", Some(150)).await;
+    let early = s.store.apply(&r, Command::Wake).await.unwrap();
+    assert_eq!(early.snapshot.and_then(|s| flight_id(&s)), None, "not yet");
+    tokio::time::sleep(Duration::from_millis(250)).await;
+    let woken = s.store.apply(&r, Command::Wake).await.unwrap();
+    let snap = woken.snapshot.unwrap();
+    assert_eq!(flight_id(&snap), Some(held.clone()), "approved and sent");
+    assert_eq!(s.store.status(&r).await.unwrap().held, 0);
+}
+
 macro_rules! conformance {
     ($($case:ident),* $(,)?) => {
         mod memory {
@@ -808,4 +887,6 @@ conformance!(
     history_keeps_how_each_alert_ended_with_its_trail,
     history_keeps_the_newest_alerts_only,
     a_replayed_alert_goes_out_next_under_a_new_id,
+    held_alerts_wait_for_approval_and_a_denied_one_is_only_recorded,
+    a_held_alert_approves_itself_when_its_time_comes,
 );

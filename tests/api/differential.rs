@@ -41,6 +41,8 @@ const T0: u64 = 1_760_000_000_000;
 enum Which {
     InFlight,
     LastPublished,
+    /// The oldest alert held for approval.
+    Held,
     Unknown,
 }
 
@@ -51,6 +53,19 @@ enum Op {
         key: Option<u8>,
         again: bool,
         high: bool,
+        /// Held for approval, approving itself after so many ms if given.
+        hold: Option<Option<u64>>,
+    },
+    Approve {
+        r: usize,
+        which: Which,
+    },
+    Deny {
+        r: usize,
+        which: Which,
+    },
+    Wake {
+        r: usize,
     },
     Widgets {
         r: usize,
@@ -111,8 +126,18 @@ fn op() -> impl Strategy<Value = Op> {
     let which = prop_oneof![
         3 => Just(Which::InFlight),
         1 => Just(Which::LastPublished),
+        1 => Just(Which::Held),
         1 => Just(Which::Unknown),
     ];
+    let held = prop_oneof![
+        3 => Just(Which::Held),
+        1 => Just(Which::LastPublished),
+        1 => Just(Which::Unknown),
+    ];
+    let hold = proptest::option::weighted(
+        0.2,
+        proptest::option::of(prop_oneof![Just(0u64), 1u64..600]),
+    );
     let change = prop_oneof![
         3 => Just(WidgetChange::Joined),
         2 => Just(WidgetChange::Left),
@@ -125,8 +150,12 @@ fn op() -> impl Strategy<Value = Op> {
             proptest::option::of(0u8..3),
             proptest::bool::weighted(0.15),
             proptest::bool::weighted(0.25),
+            hold,
         )
-            .prop_map(|(r, key, again, high)| Op::Publish { r, key, again, high }),
+            .prop_map(|(r, key, again, high, hold)| Op::Publish { r, key, again, high, hold }),
+        1 => (r.clone(), held.clone()).prop_map(|(r, which)| Op::Approve { r, which }),
+        1 => (r.clone(), held).prop_map(|(r, which)| Op::Deny { r, which }),
+        1 => r.clone().prop_map(|r| Op::Wake { r }),
         3 => (r.clone(), node.clone(), change).prop_map(|(r, node, change)| Op::Widgets { r, node, change }),
         2 => (r.clone(), which.clone()).prop_map(|(r, which)| Op::Started { r, which }),
         3 => (r.clone(), which.clone()).prop_map(|(r, which)| Op::Done { r, which }),
@@ -184,6 +213,11 @@ impl Model {
                 .last
                 .get(r)
                 .map_or_else(|| "none".into(), |a| a.id.clone()),
+            Which::Held => self
+                .receivers
+                .get(r)
+                .and_then(|s| s.held.front())
+                .map_or_else(|| "none".into(), |h| h.queued.alert.id.to_string()),
             Which::Unknown => "not-an-alert".into(),
         }
     }
@@ -404,6 +438,7 @@ async fn run(under: &mut Under, ops: Vec<Op>) -> Result<(), TestCaseError> {
                 key,
                 again,
                 high,
+                hold,
             } => {
                 let name = RECEIVERS[r];
                 let alert = match (again, model.last.get(name)) {
@@ -425,14 +460,36 @@ async fn run(under: &mut Under, ops: Vec<Op>) -> Result<(), TestCaseError> {
                     Priority::High => Lane::Priority,
                     Priority::Normal => Lane::Normal,
                 };
+                let hold = hold.map(|approve_after| machine::Hold { approve_after });
                 let command = Command::Publish {
                     alert: stored(&alert),
                     idempotency_key: key.as_deref(),
                     lane,
+                    hold,
                 };
                 let m = model.apply(name, command).answered().into_publish();
-                let x = under.store(step).publish(&alert, key.as_deref()).await;
+                let x = under.store(step).admit(&alert, key.as_deref(), hold).await;
                 same(step, op, m, x)?;
+            }
+            Op::Approve { r, which } | Op::Deny { r, which } => {
+                let name = RECEIVERS[r];
+                let id = model.id(name, which);
+                let command = match op {
+                    Op::Approve { .. } => Command::Approve { id: &id },
+                    _ => Command::Deny { id: &id },
+                };
+                let m = model.apply(name, command.clone()).answered();
+                let x = under.store(step).apply(&receiver(name), command).await;
+                same(step, op, Ok(m), x)?;
+            }
+            Op::Wake { r } => {
+                let name = RECEIVERS[r];
+                let m = model.apply(name, Command::Wake).answered();
+                let x = under
+                    .store(step)
+                    .apply(&receiver(name), Command::Wake)
+                    .await;
+                same(step, op, Ok(m), x)?;
             }
             Op::Widgets { r, node, change } => {
                 let name = RECEIVERS[r];
@@ -554,6 +611,7 @@ async fn run(under: &mut Under, ops: Vec<Op>) -> Result<(), TestCaseError> {
         let m = model.receivers.get(name).cloned().unwrap_or_default();
         let status = Status {
             queued: m.queued(),
+            held: m.held.len() as u64,
             paused: m.paused,
             in_flight: m.flight.as_ref().map(|f| f.alert.json.clone()),
             widgets: u64::from(m.live_widgets(model.now)),
@@ -565,6 +623,7 @@ async fn run(under: &mut Under, ops: Vec<Op>) -> Result<(), TestCaseError> {
         let expected = cuebox::store::Waiting {
             total: m.queued(),
             alerts: json,
+            held: m.held.iter().map(|h| h.queued.alert.json.clone()).collect(),
         };
         same(ops.len(), &Op::Wait { ms: 0 }, Ok(expected), page)?;
         let x = under.queue(name).await;

@@ -18,7 +18,7 @@ use rusqlite::{params, Connection, OpenFlags, OptionalExtension};
 use crate::alert::ReceiverId;
 use crate::auth::Generations;
 use crate::store::history::{Mark, Record, Trail};
-use crate::store::machine::{InFlight, Lane, Millis, Queued, Receiver, Remembered, Stored};
+use crate::store::machine::{Held, InFlight, Lane, Millis, Queued, Receiver, Remembered, Stored};
 
 /// The database file in the data dir.
 pub const DB_FILE: &str = "cuebox.db";
@@ -128,6 +128,16 @@ pub enum Row {
         receiver: ReceiverId,
         key: String,
         seen: Remembered,
+    },
+    /// An alert held for approval.
+    Held {
+        receiver: ReceiverId,
+        held: Held,
+    },
+    /// A held alert, approved or denied.
+    Unheld {
+        receiver: ReceiverId,
+        id: Arc<str>,
     },
     /// An alert left the receiver for good.
     History {
@@ -391,6 +401,35 @@ impl Database {
                 .push_back(Queued { alert, sent, trail });
         }
         let mut statement = self.conn.prepare(
+            "SELECT receiver, id, lane, approve_at, duration_ms, trail, json FROM held ORDER BY n",
+        )?;
+        let mut rows = statement.query([])?;
+        while let Some(row) = rows.next()? {
+            let Some(receiver) = receiver_of(row.get_ref(0)?.as_str()?) else {
+                continue;
+            };
+            let alert = Stored {
+                id: row.get::<_, String>(1)?.into(),
+                json: row.get::<_, String>(6)?.into(),
+                duration_ms: row.get(4)?,
+            };
+            let lane = match row.get::<_, i64>(2)? {
+                1 => Lane::Priority,
+                _ => Lane::Normal,
+            };
+            let kept = loaded.entry(receiver).or_default();
+            kept.receiver.ids.insert(alert.id.clone());
+            kept.receiver.held.push_back(Held {
+                queued: Queued {
+                    alert,
+                    sent: 0,
+                    trail: Trail::from_kept(row.get::<_, String>(5)?),
+                },
+                lane,
+                approve_at: row.get::<_, Option<i64>>(3)?.map(|t| t as u64),
+            });
+        }
+        let mut statement = self.conn.prepare(
             "SELECT receiver, key, id, position, until_ms FROM idempotency WHERE until_ms > ?1",
         )?;
         let mut rows = statement.query([now as i64])?;
@@ -486,6 +525,30 @@ impl Database {
                         &*entry.alert.json,
                         entry.trail.as_str()
                     ])?;
+                }
+                Row::Held { receiver, held } => {
+                    let lane = match held.lane {
+                        Lane::Priority => 1,
+                        Lane::Normal => 0,
+                    };
+                    let q = &held.queued;
+                    tx.prepare_cached(
+                        "INSERT OR REPLACE INTO held (receiver, id, lane, approve_at, \
+                         duration_ms, trail, json) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
+                    )?
+                    .execute(params![
+                        receiver.as_str(),
+                        &*q.alert.id,
+                        lane,
+                        held.approve_at.map(|t| t as i64),
+                        q.alert.duration_ms,
+                        q.trail.as_str(),
+                        &*q.alert.json
+                    ])?;
+                }
+                Row::Unheld { receiver, id } => {
+                    tx.prepare_cached("DELETE FROM held WHERE receiver = ?1 AND id = ?2")?
+                        .execute(params![receiver.as_str(), &**id])?;
                 }
                 Row::History { receiver, record } => {
                     tx.prepare_cached(

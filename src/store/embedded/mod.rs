@@ -462,6 +462,18 @@ impl Kept {
                     heads[i] += 1;
                     lens[i] -= 1;
                 }
+                Change::Held => {
+                    if let Some(held) = self.r.held.back() {
+                        rows.push(Row::Held {
+                            receiver: receiver.clone(),
+                            held: held.clone(),
+                        });
+                    }
+                }
+                Change::Unheld(id) => rows.push(Row::Unheld {
+                    receiver: receiver.clone(),
+                    id,
+                }),
                 Change::Remembered(key) => {
                     if let Some(seen) = self.r.idempotency.get(&key) {
                         let seen = seen.clone();
@@ -865,6 +877,7 @@ impl Store for EmbeddedStore {
             None => Waiting {
                 total: 0,
                 alerts: Vec::new(),
+                held: Vec::new(),
             },
             Some(kept) => Waiting {
                 total: kept.r.queued(),
@@ -874,6 +887,12 @@ impl Store for EmbeddedStore {
                     .skip(offset.try_into().unwrap_or(usize::MAX))
                     .take(limit.try_into().unwrap_or(usize::MAX))
                     .map(|q| q.alert.json.clone())
+                    .collect(),
+                held: kept
+                    .r
+                    .held
+                    .iter()
+                    .map(|h| h.queued.alert.json.clone())
                     .collect(),
             },
         };
@@ -945,12 +964,14 @@ impl Store for EmbeddedStore {
         let status = match self.receivers.lock().receivers.get(receiver) {
             None => Status {
                 queued: 0,
+                held: 0,
                 paused: false,
                 in_flight: None,
                 widgets: 0,
             },
             Some(kept) => Status {
                 queued: kept.r.queued(),
+                held: kept.r.held.len() as u64,
                 paused: kept.r.paused,
                 in_flight: kept.r.flight.as_ref().map(|f| f.alert.json.clone()),
                 widgets: u64::from(kept.r.live_widgets(now)),

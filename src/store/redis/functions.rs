@@ -34,6 +34,8 @@ pub(super) fn function(call: Call) -> Option<&'static str> {
         Call::Queue => "cuebox_v4_queue",
         Call::Tokens => "cuebox_v4_rotate",
         Call::Filtered => "cuebox_v4_record",
+        // Deny and wake, measured under the same call, are named in `RedisStore::approval`.
+        Call::Approval => "cuebox_v4_approve",
         Call::Settings | Call::History => return None,
     })
 }
@@ -124,7 +126,7 @@ impl Core {
     /// then the node's constants and the time, then the function's own arguments.
     /// (`redis::Script`'s invocation allocated for every argument and copied them again; with the
     /// keys formatted apiece, that was some twenty allocations a transition.)
-    fn fcall(
+    pub(super) fn fcall(
         &self,
         receiver: &ReceiverId,
         function: &str,

@@ -43,7 +43,7 @@ use self::replies::{alert_json, int, kind_of, parse_snapshot, protocol, tagged, 
 pub use self::secret::shared_secret;
 use self::watches::Watches;
 use super::history::{Mark, Page, Record, Trail};
-use super::machine::{Answer, Command, Lane, Left, Stored};
+use super::machine::{Answer, Command, Hold, Lane, Left, Stored};
 use super::{
     Answered, Call, CallObserver, Flight, Notice, Rules, Snapshot, Status, Store, StoreError,
     Waiting, WidgetChange, IDEMPOTENCY_TTL, PRESENCE_TTL,
@@ -178,26 +178,41 @@ impl RedisStore {
         alert: Stored,
         idempotency_key: Option<&str>,
         place: Option<Lane>,
+        hold: Option<Hold>,
     ) -> Result<Answered, StoreError> {
         // The queue entry carries what the library needs without decoding JSON: the id, the
-        // duration, how many times the alert was sent (none yet), and its trail: received now.
+        // duration, how many times the alert was sent (none yet), and its trail: received now,
+        // and held now if it is.
+        let now = self.core.clock.now();
+        let mut trail = Trail::received(now);
+        if hold.is_some() {
+            trail.push(Mark::Held, now, None);
+        }
         let entry = format!(
-            "{} {} 0 r{} {}",
+            "{} {} 0 {} {}",
             alert.id,
             alert.duration_ms,
-            self.core.clock.now(),
+            trail.as_str(),
             alert.json
         );
         let max_queue = self.core.rules.max_queue.to_string();
         let ttl = IDEMPOTENCY_TTL.as_secs().to_string();
         // The lane only when it is not the back of the normal one: an argument costs Redis
         // about 1k instructions, and most publishes are normal.
-        let (lane, given) = match place {
+        let (lane, mut given) = match place {
             Some(Lane::Priority) => ("priority", 5),
-            Some(Lane::Normal) => ("", 4),
+            Some(Lane::Normal) => ("normal", 4),
             None => ("replay", 5),
         };
-        let args = [&*alert.id, &entry, &max_queue, &ttl, lane];
+        let approve_at = match hold.map(|h| h.approve_after) {
+            None => String::new(),
+            Some(None) => "-".into(),
+            Some(Some(after)) => (now + after).to_string(),
+        };
+        if hold.is_some() {
+            given = 6;
+        }
+        let args = [&*alert.id, &entry, &max_queue, &ttl, lane, &approve_at];
         let reply = self
             .core
             .run(receiver, Call::Publish, idempotency_key, &args[..given])
@@ -220,6 +235,7 @@ impl RedisStore {
                 None,
             ),
             ("full", _, _) => (Answer::QueueFull, None),
+            ("held", Some(snapshot), _) => (Answer::Held, Some(parse_snapshot(snapshot)?)),
             _ => return Err(StoreError::Protocol(format!("publish: unexpected {kind}"))),
         };
         Ok(Answered { answer, snapshot })
@@ -289,6 +305,7 @@ impl RedisStore {
                 }),
                 events: Vec::new(),
                 skipped: None,
+                wake: None,
             }),
             _ => Err(StoreError::Protocol("started: an answer cut short".into())),
         }
@@ -348,6 +365,28 @@ impl RedisStore {
     }
 }
 
+impl RedisStore {
+    /// Approve, deny or wake: the calls of [`Call::Approval`], one function each.
+    async fn approval(
+        &self,
+        receiver: &ReceiverId,
+        function: &str,
+        args: &[&str],
+    ) -> Result<Answered, StoreError> {
+        let call = self.core.fcall(receiver, function, false, None, args);
+        let reply = self.core.call(Call::Approval, call).await?;
+        if kind_of(&reply) == Some("not_held") {
+            let (_, mut items) = tagged(reply)?;
+            let snapshot = items.next().map(parse_snapshot).transpose()?;
+            return Ok(Answered {
+                answer: Answer::NotHeld,
+                snapshot,
+            });
+        }
+        changed(parse_snapshot(reply)?)
+    }
+}
+
 fn generations_call(keys: &Keys, receiver: &ReceiverId) -> redis::Cmd {
     redis::cmd("HMGET")
         .arg(keys.tokens(receiver))
@@ -400,11 +439,19 @@ impl Store for RedisStore {
                 alert,
                 idempotency_key,
                 lane,
+                hold,
             } => {
-                self.publish_call(receiver, alert, idempotency_key, Some(lane))
+                self.publish_call(receiver, alert, idempotency_key, Some(lane), hold)
                     .await
             }
-            Command::Replay { alert } => self.publish_call(receiver, alert, None, None).await,
+            Command::Replay { alert } => self.publish_call(receiver, alert, None, None, None).await,
+            Command::Approve { id } => self.approval(receiver, "cuebox_v4_approve", &[id]).await,
+            Command::Deny { id } => {
+                let keep = self.core.rules.history.to_string();
+                self.approval(receiver, "cuebox_v4_deny", &[id, &keep])
+                    .await
+            }
+            Command::Wake => self.approval(receiver, "cuebox_v4_wake", &[]).await,
             Command::Filtered { alert } => {
                 let now = self.core.clock.now();
                 let record = Record {
@@ -455,6 +502,7 @@ impl Store for RedisStore {
         match (kind.as_str(), items.as_slice()) {
             ("status", [queued, widgets, in_flight, rest @ ..]) => Ok(Status {
                 queued: int(queued)?,
+                held: rest.get(1).map(int).transpose()?.unwrap_or(0),
                 // Absent from a library before pause.
                 paused: rest.first().map(int).transpose()? == Some(1),
                 widgets: int(widgets)?,
@@ -476,8 +524,8 @@ impl Store for RedisStore {
             .run(receiver, Call::Queue, None, &[&args[0], &args[1]])
             .await?;
         let (kind, mut items) = tagged(reply)?;
-        match (kind.as_str(), items.next(), items.next()) {
-            ("queue", Some(total), Some(Value::Array(entries))) => Ok(Waiting {
+        match (kind.as_str(), items.next(), items.next(), items.next()) {
+            ("queue", Some(total), Some(Value::Array(entries)), held) => Ok(Waiting {
                 total: int(&total)?,
                 alerts: entries
                     .iter()
@@ -488,6 +536,20 @@ impl Store for RedisStore {
                             .ok_or_else(|| protocol("queue", e))
                     })
                     .collect::<Result<_, _>>()?,
+                // Each "<approve at> <lane> <queue entry>".
+                held: match held {
+                    Some(Value::Array(held)) => held
+                        .iter()
+                        .map(|e| {
+                            text(e)
+                                .and_then(|e| e.splitn(3, ' ').nth(2))
+                                .and_then(alert_json)
+                                .map(Into::into)
+                                .ok_or_else(|| protocol("queue", e))
+                        })
+                        .collect::<Result<_, _>>()?,
+                    _ => Vec::new(),
+                },
             }),
             _ => Err(StoreError::Protocol(format!("queue: unexpected {kind}"))),
         }

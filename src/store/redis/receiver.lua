@@ -28,8 +28,11 @@
 --                                   all, or *>", or "0" for none (see presence())
 --                          hold     "p" while the streamer has paused the receiver, followed by
 --                                   how many alerts wait in the priority lane (KEYS[4]) when
---                                   any do: "p", "3", "p3"; absent for neither (one field, not
---                                   two, since every call reads it: see read_hold())
+--                                   any do, then "h", how many are held for approval and, if any
+--                                   approves itself, ":" and the soonest time one does: "p",
+--                                   "3", "p3", "h2", "p3h1:1760000000000"; absent for none of
+--                                   these (one field, not three, since every call reads it: see
+--                                   read_hold())
 -- KEYS[2] queue    list    waiting alerts, head first, each "<id> <duration_ms> <times sent>
 --                          <trail> <alert json>" (no trail in an entry of layout 3: the JSON
 --                          follows the times sent, and always starts with '{')
@@ -47,7 +50,10 @@
 --                          each key passed costs every call about 1k instructions
 --   or    idempotency key (publish with a key only)
 -- Not among KEYS: <r>:history, a list of the alerts that left the receiver for good, newest
--- first, each "<id> <status> <trail> <alert json>" (see remember()).
+-- first, each "<id> <status> <trail> <alert json>" (see remember()); and <r>:held, the alerts
+-- held for approval, oldest first, each "<approve at, ms, or -> <p|n, its lane> <queue entry>"
+-- (see release()). Both are found from KEYS[1]: they are read only on the calls that use them,
+-- and each key passed costs every call.
 --
 -- A trail is what happened to an alert, mark after mark, each a letter and a time in ms, with
 -- ':' and the attempt after a send or a requeue: "r<received>s<sent>:1t<started>d<done>" (the
@@ -171,13 +177,42 @@ end
 -- as a string, or false for none). Absent, as it is for a receiver that never used either, it
 -- costs nothing to read.
 local function read_hold(c, hold)
-  c.paused, c.ahead = false, false
+  c.paused, c.ahead, c.held, c.due = false, false, false, false
   if not hold then return end
   if string.byte(hold, 1) == 112 then -- 'p'
     c.paused = '1'
     hold = string.sub(hold, 2)
   end
+  local h = string.find(hold, 'h', 1, true)
+  if h then
+    local held, due = string.match(hold, '^(%d+):?(%d*)$', h + 1)
+    c.held = tonumber(held)
+    if due and due ~= '' then c.due = tonumber(due) end
+    hold = string.sub(hold, 1, h - 1)
+  end
   if hold ~= '' and hold ~= '0' then c.ahead = hold end
+end
+
+-- The `hold` field as c says it.
+local function hold_field(c)
+  local hold = ''
+  if c.paused then hold = 'p' end
+  if c.ahead and c.ahead ~= '0' then hold = hold .. c.ahead end
+  if c.held and c.held > 0 then
+    hold = hold .. 'h' .. int(c.held)
+    if c.due then hold = hold .. ':' .. int(c.due) end
+  end
+  return hold
+end
+
+local function write_hold(c)
+  local hold = hold_field(c)
+  if hold == '' then
+    redis.call('HDEL', c.keys[1], 'hold')
+  else
+    redis.call('HSET', c.keys[1], 'hold', hold)
+  end
+  c.hold_changed = false
 end
 
 -- Reads the receiver; `with_alert` reads the entry of the alert in flight too, in the same call,
@@ -204,16 +239,21 @@ local function open(keys, args, with_alert)
   return c, not f[1] and not f[2]
 end
 
--- Opens a call that may write: a receiver still in layout 1 is taken over first.
+local release -- below, with the lanes
+
+-- Opens a call that may write: a receiver still in layout 1 is taken over first, and held alerts
+-- whose time has come are approved before anything else happens.
 local function open_to_write(keys, args, with_alert)
   local c, unwritten = open(keys, args, with_alert)
   if unwritten then read_layout_1(c, true) end
+  if c.due and c.due <= c.now then release(c) end
   return c
 end
 
 -- {'snapshot', seq, id, attempt, started (0 or 1), ms to deadline, alert entry, events
--- [, skipped id]}; id and the alert are false when free, and the alert is false unless asked
--- for. The skipped id only when the call skipped one: every other answer stays one shorter.
+-- [, skipped id [, ms until a held alert approves itself]]}; id and the alert are false when
+-- free, and the alert is false unless asked for. The skipped id (or false) only when the call
+-- skipped one or there is a time to wake at: every other answer stays shorter.
 local function snapshot(c, with_alert)
   local seq = c.seq or 0
   local snap
@@ -228,6 +268,10 @@ local function snapshot(c, with_alert)
       math.max(0, tonumber(c.deadline) - c.now), entry, c.happened}
   end
   if c.skipped then snap[9] = c.skipped end
+  if c.due then
+    snap[9] = c.skipped or false
+    snap[10] = math.max(0, c.due - c.now)
+  end
   return snap
 end
 
@@ -317,6 +361,76 @@ end
 -- The priority lane's length, kept in `hold` by save().
 local function set_ahead(c, n)
   c.ahead, c.hold_changed, c.dirty = int(n), true, true
+end
+
+-- The held alerts' key.
+local function held_key(c)
+  return string.sub(c.keys[1], 1, -9) .. 'held' -- KEYS[1] ends in 'receiver'
+end
+
+-- A held alert joins the back of its lane (`lane` 'p' or 'n'), its trail marked approved now.
+local function approve(c, lane, entry)
+  local head, rest = string.match(entry, '^(%S+ %d+ %d+ %S*)( .*)$')
+  if not head then return end
+  local approved = head .. 'a' .. c.args[2] .. rest
+  if lane == 'p' then
+    redis.call('RPUSH', c.keys[4], approved)
+    set_ahead(c, (tonumber(c.ahead) or 0) + 1)
+  else
+    redis.call('RPUSH', c.keys[2], approved)
+  end
+end
+
+-- Rewrites the held alerts as `kept` (entries of the held list), counting them and finding the
+-- soonest time one approves itself; writes the `hold` field at once, since a call may answer
+-- early without saving.
+local function rewrite_held(c, key, kept)
+  redis.call('DEL', key)
+  local due = false
+  for i = 1, #kept, 1000 do
+    redis.call('RPUSH', key, unpack(kept, i, math.min(i + 999, #kept)))
+  end
+  for i = 1, #kept do
+    local at = tonumber(string.match(kept[i], '^(%d+) '))
+    if at and (not due or at < due) then due = at end
+  end
+  c.held, c.due = #kept, due
+  write_hold(c)
+end
+
+-- Approves, oldest first, every held alert whose time to approve itself has come.
+release = function(c)
+  local key = held_key(c)
+  local entries = redis.call('LRANGE', key, 0, -1)
+  local kept = {}
+  for i = 1, #entries do
+    local at, lane, entry = string.match(entries[i], '^(%S+) (%a) (.*)$')
+    if at and at ~= '-' and tonumber(at) <= c.now then
+      approve(c, lane, entry)
+    elseif at then
+      kept[#kept + 1] = entries[i]
+    end
+  end
+  rewrite_held(c, key, kept)
+end
+
+-- Takes held alert `id` out of the held ones; answers its lane and queue entry, or nil.
+local function unhold(c, id)
+  if not c.held or c.held == 0 then return nil end
+  local key = held_key(c)
+  local entries = redis.call('LRANGE', key, 0, -1)
+  local kept, lane, found = {}, nil, nil
+  local prefix = id .. ' '
+  for i = 1, #entries do
+    local at, l, entry = string.match(entries[i], '^(%S+) (%a) (.*)$')
+    if not found and entry and string.sub(entry, 1, #prefix) == prefix then
+      lane, found = l, entry
+    elseif at then
+      kept[#kept + 1] = entries[i]
+    end
+  end
+  if found then rewrite_held(c, key, kept) end
+  return lane, found
 end
 
 -- Free to busy: the one place an alert goes out. Only while free, not paused, and someone can
@@ -409,12 +523,7 @@ local function save(c)
     redis.call('HSET', key, 'seq', seq)
   end
   if c.had_flight and not (c.id or c.packed) then redis.call('HDEL', key, 'flight', 'alert') end
-  if c.hold_changed then
-    local hold = ''
-    if c.paused then hold = 'p' end
-    if c.ahead and c.ahead ~= '0' then hold = hold .. c.ahead end
-    if hold == '' then redis.call('HDEL', key, 'hold') else redis.call('HSET', key, 'hold', hold) end
-  end
+  if c.hold_changed then write_hold(c) end
 end
 
 -- The call's answer, after saving; when seq moved, the new alert in flight goes with it and to
@@ -452,7 +561,8 @@ end
 
 -- ARGV[5] the alert's id, ARGV[6] its queue entry "<id> <duration_ms> 0 r<now> <alert json>",
 -- ARGV[7] most alerts waiting, ARGV[8] idempotency ttl in seconds, ARGV[9] 'priority' for the
--- back of the priority lane, 'replay' for its head (absent for the back of the normal one).
+-- back of the priority lane, 'replay' for its head ('normal', or absent, for the back of the
+-- normal one); ARGV[10], to hold it for approval: when it approves itself (ms), or '-'.
 local function publish(keys, args)
   local c = open_to_write(keys, args)
   local id, idem = args[5], keys[5]
@@ -467,6 +577,16 @@ local function publish(keys, args)
   -- An id that is queued or in flight already: the node's retry of a call whose answer was
   -- lost (the first ran after all). Answered as that call would have been, queueing nothing.
   if redis.call('SADD', keys[3], id) == 0 then
+    if c.held and c.held > 0 then
+      local prefix = id .. ' '
+      local held = redis.call('LRANGE', held_key(c), 0, -1)
+      for i = 1, #held do
+        local entry = string.match(held[i], '^%S+ %a (.*)$')
+        if entry and string.sub(entry, 1, #prefix) == prefix then
+          return {'held', finish(c, true)}
+        end
+      end
+    end
     local position = 0
     if flight(c) ~= id then
       position = position_in_queue(c, id)
@@ -476,9 +596,22 @@ local function publish(keys, args)
   end
   local ahead = tonumber(c.ahead) or 0
   local waiting = redis.call('LLEN', keys[2]) + ahead
-  if waiting >= tonumber(args[7]) then
+  -- Held alerts count against the limit, not in a position: they are not in line yet.
+  if waiting + (c.held or 0) >= tonumber(args[7]) then
     redis.call('SREM', keys[3], id)
     return {'full'}
+  end
+  if args[10] then
+    -- Held for approval: its entry (the trail marked held by the node) waits in the held list.
+    local lane = 'n'
+    if args[9] == 'priority' then lane = 'p' end
+    redis.call('RPUSH', held_key(c), args[10] .. ' ' .. lane .. ' ' .. args[6])
+    local at = tonumber(args[10])
+    c.held = (c.held or 0) + 1
+    if at and (not c.due or at < c.due) then c.due = at end
+    c.hold_changed, c.dirty = true, true
+    if idem then redis.call('SET', idem, id .. ' 0', 'EX', args[8]) end
+    return {'held', finish(c, false)}
   end
   local position = waiting
   if args[9] == 'priority' then
@@ -565,7 +698,7 @@ local function started(keys, args)
     return {'started', f[1], attempt, deadline}
   end
   c.keys, c.now, c.seq, c.packed, c.happened = keys, tonumber(args[1]), f[1], packed, ''
-  c.skipped = false
+  c.skipped, c.due = false, false
   return snapshot(c, false)
 end
 
@@ -689,6 +822,38 @@ local function clear(keys, args)
   return {'cleared', left_priority, left_queue, ids, finish(c, false)}
 end
 
+-- ARGV[5] the held alert the streamer approved: it joins the back of its lane, and goes out if
+-- the receiver is free. Answers the snapshot, or {'not_held', snapshot}.
+local function approve_one(keys, args)
+  local c = open_to_write(keys, args)
+  local lane, entry = unhold(c, args[5])
+  if not entry then return {'not_held', finish(c, false)} end
+  approve(c, lane, entry)
+  dispatch(c)
+  return finish(c, false)
+end
+
+-- ARGV[5] the held alert the streamer denied; ARGV[6] the length of history kept. It goes into
+-- history as 'denied'. Answers the snapshot, or {'not_held', snapshot}.
+local function deny(keys, args)
+  local c = open_to_write(keys, args)
+  c.keep = args[6]
+  local _, entry = unhold(c, args[5])
+  if not entry then return {'not_held', finish(c, false)} end
+  redis.call('SREM', keys[3], args[5])
+  local record = history_entry(entry, 'denied', 'n', args[2])
+  if record then remember(c, record) end
+  return finish(c, false)
+end
+
+-- Held alerts may be due to approve themselves (opening the call approves them): send one if
+-- the receiver is free.
+local function wake(keys, args)
+  local c = open_to_write(keys, args)
+  dispatch(c)
+  return finish(c, false)
+end
+
 -- An alert moderation kept off screen: only recorded. ARGV[5] its history entry, ARGV[6] the
 -- length of history kept. Answers the receiver's snapshot, unchanged.
 local function record(keys, args)
@@ -712,7 +877,7 @@ local function rotate(keys, args)
 end
 
 -- A page of the waiting alerts, in the order they go out. ARGV[5] the offset, ARGV[6] most
--- alerts. Answers {'queue', waiting in all, {queue entries}}. Reads only.
+-- alerts. Answers {'queue', waiting in all, {queue entries}, {held list entries}}. Reads only.
 local function queue(keys, args)
   read_hold(c, redis.call('HGET', keys[1], 'hold'))
   local ahead = tonumber(c.ahead) or 0
@@ -727,11 +892,15 @@ local function queue(keys, args)
     local rest = redis.call('LRANGE', keys[2], start, start + most - #page - 1)
     for i = 1, #rest do page[#page + 1] = rest[i] end
   end
-  return {'queue', total, page}
+  local held = {}
+  if c.held and c.held > 0 then
+    held = redis.call('LRANGE', string.sub(keys[1], 1, -9) .. 'held', 0, -1)
+  end
+  return {'queue', total, page, held}
 end
 
 -- {'status', queued, live widgets, alert in flight as its queue entry or false, paused (0 or
--- 1)}. Reads only: a receiver still in layout 1 is read, not taken over.
+-- 1), held}. Reads only: a receiver still in layout 1 is read, not taken over.
 local function status(keys, args)
   local c, unwritten = open(keys, args)
   if unwritten then read_layout_1(c, false) end
@@ -742,7 +911,7 @@ local function status(keys, args)
   local paused = 0
   if c.paused then paused = 1 end
   local queued = redis.call('LLEN', keys[2]) + (tonumber(c.ahead) or 0)
-  return {'status', queued, total, entry, paused}
+  return {'status', queued, total, entry, paused, c.held or 0}
 end
 
 redis.register_function('cuebox_v4_publish', publish)
@@ -756,6 +925,9 @@ redis.register_function('cuebox_v4_skip', skip)
 redis.register_function('cuebox_v4_clear', clear)
 redis.register_function('cuebox_v4_rotate', rotate)
 redis.register_function('cuebox_v4_record', record)
+redis.register_function('cuebox_v4_approve', approve_one)
+redis.register_function('cuebox_v4_deny', deny)
+redis.register_function('cuebox_v4_wake', wake)
 redis.register_function{
   function_name = 'cuebox_v4_status', callback = status, flags = {'no-writes'}
 }

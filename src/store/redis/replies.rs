@@ -62,6 +62,7 @@ pub(super) fn parse_notice(keys: &Keys, node: &str, data: &[Value]) -> Option<No
             flight,
             events: Vec::new(),
             skipped,
+            wake: None,
         },
     })
 }
@@ -127,8 +128,14 @@ pub(super) fn parse_snapshot(v: Value) -> Result<Snapshot, StoreError> {
         next()?,
         next()?,
     );
-    // Only when the call skipped an alert.
+    // Only when the call skipped an alert (or false before a time to wake at).
     let skipped = items.next().as_ref().and_then(text).map(Into::into);
+    // Only while a held alert will approve itself.
+    let wake = items
+        .next()
+        .map(|v| int(&v))
+        .transpose()?
+        .map(Duration::from_millis);
     let flight = match text(&id) {
         None => None,
         Some(id) => Some(Flight {
@@ -147,6 +154,7 @@ pub(super) fn parse_snapshot(v: Value) -> Result<Snapshot, StoreError> {
             .map(|e| e.split(' ').filter_map(Event::parse).collect())
             .unwrap_or_default(),
         skipped,
+        wake,
     })
 }
 
