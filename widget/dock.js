@@ -8,6 +8,7 @@
 
   const CONFIRM_MS = 3000; // clearing takes a second click within this
   const PAGE = 50; // waiting alerts listed
+  const HISTORY = 20; // alerts of history listed
 
   const receiver = decodeURIComponent(location.pathname.split('/')[2] || '');
   const token = new URLSearchParams(location.search).get('token') || '';
@@ -20,6 +21,8 @@
     queued: null,
     current: null,
     waiting: [],
+    held: [],
+    history: [],
     error: null,
     reads: 0,
   };
@@ -60,12 +63,43 @@
     return parts.join(' ');
   }
 
-  function render(status, page) {
+  // A list item for an alert: its text, then (as buttons, `data-action` and `data-id`) what can
+  // be done with it.
+  function item(alert, actions, status) {
+    const li = document.createElement('li');
+    li.dataset.alertId = alert.id;
+    if (actions.length) {
+      const box = document.createElement('span');
+      box.className = 'actions';
+      actions.forEach(([action, label]) => {
+        const button = document.createElement('button');
+        button.type = 'button';
+        button.textContent = label;
+        button.dataset.action = action;
+        button.dataset.id = alert.id;
+        box.append(button);
+      });
+      li.append(box);
+    }
+    if (status) {
+      const badge = document.createElement('span');
+      badge.className = 'status status-' + status;
+      badge.textContent = status;
+      li.append(badge);
+    }
+    li.append(document.createTextNode(describe(alert)));
+    if (alert.priority === 'high') li.classList.add('high');
+    return li;
+  }
+
+  function render(status, page, history) {
     state.paused = status.paused;
     state.widgets = status.widgets;
     state.queued = status.queued;
     state.current = status.in_flight ? status.in_flight.id : null;
     state.waiting = page.alerts.map((a) => a.id);
+    state.held = page.held.map((a) => a.id);
+    state.history = history.history.map((e) => ({ id: e.id, status: e.status }));
     state.error = null;
     state.reads += 1;
 
@@ -87,14 +121,14 @@
     el('skip').disabled = !status.in_flight;
     el('now').textContent = status.in_flight ? describe(status.in_flight) : 'Nothing';
     el('queued').textContent = String(status.queued);
-    const list = el('queue');
-    list.replaceChildren(...page.alerts.map((alert) => {
-      const item = document.createElement('li');
-      item.textContent = describe(alert);
-      item.dataset.alertId = alert.id;
-      if (alert.priority === 'high') item.classList.add('high');
-      return item;
-    }));
+    el('queue').replaceChildren(...page.alerts.map((alert) => item(alert, [])));
+    el('held-section').hidden = page.held.length === 0;
+    el('held-count').textContent = String(page.held.length);
+    el('held').replaceChildren(...page.held.map((alert) =>
+      item(alert, [['approve', 'Approve'], ['deny', 'Deny']])));
+    el('history').replaceChildren(...history.history.map((entry) =>
+      item(entry.alert || { id: entry.id }, entry.alert ? [['replay', 'Replay']] : [],
+        entry.status)));
     el('error').hidden = true;
     el('updated').textContent = 'Read at ' + new Date().toLocaleTimeString();
   }
@@ -108,8 +142,12 @@
 
   async function refresh() {
     try {
-      const [status, page] = await Promise.all([call('GET', ''), call('GET', '/queue?limit=' + PAGE)]);
-      render(status, page);
+      const [status, page, history] = await Promise.all([
+        call('GET', ''),
+        call('GET', '/queue?limit=' + PAGE),
+        call('GET', '/history?limit=' + HISTORY),
+      ]);
+      render(status, page, history);
     } catch (e) {
       showError(e.message);
     }
@@ -127,7 +165,11 @@
       }, CONFIRM_MS);
       return;
     }
+    const id = encodeURIComponent(button.dataset.id || '');
     const requests = {
+      approve: ['POST', '/approve/' + id],
+      deny: ['POST', '/deny/' + id],
+      replay: ['POST', '/replay/' + id],
       pause: ['POST', '/pause'],
       resume: ['POST', '/resume'],
       skip: ['POST', '/skip' + (state.current ? '?id=' + encodeURIComponent(state.current) : '')],
@@ -151,8 +193,10 @@
     if (failed) showError(failed);
   }
 
-  document.querySelectorAll('button').forEach((button) => {
-    button.addEventListener('click', () => act(button));
+  // One listener for every button, those of list items made later included.
+  document.addEventListener('click', (event) => {
+    const button = event.target.closest('button');
+    if (button && !button.disabled) act(button);
   });
   refresh();
 })();

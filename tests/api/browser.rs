@@ -974,3 +974,61 @@ async fn the_dock_pauses_tests_and_clears_and_warns_when_no_widget_is_connected(
         .await;
     assert_eq!(status, 401);
 }
+
+/// The dock's lists in OBS: a held alert approved with a click goes out to the widget, and an
+/// alert from history replayed with a click goes out again under a new id.
+#[actix_web::test]
+async fn the_dock_approves_a_held_alert_onto_a_widget_and_replays_one_from_history() {
+    let app = TestApp::memory().await;
+    let (status, _) = app
+        .put_settings("alice", json!({"hold_for_approval": true}))
+        .await;
+    assert_eq!(status, 200);
+    let mut w = app.widget("alice").await;
+    app.wait_for_widgets("alice", 1).await;
+    let (_, body) = app
+        .publish(json!({"receiver": "alice", "from": "Bia", "message": "hold me"}))
+        .await;
+    assert_eq!(body["held"], true, "{body}");
+    let held = body["id"].as_str().unwrap().to_owned();
+    let token = app.dashboard_token("alice");
+    let mut page = Page::open_until(
+        &format!("{}/dock/alice?token={token}", app.base),
+        "typeof window.cueboxDock === 'object' && window.cueboxDock.held.length === 1",
+        "the dock lists the held alert",
+    )
+    .await;
+    w.expect_silence(Duration::from_millis(200)).await;
+    page.eval("document.querySelector('#held button[data-action=approve]').click(), true")
+        .await;
+    assert_eq!(
+        w.next_alert().await.0,
+        held,
+        "approved in the dock, shown by the widget"
+    );
+    w.show(&held).await;
+    eventually(|| async { app.status("alice").await["in_flight"].is_null() }).await;
+
+    page.eval("document.getElementById('refresh').click(), true")
+        .await;
+    page.wait_for(
+        &format!(
+            "window.cueboxDock.history.length === 1 && window.cueboxDock.history[0].id === '{held}' \
+             && window.cueboxDock.history[0].status === 'done'"
+        ),
+        PROMPTLY,
+        "the dock's history shows the alert done",
+    )
+    .await;
+    page.screenshot_if_asked().await;
+    page.eval("document.querySelector('#history button[data-action=replay]').click(), true")
+        .await;
+    let (id, _, alert) = w.next_alert().await;
+    assert_ne!(id, held);
+    assert_eq!(
+        (&alert["replay_of"], &alert["message"]),
+        (&json!(held), &json!("hold me"))
+    );
+    page.assert_no_uncaught_errors();
+    assert_eq!(page.eval("window.__csp.length").await, json!(0));
+}

@@ -300,19 +300,7 @@ async fn put_settings(
     receiver: &str,
     body: serde_json::Value,
 ) -> (u16, serde_json::Value) {
-    let mut res = app
-        .http
-        .put(format!("{}/receivers/{receiver}/settings", app.base))
-        .insert_header((
-            "Authorization",
-            format!("Bearer {}", app.dashboard_token(receiver)),
-        ))
-        .send_body(body.to_string())
-        .await
-        .expect("the node answers");
-    let status = res.status().as_u16();
-    let body = res.json().await.unwrap_or(serde_json::Value::Null);
-    (status, body)
+    app.put_settings(receiver, body).await
 }
 
 #[actix_web::test]

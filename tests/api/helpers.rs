@@ -482,6 +482,23 @@ impl TestApp {
         (status, String::from_utf8_lossy(&body).into_owned())
     }
 
+    /// `PUT /receivers/{receiver}/settings` with the receiver's dashboard token.
+    pub async fn put_settings(&self, receiver: &str, body: Value) -> (u16, Value) {
+        let mut res = self
+            .http
+            .put(format!("{}/receivers/{receiver}/settings", self.base))
+            .insert_header((
+                "Authorization",
+                format!("Bearer {}", self.dashboard_token(receiver)),
+            ))
+            .send_body(body.to_string())
+            .await
+            .expect("the node answers");
+        let status = res.status().as_u16();
+        let body = res.json().await.unwrap_or(Value::Null);
+        (status, body)
+    }
+
     /// Publishes a minimal alert and returns its id.
     pub async fn publish_alert(&self, receiver: &str, message: &str) -> String {
         let (status, body) = self
