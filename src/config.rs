@@ -96,8 +96,8 @@ pub struct ServeArgs {
           value_parser = clap::value_parser!(u32).range(1..=10_000))]
     pub max_widgets_per_receiver: u32,
 
-    /// Alerts each receiver's history keeps (the newest; with Redis up to an eighth more, as it
-    /// trims in steps).
+    /// Alerts each receiver's history keeps (the newest; Redis holds up to 64 more, as it trims
+    /// in steps, and shows only these).
     #[arg(long, env = "CUEBOX_HISTORY", default_value_t = 500,
           value_parser = clap::value_parser!(u32).range(1..=100_000))]
     pub history: u32,

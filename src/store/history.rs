@@ -3,7 +3,7 @@
 //!
 //! The trail is written as it grows, in one compact form every store shares: the machine's
 //! alerts carry it, the Redis library appends to it in the same form inside its strings (a queue
-//! entry, the packed alert in flight, a history entry), and SQLite keeps it in a column. Each
+//! entry, the packed alert in flight, a history header), and SQLite keeps it in a column. Each
 //! mark is a letter and a time in ms, with `:` and the attempt after a send or a requeue:
 //! `r1760000000000s1760000000100:1t1760000000150d1760000001200`. No separators, so appending a
 //! mark is one concatenation, and no spaces, so it sits in a space-separated entry as one token.
@@ -201,33 +201,6 @@ pub struct Record {
     pub json: Arc<str>,
 }
 
-impl Record {
-    /// As the Redis library keeps it in a receiver's history list: `<id> <status> <trail>
-    /// <json>`.
-    pub fn entry(&self) -> String {
-        format!(
-            "{} {} {} {}",
-            self.id,
-            self.status.name(),
-            self.trail.as_str(),
-            self.json
-        )
-    }
-
-    /// Reads an entry of a Redis history list.
-    pub fn parse_entry(entry: &str) -> Option<Record> {
-        let mut parts = entry.splitn(4, ' ');
-        let (id, status, trail, json) =
-            (parts.next()?, parts.next()?, parts.next()?, parts.next()?);
-        Some(Record {
-            id: id.into(),
-            status: Mark::parse_status(status)?,
-            trail: Trail::from_kept(trail),
-            json: json.into(),
-        })
-    }
-}
-
 /// A page of a receiver's history, newest first.
 #[derive(Clone, Debug, Default, PartialEq)]
 pub struct Page {
@@ -284,16 +257,5 @@ mod tests {
         // An unknown letter is skipped, the rest kept.
         let odd = Trail::from_kept("r10z15d20");
         assert_eq!(odd.steps().len(), 2);
-    }
-
-    #[test]
-    fn an_entry_reads_back_as_written() {
-        let r = Record {
-            id: "a1".into(),
-            status: Mark::Skipped,
-            trail: Trail::received(1).and(Mark::Skipped, 2, None),
-            json: r#"{"id":"a1","message":"a b"}"#.into(),
-        };
-        assert_eq!(Record::parse_entry(&r.entry()), Some(r));
     }
 }

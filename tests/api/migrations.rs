@@ -182,7 +182,7 @@ async fn strip_trails(redis: &RedisServer, receiver: &str) {
     )
     .unwrap();
     if let [Some(flight), Some(alert)] = &fields[..] {
-        let five: Vec<&str> = flight.split(' ').take(5).collect();
+        let five: Vec<&str> = flight.split('|').next().unwrap().split(' ').collect();
         redis
             .cmd(&[
                 "HSET",

@@ -387,6 +387,22 @@ impl RedisStore {
     }
 }
 
+/// The header of an alert in a history list: `<status> <trail>`.
+fn history_header(status: Mark, trail: &Trail) -> String {
+    format!("{} {}", status.name(), trail.as_str())
+}
+
+/// An alert of a history list, from its header and its queue entry.
+fn history_record(header: &str, entry: &str) -> Option<Record> {
+    let (status, trail) = header.split_once(' ')?;
+    Some(Record {
+        id: entry.split(' ').next()?.into(),
+        status: Mark::parse_status(status)?,
+        trail: Trail::from_kept(trail),
+        json: alert_json(entry)?.into(),
+    })
+}
+
 fn generations_call(keys: &Keys, receiver: &ReceiverId) -> redis::Cmd {
     redis::cmd("HMGET")
         .arg(keys.tokens(receiver))
@@ -454,14 +470,17 @@ impl Store for RedisStore {
             Command::Wake => self.approval(receiver, "cuebox_v4_wake", &[]).await,
             Command::Filtered { alert } => {
                 let now = self.core.clock.now();
-                let record = Record {
-                    trail: Trail::received(now).and(Mark::Filtered, now, None),
-                    id: alert.id,
-                    status: Mark::Filtered,
-                    json: alert.json,
-                };
+                let trail = Trail::received(now);
+                let entry = format!(
+                    "{} {} 0 {} {}",
+                    alert.id,
+                    alert.duration_ms,
+                    trail.as_str(),
+                    alert.json
+                );
+                let header = history_header(Mark::Filtered, &trail.and(Mark::Filtered, now, None));
                 let keep = self.core.rules.history.to_string();
-                let args = [&*record.entry(), &*keep];
+                let args = [&*entry, &*header, &*keep];
                 changed(self.core.transition(receiver, call, &args).await?)
             }
             Command::Widgets { node, change } if node == &*self.core.node => {
@@ -555,8 +574,9 @@ impl Store for RedisStore {
         }
     }
 
-    /// A plain LRANGE: the history is one list, newest first. The first page reads just what it
-    /// shows; a page after a given alert reads all that is kept, to find it.
+    /// A plain LRANGE: the history is one list, newest first, two elements an alert (see
+    /// `remember()` in receiver.lua). The first page reads just what it shows; a page after a
+    /// given alert reads all that is kept, to find it.
     async fn history(
         &self,
         receiver: &ReceiverId,
@@ -564,11 +584,12 @@ impl Store for RedisStore {
         limit: usize,
     ) -> Result<Page, StoreError> {
         // Past the length kept, what the list holds until its next trim is not shown.
-        let kept = i64::from(self.core.rules.history) - 1;
-        let last = match before {
-            None => kept.min(limit as i64),
+        let kept = i64::from(self.core.rules.history);
+        let alerts = match before {
+            None => kept.min(limit as i64 + 1),
             Some(_) => kept,
         };
+        let last = 2 * alerts - 1;
         let call = redis::cmd("LRANGE")
             .arg(self.core.keys.history(receiver))
             .arg(0)
@@ -579,11 +600,13 @@ impl Store for RedisStore {
             return Err(protocol("history", &reply));
         };
         let records = entries
-            .iter()
-            .map(|e| {
-                text(e)
-                    .and_then(Record::parse_entry)
-                    .ok_or_else(|| protocol("history", e))
+            .chunks(2)
+            .map(|pair| match pair {
+                [header, entry] => text(header)
+                    .zip(text(entry))
+                    .and_then(|(header, entry)| history_record(header, entry))
+                    .ok_or_else(|| protocol("history", entry)),
+                _ => Err(protocol("history", &reply)),
             })
             .collect::<Result<Vec<_>, _>>()?;
         Ok(Page::of(records.iter(), before, limit))

@@ -21,8 +21,9 @@
 --
 -- Layout 4, every key sharing the receiver's hash tag:
 -- KEYS[1] receiver hash    seq      changes of the alert in flight, counted
---                          flight   "<id> <sent|started> <duration_ms> <attempt> <deadline, ms>
---                                   <trail>" (the trail is absent from a flight of layout 3)
+--                          flight   "<id> <sent|started> <duration_ms> <attempt> <deadline,
+--                                   ms>|<trail>" (no "|" and trail in a flight of layout 3; "|",
+--                                   not a space, so the trail is found without a pattern)
 --                          alert    the alert in flight, as its queue entry
 --                          live     live widgets, cached: "<until, ms> <the node holding them
 --                                   all, or *>", or "0" for none (see presence())
@@ -49,8 +50,9 @@
 --                          KEYS[1] on the rare call that must count afresh (widgets_key()), since
 --                          each key passed costs every call about 1k instructions
 --   or    idempotency key (publish with a key only)
--- Not among KEYS: <r>:history, a list of the alerts that left the receiver for good, newest
--- first, each "<id> <status> <trail> <alert json>" (see remember()); and <r>:held, the alerts
+-- Not among KEYS: <r>:history, the alerts that left the receiver for good, newest first, each as
+-- two elements: "<status> <trail>", then its queue entry as it was (see remember()); and
+-- <r>:held, the alerts
 -- held for approval, oldest first, each "<approve at, ms, or -> <p|n, its lane> <queue entry>"
 -- (see release()). Both are found from KEYS[1]: they are read only on the calls that use them,
 -- and each key passed costs every call.
@@ -59,7 +61,8 @@
 -- ':' and the attempt after a send or a requeue: "r<received>s<sent>:1t<started>d<done>" (the
 -- letters are src/store/history.rs's). It rides in the queue entry while the alert waits and in
 -- the packed flight while it is in flight, growing by one concatenation per mark, and ends in
--- the history entry; nothing else stores it.
+-- the history entry; nothing else stores it. It is found in those strings with plain searches,
+-- never a pattern: Lua's patterns cost some hundred instructions a character.
 --
 -- ARGV[1] calling node   ARGV[2] the time in ms
 -- ARGV[3] PUBLISH, or SPUBLISH on a Redis Cluster (the events channel shares the receiver's slot)
@@ -107,7 +110,7 @@ local c = {}
 local function flight(c)
   if c.packed then
     c.id, c.phase, c.duration, c.attempt, c.deadline, c.trail = string.match(c.packed,
-      '^(%S+) (%a+) (%d+) (%d+) (%d+) ?(%S*)$')
+      '^(%S+) (%a+) (%d+) (%d+) (%d+)|?(%S*)$')
     c.packed = false
   end
   return c.id
@@ -339,23 +342,32 @@ local function clear_flight(c)
   c.alert, c.alert_read, c.packed = false, true, false
 end
 
--- Puts history entries at the head of the receiver's history, and trims it back to the length
--- kept (c.keep, from the caller) once it has grown an eighth past it: one LTRIM in many pushes.
+-- Puts alerts at the head of the receiver's history, each as two elements (its queue entry, then
+-- "<status> <trail>", so LPUSH leaves the header first): the entry goes in as it is, so no string
+-- the size of an alert is made here. Each time the list's length passes a multiple of 128, it is
+-- trimmed back to the alerts kept (c.keep, from the caller): one LTRIM, and one conversion of
+-- c.keep, in 64 alerts. So it holds at most 64 alerts more than it keeps.
 local function remember(c, ...)
   local key = string.sub(c.keys[1], 1, -9) .. 'history' -- KEYS[1] ends in 'receiver'
   local n = redis.call('LPUSH', key, ...)
-  local keep = tonumber(c.keep)
-  if keep and n > keep + math.max(1, math.floor(keep / 8)) then
-    redis.call('LTRIM', key, 0, keep - 1)
+  if math.floor(n / 128) ~= math.floor((n - select('#', ...)) / 128) then
+    local keep = tonumber(c.keep)
+    if keep and n > 2 * keep then redis.call('LTRIM', key, 0, 2 * keep - 1) end
   end
 end
 
--- The history entry of a queue entry that leaves for good as `status`, marked `letter` now, its
--- trail so far being `trail` (nil: the entry's own).
-local function history_entry(entry, status, letter, now, trail)
-  local id, kept, json = string.match(entry, '^(%S+) %d+ %d+ ([^{ ]*) ?(.*)$')
-  if not id then return nil end
-  return id .. ' ' .. status .. ' ' .. (trail or kept) .. letter .. now .. ' ' .. json
+-- The trail of a queue entry: the token after the times sent, unless the JSON follows them at
+-- once (an entry of layout 3). `at` is where the id, duration and times sent end, if known.
+local function entry_trail(entry, at)
+  if not at then
+    local head = string.match(entry, '^%S+ %d+ %d+ ')
+    if not head then return nil end
+    at = #head + 1
+  end
+  if string.byte(entry, at) == 123 then return '' end -- '{'
+  local space = string.find(entry, ' ', at, true)
+  if not space then return nil end
+  return string.sub(entry, at, space - 1)
 end
 
 -- The priority lane's length, kept in `hold` by save().
@@ -449,7 +461,9 @@ local function dispatch(c)
     end
     local id, duration, sent, trail
     if entry then
-      id, duration, sent, trail = string.match(entry, '^(%S+) (%d+) (%d+) ([^{ ]*)')
+      id, duration, sent = string.match(entry, '^(%S+) (%d+) (%d+) ')
+      if id then trail = entry_trail(entry, #id + #duration + #sent + 4) end
+      if not trail then id = nil end
     end
     -- An entry that does not parse cannot be shown; it is skipped rather than wedge the queue.
     if id then
@@ -470,10 +484,7 @@ end
 local function complete(c, how, letter)
   redis.call('SREM', c.keys[3], c.id)
   local entry = flight_entry(c)
-  if entry then
-    local record = history_entry(entry, how, letter, c.args[2], c.trail)
-    if record then remember(c, record) end
-  end
+  if entry then remember(c, entry, how .. ' ' .. (c.trail or '') .. letter .. c.args[2]) end
   clear_flight(c)
   bump(c)
   c.happened = c.happened .. ' ' .. how
@@ -507,7 +518,7 @@ local function save(c)
   local key, seq = c.keys[1], str(c.seq or 0)
   if c.flight_changed and c.id then
     local packed = c.id .. ' ' .. c.phase .. ' ' .. c.duration .. ' ' .. str(c.attempt) .. ' ' ..
-      str(c.deadline) .. ' ' .. (c.trail or '')
+      str(c.deadline) .. '|' .. (c.trail or '')
     if c.alert and not c.recounted then
       -- A new alert in flight: the usual case, and so the one written out.
       redis.call('HSET', key, 'seq', seq, 'flight', packed, 'alert', c.alert)
@@ -691,10 +702,13 @@ local function started(keys, args)
   local id = args[2]
   local sent = id .. ' sent '
   if string.sub(packed, 1, #sent) == sent then
-    local duration, attempt, trail = string.match(packed, '^(%d+) (%d+) %d+ ?(%S*)', #sent + 1)
+    local duration, attempt = string.match(packed, '^(%d+) (%d+)', #sent + 1)
+    local bar = string.find(packed, '|', #sent + 1, true)
+    local trail = ''
+    if bar then trail = string.sub(packed, bar + 1) end
     local deadline = tonumber(args[3]) + tonumber(duration)
     redis.call('HSET', keys[1], 'flight', id .. ' started ' .. duration .. ' ' .. attempt ..
-      ' ' .. int(deadline) .. ' ' .. trail .. 't' .. args[1])
+      ' ' .. int(deadline) .. '|' .. trail .. 't' .. args[1])
     return {'started', f[1], attempt, deadline}
   end
   c.keys, c.now, c.seq, c.packed, c.happened = keys, tonumber(args[1]), f[1], packed, ''
@@ -709,7 +723,10 @@ local function done(keys, args)
   local id = args[5]
   c.keep = args[6]
   if c.packed and string.sub(c.packed, 1, #id + 1) == id .. ' ' then
-    flight(c)
+    -- Of the flight only the trail is needed: found, not parsed.
+    local bar = string.find(c.packed, '|', #id + 2, true)
+    c.trail = bar and string.sub(c.packed, bar + 1) or ''
+    c.id, c.packed = id, false
     complete(c, 'done', 'd')
     dispatch(c)
   end
@@ -799,8 +816,11 @@ local function clear(keys, args)
     for i = 1, #gone do
       local id = string.match(gone[i], '^%S+')
       if id then ids[#ids + 1] = id end
-      local record = history_entry(gone[i], 'cleared', 'c', args[2])
-      if record then records[#records + 1] = record end
+      local trail = entry_trail(gone[i])
+      if trail then
+        records[#records + 1] = gone[i]
+        records[#records + 1] = 'cleared ' .. trail .. 'c' .. args[2]
+      end
     end
     if #gone < n then return 0, #gone, true end
     return count - #gone, #gone, false
@@ -841,8 +861,8 @@ local function deny(keys, args)
   local _, entry = unhold(c, args[5])
   if not entry then return {'not_held', finish(c, false)} end
   redis.call('SREM', keys[3], args[5])
-  local record = history_entry(entry, 'denied', 'n', args[2])
-  if record then remember(c, record) end
+  local trail = entry_trail(entry)
+  if trail then remember(c, entry, 'denied ' .. trail .. 'n' .. args[2]) end
   return finish(c, false)
 end
 
@@ -854,12 +874,13 @@ local function wake(keys, args)
   return finish(c, false)
 end
 
--- An alert moderation kept off screen: only recorded. ARGV[5] its history entry, ARGV[6] the
--- length of history kept. Answers the receiver's snapshot, unchanged.
+-- An alert moderation kept off screen: only recorded. ARGV[5] its queue entry, ARGV[6] its
+-- history header ("filtered <trail>"), ARGV[7] the length of history kept. Answers the
+-- receiver's snapshot, unchanged.
 local function record(keys, args)
   local c = open(keys, args)
-  c.keep = args[6]
-  remember(c, args[5])
+  c.keep = args[7]
+  remember(c, args[5], args[6])
   return snapshot(c, false)
 end
 

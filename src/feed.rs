@@ -1,0 +1,289 @@
+//! The live feed of a receiver, for docks: `GET /ws/{receiver}/feed?token=<dashboard
+//! token>[&since=<event id>]` pushes every event of the receiver the moment it happens, to every
+//! dock at once (a broadcast: no acks).
+//!
+//! The node that ran a command makes its events, from the command and what the store answered
+//! ([`Feed::events_of`]), serializes each once, and hands them to the docks on this node. Docks on
+//! other nodes hear them through the store ([`crate::store::Store::publish_feed`]), which the
+//! node calls only when the store says some node has a dock for the receiver: a receiver nobody
+//! watches costs the store nothing.
+//!
+//! Each node keeps the last [`RECENT`] events of each receiver its docks watch, and keeps them
+//! [`KEEP_FOR`] after the last dock leaves, so a dock that reconnects with `since` first gets what
+//! it missed, then the live events, with no gap and no repeat at the seam (both are taken under
+//! one lock). Past what is kept (or on another node) it gets `{"type":"reset"}` and reads the
+//! receiver afresh.
+
+use std::collections::{HashMap, VecDeque};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use serde_json::{json, Value};
+use tokio::sync::broadcast;
+
+use crate::alert::ReceiverId;
+use crate::store::machine::{Answer, Command};
+use crate::store::{Event as Happened, Snapshot};
+
+/// Events kept per receiver for docks that reconnect.
+pub const RECENT: usize = 256;
+/// How long a receiver's recent events are kept after its last dock here leaves.
+pub const KEEP_FOR: Duration = Duration::from_secs(120);
+/// Events one dock may fall behind by before it is told to reset.
+const LAG: usize = 1024;
+
+/// One event of a receiver, before it is numbered.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Event {
+    pub event: &'static str,
+    pub alert_id: Option<Arc<str>>,
+    pub attempt: Option<u32>,
+    /// Widgets connected (widget events), or alerts cleared (cleared).
+    pub count: Option<u64>,
+}
+
+impl Event {
+    pub fn of(event: &'static str, alert_id: Option<&str>) -> Self {
+        Self {
+            event,
+            alert_id: alert_id.map(Into::into),
+            attempt: None,
+            count: None,
+        }
+    }
+}
+
+/// What a dock gets when it subscribes.
+pub struct Subscription {
+    /// What it missed since the event it named, oldest first; `None`: more than is kept, so it
+    /// must read the receiver afresh.
+    pub missed: Option<Vec<Arc<str>>>,
+    pub live: broadcast::Receiver<Arc<str>>,
+}
+
+/// The feeds of this node's docks.
+#[derive(Default)]
+pub struct Feed {
+    receivers: Mutex<HashMap<ReceiverId, Watched>>,
+    /// Docks on this node, over all receivers: 0 makes every transition skip the feed.
+    docks: AtomicUsize,
+    last_id: AtomicU64,
+}
+
+struct Watched {
+    docks: usize,
+    recent: VecDeque<(u64, Arc<str>)>,
+    live: broadcast::Sender<Arc<str>>,
+    /// When the last dock left, while none is here.
+    idle_since: Option<Instant>,
+}
+
+impl Feed {
+    /// Whether this node has a dock watching the receiver.
+    pub fn watched_here(&self, receiver: &ReceiverId) -> bool {
+        self.docks.load(Ordering::Relaxed) > 0
+            && self
+                .lock()
+                .get(receiver)
+                .is_some_and(|w| w.docks > 0)
+    }
+
+    /// Receivers with a dock on this node, for the store to be told now and then.
+    pub fn watched(&self) -> Vec<ReceiverId> {
+        if self.docks.load(Ordering::Relaxed) == 0 {
+            return Vec::new();
+        }
+        let mut map = self.lock();
+        map.retain(|_, w| w.docks > 0 || w.idle_since.is_some_and(|t| t.elapsed() < KEEP_FOR));
+        map.iter()
+            .filter(|(_, w)| w.docks > 0)
+            .map(|(r, _)| r.clone())
+            .collect()
+    }
+
+    /// A dock of the receiver opens: what it missed since event `since` (nothing without one),
+    /// and the live events from then on.
+    pub fn subscribe(&self, receiver: &ReceiverId, since: Option<u64>) -> Subscription {
+        let mut map = self.lock();
+        let w = map.entry(receiver.clone()).or_insert_with(|| Watched {
+            docks: 0,
+            recent: VecDeque::new(),
+            live: broadcast::channel(LAG).0,
+            idle_since: None,
+        });
+        w.docks += 1;
+        w.idle_since = None;
+        self.docks.fetch_add(1, Ordering::Relaxed);
+        let missed = match since {
+            None => Some(Vec::new()),
+            Some(since) => w
+                .recent
+                .iter()
+                .position(|(id, _)| *id == since)
+                .map(|at| w.recent.iter().skip(at + 1).map(|(_, e)| e.clone()).collect()),
+        };
+        Subscription {
+            missed,
+            live: w.live.subscribe(),
+        }
+    }
+
+    /// A dock of the receiver closed.
+    pub fn unsubscribe(&self, receiver: &ReceiverId) {
+        let mut map = self.lock();
+        if let Some(w) = map.get_mut(receiver) {
+            w.docks = w.docks.saturating_sub(1);
+            if w.docks == 0 {
+                w.idle_since = Some(Instant::now());
+            }
+            self.docks.fetch_sub(1, Ordering::Relaxed);
+        }
+    }
+
+    /// Numbers and serializes events made here, hands them to this node's docks, and answers
+    /// them as one payload for other nodes' docks (a JSON array), if there were any.
+    pub fn emit(&self, receiver: &ReceiverId, events: &[Event]) -> Option<String> {
+        if events.is_empty() {
+            return None;
+        }
+        let at = now_ms();
+        let frames: Vec<Value> = events
+            .iter()
+            .map(|e| {
+                let mut frame = json!({
+                    "type": "event",
+                    "id": self.next_id(at),
+                    "event": e.event,
+                    "alert_id": e.alert_id.as_deref(),
+                    "at": at,
+                });
+                if let Some(attempt) = e.attempt {
+                    frame["attempt"] = json!(attempt);
+                }
+                if let Some(count) = e.count {
+                    let field = if e.event == "cleared" { "count" } else { "widgets" };
+                    frame[field] = json!(count);
+                }
+                frame
+            })
+            .collect();
+        self.deliver(receiver, &frames);
+        Some(Value::Array(frames).to_string())
+    }
+
+    /// Events another node made (the payload [`Feed::emit`] answered there).
+    pub fn heard(&self, receiver: &ReceiverId, payload: &str) {
+        if let Ok(Value::Array(frames)) = serde_json::from_str::<Value>(payload) {
+            self.deliver(receiver, &frames);
+        }
+    }
+
+    fn deliver(&self, receiver: &ReceiverId, frames: &[Value]) {
+        let mut map = self.lock();
+        let Some(w) = map.get_mut(receiver) else {
+            return;
+        };
+        for frame in frames {
+            let id = frame["id"].as_u64().unwrap_or(0);
+            let text: Arc<str> = frame.to_string().into();
+            if w.recent.len() == RECENT {
+                w.recent.pop_front();
+            }
+            w.recent.push_back((id, text.clone()));
+            // No dock listening right now is not an error.
+            let _ = w.live.send(text);
+        }
+    }
+
+    /// Increasing on this node, and near the time (ms × 1000) on every node, so ids of events
+    /// from several nodes roughly agree in order.
+    fn next_id(&self, at: u64) -> u64 {
+        let floor = at * 1000;
+        let mut last = self.last_id.load(Ordering::Relaxed);
+        loop {
+            let id = floor.max(last + 1);
+            match self
+                .last_id
+                .compare_exchange(last, id, Ordering::Relaxed, Ordering::Relaxed)
+            {
+                Ok(_) => return id,
+                Err(now) => last = now,
+            }
+        }
+    }
+
+    fn lock(&self) -> MutexGuard<'_, HashMap<ReceiverId, Watched>> {
+        self.receivers.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// The events of one command, from the command and what the store answered: `flight_was`
+    /// is the alert in flight before it, where the caller knows it (for a requeue).
+    pub fn events_of(
+        command: &Command<'_>,
+        answer: &Answer,
+        snapshot: Option<&Snapshot>,
+        flight_was: Option<&str>,
+    ) -> Vec<Event> {
+        let mut events = Vec::new();
+        // What the command did itself.
+        match (command, answer) {
+            (Command::Publish { alert, .. }, Answer::Accepted { .. })
+            | (Command::Replay { alert }, Answer::Accepted { .. }) => {
+                events.push(Event::of("queued", Some(&alert.id)))
+            }
+            (Command::Publish { alert, .. }, Answer::Held) => {
+                events.push(Event::of("held", Some(&alert.id)))
+            }
+            (Command::Filtered { alert }, _) => events.push(Event::of("filtered", Some(&alert.id))),
+            (Command::Approve { id }, Answer::Changed) => {
+                events.push(Event::of("approved", Some(id)))
+            }
+            (Command::Deny { id }, Answer::Changed) => events.push(Event::of("denied", Some(id))),
+            (Command::Pause { paused: true }, _) => events.push(Event::of("paused", None)),
+            (Command::Pause { paused: false }, _) => events.push(Event::of("resumed", None)),
+            (Command::Started { id }, _) => {
+                let applied = snapshot
+                    .and_then(|s| s.flight.as_ref())
+                    .is_some_and(|f| &*f.id == *id && f.started);
+                if applied {
+                    events.push(Event::of("started", Some(id)));
+                }
+            }
+            _ => {}
+        }
+        let Some(snapshot) = snapshot else {
+            return events;
+        };
+        // What the rules did after it.
+        for happened in &snapshot.events {
+            let flight = snapshot.flight.as_ref();
+            let event = match happened {
+                Happened::Sent | Happened::Resent => Event {
+                    attempt: flight.map(|f| f.attempt),
+                    ..Event::of("sent", flight.map(|f| &*f.id))
+                },
+                Happened::Done => Event::of("done", ended(command, flight_was)),
+                Happened::Expired => Event::of("expired", ended(command, flight_was)),
+                Happened::Skipped => Event::of("skipped", snapshot.skipped.as_deref()),
+                Happened::Requeued => Event::of("requeued", flight_was),
+            };
+            events.push(event);
+        }
+        events
+    }
+}
+
+/// The alert a command completed: the one it named, else the one in flight before it.
+fn ended<'a>(command: &'a Command<'_>, flight_was: Option<&'a str>) -> Option<&'a str> {
+    match command {
+        Command::Done { id } | Command::Check { id } => Some(id),
+        _ => flight_was,
+    }
+}
+
+fn now_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64)
+}
