@@ -23,7 +23,6 @@ use serde_json::{json, Value};
 use tokio::sync::broadcast;
 
 use crate::alert::ReceiverId;
-use crate::store::machine::{Answer, Command};
 use crate::store::{Event as Happened, Snapshot};
 
 /// Events kept per receiver for docks that reconnect.
@@ -66,8 +65,8 @@ pub struct Subscription {
 #[derive(Default)]
 pub struct Feed {
     receivers: Mutex<HashMap<ReceiverId, Watched>>,
-    /// Docks on this node, over all receivers: 0 makes every transition skip the feed.
-    docks: AtomicUsize,
+    /// Receivers whose events this node keeps: 0 makes every transition skip the feed.
+    kept: AtomicUsize,
     last_id: AtomicU64,
 }
 
@@ -80,26 +79,19 @@ struct Watched {
 }
 
 impl Feed {
-    /// Whether this node has a dock watching the receiver.
+    /// Whether this node keeps the receiver's events: a dock watches it here, or did within
+    /// [`KEEP_FOR`].
     pub fn watched_here(&self, receiver: &ReceiverId) -> bool {
-        self.docks.load(Ordering::Relaxed) > 0
-            && self
-                .lock()
-                .get(receiver)
-                .is_some_and(|w| w.docks > 0)
+        self.kept.load(Ordering::Relaxed) > 0 && self.lock().contains_key(receiver)
     }
 
-    /// Receivers with a dock on this node, for the store to be told now and then.
+    /// Receivers with a dock on this node, or one within [`KEEP_FOR`], for the store to be told
+    /// now and then (events are kept for docks that reconnect); forgets the others.
     pub fn watched(&self) -> Vec<ReceiverId> {
-        if self.docks.load(Ordering::Relaxed) == 0 {
-            return Vec::new();
-        }
         let mut map = self.lock();
         map.retain(|_, w| w.docks > 0 || w.idle_since.is_some_and(|t| t.elapsed() < KEEP_FOR));
-        map.iter()
-            .filter(|(_, w)| w.docks > 0)
-            .map(|(r, _)| r.clone())
-            .collect()
+        self.kept.store(map.len(), Ordering::Relaxed);
+        map.keys().cloned().collect()
     }
 
     /// A dock of the receiver opens: what it missed since event `since` (nothing without one),
@@ -114,14 +106,17 @@ impl Feed {
         });
         w.docks += 1;
         w.idle_since = None;
-        self.docks.fetch_add(1, Ordering::Relaxed);
+        self.kept.store(map.len(), Ordering::Relaxed);
+        let w = &map[receiver];
         let missed = match since {
             None => Some(Vec::new()),
-            Some(since) => w
-                .recent
-                .iter()
-                .position(|(id, _)| *id == since)
-                .map(|at| w.recent.iter().skip(at + 1).map(|(_, e)| e.clone()).collect()),
+            Some(since) => w.recent.iter().position(|(id, _)| *id == since).map(|at| {
+                w.recent
+                    .iter()
+                    .skip(at + 1)
+                    .map(|(_, e)| e.clone())
+                    .collect()
+            }),
         };
         Subscription {
             missed,
@@ -137,7 +132,6 @@ impl Feed {
             if w.docks == 0 {
                 w.idle_since = Some(Instant::now());
             }
-            self.docks.fetch_sub(1, Ordering::Relaxed);
         }
     }
 
@@ -162,7 +156,11 @@ impl Feed {
                     frame["attempt"] = json!(attempt);
                 }
                 if let Some(count) = e.count {
-                    let field = if e.event == "cleared" { "count" } else { "widgets" };
+                    let field = if e.event == "cleared" {
+                        "count"
+                    } else {
+                        "widgets"
+                    };
                     frame[field] = json!(count);
                 }
                 frame
@@ -217,45 +215,55 @@ impl Feed {
         self.receivers.lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    /// The events of one command, from the command and what the store answered: `flight_was`
-    /// is the alert in flight before it, where the caller knows it (for a requeue).
+    /// The events of what this node did, from what it did and what the store answered:
+    /// `flight_was` is the alert in flight before it, where this node knows it (for a requeue).
     pub fn events_of(
-        command: &Command<'_>,
-        answer: &Answer,
+        did: &Did<'_>,
         snapshot: Option<&Snapshot>,
         flight_was: Option<&str>,
     ) -> Vec<Event> {
         let mut events = Vec::new();
-        // What the command did itself.
-        match (command, answer) {
-            (Command::Publish { alert, .. }, Answer::Accepted { .. })
-            | (Command::Replay { alert }, Answer::Accepted { .. }) => {
-                events.push(Event::of("queued", Some(&alert.id)))
-            }
-            (Command::Publish { alert, .. }, Answer::Held) => {
-                events.push(Event::of("held", Some(&alert.id)))
-            }
-            (Command::Filtered { alert }, _) => events.push(Event::of("filtered", Some(&alert.id))),
-            (Command::Approve { id }, Answer::Changed) => {
-                events.push(Event::of("approved", Some(id)))
-            }
-            (Command::Deny { id }, Answer::Changed) => events.push(Event::of("denied", Some(id))),
-            (Command::Pause { paused: true }, _) => events.push(Event::of("paused", None)),
-            (Command::Pause { paused: false }, _) => events.push(Event::of("resumed", None)),
-            (Command::Started { id }, _) => {
+        match *did {
+            Did::Published { id, held: false } => events.push(Event::of("queued", Some(id))),
+            Did::Published { id, held: true } => events.push(Event::of("held", Some(id))),
+            Did::Filtered { id } => events.push(Event::of("filtered", Some(id))),
+            Did::Approved { id } => events.push(Event::of("approved", Some(id))),
+            Did::Denied { id } => events.push(Event::of("denied", Some(id))),
+            Did::Paused(true) => events.push(Event::of("paused", None)),
+            Did::Paused(false) => events.push(Event::of("resumed", None)),
+            Did::Cleared { count } => events.push(Event {
+                count: Some(count),
+                ..Event::of("cleared", None)
+            }),
+            Did::Widgets { joined, count } => events.push(Event {
+                count,
+                ..Event::of(
+                    if joined {
+                        "widget_connected"
+                    } else {
+                        "widget_disconnected"
+                    },
+                    None,
+                )
+            }),
+            Did::Started { id } => {
                 let applied = snapshot
                     .and_then(|s| s.flight.as_ref())
-                    .is_some_and(|f| &*f.id == *id && f.started);
+                    .is_some_and(|f| &*f.id == id && f.started);
                 if applied {
                     events.push(Event::of("started", Some(id)));
                 }
             }
-            _ => {}
+            Did::Done { .. } | Did::Check { .. } | Did::Other => {}
         }
         let Some(snapshot) = snapshot else {
             return events;
         };
         // What the rules did after it.
+        let ended = match *did {
+            Did::Done { id } | Did::Check { id } => Some(id),
+            _ => flight_was,
+        };
         for happened in &snapshot.events {
             let flight = snapshot.flight.as_ref();
             let event = match happened {
@@ -263,8 +271,8 @@ impl Feed {
                     attempt: flight.map(|f| f.attempt),
                     ..Event::of("sent", flight.map(|f| &*f.id))
                 },
-                Happened::Done => Event::of("done", ended(command, flight_was)),
-                Happened::Expired => Event::of("expired", ended(command, flight_was)),
+                Happened::Done => Event::of("done", ended),
+                Happened::Expired => Event::of("expired", ended),
                 Happened::Skipped => Event::of("skipped", snapshot.skipped.as_deref()),
                 Happened::Requeued => Event::of("requeued", flight_was),
             };
@@ -274,12 +282,44 @@ impl Feed {
     }
 }
 
-/// The alert a command completed: the one it named, else the one in flight before it.
-fn ended<'a>(command: &'a Command<'_>, flight_was: Option<&'a str>) -> Option<&'a str> {
-    match command {
-        Command::Done { id } | Command::Check { id } => Some(id),
-        _ => flight_was,
-    }
+/// What a node did to a receiver, as its docks hear of it.
+#[derive(Clone, Copy, Debug)]
+pub enum Did<'a> {
+    /// Queued (or held for approval).
+    Published {
+        id: &'a str,
+        held: bool,
+    },
+    Filtered {
+        id: &'a str,
+    },
+    Approved {
+        id: &'a str,
+    },
+    Denied {
+        id: &'a str,
+    },
+    Paused(bool),
+    Cleared {
+        count: u64,
+    },
+    /// A widget joined or left here; `count` is how many are connected in all, if read.
+    Widgets {
+        joined: bool,
+        count: Option<u64>,
+    },
+    Started {
+        id: &'a str,
+    },
+    Done {
+        id: &'a str,
+    },
+    /// A deadline check of alert `id`.
+    Check {
+        id: &'a str,
+    },
+    /// Anything else (skip, wake, a refresh): what the rules did is in the snapshot.
+    Other,
 }
 
 fn now_ms() -> u64 {

@@ -22,6 +22,7 @@ use tokio::time::Instant;
 
 use crate::alert::{AlertRecord, ReceiverId};
 use crate::auth::Purpose;
+use crate::feed::{Did, Feed};
 use crate::metrics::{HubGauges, Metrics};
 use crate::store::machine::{Command, Hold};
 use crate::store::{Notice, Publish, Snapshot, Store, StoreError, WidgetChange, PRESENCE_REFRESH};
@@ -40,6 +41,9 @@ const CHECK_RETRY: Duration = Duration::from_secs(1);
 /// How long after a held alert's time it is woken: past it on the store's clock, though this
 /// node reads that clock with some error.
 const WAKE_MARGIN: Duration = Duration::from_millis(20);
+/// How long the store takes a dock to be open after this node last said so; the node says so
+/// with every refresh, a third of this.
+const DOCKS_FOR: Duration = Duration::from_secs(30);
 
 /// A text frame for a widget, built once and shared by every widget that gets it.
 pub type Frame = ByteString;
@@ -51,6 +55,8 @@ pub const REVOKED: &str = "\0revoked";
 pub struct Hub {
     store: Arc<dyn Store>,
     metrics: Arc<Metrics>,
+    /// The live feeds of this node's docks, told what this node does.
+    pub feed: Feed,
     receivers: Mutex<HashMap<ReceiverId, Local>>,
     next_widget: AtomicU64,
     /// A weak self, so timers can reach the hub without keeping it alive.
@@ -98,6 +104,7 @@ impl Hub {
         Arc::new_cyclic(|me| Self {
             store,
             metrics,
+            feed: Feed::default(),
             receivers: Mutex::new(HashMap::new()),
             next_widget: AtomicU64::new(1),
             me: me.clone(),
@@ -131,6 +138,14 @@ impl Hub {
         hold: Option<Hold>,
     ) -> Result<Publish, StoreError> {
         let outcome = self.store.admit(alert, idempotency_key, hold).await?;
+        if let Publish::Accepted { snapshot, .. } | Publish::Held { snapshot } = &outcome {
+            let held = matches!(outcome, Publish::Held { .. });
+            let did = Did::Published {
+                id: &alert.id,
+                held,
+            };
+            self.tell(&alert.receiver, did, Some(snapshot));
+        }
         if let (Publish::Held { .. }, Some(after)) = (&outcome, hold.and_then(|h| h.approve_after))
         {
             // Not kept: this node may hold no widget of the receiver, and the task ends by itself.
@@ -149,6 +164,7 @@ impl Hub {
             match hub.store.apply(&receiver, Command::Wake).await {
                 Ok(answered) => {
                     if let Some(snapshot) = answered.snapshot {
+                        hub.tell(&receiver, Did::Other, Some(&snapshot));
                         hub.apply(&receiver, snapshot);
                     }
                 }
@@ -161,7 +177,84 @@ impl Hub {
     /// Queues an alert from history again, at the head of the queue.
     pub async fn replay(&self, alert: &AlertRecord) -> Result<Publish, StoreError> {
         let outcome = self.store.replay(alert).await?;
+        if let Publish::Accepted { snapshot, .. } = &outcome {
+            let did = Did::Published {
+                id: &alert.id,
+                held: false,
+            };
+            self.tell(&alert.receiver, did, Some(snapshot));
+        }
         Ok(self.accepted(alert, outcome))
+    }
+
+    /// Records an alert moderation kept off screen.
+    pub async fn filtered(&self, alert: &AlertRecord) -> Result<(), StoreError> {
+        self.store.filtered(alert).await?;
+        self.tell(&alert.receiver, Did::Filtered { id: &alert.id }, None);
+        Ok(())
+    }
+
+    /// Clears the receiver's waiting alerts (see [`Store::clear`]); answers how many went.
+    pub async fn clear(&self, receiver: &ReceiverId) -> Result<usize, StoreError> {
+        let cleared = self.store.clear(receiver).await?.len();
+        let did = Did::Cleared {
+            count: cleared as u64,
+        };
+        self.tell(receiver, did, None);
+        Ok(cleared)
+    }
+
+    /// Approves or denies held alert `id`; the answer says whether it was held.
+    pub async fn decide(
+        &self,
+        receiver: &ReceiverId,
+        id: &str,
+        approved: bool,
+    ) -> Result<bool, StoreError> {
+        let command = match approved {
+            true => Command::Approve { id },
+            false => Command::Deny { id },
+        };
+        let answered = self.store.apply(receiver, command).await?;
+        let held = answered.answer != crate::store::machine::Answer::NotHeld;
+        if let Some(snapshot) = answered.snapshot {
+            if held {
+                let did = match approved {
+                    true => Did::Approved { id },
+                    false => Did::Denied { id },
+                };
+                self.tell(receiver, did, Some(&snapshot));
+            }
+            self.apply(receiver, snapshot);
+        }
+        Ok(held)
+    }
+
+    /// Tells the receiver's docks, here and on other nodes, what this node just did, if any
+    /// dock anywhere watches it; before the snapshot is applied here, so the alert in flight
+    /// before it is still known.
+    fn tell(&self, receiver: &ReceiverId, did: Did<'_>, snapshot: Option<&Snapshot>) {
+        let elsewhere = snapshot.is_some_and(|s| s.docks);
+        if !elsewhere && !self.feed.watched_here(receiver) {
+            return;
+        }
+        let flight_was = self
+            .lock()
+            .get(receiver)
+            .and_then(|l| l.flight.as_ref().map(|f| f.id.clone()));
+        let events = Feed::events_of(&did, snapshot, flight_was.as_deref());
+        let Some(payload) = self.feed.emit(receiver, &events) else {
+            return;
+        };
+        if elsewhere {
+            let store = self.store.clone();
+            let receiver = receiver.clone();
+            tokio::spawn(async move {
+                if let Err(e) = store.publish_feed(&receiver, &payload).await {
+                    tracing::debug!(%receiver, error = %e, "could not tell other nodes' docks");
+                }
+            });
+        }
     }
 
     /// Hands a queued alert's snapshot to this node's widgets.
@@ -193,6 +286,7 @@ impl Hub {
         }
         match self.store.widgets(receiver, WidgetChange::Joined).await {
             Ok(snapshot) => {
+                self.tell_widgets(receiver, true, &snapshot).await;
                 self.count_in(receiver, id, snapshot);
                 Ok(Widget {
                     id,
@@ -221,21 +315,71 @@ impl Hub {
             WidgetChange::Left
         };
         match self.store.widgets(receiver, change).await {
-            Ok(snapshot) => self.apply(receiver, snapshot),
+            Ok(snapshot) => {
+                self.tell_widgets(receiver, false, &snapshot).await;
+                self.apply(receiver, snapshot)
+            }
             // The report this node keeps for the receiver expires on its own, or the next
             // refresh corrects it.
             Err(e) => tracing::warn!(%receiver, error = %e, "could not record a widget leaving"),
         }
     }
 
+    /// A dock opens the receiver's feed here: it gets what it missed since event `since`, then
+    /// every event made here or (once this node hears them) on other nodes. Each `open_feed` is
+    /// paired with one [`Hub::close_feed`].
+    pub async fn open_feed(
+        &self,
+        receiver: &ReceiverId,
+        since: Option<u64>,
+    ) -> Result<crate::feed::Subscription, StoreError> {
+        self.store.watch(receiver).await?;
+        let subscription = self.feed.subscribe(receiver, since);
+        self.mark_docks(receiver).await;
+        Ok(subscription)
+    }
+
+    /// A dock closed. The node goes on hearing the receiver's events for
+    /// [`crate::feed::KEEP_FOR`], so a dock that reconnects here gets what it missed.
+    pub async fn close_feed(&self, receiver: &ReceiverId) {
+        self.feed.unsubscribe(receiver);
+        let me = self.me.clone();
+        let receiver = receiver.clone();
+        tokio::spawn(async move {
+            tokio::time::sleep(crate::feed::KEEP_FOR).await;
+            if let Some(hub) = me.upgrade() {
+                hub.store.unwatch(&receiver).await;
+            }
+        });
+    }
+
+    /// Tells the store this node has a dock on the receiver's feed, for a while.
+    async fn mark_docks(&self, receiver: &ReceiverId) {
+        if let Err(e) = self.store.docks(receiver, DOCKS_FOR).await {
+            tracing::warn!(%receiver, error = %e, "could not mark a dock open");
+        }
+    }
+
+    /// A widget joined or left: the docks hear it with the count over all nodes, read only if
+    /// some dock listens.
+    async fn tell_widgets(&self, receiver: &ReceiverId, joined: bool, snapshot: &Snapshot) {
+        if !snapshot.docks && !self.feed.watched_here(receiver) {
+            return;
+        }
+        let count = self.store.status(receiver).await.ok().map(|s| s.widgets);
+        self.tell(receiver, Did::Widgets { joined, count }, Some(snapshot));
+    }
+
     pub async fn started(&self, receiver: &ReceiverId, id: &str) -> Result<(), StoreError> {
         let snapshot = self.store.started(receiver, id).await?;
+        self.tell(receiver, Did::Started { id }, Some(&snapshot));
         self.apply(receiver, snapshot);
         Ok(())
     }
 
     pub async fn done(&self, receiver: &ReceiverId, id: &str) -> Result<(), StoreError> {
         let snapshot = self.store.done(receiver, id).await?;
+        self.tell(receiver, Did::Done { id }, Some(&snapshot));
         self.apply(receiver, snapshot);
         Ok(())
     }
@@ -247,7 +391,12 @@ impl Hub {
         receiver: &ReceiverId,
         command: Command<'_>,
     ) -> Result<Snapshot, StoreError> {
+        let did = match command {
+            Command::Pause { paused } => Did::Paused(paused),
+            _ => Did::Other,
+        };
         let snapshot = self.store.apply(receiver, command).await?.into_snapshot()?;
+        self.tell(receiver, did, Some(&snapshot));
         self.apply(receiver, snapshot.clone());
         Ok(snapshot)
     }
@@ -276,6 +425,7 @@ impl Hub {
             } => self.revoke(&receiver),
             // Nothing here holds a dashboard token open.
             Notice::Revoked { .. } => {}
+            Notice::Feed { receiver, payload } => self.feed.heard(&receiver, &payload),
         }
     }
 
@@ -305,7 +455,10 @@ impl Hub {
             .widgets(receiver, WidgetChange::Refresh(count))
             .await
         {
-            Ok(snapshot) => self.apply(receiver, snapshot),
+            Ok(snapshot) => {
+                self.tell(receiver, Did::Other, Some(&snapshot));
+                self.apply(receiver, snapshot)
+            }
             Err(e) => tracing::warn!(%receiver, error = %e, "could not refresh widgets"),
         }
     }
@@ -329,6 +482,9 @@ impl Hub {
             loop {
                 every.tick().await;
                 hub.refresh().await;
+                for receiver in hub.feed.watched() {
+                    hub.mark_docks(&receiver).await;
+                }
             }
         });
         vec![apply, refresh]
@@ -477,7 +633,10 @@ impl Hub {
             // hub is gone.
             while let Some(hub) = me.upgrade() {
                 match hub.store.check(&receiver, &id).await {
-                    Ok(snapshot) => return hub.apply(&receiver, snapshot),
+                    Ok(snapshot) => {
+                        hub.tell(&receiver, Did::Check { id: &id }, Some(&snapshot));
+                        return hub.apply(&receiver, snapshot);
+                    }
                     Err(e) => {
                         tracing::warn!(%receiver, alert_id = %id, error = %e, "deadline check failed");
                     }

@@ -191,7 +191,7 @@ impl Ingest {
             tracing::debug!(receiver = %alert.receiver, why, "ingest entry filtered");
             let record = alert.into_record();
             // Bounded by the node's life, as the publish below.
-            while let Err(e) = self.hub.store().filtered(&record).await {
+            while let Err(e) = self.hub.filtered(&record).await {
                 tracing::warn!(error = %e, "could not record a filtered entry; retrying");
                 tokio::time::sleep(RETRY).await;
             }

@@ -19,6 +19,7 @@
 //! - [`limits`] keeps this node's own limits: publish rate per key, widget connections.
 //! - [`metrics`] counts what operators scrape at `/metrics`.
 //! - [`hub`] keeps this node's widgets, relaying the store's snapshots to them and timing deadlines.
+//! - [`feed`] makes the events of each receiver for its docks' live feed, and keeps the last ones.
 //! - [`http`] serves publish, the streamer's controls, the widget socket and page, health.
 //! - [`startup`] builds a node and runs it until it is stopped.
 //! - [`telemetry`] sets up logging.
@@ -29,6 +30,7 @@
 pub mod alert;
 pub mod auth;
 pub mod config;
+pub mod feed;
 pub mod http;
 pub mod hub;
 pub mod ingest;

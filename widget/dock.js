@@ -1,14 +1,18 @@
 // The cuebox dock: the streamer's controls over one receiver, for an OBS custom browser dock.
 //
 // It talks to the control API with the dashboard token from its own URL, and reads the receiver
-// again after every action and on ↻. Donor text goes in through textContent only: it is never
-// parsed as HTML. `window.cueboxDock` exposes what the page shows, for tests and for debugging.
+// again whenever the live feed (/ws/{receiver}/feed) says something happened, after every action,
+// and on ↻. The feed reconnects on its own, asking for what it missed. Donor text goes in through
+// textContent only: it is never parsed as HTML. `window.cueboxDock` exposes what the page shows,
+// for tests and for debugging.
 (() => {
   'use strict';
 
   const CONFIRM_MS = 3000; // clearing takes a second click within this
   const PAGE = 50; // waiting alerts listed
   const HISTORY = 20; // alerts of history listed
+  const SETTLE_MS = 150; // events this close together are read once
+  const RETRY_MS = [500, 1000, 2000, 5000]; // the feed's reconnects, then every 5 s
 
   const receiver = decodeURIComponent(location.pathname.split('/')[2] || '');
   const token = new URLSearchParams(location.search).get('token') || '';
@@ -25,6 +29,9 @@
     history: [],
     error: null,
     reads: 0,
+    live: false,
+    events: 0,
+    lastEvent: null,
   };
   window.cueboxDock = state;
 
@@ -198,5 +205,55 @@
     const button = event.target.closest('button');
     if (button && !button.disabled) act(button);
   });
+
+  // The live feed: any event means the receiver changed, so it is read again (once for a burst).
+  let settling = null;
+  function soon() {
+    if (settling) return;
+    settling = setTimeout(() => {
+      settling = null;
+      refresh();
+    }, SETTLE_MS);
+  }
+
+  let retries = 0;
+  function listen() {
+    const scheme = location.protocol === 'https:' ? 'wss:' : 'ws:';
+    let url = scheme + '//' + location.host + '/ws/' + encodeURIComponent(receiver) + '/feed?token=' +
+      encodeURIComponent(token);
+    if (state.lastEvent !== null) url += '&since=' + state.lastEvent;
+    const socket = new WebSocket(url);
+    socket.onopen = () => {
+      retries = 0;
+      state.live = true;
+      document.body.dataset.live = 'true';
+      // Whatever happened while it was away is read now (a reset or missed events say so too).
+      soon();
+    };
+    socket.onmessage = (message) => {
+      let frame = null;
+      try {
+        frame = JSON.parse(message.data);
+      } catch (e) {
+        return;
+      }
+      if (frame.type === 'event') {
+        state.events += 1;
+        state.lastEvent = frame.id;
+        soon();
+      } else if (frame.type === 'reset') {
+        soon();
+      }
+    };
+    socket.onclose = () => {
+      state.live = false;
+      document.body.dataset.live = 'false';
+      const wait = RETRY_MS[Math.min(retries, RETRY_MS.length - 1)];
+      retries += 1;
+      setTimeout(listen, wait);
+    };
+  }
+
   refresh();
+  listen();
 })();

@@ -16,7 +16,7 @@ use crate::auth::Purpose;
 use crate::moderation::Settings;
 use crate::startup::receiver_url;
 use crate::store::history::Record;
-use crate::store::machine::{Answer, Command};
+use crate::store::machine::Command;
 use crate::store::Publish;
 
 /// The query of a control: the dashboard token, and for skip the alert meant.
@@ -29,7 +29,7 @@ pub struct ControlQuery {
 
 /// A publish key, or this receiver's dashboard token of its current generation, in the header
 /// or the query.
-async fn authorize_controller(
+pub(super) async fn authorize_controller(
     req: &HttpRequest,
     state: &AppState,
     receiver: &ReceiverId,
@@ -163,12 +163,11 @@ pub async fn clear(
     let receiver = controlled(&req, &path, query.token.as_deref(), &state).await?;
     let cleared = state
         .hub
-        .store()
         .clear(&receiver)
         .await
         .map_err(ApiError::of_control)?;
     let mut body = state_of(&state, &receiver).await?;
-    body["cleared"] = json!(cleared.len());
+    body["cleared"] = json!(cleared);
     Ok(HttpResponse::Ok().json(body))
 }
 
@@ -346,21 +345,13 @@ async fn approval(
 ) -> Result<HttpResponse, ApiError> {
     let (receiver, id) = path.into_inner();
     let receiver = controlled(&req, &receiver, query.token.as_deref(), &state).await?;
-    let command = match approved {
-        true => Command::Approve { id: &id },
-        false => Command::Deny { id: &id },
-    };
-    let answered = state
+    let held = state
         .hub
-        .store()
-        .apply(&receiver, command)
+        .decide(&receiver, &id, approved)
         .await
         .map_err(ApiError::of_control)?;
-    if answered.answer == Answer::NotHeld {
+    if !held {
         return Err(ApiError::NotHeld(id));
-    }
-    if let Some(snapshot) = answered.snapshot {
-        state.hub.apply(&receiver, snapshot);
     }
     let mut body = state_of(&state, &receiver).await?;
     body[if approved { "approved" } else { "denied" }] = json!(id);

@@ -2,6 +2,7 @@
 
 mod controls;
 mod error;
+mod feed;
 mod health;
 mod pages;
 mod publish;
@@ -106,6 +107,7 @@ pub fn routes(cfg: &mut web::ServiceConfig) {
     .route("/readyz", web::head().to(health::readyz))
     .route("/metrics", web::get().to(health::metrics))
     .route("/ws/{receiver}", web::get().to(widget::connect))
+    .route("/ws/{receiver}/feed", web::get().to(feed::connect))
     .route("/widget/{receiver}", web::get().to(pages::widget_page))
     .route("/widget-assets/{file}", web::get().to(pages::widget_asset))
     .route("/dock/{receiver}", web::get().to(pages::dock_page))

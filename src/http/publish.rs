@@ -93,7 +93,7 @@ async fn accept(
         // Taken, and never to be shown: the platform has nothing to retry.
         let record = alert.into_record();
         tracing::debug!(receiver = %record.receiver, why, "alert filtered");
-        state.hub.store().filtered(&record).await?;
+        state.hub.filtered(&record).await?;
         return Ok(HttpResponse::Accepted()
             .insert_header((FILTERED, why))
             .json(json!({

@@ -24,8 +24,8 @@ use crate::alert::ReceiverId;
 use crate::hub::{Frame, Hub, Widget};
 
 /// The server pings this often; a widget silent for [`SILENCE`] is dropped.
-const PING_EVERY: Duration = Duration::from_secs(15);
-const SILENCE: Duration = Duration::from_secs(45);
+pub(super) const PING_EVERY: Duration = Duration::from_secs(15);
+pub(super) const SILENCE: Duration = Duration::from_secs(45);
 /// Widgets send small control frames; anything bigger is not a widget.
 const MAX_FRAME: usize = 4 * 1024;
 /// Longest alert id a widget may name; ids are UUIDs.
@@ -34,7 +34,7 @@ const MAX_ID: usize = 64;
 const SEND_TIMEOUT: Duration = Duration::from_secs(10);
 /// How long the closing frame may wait: a socket that took nothing for [`SEND_TIMEOUT`] will
 /// not take it either, and the connection is dropped all the same.
-const CLOSE_TIMEOUT: Duration = Duration::from_secs(1);
+pub(super) const CLOSE_TIMEOUT: Duration = Duration::from_secs(1);
 
 /// What a widget may send.
 #[derive(Deserialize)]
@@ -87,7 +87,7 @@ pub async fn connect(
 }
 
 /// What the server writes to a widget.
-enum Outbound {
+pub(super) enum Outbound {
     Text(Frame),
     Ping,
     Pong(Bytes),
@@ -101,7 +101,7 @@ enum Step {
 }
 
 /// Why a connection could not send.
-enum Unsent {
+pub(super) enum Unsent {
     /// The socket is gone.
     Closed,
     /// The socket took nothing for [`SEND_TIMEOUT`]: the widget stopped reading.
@@ -110,7 +110,7 @@ enum Unsent {
 
 /// The one way a frame goes to a widget: bounded by [`SEND_TIMEOUT`], so that a widget that
 /// sends but never reads fills its socket and is then closed, rather than held with its frames.
-async fn send(session: &mut Session, out: Outbound) -> Result<(), Unsent> {
+pub(super) async fn send(session: &mut Session, out: Outbound) -> Result<(), Unsent> {
     let sent = async {
         match out {
             Outbound::Text(frame) => session.text(frame).await,
@@ -262,7 +262,7 @@ fn first_ping(widget: u64) -> Duration {
 
 /// A request to the socket's path that is not a WebSocket upgrade is 426; a malformed upgrade
 /// is 400.
-fn not_an_upgrade(e: HandshakeError) -> ApiError {
+pub(super) fn not_an_upgrade(e: HandshakeError) -> ApiError {
     match e {
         HandshakeError::GetMethodRequired
         | HandshakeError::NoWebsocketUpgrade
@@ -281,7 +281,7 @@ fn error_frame(code: &str, message: &str) -> Frame {
         .into()
 }
 
-fn reason(code: CloseCode, description: &str) -> CloseReason {
+pub(super) fn reason(code: CloseCode, description: &str) -> CloseReason {
     CloseReason {
         code,
         description: Some(description.to_owned()),

@@ -150,9 +150,11 @@ impl Trail {
     /// which, if there is one, is the last (an alert starts once per send, and only a send
     /// follows a send). What the embedded store keeps on disk: a restart sends the alert again.
     pub fn as_sent(&self) -> Trail {
-        match self.0.rfind(Mark::Started.letter()) {
-            Some(at) => Trail(self.0[..at].to_owned()),
-            None => self.clone(),
+        let started = self.0.rfind(Mark::Started.letter());
+        let sent = self.0.rfind(Mark::Sent.letter());
+        match started {
+            Some(at) if sent.is_none_or(|s| s < at) => Trail(self.0[..at].to_owned()),
+            _ => self.clone(),
         }
     }
 
@@ -254,6 +256,13 @@ mod tests {
                 attempt: Some(2)
             }
         );
+        // As sent: the start after the last send goes, an earlier one stays.
+        let again = t
+            .clone()
+            .and(Mark::Requeued, 41, Some(2))
+            .and(Mark::Sent, 42, Some(3));
+        assert_eq!(again.clone().and(Mark::Started, 43, None).as_sent(), again);
+        assert_eq!(again.as_sent(), again);
         // An unknown letter is skipped, the rest kept.
         let odd = Trail::from_kept("r10z15d20");
         assert_eq!(odd.steps().len(), 2);

@@ -773,6 +773,7 @@ impl Step<'_> {
                 events: self.trail.iter().map(|h| h.event).collect(),
                 skipped,
                 wake,
+                docks: false,
             },
             wake_at: self.r.flight.as_ref().map(|f| f.deadline),
             trail: self.trail,

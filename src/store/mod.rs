@@ -102,11 +102,12 @@ pub enum Call {
     Filtered,
     History,
     Approval,
+    Feed,
 }
 
 impl Call {
     /// Every call, in order of [`Call::index`].
-    pub const ALL: [Call; 16] = [
+    pub const ALL: [Call; 17] = [
         Call::Publish,
         Call::Widgets,
         Call::Started,
@@ -123,6 +124,7 @@ impl Call {
         Call::Filtered,
         Call::History,
         Call::Approval,
+        Call::Feed,
     ];
 
     /// Its place in [`Call::ALL`]. Exhaustive, so a new variant must be given one.
@@ -144,6 +146,7 @@ impl Call {
             Call::Filtered => 13,
             Call::History => 14,
             Call::Approval => 15,
+            Call::Feed => 16,
         }
     }
 
@@ -166,6 +169,7 @@ impl Call {
             Call::Filtered => "filtered",
             Call::History => "history",
             Call::Approval => "approval",
+            Call::Feed => "feed",
         }
     }
 }
@@ -246,6 +250,10 @@ pub struct Snapshot {
     /// Time until the first held alert approves itself, if any will: the node wakes the
     /// receiver then ([`machine::Command::Wake`]). Notices, and `started`, carry none.
     pub wake: Option<Duration>,
+    /// Some node has a dock open on the receiver's feed ([`Store::docks`]): what the call did is
+    /// worth telling other nodes ([`Store::publish_feed`]). Always false from a store of one
+    /// node, and in notices.
+    pub docks: bool,
 }
 
 /// Something that happened to an alert in one transition.
@@ -342,6 +350,11 @@ pub enum Notice {
     Revoked {
         receiver: ReceiverId,
         purpose: Purpose,
+    },
+    /// Events another node told the receiver's docks (`crate::feed`), as it serialized them.
+    Feed {
+        receiver: ReceiverId,
+        payload: String,
     },
 }
 
@@ -540,6 +553,19 @@ pub trait Store: Send + Sync + 'static {
         receiver: &ReceiverId,
         purpose: Purpose,
     ) -> Result<Generations, StoreError>;
+
+    /// This node has a dock open on the receiver's feed, until `until` from now unless marked
+    /// again: answers then say [`Snapshot::docks`] on every node. A store of one node has no
+    /// one to tell.
+    async fn docks(&self, _receiver: &ReceiverId, _until: Duration) -> Result<(), StoreError> {
+        Ok(())
+    }
+
+    /// Hands feed events to the other nodes' docks of the receiver (they arrive as
+    /// [`Notice::Feed`] where the receiver is watched). A store of one node has no one to tell.
+    async fn publish_feed(&self, _receiver: &ReceiverId, _payload: &str) -> Result<(), StoreError> {
+        Ok(())
+    }
 
     /// Starts or stops telling this node about changes other nodes make to the receiver.
     /// Calls are counted: each `watch` is paired with one `unwatch`.

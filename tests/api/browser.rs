@@ -909,11 +909,17 @@ async fn the_dock_pauses_tests_and_clears_and_warns_when_no_widget_is_connected(
     );
 
     let hostile = "<img src=x onerror=\"window.__pwned=1\">Ana";
+    page.wait_for(
+        "window.cueboxDock.live",
+        PROMPTLY,
+        "the dock's feed is open",
+    )
+    .await;
     app.publish(json!({"receiver": "alice", "from": hostile, "message": "hi"}))
         .await;
     app.publish_alert("alice", "second").await;
     let click = |id: &str| format!("document.getElementById('{id}').click(), true");
-    page.eval(&click("refresh")).await;
+    // No click on ↻: the dock hears of them from its feed.
     page.wait_for(
         "window.cueboxDock.queued === 2 && !document.getElementById('warning').hidden",
         PROMPTLY,
@@ -1009,11 +1015,11 @@ async fn the_dock_approves_a_held_alert_onto_a_widget_and_replays_one_from_histo
     w.show(&held).await;
     eventually(|| async { app.status("alice").await["in_flight"].is_null() }).await;
 
-    page.eval("document.getElementById('refresh').click(), true")
-        .await;
+    // No click: the dock hears it from its live feed.
     page.wait_for(
         &format!(
-            "window.cueboxDock.history.length === 1 && window.cueboxDock.history[0].id === '{held}' \
+            "window.cueboxDock.live && window.cueboxDock.events >= 4 && \
+             window.cueboxDock.history.length === 1 && window.cueboxDock.history[0].id === '{held}' \
              && window.cueboxDock.history[0].status === 'done'"
         ),
         PROMPTLY,

@@ -819,3 +819,96 @@ async fn a_held_alert_approves_itself_and_stays_held_across_a_restart_until_then
     assert_eq!(body["held"], json!([]), "{body}");
     app.stop().await;
 }
+
+/// A dock's feed: `(event, alert_id)` of each event frame until `n` have come.
+async fn feed_events(feed: &mut WidgetClient, n: usize) -> Vec<(String, Option<String>)> {
+    let mut seen = Vec::new();
+    while seen.len() < n {
+        let frame = feed.next_json().await;
+        assert_eq!(frame["type"], "event", "{frame}");
+        assert!(
+            frame["id"].as_u64().is_some() && frame["at"].as_u64().is_some(),
+            "{frame}"
+        );
+        seen.push((
+            frame["event"].as_str().unwrap().to_owned(),
+            frame["alert_id"].as_str().map(str::to_owned),
+        ));
+    }
+    seen
+}
+
+fn feed_url(app: &TestApp, receiver: &str, query: &str) -> String {
+    format!(
+        "{}/ws/{receiver}/feed?token={}{query}",
+        app.base.replace("http://", "ws://"),
+        app.dashboard_token(receiver)
+    )
+}
+
+#[actix_web::test]
+async fn the_feed_tells_docks_on_every_node_what_happens_as_it_happens() {
+    let redis = RedisServer::spawn().await;
+    let a = TestApp::redis(&redis).await;
+    let b = TestApp::redis(&redis).await;
+    // A dock on node B; everything below is done on node A.
+    let mut dock = WidgetClient::connect(&feed_url(&b, "alice", ""))
+        .await
+        .unwrap();
+    let mut w = a.widget("alice").await;
+    let some = |id: &str| Some(id.to_owned());
+    let connected = feed_events(&mut dock, 1).await;
+    assert_eq!(connected, [("widget_connected".to_owned(), None)]);
+
+    let a1 = a.publish_alert("alice", "one").await;
+    assert_eq!(w.next_alert().await.0, a1);
+    assert_eq!(
+        feed_events(&mut dock, 2).await,
+        [("queued".into(), some(&a1)), ("sent".into(), some(&a1))]
+    );
+    w.show(&a1).await;
+    assert_eq!(
+        feed_events(&mut dock, 2).await,
+        [("started".into(), some(&a1)), ("done".into(), some(&a1))]
+    );
+    let (status, _) = a.control("/receivers/alice/pause", None).await;
+    assert_eq!(status, 200);
+    assert_eq!(feed_events(&mut dock, 1).await, [("paused".into(), None)]);
+
+    // A dock that reconnects with the last event it had gets what it missed, then live ones.
+    let last = {
+        let (_, body) = a.control("/receivers/alice/resume", None).await;
+        assert_eq!(body["paused"], false);
+        let frame = dock.next_json().await;
+        assert_eq!(frame["event"], "resumed", "{frame}");
+        frame["id"].as_u64().unwrap()
+    };
+    drop(dock);
+    let a2 = a.publish_alert("alice", "two").await;
+    assert_eq!(w.next_alert().await.0, a2);
+    let mut dock = WidgetClient::connect(&feed_url(&b, "alice", &format!("&since={last}")))
+        .await
+        .unwrap();
+    // Missed on node B while no dock was open there: B kept them, having heard them.
+    let missed = feed_events(&mut dock, 2).await;
+    assert_eq!(
+        missed,
+        [("queued".into(), some(&a2)), ("sent".into(), some(&a2))]
+    );
+    // Since an event no node kept: reset.
+    let mut stale = WidgetClient::connect(&feed_url(&a, "alice", "&since=1"))
+        .await
+        .unwrap();
+    assert_eq!(stale.next_json().await["type"], "reset");
+
+    // Only a dashboard token (or a publish key) opens a feed.
+    let url = format!(
+        "{}/ws/alice/feed?token={}",
+        a.base.replace("http://", "ws://"),
+        a.token("alice")
+    );
+    assert!(
+        WidgetClient::connect(&url).await.is_err(),
+        "a widget token opens no feed"
+    );
+}

@@ -36,7 +36,7 @@ pub(super) fn function(call: Call) -> Option<&'static str> {
         Call::Filtered => "cuebox_v4_record",
         // Deny and wake, measured under the same call, are named in `RedisStore::approval`.
         Call::Approval => "cuebox_v4_approve",
-        Call::Settings | Call::History => return None,
+        Call::Settings | Call::History | Call::Feed => return None,
     })
 }
 

@@ -294,7 +294,7 @@ impl RedisStore {
         // alert has started, and that nothing else happened).
         let (_, items) = tagged(reply)?;
         match items.as_slice() {
-            [seq, attempt, deadline, ..] => changed(Snapshot {
+            [seq, attempt, deadline, rest @ ..] => changed(Snapshot {
                 seq: int(seq)?,
                 flight: Some(Flight {
                     id: id.into(),
@@ -306,6 +306,7 @@ impl RedisStore {
                 events: Vec::new(),
                 skipped: None,
                 wake: None,
+                docks: rest.first() == Some(&Value::Int(1)),
             }),
             _ => Err(StoreError::Protocol("started: an answer cut short".into())),
         }
@@ -651,6 +652,22 @@ impl Store for RedisStore {
             (kind, items) if kind == "rotated" => read_generations(Value::Array(items.collect())),
             (kind, _) => Err(StoreError::Protocol(format!("rotate: unexpected {kind}"))),
         }
+    }
+
+    async fn docks(&self, receiver: &ReceiverId, until: Duration) -> Result<(), StoreError> {
+        let until = (self.core.clock.now() + until.as_millis() as u64).to_string();
+        let call = self
+            .core
+            .fcall(receiver, "cuebox_v4_docks", false, None, &[&until]);
+        self.core.call(Call::Feed, call).await.map(drop)
+    }
+
+    async fn publish_feed(&self, receiver: &ReceiverId, payload: &str) -> Result<(), StoreError> {
+        let call = redis::cmd(self.core.con.publish_command())
+            .arg(self.core.keys.events(receiver))
+            .arg(format!("feed {} {payload}", self.core.node))
+            .to_owned();
+        self.core.call(Call::Feed, call).await.map(drop)
     }
 
     async fn watch(&self, receiver: &ReceiverId) -> Result<(), StoreError> {

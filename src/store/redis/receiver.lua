@@ -30,9 +30,11 @@
 --                          hold     "p" while the streamer has paused the receiver, followed by
 --                                   how many alerts wait in the priority lane (KEYS[4]) when
 --                                   any do, then "h", how many are held for approval and, if any
---                                   approves itself, ":" and the soonest time one does: "p",
---                                   "3", "p3", "h2", "p3h1:1760000000000"; absent for none of
---                                   these (one field, not three, since every call reads it: see
+--                                   approves itself, ":" and the soonest time one does; then,
+--                                   while some node has a dock open on the receiver's feed, "d"
+--                                   and until when (see docks()): "p", "3", "p3", "h2",
+--                                   "p3h1:1760000000000d1760000030000"; absent for none of these
+--                                   (one field, not four, since every call reads it: see
 --                                   read_hold())
 -- KEYS[2] queue    list    waiting alerts, head first, each "<id> <duration_ms> <times sent>
 --                          <trail> <alert json>" (no trail in an entry of layout 3: the JSON
@@ -180,11 +182,16 @@ end
 -- as a string, or false for none). Absent, as it is for a receiver that never used either, it
 -- costs nothing to read.
 local function read_hold(c, hold)
-  c.paused, c.ahead, c.held, c.due = false, false, false, false
+  c.paused, c.ahead, c.held, c.due, c.docks = false, false, false, false, false
   if not hold then return end
   if string.byte(hold, 1) == 112 then -- 'p'
     c.paused = '1'
     hold = string.sub(hold, 2)
+  end
+  local d = string.find(hold, 'd', 1, true)
+  if d then
+    c.docks = tonumber(string.sub(hold, d + 1))
+    hold = string.sub(hold, 1, d - 1)
   end
   local h = string.find(hold, 'h', 1, true)
   if h then
@@ -205,6 +212,7 @@ local function hold_field(c)
     hold = hold .. 'h' .. int(c.held)
     if c.due then hold = hold .. ':' .. int(c.due) end
   end
+  if c.docks and c.docks > c.now then hold = hold .. 'd' .. int(c.docks) end
   return hold
 end
 
@@ -254,9 +262,9 @@ local function open_to_write(keys, args, with_alert)
 end
 
 -- {'snapshot', seq, id, attempt, started (0 or 1), ms to deadline, alert entry, events
--- [, skipped id [, ms until a held alert approves itself]]}; id and the alert are false when
--- free, and the alert is false unless asked for. The skipped id (or false) only when the call
--- skipped one or there is a time to wake at: every other answer stays shorter.
+-- [, skipped id [, ms until a held alert approves itself [, 1 while some node has a dock]]]}; id
+-- and the alert are false when free, and the alert is false unless asked for. Each optional
+-- element (or false in its place) only when it or one after it is there: most answers stay short.
 local function snapshot(c, with_alert)
   local seq = c.seq or 0
   local snap
@@ -274,6 +282,9 @@ local function snapshot(c, with_alert)
   if c.due then
     snap[9] = c.skipped or false
     snap[10] = math.max(0, c.due - c.now)
+  end
+  if c.docks and c.docks > c.now then
+    snap[9], snap[10], snap[11] = snap[9] or false, snap[10] or false, 1
   end
   return snap
 end
@@ -696,7 +707,7 @@ end
 -- snapshot, less what the caller knows. Otherwise the snapshot as it stands. (A receiver still in
 -- layout 1 has no flight here yet; its first other call takes it over.)
 local function started(keys, args)
-  local f = redis.call('HMGET', keys[1], 'seq', 'flight')
+  local f = redis.call('HMGET', keys[1], 'seq', 'flight', 'hold')
   local packed = f[2]
   if not packed then return {'snapshot', f[1] or 0, false, 0, 0, 0, false, ''} end
   local id = args[2]
@@ -709,10 +720,20 @@ local function started(keys, args)
     local deadline = tonumber(args[3]) + tonumber(duration)
     redis.call('HSET', keys[1], 'flight', id .. ' started ' .. duration .. ' ' .. attempt ..
       ' ' .. int(deadline) .. '|' .. trail .. 't' .. args[1])
+    -- Whether some node has a dock (see read_hold()), for the node to tell it.
+    local hold = f[3]
+    if hold then
+      local d = string.find(hold, 'd', 1, true)
+      if d and tonumber(string.sub(hold, d + 1)) > tonumber(args[1]) then
+        return {'started', f[1], attempt, deadline, 1}
+      end
+    end
     return {'started', f[1], attempt, deadline}
   end
   c.keys, c.now, c.seq, c.packed, c.happened = keys, tonumber(args[1]), f[1], packed, ''
-  c.skipped, c.due = false, false
+  c.skipped = false
+  read_hold(c, f[3])
+  c.due = false -- `started` answers no time to wake at, whichever way it goes
   return snapshot(c, false)
 end
 
@@ -874,6 +895,19 @@ local function wake(keys, args)
   return finish(c, false)
 end
 
+-- A node has a dock open on the receiver's feed until ARGV[5] (ms), and marks it so now and then:
+-- while the mark holds, answers say so and nodes tell other nodes' docks what they do. Answers
+-- {'docks'}.
+local function docks(keys, args)
+  local c = open(keys, args)
+  local until_ms = tonumber(args[5])
+  if not c.docks or c.docks < until_ms then
+    c.docks = until_ms
+    write_hold(c)
+  end
+  return {'docks'}
+end
+
 -- An alert moderation kept off screen: only recorded. ARGV[5] its queue entry, ARGV[6] its
 -- history header ("filtered <trail>"), ARGV[7] the length of history kept. Answers the
 -- receiver's snapshot, unchanged.
@@ -949,6 +983,7 @@ redis.register_function('cuebox_v4_record', record)
 redis.register_function('cuebox_v4_approve', approve_one)
 redis.register_function('cuebox_v4_deny', deny)
 redis.register_function('cuebox_v4_wake', wake)
+redis.register_function('cuebox_v4_docks', docks)
 redis.register_function{
   function_name = 'cuebox_v4_status', callback = status, flags = {'no-writes'}
 }

@@ -25,6 +25,12 @@ pub(super) fn parse_notice(keys: &Keys, node: &str, data: &[Value]) -> Option<No
     if origin == node {
         return None;
     }
+    if kind == "feed" {
+        return Some(Notice::Feed {
+            receiver,
+            payload: rest.to_owned(),
+        });
+    }
     if kind == "rotated" {
         let purpose = match rest {
             "widget" => Purpose::Widget,
@@ -63,6 +69,7 @@ pub(super) fn parse_notice(keys: &Keys, node: &str, data: &[Value]) -> Option<No
             events: Vec::new(),
             skipped,
             wake: None,
+            docks: false,
         },
     })
 }
@@ -130,12 +137,13 @@ pub(super) fn parse_snapshot(v: Value) -> Result<Snapshot, StoreError> {
     );
     // Only when the call skipped an alert (or false before a time to wake at).
     let skipped = items.next().as_ref().and_then(text).map(Into::into);
-    // Only while a held alert will approve itself.
-    let wake = items
-        .next()
-        .map(|v| int(&v))
-        .transpose()?
-        .map(Duration::from_millis);
+    // Only while a held alert will approve itself (or nil before the docks' mark).
+    let wake = match items.next() {
+        None | Some(Value::Nil) => None,
+        Some(v) => Some(Duration::from_millis(int(&v)?)),
+    };
+    // Only while some node has a dock.
+    let docks = items.next().is_some_and(|v| v == Value::Int(1));
     let flight = match text(&id) {
         None => None,
         Some(id) => Some(Flight {
@@ -155,6 +163,7 @@ pub(super) fn parse_snapshot(v: Value) -> Result<Snapshot, StoreError> {
             .unwrap_or_default(),
         skipped,
         wake,
+        docks,
     })
 }
 
