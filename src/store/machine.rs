@@ -24,6 +24,12 @@
 //!   **resume** dispatches at once. **Skip** completes the alert in flight as skipped and sends
 //!   the next. **Clear** removes waiting alerts from the heads of the lanes, never the one in
 //!   flight, a chunk per command.
+//! - **Replay** puts an alert at the very head of the priority lane. **Held** alerts wait out of
+//!   both lanes until **approved** (to the back of their lane) or **denied**; one whose time to
+//!   approve itself has come is approved before anything else a command does (but `started` and
+//!   a record of a filtered alert, which leave the lanes alone).
+//! - **History.** An alert that leaves for good (done, expired, skipped, cleared, filtered,
+//!   denied) is handed out in [`Outcome::recorded`] with its trail; the machine keeps none.
 //! - Every change of the alert in flight bumps `seq`; a receiver seen for the first time starts
 //!   it from the clock, so it still moves past anything a node saw before its state was lost.
 

@@ -38,6 +38,9 @@
 //!   makes an alert's id before its first try, so a retry of a call whose answer was lost can
 //!   never queue the alert twice.
 //!
+//! - **Controls, holds and history** (the streamer's): pause, skip, clear, replay, alerts held
+//!   for approval, and the history every alert that leaves goes into; see [`machine`].
+//!
 //! All stores share the shape: a node calls a transition, the store answers with the receiver's
 //! [`Snapshot`] after it, and the node hands that to its hub. The Redis store also tells the
 //! other nodes with widgets for that receiver, through pub/sub, in the same function call.
