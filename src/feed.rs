@@ -31,6 +31,9 @@ pub const RECENT: usize = 256;
 pub const KEEP_FOR: Duration = Duration::from_secs(120);
 /// Events one dock may fall behind by before it is told to reset.
 const LAG: usize = 1024;
+/// Sent on a receiver's live channel when its dashboard token is rotated: not an event (no JSON
+/// starts with a NUL), but the end of each feed that hears it.
+pub const REVOKED: &str = "\0revoked";
 
 /// One event of a receiver, before it is numbered.
 #[derive(Clone, Debug, PartialEq)]
@@ -132,6 +135,14 @@ impl Feed {
             if w.docks == 0 {
                 w.idle_since = Some(Instant::now());
             }
+        }
+    }
+
+    /// The receiver's dashboard token was rotated: every feed open here closes (with 4001), and
+    /// its dock, reconnecting with the old token, is refused.
+    pub fn revoke(&self, receiver: &ReceiverId) {
+        if let Some(w) = self.lock().get(receiver) {
+            let _ = w.live.send(REVOKED.into());
         }
     }
 

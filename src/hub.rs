@@ -423,8 +423,11 @@ impl Hub {
                 receiver,
                 purpose: Purpose::Widget,
             } => self.revoke(&receiver),
-            // Nothing here holds a dashboard token open.
-            Notice::Revoked { .. } => {}
+            // Docks hold the dashboard token open: their feeds close.
+            Notice::Revoked {
+                receiver,
+                purpose: Purpose::Dashboard,
+            } => self.feed.revoke(&receiver),
             Notice::Feed { receiver, payload } => self.feed.heard(&receiver, &payload),
         }
     }

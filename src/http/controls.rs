@@ -91,8 +91,9 @@ pub async fn rotate(
         .rotate(&receiver, purpose)
         .await
         .map_err(ApiError::of_control)?;
-    if purpose == Purpose::Widget {
-        state.hub.revoke(&receiver);
+    match purpose {
+        Purpose::Widget => state.hub.revoke(&receiver),
+        Purpose::Dashboard => state.hub.feed.revoke(&receiver),
     }
     let info = req.connection_info();
     let base = format!("{}://{}", info.scheme(), info.host());

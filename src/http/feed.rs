@@ -17,7 +17,7 @@ use super::widget::{
 };
 use super::{ApiError, AppState};
 use crate::alert::ReceiverId;
-use crate::feed::Subscription;
+use crate::feed::{Subscription, REVOKED};
 
 const RESET: &str = r#"{"type":"reset"}"#;
 
@@ -100,6 +100,9 @@ async fn run(
         }
         tokio::select! {
             event = live.recv() => match event {
+                Ok(text) if &*text == REVOKED => {
+                    break 'conn Some(reason(CloseCode::Other(4001), "token rotated"));
+                }
                 Ok(text) => pending.push_back(Outbound::Text((&*text).into())),
                 // Fell behind the broadcast: what it lost is told as a reset.
                 Err(RecvError::Lagged(_)) => pending.push_back(Outbound::Text(RESET.into())),

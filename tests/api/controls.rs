@@ -911,4 +911,20 @@ async fn the_feed_tells_docks_on_every_node_what_happens_as_it_happens() {
         WidgetClient::connect(&url).await.is_err(),
         "a widget token opens no feed"
     );
+
+    // Rotating the dashboard token on node A closes the dock on node B.
+    let (status, _) = a
+        .control("/receivers/alice/tokens/rotate?which=dashboard", None)
+        .await;
+    assert_eq!(status, 200);
+    let closed = loop {
+        match dock.next_within(PROMPTLY).await {
+            Some(Incoming::Json(frame)) => assert_eq!(frame["type"], "event", "{frame}"),
+            other => break other,
+        }
+    };
+    assert!(
+        matches!(closed, Some(Incoming::Closed(Some(4001)))),
+        "{closed:?}"
+    );
 }
