@@ -351,3 +351,36 @@ async fn a_database_of_the_first_schema_is_upgraded_with_everything_still_there(
         .unwrap();
     assert_eq!(version, MIGRATIONS.len() as i64);
 }
+
+/// The database keeps each receiver's newest `--history` alerts, even for a receiver whose only
+/// alerts were filtered (it never has a row of its own), and a restart finds them in order.
+#[tokio::test]
+async fn the_database_keeps_only_the_newest_history_and_finds_it_after_a_restart() {
+    let dir = DataDir::fresh();
+    let rules = cuebox::store::Rules {
+        history: 3,
+        ..fast_rules()
+    };
+    let (store, _) = EmbeddedStore::open(&dir.0, Durability::Normal, rules).unwrap();
+    let mut ids = Vec::new();
+    for i in 0..10 {
+        let alert = record("alice", &format!("filtered {i}"));
+        store.filtered(&alert).await.unwrap();
+        ids.push(alert.id);
+    }
+    let rows = || {
+        let db = rusqlite::Connection::open(dir.0.join("cuebox.db")).unwrap();
+        db.query_row("SELECT count(*) FROM history", [], |r| r.get::<_, i64>(0))
+            .unwrap()
+    };
+    eventually(|| async { rows() == 3 }).await;
+    drop(store);
+    let (store, _) = EmbeddedStore::open(&dir.0, Durability::Normal, rules).unwrap();
+    let kept = store
+        .history(&receiver_id("alice"), None, 10)
+        .await
+        .unwrap();
+    let kept: Vec<String> = kept.records.iter().map(|r| r.id.to_string()).collect();
+    ids.reverse();
+    assert_eq!(kept, ids[..3]);
+}

@@ -766,7 +766,8 @@ fn write_loop(
         }
         wrote = true;
         for row in &rows {
-            if let Row::Receiver { receiver, .. } = row {
+            // A receiver's head moved, or its history grew: the next sweep tidies both.
+            if let Row::Receiver { receiver, .. } | Row::History { receiver, .. } = row {
                 if !done_with.contains(receiver) {
                     done_with.insert(receiver.clone());
                 }
