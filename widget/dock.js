@@ -32,7 +32,11 @@
     live: false,
     events: 0,
     lastEvent: null,
+    progress: null, // 0 to 1 while the alert on screen is started, else null
   };
+  // What the progress bar shows: the alert on screen's start on the server's clock, its
+  // duration, and how far the server's clock is ahead of this page's.
+  let showing = null;
   window.cueboxDock = state;
 
   if (document.body.dataset.refused) {
@@ -127,6 +131,14 @@
     el('pause').dataset.action = status.paused ? 'resume' : 'pause';
     el('skip').disabled = !status.in_flight;
     el('now').textContent = status.in_flight ? describe(status.in_flight) : 'Nothing';
+    showing = status.in_flight && status.showing && status.showing.started_at
+      ? {
+        startedAt: status.showing.started_at,
+        duration: status.in_flight.duration_ms,
+        skew: status.now - Date.now(),
+      }
+      : null;
+    tick();
     el('queued').textContent = String(status.queued);
     el('queue').replaceChildren(...page.alerts.map((alert) => item(alert, [])));
     el('held-section').hidden = page.held.length === 0;
@@ -139,6 +151,23 @@
     el('error').hidden = true;
     el('updated').textContent = 'Read at ' + new Date().toLocaleTimeString();
   }
+
+  // Moves the progress bar of the alert on screen; runs on a timer while one shows.
+  function tick() {
+    const bar = el('progress');
+    if (!showing) {
+      state.progress = null;
+      bar.hidden = true;
+      return;
+    }
+    const elapsed = Date.now() + showing.skew - showing.startedAt;
+    const done = Math.max(0, Math.min(1, elapsed / Math.max(1, showing.duration)));
+    state.progress = done;
+    bar.hidden = false;
+    bar.setAttribute('aria-valuenow', String(Math.round(done * 100)));
+    el('progress-bar').style.width = (done * 100).toFixed(1) + '%';
+  }
+  setInterval(tick, 250);
 
   function showError(message) {
     state.error = message;

@@ -15,7 +15,7 @@ use crate::alert::{AlertRecord, FieldError, NewAlert, ReceiverId};
 use crate::auth::Purpose;
 use crate::moderation::Settings;
 use crate::startup::receiver_url;
-use crate::store::history::Record;
+use crate::store::history::{Mark, Record};
 use crate::store::machine::Command;
 use crate::store::Publish;
 
@@ -442,8 +442,22 @@ async fn state_of(state: &AppState, receiver: &ReceiverId) -> Result<Value, ApiE
         .in_flight
         .as_deref()
         .and_then(|json| serde_json::from_str::<Value>(json).ok());
+    // When the alert on screen was last sent and started, from its trail, with the server's
+    // time, so a dock can show its progress whatever its own clock says.
+    let showing = status.in_flight_trail.as_ref().map(|trail| {
+        let steps = trail.steps();
+        let last = |mark: Mark| steps.iter().rev().find(|s| s.mark == mark).map(|s| s.at);
+        let sent_at = last(Mark::Sent);
+        let started_at = last(Mark::Started).filter(|t| sent_at.is_none_or(|s| *t >= s));
+        json!({"sent_at": sent_at, "started_at": started_at})
+    });
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64);
     Ok(json!({
         "receiver": receiver,
+        "now": now,
+        "showing": showing,
         "paused": status.paused,
         "queued": status.queued,
         "held": status.held,

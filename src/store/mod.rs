@@ -325,6 +325,8 @@ pub struct Status {
     pub held: u64,
     pub paused: bool,
     pub in_flight: Option<Arc<str>>,
+    /// The trail of the alert in flight so far (when it was sent, and started).
+    pub in_flight_trail: Option<history::Trail>,
     pub widgets: u64,
 }
 

@@ -1012,6 +1012,14 @@ async fn the_dock_approves_a_held_alert_onto_a_widget_and_replays_one_from_histo
         held,
         "approved in the dock, shown by the widget"
     );
+    let started = json!({"type": "started", "id": held}).to_string();
+    w.send_raw(ws::Message::Text(started.into())).await;
+    page.wait_for(
+        "window.cueboxDock.progress > 0 && !document.getElementById('progress').hidden",
+        PROMPTLY,
+        "the dock shows the alert on screen's progress",
+    )
+    .await;
     w.show(&held).await;
     eventually(|| async { app.status("alice").await["in_flight"].is_null() }).await;
 

@@ -614,6 +614,7 @@ async fn run(under: &mut Under, ops: Vec<Op>) -> Result<(), TestCaseError> {
             held: m.held.len() as u64,
             paused: m.paused,
             in_flight: m.flight.as_ref().map(|f| f.alert.json.clone()),
+            in_flight_trail: m.flight.as_ref().map(|f| f.trail.clone()),
             widgets: u64::from(m.live_widgets(model.now)),
         };
         let x = under.store(0).status(&receiver(name)).await;

@@ -968,6 +968,7 @@ impl Store for EmbeddedStore {
                 held: 0,
                 paused: false,
                 in_flight: None,
+                in_flight_trail: None,
                 widgets: 0,
             },
             Some(kept) => Status {
@@ -975,6 +976,7 @@ impl Store for EmbeddedStore {
                 held: kept.r.held.len() as u64,
                 paused: kept.r.paused,
                 in_flight: kept.r.flight.as_ref().map(|f| f.alert.json.clone()),
+                in_flight_trail: kept.r.flight.as_ref().map(|f| f.trail.clone()),
                 widgets: u64::from(kept.r.live_widgets(now)),
             },
         };

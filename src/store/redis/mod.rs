@@ -523,6 +523,7 @@ impl Store for RedisStore {
             ("status", [queued, widgets, in_flight, rest @ ..]) => Ok(Status {
                 queued: int(queued)?,
                 held: rest.get(1).map(int).transpose()?.unwrap_or(0),
+                in_flight_trail: rest.get(2).and_then(text).map(Trail::from_kept),
                 // Absent from a library before pause.
                 paused: rest.first().map(int).transpose()? == Some(1),
                 widgets: int(widgets)?,

@@ -955,7 +955,7 @@ local function queue(keys, args)
 end
 
 -- {'status', queued, live widgets, alert in flight as its queue entry or false, paused (0 or
--- 1), held}. Reads only: a receiver still in layout 1 is read, not taken over.
+-- 1), held, the trail of the alert in flight or false}. Reads only: a receiver still in layout 1 is read, not taken over.
 local function status(keys, args)
   local c, unwritten = open(keys, args)
   if unwritten then read_layout_1(c, false) end
@@ -966,7 +966,7 @@ local function status(keys, args)
   local paused = 0
   if c.paused then paused = 1 end
   local queued = redis.call('LLEN', keys[2]) + (tonumber(c.ahead) or 0)
-  return {'status', queued, total, entry, paused, c.held or 0}
+  return {'status', queued, total, entry, paused, c.held or 0, c.trail or false}
 end
 
 redis.register_function('cuebox_v4_publish', publish)
