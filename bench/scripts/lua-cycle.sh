@@ -15,7 +15,7 @@ dir=$(mktemp -d)
 valgrind --tool=callgrind --callgrind-out-file="$dir/out" redis-server --port "$port" \
   --bind 127.0.0.1 --save "" --appendonly no --dir "$dir" >/dev/null 2>&1 & vp=$!
 for _ in $(seq 150); do redis-cli -p "$port" ping >/dev/null 2>&1 && break; sleep 0.2; done
-coproc H { python3 "$here/lua-cycle.py" "$port" "$lib" "$v" "$n"; }
+coproc H { python3 "$here/lua-cycle.py" "$port" "$lib" "$v" "$n" ${4:-}; }
 read -r _ <&"${H[0]}"
 callgrind_control -z "$vp" >/dev/null 2>&1
 echo go >&"${H[1]}"
