@@ -189,19 +189,20 @@ impl Hub {
 
     /// Records an alert moderation kept off screen.
     pub async fn filtered(&self, alert: &AlertRecord) -> Result<(), StoreError> {
-        self.store.filtered(alert).await?;
-        self.tell(&alert.receiver, Did::Filtered { id: &alert.id }, None);
+        let snapshot = self.store.filtered(alert).await?;
+        let did = Did::Filtered { id: &alert.id };
+        self.tell(&alert.receiver, did, snapshot.as_ref());
         Ok(())
     }
 
     /// Clears the receiver's waiting alerts (see [`Store::clear`]); answers how many went.
     pub async fn clear(&self, receiver: &ReceiverId) -> Result<usize, StoreError> {
-        let cleared = self.store.clear(receiver).await?.len();
+        let (cleared, snapshot) = self.store.clear_with_snapshot(receiver).await?;
         let did = Did::Cleared {
-            count: cleared as u64,
+            count: cleared.len() as u64,
         };
-        self.tell(receiver, did, None);
-        Ok(cleared)
+        self.tell(receiver, did, snapshot.as_ref());
+        Ok(cleared.len())
     }
 
     /// Approves or denies held alert `id`; the answer says whether it was held.

@@ -486,17 +486,26 @@ pub trait Store: Send + Sync + 'static {
     /// each atomic; alerts published meanwhile stay. Answers the ids removed, in queue order.
     /// An error part way leaves the rest waiting: clearing again removes them.
     async fn clear(&self, receiver: &ReceiverId) -> Result<Vec<Arc<str>>, StoreError> {
+        Ok(self.clear_with_snapshot(receiver).await?.0)
+    }
+
+    /// [`Store::clear`], with the snapshot of its last step.
+    async fn clear_with_snapshot(
+        &self,
+        receiver: &ReceiverId,
+    ) -> Result<(Vec<Arc<str>>, Option<Snapshot>), StoreError> {
         let (mut left, mut cleared) = (None, Vec::new());
         loop {
             let command = machine::Command::Clear {
                 left,
                 most: CLEAR_CHUNK,
             };
-            match self.apply(receiver, command).await?.answer {
+            let answered = self.apply(receiver, command).await?;
+            match answered.answer {
                 machine::Answer::Cleared { ids, left: l } => {
                     cleared.extend(ids);
                     if l.priority == 0 && l.normal == 0 {
-                        return Ok(cleared);
+                        return Ok((cleared, answered.snapshot));
                     }
                     left = Some(l);
                 }
@@ -513,12 +522,13 @@ pub trait Store: Send + Sync + 'static {
         self.apply(&alert.receiver, command).await?.into_publish()
     }
 
-    /// Records an alert moderation kept off screen in the receiver's history.
-    async fn filtered(&self, alert: &AlertRecord) -> Result<(), StoreError> {
+    /// Records an alert moderation kept off screen in the receiver's history; answers the
+    /// receiver's snapshot, unchanged but for whether some node has a dock.
+    async fn filtered(&self, alert: &AlertRecord) -> Result<Option<Snapshot>, StoreError> {
         let command = machine::Command::Filtered {
             alert: machine::Stored::of(alert),
         };
-        self.apply(&alert.receiver, command).await.map(|_| ())
+        Ok(self.apply(&alert.receiver, command).await?.snapshot)
     }
 
     /// Reads up to `limit` of the receiver's history, newest first, starting after the entry

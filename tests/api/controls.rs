@@ -874,6 +874,26 @@ async fn the_feed_tells_docks_on_every_node_what_happens_as_it_happens() {
     let (status, _) = a.control("/receivers/alice/pause", None).await;
     assert_eq!(status, 200);
     assert_eq!(feed_events(&mut dock, 1).await, [("paused".into(), None)]);
+    // Told on node A, heard on node B, whatever the call.
+    let queued = a.publish_alert("alice", "to clear").await;
+    assert_eq!(
+        feed_events(&mut dock, 1).await,
+        [("queued".into(), some(&queued))]
+    );
+    let res = a
+        .http
+        .delete(format!("{}/receivers/alice/queue", a.base))
+        .insert_header(("Authorization", format!("Bearer {PUBLISH_KEY}")))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status().as_u16(), 200);
+    let frame = dock.next_json().await;
+    assert_eq!(
+        (&frame["event"], &frame["count"]),
+        (&json!("cleared"), &json!(1)),
+        "{frame}"
+    );
 
     // A dock that reconnects with the last event it had gets what it missed, then live ones.
     let last = {

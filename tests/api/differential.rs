@@ -593,7 +593,7 @@ async fn run(under: &mut Under, ops: Vec<Op>) -> Result<(), TestCaseError> {
                 let answered = model.apply(name, command).answered();
                 let m = match op {
                     Op::Replay { .. } => answered.into_publish().map(|p| format!("{p:?}")),
-                    _ => Ok(format!("{:?}", ())),
+                    _ => Ok(format!("{:?}", answered.snapshot)),
                 };
                 same(step, op, m, x)?;
             }
