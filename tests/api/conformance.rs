@@ -627,6 +627,14 @@ fn marks(r: &Record) -> Vec<&'static str> {
     r.trail.steps().iter().map(|s| s.mark.name()).collect()
 }
 
+/// Each record of a page of history as (id, status, the marks of its trail).
+fn seen(page: &cuebox::store::history::Page) -> Vec<(String, &'static str, Vec<&'static str>)> {
+    page.records
+        .iter()
+        .map(|rec| (rec.id.to_string(), rec.status.name(), marks(rec)))
+        .collect()
+}
+
 async fn history_keeps_how_each_alert_ended_with_its_trail(b: Backing) {
     let s = make_store(&b, fast_rules(), NODE).await;
     let r = receiver("alice");
@@ -643,13 +651,8 @@ async fn history_keeps_how_each_alert_ended_with_its_trail(b: Backing) {
     s.store.filtered(&filtered).await.unwrap();
 
     let all = s.store.history(&r, None, 10).await.unwrap();
-    let seen: Vec<(String, &str, Vec<&str>)> = all
-        .records
-        .iter()
-        .map(|rec| (rec.id.to_string(), rec.status.name(), marks(rec)))
-        .collect();
     assert_eq!(
-        seen,
+        seen(&all),
         [
             (
                 filtered.id.clone(),
@@ -781,13 +784,8 @@ async fn held_alerts_wait_for_approval_and_a_denied_one_is_only_recorded(b: Back
     assert_eq!(flight_id(&snap), Some(held.clone()));
     s.store.done(&r, &held).await.unwrap();
     let history = s.store.history(&r, None, 10).await.unwrap();
-    let seen: Vec<(String, &str, Vec<&str>)> = history
-        .records
-        .iter()
-        .map(|rec| (rec.id.to_string(), rec.status.name(), marks(rec)))
-        .collect();
     assert_eq!(
-        seen,
+        seen(&history),
         [
             (
                 held.clone(),

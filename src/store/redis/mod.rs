@@ -188,13 +188,7 @@ impl RedisStore {
         if hold.is_some() {
             trail.push(Mark::Held, now, None);
         }
-        let entry = format!(
-            "{} {} 0 {} {}",
-            alert.id,
-            alert.duration_ms,
-            trail.as_str(),
-            alert.json
-        );
+        let entry = queue_entry(&alert, &trail);
         let max_queue = self.core.rules.max_queue.to_string();
         let ttl = IDEMPOTENCY_TTL.as_secs().to_string();
         // The lane only when it is not the back of the normal one: an argument costs Redis
@@ -388,6 +382,18 @@ impl RedisStore {
     }
 }
 
+/// An alert as the library queues it, never sent yet: `<id> <duration_ms> 0 <trail> <json>`. The
+/// entry carries what the library needs without decoding JSON.
+fn queue_entry(alert: &Stored, trail: &Trail) -> String {
+    format!(
+        "{} {} 0 {} {}",
+        alert.id,
+        alert.duration_ms,
+        trail.as_str(),
+        alert.json
+    )
+}
+
 /// The header of an alert in a history list: `<status> <trail>`.
 fn history_header(status: Mark, trail: &Trail) -> String {
     format!("{} {}", status.name(), trail.as_str())
@@ -472,13 +478,7 @@ impl Store for RedisStore {
             Command::Filtered { alert } => {
                 let now = self.core.clock.now();
                 let trail = Trail::received(now);
-                let entry = format!(
-                    "{} {} 0 {} {}",
-                    alert.id,
-                    alert.duration_ms,
-                    trail.as_str(),
-                    alert.json
-                );
+                let entry = queue_entry(&alert, &trail);
                 let header = history_header(Mark::Filtered, &trail.and(Mark::Filtered, now, None));
                 let keep = self.core.rules.history.to_string();
                 let args = [&*entry, &*header, &*keep];
