@@ -111,7 +111,9 @@ async fn run(
             inbound = stream.recv() => match inbound {
                 Some(Ok(AggregatedMessage::Text(text))) => {
                     heard = Instant::now();
-                    if text.contains("\"ping\"") {
+                    let ping = serde_json::from_str::<serde_json::Value>(&text)
+                        .is_ok_and(|v| v["type"] == "ping");
+                    if ping {
                         pending.push_back(Outbound::Text(r#"{"type":"pong"}"#.into()));
                     }
                 }

@@ -678,15 +678,8 @@ async fn history_and_cleared_alerts_survive_a_restart_of_the_embedded_node() {
     let a1 = app.publish_alert("alice", "one").await;
     assert_eq!(w.next_alert().await.0, a1);
     let a2 = app.publish_alert("alice", "two").await;
-    let mut res = app
-        .http
-        .delete(format!("{}/receivers/alice/queue", app.base))
-        .insert_header(("Authorization", format!("Bearer {PUBLISH_KEY}")))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(res.status().as_u16(), 200);
-    let body: serde_json::Value = res.json().await.unwrap();
+    let (status, body) = app.clear("alice").await;
+    assert_eq!(status, 200);
     assert_eq!(body["cleared"], 1);
     w.show(&a1).await;
     eventually(|| async { app.status("alice").await["in_flight"].is_null() }).await;
@@ -880,14 +873,7 @@ async fn the_feed_tells_docks_on_every_node_what_happens_as_it_happens() {
         feed_events(&mut dock, 1).await,
         [("queued".into(), some(&queued))]
     );
-    let res = a
-        .http
-        .delete(format!("{}/receivers/alice/queue", a.base))
-        .insert_header(("Authorization", format!("Bearer {PUBLISH_KEY}")))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(res.status().as_u16(), 200);
+    assert_eq!(a.clear("alice").await.0, 200);
     let frame = dock.next_json().await;
     assert_eq!(
         (&frame["event"], &frame["count"]),

@@ -482,6 +482,19 @@ impl TestApp {
         (status, String::from_utf8_lossy(&body).into_owned())
     }
 
+    /// `DELETE /receivers/{receiver}/queue` with the publish key.
+    pub async fn clear(&self, receiver: &str) -> (u16, Value) {
+        let mut res = self
+            .http
+            .delete(format!("{}/receivers/{receiver}/queue", self.base))
+            .insert_header(("Authorization", format!("Bearer {PUBLISH_KEY}")))
+            .send()
+            .await
+            .expect("the node answers");
+        let status = res.status().as_u16();
+        (status, res.json().await.unwrap_or(Value::Null))
+    }
+
     /// `PUT /receivers/{receiver}/settings` with the receiver's dashboard token.
     pub async fn put_settings(&self, receiver: &str, body: Value) -> (u16, Value) {
         let mut res = self

@@ -34,11 +34,18 @@ pub(super) fn function(call: Call) -> Option<&'static str> {
         Call::Queue => "cuebox_v4_queue",
         Call::Tokens => "cuebox_v4_rotate",
         Call::Filtered => "cuebox_v4_record",
-        // Deny and wake, measured under the same call, are named in `RedisStore::approval`.
-        Call::Approval => "cuebox_v4_approve",
+        // Deny and wake are measured under the same call: see `DENY` and `WAKE`.
+        Call::Approval => APPROVE,
         Call::Settings | Call::History | Call::Feed => return None,
     })
 }
+
+/// The functions of the streamer's approvals, measured as [`Call::Approval`].
+pub(super) const APPROVE: &str = "cuebox_v4_approve";
+pub(super) const DENY: &str = "cuebox_v4_deny";
+pub(super) const WAKE: &str = "cuebox_v4_wake";
+/// Marks a dock open on a receiver's feed, measured as [`Call::Feed`].
+pub(super) const DOCKS: &str = "cuebox_v4_docks";
 
 /// Loads the library (on every master of a cluster: the command is routed to all of them).
 /// Redis before 7 has no Functions, and is refused with a message that says so.

@@ -36,7 +36,7 @@ use tokio::sync::mpsc;
 
 use self::clock::RedisClock;
 use self::connection::{Connection, Target};
-use self::functions::{function, load_library, Core};
+use self::functions::{function, load_library, Core, APPROVE, DENY, DOCKS, WAKE};
 use self::keys::Keys;
 use self::presence::sweep_dead_nodes;
 use self::replies::{alert_json, int, kind_of, parse_snapshot, protocol, tagged, text};
@@ -468,13 +468,12 @@ impl Store for RedisStore {
                     .await
             }
             Command::Replay { alert } => self.publish_call(receiver, alert, None, None, None).await,
-            Command::Approve { id } => self.approval(receiver, "cuebox_v4_approve", &[id]).await,
+            Command::Approve { id } => self.approval(receiver, APPROVE, &[id]).await,
             Command::Deny { id } => {
                 let keep = self.core.rules.history.to_string();
-                self.approval(receiver, "cuebox_v4_deny", &[id, &keep])
-                    .await
+                self.approval(receiver, DENY, &[id, &keep]).await
             }
-            Command::Wake => self.approval(receiver, "cuebox_v4_wake", &[]).await,
+            Command::Wake => self.approval(receiver, WAKE, &[]).await,
             Command::Filtered { alert } => {
                 let now = self.core.clock.now();
                 let trail = Trail::received(now);
@@ -588,7 +587,8 @@ impl Store for RedisStore {
         // Past the length kept, what the list holds until its next trim is not shown.
         let kept = i64::from(self.core.rules.history);
         let alerts = match before {
-            None => kept.min(limit as i64 + 1),
+            // One more than the page, to tell whether another follows.
+            None => kept.min(i64::try_from(limit).unwrap_or(i64::MAX).saturating_add(1)),
             Some(_) => kept,
         };
         let last = 2 * alerts - 1;
@@ -657,9 +657,7 @@ impl Store for RedisStore {
 
     async fn docks(&self, receiver: &ReceiverId, until: Duration) -> Result<(), StoreError> {
         let until = (self.core.clock.now() + until.as_millis() as u64).to_string();
-        let call = self
-            .core
-            .fcall(receiver, "cuebox_v4_docks", false, None, &[&until]);
+        let call = self.core.fcall(receiver, DOCKS, false, None, &[&until]);
         self.core.call(Call::Feed, call).await.map(drop)
     }
 

@@ -421,39 +421,45 @@ local function rewrite_held(c, key, kept)
   write_hold(c)
 end
 
--- Approves, oldest first, every held alert whose time to approve itself has come.
-release = function(c)
+-- Takes the held alerts `take(at, entry)` picks out of the held list, oldest first, and answers
+-- them as {lane, entry} pairs; the list is rewritten with the rest when any was taken, or with
+-- `always` (which also sets the soonest due time right).
+local function take_held(c, take, always)
   local key = held_key(c)
   local entries = redis.call('LRANGE', key, 0, -1)
-  local kept = {}
+  local kept, taken = {}, {}
   for i = 1, #entries do
     local at, lane, entry = string.match(entries[i], '^(%S+) (%a) (.*)$')
-    if at and at ~= '-' and tonumber(at) <= c.now then
-      approve(c, lane, entry)
+    if at and take(at, entry) then
+      taken[#taken + 1] = {lane, entry}
     elseif at then
       kept[#kept + 1] = entries[i]
     end
   end
-  rewrite_held(c, key, kept)
+  if always or #taken > 0 then rewrite_held(c, key, kept) end
+  return taken
+end
+
+-- Approves, oldest first, every held alert whose time to approve itself has come.
+release = function(c)
+  local due = function(at) return at ~= '-' and tonumber(at) <= c.now end
+  local taken = take_held(c, due, true)
+  for i = 1, #taken do approve(c, taken[i][1], taken[i][2]) end
+  -- At once, as take_held() did: the call may answer early, without saving.
+  if c.hold_changed then write_hold(c) end
 end
 
 -- Takes held alert `id` out of the held ones; answers its lane and queue entry, or nil.
 local function unhold(c, id)
   if not c.held or c.held == 0 then return nil end
-  local key = held_key(c)
-  local entries = redis.call('LRANGE', key, 0, -1)
-  local kept, lane, found = {}, nil, nil
-  local prefix = id .. ' '
-  for i = 1, #entries do
-    local at, l, entry = string.match(entries[i], '^(%S+) (%a) (.*)$')
-    if not found and entry and string.sub(entry, 1, #prefix) == prefix then
-      lane, found = l, entry
-    elseif at then
-      kept[#kept + 1] = entries[i]
-    end
-  end
-  if found then rewrite_held(c, key, kept) end
-  return lane, found
+  local prefix, found = id .. ' ', false
+  local taken = take_held(c, function(_, entry)
+    if found or string.sub(entry, 1, #prefix) ~= prefix then return false end
+    found = true
+    return true
+  end)
+  if taken[1] then return taken[1][1], taken[1][2] end
+  return nil
 end
 
 -- Free to busy: the one place an alert goes out. Only while free, not paused, and someone can
