@@ -39,6 +39,11 @@ pub const MIGRATIONS: &[Migration] = &[
         name: "0004_history",
         script: include_str!("../migrations/redis/0004_history.lua"),
     },
+    Migration {
+        version: 5,
+        name: "0005_started_mark",
+        script: include_str!("../migrations/redis/0005_started_mark.lua"),
+    },
 ];
 
 /// The newest layout this build knows.

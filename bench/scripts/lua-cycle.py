@@ -4,7 +4,7 @@
 # in a minute, without building cuebox: the FCALLs are made one at a time, so the count per
 # alert is higher than a node's (bench/scripts/redis-instructions.sh), and only differences
 # between two libraries mean anything.
-#   python3 lua-cycle.py PORT LIBRARY.lua VERSION(v3|v4) N [layout3-entries]
+#   python3 lua-cycle.py PORT LIBRARY.lua VERSION(v3|v4|v5) N [layout3-entries]
 import socket, sys, json, time, uuid
 port, lib, version, n = int(sys.argv[1]), sys.argv[2], sys.argv[3], int(sys.argv[4])
 s = socket.create_connection(("127.0.0.1", port))

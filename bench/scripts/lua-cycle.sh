@@ -4,7 +4,7 @@
 #
 #   bench/scripts/lua-cycle.sh LIBRARY.lua VERSION [N]
 #   git show 6f712fa:src/store/redis/receiver.lua > /tmp/v3.lua
-#   bench/scripts/lua-cycle.sh /tmp/v3.lua v3 && bench/scripts/lua-cycle.sh src/store/redis/receiver.lua v4
+#   bench/scripts/lua-cycle.sh /tmp/v3.lua v3 && bench/scripts/lua-cycle.sh src/store/redis/receiver.lua v5
 #
 # Needs valgrind and redis-server.
 set -euo pipefail

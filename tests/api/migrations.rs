@@ -1,5 +1,7 @@
 //! The Redis key layout: migrated at start, recorded, and never guessed at when newer.
 
+use std::time::Duration;
+
 use cuebox::startup::{Application, StartError};
 
 use crate::helpers::*;
@@ -216,10 +218,7 @@ async fn alerts_are_all_shown_in_order_after_an_upgrade_from(version: &str) {
     redis.cmd(&["SET", "cuebox:schema:version", version]).await;
 
     let app = TestApp::redis(&redis).await;
-    assert_eq!(
-        redis.cmd(&["GET", "cuebox:schema:version"]).await,
-        redis::Value::BulkString(b"4".to_vec())
-    );
+    assert_latest_layout(&redis).await;
     let status = app.status("alice").await;
     assert_eq!(status["queued"], 3, "{status}");
     assert_eq!(status["paused"], false, "{status}");
@@ -273,6 +272,86 @@ async fn alerts_are_all_shown_in_order_after_an_upgrade_from(version: &str) {
         ["received", "sent", "started", "done"],
         "after it"
     );
+}
+
+async fn assert_latest_layout(redis: &RedisServer) {
+    assert_eq!(
+        redis.cmd(&["GET", "cuebox:schema:version"]).await,
+        redis::Value::BulkString(cuebox::migrate::latest().to_string().into_bytes())
+    );
+}
+
+/// Layout 4 marked an alert started by rewriting its packed flight: "<id> started <duration>
+/// <attempt> <deadline>|<trail>t<started>". Made here from what a node of layout 5 wrote
+/// ("<id> sent ... <start deadline>|<trail>t<started>~<started + grace>").
+async fn as_layout_4_started_flight(redis: &RedisServer, receiver: &str) {
+    let key = format!("cuebox:{{{receiver}}}:receiver");
+    let flight: String =
+        redis::from_redis_value(redis.cmd(&["HGET", &key, "flight"]).await).unwrap();
+    let (head, graced) = flight.split_once('~').expect("a flight marked started");
+    let (fields, trail) = head.split_once('|').unwrap();
+    let [id, "sent", duration, attempt, _] = fields.split(' ').collect::<Vec<_>>()[..] else {
+        panic!("not a flight of layout 5: {flight}");
+    };
+    let deadline = graced.parse::<u64>().unwrap() + duration.parse::<u64>().unwrap();
+    let four = format!("{id} started {duration} {attempt} {deadline}|{trail}");
+    redis.cmd(&["HSET", &key, "flight", &four]).await;
+}
+
+/// An alert that had started when a node of layout 4 stopped is still started after the upgrade:
+/// at its deadline it expires, where one that never started would go out again, and it is in
+/// history with its whole trail.
+#[actix_web::test]
+async fn an_alert_started_in_layout_4_is_still_started_after_the_upgrade() {
+    let redis = RedisServer::spawn().await;
+    // A short grace, so the started alert's deadline comes within the test.
+    let args = || {
+        let mut args = serve_args(Some(redis.url()));
+        args.ack_grace_ms = 200;
+        args
+    };
+    let app = TestApp::spawn(args()).await;
+    let mut w = app.widget("alice").await;
+    app.wait_for_widgets("alice", 1).await;
+    let (status, body) = app
+        .publish(serde_json::json!({"receiver": "alice", "message": "x", "duration_ms": 1000}))
+        .await;
+    assert_eq!(status, 202, "{body}");
+    let id = body["id"].as_str().unwrap().to_owned();
+    assert_eq!(w.next_alert().await.0, id);
+    w.started(&id).await;
+    eventually(|| async { app.status("alice").await["showing"]["started_at"].is_number() }).await;
+    app.stop().await;
+    drop(w);
+    as_layout_4_started_flight(&redis, "alice").await;
+    redis.cmd(&["SET", "cuebox:schema:version", "4"]).await;
+
+    let app = TestApp::spawn(args()).await;
+    assert_latest_layout(&redis).await;
+    let mut w = app.widget("alice").await;
+    let history = || async {
+        app.get("/receivers/alice/history", Some(PUBLISH_KEY))
+            .await
+            .1
+    };
+    eventually(|| async { history().await["history"][0].is_object() }).await;
+    let body = history().await;
+    let entry = &body["history"][0];
+    assert_eq!(entry["id"], id.as_str());
+    assert_eq!(entry["status"], "expired", "{entry}");
+    let events: Vec<&str> = entry["trail"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|s| s["event"].as_str().unwrap())
+        .collect();
+    assert_eq!(events, ["received", "sent", "started", "expired"]);
+    // Never sent again.
+    while let Some(Incoming::Json(frame)) = w.next_within(Duration::from_millis(300)).await {
+        if frame["type"] == "alert" {
+            assert_eq!(frame["attempt"], 1, "{frame}");
+        }
+    }
 }
 
 #[actix_web::test]

@@ -39,14 +39,16 @@ use self::connection::{Connection, Target};
 use self::functions::{function, load_library, Core, APPROVE, DENY, DOCKS, WAKE};
 use self::keys::Keys;
 use self::presence::sweep_dead_nodes;
-use self::replies::{alert_json, int, kind_of, parse_snapshot, protocol, tagged, text};
+use self::replies::{
+    alert_json, int, kind_of, parse_snapshot, parse_started, protocol, tagged, text,
+};
 pub use self::secret::shared_secret;
 use self::watches::Watches;
 use super::history::{Mark, Page, Record, Trail};
 use super::machine::{Answer, Command, Hold, Lane, Left, Stored};
 use super::{
-    Answered, Call, CallObserver, Flight, Notice, Rules, Snapshot, Status, Store, StoreError,
-    Waiting, WidgetChange, IDEMPOTENCY_TTL, PRESENCE_TTL,
+    Answered, Call, CallObserver, Notice, Rules, Snapshot, Status, Store, StoreError, Waiting,
+    WidgetChange, IDEMPOTENCY_TTL, PRESENCE_TTL,
 };
 use crate::alert::ReceiverId;
 use crate::auth::{Generations, Purpose};
@@ -272,6 +274,7 @@ impl RedisStore {
     /// on every call).
     async fn started_call(&self, receiver: &ReceiverId, id: &str) -> Result<Answered, StoreError> {
         let now = self.core.clock.now();
+        let graced = now + self.core.rules.ack_grace.as_millis() as u64;
         let mut call = redis::Cmd::with_capacity(7, 128);
         call.arg("FCALL")
             .arg(function(Call::Started).unwrap_or_default())
@@ -279,31 +282,17 @@ impl RedisStore {
             .arg(self.core.keys.receiver_hash(receiver))
             .arg(now)
             .arg(id)
-            .arg(now + self.core.rules.ack_grace.as_millis() as u64);
+            .arg(graced);
         let reply = self.core.call(Call::Started, call).await?;
-        if kind_of(&reply) != Some("started") {
-            return changed(parse_snapshot(reply)?);
+        // It applied: one string, read with what this call knows (the id, the time and the
+        // grace, that the alert has started, and that nothing else happened).
+        if let Some(answer) = text(&reply) {
+            return match parse_started(answer, id, now, graced) {
+                Some(snapshot) => changed(snapshot),
+                None => Err(protocol("started", &reply)),
+            };
         }
-        // It applied: the answer is the snapshot less what this call knows (the id, that the
-        // alert has started, and that nothing else happened).
-        let (_, items) = tagged(reply)?;
-        match items.as_slice() {
-            [seq, attempt, deadline, rest @ ..] => changed(Snapshot {
-                seq: int(seq)?,
-                flight: Some(Flight {
-                    id: id.into(),
-                    attempt: int(attempt)? as u32,
-                    started: true,
-                    remaining: Duration::from_millis(int(deadline)?.saturating_sub(now)),
-                    alert: None,
-                }),
-                events: Vec::new(),
-                skipped: None,
-                wake: None,
-                docks: rest.first() == Some(&Value::Int(1)),
-            }),
-            _ => Err(StoreError::Protocol("started: an answer cut short".into())),
-        }
+        changed(parse_snapshot(reply)?)
     }
 }
 

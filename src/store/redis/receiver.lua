@@ -1,4 +1,4 @@
-#!lua name=cuebox_v4
+#!lua name=cuebox_v5
 -- The Redis Functions library of cuebox: every state transition of one receiver, each one
 -- atomic because Redis runs a function whole. The rules are written out in src/store/mod.rs and
 -- once as a pure machine in src/store/machine.rs, which the embedded store runs;
@@ -6,8 +6,8 @@
 -- holds both stores to the rules.
 --
 -- Loaded once per Redis (FUNCTION LOAD), so the helpers below are made once, not on every call
--- as a script's are. The library and every function name carry the version (v4: key layout 4,
--- with history): nodes of two library versions over one layout can share a Redis during a
+-- as a script's are. The library and every function name carry the version (v5: key layout 5,
+-- history and the started mark): nodes of two library versions over one layout can share a Redis during a
 -- rolling deploy, each calling its own.
 --
 -- What a call costs Redis (measured in docs/benchmarks.md): each redis.call 5 to 7k
@@ -19,11 +19,14 @@
 -- the strings Redis gave until arithmetic needs them, parses the flight only when it must, and
 -- writes back in one HSET.
 --
--- Layout 4, every key sharing the receiver's hash tag:
+-- Layout 5, every key sharing the receiver's hash tag:
 -- KEYS[1] receiver hash    seq      changes of the alert in flight, counted
---                          flight   "<id> <sent|started> <duration_ms> <attempt> <deadline,
---                                   ms>|<trail>" (no "|" and trail in a flight of layout 3; "|",
---                                   not a space, so the trail is found without a pattern)
+--                          flight   "<id> sent <duration_ms> <attempt> <start deadline,
+--                                   ms>|<trail>", and once started() marks it, "t<started at>~
+--                                   <started at + ack grace>" appended: started, due that plus
+--                                   the duration (layout 4 wrote "<id> started ... <deadline>|
+--                                   <trail>", still read; no "|" and trail in a flight of layout
+--                                   3; "|", not a space, so the trail is found without a pattern)
 --                          alert    the alert in flight, as its queue entry
 --                          live     live widgets, cached: "<until, ms> <the node holding them
 --                                   all, or *>", or "0" for none (see presence())
@@ -108,12 +111,29 @@ end
 -- false, so the table keeps one shape from call to call.
 local c = {}
 
--- Parses the alert in flight, if there is one and it is not parsed yet; answers its id.
+-- The trail of a flight as stored, less what started() appended after it: answers the trail
+-- (its 't' mark kept) and the deadline plus ack grace started() was given, if it was.
+local function started_mark(trail)
+  local tilde = string.find(trail, '~', 1, true)
+  if not tilde then return trail, nil end
+  return string.sub(trail, 1, tilde - 1), string.sub(trail, tilde + 1)
+end
+
+-- Parses the alert in flight, if there is one and it is not parsed yet; answers its id. A flight
+-- that started() marked is started, its deadline the time it started plus the ack grace and
+-- the alert's duration.
 local function flight(c)
   if c.packed then
     c.id, c.phase, c.duration, c.attempt, c.deadline, c.trail = string.match(c.packed,
       '^(%S+) (%a+) (%d+) (%d+) (%d+)|?(%S*)$')
     c.packed = false
+    if c.trail then
+      local trail, graced = started_mark(c.trail)
+      if graced then
+        c.trail, c.phase = trail, 'started'
+        c.deadline = tonumber(graced) + tonumber(c.duration)
+      end
+    end
   end
   return c.id
 end
@@ -335,10 +355,18 @@ local function presence(c)
     if live == '0' then
       c.live_known, c.live_any, c.live_others = true, false, false
     else
-      local live_until, node
-      if live then live_until, node = string.match(live, '^(%d+) (.+)$') end
-      if live_until and tonumber(live_until) > c.now then
-        c.live_known, c.live_any, c.live_others = true, true, node ~= c.node
+      -- "<until> <node>": the time compared as text while both have as many digits (a
+      -- conversion costs more than the rest of this), the node without cutting it out.
+      local space = live and string.find(live, ' ', 1, true)
+      local fresh = false
+      if space then
+        local live_until, now = string.sub(live, 1, space - 1), c.args[2]
+        if #live_until == #now then fresh = live_until > now
+        else fresh = (tonumber(live_until) or 0) > c.now end
+      end
+      if fresh then
+        local mine = #live == space + #c.node and string.find(live, c.node, space + 1, true)
+        c.live_known, c.live_any, c.live_others = true, true, not mine
       else
         count(c, redis.call('HGETALL', widgets_key(c)))
       end
@@ -707,34 +735,23 @@ local function widgets(keys, args)
 end
 
 -- A widget began to show an alert: sent becomes started, and the deadline its duration plus the
--- ack grace. The most frequent call, and it moves no seq, so it is given only what it needs:
--- KEYS[1] the receiver; ARGV[1] the time in ms, ARGV[2] the alert's id, ARGV[3] the time plus the
--- ack grace, in ms. When it applies, it answers {'started', seq, attempt, deadline}: the
--- snapshot, less what the caller knows. Otherwise the snapshot as it stands. (A receiver still in
--- layout 1 has no flight here yet; its first other call takes it over.)
+-- ack grace. The most frequent call, and it moves no seq, so it is given only what it needs and
+-- does the least: KEYS[1] the receiver; ARGV[1] the time in ms, ARGV[2] the alert's id, ARGV[3]
+-- the time plus the ack grace, in ms. When it applies, the flight as stored gains the trail's
+-- 't' mark and, after a '~', the time plus grace: appended, not parsed and rebuilt (flight()
+-- reads them back). Its answer is then one string, its kind first, made of what Redis gave:
+-- "started <seq> <hold field or -> <flight as it was>" (the node reads the attempt and the
+-- duration from the flight, and whether a dock is open from `hold`). Otherwise the snapshot as
+-- it stands. (A receiver still in layout 1 has no flight here yet; its first other call takes
+-- it over.)
 local function started(keys, args)
   local f = redis.call('HMGET', keys[1], 'seq', 'flight', 'hold')
-  local packed = f[2]
+  local packed, id = f[2], args[2]
   if not packed then return {'snapshot', f[1] or 0, false, 0, 0, 0, false, ''} end
-  local id = args[2]
   local sent = id .. ' sent '
-  if string.sub(packed, 1, #sent) == sent then
-    local duration, attempt = string.match(packed, '^(%d+) (%d+)', #sent + 1)
-    local bar = string.find(packed, '|', #sent + 1, true)
-    local trail = ''
-    if bar then trail = string.sub(packed, bar + 1) end
-    local deadline = tonumber(args[3]) + tonumber(duration)
-    redis.call('HSET', keys[1], 'flight', id .. ' started ' .. duration .. ' ' .. attempt ..
-      ' ' .. int(deadline) .. '|' .. trail .. 't' .. args[1])
-    -- Whether some node has a dock (see read_hold()), for the node to tell it.
-    local hold = f[3]
-    if hold then
-      local d = string.find(hold, 'd', 1, true)
-      if d and tonumber(string.sub(hold, d + 1)) > tonumber(args[1]) then
-        return {'started', f[1], attempt, deadline, 1}
-      end
-    end
-    return {'started', f[1], attempt, deadline}
+  if string.sub(packed, 1, #sent) == sent and not string.find(packed, '~', #sent, true) then
+    redis.call('HSET', keys[1], 'flight', packed .. 't' .. args[1] .. '~' .. args[3])
+    return 'started ' .. (f[1] or '0') .. ' ' .. (f[3] or '-') .. ' ' .. packed
   end
   c.keys, c.now, c.seq, c.packed, c.happened = keys, tonumber(args[1]), f[1], packed, ''
   c.skipped = false
@@ -750,10 +767,15 @@ local function done(keys, args)
   local id = args[5]
   c.keep = args[6]
   if c.packed and string.sub(c.packed, 1, #id + 1) == id .. ' ' then
-    -- Of the flight only the trail is needed: found, not parsed.
+    -- Of the flight only the trail is needed: found, not parsed (but in a flight of layout 3,
+    -- where no '|' marks where it starts).
     local bar = string.find(c.packed, '|', #id + 2, true)
-    c.trail = bar and string.sub(c.packed, bar + 1) or ''
-    c.id, c.packed = id, false
+    if bar then
+      c.trail = started_mark(string.sub(c.packed, bar + 1))
+      c.id, c.packed = id, false
+    else
+      flight(c)
+    end
     complete(c, 'done', 'd')
     dispatch(c)
   end
@@ -975,24 +997,24 @@ local function status(keys, args)
   return {'status', queued, total, entry, paused, c.held or 0, c.trail or false}
 end
 
-redis.register_function('cuebox_v4_publish', publish)
-redis.register_function('cuebox_v4_widgets', widgets)
-redis.register_function('cuebox_v4_started', started)
-redis.register_function('cuebox_v4_done', done)
-redis.register_function('cuebox_v4_check', check)
-redis.register_function('cuebox_v4_sweep', sweep)
-redis.register_function('cuebox_v4_pause', pause)
-redis.register_function('cuebox_v4_skip', skip)
-redis.register_function('cuebox_v4_clear', clear)
-redis.register_function('cuebox_v4_rotate', rotate)
-redis.register_function('cuebox_v4_record', record)
-redis.register_function('cuebox_v4_approve', approve_one)
-redis.register_function('cuebox_v4_deny', deny)
-redis.register_function('cuebox_v4_wake', wake)
-redis.register_function('cuebox_v4_docks', docks)
+redis.register_function('cuebox_v5_publish', publish)
+redis.register_function('cuebox_v5_widgets', widgets)
+redis.register_function('cuebox_v5_started', started)
+redis.register_function('cuebox_v5_done', done)
+redis.register_function('cuebox_v5_check', check)
+redis.register_function('cuebox_v5_sweep', sweep)
+redis.register_function('cuebox_v5_pause', pause)
+redis.register_function('cuebox_v5_skip', skip)
+redis.register_function('cuebox_v5_clear', clear)
+redis.register_function('cuebox_v5_rotate', rotate)
+redis.register_function('cuebox_v5_record', record)
+redis.register_function('cuebox_v5_approve', approve_one)
+redis.register_function('cuebox_v5_deny', deny)
+redis.register_function('cuebox_v5_wake', wake)
+redis.register_function('cuebox_v5_docks', docks)
 redis.register_function{
-  function_name = 'cuebox_v4_status', callback = status, flags = {'no-writes'}
+  function_name = 'cuebox_v5_status', callback = status, flags = {'no-writes'}
 }
 redis.register_function{
-  function_name = 'cuebox_v4_queue', callback = queue, flags = {'no-writes'}
+  function_name = 'cuebox_v5_queue', callback = queue, flags = {'no-writes'}
 }

@@ -167,6 +167,41 @@ pub(super) fn parse_snapshot(v: Value) -> Result<Snapshot, StoreError> {
     })
 }
 
+/// The answer of a `started` that applied, one string made of what Redis read: `started <seq>
+/// <hold field or -> <flight as it was>` (see `started()` in `receiver.lua`). `graced` is the
+/// time plus the ack grace that the call passed, so the deadline is it plus the duration.
+pub(super) fn parse_started(answer: &str, id: &str, now: u64, graced: u64) -> Option<Snapshot> {
+    let rest = answer.strip_prefix("started ")?;
+    let (seq, rest) = rest.split_once(' ')?;
+    let (hold, flight) = rest.split_once(' ')?;
+    // "<id> sent <duration> <attempt> <deadline>|<trail>"
+    let mut parts = flight
+        .strip_prefix(id)?
+        .strip_prefix(" sent ")?
+        .splitn(3, ' ');
+    let duration: u64 = parts.next()?.parse().ok()?;
+    let attempt = parts.next()?.parse().ok()?;
+    // The `hold` field ends in "d<until>" while some node has a dock open.
+    let docks = hold
+        .rsplit_once('d')
+        .and_then(|(_, until)| until.parse::<u64>().ok())
+        .is_some_and(|until| until > now);
+    Some(Snapshot {
+        seq: seq.parse().ok()?,
+        flight: Some(Flight {
+            id: id.into(),
+            attempt,
+            started: true,
+            remaining: Duration::from_millis((graced + duration).saturating_sub(now)),
+            alert: None,
+        }),
+        events: Vec::new(),
+        skipped: None,
+        wake: None,
+        docks,
+    })
+}
+
 pub(super) fn text(v: &Value) -> Option<&str> {
     match v {
         Value::BulkString(b) => std::str::from_utf8(b).ok(),

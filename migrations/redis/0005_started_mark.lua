@@ -1,0 +1,14 @@
+-- 0005_started_mark: key layout 5 (library cuebox_v5, see src/store/redis/receiver.lua).
+--
+-- `started`, the most frequent call, no longer parses and rebuilds the packed alert in flight:
+-- it appends the trail's 't' mark and, after a '~', the time it started plus the ack grace
+-- ("<id> sent 8000 1 <deadline>|r..s..:1t<started>~<started + grace>"), and readers take the
+-- alert for started, its deadline that time plus its duration. A flight of layout 4 that says
+-- `started` in its second field reads as before, so nothing is converted.
+--
+-- What this migration does is record layout 5, so that a node of an older release, which would
+-- read such a flight as never started and send it again, refuses to start (stop every older
+-- node before starting this release). tests/api/migrations.rs writes receivers in layout 4,
+-- with an alert in flight that started, and finds it done once, in history with its trail.
+-- ARGV[1] is the key prefix. Migrations run with EVAL under the schema lock, in order, once.
+return 'ok'
