@@ -25,7 +25,9 @@ use crate::auth::Purpose;
 use crate::feed::{Did, Feed};
 use crate::metrics::{HubGauges, Metrics};
 use crate::store::machine::{Command, Hold};
-use crate::store::{Notice, Publish, Snapshot, Store, StoreError, WidgetChange, PRESENCE_REFRESH};
+use crate::store::{
+    Notice, Publish, Showing, Snapshot, Store, StoreError, WidgetChange, PRESENCE_REFRESH,
+};
 
 /// Frames a widget may have waiting before it counts as too slow and is closed. A widget gets a
 /// frame or two per alert, so only a stuck one fills this.
@@ -69,6 +71,8 @@ struct Local {
     widgets: Vec<LocalWidget>,
     /// The newest snapshot applied.
     seq: u64,
+    /// Whether it said some node has a dock open on the receiver's feed.
+    docks: bool,
     flight: Option<LocalFlight>,
     timer: Option<AbortHandle>,
     /// Wakes the receiver when a held alert approves itself.
@@ -86,6 +90,8 @@ struct LocalWidget {
 struct LocalFlight {
     id: Arc<str>,
     attempt: u32,
+    /// The alert's `duration_ms`: a widget's `started` makes its deadline that plus the grace.
+    duration: Duration,
     frame: Frame,
     /// When this node first sent it, for the age metric.
     since: Instant,
@@ -371,8 +377,25 @@ impl Hub {
         self.tell(receiver, Did::Widgets { joined, count }, Some(snapshot));
     }
 
+    /// A widget began to show alert `id`. Passed on only for the alert in flight as this node
+    /// knows it, which is the alert it sent its widgets: a `started` for any other is a late
+    /// one, for an alert the receiver is past, and changes nothing.
     pub async fn started(&self, receiver: &ReceiverId, id: &str) -> Result<(), StoreError> {
-        let snapshot = self.store.started(receiver, id).await?;
+        let known = self.lock().get(receiver).and_then(|local| {
+            let f = local.flight.as_ref().filter(|f| &*f.id == id)?;
+            Some((f.attempt, f.duration, local.seq, local.docks))
+        });
+        let Some((attempt, duration, seq, docks)) = known else {
+            return Ok(());
+        };
+        let showing = Showing {
+            id,
+            attempt,
+            duration,
+            seq,
+            docks,
+        };
+        let snapshot = self.store.started(receiver, &showing).await?;
         self.tell(receiver, Did::Started { id }, Some(&snapshot));
         self.apply(receiver, snapshot);
         Ok(())
@@ -577,6 +600,7 @@ impl Hub {
         if snapshot.seq < local.seq {
             return;
         }
+        local.docks = snapshot.docks;
         if let Some(skipped) = snapshot
             .skipped
             .as_deref()
@@ -615,6 +639,9 @@ impl Hub {
             local.flight = Some(LocalFlight {
                 id: flight.id.clone(),
                 attempt: flight.attempt,
+                // Given with the alert. Were it not, a start would set the deadline at the
+                // grace alone, and the store, asked then, would set it right.
+                duration: flight.duration.unwrap_or_default(),
                 frame,
                 since: Instant::now(),
             });

@@ -26,7 +26,7 @@ use cuebox::store::embedded::EmbeddedStore;
 use cuebox::store::redis::connection::Target;
 use cuebox::store::redis::keys::Keys;
 use cuebox::store::redis::RedisStore;
-use cuebox::store::{Notice, Publish, Rules, Store, WidgetChange};
+use cuebox::store::{Notice, Publish, Rules, Showing, Store, WidgetChange};
 use cuebox_bench::node::Redis;
 use serde_json::json;
 use tokio::runtime::Runtime;
@@ -148,9 +148,9 @@ fn rules() -> Rules {
 /// step's answer is checked, so that a store which stopped dispatching (a lapsed widget report,
 /// say) fails the bench rather than timing a cheaper path.
 async fn alert_cycle(store: &dyn Store, record: &AlertRecord) {
-    publish_and_dispatch(store, record).await;
+    let (attempt, seq) = publish_and_dispatch(store, record).await;
     store
-        .started(&record.receiver, &record.id)
+        .started(&record.receiver, &showing(record, attempt, seq))
         .await
         .expect("the store takes `started`");
     let after = store
@@ -164,14 +164,26 @@ async fn alert_cycle(store: &dyn Store, record: &AlertRecord) {
 }
 
 /// Publishes an alert to a free receiver that has a widget, which must send it at once.
-async fn publish_and_dispatch(store: &dyn Store, record: &AlertRecord) {
+/// Publishes an alert that goes out at once; answers what a node then knows of it, to mark it
+/// started with.
+async fn publish_and_dispatch(store: &dyn Store, record: &AlertRecord) -> (u32, u64) {
     match store.publish(record, None).await {
-        Ok(Publish::Accepted { snapshot, .. })
-            if snapshot
-                .flight
-                .as_ref()
-                .is_some_and(|f| *f.id == *record.id) => {}
+        Ok(Publish::Accepted { snapshot, .. }) => match &snapshot.flight {
+            Some(f) if *f.id == *record.id => (f.attempt, snapshot.seq),
+            other => panic!("the alert should go out at once to the receiver's widget: {other:?}"),
+        },
         other => panic!("the alert should go out at once to the receiver's widget: {other:?}"),
+    }
+}
+
+/// A widget's `started`, as a node passes it on.
+fn showing(record: &AlertRecord, attempt: u32, seq: u64) -> Showing<'_> {
+    Showing {
+        id: &record.id,
+        attempt,
+        duration: Duration::from_millis(record.duration_ms.into()),
+        seq,
+        docks: false,
     }
 }
 
@@ -225,13 +237,14 @@ fn store(c: &mut Criterion) {
     });
     group.bench_function("redis/started", |b| {
         let redis = redis.get_or_init(|| RedisBench::start(&rt));
-        let (store, record) = (&redis.store, &redis.started);
+        let (store, (record, attempt, seq)) = (&redis.store, &redis.started);
+        let showing = showing(record, *attempt, *seq);
         b.iter_custom(|iters| {
             rt.block_on(async {
                 let start = Instant::now();
                 for _ in 0..iters {
                     let snapshot = store
-                        .started(&record.receiver, &record.id)
+                        .started(&record.receiver, &showing)
                         .await
                         .expect("the store takes `started`");
                     black_box(snapshot);
@@ -249,10 +262,11 @@ struct RedisBench {
     store: RedisStore,
     /// For `redis/cycle`: a receiver with a widget, free between cycles.
     cycle: AlertRecord,
-    /// For `redis/started`: an alert in flight and already started. A `started` for it changes
-    /// nothing, so each call is the same round trip: the script's fixed cost plus loopback.
-    /// Every widget after the first of a receiver sends one of these for each alert.
-    started: AlertRecord,
+    /// For `redis/started`: an alert in flight and already started, with its attempt and the
+    /// `seq` it went out at. A `started` for it changes nothing, so each call is the same round
+    /// trip: one `SET NX` that finds the mark, plus loopback. Every widget after the first of a
+    /// receiver sends one of these for each alert.
+    started: (AlertRecord, u32, u64),
     /// Held so the store's notice sender stays open for as long as the store.
     _notices: mpsc::UnboundedReceiver<Notice>,
     _server: Redis,
@@ -282,12 +296,13 @@ impl RedisBench {
             .expect("the Redis store connects to the bench's own redis-server");
         let cycle = receiver_with_widget(rt, &store, "bench_redis_cycle");
         let started = receiver_with_widget(rt, &store, "bench_redis_started");
-        rt.block_on(async {
-            publish_and_dispatch(&store, &started).await;
+        let started = rt.block_on(async {
+            let (attempt, seq) = publish_and_dispatch(&store, &started).await;
             store
-                .started(&started.receiver, &started.id)
+                .started(&started.receiver, &showing(&started, attempt, seq))
                 .await
                 .expect("the store takes `started`");
+            (started, attempt, seq)
         });
         Self {
             store,

@@ -1,14 +1,17 @@
 -- 0005_started_mark: key layout 5 (library cuebox_v5, see src/store/redis/receiver.lua).
 --
--- `started`, the most frequent call, no longer parses and rebuilds the packed alert in flight:
--- it appends the trail's 't' mark and, after a '~', the time it started plus the ack grace
--- ("<id> sent 8000 1 <deadline>|r..s..:1t<started>~<started + grace>"), and readers take the
--- alert for started, its deadline that time plus its duration. A flight of layout 4 that says
--- `started` in its second field reads as before, so nothing is converted.
+-- `started`, the most frequent call, is no longer a function of the library but one plain
+-- `SET NX` by the node: the mark `<r>:started:<id>:<attempt>` = "<started at> <started at +
+-- ack grace>" (ms), for the send of the alert in flight that the node knows. The packed flight
+-- stays "<id> sent ..." and the library reads the mark where it needs the alert's phase: started,
+-- due its start plus the grace plus its duration, its trail gaining the 't' mark. The mark is
+-- taken (GETDEL) when the alert leaves flight: done, expired, skipped or put back in its queue.
+-- A flight of layout 4 that says `started` itself reads as before, so nothing is converted.
 --
 -- What this migration does is record layout 5, so that a node of an older release, which would
--- read such a flight as never started and send it again, refuses to start (stop every older
--- node before starting this release). tests/api/migrations.rs writes receivers in layout 4,
--- with an alert in flight that started, and finds it done once, in history with its trail.
+-- read a marked flight as never started and send it again, refuses to start (stop every older
+-- node before starting this release). tests/api/migrations.rs writes a receiver in layout 4 with
+-- an alert in flight that started, and finds it expire as a started alert (not sent again), in
+-- history with its whole trail.
 -- ARGV[1] is the key prefix. Migrations run with EVAL under the schema lock, in order, once.
 return 'ok'

@@ -759,6 +759,8 @@ impl Step<'_> {
             started: f.started,
             remaining: std::time::Duration::from_millis(f.deadline.saturating_sub(now)),
             alert: (with_alert || changed).then(|| f.alert.json.clone()),
+            duration: (with_alert || changed)
+                .then(|| std::time::Duration::from_millis(f.alert.duration_ms.into())),
         });
         let skipped = self
             .trail

@@ -237,6 +237,23 @@ pub struct Flight {
     /// The alert's JSON. Present when the call changed the alert in flight, and always from
     /// [`Store::widgets`]; absent when the caller already has it.
     pub alert: Option<Arc<str>>,
+    /// The alert's `duration_ms`, given with its JSON.
+    pub duration: Option<Duration>,
+}
+
+/// What the node a widget reported `started` to knows of the alert it showed: the alert in
+/// flight as the node last heard of it (a node passes on a `started` only for that alert), and
+/// the snapshot it heard it in. The Redis store writes the mark from it alone; see
+/// [`Store::started`].
+#[derive(Clone, Copy, Debug)]
+pub struct Showing<'a> {
+    pub id: &'a str,
+    pub attempt: u32,
+    /// The alert's `duration_ms`.
+    pub duration: Duration,
+    /// The `seq` and the docks' mark of the snapshot the node last applied.
+    pub seq: u64,
+    pub docks: bool,
 }
 
 /// A receiver's in-flight state after a call.
@@ -464,9 +481,16 @@ pub trait Store: Send + Sync + 'static {
         self.apply(receiver, command).await?.into_snapshot()
     }
 
-    /// A widget began to show alert `id`.
-    async fn started(&self, receiver: &ReceiverId, id: &str) -> Result<Snapshot, StoreError> {
-        let command = machine::Command::Started { id };
+    /// A widget began to show the alert in flight, `showing` (the stores that run the machine
+    /// need only its id). The Redis store only marks it started, once per send, and answers from
+    /// `showing` what the machine would have: the same `seq`, the alert started, its deadline
+    /// its duration plus the ack grace from now.
+    async fn started(
+        &self,
+        receiver: &ReceiverId,
+        showing: &Showing<'_>,
+    ) -> Result<Snapshot, StoreError> {
+        let command = machine::Command::Started { id: showing.id };
         self.apply(receiver, command).await?.into_snapshot()
     }
 

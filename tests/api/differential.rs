@@ -24,7 +24,7 @@ use cuebox::store::history::{Page, Record};
 use cuebox::store::machine::{self, Command, Lane, Receiver, Stored};
 use cuebox::store::redis::keys::Keys;
 use cuebox::store::redis::RedisStore;
-use cuebox::store::{Rules, Snapshot, Status, Store, StoreError, WidgetChange};
+use cuebox::store::{Rules, Showing, Snapshot, Status, Store, StoreError, WidgetChange};
 use proptest::prelude::*;
 use proptest::test_runner::{Config, TestCaseError, TestRunner};
 use serde_json::json;
@@ -239,6 +239,21 @@ impl Model {
             self.receivers.remove(r);
         }
         outcome
+    }
+
+    /// What a node knows when a widget reports alert `id` started, if it is the alert in flight,
+    /// and whether this is its first start.
+    fn showing<'a>(&self, r: &'static str, id: &'a str) -> Option<(Showing<'a>, bool)> {
+        let state = self.receivers.get(r)?;
+        let f = state.flight.as_ref().filter(|f| &*f.alert.id == id)?;
+        let showing = Showing {
+            id,
+            attempt: f.attempt,
+            duration: std::time::Duration::from_millis(f.alert.duration_ms.into()),
+            seq: state.seq,
+            docks: false,
+        };
+        Some((showing, !f.started))
     }
 
     /// What the embedded store does when it opens again: no widget is connected, and an alert
@@ -501,12 +516,32 @@ async fn run(under: &mut Under, ops: Vec<Op>) -> Result<(), TestCaseError> {
                 let x = under.store(node).widgets(&receiver(name), change).await;
                 same(step, op, m, x)?;
             }
-            Op::Started { r, which } | Op::Done { r, which } | Op::Check { r, which } => {
+            Op::Started { r, which } => {
+                let name = RECEIVERS[r];
+                let id = model.id(name, which);
+                // A node passes on only a start of the alert in flight as it knows it
+                // (`Hub::started`), with what it knows of it.
+                let Some((showing, first)) = model.showing(name, &id) else {
+                    continue;
+                };
+                let m = model
+                    .apply(name, Command::Started { id: &id })
+                    .answered()
+                    .into_snapshot();
+                let mut x = under.store(step).started(&receiver(name), &showing).await;
+                // A second start changes nothing; a node sets its timer from the first.
+                if let (false, Ok(m), Ok(x)) = (first, &m, &mut x) {
+                    if let (Some(mf), Some(xf)) = (&m.flight, &mut x.flight) {
+                        xf.remaining = mf.remaining;
+                    }
+                }
+                same(step, op, m, x)?;
+            }
+            Op::Done { r, which } | Op::Check { r, which } => {
                 let name = RECEIVERS[r];
                 let id = model.id(name, which);
                 let (command, store) = (
                     match op {
-                        Op::Started { .. } => Command::Started { id: &id },
                         Op::Done { .. } => Command::Done { id: &id },
                         _ => Command::Check { id: &id },
                     },
@@ -518,7 +553,6 @@ async fn run(under: &mut Under, ops: Vec<Op>) -> Result<(), TestCaseError> {
                     .into_snapshot();
                 let rid = receiver(name);
                 let x: Result<Snapshot, StoreError> = match command {
-                    Command::Started { .. } => store.started(&rid, &id).await,
                     Command::Done { .. } => store.done(&rid, &id).await,
                     _ => store.check(&rid, &id).await,
                 };

@@ -282,20 +282,25 @@ async fn assert_latest_layout(redis: &RedisServer) {
 }
 
 /// Layout 4 marked an alert started by rewriting its packed flight: "<id> started <duration>
-/// <attempt> <deadline>|<trail>t<started>". Made here from what a node of layout 5 wrote
-/// ("<id> sent ... <start deadline>|<trail>t<started>~<started + grace>").
+/// <attempt> <deadline>|<trail>t<started>". Made here from what a node of layout 5 wrote: the
+/// flight as sent, and the mark `started:<id>:<attempt>` = "<started> <started + grace>".
 async fn as_layout_4_started_flight(redis: &RedisServer, receiver: &str) {
-    let key = format!("cuebox:{{{receiver}}}:receiver");
+    let key = |name: &str| format!("cuebox:{{{receiver}}}:{name}");
     let flight: String =
-        redis::from_redis_value(redis.cmd(&["HGET", &key, "flight"]).await).unwrap();
-    let (head, graced) = flight.split_once('~').expect("a flight marked started");
-    let (fields, trail) = head.split_once('|').unwrap();
+        redis::from_redis_value(redis.cmd(&["HGET", &key("receiver"), "flight"]).await).unwrap();
+    let (fields, trail) = flight.split_once('|').unwrap();
     let [id, "sent", duration, attempt, _] = fields.split(' ').collect::<Vec<_>>()[..] else {
         panic!("not a flight of layout 5: {flight}");
     };
+    let mark = key(&format!("started:{id}:{attempt}"));
+    let marked: String = redis::from_redis_value(redis.cmd(&["GET", &mark]).await).unwrap();
+    let (at, graced) = marked.split_once(' ').unwrap();
     let deadline = graced.parse::<u64>().unwrap() + duration.parse::<u64>().unwrap();
-    let four = format!("{id} started {duration} {attempt} {deadline}|{trail}");
-    redis.cmd(&["HSET", &key, "flight", &four]).await;
+    let four = format!("{id} started {duration} {attempt} {deadline}|{trail}t{at}");
+    redis
+        .cmd(&["HSET", &key("receiver"), "flight", &four])
+        .await;
+    redis.cmd(&["DEL", &mark]).await;
 }
 
 /// An alert that had started when a node of layout 4 stopped is still started after the upgrade:

@@ -394,6 +394,81 @@ async fn a_redis_that_lost_the_library_gets_it_again_on_the_next_call() {
     assert!(listed.contains("cuebox_v5"), "{listed}");
 }
 
+/// The started marks a Redis store keeps (see `Keys::started`).
+async fn started_marks(redis: &RedisServer) -> Vec<String> {
+    let mut marks: Vec<String> =
+        redis::from_redis_value(redis.cmd(&["KEYS", "cuebox:{alice}:started:*"]).await).unwrap();
+    marks.sort();
+    marks
+}
+
+/// A start is marked once per send, and the mark goes when its alert leaves flight: done,
+/// skipped, or put back in the queue; a send after that is marked afresh.
+#[actix_web::test]
+async fn a_start_is_marked_until_its_alert_leaves_flight() {
+    let redis = RedisServer::spawn().await;
+    let app = TestApp::redis(&redis).await;
+    let mut w = app.widget("alice").await;
+    app.wait_for_widgets("alice", 1).await;
+    let mut ids = Vec::new();
+    for i in 1..=3 {
+        ids.push(app.publish_alert("alice", &format!("alert {i}")).await);
+    }
+    let mark = |id: &str, attempt: u32| format!("cuebox:{{alice}}:started:{id}:{attempt}");
+
+    assert_eq!(w.next_alert().await.0, ids[0]);
+    w.started(&ids[0]).await;
+    w.started(&ids[0]).await;
+    eventually(|| async { started_marks(&redis).await == [mark(&ids[0], 1)] }).await;
+    w.done(&ids[0]).await;
+    assert_eq!(w.next_alert().await.0, ids[1]);
+    assert!(
+        started_marks(&redis).await.is_empty(),
+        "done takes the mark"
+    );
+
+    w.started(&ids[1]).await;
+    eventually(|| async { started_marks(&redis).await == [mark(&ids[1], 1)] }).await;
+    assert_eq!(app.control("/receivers/alice/skip", None).await.0, 200);
+    assert!(
+        started_marks(&redis).await.is_empty(),
+        "a skip takes the mark"
+    );
+
+    assert_eq!(w.next_json().await["type"], "skip");
+    let (id, attempt, _) = w.next_alert().await;
+    assert_eq!((id.as_str(), attempt), (ids[2].as_str(), 1));
+    w.started(&id).await;
+    eventually(|| async { started_marks(&redis).await == [mark(&id, 1)] }).await;
+    // The last widget leaves: the alert goes back to the head of the queue, unmarked.
+    w.close().await;
+    eventually(|| async { app.status("alice").await["in_flight"].is_null() }).await;
+    assert!(
+        started_marks(&redis).await.is_empty(),
+        "a requeue takes the mark"
+    );
+
+    let mut w = app.widget("alice").await;
+    let (again, attempt, _) = w.next_alert().await;
+    assert_eq!((again.as_str(), attempt), (id.as_str(), 2));
+    w.started(&id).await;
+    eventually(|| async { started_marks(&redis).await == [mark(&id, 2)] }).await;
+    w.done(&id).await;
+    eventually(|| async { app.status("alice").await["in_flight"].is_null() }).await;
+    assert!(started_marks(&redis).await.is_empty());
+    let (_, body) = app.get("/receivers/alice/history", Some(PUBLISH_KEY)).await;
+    let events: Vec<&str> = body["history"][0]["trail"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|s| s["event"].as_str().unwrap())
+        .collect();
+    assert_eq!(
+        events,
+        ["received", "sent", "started", "requeued", "sent", "started", "done"]
+    );
+}
+
 #[actix_web::test]
 async fn the_rules_run_on_redis_clock_as_the_node_reads_it() {
     let redis = RedisServer::spawn().await;

@@ -23,7 +23,6 @@ pub(super) fn function(call: Call) -> Option<&'static str> {
     Some(match call {
         Call::Publish => "cuebox_v5_publish",
         Call::Widgets => "cuebox_v5_widgets",
-        Call::Started => "cuebox_v5_started",
         Call::Done => "cuebox_v5_done",
         Call::Check => "cuebox_v5_check",
         Call::Sweep => "cuebox_v5_sweep",
@@ -36,7 +35,8 @@ pub(super) fn function(call: Call) -> Option<&'static str> {
         Call::Filtered => "cuebox_v5_record",
         // Deny and wake are measured under the same call: see `DENY` and `WAKE`.
         Call::Approval => APPROVE,
-        Call::Settings | Call::History | Call::Feed => return None,
+        // A start is one SET of its mark (see `RedisStore::mark_started`).
+        Call::Settings | Call::History | Call::Feed | Call::Started => return None,
     })
 }
 

@@ -11,6 +11,7 @@
 //! | `P:{r}:ids`                     | set    | each alert queued or in flight                     |
 //! | `P:{r}:widgets`                 | hash   | node id -> `"<widgets> <live until, ms>"`         |
 //! | `P:{r}:priority`                | list   | the priority lane, entries as in the queue; before it |
+//! | `P:{r}:started:<id>:<attempt>`  | string | `"<started at> <started at + grace>"`: that send of the alert in flight started; expires after a day |
 //! | `P:{r}:idem:<key>`              | string | `"<alert id> <position>"`, expires after 24 h    |
 //! | `P:{r}:settings`                | string | the receiver's moderation settings, JSON          |
 //! | `P:{r}:tokens`                  | hash   | `widget`, `dashboard`: token generations, absent for 0 |
@@ -112,6 +113,13 @@ impl Keys {
     /// `remember()` in receiver.lua, and `store::history`).
     pub fn history(&self, r: &ReceiverId) -> String {
         format!("{}:{{{}}}:history", self.prefix, r)
+    }
+
+    /// The mark that alert `id`, sent for the `attempt`th time, started: `"<started at, ms>
+    /// <started at + ack grace, ms>"`, written once with `SET NX` (see `Store::started`), taken
+    /// by the library when the alert leaves flight.
+    pub fn started(&self, r: &ReceiverId, id: &str, attempt: u32) -> String {
+        format!("{}:{{{}}}:started:{}:{}", self.prefix, r, id, attempt)
     }
 
     pub fn events(&self, r: &ReceiverId) -> String {

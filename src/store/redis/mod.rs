@@ -36,22 +36,25 @@ use tokio::sync::mpsc;
 
 use self::clock::RedisClock;
 use self::connection::{Connection, Target};
-use self::functions::{function, load_library, Core, APPROVE, DENY, DOCKS, WAKE};
+use self::functions::{load_library, Core, APPROVE, DENY, DOCKS, WAKE};
 use self::keys::Keys;
 use self::presence::sweep_dead_nodes;
-use self::replies::{
-    alert_json, int, kind_of, parse_snapshot, parse_started, protocol, tagged, text,
-};
+use self::replies::{alert_json, int, kind_of, parse_snapshot, protocol, tagged, text};
 pub use self::secret::shared_secret;
 use self::watches::Watches;
 use super::history::{Mark, Page, Record, Trail};
 use super::machine::{Answer, Command, Hold, Lane, Left, Stored};
 use super::{
-    Answered, Call, CallObserver, Notice, Rules, Snapshot, Status, Store, StoreError, Waiting,
-    WidgetChange, IDEMPOTENCY_TTL, PRESENCE_TTL,
+    Answered, Call, CallObserver, Flight, Notice, Rules, Showing, Snapshot, Status, Store,
+    StoreError, Waiting, WidgetChange, IDEMPOTENCY_TTL, PRESENCE_TTL,
 };
 use crate::alert::ReceiverId;
 use crate::auth::{Generations, Purpose};
+
+/// How long a started mark outlives its write. The library removes it when its alert leaves
+/// flight; this bounds the rare one written after that (a widget's late `started`, passed on by
+/// a node that had not yet heard the alert was done).
+const STARTED_MARK_TTL: Duration = Duration::from_secs(24 * 60 * 60);
 
 pub struct RedisStore {
     core: Arc<Core>,
@@ -269,30 +272,47 @@ impl RedisStore {
         changed(parse_snapshot(reply)?)
     }
 
-    /// The most frequent call is given only what it needs: the receiver's key, the time, the id
-    /// and the grace (a third of the arguments of the others, which Redis turns into Lua strings
-    /// on every call).
-    async fn started_call(&self, receiver: &ReceiverId, id: &str) -> Result<Answered, StoreError> {
+    /// The most frequent call, and the only one made without the library: one `SET NX` of the
+    /// mark of the alert's send (see [`Keys::started`]). The library reads the mark where it
+    /// needs the alert's phase, and removes it when the alert leaves flight. Only the first
+    /// mark of a send counts (a second widget's start changes nothing), and a node marks only
+    /// the alert in flight as it last heard of it: a mark of a send the receiver is past is
+    /// never read, since every send has an attempt of its own.
+    async fn mark_started(
+        &self,
+        receiver: &ReceiverId,
+        showing: &Showing<'_>,
+    ) -> Result<Snapshot, StoreError> {
         let now = self.core.clock.now();
-        let graced = now + self.core.rules.ack_grace.as_millis() as u64;
-        let mut call = redis::Cmd::with_capacity(7, 128);
-        call.arg("FCALL")
-            .arg(function(Call::Started).unwrap_or_default())
-            .arg(1)
-            .arg(self.core.keys.receiver_hash(receiver))
-            .arg(now)
-            .arg(id)
-            .arg(graced);
-        let reply = self.core.call(Call::Started, call).await?;
-        // It applied: one string, read with what this call knows (the id, the time and the
-        // grace, that the alert has started, and that nothing else happened).
-        if let Some(answer) = text(&reply) {
-            return match parse_started(answer, id, now, graced) {
-                Some(snapshot) => changed(snapshot),
-                None => Err(protocol("started", &reply)),
-            };
-        }
-        changed(parse_snapshot(reply)?)
+        let grace = self.core.rules.ack_grace;
+        let graced = now + grace.as_millis() as u64;
+        let mut call = redis::cmd("SET");
+        call.arg(
+            self.core
+                .keys
+                .started(receiver, showing.id, showing.attempt),
+        )
+        .arg(format!("{now} {graced}"))
+        .arg("NX")
+        .arg("PX")
+        .arg(STARTED_MARK_TTL.as_millis() as u64);
+        self.core.call(Call::Started, call).await?;
+        // Answered as the machine would: nothing moved but the alert's phase.
+        Ok(Snapshot {
+            seq: showing.seq,
+            flight: Some(Flight {
+                id: showing.id.into(),
+                attempt: showing.attempt,
+                started: true,
+                remaining: showing.duration + grace,
+                alert: None,
+                duration: None,
+            }),
+            events: Vec::new(),
+            skipped: None,
+            wake: None,
+            docks: showing.docks,
+        })
     }
 }
 
@@ -440,6 +460,14 @@ fn changed(snapshot: Snapshot) -> Result<Answered, StoreError> {
 
 #[async_trait]
 impl Store for RedisStore {
+    async fn started(
+        &self,
+        receiver: &ReceiverId,
+        showing: &Showing<'_>,
+    ) -> Result<Snapshot, StoreError> {
+        self.mark_started(receiver, showing).await
+    }
+
     async fn apply(
         &self,
         receiver: &ReceiverId,
@@ -479,7 +507,10 @@ impl Store for RedisStore {
                 "node {} cannot report widgets for node {node}",
                 self.core.node
             ))),
-            Command::Started { id } => self.started_call(receiver, id).await,
+            // A start is marked with what the node knows: see `Store::started`.
+            Command::Started { .. } => Err(StoreError::Protocol(
+                "started is marked through Store::started".into(),
+            )),
             // The calls that may complete an alert are told how much history to keep.
             Command::Done { id } | Command::Check { id } => {
                 let keep = self.core.rules.history.to_string();

@@ -111,31 +111,52 @@ end
 -- false, so the table keeps one shape from call to call.
 local c = {}
 
--- The trail of a flight as stored, less what started() appended after it: answers the trail
--- (its 't' mark kept) and the deadline plus ack grace started() was given, if it was.
-local function started_mark(trail)
-  local tilde = string.find(trail, '~', 1, true)
-  if not tilde then return trail, nil end
-  return string.sub(trail, 1, tilde - 1), string.sub(trail, tilde + 1)
-end
-
--- Parses the alert in flight, if there is one and it is not parsed yet; answers its id. A flight
--- that started() marked is started, its deadline the time it started plus the ack grace and
--- the alert's duration.
+-- Parses the alert in flight, if there is one and it is not parsed yet; answers its id. Whether
+-- a sent alert has started is not in the flight but in its started mark (see marked()): until
+-- that is looked up, `marked` is 'unknown'.
 local function flight(c)
   if c.packed then
     c.id, c.phase, c.duration, c.attempt, c.deadline, c.trail = string.match(c.packed,
       '^(%S+) (%a+) (%d+) (%d+) (%d+)|?(%S*)$')
     c.packed = false
-    if c.trail then
-      local trail, graced = started_mark(c.trail)
-      if graced then
-        c.trail, c.phase = trail, 'started'
-        c.deadline = tonumber(graced) + tonumber(c.duration)
-      end
-    end
+    -- A flight of layout 4 says 'started' itself, its deadline and trail already moved on.
+    if c.phase == 'sent' then c.marked = 'unknown' else c.marked = 'none' end
   end
   return c.id
+end
+
+-- The key of the started mark of alert `id` sent for the `attempt`th time (see the layout).
+local function mark_key(c, id, attempt)
+  return string.sub(c.keys[1], 1, -9) .. 'started:' .. id .. ':' .. attempt -- KEYS[1] ends in 'receiver'
+end
+
+-- The time a started mark "<started at> <started at + ack grace>" says the alert started.
+local function started_at(mark)
+  local space = string.find(mark, ' ', 1, true)
+  if not space then return nil end
+  return string.sub(mark, 1, space - 1), string.sub(mark, space + 1)
+end
+
+-- Looks up the started mark of the alert in flight, once a call: if it has one, the alert is
+-- started, due its start plus the ack grace plus its duration, and its trail gains the 't' mark.
+-- With `take` (the alert leaves flight) the mark is removed too.
+local function marked(c, take)
+  if not flight(c) then return end
+  if c.marked == 'unknown' then
+    local mark = redis.call(take and 'GETDEL' or 'GET', mark_key(c, c.id, c.attempt))
+    c.marked = 'none'
+    if mark then
+      local at, graced = started_at(mark)
+      if at then
+        c.phase, c.trail = 'started', c.trail .. 't' .. at
+        c.deadline = tonumber(graced) + tonumber(c.duration)
+      end
+      if not take then c.marked = 'read' end
+    end
+  elseif take and c.marked == 'read' then
+    redis.call('DEL', mark_key(c, c.id, c.attempt))
+    c.marked = 'none'
+  end
 end
 
 -- The in-flight alert's queue entry, read when an answer needs it.
@@ -261,7 +282,7 @@ local function open(keys, args, with_alert)
   c.hold_changed, c.skipped, c.widgets_key = false, false, false
   c.id, c.phase, c.duration, c.attempt, c.deadline, c.trail = false, false, false, false, false,
     false
-  c.alert, c.alert_read, c.keep = false, false, false
+  c.alert, c.alert_read, c.keep, c.marked = false, false, false, false
   if with_alert then c.alert, c.alert_read = f[5], true end
   c.had_flight, c.flight_changed, c.dirty = f[2] ~= false, false, false
   c.live_known, c.live_any, c.live_others, c.recounted = false, false, false, false
@@ -293,6 +314,7 @@ local function snapshot(c, with_alert)
   else
     local entry = false
     if with_alert then entry = flight_entry(c) or false end
+    marked(c)
     local started = 0
     if c.phase == 'started' then started = 1 end
     snap = {'snapshot', seq, c.id, c.attempt, started,
@@ -378,6 +400,7 @@ end
 local function clear_flight(c)
   c.id, c.phase, c.duration, c.attempt, c.deadline, c.trail = false, false, false, false, false,
     false
+  c.marked = false
   c.alert, c.alert_read, c.packed = false, true, false
 end
 
@@ -512,7 +535,9 @@ local function dispatch(c)
     end
     -- An entry that does not parse cannot be shown; it is skipped rather than wedge the queue.
     if id then
+      -- Sent now, so not started: no mark can exist for this send yet.
       c.id, c.phase, c.duration, c.alert, c.alert_read = id, 'sent', duration, entry, true
+      c.marked = 'none'
       if sent == '0' then c.attempt = '1' else c.attempt = tonumber(sent) + 1 end
       c.trail = trail .. 's' .. c.args[2] .. ':' .. str(c.attempt)
       -- Written as the node gave it: no conversion on the most frequent path.
@@ -527,6 +552,7 @@ end
 -- Busy to free: the one place an alert stops being in flight for good: 'done', 'expired' or
 -- 'skipped' (marked `letter` in its trail), into history.
 local function complete(c, how, letter)
+  marked(c, true)
   redis.call('SREM', c.keys[3], c.id)
   local entry = flight_entry(c)
   if entry then remember(c, entry, how .. ' ' .. (c.trail or '') .. letter .. c.args[2]) end
@@ -540,6 +566,7 @@ end
 -- everything still waiting, and goes out first again.
 local function requeue(c)
   if not flight(c) then return end
+  marked(c, true)
   local entry = flight_entry(c)
   local json_at = entry and string.find(entry, ' {', 1, true)
   if json_at then
@@ -594,8 +621,11 @@ local function finish(c, with_alert)
       local channel = string.gsub(c.keys[1], 'receiver$', 'events')
       local head = 'snapshot ' .. c.node
       if c.skipped then head = 'skip ' .. c.node .. ' ' .. c.skipped end
+      -- Whether a dock is open goes too: a node marks a start with what it last heard.
+      local docks = 0
+      if snap[11] then docks = 1 end
       redis.call(c.args[3], channel, table.concat({head, str(snap[2]),
-        snap[3] or '-', str(snap[4]), snap[5], snap[6], snap[7] or ''}, ' '))
+        snap[3] or '-', str(snap[4]), snap[5], snap[6], docks, snap[7] or ''}, ' '))
     end
   end
   return snap
@@ -734,32 +764,6 @@ local function widgets(keys, args)
   return finish(c, true)
 end
 
--- A widget began to show an alert: sent becomes started, and the deadline its duration plus the
--- ack grace. The most frequent call, and it moves no seq, so it is given only what it needs and
--- does the least: KEYS[1] the receiver; ARGV[1] the time in ms, ARGV[2] the alert's id, ARGV[3]
--- the time plus the ack grace, in ms. When it applies, the flight as stored gains the trail's
--- 't' mark and, after a '~', the time plus grace: appended, not parsed and rebuilt (flight()
--- reads them back). Its answer is then one string, its kind first, made of what Redis gave:
--- "started <seq> <hold field or -> <flight as it was>" (the node reads the attempt and the
--- duration from the flight, and whether a dock is open from `hold`). Otherwise the snapshot as
--- it stands. (A receiver still in layout 1 has no flight here yet; its first other call takes
--- it over.)
-local function started(keys, args)
-  local f = redis.call('HMGET', keys[1], 'seq', 'flight', 'hold')
-  local packed, id = f[2], args[2]
-  if not packed then return {'snapshot', f[1] or 0, false, 0, 0, 0, false, ''} end
-  local sent = id .. ' sent '
-  if string.sub(packed, 1, #sent) == sent and not string.find(packed, '~', #sent, true) then
-    redis.call('HSET', keys[1], 'flight', packed .. 't' .. args[1] .. '~' .. args[3])
-    return 'started ' .. (f[1] or '0') .. ' ' .. (f[3] or '-') .. ' ' .. packed
-  end
-  c.keys, c.now, c.seq, c.packed, c.happened = keys, tonumber(args[1]), f[1], packed, ''
-  c.skipped = false
-  read_hold(c, f[3])
-  c.due = false -- `started` answers no time to wake at, whichever way it goes
-  return snapshot(c, false)
-end
-
 -- ARGV[5] the alert a widget finished; ARGV[6] the length of history kept. The alert's entry is
 -- read with the receiver, since it goes into history.
 local function done(keys, args)
@@ -767,12 +771,23 @@ local function done(keys, args)
   local id = args[5]
   c.keep = args[6]
   if c.packed and string.sub(c.packed, 1, #id + 1) == id .. ' ' then
-    -- Of the flight only the trail is needed: found, not parsed (but in a flight of layout 3,
-    -- where no '|' marks where it starts).
-    local bar = string.find(c.packed, '|', #id + 2, true)
+    -- Of the flight only the trail is needed, and the attempt to find its started mark by:
+    -- found, not parsed (but in a flight of layout 3, where no '|' marks where the trail starts).
+    local packed, phase = c.packed, #id + 2
+    local bar = string.find(packed, '|', phase, true)
     if bar then
-      c.trail = started_mark(string.sub(c.packed, bar + 1))
-      c.id, c.packed = id, false
+      c.trail = string.sub(packed, bar + 1)
+      if string.sub(packed, phase, phase + 4) == 'sent ' then
+        local duration_end = string.find(packed, ' ', phase + 5, true)
+        local attempt_end = duration_end and string.find(packed, ' ', duration_end + 1, true)
+        if attempt_end then
+          local attempt = string.sub(packed, duration_end + 1, attempt_end - 1)
+          local at = redis.call('GETDEL', mark_key(c, id, attempt))
+          if at then at = started_at(at) end
+          if at then c.trail = c.trail .. 't' .. at end
+        end
+      end
+      c.id, c.packed, c.marked = id, false, 'none'
     else
       flight(c)
     end
@@ -786,7 +801,8 @@ end
 local function check(keys, args)
   local c = open_to_write(keys, args)
   c.keep = args[6]
-  if flight(c) == args[5] and tonumber(c.deadline) <= c.now then
+  if flight(c) == args[5] then marked(c) end
+  if c.id == args[5] and tonumber(c.deadline) <= c.now then
     if c.phase ~= 'sent' then
       complete(c, 'expired', 'x')
       dispatch(c)
@@ -990,7 +1006,10 @@ local function status(keys, args)
   c.widgets_key = keys[5]
   local total = count(c, redis.call('HGETALL', keys[5]))
   local entry = false
-  if flight(c) then entry = flight_entry(c) or false end
+  if flight(c) then
+    entry = flight_entry(c) or false
+    marked(c)
+  end
   local paused = 0
   if c.paused then paused = 1 end
   local queued = redis.call('LLEN', keys[2]) + (tonumber(c.ahead) or 0)
@@ -999,7 +1018,6 @@ end
 
 redis.register_function('cuebox_v5_publish', publish)
 redis.register_function('cuebox_v5_widgets', widgets)
-redis.register_function('cuebox_v5_started', started)
 redis.register_function('cuebox_v5_done', done)
 redis.register_function('cuebox_v5_check', check)
 redis.register_function('cuebox_v5_sweep', sweep)

@@ -8,8 +8,8 @@ use super::keys::Keys;
 use crate::auth::Purpose;
 use crate::store::{Event, Flight, Notice, Snapshot, StoreError};
 
-/// `snapshot <origin node> <seq> <id or -> <attempt> <started> <ms to deadline> <alert's queue
-/// entry>`, as `finish()` in `receiver.lua` publishes it, or the same after `skip <origin node>
+/// `snapshot <origin node> <seq> <id or -> <attempt> <started> <ms to deadline> <docks: 1 while
+/// some node has one open, else 0> <alert's queue entry>`, as `finish()` in `receiver.lua` publishes it, or the same after `skip <origin node>
 /// <skipped id>` when the call skipped an alert. A node's own messages are skipped: it already
 /// applied the snapshot its call returned. A kind this node does not know is skipped too, so a
 /// newer node may publish more kinds.
@@ -47,19 +47,22 @@ pub(super) fn parse_notice(keys: &Keys, node: &str, data: &[Value]) -> Option<No
         }
         _ => return None,
     };
-    let mut parts = rest.splitn(6, ' ');
+    let mut parts = rest.splitn(7, ' ');
     let seq = parts.next()?.parse().ok()?;
     let id = parts.next()?;
     let attempt = parts.next()?.parse().ok()?;
     let started = parts.next()? == "1";
     let remaining = Duration::from_millis(parts.next()?.parse().ok()?);
+    let docks = parts.next()? == "1";
     let entry = parts.next()?;
+    let entry = entry_parts(entry);
     let flight = (id != "-").then(|| Flight {
         id: id.into(),
         attempt,
         started,
         remaining,
-        alert: alert_json(entry).map(Into::into),
+        alert: entry.map(|(_, json)| json.into()),
+        duration: entry.map(|(duration, _)| duration),
     });
     Some(Notice::Changed {
         receiver,
@@ -69,7 +72,7 @@ pub(super) fn parse_notice(keys: &Keys, node: &str, data: &[Value]) -> Option<No
             events: Vec::new(),
             skipped,
             wake: None,
-            docks: false,
+            docks,
         },
     })
 }
@@ -78,6 +81,11 @@ pub(super) fn parse_notice(keys: &Keys, node: &str, data: &[Value]) -> Option<No
 /// <trail> <json>"`: Redis hands the entry over whole, and the node skips the id, the two numbers
 /// and the trail (absent from an entry of layout 3; the JSON always starts with `{`).
 pub(super) fn alert_json(entry: &str) -> Option<&str> {
+    entry_parts(entry).map(|(_, json)| json)
+}
+
+/// The alert's duration and its JSON, from its queue entry (see [`alert_json`]).
+pub(super) fn entry_parts(entry: &str) -> Option<(Duration, &str)> {
     let mut parts = entry.splitn(4, ' ');
     let (id, duration, sent) = (parts.next()?, parts.next()?, parts.next()?);
     let numeric = |s: &str| !s.is_empty() && s.bytes().all(|b| b.is_ascii_digit());
@@ -89,7 +97,8 @@ pub(super) fn alert_json(entry: &str) -> Option<&str> {
         true => rest,
         false => rest.split_once(' ')?.1,
     };
-    Some(json).filter(|json| !json.is_empty())
+    let duration = Duration::from_millis(duration.parse().ok()?);
+    Some((duration, json)).filter(|(_, json)| !json.is_empty())
 }
 
 /// An answer's kind (its first element), without taking the answer apart.
@@ -146,14 +155,18 @@ pub(super) fn parse_snapshot(v: Value) -> Result<Snapshot, StoreError> {
     let docks = items.next().is_some_and(|v| v == Value::Int(1));
     let flight = match text(&id) {
         None => None,
-        Some(id) => Some(Flight {
-            id: id.into(),
-            attempt: int(&attempt)? as u32,
-            started: int(&started)? == 1,
-            remaining: Duration::from_millis(int(&remaining)?),
-            // Copied once, from the reply into the snapshot: the alert is the one large part.
-            alert: text(&json).and_then(alert_json).map(Into::into),
-        }),
+        Some(id) => {
+            let entry = text(&json).and_then(entry_parts);
+            Some(Flight {
+                id: id.into(),
+                attempt: int(&attempt)? as u32,
+                started: int(&started)? == 1,
+                remaining: Duration::from_millis(int(&remaining)?),
+                // Copied once, from the reply into the snapshot: the alert is the one large part.
+                alert: entry.map(|(_, json)| json.into()),
+                duration: entry.map(|(duration, _)| duration),
+            })
+        }
     };
     Ok(Snapshot {
         seq: int(&seq)?,
@@ -163,41 +176,6 @@ pub(super) fn parse_snapshot(v: Value) -> Result<Snapshot, StoreError> {
             .unwrap_or_default(),
         skipped,
         wake,
-        docks,
-    })
-}
-
-/// The answer of a `started` that applied, one string made of what Redis read: `started <seq>
-/// <hold field or -> <flight as it was>` (see `started()` in `receiver.lua`). `graced` is the
-/// time plus the ack grace that the call passed, so the deadline is it plus the duration.
-pub(super) fn parse_started(answer: &str, id: &str, now: u64, graced: u64) -> Option<Snapshot> {
-    let rest = answer.strip_prefix("started ")?;
-    let (seq, rest) = rest.split_once(' ')?;
-    let (hold, flight) = rest.split_once(' ')?;
-    // "<id> sent <duration> <attempt> <deadline>|<trail>"
-    let mut parts = flight
-        .strip_prefix(id)?
-        .strip_prefix(" sent ")?
-        .splitn(3, ' ');
-    let duration: u64 = parts.next()?.parse().ok()?;
-    let attempt = parts.next()?.parse().ok()?;
-    // The `hold` field ends in "d<until>" while some node has a dock open.
-    let docks = hold
-        .rsplit_once('d')
-        .and_then(|(_, until)| until.parse::<u64>().ok())
-        .is_some_and(|until| until > now);
-    Some(Snapshot {
-        seq: seq.parse().ok()?,
-        flight: Some(Flight {
-            id: id.into(),
-            attempt,
-            started: true,
-            remaining: Duration::from_millis((graced + duration).saturating_sub(now)),
-            alert: None,
-        }),
-        events: Vec::new(),
-        skipped: None,
-        wake: None,
         docks,
     })
 }
