@@ -55,7 +55,10 @@ for i in range(n):
     now += 1
     entry = f"{aid} 8000 0 {js}" if (v == "v3" or len(sys.argv) > 5) else f"{aid} 8000 0 r{now} {js}"
     fcall("publish", keys(r), "node-a", now, "PUBLISH", now + 5000, aid, entry, 10000, 86400)
-    cmd("FCALL", f"cuebox_{v}_started", 1, keys(r)[0], now, aid, now + 15000)
+    if v in ("v3", "v4"):
+        cmd("FCALL", f"cuebox_{v}_started", 1, keys(r)[0], now, aid, now + 15000)
+    else:  # from layout 5 a start is the node's SET NX of its mark
+        cmd("SET", f"cuebox:{{{r}}}:started:{aid}:1", f"{now} {now + 15000}", "NX", "PX", 86400000)
     if v == "v3":
         fcall("done", keys(r), "node-a", now, "PUBLISH", now + 5000, aid)
     else:

@@ -92,14 +92,15 @@ pub(super) struct Core {
 }
 
 impl Core {
-    /// Calls one function of the library for a receiver.
+    /// Calls one function of the library for a receiver; answers its reply and the time the
+    /// call passed (answers give deadlines, and the node counts the time left from it).
     pub(super) async fn run(
         &self,
         receiver: &ReceiverId,
         function: Call,
         idempotency_key: Option<&str>,
         args: &[&str],
-    ) -> Result<Value, StoreError> {
+    ) -> Result<(Value, u64), StoreError> {
         let Some(name) = self::function(function) else {
             return Err(StoreError::Protocol(format!(
                 "{} is not a function of the library",
@@ -108,8 +109,9 @@ impl Core {
         };
         // The functions that read the widgets hash every time are given it.
         let with_widgets = matches!(function, Call::Widgets | Call::Sweep | Call::Status);
-        let call = self.fcall(receiver, name, with_widgets, idempotency_key, args);
-        self.call(function, call).await
+        let now = self.clock.now();
+        let call = self.fcall(receiver, name, with_widgets, idempotency_key, now, args);
+        Ok((self.call(function, call).await?, now))
     }
 
     /// Sends a call of `function`, loading the library again if Redis lacks it.
@@ -139,6 +141,7 @@ impl Core {
         function: &str,
         with_widgets: bool,
         idempotency_key: Option<&str>,
+        now: u64,
         args: &[&str],
     ) -> redis::Cmd {
         const FIXED_ARGS: usize = 4;
@@ -152,7 +155,6 @@ impl Core {
             .receiver(receiver, with_widgets, idempotency_key, |key| {
                 call.arg(key);
             });
-        let now = self.clock.now();
         call.arg(&*self.node)
             .arg(now)
             .arg(self.con.publish_command())
@@ -169,6 +171,7 @@ impl Core {
         function: Call,
         args: &[&str],
     ) -> Result<Snapshot, StoreError> {
-        parse_snapshot(self.run(receiver, function, None, args).await?)
+        let (reply, now) = self.run(receiver, function, None, args).await?;
+        parse_snapshot(reply, now)
     }
 }

@@ -212,7 +212,7 @@ impl RedisStore {
             given = 6;
         }
         let args = [&*alert.id, &entry, &max_queue, &ttl, lane, &approve_at];
-        let reply = self
+        let (reply, now) = self
             .core
             .run(receiver, Call::Publish, idempotency_key, &args[..given])
             .await?;
@@ -222,7 +222,7 @@ impl RedisStore {
                 Answer::Accepted {
                     position: int(&position)?,
                 },
-                Some(parse_snapshot(snapshot)?),
+                Some(parse_snapshot(snapshot, now)?),
             ),
             ("duplicate", Some(id), Some(position)) => (
                 Answer::Duplicate {
@@ -234,7 +234,7 @@ impl RedisStore {
                 None,
             ),
             ("full", _, _) => (Answer::QueueFull, None),
-            ("held", Some(snapshot), _) => (Answer::Held, Some(parse_snapshot(snapshot)?)),
+            ("held", Some(snapshot), _) => (Answer::Held, Some(parse_snapshot(snapshot, now)?)),
             _ => return Err(StoreError::Protocol(format!("publish: unexpected {kind}"))),
         };
         Ok(Answered { answer, snapshot })
@@ -253,7 +253,7 @@ impl RedisStore {
         };
         let max = self.core.rules.max_widgets.to_string();
         let ttl = PRESENCE_TTL.as_millis().to_string();
-        let reply = self
+        let (reply, now) = self
             .core
             .run(
                 receiver,
@@ -269,7 +269,7 @@ impl RedisStore {
                 snapshot: None,
             });
         }
-        changed(parse_snapshot(reply)?)
+        changed(parse_snapshot(reply, now)?)
     }
 
     /// The most frequent call, and the only one made without the library: one `SET NX` of the
@@ -329,7 +329,7 @@ impl RedisStore {
         };
         let most = most.to_string();
         let keep = self.core.rules.history.to_string();
-        let reply = self
+        let (reply, now) = self
             .core
             .run(
                 receiver,
@@ -361,7 +361,7 @@ impl RedisStore {
                 };
                 Ok(Answered {
                     answer: Answer::Cleared { ids, left },
-                    snapshot: Some(parse_snapshot(snapshot)?),
+                    snapshot: Some(parse_snapshot(snapshot, now)?),
                 })
             }
             _ => Err(StoreError::Protocol(format!("clear: unexpected {kind}"))),
@@ -377,17 +377,18 @@ impl RedisStore {
         function: &str,
         args: &[&str],
     ) -> Result<Answered, StoreError> {
-        let call = self.core.fcall(receiver, function, false, None, args);
+        let now = self.core.clock.now();
+        let call = self.core.fcall(receiver, function, false, None, now, args);
         let reply = self.core.call(Call::Approval, call).await?;
         if kind_of(&reply) == Some("not_held") {
             let (_, mut items) = tagged(reply)?;
-            let snapshot = items.next().map(parse_snapshot).transpose()?;
+            let snapshot = items.next().map(|s| parse_snapshot(s, now)).transpose()?;
             return Ok(Answered {
                 answer: Answer::NotHeld,
                 snapshot,
             });
         }
-        changed(parse_snapshot(reply)?)
+        changed(parse_snapshot(reply, now)?)
     }
 }
 
@@ -537,7 +538,7 @@ impl Store for RedisStore {
     }
 
     async fn status(&self, receiver: &ReceiverId) -> Result<Status, StoreError> {
-        let (kind, items) = tagged(self.core.run(receiver, Call::Status, None, &[]).await?)?;
+        let (kind, items) = tagged(self.core.run(receiver, Call::Status, None, &[]).await?.0)?;
         match (kind.as_str(), items.as_slice()) {
             ("status", [queued, widgets, in_flight, rest @ ..]) => Ok(Status {
                 queued: int(queued)?,
@@ -559,7 +560,7 @@ impl Store for RedisStore {
         limit: u64,
     ) -> Result<Waiting, StoreError> {
         let args = [offset.to_string(), limit.to_string()];
-        let reply = self
+        let (reply, _) = self
             .core
             .run(receiver, Call::Queue, None, &[&args[0], &args[1]])
             .await?;
@@ -664,7 +665,7 @@ impl Store for RedisStore {
         receiver: &ReceiverId,
         purpose: Purpose,
     ) -> Result<Generations, StoreError> {
-        let reply = self
+        let (reply, _) = self
             .core
             .run(receiver, Call::Tokens, None, &[purpose.name()])
             .await?;
@@ -677,7 +678,14 @@ impl Store for RedisStore {
 
     async fn docks(&self, receiver: &ReceiverId, until: Duration) -> Result<(), StoreError> {
         let until = (self.core.clock.now() + until.as_millis() as u64).to_string();
-        let call = self.core.fcall(receiver, DOCKS, false, None, &[&until]);
+        let call = self.core.fcall(
+            receiver,
+            DOCKS,
+            false,
+            None,
+            self.core.clock.now(),
+            &[&until],
+        );
         self.core.call(Call::Feed, call).await.map(drop)
     }
 

@@ -302,7 +302,7 @@ local function open_to_write(keys, args, with_alert)
   return c
 end
 
--- {'snapshot', seq, id, attempt, started (0 or 1), ms to deadline, alert entry, events
+-- {'snapshot', seq, id, attempt, started (0 or 1), deadline (ms), alert entry, events
 -- [, skipped id [, ms until a held alert approves itself [, 1 while some node has a dock]]]}; id
 -- and the alert are false when free, and the alert is false unless asked for. Each optional
 -- element (or false in its place) only when it or one after it is there: most answers stay short.
@@ -317,8 +317,8 @@ local function snapshot(c, with_alert)
     marked(c)
     local started = 0
     if c.phase == 'started' then started = 1 end
-    snap = {'snapshot', seq, c.id, c.attempt, started,
-      math.max(0, tonumber(c.deadline) - c.now), entry, c.happened}
+    -- The deadline as it is held (the node subtracts its time): no conversion here.
+    snap = {'snapshot', seq, c.id, c.attempt, started, c.deadline, entry, c.happened}
   end
   if c.skipped then snap[9] = c.skipped end
   if c.due then
@@ -624,8 +624,10 @@ local function finish(c, with_alert)
       -- Whether a dock is open goes too: a node marks a start with what it last heard.
       local docks = 0
       if snap[11] then docks = 1 end
+      local remaining = 0
+      if snap[3] then remaining = math.max(0, tonumber(snap[6]) - c.now) end
       redis.call(c.args[3], channel, table.concat({head, str(snap[2]),
-        snap[3] or '-', str(snap[4]), snap[5], snap[6], docks, snap[7] or ''}, ' '))
+        snap[3] or '-', str(snap[4]), snap[5], int(remaining), docks, snap[7] or ''}, ' '))
     end
   end
   return snap

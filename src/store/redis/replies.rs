@@ -122,7 +122,9 @@ pub(super) fn tagged(v: Value) -> Result<(String, std::vec::IntoIter<Value>), St
     }
 }
 
-pub(super) fn parse_snapshot(v: Value) -> Result<Snapshot, StoreError> {
+/// A snapshot as the library answers it; `now` is the time the call passed, from which the
+/// time left to the alert's deadline is counted.
+pub(super) fn parse_snapshot(v: Value, now: u64) -> Result<Snapshot, StoreError> {
     let (kind, mut items) = tagged(v)?;
     if kind != "snapshot" {
         return Err(StoreError::Protocol(format!(
@@ -135,7 +137,7 @@ pub(super) fn parse_snapshot(v: Value) -> Result<Snapshot, StoreError> {
             .next()
             .ok_or_else(|| StoreError::Protocol("a snapshot cut short".into()))
     };
-    let (seq, id, attempt, started, remaining, json, events) = (
+    let (seq, id, attempt, started, deadline, json, events) = (
         next()?,
         next()?,
         next()?,
@@ -161,7 +163,7 @@ pub(super) fn parse_snapshot(v: Value) -> Result<Snapshot, StoreError> {
                 id: id.into(),
                 attempt: int(&attempt)? as u32,
                 started: int(&started)? == 1,
-                remaining: Duration::from_millis(int(&remaining)?),
+                remaining: Duration::from_millis(int(&deadline)?.saturating_sub(now)),
                 // Copied once, from the reply into the snapshot: the alert is the one large part.
                 alert: entry.map(|(_, json)| json.into()),
                 duration: entry.map(|(duration, _)| duration),
