@@ -16,7 +16,9 @@
 //!   go out to nobody. A dispatched alert's `attempt` is one more than the times it was sent
 //!   before.
 //! - **Completion** (busy to free) also happens in one place: the first `done` whose id matches
-//!   the alert in flight (c), or expiry. A `done` or `started` for any other id changes nothing.
+//!   the alert in flight (c), or expiry. A `done` or `started` for any other id changes nothing,
+//!   and only the first `started` of each send counts. (A node passes on a `started` only for
+//!   the alert in flight as it last heard of it, with its attempt: see [`Showing`].)
 //! - **Widgets.** Each node reports how many widgets it holds for a receiver; a node's report
 //!   lives for [`PRESENCE_TTL`] unless refreshed. When the live count falls to zero while an
 //!   alert is in flight, that alert goes back to the head of the queue (f), to be sent again

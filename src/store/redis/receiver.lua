@@ -7,8 +7,8 @@
 --
 -- Loaded once per Redis (FUNCTION LOAD), so the helpers below are made once, not on every call
 -- as a script's are. The library and every function name carry the version (v5: key layout 5,
--- history and the started mark): nodes of two library versions over one layout can share a Redis during a
--- rolling deploy, each calling its own.
+-- history and the started mark): nodes of two library versions over one layout can share a
+-- Redis during a rolling deploy, each calling its own.
 --
 -- What a call costs Redis (measured in docs/benchmarks.md): each redis.call 5 to 7k
 -- instructions, and 2.3k more for every hash field it reads; each argument and each element of
@@ -22,11 +22,10 @@
 -- Layout 5, every key sharing the receiver's hash tag:
 -- KEYS[1] receiver hash    seq      changes of the alert in flight, counted
 --                          flight   "<id> sent <duration_ms> <attempt> <start deadline,
---                                   ms>|<trail>", and once started() marks it, "t<started at>~
---                                   <started at + ack grace>" appended: started, due that plus
---                                   the duration (layout 4 wrote "<id> started ... <deadline>|
---                                   <trail>", still read; no "|" and trail in a flight of layout
---                                   3; "|", not a space, so the trail is found without a pattern)
+--                                   ms>|<trail>": whether it started is its started mark's
+--                                   (below; layout 4 wrote "<id> started ... <deadline>|<trail>",
+--                                   still read; no "|" and trail in a flight of layout 3; "|",
+--                                   not a space, so the trail is found without a pattern)
 --                          alert    the alert in flight, as its queue entry
 --                          live     live widgets, cached: "<until, ms> <the node holding them
 --                                   all, or *>", or "0" for none (see presence())
@@ -59,8 +58,12 @@
 -- two elements: "<status> <trail>", then its queue entry as it was (see remember()); and
 -- <r>:held, the alerts
 -- held for approval, oldest first, each "<approve at, ms, or -> <p|n, its lane> <queue entry>"
--- (see release()). Both are found from KEYS[1]: they are read only on the calls that use them,
--- and each key passed costs every call.
+-- (see release()); and <r>:started:<id>:<attempt>, the started mark of that send of the alert in
+-- flight, "<started at> <started at + ack grace>" (ms). A widget's start is the most frequent
+-- call, so it is no function here: the node writes the mark with one SET NX (only the first
+-- start of a send counts), and this library reads it where the alert's phase matters and takes
+-- it when the alert leaves flight (see marked()). All are found from KEYS[1]: they are read only
+-- on the calls that use them, and each key passed costs every call.
 --
 -- A trail is what happened to an alert, mark after mark, each a letter and a time in ms, with
 -- ':' and the attempt after a send or a requeue: "r<received>s<sent>:1t<started>d<done>" (the
@@ -84,13 +87,15 @@
 -- its hash takes it over, converting its state, its queue and its ids in one pass
 -- (read_layout_1()). status() only reads, and reads layout 1 as it is.
 --
--- Every answer is a tagged array: its first element names its kind ('snapshot', 'started',
--- 'accepted', 'duplicate', 'full', 'too_many', 'status'), so a new kind has room and no meaning
--- rides on an array's length. Every function but status answers with a snapshot (see snapshot()),
--- alone or inside another kind, or (started) with the part of one that can have changed. When the
+-- Every answer is a tagged array: its first element names its kind ('snapshot', 'accepted',
+-- 'duplicate', 'full', 'too_many', 'status'), so a new kind has room and no meaning rides on an
+-- array's length. Every function but status answers with a snapshot (see snapshot()), alone or
+-- inside another kind. When the
 -- call moved the receiver's seq and another node has live widgets, the snapshot is also published
 -- on the receiver's events channel, as a line of the same fields that starts with its kind
--- ('snapshot', or 'skip' and the skipped id when the call skipped an alert) and the calling node.
+-- ('snapshot', or 'skip' and the skipped id when the call skipped an alert) and the calling node,
+-- with the time left to the deadline in place of the deadline, and 1 or 0 for whether some node
+-- has a dock open before the alert's entry (a node marks a start with the last it heard).
 -- A rotated token is told there too: 'rotated', the calling node, and which token.
 
 -- Numbers past 1e14 (seq) must not be written in Lua's exponent form.
