@@ -130,9 +130,10 @@ local function flight(c)
   return c.id
 end
 
--- The key of the started mark of alert `id` sent for the `attempt`th time (see the layout).
-local function mark_key(c, id, attempt)
-  return string.sub(c.keys[1], 1, -9) .. 'started:' .. id .. ':' .. attempt -- KEYS[1] ends in 'receiver'
+-- The key of the started mark of alert `id` sent for the `attempt`th time (see the layout), from
+-- the receiver's key.
+local function mark_key(receiver, id, attempt)
+  return string.sub(receiver, 1, -9) .. 'started:' .. id .. ':' .. attempt -- it ends in 'receiver'
 end
 
 -- The time a started mark "<started at> <started at + ack grace>" says the alert started.
@@ -148,7 +149,7 @@ end
 local function marked(c, take)
   if not flight(c) then return end
   if c.marked == 'unknown' then
-    local mark = redis.call(take and 'GETDEL' or 'GET', mark_key(c, c.id, c.attempt))
+    local mark = redis.call(take and 'GETDEL' or 'GET', mark_key(c.keys[1], c.id, c.attempt))
     c.marked = 'none'
     if mark then
       local at, graced = started_at(mark)
@@ -159,7 +160,7 @@ local function marked(c, take)
       if not take then c.marked = 'read' end
     end
   elseif take and c.marked == 'read' then
-    redis.call('DEL', mark_key(c, c.id, c.attempt))
+    redis.call('DEL', mark_key(c.keys[1], c.id, c.attempt))
     c.marked = 'none'
   end
 end
@@ -272,15 +273,16 @@ local function write_hold(c)
   c.hold_changed = false
 end
 
--- Reads the receiver; `with_alert` reads the entry of the alert in flight too, in the same call,
--- for a call that most often needs it.
-local function open(keys, args, with_alert)
-  local f
-  if with_alert then
-    f = redis.call('HMGET', keys[1], 'seq', 'flight', 'live', 'hold', 'alert')
-  else
-    f = redis.call('HMGET', keys[1], 'seq', 'flight', 'live', 'hold')
-  end
+-- The receiver's fields a call reads, in one HMGET; `with_alert` reads the entry of the alert in
+-- flight too, for a call that most often needs it.
+local function read(keys, with_alert)
+  if with_alert then return redis.call('HMGET', keys[1], 'seq', 'flight', 'live', 'hold', 'alert') end
+  return redis.call('HMGET', keys[1], 'seq', 'flight', 'live', 'hold')
+end
+
+-- Reads the receiver (or takes `f`, its fields as read() read them) into the call context.
+local function open(keys, args, with_alert, f)
+  f = f or read(keys, with_alert)
   c.keys, c.args, c.node, c.now = keys, args, args[1], tonumber(args[2])
   c.seq, c.seq_before, c.packed, c.live = f[1], f[1], f[2], f[3]
   read_hold(c, f[4])
@@ -300,8 +302,8 @@ local release -- below, with the lanes
 
 -- Opens a call that may write: a receiver still in layout 1 is taken over first, and held alerts
 -- whose time has come are approved before anything else happens.
-local function open_to_write(keys, args, with_alert)
-  local c, unwritten = open(keys, args, with_alert)
+local function open_to_write(keys, args, with_alert, f)
+  local c, unwritten = open(keys, args, with_alert, f)
   if unwritten then read_layout_1(c, true) end
   if c.due and c.due <= c.now then release(c) end
   return c
@@ -414,13 +416,17 @@ end
 -- the size of an alert is made here. Each time the list's length passes a multiple of 128, it is
 -- trimmed back to the alerts kept (c.keep, from the caller): one LTRIM, and one conversion of
 -- c.keep, in 64 alerts. So it holds at most 64 alerts more than it keeps.
-local function remember(c, ...)
-  local key = string.sub(c.keys[1], 1, -9) .. 'history' -- KEYS[1] ends in 'receiver'
+local function push_history(receiver, keep, ...)
+  local key = string.sub(receiver, 1, -9) .. 'history' -- the receiver's key ends in 'receiver'
   local n = redis.call('LPUSH', key, ...)
   if math.floor(n / 128) ~= math.floor((n - select('#', ...)) / 128) then
-    local keep = tonumber(c.keep)
+    keep = tonumber(keep)
     if keep and n > 2 * keep then redis.call('LTRIM', key, 0, 2 * keep - 1) end
   end
+end
+
+local function remember(c, ...)
+  push_history(c.keys[1], c.keep, ...)
 end
 
 -- The trail of a queue entry: the token after the times sent, unless the JSON follows them at
@@ -435,6 +441,21 @@ local function entry_trail(entry, at)
   local space = string.find(entry, ' ', at, true)
   if not space then return nil end
   return string.sub(entry, at, space - 1)
+end
+
+-- A queue entry's id, duration and times sent, and its trail; nil for one that does not parse.
+local function parse_entry(entry)
+  local id, duration, sent = string.match(entry, '^(%S+) (%d+) (%d+) ')
+  if not id then return nil end
+  local trail = entry_trail(entry, #id + #duration + #sent + 4)
+  if not trail then return nil end
+  return id, duration, sent, trail
+end
+
+-- The attempt of a send that follows `sent` earlier ones (a string as read, or a number).
+local function next_attempt(sent)
+  if sent == '0' then return '1' end
+  return tonumber(sent) + 1
 end
 
 -- The priority lane's length, kept in `hold` by save().
@@ -533,17 +554,13 @@ local function dispatch(c)
       if not entry then return end
     end
     local id, duration, sent, trail
-    if entry then
-      id, duration, sent = string.match(entry, '^(%S+) (%d+) (%d+) ')
-      if id then trail = entry_trail(entry, #id + #duration + #sent + 4) end
-      if not trail then id = nil end
-    end
+    if entry then id, duration, sent, trail = parse_entry(entry) end
     -- An entry that does not parse cannot be shown; it is skipped rather than wedge the queue.
     if id then
       -- Sent now, so not started: no mark can exist for this send yet.
       c.id, c.phase, c.duration, c.alert, c.alert_read = id, 'sent', duration, entry, true
       c.marked = 'none'
-      if sent == '0' then c.attempt = '1' else c.attempt = tonumber(sent) + 1 end
+      c.attempt = next_attempt(sent)
       c.trail = trail .. 's' .. c.args[2] .. ':' .. str(c.attempt)
       -- Written as the node gave it: no conversion on the most frequent path.
       c.deadline, c.flight_changed = c.args[4], true
@@ -773,8 +790,62 @@ end
 
 -- ARGV[5] the alert a widget finished; ARGV[6] the length of history kept. The alert's entry is
 -- read with the receiver, since it goes into history.
+-- The way most dones go, in straight-line code without the call context (which alone costs a
+-- drained alert a fifth of Redis's work: docs/benchmarks.md): the alert in flight is `id`, sent
+-- (in layout 5's packed form), the receiver holds nothing else (no `hold` field: not paused, no
+-- priority lane, nothing held, no dock), and by the cache its live widgets are all the calling
+-- node's, so no other node needs telling. It does what complete(), dispatch(), save() and
+-- finish() do in that case, step for step, and answers what they would; any other case, found
+-- before anything is written, answers nil and takes them. `f` is the receiver as read().
+local function done_at_once(keys, args, f)
+  local id, packed, live, now, node = args[5], f[2], f[3], args[2], args[1]
+  if f[4] or not (packed and live and f[5]) then return nil end
+  local sent = id .. ' sent '
+  if string.sub(packed, 1, #sent) ~= sent then return nil end
+  -- Live until a time still to come (compared as text, as presence() does), on this node alone.
+  local space = string.find(live, ' ', 1, true)
+  if space ~= #now + 1 or string.sub(live, 1, space - 1) <= now or #live ~= space + #node
+      or not string.find(live, node, space + 1, true) then
+    return nil
+  end
+  local seq = tonumber(f[1])
+  local duration_end = string.find(packed, ' ', #sent + 1, true)
+  local attempt_end = duration_end and string.find(packed, ' ', duration_end + 1, true)
+  local bar = attempt_end and string.find(packed, '|', attempt_end + 1, true)
+  if not (bar and seq) or seq == 0 then return nil end
+  -- complete(): its mark taken, out of the ids, into history.
+  local trail = string.sub(packed, bar + 1)
+  local mark = redis.call('GETDEL',
+    mark_key(keys[1], id, string.sub(packed, duration_end + 1, attempt_end - 1)))
+  local at = mark and started_at(mark)
+  if at then trail = trail .. 't' .. at end
+  redis.call('SREM', keys[3], id)
+  push_history(keys[1], args[6], f[5], 'done ' .. trail .. 'd' .. now)
+  seq = seq + 1
+  -- dispatch(): the head of the queue, past any entry that does not parse; save(), finish().
+  while true do
+    local entry = redis.call('LPOP', keys[2])
+    if not entry then break end
+    local next_id, duration, times, next_trail = parse_entry(entry)
+    if next_id then
+      local attempt = next_attempt(times)
+      seq = seq + 1
+      redis.call('HSET', keys[1], 'seq', int(seq), 'flight', next_id .. ' sent ' .. duration ..
+        ' ' .. attempt .. ' ' .. args[4] .. '|' .. next_trail .. 's' .. now .. ':' .. attempt,
+        'alert', entry)
+      return {'snapshot', seq, next_id, attempt, 0, args[4], entry, ' done sent'}
+    end
+  end
+  redis.call('HSET', keys[1], 'seq', int(seq))
+  redis.call('HDEL', keys[1], 'flight', 'alert')
+  return {'snapshot', seq, false, 0, 0, 0, false, ' done'}
+end
+
 local function done(keys, args)
-  local c = open_to_write(keys, args, true)
+  local f = read(keys, true)
+  local answer = done_at_once(keys, args, f)
+  if answer then return answer end
+  local c = open_to_write(keys, args, true, f)
   local id = args[5]
   c.keep = args[6]
   if c.packed and string.sub(c.packed, 1, #id + 1) == id .. ' ' then
@@ -789,7 +860,7 @@ local function done(keys, args)
         local attempt_end = duration_end and string.find(packed, ' ', duration_end + 1, true)
         if attempt_end then
           local attempt = string.sub(packed, duration_end + 1, attempt_end - 1)
-          local at = redis.call('GETDEL', mark_key(c, id, attempt))
+          local at = redis.call('GETDEL', mark_key(keys[1], id, attempt))
           if at then at = started_at(at) end
           if at then c.trail = c.trail .. 't' .. at end
         end
