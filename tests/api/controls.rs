@@ -547,16 +547,6 @@ async fn a_rotated_dashboard_token_is_kept_across_a_restart_and_printed_by_dock_
     app.stop().await;
 }
 
-/// The events of a history entry's trail, by name.
-fn trail_of(entry: &serde_json::Value) -> Vec<String> {
-    entry["trail"]
-        .as_array()
-        .expect("a trail")
-        .iter()
-        .map(|step| step["event"].as_str().unwrap().to_owned())
-        .collect()
-}
-
 #[actix_web::test]
 async fn history_shows_how_each_alert_ended_and_a_replay_goes_out_next_from_any_node() {
     let redis = RedisServer::spawn().await;

@@ -552,6 +552,16 @@ impl TestApp {
 }
 
 /// Retries a check until it holds, failing after [`PROMPTLY`].
+/// The events of a history entry's trail, by name.
+pub fn trail_of(entry: &Value) -> Vec<String> {
+    entry["trail"]
+        .as_array()
+        .expect("a trail")
+        .iter()
+        .map(|step| step["event"].as_str().unwrap().to_owned())
+        .collect()
+}
+
 pub async fn eventually<F, Fut>(check: F)
 where
     F: FnMut() -> Fut,

@@ -248,27 +248,19 @@ async fn alerts_are_all_shown_in_order_after_an_upgrade_from(version: &str) {
     let ids: Vec<&str> = history.iter().map(|e| e["id"].as_str().unwrap()).collect();
     expected.reverse();
     assert_eq!(ids, expected);
-    let events = |e: &serde_json::Value| -> Vec<String> {
-        e["trail"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .map(|s| s["event"].as_str().unwrap().to_owned())
-            .collect()
-    };
     assert!(history.iter().all(|e| e["status"] == "done"));
     assert_eq!(
-        events(&history[4]),
+        trail_of(&history[4]),
         ["started", "done"],
         "in flight at the upgrade"
     );
     assert_eq!(
-        events(&history[0]),
+        trail_of(&history[0]),
         ["sent", "started", "done"],
         "queued before it"
     );
     assert_eq!(
-        events(&history[3]),
+        trail_of(&history[3]),
         ["received", "sent", "started", "done"],
         "after it"
     );
@@ -344,13 +336,7 @@ async fn an_alert_started_in_layout_4_is_still_started_after_the_upgrade() {
     let entry = &body["history"][0];
     assert_eq!(entry["id"], id.as_str());
     assert_eq!(entry["status"], "expired", "{entry}");
-    let events: Vec<&str> = entry["trail"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|s| s["event"].as_str().unwrap())
-        .collect();
-    assert_eq!(events, ["received", "sent", "started", "expired"]);
+    assert_eq!(trail_of(entry), ["received", "sent", "started", "expired"]);
     // Never sent again.
     while let Some(Incoming::Json(frame)) = w.next_within(Duration::from_millis(300)).await {
         if frame["type"] == "alert" {

@@ -457,14 +457,8 @@ async fn a_start_is_marked_until_its_alert_leaves_flight() {
     eventually(|| async { app.status("alice").await["in_flight"].is_null() }).await;
     assert!(started_marks(&redis).await.is_empty());
     let (_, body) = app.get("/receivers/alice/history", Some(PUBLISH_KEY)).await;
-    let events: Vec<&str> = body["history"][0]["trail"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|s| s["event"].as_str().unwrap())
-        .collect();
     assert_eq!(
-        events,
+        trail_of(&body["history"][0]),
         ["received", "sent", "started", "requeued", "sent", "started", "done"]
     );
 }
