@@ -669,12 +669,95 @@ local function position_in_queue(c, id)
   return 0
 end
 
+-- For the straight-line paths below: whether the live widgets cached in `live` are, until a time
+-- still to come, all the calling node's (compared as presence() does, the time as text).
+local function live_here(live, args)
+  local space = live and string.find(live, ' ', 1, true)
+  local now, node = args[2], args[1]
+  return space == #now + 1 and string.sub(live, 1, space - 1) > now and #live == space + #node
+    and string.find(live, node, space + 1, true) ~= nil
+end
+
+-- For the straight-line paths below: dispatch() and save() of a free receiver with no priority
+-- lane, from `seq` (its seq, a number, before the send). Sends the head of the queue, past any
+-- entry that does not parse, and writes the receiver; answers the snapshot finish() would, with
+-- `happened` before ' sent', or nil when the queue is empty (nothing written).
+local function send_head(keys, args, seq, happened)
+  while true do
+    local entry = redis.call('LPOP', keys[2])
+    if not entry then return nil end
+    local id, duration, times, trail = parse_entry(entry)
+    if id then
+      local attempt, now = next_attempt(times), args[2]
+      seq = seq + 1
+      redis.call('HSET', keys[1], 'seq', int(seq), 'flight', id .. ' sent ' .. duration .. ' ' ..
+        attempt .. ' ' .. args[4] .. '|' .. trail .. 's' .. now .. ':' .. attempt, 'alert', entry)
+      return {'snapshot', seq, id, attempt, 0, args[4], entry, happened .. ' sent'}
+    end
+  end
+end
+
+-- The way most publishes go, in straight-line code without the call context (see
+-- done_at_once()): no idempotency key, to the back of the normal lane, not held, the receiver
+-- holding nothing else (no `hold` field) and written in layout 5; and either busy, so the alert
+-- waits, or free with no widget live (it waits) or every live one the calling node's (it goes out
+-- now). It does what publish(), dispatch(), save() and finish() do in that case, and answers what
+-- they would. Whether it applies is decided before anything is written; a repeated id goes to
+-- publish() after its SADD, which publish() repeats and finds repeated too. `f` is the receiver
+-- as read().
+local function publish_at_once(keys, args, f)
+  if keys[5] or args[9] or args[10] or f[4] then return nil end
+  local seq, packed, live, id = f[1], f[2], f[3], args[5]
+  if not seq then return nil end
+  local flight_id, attempt, deadline, mark
+  if packed then
+    -- "<id> <phase> <duration> <attempt> <deadline>|...", as flight() and marked() read it.
+    local s1 = string.find(packed, ' ', 1, true)
+    local s2 = s1 and string.find(packed, ' ', s1 + 1, true)
+    local s3 = s2 and string.find(packed, ' ', s2 + 1, true)
+    local s4 = s3 and string.find(packed, ' ', s3 + 1, true)
+    local bar = s4 and string.find(packed, '|', s4 + 1, true)
+    if not bar or string.sub(packed, s1 + 1, s2 - 1) ~= 'sent' then return nil end
+    flight_id, attempt = string.sub(packed, 1, s1 - 1), string.sub(packed, s3 + 1, s4 - 1)
+    deadline = string.sub(packed, s4 + 1, bar - 1)
+    mark = string.sub(packed, s2 + 1, s3 - 1) -- the duration, until the mark is read
+  elseif live ~= '0' and not live_here(live, args) then
+    return nil
+  elseif live ~= '0' and (tonumber(seq) or 0) == 0 then
+    return nil
+  end
+  if redis.call('SADD', keys[3], id) == 0 then return nil end
+  local waiting = redis.call('LLEN', keys[2])
+  if waiting >= tonumber(args[7]) then
+    redis.call('SREM', keys[3], id)
+    return {'full'}
+  end
+  redis.call('RPUSH', keys[2], args[6])
+  if packed then
+    local started, duration = 0, mark
+    mark = redis.call('GET', mark_key(keys[1], flight_id, attempt))
+    local at, graced
+    if mark then at, graced = started_at(mark) end
+    if at then started, deadline = 1, tonumber(graced) + tonumber(duration) end
+    return {'accepted', waiting + 1,
+      {'snapshot', seq, flight_id, attempt, started, deadline, false, ''}}
+  end
+  if live ~= '0' then
+    local snap = send_head(keys, args, tonumber(seq), '')
+    if snap then return {'accepted', waiting, snap} end
+  end
+  return {'accepted', waiting, {'snapshot', seq, false, 0, 0, 0, false, ''}}
+end
+
 -- ARGV[5] the alert's id, ARGV[6] its queue entry "<id> <duration_ms> 0 r<now> <alert json>",
 -- ARGV[7] most alerts waiting, ARGV[8] idempotency ttl in seconds, ARGV[9] 'priority' for the
 -- back of the priority lane, 'replay' for its head ('normal', or absent, for the back of the
 -- normal one); ARGV[10], to hold it for approval: when it approves itself (ms), or '-'.
 local function publish(keys, args)
-  local c = open_to_write(keys, args)
+  local f = read(keys, false)
+  local answer = publish_at_once(keys, args, f)
+  if answer then return answer end
+  local c = open_to_write(keys, args, false, f)
   local id, idem = args[5], keys[5]
   if idem then
     local seen = redis.call('GET', idem)
@@ -798,16 +881,10 @@ end
 -- finish() do in that case, step for step, and answers what they would; any other case, found
 -- before anything is written, answers nil and takes them. `f` is the receiver as read().
 local function done_at_once(keys, args, f)
-  local id, packed, live, now, node = args[5], f[2], f[3], args[2], args[1]
-  if f[4] or not (packed and live and f[5]) then return nil end
+  local id, packed, now = args[5], f[2], args[2]
+  if f[4] or not (packed and f[5] and live_here(f[3], args)) then return nil end
   local sent = id .. ' sent '
   if string.sub(packed, 1, #sent) ~= sent then return nil end
-  -- Live until a time still to come (compared as text, as presence() does), on this node alone.
-  local space = string.find(live, ' ', 1, true)
-  if space ~= #now + 1 or string.sub(live, 1, space - 1) <= now or #live ~= space + #node
-      or not string.find(live, node, space + 1, true) then
-    return nil
-  end
   local seq = tonumber(f[1])
   local duration_end = string.find(packed, ' ', #sent + 1, true)
   local attempt_end = duration_end and string.find(packed, ' ', duration_end + 1, true)
@@ -822,20 +899,9 @@ local function done_at_once(keys, args, f)
   redis.call('SREM', keys[3], id)
   push_history(keys[1], args[6], f[5], 'done ' .. trail .. 'd' .. now)
   seq = seq + 1
-  -- dispatch(): the head of the queue, past any entry that does not parse; save(), finish().
-  while true do
-    local entry = redis.call('LPOP', keys[2])
-    if not entry then break end
-    local next_id, duration, times, next_trail = parse_entry(entry)
-    if next_id then
-      local attempt = next_attempt(times)
-      seq = seq + 1
-      redis.call('HSET', keys[1], 'seq', int(seq), 'flight', next_id .. ' sent ' .. duration ..
-        ' ' .. attempt .. ' ' .. args[4] .. '|' .. next_trail .. 's' .. now .. ':' .. attempt,
-        'alert', entry)
-      return {'snapshot', seq, next_id, attempt, 0, args[4], entry, ' done sent'}
-    end
-  end
+  -- dispatch(), save(), finish().
+  local snap = send_head(keys, args, seq, ' done')
+  if snap then return snap end
   redis.call('HSET', keys[1], 'seq', int(seq))
   redis.call('HDEL', keys[1], 'flight', 'alert')
   return {'snapshot', seq, false, 0, 0, 0, false, ' done'}
