@@ -63,6 +63,11 @@
 //! 6. One conformance case in `tests/api/conformance.rs`, and the command in the generator of
 //!    `tests/api/differential.rs`, which then holds the Lua and the SQLite store (restarted at
 //!    random) to the machine.
+//!
+//! A rule that can change how a publish or a `done` goes must also make `publish_at_once()` and
+//! `done_at_once()` in `receiver.lua` decline the receivers it applies to (they run the common
+//! case straight, and decline anything with a `hold` field, for one): the differential test
+//! finds a straight path that answers what the general one would not.
 
 pub mod embedded;
 pub mod history;
