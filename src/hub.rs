@@ -381,19 +381,18 @@ impl Hub {
     /// knows it, which is the alert it sent its widgets: a `started` for any other is a late
     /// one, for an alert the receiver is past, and changes nothing.
     pub async fn started(&self, receiver: &ReceiverId, id: &str) -> Result<(), StoreError> {
-        let known = self.lock().get(receiver).and_then(|local| {
+        let showing = self.lock().get(receiver).and_then(|local| {
             let f = local.flight.as_ref().filter(|f| &*f.id == id)?;
-            Some((f.attempt, f.duration, local.seq, local.docks))
+            Some(Showing {
+                id,
+                attempt: f.attempt,
+                duration: f.duration,
+                seq: local.seq,
+                docks: local.docks,
+            })
         });
-        let Some((attempt, duration, seq, docks)) = known else {
+        let Some(showing) = showing else {
             return Ok(());
-        };
-        let showing = Showing {
-            id,
-            attempt,
-            duration,
-            seq,
-            docks,
         };
         let snapshot = self.store.started(receiver, &showing).await?;
         self.tell(receiver, Did::Started { id }, Some(&snapshot));

@@ -753,14 +753,14 @@ impl Step<'_> {
     fn finish(self, answer: Answer, with_alert: bool) -> Outcome {
         let now = self.now;
         let changed = self.r.seq != self.seq_before;
+        let given = with_alert || changed;
         let flight = self.r.flight.as_ref().map(|f| Flight {
             id: f.alert.id.clone(),
             attempt: f.attempt,
             started: f.started,
             remaining: std::time::Duration::from_millis(f.deadline.saturating_sub(now)),
-            alert: (with_alert || changed).then(|| f.alert.json.clone()),
-            duration: (with_alert || changed)
-                .then(|| std::time::Duration::from_millis(f.alert.duration_ms.into())),
+            alert: given.then(|| f.alert.json.clone()),
+            duration: given.then(|| std::time::Duration::from_millis(f.alert.duration_ms.into())),
         });
         let skipped = self
             .trail

@@ -375,6 +375,21 @@ local function widgets_key(c)
   return (string.gsub(c.keys[1], 'receiver$', 'widgets'))
 end
 
+-- What the `live` field says, if it still holds: whether its time is still to come, and then
+-- whether the calling node (ARGV[1]) holds every live widget. "<until> <node>": the time
+-- compared as text while both have as many digits (a conversion costs more than the rest of
+-- this), the node without cutting it out.
+local function cached_live(live, args)
+  local space = live and string.find(live, ' ', 1, true)
+  if not space then return false end
+  local live_until, now, node = string.sub(live, 1, space - 1), args[2], args[1]
+  local fresh
+  if #live_until == #now then fresh = live_until > now
+  else fresh = (tonumber(live_until) or 0) > tonumber(now) end
+  if not fresh then return false end
+  return true, #live == space + #node and string.find(live, node, space + 1, true) ~= nil
+end
+
 -- Whether any widget is live on any node, and whether a node other than the caller holds one:
 -- from the cache while no report it counted has expired, else counted afresh. The cache is exact:
 -- a report can only start counting through widgets() or sweep(), which count afresh.
@@ -384,17 +399,8 @@ local function presence(c)
     if live == '0' then
       c.live_known, c.live_any, c.live_others = true, false, false
     else
-      -- "<until> <node>": the time compared as text while both have as many digits (a
-      -- conversion costs more than the rest of this), the node without cutting it out.
-      local space = live and string.find(live, ' ', 1, true)
-      local fresh = false
-      if space then
-        local live_until, now = string.sub(live, 1, space - 1), c.args[2]
-        if #live_until == #now then fresh = live_until > now
-        else fresh = (tonumber(live_until) or 0) > c.now end
-      end
+      local fresh, mine = cached_live(live, c.args)
       if fresh then
-        local mine = #live == space + #c.node and string.find(live, c.node, space + 1, true)
         c.live_known, c.live_any, c.live_others = true, true, not mine
       else
         count(c, redis.call('HGETALL', widgets_key(c)))
@@ -670,12 +676,10 @@ local function position_in_queue(c, id)
 end
 
 -- For the straight-line paths below: whether the live widgets cached in `live` are, until a time
--- still to come, all the calling node's (compared as presence() does, the time as text).
+-- still to come, all the calling node's.
 local function live_here(live, args)
-  local space = live and string.find(live, ' ', 1, true)
-  local now, node = args[2], args[1]
-  return space == #now + 1 and string.sub(live, 1, space - 1) > now and #live == space + #node
-    and string.find(live, node, space + 1, true) ~= nil
+  local fresh, mine = cached_live(live, args)
+  return fresh and mine
 end
 
 -- For the straight-line paths below: dispatch() and save() of a free receiver with no priority
@@ -709,7 +713,7 @@ local function publish_at_once(keys, args, f)
   if keys[5] or args[9] or args[10] or f[4] then return nil end
   local seq, packed, live, id = f[1], f[2], f[3], args[5]
   if not seq then return nil end
-  local flight_id, attempt, deadline, mark
+  local flight_id, attempt, deadline, duration
   if packed then
     -- "<id> <phase> <duration> <attempt> <deadline>|...", as flight() and marked() read it.
     local s1 = string.find(packed, ' ', 1, true)
@@ -720,7 +724,7 @@ local function publish_at_once(keys, args, f)
     if not bar or string.sub(packed, s1 + 1, s2 - 1) ~= 'sent' then return nil end
     flight_id, attempt = string.sub(packed, 1, s1 - 1), string.sub(packed, s3 + 1, s4 - 1)
     deadline = string.sub(packed, s4 + 1, bar - 1)
-    mark = string.sub(packed, s2 + 1, s3 - 1) -- the duration, until the mark is read
+    duration = string.sub(packed, s2 + 1, s3 - 1)
   elseif live ~= '0' and not live_here(live, args) then
     return nil
   elseif live ~= '0' and (tonumber(seq) or 0) == 0 then
@@ -734,8 +738,8 @@ local function publish_at_once(keys, args, f)
   end
   redis.call('RPUSH', keys[2], args[6])
   if packed then
-    local started, duration = 0, mark
-    mark = redis.call('GET', mark_key(keys[1], flight_id, attempt))
+    local started = 0
+    local mark = redis.call('GET', mark_key(keys[1], flight_id, attempt))
     local at, graced
     if mark then at, graced = started_at(mark) end
     if at then started, deadline = 1, tonumber(graced) + tonumber(duration) end
@@ -914,27 +918,9 @@ local function done(keys, args)
   local c = open_to_write(keys, args, true, f)
   local id = args[5]
   c.keep = args[6]
-  if c.packed and string.sub(c.packed, 1, #id + 1) == id .. ' ' then
-    -- Of the flight only the trail is needed, and the attempt to find its started mark by:
-    -- found, not parsed (but in a flight of layout 3, where no '|' marks where the trail starts).
-    local packed, phase = c.packed, #id + 2
-    local bar = string.find(packed, '|', phase, true)
-    if bar then
-      c.trail = string.sub(packed, bar + 1)
-      if string.sub(packed, phase, phase + 4) == 'sent ' then
-        local duration_end = string.find(packed, ' ', phase + 5, true)
-        local attempt_end = duration_end and string.find(packed, ' ', duration_end + 1, true)
-        if attempt_end then
-          local attempt = string.sub(packed, duration_end + 1, attempt_end - 1)
-          local at = redis.call('GETDEL', mark_key(keys[1], id, attempt))
-          if at then at = started_at(at) end
-          if at then c.trail = c.trail .. 't' .. at end
-        end
-      end
-      c.id, c.packed, c.marked = id, false, 'none'
-    else
-      flight(c)
-    end
+  -- The common case went straight (done_at_once()); here the flight is parsed whole, and
+  -- complete() takes its started mark.
+  if flight(c) == id then
     complete(c, 'done', 'd')
     dispatch(c)
   end

@@ -1,5 +1,6 @@
 //! What Redis answers, read into snapshots and notices.
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use redis::Value;
@@ -9,8 +10,9 @@ use crate::auth::Purpose;
 use crate::store::{Event, Flight, Notice, Snapshot, StoreError};
 
 /// `snapshot <origin node> <seq> <id or -> <attempt> <started> <ms to deadline> <docks: 1 while
-/// some node has one open, else 0> <alert's queue entry>`, as `finish()` in `receiver.lua` publishes it, or the same after `skip <origin node>
-/// <skipped id>` when the call skipped an alert. A node's own messages are skipped: it already
+/// some node has one open, else 0> <alert's queue entry>`, as `finish()` in `receiver.lua`
+/// publishes it, or the same after `skip <origin node> <skipped id>` when the call skipped an
+/// alert. A node's own messages are skipped: it already
 /// applied the snapshot its call returned. A kind this node does not know is skipped too, so a
 /// newer node may publish more kinds.
 pub(super) fn parse_notice(keys: &Keys, node: &str, data: &[Value]) -> Option<Notice> {
@@ -54,15 +56,14 @@ pub(super) fn parse_notice(keys: &Keys, node: &str, data: &[Value]) -> Option<No
     let started = parts.next()? == "1";
     let remaining = Duration::from_millis(parts.next()?.parse().ok()?);
     let docks = parts.next()? == "1";
-    let entry = parts.next()?;
-    let entry = entry_parts(entry);
+    let (alert, duration) = given_alert(parts.next()?);
     let flight = (id != "-").then(|| Flight {
         id: id.into(),
         attempt,
         started,
         remaining,
-        alert: entry.map(|(_, json)| json.into()),
-        duration: entry.map(|(duration, _)| duration),
+        alert,
+        duration,
     });
     Some(Notice::Changed {
         receiver,
@@ -82,6 +83,16 @@ pub(super) fn parse_notice(keys: &Keys, node: &str, data: &[Value]) -> Option<No
 /// and the trail (absent from an entry of layout 3; the JSON always starts with `{`).
 pub(super) fn alert_json(entry: &str) -> Option<&str> {
     entry_parts(entry).map(|(_, json)| json)
+}
+
+/// A flight's alert and its duration, from the queue entry an answer or a notice gives with it;
+/// none for an empty or unreadable one. Copied once, from the reply into the snapshot: the alert
+/// is the one large part.
+fn given_alert(entry: &str) -> (Option<Arc<str>>, Option<Duration>) {
+    match entry_parts(entry) {
+        Some((duration, json)) => (Some(json.into()), Some(duration)),
+        None => (None, None),
+    }
 }
 
 /// The alert's duration and its JSON, from its queue entry (see [`alert_json`]).
@@ -158,15 +169,14 @@ pub(super) fn parse_snapshot(v: Value, now: u64) -> Result<Snapshot, StoreError>
     let flight = match text(&id) {
         None => None,
         Some(id) => {
-            let entry = text(&json).and_then(entry_parts);
+            let (alert, duration) = text(&json).map_or((None, None), given_alert);
             Some(Flight {
                 id: id.into(),
                 attempt: int(&attempt)? as u32,
                 started: int(&started)? == 1,
                 remaining: Duration::from_millis(int(&deadline)?.saturating_sub(now)),
-                // Copied once, from the reply into the snapshot: the alert is the one large part.
-                alert: entry.map(|(_, json)| json.into()),
-                duration: entry.map(|(duration, _)| duration),
+                alert,
+                duration,
             })
         }
     };
