@@ -80,6 +80,27 @@ pub struct Amount {
     pub currency: String,
 }
 
+/// A non-negative decimal as an integer count of 10^-9 units, compared exactly (never through a
+/// float).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
+pub struct Decimal(u128);
+
+impl Decimal {
+    pub fn parse(s: &str) -> Option<Self> {
+        let (whole, fraction) = s.split_once('.').unwrap_or((s, ""));
+        let digits = |d: &str| d.bytes().all(|b| b.is_ascii_digit());
+        if whole.is_empty() || whole.len() > 20 || fraction.len() > 9 || !digits(whole) {
+            return None;
+        }
+        if !digits(fraction) || (s.contains('.') && fraction.is_empty()) {
+            return None;
+        }
+        let whole: u128 = whole.parse().ok()?;
+        let scaled: u128 = format!("{fraction:0<9}").parse().ok()?;
+        Some(Self(whole * 1_000_000_000 + scaled))
+    }
+}
+
 /// Media the widget loads: only http(s) URLs, so nothing like `javascript:` reaches a page.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct Media {

@@ -6,6 +6,8 @@
 //!
 //! - [`config`] holds the command line, every flag with its environment variable.
 //! - [`alert`] holds receivers and alerts, parsed and checked once at the edge.
+//! - [`design`] holds a receiver's designs (how its widget shows each kind of alert), checked
+//!   strictly, and resolves the look each alert is shown with.
 //! - [`auth`] holds publish keys and receivers' tokens (widget and dashboard).
 //! - [`store`] holds the per-receiver queue and its state machine behind one trait, with the rules
 //!   written out in its docs and once as code in [`store::machine`] (pure: no I/O, time as an
@@ -30,6 +32,7 @@
 pub mod alert;
 pub mod auth;
 pub mod config;
+pub mod design;
 pub mod feed;
 pub mod http;
 pub mod hub;

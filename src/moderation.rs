@@ -20,7 +20,7 @@ use std::time::{Duration, Instant};
 use serde::{Deserialize, Serialize};
 use unicode_normalization::char::is_combining_mark;
 
-use crate::alert::{Amount, FieldError, NewAlert, ReceiverId};
+use crate::alert::{Amount, Decimal, FieldError, NewAlert, ReceiverId};
 use crate::store::{Store, StoreError};
 
 /// How long a node uses settings it read before reading them again (in the background): a
@@ -314,27 +314,6 @@ fn below_minimum(settings: &Settings, amount: &Amount) -> bool {
     match (Decimal::parse(&amount.value), Decimal::parse(min)) {
         (Some(value), Some(min)) => value < min,
         _ => false,
-    }
-}
-
-/// A non-negative decimal as an integer count of 10^-9 units, compared exactly (never through a
-/// float).
-#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
-struct Decimal(u128);
-
-impl Decimal {
-    fn parse(s: &str) -> Option<Self> {
-        let (whole, fraction) = s.split_once('.').unwrap_or((s, ""));
-        let digits = |d: &str| d.bytes().all(|b| b.is_ascii_digit());
-        if whole.is_empty() || whole.len() > 20 || fraction.len() > 9 || !digits(whole) {
-            return None;
-        }
-        if !digits(fraction) || (s.contains('.') && fraction.is_empty()) {
-            return None;
-        }
-        let whole: u128 = whole.parse().ok()?;
-        let scaled: u128 = format!("{fraction:0<9}").parse().ok()?;
-        Some(Self(whole * 1_000_000_000 + scaled))
     }
 }
 
