@@ -125,7 +125,7 @@ pub struct FontWeight(pub u32);
 impl TryFrom<u64> for FontWeight {
     type Error = String;
     fn try_from(n: u64) -> Result<Self, String> {
-        if (100..=900).contains(&n) && n % 100 == 0 {
+        if (100..=900).contains(&n) && n.is_multiple_of(100) {
             Ok(Self(n as u32))
         } else {
             Err(format!("font_weight must be 100, 200, ... or 900, not {n}"))
@@ -643,7 +643,7 @@ fn choose(variations: &[Variation], alert: &Value) -> Option<usize> {
                 found == &m.equals
                     || match (found, &m.equals) {
                         (Value::String(s), other) | (other, Value::String(s)) => {
-                            !other.is_string() && other.to_string() == *s
+                            !other.is_string() && other.to_string().as_str() == s.as_str()
                         }
                         _ => false,
                     }
