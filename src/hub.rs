@@ -22,6 +22,7 @@ use tokio::time::Instant;
 
 use crate::alert::{AlertRecord, ReceiverId};
 use crate::auth::Purpose;
+use crate::design::Designs;
 use crate::feed::{Did, Feed};
 use crate::metrics::{HubGauges, Metrics};
 use crate::store::machine::{Command, Hold};
@@ -77,6 +78,15 @@ struct Local {
     timer: Option<AbortHandle>,
     /// Wakes the receiver when a held alert approves itself.
     waker: Option<AbortHandle>,
+    /// The receiver's designs as last read, which each alert sent from here is resolved with:
+    /// read when its first widget here joins, and again whenever a node keeps a new version.
+    designs: Option<Arc<LoadedDesigns>>,
+}
+
+/// A version of a receiver's designs, parsed.
+pub struct LoadedDesigns {
+    pub version: u64,
+    pub designs: Designs,
 }
 
 struct LocalWidget {
@@ -291,6 +301,17 @@ impl Hub {
             self.forget(receiver, id);
             return Err(e);
         }
+        let unread = self
+            .lock()
+            .get(receiver)
+            .is_some_and(|l| l.designs.is_none());
+        if unread {
+            if let Err(e) = self.read_designs(receiver).await {
+                self.forget(receiver, id);
+                self.store.unwatch(receiver).await;
+                return Err(e);
+            }
+        }
         match self.store.widgets(receiver, WidgetChange::Joined).await {
             Ok(snapshot) => {
                 self.tell_widgets(receiver, true, &snapshot).await;
@@ -437,6 +458,50 @@ impl Hub {
         }
     }
 
+    /// Reads the receiver's newest designs and resolves alerts sent from here with them (from
+    /// the next alert on: the one in flight keeps the look it was sent with).
+    pub async fn read_designs(&self, receiver: &ReceiverId) -> Result<(), StoreError> {
+        let newest = self.store.designs(receiver, 1).await?.into_iter().next();
+        let loaded = match newest {
+            None => LoadedDesigns {
+                version: 0,
+                designs: Designs::default(),
+            },
+            Some(v) => LoadedDesigns {
+                version: v.version,
+                designs: Designs::parse_stored(&v.json).unwrap_or_else(|e| {
+                    tracing::warn!(%receiver, version = v.version, error = %e.message, "stored designs do not parse; using the built-in ones");
+                    Designs::default()
+                }),
+            },
+        };
+        if let Some(local) = self.lock().get_mut(receiver) {
+            // Two reads may cross: the newer version stays.
+            if local
+                .designs
+                .as_ref()
+                .is_none_or(|d| d.version <= loaded.version)
+            {
+                local.designs = Some(Arc::new(loaded));
+            }
+        }
+        Ok(())
+    }
+
+    /// A node kept new designs for the receiver: read them, if this node shows its alerts.
+    pub async fn designs_changed(&self, receiver: &ReceiverId) {
+        if !self.lock().contains_key(receiver) {
+            return;
+        }
+        if let Err(e) = self.read_designs(receiver).await {
+            tracing::warn!(%receiver, error = %e, "could not read a receiver's new designs");
+            // Read again when the next widget joins.
+            if let Some(local) = self.lock().get_mut(receiver) {
+                local.designs = None;
+            }
+        }
+    }
+
     /// Applies what another node did.
     pub async fn notice(&self, notice: Notice) {
         match notice {
@@ -452,6 +517,7 @@ impl Hub {
                 purpose: Purpose::Dashboard,
             } => self.feed.revoke(&receiver),
             Notice::Feed { receiver, payload } => self.feed.heard(&receiver, &payload),
+            Notice::Designs { receiver } => self.designs_changed(&receiver).await,
         }
     }
 
@@ -633,7 +699,7 @@ impl Hub {
                 }
                 return;
             };
-            let frame = alert_frame(alert, flight.attempt);
+            let frame = alert_frame(alert, flight.attempt, local.designs.as_deref());
             send(&mut local.widgets, None, &frame);
             local.flight = Some(LocalFlight {
                 id: flight.id.clone(),
@@ -704,7 +770,19 @@ fn skip_frame(id: &str) -> Frame {
         .into()
 }
 
-/// `{"type":"alert","alert":{...},"attempt":N}`, around the alert's JSON as stored.
-pub fn alert_frame(alert: &str, attempt: u32) -> Frame {
-    format!(r#"{{"type":"alert","alert":{alert},"attempt":{attempt}}}"#).into()
+/// `{"type":"alert","alert":{...},"attempt":N,"design":{...}}`, around the alert's JSON as
+/// stored, with the look it is shown with resolved from the receiver's designs (the built-in
+/// ones when there are none), and their version.
+pub fn alert_frame(alert: &str, attempt: u32, designs: Option<&LoadedDesigns>) -> Frame {
+    let parsed: serde_json::Value = serde_json::from_str(alert).unwrap_or_default();
+    let (look, version) = match designs {
+        Some(d) => (d.designs.resolve(&parsed), d.version),
+        None => (Designs::default().resolve(&parsed), 0),
+    };
+    // unwrap: strings, numbers and enums.
+    let look = serde_json::to_string(&look).expect("a look serializes");
+    format!(
+        r#"{{"type":"alert","alert":{alert},"attempt":{attempt},"design":{look},"design_version":{version}}}"#
+    )
+    .into()
 }

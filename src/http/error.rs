@@ -35,6 +35,11 @@ pub enum ApiError {
     NotInHistory(String),
     #[error("alert {0} is not held for approval (it may have been approved or denied already)")]
     NotHeld(String),
+    #[error(
+        "the designs changed since version {expected} was read: they are at version {newest}. \
+         Read them again (GET), apply the change to what is there, and put it with that version"
+    )]
+    StaleVersion { expected: u64, newest: u64 },
     #[error("this is a WebSocket endpoint: connect with Upgrade: websocket")]
     UpgradeRequired,
     #[error("this publish key is over its rate; retry in {0} s")]
@@ -102,6 +107,7 @@ impl ApiError {
             ApiError::NotFound => "not_found",
             ApiError::NotInHistory(_) => "not_in_history",
             ApiError::NotHeld(_) => "not_held",
+            ApiError::StaleVersion { .. } => "version_conflict",
             ApiError::UpgradeRequired => "upgrade_required",
             ApiError::RateLimited(_) => "rate_limited",
             ApiError::TooManyWidgets(_) => "too_many_widgets",
@@ -131,6 +137,7 @@ impl ResponseError for ApiError {
                 StatusCode::NOT_FOUND
             }
             ApiError::UpgradeRequired => StatusCode::UPGRADE_REQUIRED,
+            ApiError::StaleVersion { .. } => StatusCode::CONFLICT,
             ApiError::Unavailable(_) | ApiError::OutcomeUnknown(_) | ApiError::ChangeUnknown(_) => {
                 StatusCode::SERVICE_UNAVAILABLE
             }
@@ -147,6 +154,7 @@ impl ResponseError for ApiError {
         }
         let field = match self {
             ApiError::Invalid(e) => e.field.clone(),
+            ApiError::StaleVersion { .. } => Some("version".to_owned()),
             _ => None,
         };
         let mut res = HttpResponse::build(self.status_code());

@@ -1,6 +1,7 @@
 //! The HTTP surface: routes, the state every handler shares, and authorization.
 
 mod controls;
+mod designs;
 mod error;
 mod feed;
 mod health;
@@ -95,6 +96,12 @@ pub fn routes(cfg: &mut web::ServiceConfig) {
     .route(
         "/receivers/{receiver}/settings",
         web::get().to(controls::get_settings),
+    )
+    .route("/receivers/{receiver}/designs", web::get().to(designs::get))
+    .route("/receivers/{receiver}/designs", web::put().to(designs::put))
+    .route(
+        "/receivers/{receiver}/designs/versions",
+        web::get().to(designs::versions),
     )
     .route(
         "/receivers/{receiver}/settings",

@@ -113,11 +113,12 @@ pub enum Call {
     History,
     Approval,
     Feed,
+    Designs,
 }
 
 impl Call {
     /// Every call, in order of [`Call::index`].
-    pub const ALL: [Call; 17] = [
+    pub const ALL: [Call; 18] = [
         Call::Publish,
         Call::Widgets,
         Call::Started,
@@ -135,6 +136,7 @@ impl Call {
         Call::History,
         Call::Approval,
         Call::Feed,
+        Call::Designs,
     ];
 
     /// Its place in [`Call::ALL`]. Exhaustive, so a new variant must be given one.
@@ -157,6 +159,7 @@ impl Call {
             Call::History => 14,
             Call::Approval => 15,
             Call::Feed => 16,
+            Call::Designs => 17,
         }
     }
 
@@ -180,6 +183,7 @@ impl Call {
             Call::History => "history",
             Call::Approval => "approval",
             Call::Feed => "feed",
+            Call::Designs => "designs",
         }
     }
 }
@@ -385,6 +389,30 @@ pub enum Notice {
         receiver: ReceiverId,
         payload: String,
     },
+    /// Another node kept a new version of the receiver's designs.
+    Designs { receiver: ReceiverId },
+}
+
+/// Versions of a receiver's designs a store keeps: the newest, and the ones before it to go
+/// back to.
+pub const DESIGN_VERSIONS_KEPT: usize = 50;
+
+/// One version of a receiver's designs, as [`crate::design::Designs::to_json`] wrote it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Versioned {
+    pub version: u64,
+    /// When it was put, in ms since the epoch.
+    pub at_ms: u64,
+    pub json: Arc<str>,
+}
+
+/// What [`Store::put_designs`] did.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum DesignsPut {
+    /// Kept, as this version.
+    Kept(u64),
+    /// Not kept: the newest version is this one, not the one expected.
+    Stale(u64),
 }
 
 /// What a store answers a command with: what it came to, and the receiver's snapshot after it
@@ -588,6 +616,24 @@ pub trait Store: Send + Sync + 'static {
 
     /// Keeps the receiver's moderation settings (JSON, checked by the caller).
     async fn put_settings(&self, receiver: &ReceiverId, json: &str) -> Result<(), StoreError>;
+
+    /// The receiver's designs, newest version first, up to `limit` versions (the store keeps
+    /// [`DESIGN_VERSIONS_KEPT`]); none before the first put.
+    async fn designs(
+        &self,
+        receiver: &ReceiverId,
+        limit: usize,
+    ) -> Result<Vec<Versioned>, StoreError>;
+
+    /// Keeps a new version of the receiver's designs (JSON, checked by the caller), numbered one
+    /// past the newest, unless `expected` is given and is not the newest version: then nothing
+    /// is kept. Other nodes are told ([`Notice::Designs`]).
+    async fn put_designs(
+        &self,
+        receiver: &ReceiverId,
+        json: &str,
+        expected: Option<u64>,
+    ) -> Result<DesignsPut, StoreError>;
 
     /// The current generation of each of the receiver's tokens (0 until first rotated).
     async fn generations(&self, receiver: &ReceiverId) -> Result<Generations, StoreError>;

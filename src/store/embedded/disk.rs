@@ -7,6 +7,7 @@
 //! SQLite's `user_version`. One node per data dir: [`Database::open`] holds an exclusive lock on
 //! `cuebox.lock` for as long as the database is open.
 
+use crate::store::{Versioned, DESIGN_VERSIONS_KEPT};
 use std::collections::{HashMap, VecDeque};
 use std::fs::{File, TryLockError};
 use std::path::{Path, PathBuf};
@@ -43,6 +44,10 @@ pub const MIGRATIONS: &[(&str, &str)] = &[
     (
         "0004_history",
         include_str!("../../../migrations/sqlite/0004_history.sql"),
+    ),
+    (
+        "0005_designs",
+        include_str!("../../../migrations/sqlite/0005_designs.sql"),
     ),
 ];
 
@@ -108,6 +113,12 @@ pub enum Row {
     Settings {
         receiver: ReceiverId,
         json: Arc<str>,
+    },
+    /// A new version of the receiver's designs; versions older than the last
+    /// [`DESIGN_VERSIONS_KEPT`] go.
+    Designs {
+        receiver: ReceiverId,
+        designs: Versioned,
     },
     /// The receiver's token generations.
     Tokens {
@@ -315,6 +326,25 @@ impl Database {
         Ok(settings)
     }
 
+    /// Every receiver's designs, newest version first.
+    pub fn designs(&self) -> rusqlite::Result<HashMap<ReceiverId, VecDeque<Versioned>>> {
+        let mut statement = self.conn.prepare(
+            "SELECT receiver, version, at_ms, json FROM designs ORDER BY receiver, version DESC",
+        )?;
+        let mut rows = statement.query([])?;
+        let mut designs: HashMap<ReceiverId, VecDeque<Versioned>> = HashMap::new();
+        while let Some(row) = rows.next()? {
+            if let Some(receiver) = receiver_of(row.get_ref(0)?.as_str()?) {
+                designs.entry(receiver).or_default().push_back(Versioned {
+                    version: row.get::<_, i64>(1)? as u64,
+                    at_ms: row.get::<_, i64>(2)? as u64,
+                    json: row.get::<_, String>(3)?.into(),
+                });
+            }
+        }
+        Ok(designs)
+    }
+
     /// Every receiver kept, with the idempotency keys still live at `now`.
     pub fn load(&self, now: Millis) -> rusqlite::Result<HashMap<ReceiverId, Loaded>> {
         let mut loaded: HashMap<ReceiverId, Loaded> = HashMap::new();
@@ -486,6 +516,23 @@ impl Database {
                         "INSERT OR REPLACE INTO settings (receiver, json) VALUES (?1, ?2)",
                     )?
                     .execute(params![receiver.as_str(), &**json])?;
+                }
+                Row::Designs { receiver, designs } => {
+                    tx.prepare_cached(
+                        "INSERT OR REPLACE INTO designs (receiver, version, at_ms, json) \
+                         VALUES (?1, ?2, ?3, ?4)",
+                    )?
+                    .execute(params![
+                        receiver.as_str(),
+                        designs.version as i64,
+                        designs.at_ms as i64,
+                        &*designs.json
+                    ])?;
+                    tx.prepare_cached("DELETE FROM designs WHERE receiver = ?1 AND version <= ?2")?
+                        .execute(params![
+                            receiver.as_str(),
+                            designs.version as i64 - DESIGN_VERSIONS_KEPT as i64
+                        ])?;
                 }
                 Row::Tokens {
                     receiver,

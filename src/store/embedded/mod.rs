@@ -25,6 +25,7 @@
 
 pub mod disk;
 
+use crate::store::{DesignsPut, Versioned, DESIGN_VERSIONS_KEPT};
 use std::collections::{HashMap, HashSet, VecDeque};
 use std::path::Path;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -156,12 +157,14 @@ impl EmbeddedStore {
             "using the embedded store"
         );
         let settings = db.settings().map_err(sql)?;
+        let designs = db.designs().map_err(sql)?;
         let generations = db.generations().map_err(sql)?;
         let history = db.history(rules.history).map_err(sql)?;
         let receivers = Arc::new(Receivers {
             map: Mutex::new(Map {
                 receivers: map,
                 settings,
+                designs,
                 generations,
                 history,
                 ..Map::default()
@@ -325,6 +328,8 @@ struct Map {
     /// Each receiver's moderation settings, token generations and history (newest first, at
     /// most `Rules::history`); kept apart from the receivers, which are forgotten when idle.
     settings: HashMap<ReceiverId, Arc<str>>,
+    /// Each receiver's designs, newest version first (at most `DESIGN_VERSIONS_KEPT`).
+    designs: HashMap<ReceiverId, VecDeque<Versioned>>,
     generations: HashMap<ReceiverId, Generations>,
     history: HashMap<ReceiverId, VecDeque<Record>>,
 }
@@ -828,10 +833,11 @@ fn undo(
             map.receivers = fresh;
             let kept = db
                 .settings()
-                .and_then(|s| Ok((s, db.generations()?, db.history(history)?)));
+                .and_then(|s| Ok((s, db.designs()?, db.generations()?, db.history(history)?)));
             match kept {
-                Ok((settings, generations, history)) => {
+                Ok((settings, designs, generations, history)) => {
                     map.settings = settings;
+                    map.designs = designs;
                     map.generations = generations;
                     map.history = history;
                     true
@@ -931,6 +937,52 @@ impl Store for EmbeddedStore {
             }
         })
         .await
+    }
+
+    async fn designs(
+        &self,
+        receiver: &ReceiverId,
+        limit: usize,
+    ) -> Result<Vec<Versioned>, StoreError> {
+        let map = self.receivers.lock();
+        let kept = map.designs.get(receiver).into_iter().flatten();
+        Ok(kept.take(limit).cloned().collect())
+    }
+
+    async fn put_designs(
+        &self,
+        receiver: &ReceiverId,
+        json: &str,
+        expected: Option<u64>,
+    ) -> Result<DesignsPut, StoreError> {
+        let started = Instant::now();
+        let (answer, commit) = {
+            let mut map = self.receivers.lock();
+            let kept = map.designs.entry(receiver.clone()).or_default();
+            let newest = kept.front().map_or(0, |v| v.version);
+            if expected.is_some_and(|e| e != newest) {
+                (DesignsPut::Stale(newest), None)
+            } else {
+                let designs = Versioned {
+                    version: newest + 1,
+                    at_ms: self.clock.now(),
+                    json: json.into(),
+                };
+                kept.push_front(designs.clone());
+                kept.truncate(DESIGN_VERSIONS_KEPT);
+                let commit = self.writer.as_ref().map(|writer| {
+                    *map.pending.entry(receiver.clone()).or_default() += 1;
+                    let row = Row::Designs {
+                        receiver: receiver.clone(),
+                        designs,
+                    };
+                    writer.send(receiver.clone(), vec![row])
+                });
+                (DesignsPut::Kept(newest + 1), commit)
+            }
+        };
+        self.settled(Call::Designs, started, commit).await?;
+        Ok(answer)
     }
 
     async fn generations(&self, receiver: &ReceiverId) -> Result<Generations, StoreError> {

@@ -16,7 +16,7 @@ use crate::store::{Call, CallObserver, Rules, Snapshot, StoreError};
 /// answers that a function is missing.
 const LIBRARY: &str = include_str!("receiver.lua");
 
-/// The library's function for each call (none for the settings and the history, read and
+/// The library's function for each call (none for the settings, the designs and the history, read and
 /// written with plain commands). The names carry the library's version, so that nodes of two versions can share a
 /// Redis during a rolling deploy.
 pub(super) fn function(call: Call) -> Option<&'static str> {
@@ -36,7 +36,7 @@ pub(super) fn function(call: Call) -> Option<&'static str> {
         // Deny and wake are measured under the same call: see `DENY` and `WAKE`.
         Call::Approval => APPROVE,
         // A start is one SET of its mark (see `RedisStore::mark_started`).
-        Call::Settings | Call::History | Call::Feed | Call::Started => return None,
+        Call::Settings | Call::History | Call::Feed | Call::Started | Call::Designs => return None,
     })
 }
 

@@ -14,6 +14,7 @@
 //! | `P:{r}:started:<id>:<attempt>`  | string | `"<started at> <started at + grace>"`: that send of the alert in flight started; expires after a day |
 //! | `P:{r}:idem:<key>`              | string | `"<alert id> <position>"`, expires after 24 h    |
 //! | `P:{r}:settings`                | string | the receiver's moderation settings, JSON          |
+//! | `P:{r}:designs`                 | list   | `"<version> <put at, ms> <designs JSON>"`, newest first, the last 50 versions |
 //! | `P:{r}:tokens`                  | hash   | `widget`, `dashboard`: token generations, absent for 0 |
 //! | `P:{r}:events` (channel)        | pubsub | snapshots for other nodes                          |
 //! | `P:secret`                      | string | the shared widget token secret                     |
@@ -102,6 +103,11 @@ impl Keys {
     /// The receiver's moderation settings (JSON), read and written whole with GET and SET.
     pub fn settings(&self, r: &ReceiverId) -> String {
         format!("{}:{{{}}}:settings", self.prefix, r)
+    }
+
+    /// The receiver's designs, version by version (see `RedisStore::put_designs`).
+    pub fn designs(&self, r: &ReceiverId) -> String {
+        format!("{}:{{{}}}:designs", self.prefix, r)
     }
 
     /// The receiver's history: a list of `<id> <status> <trail> <json>`, newest first (see

@@ -39,14 +39,17 @@ use self::connection::{Connection, Target};
 use self::functions::{load_library, Core, APPROVE, DENY, DOCKS, WAKE};
 use self::keys::Keys;
 use self::presence::sweep_dead_nodes;
-use self::replies::{alert_json, int, kind_of, parse_snapshot, protocol, tagged, text};
+use self::replies::{
+    alert_json, int, kind_of, parse_snapshot, protocol, read_versioned, tagged, text,
+};
 pub use self::secret::shared_secret;
 use self::watches::Watches;
 use super::history::{Mark, Page, Record, Trail};
 use super::machine::{Answer, Command, Hold, Lane, Left, Stored};
 use super::{
-    Answered, Call, CallObserver, Flight, Notice, Rules, Showing, Snapshot, Status, Store,
-    StoreError, Waiting, WidgetChange, IDEMPOTENCY_TTL, PRESENCE_TTL,
+    Answered, Call, CallObserver, DesignsPut, Flight, Notice, Rules, Showing, Snapshot, Status,
+    Store, StoreError, Versioned, Waiting, WidgetChange, DESIGN_VERSIONS_KEPT, IDEMPOTENCY_TTL,
+    PRESENCE_TTL,
 };
 use crate::alert::ReceiverId;
 use crate::auth::{Generations, Purpose};
@@ -653,6 +656,75 @@ impl Store for RedisStore {
             .arg(json)
             .to_owned();
         self.core.call(Call::Settings, call).await.map(|_| ())
+    }
+
+    async fn designs(
+        &self,
+        receiver: &ReceiverId,
+        limit: usize,
+    ) -> Result<Vec<Versioned>, StoreError> {
+        let call = redis::cmd("LRANGE")
+            .arg(self.core.keys.designs(receiver))
+            .arg(0)
+            .arg(limit.clamp(1, DESIGN_VERSIONS_KEPT) - 1)
+            .to_owned();
+        match self.core.call(Call::Designs, call).await? {
+            Value::Array(items) => items
+                .iter()
+                .map(|v| {
+                    text(v)
+                        .and_then(read_versioned)
+                        .ok_or_else(|| protocol("designs", v))
+                })
+                .collect(),
+            v => Err(protocol("designs", &v)),
+        }
+    }
+
+    async fn put_designs(
+        &self,
+        receiver: &ReceiverId,
+        json: &str,
+        expected: Option<u64>,
+    ) -> Result<DesignsPut, StoreError> {
+        // Not a transition of the state machine, and rare: a script of its own, sent whole, so
+        // the library holds only the machine. The check of the expected version, the new
+        // version's number and the notice to other nodes happen in one step.
+        const PUT: &str = r#"
+            local head = redis.call('LINDEX', KEYS[1], 0)
+            local newest = 0
+            if head then newest = tonumber(string.match(head, '^(%d+) ')) or 0 end
+            if ARGV[3] ~= '' and tonumber(ARGV[3]) ~= newest then return {'stale', newest} end
+            local version = newest + 1
+            redis.call('LPUSH', KEYS[1], version .. ' ' .. ARGV[2] .. ' ' .. ARGV[1])
+            redis.call('LTRIM', KEYS[1], 0, tonumber(ARGV[4]) - 1)
+            redis.call(ARGV[5], ARGV[6], 'designs ' .. ARGV[7] .. ' ' .. version)
+            return {'kept', version}
+        "#;
+        let call = redis::cmd("EVAL")
+            .arg(PUT)
+            .arg(1)
+            .arg(self.core.keys.designs(receiver))
+            .arg(json)
+            .arg(self.core.clock.now())
+            .arg(expected.map(|v| v.to_string()).unwrap_or_default())
+            .arg(DESIGN_VERSIONS_KEPT)
+            .arg(self.core.con.publish_command())
+            .arg(self.core.keys.events(receiver))
+            .arg(&*self.core.node)
+            .to_owned();
+        let reply = self.core.call(Call::Designs, call).await?;
+        let version = |items: &mut dyn Iterator<Item = Value>| match items.next() {
+            Some(Value::Int(n)) if n >= 0 => Ok(n as u64),
+            other => Err(StoreError::Protocol(format!("put_designs: {other:?}"))),
+        };
+        match tagged(reply)? {
+            (kind, mut items) if kind == "kept" => Ok(DesignsPut::Kept(version(&mut items)?)),
+            (kind, mut items) if kind == "stale" => Ok(DesignsPut::Stale(version(&mut items)?)),
+            (kind, _) => Err(StoreError::Protocol(format!(
+                "put_designs: unexpected {kind}"
+            ))),
+        }
     }
 
     async fn generations(&self, receiver: &ReceiverId) -> Result<Generations, StoreError> {

@@ -33,6 +33,9 @@ pub(super) fn parse_notice(keys: &Keys, node: &str, data: &[Value]) -> Option<No
             payload: rest.to_owned(),
         });
     }
+    if kind == "designs" {
+        return Some(Notice::Designs { receiver });
+    }
     if kind == "rotated" {
         let purpose = match rest {
             "widget" => Purpose::Widget,
@@ -213,4 +216,15 @@ pub(super) fn int(v: &Value) -> Result<u64, StoreError> {
 
 pub(super) fn protocol(what: &str, v: &Value) -> StoreError {
     StoreError::Protocol(format!("{what}: unexpected reply {v:?}"))
+}
+
+/// One version of a receiver's designs as the designs list keeps it: `<version> <at> <json>`.
+pub(super) fn read_versioned(entry: &str) -> Option<crate::store::Versioned> {
+    let (version, rest) = entry.split_once(' ')?;
+    let (at, json) = rest.split_once(' ')?;
+    Some(crate::store::Versioned {
+        version: version.parse().ok()?,
+        at_ms: at.parse().ok()?,
+        json: json.into(),
+    })
 }

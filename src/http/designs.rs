@@ -1,0 +1,129 @@
+//! `GET` and `PUT /receivers/{r}/designs`: how the receiver's widget shows each kind of alert
+//! (`crate::design`), with a publish key or the receiver's dashboard token. Every put is a new
+//! version; widgets on every node show the next alert with it, with no reload.
+
+use std::time::{Duration, SystemTime};
+
+use actix_web::{web, HttpRequest, HttpResponse};
+use serde::Deserialize;
+use serde_json::{json, Value};
+
+use super::controls::authorize_controller;
+use super::{ApiError, AppState};
+use crate::alert::ReceiverId;
+use crate::design::Put;
+use crate::store::{DesignsPut, Versioned, DESIGN_VERSIONS_KEPT};
+
+/// A put's body, at most: every kind's design with its CSS, and some variations.
+pub const MOST_DESIGNS_BYTES: usize = 512 * 1024;
+
+#[derive(Deserialize)]
+pub struct DesignsQuery {
+    token: Option<String>,
+    /// An earlier version to read, while the store keeps it.
+    version: Option<u64>,
+}
+
+fn at(ms: u64) -> String {
+    let when = SystemTime::UNIX_EPOCH + Duration::from_millis(ms);
+    humantime::format_rfc3339_millis(when).to_string()
+}
+
+/// The answer for one version: the designs as kept (version 0, none, before the first put).
+fn answer(receiver: &ReceiverId, kept: Option<&Versioned>) -> Result<Value, ApiError> {
+    let Some(v) = kept else {
+        return Ok(json!({"receiver": receiver, "version": 0, "updated_at": null, "designs": {}}));
+    };
+    let mut body: Value = serde_json::from_str(&v.json)
+        .map_err(|e| ApiError::Unavailable(crate::store::StoreError::Protocol(e.to_string())))?;
+    body["receiver"] = json!(receiver);
+    body["version"] = json!(v.version);
+    body["updated_at"] = json!(at(v.at_ms));
+    Ok(body)
+}
+
+/// `GET /receivers/{receiver}/designs[?version=N]`: the newest designs, or an earlier version.
+pub async fn get(
+    req: HttpRequest,
+    path: web::Path<String>,
+    query: web::Query<DesignsQuery>,
+    state: web::Data<AppState>,
+) -> Result<HttpResponse, ApiError> {
+    let receiver = ReceiverId::parse(&path)?;
+    authorize_controller(&req, &state, &receiver, query.token.as_deref()).await?;
+    let limit = if query.version.is_some() {
+        DESIGN_VERSIONS_KEPT
+    } else {
+        1
+    };
+    let kept = state.hub.store().designs(&receiver, limit).await?;
+    let body = match query.version {
+        None => answer(&receiver, kept.first())?,
+        Some(0) => answer(&receiver, None)?,
+        Some(n) => match kept.iter().find(|v| v.version == n) {
+            Some(v) => answer(&receiver, Some(v))?,
+            None => return Err(ApiError::NotFound),
+        },
+    };
+    Ok(HttpResponse::Ok().json(body))
+}
+
+/// `GET /receivers/{receiver}/designs/versions`: the versions kept, newest first.
+pub async fn versions(
+    req: HttpRequest,
+    path: web::Path<String>,
+    query: web::Query<DesignsQuery>,
+    state: web::Data<AppState>,
+) -> Result<HttpResponse, ApiError> {
+    let receiver = ReceiverId::parse(&path)?;
+    authorize_controller(&req, &state, &receiver, query.token.as_deref()).await?;
+    let kept = state
+        .hub
+        .store()
+        .designs(&receiver, DESIGN_VERSIONS_KEPT)
+        .await?;
+    let versions: Vec<Value> = kept
+        .iter()
+        .map(|v| json!({"version": v.version, "updated_at": at(v.at_ms)}))
+        .collect();
+    Ok(HttpResponse::Ok().json(json!({"receiver": receiver, "versions": versions})))
+}
+
+/// `PUT /receivers/{receiver}/designs`: replaces the designs whole, as a new version. With
+/// `"version": N` in the body, only if N is still the newest (else 409).
+pub async fn put(
+    req: HttpRequest,
+    path: web::Path<String>,
+    query: web::Query<DesignsQuery>,
+    body: web::Bytes,
+    state: web::Data<AppState>,
+) -> Result<HttpResponse, ApiError> {
+    let receiver = ReceiverId::parse(&path)?;
+    authorize_controller(&req, &state, &receiver, query.token.as_deref()).await?;
+    if body.len() > MOST_DESIGNS_BYTES {
+        return Err(ApiError::TooLarge(MOST_DESIGNS_BYTES));
+    }
+    let Put { designs, expected } = Put::parse(&body)?;
+    let json = designs.to_json();
+    let put = state
+        .hub
+        .store()
+        .put_designs(&receiver, &json, expected)
+        .await
+        .map_err(ApiError::of_control)?;
+    let version = match put {
+        DesignsPut::Kept(v) => v,
+        DesignsPut::Stale(newest) => {
+            return Err(ApiError::StaleVersion {
+                expected: expected.unwrap_or_default(),
+                newest,
+            })
+        }
+    };
+    // This node's widgets take them at once; other nodes hear of them from the store.
+    state.hub.designs_changed(&receiver).await;
+    let mut body = serde_json::to_value(&designs).unwrap_or_default();
+    body["receiver"] = json!(receiver);
+    body["version"] = json!(version);
+    Ok(HttpResponse::Ok().json(body))
+}
