@@ -1,10 +1,13 @@
 // The cuebox widget's behaviour: connect to /ws/{receiver}, show each alert the server sends for
-// its duration, report `started` and `done`, and reconnect forever. The server decides what is
-// shown and when; this page only has to never show an id twice and never lose a `done`.
+// its duration, with the look (design) the server resolved for it, report `started` and `done`,
+// and reconnect forever. The server decides what is shown, how and when; this page only has to
+// never show an id twice, never lose a `done`, and fit whatever an alert holds on the canvas.
 'use strict';
 
 (function () {
-  const FADE_MS = 250;
+  const MEDIA_WAIT_MS = 3000; // an image or sound that takes longer is left out
+  const SMALLEST_FIT = 0.45; // text shrinks to this share of the design's size, then is cut
+  const EMOJI_FONTS = '"Apple Color Emoji", "Segoe UI Emoji", "Noto Color Emoji"';
   const REMEMBER = 200; // finished ids kept, to answer a resend whose `done` was lost
   const PING_EVERY_MS = 20000;
   const SILENT_MS = 45000; // no frame for this long: the connection is dead even if not closed
@@ -18,17 +21,20 @@
   const token = new URLSearchParams(location.search).get('token') || '';
   const storageKey = 'cuebox:done:' + receiver;
 
+  const stage = document.getElementById('stage');
   const card = document.getElementById('card');
   const el = {
     image: document.getElementById('image'),
-    kind: document.getElementById('kind'),
-    from: document.getElementById('from'),
-    amount: document.getElementById('amount'),
-    message: document.getElementById('message'),
+    title: document.getElementById('title'),
+    body: document.getElementById('body'),
   };
+  const soundNotice = document.getElementById('sound-notice');
 
   // For tests and for a curious streamer's devtools.
-  const status = { connected: false, shown: [], skipped: [], current: null, refused: null };
+  const status = {
+    connected: false, shown: [], skipped: [], current: null, refused: null, design: null,
+    sounds: [],
+  };
   window.cuebox = status;
 
   // Refused: this page is on stream, so it shows nothing and says why only in the console
@@ -87,8 +93,9 @@
     }
     const id = alert.id;
     if (showing && showing.id === id) {
-      // A resend of what is on screen: our `started` was lost. Say it again, don't restart.
-      send({ type: 'started', id: id });
+      // A resend of what is on screen (or loading): our `started` was lost. Say it again once
+      // it shows, don't restart.
+      if (showing.started) send({ type: 'started', id: id });
       return;
     }
     if (finished.indexOf(id) !== -1) {
@@ -99,7 +106,7 @@
     // A different alert while one shows: the server moved on (expired, or another widget
     // finished it). It is the authority, so follow it.
     if (showing) clear();
-    show(alert);
+    show(alert, frame.design || {});
   }
 
   // The streamer skipped an alert: if it is on screen, it goes at once, with no `done` (the
@@ -111,29 +118,45 @@
     if (showing && showing.id === frame.id) clear();
   }
 
-  function show(alert) {
-    fill(alert);
-    const duration = clamp(alert.duration_ms, 1000, 60000, 8000);
-    showing = { id: alert.id, timer: 0, hideTimer: 0, audio: playSound(alert.media) };
+  // Loads the alert's image and sound first, so its time on screen counts from when it really
+  // shows; whatever fails or takes over MEDIA_WAIT_MS is left out, so one broken GIF never
+  // holds the queue.
+  function show(alert, design) {
+    const media = alert.media || {};
+    const imageUrl = pick(media.image, design.image);
+    const soundUrl = pick(media.sound, design.sound);
+    const mine = { id: alert.id, timer: 0, hideTimer: 0, audio: null, started: false };
+    showing = mine;
     status.current = alert.id;
-    status.shown.push(alert.id);
-    card.dataset.alertId = alert.id;
-    card.hidden = false;
-    void card.offsetWidth; // let the fade-in start from the hidden state
-    card.classList.add('visible');
-    send({ type: 'started', id: alert.id });
-    showing.timer = setTimeout(() => finish(alert.id), Math.max(0, duration - FADE_MS));
+    Promise.all([loadImage(imageUrl), loadSound(soundUrl)]).then(([image, audio]) => {
+      if (showing !== mine) return;
+      fill(alert, design, image);
+      mine.audio = audio;
+      const duration = clamp(alert.duration_ms, 1000, 60000, 8000);
+      const out = animation(design.animation_out, 'fade', 300);
+      card.dataset.alertId = alert.id;
+      card.hidden = false;
+      fit();
+      const enter = animation(design.animation_in, 'pop', 450);
+      card.style.animation = 'cb-in-' + enter.name + ' ' + enter.ms + 'ms ease-out both';
+      play(audio, design.volume);
+      status.shown.push(alert.id);
+      status.design = design;
+      mine.started = true;
+      send({ type: 'started', id: alert.id });
+      mine.timer = setTimeout(() => finish(alert.id, out), Math.max(0, duration - out.ms));
+    });
   }
 
-  function finish(id) {
+  function finish(id, out) {
     if (!showing || showing.id !== id) return;
-    card.classList.remove('visible');
+    card.style.animation = 'cb-out-' + out.name + ' ' + out.ms + 'ms ease-in both';
     showing.hideTimer = setTimeout(() => {
       if (!showing || showing.id !== id) return;
       clear();
       remember(id);
       send({ type: 'done', id: id });
-    }, FADE_MS);
+    }, out.ms);
   }
 
   function clear() {
@@ -150,19 +173,32 @@
     }
     showing = null;
     status.current = null;
-    card.classList.remove('visible');
+    card.style.animation = '';
     card.hidden = true;
     delete card.dataset.alertId;
   }
 
-  // Donor text goes in through textContent only: it is never parsed as HTML.
-  function fill(alert) {
-    el.kind.textContent = typeof alert.kind === 'string' ? alert.kind : '';
-    el.from.textContent = nonEmpty(alert.from) || 'Anonymous';
-    el.amount.textContent = formatAmount(alert.amount);
-    el.message.textContent = nonEmpty(alert.message) || '';
-    const image = alert.media && alert.media.image;
-    if (isHttpUrl(image)) {
+  // The design's look, set through the style object (which the page's CSP allows, unlike style
+  // attributes), and the text through text nodes only: donor text is never parsed as HTML.
+  function fill(alert, design, image) {
+    card.className = 'alert layout-' + oneOf(design.layout,
+      ['image_above', 'image_left', 'image_right', 'image_behind', 'text_only'], 'image_above') +
+      ' shadow-' + oneOf(design.text_shadow, ['none', 'soft', 'strong', 'outline'], 'strong');
+    card.dataset.design = design.design || 'built_in';
+    card.dataset.variation = design.variation || '';
+    const family = typeof design.font_family === 'string' && design.font_family
+      ? design.font_family + ', ' + EMOJI_FONTS : '';
+    card.style.fontFamily = family;
+    card.style.fontWeight = String(clamp(design.font_weight, 100, 900, 800));
+    card.style.color = design.text_color || '';
+    card.style.setProperty('--hl', design.highlight_color || '#ffd35c');
+    card.style.setProperty('--size', (clamp(design.font_size, 8, 200, 64) / 10.8) + 'vh');
+    card.style.setProperty('--fit', '1');
+    useCss(design.css);
+    const values = placeholderValues(alert, design.locale);
+    render(el.title, typeof design.title === 'string' ? design.title : '{from} {amount}', values);
+    render(el.body, typeof design.body === 'string' ? design.body : '{message}', values);
+    if (image) {
       el.image.src = image;
       el.image.hidden = false;
     } else {
@@ -171,31 +207,209 @@
     }
   }
 
-  function formatAmount(amount) {
+  function placeholderValues(alert, locale) {
+    const amount = alert.amount;
+    const data = alert.data && typeof alert.data === 'object' ? alert.data : {};
+    return {
+      from: nonEmpty(alert.from) || 'Anonymous',
+      amount: formatAmount(amount, locale),
+      currency: amount && typeof amount.currency === 'string' ? amount.currency : '',
+      // Runs of line breaks collapse to one, so a message can't push itself off the canvas.
+      message: (nonEmpty(alert.message) || '').replace(/\r\n?/g, '\n').replace(/\n\s*\n+/g, '\n')
+        .trim(),
+      kind: typeof alert.kind === 'string' ? alert.kind : '',
+      data: function (field) {
+        const v = Object.prototype.hasOwnProperty.call(data, field) ? data[field] : null;
+        return v === null || typeof v === 'object' ? '' : String(v);
+      },
+    };
+  }
+
+  // A template: text, `{placeholder}`s (each filled in, in a highlighted span) and `{{`/`}}`
+  // for braces. What it makes goes in as text nodes.
+  function render(target, template, values) {
+    target.textContent = '';
+    target.classList.remove('clamped');
+    target.style.webkitLineClamp = '';
+    let text = '';
+    let filled = 0;
+    const flush = () => {
+      if (text) target.appendChild(document.createTextNode(text));
+      text = '';
+    };
+    for (let i = 0; i < template.length; i++) {
+      const c = template[i];
+      if ((c === '{' || c === '}') && template[i + 1] === c) {
+        text += c;
+        i++;
+        continue;
+      }
+      const end = c === '{' ? template.indexOf('}', i) : -1;
+      if (end === -1) {
+        text += c;
+        continue;
+      }
+      const name = template.slice(i + 1, end);
+      const value = name.indexOf('data.') === 0 ? values.data(name.slice(5))
+        : Object.prototype.hasOwnProperty.call(values, name) && name !== 'data' ? values[name] : '';
+      flush();
+      if (value && name === 'message') {
+        // The message is the text itself, not a value filled into it: never highlighted.
+        target.appendChild(document.createTextNode(value));
+        filled++;
+      } else if (value) {
+        const span = document.createElement('span');
+        span.className = 'hl';
+        span.textContent = value;
+        target.appendChild(span);
+        filled++;
+      }
+      i = end;
+    }
+    flush();
+    // A template of placeholders alone that all came out empty (a body of `{message}` with no
+    // message) leaves no empty line.
+    if (!filled && !target.textContent.trim()) target.textContent = '';
+  }
+
+  // Shrinks the text until the alert fits the canvas, down to SMALLEST_FIT; past that, cuts the
+  // body (then the title) to the lines that fit, with an ellipsis.
+  function fit() {
+    const fits = () => card.scrollHeight <= stage.clientHeight && card.scrollWidth <= stage.clientWidth &&
+      el.title.scrollHeight <= el.title.clientHeight + 1 && el.body.scrollHeight <= el.body.clientHeight + 1;
+    let scale = 1;
+    while (!fits() && scale > SMALLEST_FIT) {
+      scale = Math.max(SMALLEST_FIT, scale * 0.85);
+      card.style.setProperty('--fit', String(scale));
+    }
+    for (const part of [el.body, el.title]) {
+      if (fits() || !part.textContent) continue;
+      const line = parseFloat(getComputedStyle(part).lineHeight) || 20;
+      const over = card.scrollHeight - stage.clientHeight;
+      const lines = Math.max(1, Math.floor((part.clientHeight - Math.max(0, over)) / line));
+      part.classList.add('clamped');
+      part.style.webkitLineClamp = String(lines);
+    }
+  }
+
+  // Custom CSS of the design, scoped to the stage rule by rule through the CSS object model (a
+  // constructed stylesheet, which the CSP allows), so no rule reaches beyond the alert.
+  let cssInUse = null;
+  function useCss(css) {
+    css = typeof css === 'string' ? css : '';
+    if (css === cssInUse) return;
+    cssInUse = css;
+    if (!('adoptedStyleSheets' in document)) return;
+    try {
+      const sheet = new CSSStyleSheet();
+      sheet.replaceSync(css);
+      scope(sheet.cssRules);
+      document.adoptedStyleSheets = [sheet];
+    } catch (e) {
+      console.warn('cuebox: the design\'s css could not be used', e);
+      document.adoptedStyleSheets = [];
+    }
+  }
+
+  function scope(rules) {
+    for (let i = 0; i < rules.length; i++) {
+      const rule = rules[i];
+      if (rule.selectorText !== undefined) {
+        rule.selectorText = rule.selectorText.split(',')
+          .map((s) => '#stage ' + s.trim().replace(/^(html|body|:root)\b/, '')).join(', ');
+      } else if (rule.cssRules && !(typeof CSSKeyframesRule !== 'undefined' &&
+          rule instanceof CSSKeyframesRule)) {
+        scope(rule.cssRules);
+      }
+    }
+  }
+
+  function formatAmount(amount, locale) {
     if (!amount || typeof amount.value !== 'string' || typeof amount.currency !== 'string') {
       return '';
     }
     try {
-      // The value stays a decimal string: Intl formats it without a trip through a float
-      // where the browser supports that, and converts it otherwise.
-      return new Intl.NumberFormat(undefined, { style: 'currency', currency: amount.currency })
-        .format(amount.value);
+      // The receiver's locale, not the browser's: a Brazilian streamer on an English OBS still
+      // sees "R$ 10,50". The value stays a decimal string where the browser formats one.
+      return new Intl.NumberFormat(typeof locale === 'string' && locale ? locale : 'en-US',
+        { style: 'currency', currency: amount.currency }).format(amount.value);
     } catch (e) {
       return amount.value + ' ' + amount.currency;
     }
   }
 
-  function playSound(media) {
-    const sound = media && media.sound;
-    if (!isHttpUrl(sound)) return null;
+  function loadImage(url) {
+    if (!url) return Promise.resolve(null);
+    return within(new Promise((resolve) => {
+      const probe = new Image();
+      probe.onload = () => resolve(url);
+      probe.onerror = () => resolve(null);
+      probe.src = url;
+    }), null);
+  }
+
+  function loadSound(url) {
+    if (!url) return Promise.resolve(null);
+    return within(new Promise((resolve) => {
+      let audio;
+      try {
+        audio = new Audio();
+      } catch (e) {
+        resolve(null);
+        return;
+      }
+      audio.preload = 'auto';
+      audio.oncanplaythrough = () => resolve(audio);
+      audio.onerror = () => resolve(null);
+      audio.src = url;
+      audio.load();
+    }), null);
+  }
+
+  function within(promise, fallback) {
+    return Promise.race([promise, new Promise((resolve) =>
+      setTimeout(() => resolve(fallback), MEDIA_WAIT_MS))]);
+  }
+
+  // Inside OBS sound plays by itself; an ordinary tab refuses sound until a click, and says so.
+  function play(audio, volume) {
+    if (!audio) return;
+    audio.oncanplaythrough = null;
+    audio.volume = clamp(volume, 0, 1, 0.6);
+    status.sounds.push(audio.src);
     try {
-      const audio = new Audio(sound);
       const playing = audio.play();
-      if (playing && playing.catch) playing.catch(() => {});
-      return audio;
+      if (playing && playing.catch) {
+        playing.catch((e) => {
+          if (e && e.name === 'NotAllowedError') soundNotice.hidden = false;
+        });
+      }
     } catch (e) {
-      return null;
+      // no sound this time
     }
+  }
+
+  soundNotice.addEventListener('click', () => {
+    soundNotice.hidden = true;
+    if (showing && showing.audio) play(showing.audio, showing.audio.volume);
+  });
+
+  function animation(a, name, ms) {
+    const names = ['none', 'fade', 'slide_from_left', 'slide_from_right', 'slide_from_top',
+      'slide_from_bottom', 'zoom', 'bounce', 'pop'];
+    return a && typeof a === 'object'
+      ? { name: oneOf(a.name, names, name), ms: clamp(a.duration_ms, 0, 5000, ms) }
+      : { name: name, ms: ms };
+  }
+
+  function pick(own, designed) {
+    if (isHttpUrl(own)) return own;
+    return isHttpUrl(designed) || (typeof designed === 'string' && designed.indexOf('/widget-assets/') === 0)
+      ? designed : null;
+  }
+
+  function oneOf(v, allowed, fallback) {
+    return allowed.indexOf(v) !== -1 ? v : fallback;
   }
 
   // ---- the connection ----

@@ -18,7 +18,8 @@ const DOCK_CSS: &str = include_str!("../../widget/dock.css");
 /// Scripts only from cuebox itself, so even if donor text ever reached the DOM as HTML, no
 /// inline handler in it could run.
 const CSP: &str = "default-src 'self'; script-src 'self'; style-src 'self'; \
-                   img-src http: https: data:; media-src http: https:; connect-src 'self' ws: wss:";
+                   img-src http: https: data:; media-src 'self' http: https:; \
+                   connect-src 'self' ws: wss:";
 
 /// `GET /widget/{receiver}?token=T`: the page to add to OBS as a browser source.
 ///
@@ -101,6 +102,12 @@ pub async fn dock_page(
 }
 
 pub async fn widget_asset(path: web::Path<String>) -> Result<HttpResponse, ApiError> {
+    if path.as_str() == "chime.wav" {
+        return Ok(HttpResponse::Ok()
+            .insert_header((header::CONTENT_TYPE, "audio/wav"))
+            .insert_header((header::CACHE_CONTROL, "public, max-age=86400"))
+            .body(chime()));
+    }
     let (body, kind) = match path.as_str() {
         "widget.js" => (WIDGET_JS, "text/javascript; charset=utf-8"),
         "widget.css" => (WIDGET_CSS, "text/css; charset=utf-8"),
@@ -112,4 +119,48 @@ pub async fn widget_asset(path: web::Path<String>) -> Result<HttpResponse, ApiEr
         .insert_header((header::CONTENT_TYPE, kind))
         .insert_header((header::CACHE_CONTROL, "no-cache"))
         .body(body))
+}
+
+/// The built-in alert sound (`crate::design::BUILT_IN_SOUND`): a short two-note chime, made
+/// once, so the binary ships a sound without a file to fetch from anywhere.
+fn chime() -> &'static [u8] {
+    static WAV: std::sync::OnceLock<Vec<u8>> = std::sync::OnceLock::new();
+    WAV.get_or_init(|| {
+        const RATE: u32 = 22_050;
+        let notes = [(0.0, 987.77), (0.12, 1318.51)]; // B5, then E6
+        let length = (RATE as f64 * 0.9) as usize;
+        let samples: Vec<i16> = (0..length)
+            .map(|i| {
+                let t = i as f64 / RATE as f64;
+                let v: f64 = notes
+                    .iter()
+                    .filter(|(at, _)| t >= *at)
+                    .map(|(at, hz)| {
+                        let since = t - at;
+                        let attack = (since / 0.005).min(1.0);
+                        attack * (-since * 5.0).exp() * (std::f64::consts::TAU * hz * since).sin()
+                    })
+                    .sum();
+                (v * 0.35 * i16::MAX as f64) as i16
+            })
+            .collect();
+        let data = (samples.len() * 2) as u32;
+        let mut wav = Vec::with_capacity(44 + data as usize);
+        wav.extend_from_slice(b"RIFF");
+        wav.extend_from_slice(&(36 + data).to_le_bytes());
+        wav.extend_from_slice(b"WAVEfmt ");
+        wav.extend_from_slice(&16u32.to_le_bytes());
+        wav.extend_from_slice(&1u16.to_le_bytes()); // PCM
+        wav.extend_from_slice(&1u16.to_le_bytes()); // mono
+        wav.extend_from_slice(&RATE.to_le_bytes());
+        wav.extend_from_slice(&(RATE * 2).to_le_bytes());
+        wav.extend_from_slice(&2u16.to_le_bytes());
+        wav.extend_from_slice(&16u16.to_le_bytes());
+        wav.extend_from_slice(b"data");
+        wav.extend_from_slice(&data.to_le_bytes());
+        for s in samples {
+            wav.extend_from_slice(&s.to_le_bytes());
+        }
+        wav
+    })
 }

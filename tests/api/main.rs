@@ -6,6 +6,7 @@ mod cli;
 mod concurrency;
 mod conformance;
 mod controls;
+mod designs;
 mod differential;
 mod embedded;
 mod helpers;

@@ -1,0 +1,269 @@
+//! A receiver's designs over HTTP, on every store: checked strictly, kept version by version,
+//! and sent with the next alert to every widget, on every node, with no reload.
+
+use serde_json::{json, Value};
+
+use crate::helpers::*;
+
+async fn put(app: &TestApp, receiver: &str, auth: Option<&str>, body: &str) -> (u16, Value) {
+    let mut req = app
+        .http
+        .put(format!("{}/receivers/{receiver}/designs", app.base))
+        .insert_header(("Content-Type", "application/json"));
+    if let Some(auth) = auth {
+        req = req.insert_header(("Authorization", format!("Bearer {auth}")));
+    }
+    let mut res = req
+        .send_body(body.to_owned())
+        .await
+        .expect("the node answers");
+    let status = res.status().as_u16();
+    (status, res.json().await.unwrap_or(Value::Null))
+}
+
+fn donation_design() -> Value {
+    json!({"locale": "pt-BR", "designs": {
+        "donation": {
+            "layout": "image_left", "title": "{from} mandou {amount}", "text_color": "#ffffff",
+            "animation_in": {"name": "slide_from_left", "duration_ms": 300},
+            "variations": [
+                {"name": "big", "when": {"min_amount": {"value": "100", "currency": "BRL"}},
+                 "set": {"text_color": "#ff3355", "layout": "image_behind"}}
+            ]
+        },
+        "default": {"font_size": 48}
+    }})
+}
+
+async fn designs_are_checked_strictly_and_kept_version_by_version(app: &TestApp) {
+    let (status, body) = app.get("/receivers/alice/designs", Some(PUBLISH_KEY)).await;
+    assert_eq!(
+        (status, &body["version"], &body["designs"]),
+        (200, &json!(0), &json!({}))
+    );
+
+    let good = donation_design().to_string();
+    assert_eq!(put(app, "alice", None, &good).await.0, 401);
+    assert_eq!(put(app, "alice", Some("not-a-key"), &good).await.0, 401);
+
+    let refused = [
+        (
+            json!({"designs": {"donation": {"colour": "#fff"}}}),
+            "designs.donation.colour",
+        ),
+        (
+            json!({"designs": {"donation": {"text_color": "red"}}}),
+            "designs.donation.text_color",
+        ),
+        (
+            json!({"designs": {"raid": {"animation_out": {"name": "spin", "duration_ms": 300}}}}),
+            "designs.raid.animation_out.name",
+        ),
+        (
+            json!({"designs": {"raid": {"css": "x".repeat(16 * 1024 + 1)}}}),
+            "designs.raid.css",
+        ),
+        (
+            json!({"designs": {"follow": {"variations": [{"when": {"loud": true}}]}}}),
+            "designs.follow.variations[0].when",
+        ),
+        (
+            json!({"designs": {"follow": {"title": "{name}"}}}),
+            "designs.follow.title",
+        ),
+    ];
+    for (body, field) in refused {
+        let (status, answer) = put(app, "alice", Some(PUBLISH_KEY), &body.to_string()).await;
+        assert_eq!(status, 400, "{body}: {answer}");
+        assert_eq!(answer["error"]["field"], field, "{answer}");
+        assert!(
+            answer["error"]["message"].as_str().unwrap().contains(field),
+            "{answer}"
+        );
+    }
+    assert_eq!(
+        put(app, "alice", Some(PUBLISH_KEY), "{not json").await.0,
+        400
+    );
+    // Nothing refused was kept.
+    let (_, body) = app.get("/receivers/alice/designs", Some(PUBLISH_KEY)).await;
+    assert_eq!(body["version"], 0);
+
+    // The dashboard token may change them too.
+    let token = app.dashboard_token("alice");
+    let (status, body) = put(app, "alice", Some(&token), &good).await;
+    assert_eq!((status, &body["version"]), (200, &json!(1)), "{body}");
+    let (status, body) = app.get("/receivers/alice/designs", Some(&token)).await;
+    assert_eq!(status, 200);
+    assert_eq!(body["version"], 1);
+    assert_eq!(body["locale"], "pt-BR");
+    assert_eq!(body["designs"]["donation"]["variations"][0]["name"], "big");
+    assert!(body["updated_at"].is_string(), "{body}");
+
+    // An editor that read version 0 is refused over version 1; one that read 1 goes through.
+    let mut stale = donation_design();
+    stale["version"] = json!(0);
+    let (status, body) = put(app, "alice", Some(PUBLISH_KEY), &stale.to_string()).await;
+    assert_eq!(
+        (status, &body["error"]["code"]),
+        (409, &json!("version_conflict")),
+        "{body}"
+    );
+    let second = json!({"version": 1, "designs": {"default": {"layout": "text_only"}}});
+    let (status, body) = put(app, "alice", Some(PUBLISH_KEY), &second.to_string()).await;
+    assert_eq!((status, &body["version"]), (200, &json!(2)), "{body}");
+
+    let (_, versions) = app
+        .get("/receivers/alice/designs/versions", Some(PUBLISH_KEY))
+        .await;
+    let numbers: Vec<&Value> = versions["versions"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|v| &v["version"])
+        .collect();
+    assert_eq!(numbers, [&json!(2), &json!(1)]);
+    let (_, first) = app
+        .get("/receivers/alice/designs?version=1", Some(PUBLISH_KEY))
+        .await;
+    assert_eq!(first["designs"]["donation"]["layout"], "image_left");
+    let (status, _) = app
+        .get("/receivers/alice/designs?version=9", Some(PUBLISH_KEY))
+        .await;
+    assert_eq!(status, 404);
+    // Another receiver's are its own.
+    let (_, bob) = app.get("/receivers/bob/designs", Some(PUBLISH_KEY)).await;
+    assert_eq!(bob["version"], 0);
+}
+
+#[actix_web::test]
+async fn designs_are_checked_strictly_and_kept_version_by_version_embedded() {
+    let app = TestApp::memory().await;
+    designs_are_checked_strictly_and_kept_version_by_version(&app).await;
+}
+
+#[actix_web::test]
+async fn designs_are_checked_strictly_and_kept_version_by_version_on_redis() {
+    let redis = RedisServer::spawn().await;
+    let app = TestApp::redis(&redis).await;
+    designs_are_checked_strictly_and_kept_version_by_version(&app).await;
+}
+
+#[actix_web::test]
+async fn designs_outlive_a_restart_of_the_embedded_store() {
+    let dir = DataDir::fresh();
+    let app = TestApp::embedded_in(&dir).await;
+    let (status, _) = put(
+        &app,
+        "alice",
+        Some(PUBLISH_KEY),
+        &donation_design().to_string(),
+    )
+    .await;
+    assert_eq!(status, 200);
+    app.stop().await;
+    let app = TestApp::embedded_in(&dir).await;
+    let (_, body) = app.get("/receivers/alice/designs", Some(PUBLISH_KEY)).await;
+    assert_eq!(
+        (&body["version"], &body["locale"]),
+        (&json!(1), &json!("pt-BR")),
+        "{body}"
+    );
+    app.stop().await;
+    let _ = std::fs::remove_dir_all(&dir.0);
+}
+
+/// A widget on `shows` gets alerts with the look resolved from the designs put on `puts`, from
+/// its next alert on.
+async fn a_design_change_reaches_the_next_alert(puts: &TestApp, shows: &TestApp) {
+    let mut w = shows.widget("alice").await;
+    puts.wait_for_widgets("alice", 1).await;
+    let donation = |value: &str| {
+        json!({"receiver": "alice", "kind": "donation", "from": "Ana",
+               "amount": {"value": value, "currency": "BRL"}})
+    };
+    let (status, _) = puts.publish(donation("10")).await;
+    assert_eq!(status, 202);
+    let frame = w.next_json().await;
+    assert_eq!(frame["design"]["design"], "built_in", "{frame}");
+    assert_eq!(
+        frame["design"]["title"], "{from} donated {amount}",
+        "{frame}"
+    );
+    let first = frame["alert"]["id"].as_str().unwrap().to_owned();
+
+    // Changed while the first alert shows: it keeps its look, and the next takes the new one.
+    let (status, body) = put(
+        puts,
+        "alice",
+        Some(PUBLISH_KEY),
+        &donation_design().to_string(),
+    )
+    .await;
+    assert_eq!(status, 200, "{body}");
+    w.show(&first).await;
+    if !std::ptr::eq(puts, shows) {
+        // The other node hears of the new version through the store's notice, a moment later:
+        // alerts go out with the old version until then, never with it after.
+        let mut seen_new = false;
+        for _ in 0..100 {
+            let (status, _) = puts
+                .publish(json!({"receiver": "alice", "kind": "test"}))
+                .await;
+            assert_eq!(status, 202);
+            let frame = w.next_json().await;
+            let version = frame["design_version"].as_u64().unwrap();
+            assert!(version == 1 || !seen_new, "back to an old version: {frame}");
+            seen_new |= version == 1;
+            w.show(frame["alert"]["id"].as_str().unwrap()).await;
+            if seen_new {
+                break;
+            }
+        }
+        assert!(seen_new, "the other node never took the new designs");
+    }
+    for (value, variation, color) in [("10", None, "#ffffff"), ("150.00", Some("big"), "#ff3355")] {
+        let (status, _) = puts.publish(donation(value)).await;
+        assert_eq!(status, 202);
+        let frame = w.next_json().await;
+        assert_eq!(frame["type"], "alert", "{frame}");
+        assert_eq!(frame["design_version"], 1, "{frame}");
+        assert_eq!(frame["design"]["design"], "donation", "{frame}");
+        assert_eq!(frame["design"]["locale"], "pt-BR", "{frame}");
+        assert_eq!(
+            frame["design"]["title"], "{from} mandou {amount}",
+            "{frame}"
+        );
+        assert_eq!(
+            frame["design"]["font_size"], 48,
+            "from the default design: {frame}"
+        );
+        assert_eq!(frame["design"]["variation"].as_str(), variation, "{frame}");
+        assert_eq!(frame["design"]["text_color"], color, "{frame}");
+        w.show(frame["alert"]["id"].as_str().unwrap()).await;
+    }
+}
+
+#[actix_web::test]
+async fn a_design_change_reaches_the_next_alert_embedded() {
+    let app = TestApp::memory().await;
+    a_design_change_reaches_the_next_alert(&app, &app).await;
+}
+
+#[actix_web::test]
+async fn a_design_put_on_one_node_reaches_the_widgets_of_another() {
+    let redis = RedisServer::spawn().await;
+    let a = TestApp::redis(&redis).await;
+    let b = TestApp::redis(&redis).await;
+    a_design_change_reaches_the_next_alert(&a, &b).await;
+}
+
+#[actix_web::test]
+async fn on_a_cluster_a_design_put_on_one_node_reaches_the_widgets_of_another() {
+    let cluster = RedisCluster::spawn().await;
+    let mut args = serve_args(Some(cluster.seeds()));
+    args.redis.cluster = true;
+    let a = TestApp::spawn(args.clone()).await;
+    let b = TestApp::spawn(args).await;
+    a_design_change_reaches_the_next_alert(&a, &b).await;
+}
