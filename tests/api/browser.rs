@@ -408,7 +408,7 @@ const CONNECTED: &str =
 const RECORDER: &str = r#"(() => {
   const stage = document.getElementById('stage');
   window.__state = () => {
-    const cards = [...document.querySelectorAll('.card, [data-alert-id]')];
+    const cards = [...document.querySelectorAll('.alert, [data-alert-id]')];
     const visible = cards.filter((c) => !c.hidden && getComputedStyle(c).display !== 'none');
     const card = document.getElementById('card');
     return {
@@ -1041,4 +1041,214 @@ async fn the_dock_approves_a_held_alert_onto_a_widget_and_replays_one_from_histo
     );
     page.assert_no_uncaught_errors();
     assert_eq!(page.eval("window.__csp.length").await, json!(0));
+}
+
+/// Serves one SVG image to any GET, on a port of its own, for as long as the test runs: an image
+/// as large as `width` x `height` with nothing to fetch beyond it.
+async fn image_server(width: u32, height: u32) -> String {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let svg = format!(
+        r##"<svg xmlns="http://www.w3.org/2000/svg" width="{width}" height="{height}" viewBox="0 0 40 30"><rect width="40" height="30" rx="4" fill="#7a5cff"/><circle cx="20" cy="15" r="9" fill="#ffd35c"/></svg>"##
+    );
+    tokio::spawn(async move {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        // Bounded: the test's runtime ends with the test, and this task with it.
+        while let Ok((mut socket, _)) = listener.accept().await {
+            let svg = svg.clone();
+            tokio::spawn(async move {
+                let mut request = [0u8; 2048];
+                let _ = socket.read(&mut request).await;
+                let head = format!(
+                    "HTTP/1.1 200 OK\r\nContent-Type: image/svg+xml\r\nContent-Length: {}\r\n\
+                     Connection: close\r\n\r\n",
+                    svg.len()
+                );
+                let _ = socket.write_all(head.as_bytes()).await;
+                let _ = socket.write_all(svg.as_bytes()).await;
+            });
+        }
+    });
+    format!("http://127.0.0.1:{port}/image.svg")
+}
+
+/// Where the alert is against the canvas, and what the design did to it.
+const GEOMETRY: &str = r#"(() => {
+  const card = document.getElementById('card').getBoundingClientRect();
+  const title = document.getElementById('title');
+  const image = document.getElementById('image');
+  return {
+    inside: card.top >= -1 && card.left >= -1 && card.bottom <= innerHeight + 1
+      && card.right <= innerWidth + 1 && card.height > 0,
+    card: [card.left, card.top, card.right, card.bottom, innerWidth, innerHeight],
+    title: title.textContent,
+    titleElements: title.querySelectorAll('*:not(.hl)').length,
+    color: getComputedStyle(title).color,
+    letterSpacing: getComputedStyle(title).letterSpacing,
+    bodyBackground: getComputedStyle(document.body).backgroundColor,
+    imageShown: !image.hidden && getComputedStyle(image).display !== 'none',
+    imageGap: image.hidden ? 0 : image.getBoundingClientRect().height,
+    variation: document.getElementById('card').dataset.variation,
+    layout: document.getElementById('card').className,
+    loadedOnce: window.__loadedOnce === true,
+    pwned: typeof window.__pwned,
+  };
+})()"#;
+
+async fn put_designs(app: &TestApp, body: Value) {
+    let mut res = app
+        .http
+        .put(format!("{}/receivers/alice/designs", app.base))
+        .insert_header(("Authorization", format!("Bearer {PUBLISH_KEY}")))
+        .send_body(body.to_string())
+        .await
+        .expect("the node answers");
+    assert_eq!(
+        res.status().as_u16(),
+        200,
+        "{:?}",
+        res.json::<Value>().await
+    );
+}
+
+/// Publishes `alert` and waits until the page shows it; answers its geometry.
+async fn shown(app: &TestApp, page: &mut Page, alert: Value) -> Value {
+    let (status, body) = app.publish(alert).await;
+    assert_eq!(status, 202, "{body}");
+    let id = body["id"].as_str().unwrap();
+    page.wait_for(
+        &format!(
+            "window.cuebox.current === '{id}' && window.cuebox.shown.indexOf('{id}') !== -1 \
+             && document.getElementById('card').getAnimations()\
+                  .every((a) => a.playState === 'finished')"
+        ),
+        PROMPTLY,
+        &format!("alert {id} is shown, its animation in over"),
+    )
+    .await;
+    page.eval(GEOMETRY).await
+}
+
+#[actix_web::test]
+async fn designs_fit_the_canvas_apply_their_css_and_change_without_a_reload() {
+    let app = TestApp::memory().await;
+    let image = image_server(4000, 3000).await;
+    let broken = format!("http://127.0.0.1:{}/broken.gif", free_port());
+    let mut page = Page::open(&widget_url(&app, "alice")).await;
+    page.wait_for(CONNECTED, PROMPTLY, "the widget connects")
+        .await;
+    page.eval("window.__loadedOnce = true").await;
+
+    put_designs(
+        &app,
+        json!({"locale": "pt-BR", "designs": {"donation": {
+            "title": "{from} · {data.note} · {amount}", "image": broken,
+            "css": ".title { letter-spacing: 7px } body { background: #ff0000 }",
+            "variations": [{"name": "big", "when": {"min_amount": {"value": "100", "currency": "BRL"}},
+                            "set": {"text_color": "#ff3355"}}]
+        }}}),
+    )
+    .await;
+    let long_name = "Ana Beatriz 🎉 مرحبا "
+        .repeat(4)
+        .chars()
+        .take(64)
+        .collect::<String>();
+    let worst = [
+        // A 64-character name, a 500-character message, a large amount: the variation by amount.
+        json!({"receiver": "alice", "kind": "donation", "from": long_name, "duration_ms": 1000,
+               "message": "palavra ".repeat(63).chars().take(500).collect::<String>(),
+               "amount": {"value": "150.00", "currency": "BRL"},
+               "data": {"note": "<img src=x onerror=window.__pwned=1>"}}),
+        // Sixty line breaks.
+        json!({"receiver": "alice", "kind": "donation", "from": "Bia", "duration_ms": 1000,
+               "message": "oi\n".repeat(60), "amount": {"value": "5", "currency": "BRL"},
+               "data": {"note": "x"}}),
+    ];
+    for (n, alert) in worst.into_iter().enumerate() {
+        let g = shown(&app, &mut page, alert).await;
+        assert_eq!(g["inside"], true, "alert {n} leaves the canvas: {g}");
+        assert_eq!(g["imageShown"], false, "a failed image leaves no gap: {g}");
+        assert_eq!(g["letterSpacing"], "7px", "the design's CSS applies: {g}");
+        assert_eq!(
+            g["bodyBackground"], "rgba(0, 0, 0, 0)",
+            "CSS stays in the stage: {g}"
+        );
+        assert_eq!(g["titleElements"], 0, "template text became elements: {g}");
+        if n == 0 {
+            assert!(
+                g["title"].as_str().unwrap().contains("<img src=x onerror"),
+                "{g}"
+            );
+            assert!(
+                g["title"].as_str().unwrap().contains("R$\u{a0}150,00"),
+                "pt-BR: {g}"
+            );
+            assert_eq!(
+                (&g["variation"], &g["color"]),
+                (&json!("big"), &json!("rgb(255, 51, 85)")),
+                "{g}"
+            );
+        } else {
+            assert_eq!(
+                (&g["variation"], &g["color"]),
+                (&json!(""), &json!("rgb(255, 255, 255)")),
+                "{g}"
+            );
+        }
+    }
+
+    // Each layout, with a large image and long right-to-left text, fits; saved for the docs
+    // with CUEBOX_SCREENSHOTS=dir.
+    for layout in [
+        "image_above",
+        "image_left",
+        "image_right",
+        "image_behind",
+        "text_only",
+    ] {
+        put_designs(
+            &app,
+            json!({"designs": {"default": {"layout": layout, "image": image, "text_color": "#00ff88"}}}),
+        )
+        .await;
+        let g = shown(
+            &app,
+            &mut page,
+            json!({"receiver": "alice", "kind": "raid", "from": long_name, "duration_ms": 1000,
+                   "message": "שלום לכולם! 🎉 ".repeat(12)}),
+        )
+        .await;
+        assert_eq!(g["inside"], true, "{layout} leaves the canvas: {g}");
+        assert_eq!(
+            g["color"], "rgb(0, 255, 136)",
+            "the new design, no reload: {g}"
+        );
+        assert_eq!(g["loadedOnce"], true, "the page was reloaded: {g}");
+        assert!(g["layout"].as_str().unwrap().contains(layout), "{g}");
+        assert_eq!(g["imageShown"], layout != "text_only", "{layout}: {g}");
+        if let Ok(dir) = std::env::var("CUEBOX_SCREENSHOTS") {
+            page.call(
+                "Emulation.setDefaultBackgroundColorOverride",
+                json!({ "color": { "r": 40, "g": 44, "b": 52, "a": 1 } }),
+            )
+            .await;
+            let shot = page
+                .call("Page.captureScreenshot", json!({ "format": "png" }))
+                .await;
+            let png = shot["data"].as_str().expect("screenshot data");
+            use base64::Engine;
+            let png = base64::engine::general_purpose::STANDARD
+                .decode(png)
+                .unwrap();
+            std::fs::write(format!("{dir}/layout-{layout}.png"), png).unwrap();
+        }
+    }
+    assert_eq!(page.eval("typeof window.__pwned").await, json!("undefined"));
+    assert_eq!(
+        page.eval("window.__csp").await,
+        json!([]),
+        "nothing the CSP had to stop"
+    );
+    page.assert_no_uncaught_errors();
 }
