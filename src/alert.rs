@@ -12,6 +12,8 @@ use std::time::SystemTime;
 use serde::Serialize;
 use serde_json::{Map, Value};
 
+use crate::design::Designs;
+
 /// The streamer an alert is for: 1 to 64 of `[A-Za-z0-9_-]`.
 ///
 /// The character set matters beyond looks: the id is placed inside a Redis hash tag (`{id}`), so
@@ -143,6 +145,9 @@ pub struct NewAlert {
     pub message: Option<String>,
     pub media: Option<Media>,
     pub duration_ms: u32,
+    /// Whether the publisher gave `duration_ms`; if not, the receiver's design for the alert
+    /// may set it (see [`NewAlert::into_record_with`]).
+    pub duration_given: bool,
     pub data: Option<Map<String, Value>>,
     pub idempotency_key: Option<String>,
     pub priority: Priority,
@@ -249,6 +254,7 @@ impl NewAlert {
             None | Some(Value::Null) => None,
             Some(v) => Some(parse_media(v)?),
         };
+        let duration_given = !matches!(obj.get("duration_ms"), None | Some(Value::Null));
         let duration_ms = match obj.remove("duration_ms") {
             None | Some(Value::Null) => DEFAULT_DURATION_MS,
             Some(v) => match v.as_u64() {
@@ -317,6 +323,7 @@ impl NewAlert {
             message,
             media,
             duration_ms,
+            duration_given,
             data,
             idempotency_key,
             priority,
@@ -334,6 +341,7 @@ impl NewAlert {
             message: Some("This is a test alert.".into()),
             media: None,
             duration_ms: DEFAULT_DURATION_MS,
+            duration_given: false,
             data: None,
             idempotency_key: None,
             priority: Priority::Normal,
@@ -342,7 +350,21 @@ impl NewAlert {
 
     /// Gives the alert a fresh id and creation time and serializes it for widgets.
     pub fn into_record(self) -> AlertRecord {
+        self.into_record_with(&Designs::default())
+    }
+
+    /// As [`NewAlert::into_record`], with the duration the receiver's `designs` give an alert
+    /// that carries none (the look it will be shown with, resolved as the widget's will be).
+    pub fn into_record_with(mut self, designs: &Designs) -> AlertRecord {
         let id = uuid::Uuid::new_v4().to_string();
+        if !self.duration_given && !designs.designs.is_empty() {
+            let alert = serde_json::json!({
+                "id": id, "kind": self.kind, "amount": self.amount, "data": self.data
+            });
+            if let Some(ms) = designs.resolve(&alert).look.duration_ms {
+                self.duration_ms = ms.0;
+            }
+        }
         let created_at = humantime::format_rfc3339_millis(SystemTime::now()).to_string();
         let json = serde_json::to_string(&AlertJson {
             id: &id,

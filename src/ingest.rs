@@ -200,7 +200,8 @@ impl Ingest {
             self.ack(con, &entry).await;
             return;
         }
-        let record = alert.into_record();
+        let designs = self.settings.designs(&alert.receiver);
+        let record = alert.into_record_with(&designs);
         let span = tracing::Span::current();
         span.record("receiver", record.receiver.as_str());
         span.record("alert_id", record.id.as_str());

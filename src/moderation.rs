@@ -21,6 +21,7 @@ use serde::{Deserialize, Serialize};
 use unicode_normalization::char::is_combining_mark;
 
 use crate::alert::{Amount, Decimal, FieldError, NewAlert, ReceiverId};
+use crate::design::Designs;
 use crate::store::{Store, StoreError};
 
 /// How long a node uses settings it read before reading them again (in the background): a
@@ -30,7 +31,9 @@ pub const SETTINGS_FRESH: Duration = Duration::from_secs(2);
 /// Receivers whose settings a node holds at once; past it the oldest half is let go.
 const SETTINGS_HELD: usize = 10_000;
 
-/// Each receiver's settings as this node last read them, so a publish costs the store no read.
+/// Each receiver's settings as this node last read them, so a publish costs the store no read;
+/// and its designs alike, for the duration of an alert that carries none (widgets are sent the
+/// newest designs by the hub, which hears of each new version at once).
 ///
 /// Settings older than [`SETTINGS_FRESH`] are still used, and read again in the background: a
 /// publish waits for the store only the first time this node meets the receiver, and a store that
@@ -43,6 +46,7 @@ pub struct SettingsCache {
 struct Held {
     at: Instant,
     settings: Arc<Settings>,
+    designs: Arc<Designs>,
     /// A read is under way.
     reading: bool,
 }
@@ -99,8 +103,31 @@ impl SettingsCache {
             }),
         };
         let settings = Arc::new(settings);
-        self.hold(receiver, settings.clone());
+        let designs = match self.store.designs(receiver, 1).await?.into_iter().next() {
+            None => Designs::default(),
+            Some(v) => Designs::parse_stored(&v.json).unwrap_or_else(|e| {
+                tracing::warn!(%receiver, error = %e.message, "stored designs do not parse; using the built-in ones");
+                Designs::default()
+            }),
+        };
+        self.hold(receiver, settings.clone(), Arc::new(designs));
         Ok(settings)
+    }
+
+    /// The receiver's designs as last read with its settings (by [`SettingsCache::get`]); the
+    /// built-in ones if none are held.
+    pub fn designs(&self, receiver: &ReceiverId) -> Arc<Designs> {
+        self.lock()
+            .get(receiver)
+            .map(|h| h.designs.clone())
+            .unwrap_or_default()
+    }
+
+    /// New designs were kept on this node: publishes here use them at once.
+    pub fn designs_put(&self, receiver: &ReceiverId, designs: Designs) {
+        if let Some(h) = self.lock().get_mut(receiver) {
+            h.designs = Arc::new(designs);
+        }
     }
 
     /// Keeps new settings in the store, and uses them here at once.
@@ -108,11 +135,12 @@ impl SettingsCache {
         // unwrap: settings are plain strings, maps and booleans.
         let json = serde_json::to_string(&settings).expect("settings serialize");
         self.store.put_settings(receiver, &json).await?;
-        self.hold(receiver, Arc::new(settings));
+        let designs = self.designs(receiver);
+        self.hold(receiver, Arc::new(settings), designs);
         Ok(())
     }
 
-    fn hold(&self, receiver: &ReceiverId, settings: Arc<Settings>) {
+    fn hold(&self, receiver: &ReceiverId, settings: Arc<Settings>, designs: Arc<Designs>) {
         let mut held = self.lock();
         if held.len() >= SETTINGS_HELD && !held.contains_key(receiver) {
             held.retain(|_, h| h.at.elapsed() < SETTINGS_FRESH);
@@ -126,6 +154,7 @@ impl SettingsCache {
             Held {
                 at: now,
                 settings,
+                designs,
                 reading: false,
             },
         );

@@ -398,7 +398,10 @@ pub async fn test(
     state: web::Data<AppState>,
 ) -> Result<HttpResponse, ApiError> {
     let receiver = controlled(&req, &path, query.token.as_deref(), &state).await?;
-    let record = NewAlert::test(receiver.clone()).into_record();
+    // The designs as read with the settings (the test's duration is its design's).
+    state.settings.get(&receiver).await?;
+    let designs = state.settings.designs(&receiver);
+    let record = NewAlert::test(receiver.clone()).into_record_with(&designs);
     let position = match state.hub.publish(&record, None).await? {
         Publish::Accepted { position, .. } => position,
         Publish::QueueFull => return Err(ApiError::QueueFull),

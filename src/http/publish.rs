@@ -105,7 +105,8 @@ async fn accept(
             })));
     }
     let idempotency_key = alert.idempotency_key.clone();
-    let record = alert.into_record();
+    let designs = state.settings.designs(&alert.receiver);
+    let record = alert.into_record_with(&designs);
     let span = tracing::Span::current();
     span.record("receiver", record.receiver.as_str());
     span.record("alert_id", record.id.as_str());

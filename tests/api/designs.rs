@@ -25,6 +25,7 @@ fn donation_design() -> Value {
     json!({"locale": "pt-BR", "designs": {
         "donation": {
             "layout": "image_left", "title": "{from} mandou {amount}", "text_color": "#ffffff",
+            "duration_ms": 4000,
             "animation_in": {"name": "slide_from_left", "duration_ms": 300},
             "variations": [
                 {"name": "big", "when": {"min_amount": {"value": "100", "currency": "BRL"}},
@@ -240,8 +241,20 @@ async fn a_design_change_reaches_the_next_alert(puts: &TestApp, shows: &TestApp)
         );
         assert_eq!(frame["design"]["variation"].as_str(), variation, "{frame}");
         assert_eq!(frame["design"]["text_color"], color, "{frame}");
+        assert_eq!(
+            frame["alert"]["duration_ms"], 4000,
+            "the design's, the alert had none: {frame}"
+        );
         w.show(frame["alert"]["id"].as_str().unwrap()).await;
     }
+    let mut own = donation("1");
+    own["duration_ms"] = json!(2500);
+    assert_eq!(puts.publish(own).await.0, 202);
+    let frame = w.next_json().await;
+    assert_eq!(
+        frame["alert"]["duration_ms"], 2500,
+        "its own duration: {frame}"
+    );
 }
 
 #[actix_web::test]
