@@ -14,7 +14,11 @@
 //! # How the rules read
 //!
 //! - **Dispatch** (free to busy) is `dispatch`, the only place an alert goes out,
-//!   and only while free and some widget is live on some node.
+//!   and only while free and some widget is live and on air on some node. A widget off air (in
+//!   OBS, on a scene that is not live) still counts as live: it keeps the alert in flight and
+//!   shows it, silently; but an audience of such widgets alone sends nothing new, so alerts wait
+//!   rather than play to nobody. A node reports its widgets off air only for receivers that hold
+//!   alerts while inactive (`hold_while_inactive`, on by default).
 //! - **Completion** (busy to free) is `complete`, for `done` and `expired`.
 //! - **Lanes.** A receiver's waiting alerts are in two lanes: the priority lane (high-priority
 //!   alerts, and an alert put back at the head) goes out before the normal one; each is FIFO.
@@ -95,6 +99,8 @@ pub struct InFlight {
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Presence {
     pub widgets: u32,
+    /// Of them, the widgets off air: they hold the alert in flight but release none.
+    pub inactive: u32,
     /// The report counts until then unless refreshed.
     pub live_until: Millis,
 }
@@ -178,8 +184,13 @@ pub enum Command<'a> {
     Replay { alert: Stored },
     /// Moderation kept an alert off screen: it is only recorded in history.
     Filtered { alert: Stored },
-    /// A node's widgets for the receiver changed.
-    Widgets { node: &'a str, change: WidgetChange },
+    /// A node's widgets for the receiver changed; `inactive` of them (after the change) are off
+    /// air.
+    Widgets {
+        node: &'a str,
+        change: WidgetChange,
+        inactive: u32,
+    },
     /// A widget began to show alert `id`.
     Started { id: &'a str },
     /// A widget finished alert `id`.
@@ -387,7 +398,11 @@ impl Step<'_> {
                 self.record(alert, Mark::Filtered, trail);
                 (Answer::Changed, false)
             }
-            Command::Widgets { node, change } => self.widgets(node, change),
+            Command::Widgets {
+                node,
+                change,
+                inactive,
+            } => self.widgets(node, change, inactive),
             Command::Started { id } => {
                 let grace = ms(self.rules.ack_grace);
                 if let Some(f) = self.flight_matching(id).filter(|f| !f.started) {
@@ -554,7 +569,7 @@ impl Step<'_> {
         (Answer::Cleared { ids, left }, false)
     }
 
-    fn widgets(&mut self, node: &str, change: WidgetChange) -> (Answer, bool) {
+    fn widgets(&mut self, node: &str, change: WidgetChange, inactive: u32) -> (Answer, bool) {
         let now = self.now;
         if change == WidgetChange::Joined && self.live() >= self.rules.max_widgets {
             return (Answer::TooManyWidgets(self.rules.max_widgets), false);
@@ -572,6 +587,7 @@ impl Step<'_> {
         if mine > 0 {
             let report = Presence {
                 widgets: mine,
+                inactive: inactive.min(mine),
                 live_until: now + ms(super::PRESENCE_TTL),
             };
             match self.r.presence.get_mut(node) {
@@ -596,6 +612,14 @@ impl Step<'_> {
     /// Live widgets over all nodes.
     fn live(&self) -> u32 {
         self.r.live_widgets(self.now)
+    }
+
+    /// Whether some live widget is on air: someone will see what goes out.
+    fn on_air(&self) -> bool {
+        self.r
+            .presence
+            .values()
+            .any(|p| p.live_until > self.now && p.widgets > p.inactive)
     }
 
     fn flight_matching(&mut self, id: &str) -> Option<&mut InFlight> {
@@ -678,7 +702,7 @@ impl Step<'_> {
     /// Free to busy: the one place an alert goes out. Only while free, not paused, and someone
     /// can see it.
     fn dispatch(&mut self) {
-        if self.r.flight.is_some() || self.r.paused || self.live() == 0 {
+        if self.r.flight.is_some() || self.r.paused || !self.on_air() {
             return;
         }
         let lane = if self.r.priority.is_empty() {
@@ -869,7 +893,12 @@ mod tests {
 
     fn join(r: &mut Receiver, now: Millis) -> Outcome {
         let change = WidgetChange::Joined;
-        apply(r, Command::Widgets { node: NODE, change }, now, &rules())
+        let command = Command::Widgets {
+            node: NODE,
+            change,
+            inactive: 0,
+        };
+        apply(r, command, now, &rules())
     }
 
     fn flight(o: &Outcome) -> Option<(&str, u32)> {

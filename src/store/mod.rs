@@ -26,6 +26,11 @@
 //!   is given that alert (e); the [`Snapshot`] every call returns carries it. A widget that a
 //!   stopping node lets go is *withdrawn*, not gone: its alert stays in flight for it to get
 //!   again when it reconnects to another node.
+//! - **Off air.** A node's report also says how many of its widgets are *off air* (in OBS, on a
+//!   scene that is not live; reported only for receivers that hold alerts while inactive). Off
+//!   air widgets are live: they keep the alert in flight, show it silently and say `done`. But
+//!   dispatch also needs some live widget *on air*, so an audience off air alone holds the queue,
+//!   and the first widget on air releases it ([`Store::audience`]).
 //! - **Timeouts** (g). A sent alert not `started` within the start timeout is sent again with
 //!   `attempt + 1`. A `started` alert not `done` within `duration_ms` plus the ack grace completes
 //!   as expired. Nodes learn deadlines from snapshots and call [`Store::check`] when one passes;
@@ -509,9 +514,21 @@ pub trait Store: Send + Sync + 'static {
         receiver: &ReceiverId,
         change: WidgetChange,
     ) -> Result<Snapshot, StoreError> {
+        self.audience(receiver, change, 0).await
+    }
+
+    /// As [`Store::widgets`], saying how many of this node's widgets for the receiver are off
+    /// air after the change: they keep the alert in flight but release nothing new.
+    async fn audience(
+        &self,
+        receiver: &ReceiverId,
+        change: WidgetChange,
+        inactive: u32,
+    ) -> Result<Snapshot, StoreError> {
         let command = machine::Command::Widgets {
             node: self.node(),
             change,
+            inactive,
         };
         self.apply(receiver, command).await?.into_snapshot()
     }

@@ -849,6 +849,71 @@ async fn a_held_alert_approves_itself_when_its_time_comes(b: Backing) {
     assert_eq!(s.store.status(&r).await.unwrap().held, 0);
 }
 
+async fn widgets_off_air_hold_the_queue_and_the_first_on_air_releases_it(b: Backing) {
+    let s = make_store(&b, fast_rules(), NODE).await;
+    let r = receiver("alice");
+    // Two widgets, both off air (their OBS scenes are not live): nothing goes out.
+    s.store.audience(&r, WidgetChange::Joined, 1).await.unwrap();
+    let snap = s.store.audience(&r, WidgetChange::Joined, 2).await.unwrap();
+    assert_eq!(flight_id(&snap), None);
+    let (a1, snap) = publish(&s, "alice", "one").await;
+    assert_eq!(
+        flight_id(&snap),
+        None,
+        "an audience off air alone holds the queue"
+    );
+    let (a2, _) = publish(&s, "alice", "two").await;
+    assert_eq!(queued(&s, "alice").await, 2);
+    assert_eq!(
+        s.store.status(&r).await.unwrap().widgets,
+        2,
+        "still counted as connected"
+    );
+
+    // One goes on air: the head goes out at once.
+    let snap = s
+        .store
+        .audience(&r, WidgetChange::Refresh(2), 1)
+        .await
+        .unwrap();
+    assert_eq!(
+        flight_id(&snap),
+        Some(a1.clone()),
+        "the first on air releases it"
+    );
+    // Back off air mid-alert: the alert in flight stays (an off-air widget still shows it,
+    // silently, and says done), but nothing new goes out after it.
+    let snap = s
+        .store
+        .audience(&r, WidgetChange::Refresh(2), 2)
+        .await
+        .unwrap();
+    assert_eq!(
+        flight_id(&snap),
+        Some(a1.clone()),
+        "off air keeps the alert in flight"
+    );
+    start(&s, &r, &a1).await;
+    let snap = s.store.done(&r, &a1).await.unwrap();
+    assert_eq!(
+        flight_id(&snap),
+        None,
+        "done, and the next waits for someone on air"
+    );
+    assert_eq!(queued(&s, "alice").await, 1);
+    // A widget that joins on air (every widget does, until OBS says otherwise) releases it.
+    let snap = s.store.audience(&r, WidgetChange::Joined, 2).await.unwrap();
+    assert_eq!(flight_id(&snap), Some(a2.clone()));
+    // The last widget leaving still puts it back, off air or not.
+    s.store
+        .audience(&r, WidgetChange::Refresh(1), 1)
+        .await
+        .unwrap();
+    let snap = s.store.audience(&r, WidgetChange::Left, 0).await.unwrap();
+    assert_eq!(flight_id(&snap), None);
+    assert_eq!(queued(&s, "alice").await, 1, "put back at the head");
+}
+
 macro_rules! conformance {
     ($($case:ident),* $(,)?) => {
         mod memory {
@@ -890,6 +955,7 @@ macro_rules! conformance {
 
 conformance!(
     alerts_go_out_one_at_a_time_in_order,
+    widgets_off_air_hold_the_queue_and_the_first_on_air_releases_it,
     nothing_goes_out_while_no_widget_is_connected,
     a_widget_that_joins_mid_alert_gets_the_alert_in_flight,
     only_a_done_for_the_alert_in_flight_completes_it,

@@ -71,6 +71,8 @@ enum Op {
         r: usize,
         node: usize,
         change: WidgetChange,
+        /// The node's widgets off air after the change.
+        inactive: u32,
     },
     Started {
         r: usize,
@@ -156,7 +158,8 @@ fn op() -> impl Strategy<Value = Op> {
         1 => (r.clone(), held.clone()).prop_map(|(r, which)| Op::Approve { r, which }),
         1 => (r.clone(), held).prop_map(|(r, which)| Op::Deny { r, which }),
         1 => r.clone().prop_map(|r| Op::Wake { r }),
-        3 => (r.clone(), node.clone(), change).prop_map(|(r, node, change)| Op::Widgets { r, node, change }),
+        3 => (r.clone(), node.clone(), change, prop_oneof![3 => Just(0u32), 1 => 1u32..3])
+            .prop_map(|(r, node, change, inactive)| Op::Widgets { r, node, change, inactive }),
         2 => (r.clone(), which.clone()).prop_map(|(r, which)| Op::Started { r, which }),
         3 => (r.clone(), which.clone()).prop_map(|(r, which)| Op::Done { r, which }),
         2 => (r.clone(), which.clone()).prop_map(|(r, which)| Op::Check { r, which }),
@@ -506,14 +509,23 @@ async fn run(under: &mut Under, ops: Vec<Op>) -> Result<(), TestCaseError> {
                     .await;
                 same(step, op, Ok(m), x)?;
             }
-            Op::Widgets { r, node, change } => {
+            Op::Widgets {
+                r,
+                node,
+                change,
+                inactive,
+            } => {
                 let name = RECEIVERS[r];
                 let command = Command::Widgets {
                     node: under.node_name(node),
                     change,
+                    inactive,
                 };
                 let m = model.apply(name, command).answered().into_snapshot();
-                let x = under.store(node).widgets(&receiver(name), change).await;
+                let x = under
+                    .store(node)
+                    .audience(&receiver(name), change, inactive)
+                    .await;
                 same(step, op, m, x)?;
             }
             Op::Started { r, which } => {

@@ -247,6 +247,7 @@ impl RedisStore {
         &self,
         receiver: &ReceiverId,
         change: WidgetChange,
+        inactive: u32,
     ) -> Result<Answered, StoreError> {
         let (change, count) = match change {
             WidgetChange::Joined => ("joined", 0),
@@ -256,15 +257,13 @@ impl RedisStore {
         };
         let max = self.core.rules.max_widgets.to_string();
         let ttl = PRESENCE_TTL.as_millis().to_string();
-        let (reply, now) = self
-            .core
-            .run(
-                receiver,
-                Call::Widgets,
-                None,
-                &[change, &count.to_string(), &max, &ttl],
-            )
-            .await?;
+        let (count, inactive) = (count.to_string(), inactive.to_string());
+        // Off-air widgets are rare: the common call leaves the count out.
+        let args: &[&str] = match inactive.as_str() {
+            "0" => &[change, &count, &max, &ttl],
+            _ => &[change, &count, &max, &ttl, &inactive],
+        };
+        let (reply, now) = self.core.run(receiver, Call::Widgets, None, args).await?;
         if kind_of(&reply) == Some("too_many") {
             let answer = Answer::TooManyWidgets(self.core.rules.max_widgets);
             return Ok(Answered {
@@ -504,9 +503,11 @@ impl Store for RedisStore {
                 let args = [&*entry, &*header, &*keep];
                 changed(self.core.transition(receiver, call, &args).await?)
             }
-            Command::Widgets { node, change } if node == &*self.core.node => {
-                self.widgets_call(receiver, change).await
-            }
+            Command::Widgets {
+                node,
+                change,
+                inactive,
+            } if node == &*self.core.node => self.widgets_call(receiver, change, inactive).await,
             Command::Widgets { node, .. } => Err(StoreError::Protocol(format!(
                 "node {} cannot report widgets for node {node}",
                 self.core.node

@@ -28,7 +28,8 @@
 --                                   not a space, so the trail is found without a pattern)
 --                          alert    the alert in flight, as its queue entry
 --                          live     live widgets, cached: "<until, ms> <the node holding them
---                                   all, or *>", or "0" for none (see presence())
+--                                   all, or *>", followed by " quiet" while all are off air,
+--                                   or "0" for none (see presence())
 --                          hold     "p" while the streamer has paused the receiver, followed by
 --                                   how many alerts wait in the priority lane (KEYS[4]) when
 --                                   any do, then "h", how many are held for approval and, if any
@@ -49,7 +50,8 @@
 --                          alerts put back at the head. It goes out before the queue. Its
 --                          length is in the receiver's `hold`, so dispatch knows which lane to pop
 --                          without asking.
--- KEYS[5] widgets  hash    node id -> "<widgets> <live until, ms>", given only to the functions
+-- KEYS[5] widgets  hash    node id -> "<widgets> <live until, ms>[ <of them off air>]" (see
+--                          widgets()), given only to the functions
 --                          that always read it (widgets, sweep, status); the others find it from
 --                          KEYS[1] on the rare call that must count afresh (widgets_key()), since
 --                          each key passed costs every call about 1k instructions
@@ -293,6 +295,7 @@ local function open(keys, args, with_alert, f)
   if with_alert then c.alert, c.alert_read = f[5], true end
   c.had_flight, c.flight_changed, c.dirty = f[2] ~= false, false, false
   c.live_known, c.live_any, c.live_others, c.recounted = false, false, false, false
+  c.on_air = false
   -- What this call did, in order, for the caller's metrics: sent resent requeued done expired.
   c.happened = ''
   return c, not f[1] and not f[2]
@@ -351,19 +354,23 @@ end
 -- Counts the live widgets over all nodes' reports (`flat`, as HGETALL gives it) and caches
 -- whether there are any, until the first counted report expires. Answers the count.
 local function count(c, flat)
-  local total, sole, soonest = 0, nil, nil
+  local total, on_air, sole, soonest = 0, 0, nil, nil
   for i = 1, #flat, 2 do
-    local n, live_until = string.match(flat[i + 1], '^(%d+) (%d+)$')
+    local n, live_until, inactive = string.match(flat[i + 1], '^(%d+) (%d+) ?(%d*)$')
     n, live_until = tonumber(n), tonumber(live_until)
     if n and n > 0 and live_until > c.now then
       total = total + n
+      on_air = on_air + math.max(0, n - (tonumber(inactive) or 0))
       if sole == nil then sole = flat[i] elseif sole ~= flat[i] then sole = '*' end
       if soonest == nil or live_until < soonest then soonest = live_until end
     end
   end
-  c.live_known, c.live_any = true, total > 0
+  c.live_known, c.live_any, c.on_air = true, total > 0, on_air > 0
   c.live_others = total > 0 and sole ~= c.node
   if total > 0 then c.live = int(soonest) .. ' ' .. sole else c.live = '0' end
+  -- Live widgets all off air: marked, so the straight paths (which find no node of their own
+  -- in it) leave the call to the general one, which sends nothing new.
+  if total > 0 and on_air == 0 then c.live = c.live .. ' quiet' end
   c.recounted, c.dirty = true, true
   return total
 end
@@ -397,11 +404,14 @@ local function presence(c)
   if not c.live_known then
     local live = c.live
     if live == '0' then
-      c.live_known, c.live_any, c.live_others = true, false, false
+      c.live_known, c.live_any, c.live_others, c.on_air = true, false, false, false
     else
+      -- " quiet": every live widget is off air (see count()).
+      local quiet = live and string.sub(live, -6) == ' quiet'
+      if quiet then live = string.sub(live, 1, -7) end
       local fresh, mine = cached_live(live, c.args)
       if fresh then
-        c.live_known, c.live_any, c.live_others = true, true, not mine
+        c.live_known, c.live_any, c.live_others, c.on_air = true, true, not mine, not quiet
       else
         count(c, redis.call('HGETALL', widgets_key(c)))
       end
@@ -548,7 +558,7 @@ end
 -- Free to busy: the one place an alert goes out. Only while free, not paused, and someone can
 -- see it. From the priority lane while it holds any, else from the queue.
 local function dispatch(c)
-  if c.packed or c.id or c.paused or not presence(c) then return end
+  if c.packed or c.id or c.paused or not presence(c) or not c.on_air then return end
   while true do
     local entry
     if c.ahead and c.ahead ~= '0' then
@@ -829,7 +839,8 @@ local function publish(keys, args)
 end
 
 -- ARGV[5] joined, left, withdrawn or refresh; ARGV[6] the count, for refresh;
--- ARGV[7] most widgets of one receiver; ARGV[8] how long a report stays live, ms.
+-- ARGV[7] most widgets of one receiver; ARGV[8] how long a report stays live, ms; ARGV[9], if
+-- any, how many of the node's widgets are off air after the change (none if absent).
 local function widgets(keys, args)
   local c = open_to_write(keys, args)
   c.widgets_key = keys[5]
@@ -838,7 +849,7 @@ local function widgets(keys, args)
   if change == 'joined' and count(c, flat) >= tonumber(args[7]) then return {'too_many'} end
   local mine, kept = 0, {}
   for i = 1, #flat, 2 do
-    local n, live_until = string.match(flat[i + 1], '^(%d+) (%d+)$')
+    local n, live_until = string.match(flat[i + 1], '^(%d+) (%d+)')
     if flat[i] == c.node then
       mine = tonumber(n) or 0
     elseif not live_until or tonumber(live_until) <= c.now then
@@ -857,6 +868,9 @@ local function widgets(keys, args)
   end
   if mine > 0 then
     local report = mine .. ' ' .. int(c.now + tonumber(args[8]))
+    -- Of them, off air (absent for none, the common case).
+    local inactive = math.min(tonumber(args[9]) or 0, mine)
+    if inactive > 0 then report = report .. ' ' .. inactive end
     redis.call('HSET', keys[5], c.node, report)
     kept[#kept + 1], kept[#kept + 2] = c.node, report
   else
