@@ -91,6 +91,9 @@ pub struct LoadedDesigns {
 
 struct LocalWidget {
     id: u64,
+    /// On air: in OBS, on a scene that is live (every widget is until it says otherwise). One off
+    /// air holds the alert in flight but releases nothing new (see `store::Store::audience`).
+    on_air: bool,
     outbox: futures_channel::mpsc::Sender<Frame>,
     /// Counted by the store yet. Until then the widget gets no frames: an alert shown by a
     /// widget the store does not count could be put back in the queue (rule f) under it.
@@ -293,6 +296,7 @@ impl Hub {
             .widgets
             .push(LocalWidget {
                 id,
+                on_air: true,
                 outbox,
                 counted: false,
             });
@@ -312,7 +316,12 @@ impl Hub {
                 return Err(e);
             }
         }
-        match self.store.widgets(receiver, WidgetChange::Joined).await {
+        let off_air = self.off_air(receiver);
+        match self
+            .store
+            .audience(receiver, WidgetChange::Joined, off_air)
+            .await
+        {
             Ok(snapshot) => {
                 self.tell_widgets(receiver, true, &snapshot).await;
                 self.count_in(receiver, id, snapshot);
@@ -342,7 +351,8 @@ impl Hub {
         } else {
             WidgetChange::Left
         };
-        match self.store.widgets(receiver, change).await {
+        let off_air = self.off_air(receiver);
+        match self.store.audience(receiver, change, off_air).await {
             Ok(snapshot) => {
                 self.tell_widgets(receiver, false, &snapshot).await;
                 self.apply(receiver, snapshot)
@@ -351,6 +361,46 @@ impl Hub {
             // refresh corrects it.
             Err(e) => tracing::warn!(%receiver, error = %e, "could not record a widget leaving"),
         }
+    }
+
+    /// A widget went on air or off air (OBS showed or hid its scene): the store hears at once,
+    /// so the first widget on air releases what an audience off air held.
+    pub async fn on_air(&self, widget: &Widget, on_air: bool) {
+        let receiver = &widget.receiver;
+        let counts = {
+            let mut map = self.lock();
+            let Some(local) = map.get_mut(receiver) else {
+                return;
+            };
+            let Some(w) = local.widgets.iter_mut().find(|w| w.id == widget.id) else {
+                return;
+            };
+            if w.on_air == on_air {
+                return;
+            }
+            w.on_air = on_air;
+            (local.widgets.len() as u32, off_air_of(local))
+        };
+        let (count, off_air) = counts;
+        match self
+            .store
+            .audience(receiver, WidgetChange::Refresh(count), off_air)
+            .await
+        {
+            Ok(snapshot) => {
+                self.tell(receiver, Did::Other, Some(&snapshot));
+                self.apply(receiver, snapshot)
+            }
+            // The next refresh reports it.
+            Err(e) => {
+                tracing::warn!(%receiver, error = %e, "could not report a widget on or off air")
+            }
+        }
+    }
+
+    /// How many of this node's widgets for the receiver are off air.
+    fn off_air(&self, receiver: &ReceiverId) -> u32 {
+        self.lock().get(receiver).map_or(0, off_air_of)
     }
 
     /// A dock opens the receiver's feed here: it gets what it missed since event `since`, then
@@ -524,27 +574,27 @@ impl Hub {
     /// Re-reports this node's widgets for every receiver it holds, which keeps the reports live
     /// and re-reads each receiver's alert in flight.
     pub async fn refresh(&self) {
-        let held: Vec<(ReceiverId, u32)> = self
+        let held: Vec<(ReceiverId, u32, u32)> = self
             .lock()
             .iter()
             // Widgets still joining count too: a report one too high for a moment only delays
             // a requeue, while one too low could requeue an alert a widget is showing.
-            .map(|(r, l)| (r.clone(), l.widgets.len() as u32))
+            .map(|(r, l)| (r.clone(), l.widgets.len() as u32, off_air_of(l)))
             .collect();
         // A few at a time, so the calls share the connection's writes and reads (pipelined) but
         // never crowd out the alerts' calls beside them: with 10,000 idle widgets the node's CPU
         // fell from 8.1 % to 5.4 % (docs/benchmarks.md, `idle`).
         futures_util::stream::iter(held)
-            .for_each_concurrent(REFRESHING, |(receiver, count)| async move {
-                self.refresh_one(&receiver, count).await;
+            .for_each_concurrent(REFRESHING, |(receiver, count, off_air)| async move {
+                self.refresh_one(&receiver, count, off_air).await;
             })
             .await;
     }
 
-    async fn refresh_one(&self, receiver: &ReceiverId, count: u32) {
+    async fn refresh_one(&self, receiver: &ReceiverId, count: u32, off_air: u32) {
         match self
             .store
-            .widgets(receiver, WidgetChange::Refresh(count))
+            .audience(receiver, WidgetChange::Refresh(count), off_air)
             .await
         {
             Ok(snapshot) => {
@@ -694,8 +744,8 @@ impl Hub {
                 // which answers with the alert, before moving `seq` on.
                 if let Some(hub) = self.me.upgrade() {
                     let receiver = receiver.clone();
-                    let count = local.widgets.len() as u32;
-                    tokio::spawn(async move { hub.refresh_one(&receiver, count).await });
+                    let (count, off_air) = (local.widgets.len() as u32, off_air_of(local));
+                    tokio::spawn(async move { hub.refresh_one(&receiver, count, off_air).await });
                 }
                 return;
             };
@@ -743,6 +793,10 @@ impl Hub {
         });
         local.timer = Some(task.abort_handle());
     }
+}
+
+fn off_air_of(local: &Local) -> u32 {
+    local.widgets.iter().filter(|w| !w.on_air).count() as u32
 }
 
 /// Sends a frame to every counted widget (or one). A widget whose outbox is full is let go: its

@@ -12,6 +12,9 @@
 //! - `strip_links` (on unless turned off): anything URL-shaped in `from` or `message` is removed.
 //! - `hold_for_approval`, with `auto_approve_after_ms`: what passes the filters is held until the
 //!   streamer approves or denies it (or, with the delay, approves itself); see [`Settings::hold`].
+//! - `hold_while_inactive` (on unless turned off): alerts wait while every widget is off air.
+//!   Not moderation, but a receiver's setting all the same: the widget's connection reads it
+//!   when a widget says it went off air.
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::{Arc, Mutex};
@@ -184,6 +187,10 @@ pub struct Settings {
     pub hold_for_approval: bool,
     /// With `hold_for_approval`: a held alert approves itself this long after it was published.
     pub auto_approve_after_ms: Option<u64>,
+    /// Alerts wait while every widget is off air (in OBS, on a scene that is not live), rather
+    /// than play to nobody; on unless turned off.
+    #[serde(default = "on")]
+    pub hold_while_inactive: bool,
     /// `blocked_words` as matching sees them (see [`fold`]): made once when the settings are
     /// read, not at every publish.
     #[serde(skip)]
@@ -208,6 +215,7 @@ impl Settings {
     pub fn new() -> Self {
         Self {
             strip_links: true,
+            hold_while_inactive: true,
             ..Self::default()
         }
     }

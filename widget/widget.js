@@ -33,7 +33,7 @@
   // For tests and for a curious streamer's devtools.
   const status = {
     connected: false, shown: [], skipped: [], current: null, refused: null, design: null,
-    sounds: [],
+    sounds: [], onAir: true,
   };
   window.cuebox = status;
 
@@ -372,8 +372,10 @@
   }
 
   // Inside OBS sound plays by itself; an ordinary tab refuses sound until a click, and says so.
+  // Only a widget on air plays it: the same widget in a second, hidden scene stays silent, so no
+  // alert is ever heard twice.
   function play(audio, volume) {
-    if (!audio) return;
+    if (!audio || !status.onAir) return;
     audio.oncanplaythrough = null;
     audio.volume = clamp(volume, 0, 1, 0.6);
     status.sounds.push(audio.src);
@@ -411,6 +413,36 @@
   function oneOf(v, allowed, fallback) {
     return allowed.indexOf(v) !== -1 ? v : fallback;
   }
+
+  // ---- on air, as OBS tells it ----
+
+  // OBS's browser source says when its scene goes live on Program (active) and when it is shown
+  // at all (visible). The page gets no event at load, so it starts on air and corrects itself at
+  // the first event. Off air, it still shows what it is sent and says done, silently; and while
+  // every widget of the receiver is off air, the server holds new alerts back.
+  let obsActive = true;
+  let obsVisible = true;
+  function obsChanged() {
+    const onAir = obsActive && obsVisible;
+    if (onAir === status.onAir) return;
+    status.onAir = onAir;
+    if (!onAir && showing && showing.audio) {
+      try {
+        showing.audio.pause();
+      } catch (e) {
+        // nothing to stop
+      }
+    }
+    send({ type: 'active', active: onAir });
+  }
+  window.addEventListener('obsSourceActiveChanged', (event) => {
+    obsActive = !(event && event.detail && event.detail.active === false);
+    obsChanged();
+  });
+  window.addEventListener('obsSourceVisibleChanged', (event) => {
+    obsVisible = !(event && event.detail && event.detail.visible === false);
+    obsChanged();
+  });
 
   // ---- the connection ----
 
@@ -476,6 +508,8 @@
         delay = MIN_DELAY_MS;
         status.refused = null;
         setConnected(true);
+        // A new connection counts as on air until told otherwise.
+        if (!status.onAir) send({ type: 'active', active: false });
         break;
       case 'alert':
         onAlert(frame);

@@ -22,6 +22,7 @@ use super::token::{check_token, Opening, TokenQuery};
 use super::{ApiError, AppState};
 use crate::alert::ReceiverId;
 use crate::hub::{Frame, Hub, Widget};
+use crate::moderation::SettingsCache;
 
 /// The server pings this often; a widget silent for [`SILENCE`] is dropped.
 pub(super) const PING_EVERY: Duration = Duration::from_secs(15);
@@ -40,8 +41,16 @@ pub(super) const CLOSE_TIMEOUT: Duration = Duration::from_secs(1);
 #[derive(Deserialize)]
 #[serde(tag = "type", rename_all = "lowercase")]
 enum Inbound {
-    Started { id: String },
-    Done { id: String },
+    Started {
+        id: String,
+    },
+    Done {
+        id: String,
+    },
+    /// OBS showed or hid the widget's scene (the page's `obsSourceActiveChanged`).
+    Active {
+        active: bool,
+    },
     Ping,
 }
 
@@ -77,10 +86,11 @@ pub async fn connect(
         .aggregate_continuations()
         .max_continuation_size(MAX_FRAME);
     let hub = state.hub.clone();
+    let settings = state.settings.clone();
     let shutdown = state.shutdown.clone();
     let socket = req.conn_data::<ConnectionSocket>().copied();
     actix_web::rt::spawn(async move {
-        run(hub, widget, session, stream, shutdown, socket).await;
+        run(hub, settings, widget, session, stream, shutdown, socket).await;
         drop(connection);
     });
     Ok(response)
@@ -128,6 +138,7 @@ pub(super) async fn send(session: &mut Session, out: Outbound) -> Result<(), Uns
 #[tracing::instrument(name = "widget", skip_all, fields(receiver = %widget.receiver))]
 async fn run(
     hub: std::sync::Arc<Hub>,
+    settings: std::sync::Arc<SettingsCache>,
     mut widget: Widget,
     mut session: Session,
     mut stream: actix_ws::AggregatedMessageStream,
@@ -164,7 +175,7 @@ async fn run(
             inbound = stream.recv() => match inbound {
                 Some(Ok(AggregatedMessage::Text(text))) => {
                     heard = Instant::now();
-                    match handle(&hub, &receiver, &text).await {
+                    match handle(&hub, &settings, &widget, &text).await {
                         Some(reply) => Step::Send(Outbound::Text(reply)),
                         None => Step::Nothing,
                     }
@@ -222,18 +233,36 @@ async fn run(
 }
 
 /// Acts on one text frame; the answer, if any, goes back to this widget only.
-async fn handle(hub: &Hub, receiver: &ReceiverId, text: &str) -> Option<Frame> {
+async fn handle(
+    hub: &Hub,
+    settings: &std::sync::Arc<SettingsCache>,
+    widget: &Widget,
+    text: &str,
+) -> Option<Frame> {
+    let receiver = &widget.receiver;
     let inbound = match serde_json::from_str::<Inbound>(text) {
         Ok(i) => i,
         Err(e) => {
             return Some(error_frame(
                 "invalid_frame",
-                &format!("expected {{\"type\":\"started\"|\"done\"|\"ping\", ...}}: {e}"),
+                &format!(
+                    "expected {{\"type\":\"started\"|\"done\"|\"active\"|\"ping\", ...}}: {e}"
+                ),
             ))
         }
     };
     let (id, result) = match &inbound {
         Inbound::Ping => return Some(r#"{"type":"pong"}"#.into()),
+        Inbound::Active { active } => {
+            // Off air counts only for a receiver that holds alerts while inactive; for one that
+            // does not, every widget is an audience.
+            let holds = match settings.get(receiver).await {
+                Ok(s) => s.hold_while_inactive,
+                Err(_) => true,
+            };
+            hub.on_air(widget, *active || !holds).await;
+            return None;
+        }
         Inbound::Started { id } | Inbound::Done { id } if id.len() > MAX_ID => {
             return Some(error_frame("invalid_frame", "id is too long"));
         }

@@ -616,10 +616,7 @@ impl Step<'_> {
 
     /// Whether some live widget is on air: someone will see what goes out.
     fn on_air(&self) -> bool {
-        self.r
-            .presence
-            .values()
-            .any(|p| p.live_until > self.now && p.widgets > p.inactive)
+        self.r.widgets_on_air(self.now) > 0
     }
 
     fn flight_matching(&mut self, id: &str) -> Option<&mut InFlight> {
@@ -838,6 +835,15 @@ impl Receiver {
             .values()
             .filter(|p| p.live_until > now)
             .map(|p| p.widgets)
+            .sum()
+    }
+
+    /// Of the live widgets, those on air at `now`.
+    pub fn widgets_on_air(&self, now: Millis) -> u32 {
+        self.presence
+            .values()
+            .filter(|p| p.live_until > now)
+            .map(|p| p.widgets - p.inactive)
             .sum()
     }
 

@@ -361,6 +361,8 @@ pub struct Status {
     /// The trail of the alert in flight so far (when it was sent, and started).
     pub in_flight_trail: Option<history::Trail>,
     pub widgets: u64,
+    /// Of them, on air (see [`Store::audience`]).
+    pub widgets_on_air: u64,
 }
 
 /// A page of a receiver's waiting alerts.

@@ -1252,3 +1252,70 @@ async fn designs_fit_the_canvas_apply_their_css_and_change_without_a_reload() {
     );
     page.assert_no_uncaught_errors();
 }
+
+/// OBS's browser-source events, dispatched in the page as OBS does.
+fn obs_event(name: &str, field: &str, value: bool) -> String {
+    format!(
+        "window.dispatchEvent(new CustomEvent('{name}', {{ detail: {{ {field}: {value} }} }})), true"
+    )
+}
+
+#[actix_web::test]
+async fn widgets_off_air_in_obs_hold_the_queue_silently_and_the_first_on_air_releases_it() {
+    let app = TestApp::memory().await;
+    let mut live = Page::open(&widget_url(&app, "alice")).await;
+    let mut brb = Page::open(&widget_url(&app, "alice")).await;
+    for page in [&mut live, &mut brb] {
+        page.wait_for(CONNECTED, PROMPTLY, "the widget connects")
+            .await;
+    }
+    app.wait_for_widgets("alice", 2).await;
+    // Both scenes go off Program: an audience off air alone.
+    for page in [&mut live, &mut brb] {
+        page.eval(&obs_event("obsSourceActiveChanged", "active", false))
+            .await;
+    }
+    eventually(|| async { app.status("alice").await["widgets_on_air"] == 0 }).await;
+    let (status, body) = app
+        .publish(json!({"receiver": "alice", "from": "Ana", "duration_ms": 1000}))
+        .await;
+    assert_eq!(status, 202, "{body}");
+    let id = body["id"].as_str().unwrap().to_owned();
+    let status = app.status("alice").await;
+    assert_eq!(
+        (&status["queued"], &status["in_flight"]),
+        (&json!(1), &Value::Null),
+        "held while nobody watches: {status}"
+    );
+
+    // The live scene goes back on Program: it releases the alert, and plays its sound; the
+    // hidden scene's widget shows it too, silently.
+    live.eval(&obs_event("obsSourceActiveChanged", "active", true))
+        .await;
+    for page in [&mut live, &mut brb] {
+        page.wait_for(
+            &format!("window.cuebox.shown.indexOf('{id}') !== -1"),
+            PROMPTLY,
+            "the alert is shown",
+        )
+        .await;
+    }
+    assert_eq!(live.eval("window.cuebox.sounds.length").await, json!(1));
+    assert_eq!(
+        brb.eval("window.cuebox.sounds.length").await,
+        json!(0),
+        "a widget off air plays no sound"
+    );
+    // Both say done; the alert completes once.
+    eventually(|| async {
+        let status = app.status("alice").await;
+        status["queued"] == 0 && status["in_flight"].is_null()
+    })
+    .await;
+    // A source hidden everywhere is off air too.
+    live.eval(&obs_event("obsSourceVisibleChanged", "visible", false))
+        .await;
+    eventually(|| async { app.status("alice").await["widgets_on_air"] == 0 }).await;
+    live.assert_no_uncaught_errors();
+    brb.assert_no_uncaught_errors();
+}

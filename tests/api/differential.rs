@@ -662,6 +662,7 @@ async fn run(under: &mut Under, ops: Vec<Op>) -> Result<(), TestCaseError> {
             in_flight: m.flight.as_ref().map(|f| f.alert.json.clone()),
             in_flight_trail: m.flight.as_ref().map(|f| f.trail.clone()),
             widgets: u64::from(m.live_widgets(model.now)),
+            widgets_on_air: u64::from(m.widgets_on_air(model.now)),
         };
         let x = under.store(0).status(&receiver(name)).await;
         same(ops.len(), &Op::Wait { ms: 0 }, Ok(status), x)?;

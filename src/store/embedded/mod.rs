@@ -1022,6 +1022,7 @@ impl Store for EmbeddedStore {
                 in_flight: None,
                 in_flight_trail: None,
                 widgets: 0,
+                widgets_on_air: 0,
             },
             Some(kept) => Status {
                 queued: kept.r.queued(),
@@ -1030,6 +1031,7 @@ impl Store for EmbeddedStore {
                 in_flight: kept.r.flight.as_ref().map(|f| f.alert.json.clone()),
                 in_flight_trail: kept.r.flight.as_ref().map(|f| f.trail.clone()),
                 widgets: u64::from(kept.r.live_widgets(now)),
+                widgets_on_air: u64::from(kept.r.widgets_on_air(now)),
             },
         };
         self.observer

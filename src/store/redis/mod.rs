@@ -551,6 +551,8 @@ impl Store for RedisStore {
                 // Absent from a library before pause.
                 paused: rest.first().map(int).transpose()? == Some(1),
                 widgets: int(widgets)?,
+                // Absent from a library before widgets off air: all on air.
+                widgets_on_air: rest.get(3).map(int).transpose()?.unwrap_or(int(widgets)?),
                 in_flight: text(in_flight).and_then(alert_json).map(Into::into),
             }),
             _ => Err(StoreError::Protocol(format!("status: unexpected {kind}"))),

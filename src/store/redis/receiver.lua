@@ -295,7 +295,7 @@ local function open(keys, args, with_alert, f)
   if with_alert then c.alert, c.alert_read = f[5], true end
   c.had_flight, c.flight_changed, c.dirty = f[2] ~= false, false, false
   c.live_known, c.live_any, c.live_others, c.recounted = false, false, false, false
-  c.on_air = false
+  c.on_air, c.on_air_count = false, 0
   -- What this call did, in order, for the caller's metrics: sent resent requeued done expired.
   c.happened = ''
   return c, not f[1] and not f[2]
@@ -365,7 +365,7 @@ local function count(c, flat)
       if soonest == nil or live_until < soonest then soonest = live_until end
     end
   end
-  c.live_known, c.live_any, c.on_air = true, total > 0, on_air > 0
+  c.live_known, c.live_any, c.on_air, c.on_air_count = true, total > 0, on_air > 0, on_air
   c.live_others = total > 0 and sole ~= c.node
   if total > 0 then c.live = int(soonest) .. ' ' .. sole else c.live = '0' end
   -- Live widgets all off air: marked, so the straight paths (which find no node of their own
@@ -1157,7 +1157,7 @@ local function status(keys, args)
   local paused = 0
   if c.paused then paused = 1 end
   local queued = redis.call('LLEN', keys[2]) + (tonumber(c.ahead) or 0)
-  return {'status', queued, total, entry, paused, c.held or 0, c.trail or false}
+  return {'status', queued, total, entry, paused, c.held or 0, c.trail or false, c.on_air_count}
 end
 
 redis.register_function('cuebox_v5_publish', publish)
