@@ -117,12 +117,20 @@
     document.body.dataset.paused = String(status.paused);
     document.body.dataset.widgets = String(status.widgets);
     el('receiver').textContent = receiver;
+    const onAir = typeof status.widgets_on_air === 'number' ? status.widgets_on_air : status.widgets;
+    state.onAir = onAir;
     el('widgets').textContent = (status.paused ? 'Paused · ' : '') +
-      (status.widgets === 1 ? '1 widget connected' : status.widgets + ' widgets connected');
+      (status.widgets === 1 ? '1 widget connected' : status.widgets + ' widgets connected') +
+      (status.widgets > 0 ? ' (' + onAir + ' on air, ' + (status.widgets - onAir) + ' off air)' : '');
     const warning = el('warning');
     if (status.widgets === 0 && (status.queued > 0 || status.in_flight)) {
       warning.textContent = 'No widget is connected: ' + status.queued + ' alert' +
         (status.queued === 1 ? '' : 's') + ' waiting. Is the browser source in OBS on?';
+      warning.hidden = false;
+    } else if (onAir === 0 && status.queued > 0 && !status.in_flight) {
+      warning.textContent = 'Every widget is off air (its OBS scene is not live): ' +
+        status.queued + ' alert' + (status.queued === 1 ? '' : 's') +
+        ' waiting until a scene with the alert box goes live.';
       warning.hidden = false;
     } else {
       warning.hidden = true;
