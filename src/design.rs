@@ -574,6 +574,14 @@ impl Designs {
         serde_json::to_string(self).expect("designs serialize")
     }
 
+    /// Whether an alert of `kind` may look otherwise than by its kind alone: its design has
+    /// variations.
+    pub fn varies(&self, kind: &str) -> bool {
+        let own = self.designs.get(kind).filter(|_| kind != DEFAULT_KIND);
+        own.or_else(|| self.designs.get(DEFAULT_KIND))
+            .is_some_and(|d| !d.variations.is_empty())
+    }
+
     /// The look alert `alert` (its JSON) is shown with, every field set.
     pub fn resolve(&self, alert: &Value) -> Resolved {
         let kind = alert.get("kind").and_then(Value::as_str).unwrap_or("");

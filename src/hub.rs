@@ -87,6 +87,52 @@ struct Local {
 pub struct LoadedDesigns {
     pub version: u64,
     pub designs: Designs,
+    /// The look of each kind whose design has no variations, serialized once: most alerts'
+    /// looks depend on their kind alone, and so cost a send no resolving.
+    plain: Mutex<HashMap<String, Arc<str>>>,
+}
+
+impl LoadedDesigns {
+    pub fn new(version: u64, designs: Designs) -> Self {
+        Self {
+            version,
+            designs,
+            plain: Mutex::new(HashMap::new()),
+        }
+    }
+
+    /// The look alert `alert` (its JSON as stored) is shown with, as JSON.
+    fn look_of(&self, alert: &str) -> Arc<str> {
+        /// Only the kind: serde skips the rest without building it.
+        #[derive(serde::Deserialize)]
+        struct Kind<'a> {
+            #[serde(borrow, default)]
+            kind: std::borrow::Cow<'a, str>,
+        }
+        let kind = serde_json::from_str::<Kind>(alert)
+            .map(|k| k.kind)
+            .unwrap_or_default();
+        let serialize = |look: &crate::design::Resolved| -> Arc<str> {
+            // unwrap: strings, numbers and enums.
+            serde_json::to_string(look)
+                .expect("a look serializes")
+                .into()
+        };
+        if self.designs.varies(&kind) {
+            let parsed: serde_json::Value = serde_json::from_str(alert).unwrap_or_default();
+            return serialize(&self.designs.resolve(&parsed));
+        }
+        let mut plain = self.plain.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(look) = plain.get(&*kind) {
+            return look.clone();
+        }
+        let look = serialize(&self.designs.resolve(&serde_json::json!({ "kind": kind })));
+        // Bounded: kinds are few, but a publisher may make up any; past a few, none are kept.
+        if plain.len() < 64 {
+            plain.insert(kind.into_owned(), look.clone());
+        }
+        look
+    }
 }
 
 struct LocalWidget {
@@ -513,17 +559,14 @@ impl Hub {
     pub async fn read_designs(&self, receiver: &ReceiverId) -> Result<(), StoreError> {
         let newest = self.store.designs(receiver, 1).await?.into_iter().next();
         let loaded = match newest {
-            None => LoadedDesigns {
-                version: 0,
-                designs: Designs::default(),
-            },
-            Some(v) => LoadedDesigns {
-                version: v.version,
-                designs: Designs::parse_stored(&v.json).unwrap_or_else(|e| {
+            None => LoadedDesigns::new(0, Designs::default()),
+            Some(v) => LoadedDesigns::new(
+                v.version,
+                Designs::parse_stored(&v.json).unwrap_or_else(|e| {
                     tracing::warn!(%receiver, version = v.version, error = %e.message, "stored designs do not parse; using the built-in ones");
                     Designs::default()
                 }),
-            },
+            ),
         };
         if let Some(local) = self.lock().get_mut(receiver) {
             // Two reads may cross: the newer version stays.
@@ -828,13 +871,10 @@ fn skip_frame(id: &str) -> Frame {
 /// stored, with the look it is shown with resolved from the receiver's designs (the built-in
 /// ones when there are none), and their version.
 pub fn alert_frame(alert: &str, attempt: u32, designs: Option<&LoadedDesigns>) -> Frame {
-    let parsed: serde_json::Value = serde_json::from_str(alert).unwrap_or_default();
-    let (look, version) = match designs {
-        Some(d) => (d.designs.resolve(&parsed), d.version),
-        None => (Designs::default().resolve(&parsed), 0),
-    };
-    // unwrap: strings, numbers and enums.
-    let look = serde_json::to_string(&look).expect("a look serializes");
+    static BUILT_IN: std::sync::OnceLock<LoadedDesigns> = std::sync::OnceLock::new();
+    let designs = designs
+        .unwrap_or_else(|| BUILT_IN.get_or_init(|| LoadedDesigns::new(0, Designs::default())));
+    let (look, version) = (designs.look_of(alert), designs.version);
     format!(
         r#"{{"type":"alert","alert":{alert},"attempt":{attempt},"design":{look},"design_version":{version}}}"#
     )

@@ -415,7 +415,8 @@ async fn a_widget_off_air_holds_alerts_back_only_while_the_receiver_says_so() {
     let app = TestApp::memory().await;
     let mut w = app.widget("alice").await;
     app.wait_for_widgets("alice", 1).await;
-    w.send_json(json!({"type": "active", "active": false})).await;
+    w.send_json(json!({"type": "active", "active": false}))
+        .await;
     eventually(|| async { app.status("alice").await["widgets_on_air"] == 0 }).await;
     let held = app.publish_alert("alice", "held while off air").await;
     w.expect_silence(Duration::from_millis(300)).await;
@@ -424,8 +425,13 @@ async fn a_widget_off_air_holds_alerts_back_only_while_the_receiver_says_so() {
     let (status, body) = app
         .put_settings("alice", json!({"hold_while_inactive": false}))
         .await;
-    assert_eq!((status, &body["hold_while_inactive"]), (200, &json!(false)), "{body}");
-    w.send_json(json!({"type": "active", "active": false})).await;
+    assert_eq!(
+        (status, &body["hold_while_inactive"]),
+        (200, &json!(false)),
+        "{body}"
+    );
+    w.send_json(json!({"type": "active", "active": false}))
+        .await;
     let (id, _, _) = w.next_alert().await;
     assert_eq!(id, held);
     assert_eq!(app.status("alice").await["widgets_on_air"], 1);
