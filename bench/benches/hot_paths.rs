@@ -20,7 +20,8 @@ use std::time::{Duration, Instant};
 use criterion::{criterion_group, criterion_main, BatchSize, Criterion};
 use cuebox::alert::{AlertRecord, NewAlert, ReceiverId};
 use cuebox::auth::{PublishKeys, ReceiverTokens};
-use cuebox::hub::alert_frame;
+use cuebox::design::Put;
+use cuebox::hub::{alert_frame, LoadedDesigns};
 use cuebox::metrics::Metrics;
 use cuebox::store::embedded::EmbeddedStore;
 use cuebox::store::redis::connection::Target;
@@ -88,8 +89,20 @@ fn alert(c: &mut Criterion) {
             BatchSize::SmallInput,
         )
     });
+    // With the built-in designs (a look per kind, made once), and with a design of
+    // variations, which each send resolves.
     group.bench_function("alert_frame", |b| {
-        b.iter(|| alert_frame(black_box(&record.json), 1))
+        b.iter(|| alert_frame(black_box(&record.json), 1, None))
+    });
+    let varied = Put::parse(
+        br#"{"designs":{"default":{"variations":[
+            {"when":{"min_amount":{"value":"100","currency":"BRL"}},"set":{"layout":"text_only"}},
+            {"when":{"random":{"weight":1}}}]}}}"#,
+    )
+    .expect("valid designs");
+    let varied = LoadedDesigns::new(1, varied.designs);
+    group.bench_function("alert_frame/variations", |b| {
+        b.iter(|| alert_frame(black_box(&record.json), 1, Some(&varied)))
     });
     group.finish();
 }
