@@ -108,6 +108,18 @@ pub struct ServeArgs {
           value_parser = clap::value_parser!(u64).range(100..=3_600_000))]
     pub ingest_claim_idle_ms: u64,
 
+    /// Text-to-speech by a local program: a command line, `{voice}` and `{rate}` where they go,
+    /// given the text on its standard input, writing audio (WAV) on its standard output.
+    /// Unset: `espeak-ng --stdout -v {voice} -s {rate}` when espeak-ng is installed. "" turns
+    /// speech off.
+    #[arg(long, env = "CUEBOX_TTS_COMMAND")]
+    pub tts_command: Option<String>,
+
+    /// Text-to-speech by an HTTP service instead (an http:// URL): `POST {"text","voice","rate"}`,
+    /// answered with the audio.
+    #[arg(long, env = "CUEBOX_TTS_URL")]
+    pub tts_url: Option<String>,
+
     /// Threads serving HTTP and widgets. 0: one per core.
     #[arg(long, env = "CUEBOX_WORKERS", default_value_t = 0)]
     pub workers: usize,

@@ -151,7 +151,7 @@ impl TryFrom<f64> for Volume {
 /// A string checked by `$check`, which answers why it is not one.
 macro_rules! checked_string {
     ($name:ident, $check:expr) => {
-        #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+        #[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
         #[serde(try_from = "String")]
         pub struct $name(pub Arc<str>);
 
@@ -447,7 +447,87 @@ pub struct Designs {
     /// How amounts are written (Intl's locale); `en-US` when unset.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub locale: Option<Locale>,
+    /// Text-to-speech of the donor's name and message; off when unset.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub tts: Option<Tts>,
     pub designs: BTreeMap<String, Design>,
+}
+
+/// Whether and how alerts are read out (see `crate::speech`).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Tts {
+    #[serde(default)]
+    pub enabled: bool,
+    /// Per currency, the least amount read out; an alert in another currency, or with no
+    /// amount, is read out only if this names no currency at all.
+    #[serde(default)]
+    pub min_amount: BTreeMap<Currency, AmountValue>,
+    #[serde(default = "Voice::standard")]
+    pub voice: Voice,
+    #[serde(default = "Rate::standard")]
+    pub rate: Rate,
+    #[serde(default = "MaxChars::standard")]
+    pub max_chars: MaxChars,
+}
+
+bounded!(Rate, 80, 450, "tts.rate (words a minute)");
+bounded!(MaxChars, 1, 500, "tts.max_chars");
+
+impl Rate {
+    fn standard() -> Self {
+        Self(175)
+    }
+}
+
+impl MaxChars {
+    fn standard() -> Self {
+        Self(200)
+    }
+}
+
+// A voice as the engine names it: `en`, `pt-br`, `en-us+f3`.
+checked_string!(Voice, |s| {
+    let ok = (1..=40).contains(&s.len())
+        && s.bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"-_+".contains(&b));
+    if ok {
+        Ok(())
+    } else {
+        Err(format!(
+            "tts.voice is 1 to 40 letters, digits, -, _ or + (a voice of the engine), not {s:?}"
+        ))
+    }
+});
+
+impl Voice {
+    fn standard() -> Self {
+        Self("en".into())
+    }
+}
+
+impl Tts {
+    /// Whether an alert with this amount (value, currency) is read out.
+    pub fn reads(&self, amount: Option<(&str, &str)>) -> bool {
+        if !self.enabled {
+            return false;
+        }
+        if self.min_amount.is_empty() {
+            return true;
+        }
+        let Some((value, currency)) = amount else {
+            return false;
+        };
+        let min = self
+            .min_amount
+            .iter()
+            .find(|(c, _)| &*c.0 == currency)
+            .map(|(_, v)| v);
+        match (min, Decimal::parse(value)) {
+            (Some(min), Some(value)) => Decimal::parse(&min.0).is_some_and(|m| value >= m),
+            _ => false,
+        }
+    }
 }
 
 /// A body of `PUT /receivers/{r}/designs`: the designs, and, if the editor read a version
@@ -526,6 +606,10 @@ impl Put {
             None | Some(Value::Null) => None,
             Some(v) => Some(field::<Locale>(v, "locale")?),
         };
+        let tts = match map.remove("tts") {
+            None | Some(Value::Null) => None,
+            Some(v) => Some(field::<Tts>(v, "tts")?),
+        };
         let kinds = object(
             map.remove("designs").unwrap_or(Value::Object(Map::new())),
             "designs",
@@ -534,8 +618,8 @@ impl Put {
             return Err(FieldError::invalid(
                 unknown,
                 format!(
-                    "unknown field {unknown:?}: the body holds designs, and may hold locale and \
-                     version"
+                    "unknown field {unknown:?}: the body holds designs, and may hold locale, tts \
+                     and version"
                 ),
             ));
         }
@@ -557,7 +641,11 @@ impl Put {
             designs.insert(kind, Design::parse(design, &path)?);
         }
         Ok(Self {
-            designs: Designs { locale, designs },
+            designs: Designs {
+                locale,
+                tts,
+                designs,
+            },
             expected,
         })
     }

@@ -22,9 +22,10 @@ use tokio::time::Instant;
 
 use crate::alert::{AlertRecord, ReceiverId};
 use crate::auth::Purpose;
-use crate::design::Designs;
+use crate::design::{Designs, Tts};
 use crate::feed::{Did, Feed};
 use crate::metrics::{HubGauges, Metrics};
+use crate::speech::{Said, Speech};
 use crate::store::machine::{Command, Hold};
 use crate::store::{
     Notice, Publish, Showing, Snapshot, Store, StoreError, WidgetChange, PRESENCE_REFRESH,
@@ -64,6 +65,8 @@ pub struct Hub {
     next_widget: AtomicU64,
     /// A weak self, so timers can reach the hub without keeping it alive.
     me: Weak<Hub>,
+    /// Makes the speech of alerts whose receiver reads them out; none until set.
+    speech: std::sync::OnceLock<Arc<Speech>>,
 }
 
 /// What this node holds for one receiver.
@@ -99,6 +102,31 @@ impl LoadedDesigns {
             designs,
             plain: Mutex::new(HashMap::new()),
         }
+    }
+
+    /// The frame that sends alert `alert` (its JSON as stored): with its look, and, if the
+    /// receiver reads alerts out and this node can, its speech, which starts being made now.
+    pub fn frame(&self, alert: &str, attempt: u32, speech: Option<&Arc<Speech>>) -> Frame {
+        let said = self
+            .designs
+            .tts
+            .as_ref()
+            .filter(|t| t.enabled)
+            .zip(speech.filter(|s| s.enabled()))
+            .and_then(|(tts, speech)| said_of(alert, tts, speech));
+        let look = self.look_of(alert);
+        let version = self.version;
+        let speech = match said {
+            Some((key, text)) => {
+                let text = serde_json::to_string(&text).unwrap_or_default();
+                format!(r#","speech":{{"url":"/speech/{key}","text":{text}}}"#)
+            }
+            None => String::new(),
+        };
+        format!(
+            r#"{{"type":"alert","alert":{alert},"attempt":{attempt},"design":{look},"design_version":{version}{speech}}}"#
+        )
+        .into()
     }
 
     /// The look alert `alert` (its JSON as stored) is shown with, as JSON.
@@ -173,7 +201,13 @@ impl Hub {
             receivers: Mutex::new(HashMap::new()),
             next_widget: AtomicU64::new(1),
             me: me.clone(),
+            speech: std::sync::OnceLock::new(),
         })
+    }
+
+    /// Gives the hub its text-to-speech engine (once, at start).
+    pub fn set_speech(&self, speech: Arc<Speech>) {
+        let _ = self.speech.set(speech);
     }
 
     pub fn store(&self) -> &Arc<dyn Store> {
@@ -792,7 +826,10 @@ impl Hub {
                 }
                 return;
             };
-            let frame = alert_frame(alert, flight.attempt, local.designs.as_deref());
+            let frame = match &local.designs {
+                Some(d) => d.frame(alert, flight.attempt, self.speech.get()),
+                None => alert_frame(alert, flight.attempt, None),
+            };
             send(&mut local.widgets, None, &frame);
             local.flight = Some(LocalFlight {
                 id: flight.id.clone(),
@@ -865,6 +902,44 @@ fn skip_frame(id: &str) -> Frame {
     serde_json::json!({"type": "skip", "id": id})
         .to_string()
         .into()
+}
+
+/// What alert `alert` says out loud, if its receiver's `tts` reads it: the speech's key (it is
+/// being made from now) and its words.
+fn said_of(alert: &str, tts: &Tts, speech: &Arc<Speech>) -> Option<(String, String)> {
+    #[derive(serde::Deserialize)]
+    struct Amount {
+        value: String,
+        currency: String,
+    }
+    #[derive(serde::Deserialize)]
+    struct Spoken {
+        from: Option<String>,
+        message: Option<String>,
+        amount: Option<Amount>,
+    }
+    let spoken: Spoken = serde_json::from_str(alert).ok()?;
+    let amount = spoken
+        .amount
+        .as_ref()
+        .map(|a| (a.value.as_str(), a.currency.as_str()));
+    if !tts.reads(amount) {
+        return None;
+    }
+    let text = crate::speech::words(
+        spoken.from.as_deref(),
+        spoken.message.as_deref(),
+        tts.max_chars.0 as usize,
+    );
+    if text.is_empty() {
+        return None;
+    }
+    let said = Said {
+        text: text.clone(),
+        voice: tts.voice.0.to_string(),
+        rate: tts.rate.0,
+    };
+    speech.prepare(said).map(|key| (key, text))
 }
 
 /// `{"type":"alert","alert":{...},"attempt":N,"design":{...}}`, around the alert's JSON as

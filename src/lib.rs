@@ -18,6 +18,8 @@
 //! - [`migrate`] applies `migrations/redis/` to the Redis key layout at start; the embedded
 //!   store applies `migrations/sqlite/` itself when it opens its data dir.
 //! - [`moderation`] holds a receiver's moderation settings and applies them to an alert at publish.
+//! - [`speech`] makes the text-to-speech of alerts (a local program or an HTTP service), once
+//!   per node, for widgets to play.
 //! - [`limits`] keeps this node's own limits: publish rate per key, widget connections.
 //! - [`metrics`] counts what operators scrape at `/metrics`.
 //! - [`hub`] keeps this node's widgets, relaying the store's snapshots to them and timing deadlines.
@@ -41,6 +43,7 @@ pub mod limits;
 pub mod metrics;
 pub mod migrate;
 pub mod moderation;
+pub mod speech;
 pub mod startup;
 pub mod store;
 pub mod telemetry;

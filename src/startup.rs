@@ -20,6 +20,7 @@ use crate::limits::{Connections, PublishRate};
 use crate::metrics::Metrics;
 use crate::migrate::{self, MigrateError};
 use crate::moderation::SettingsCache;
+use crate::speech::{Engine, Speech};
 use crate::store::embedded::disk::{self, OpenError};
 use crate::store::embedded::EmbeddedStore;
 use crate::store::redis::keys::Keys;
@@ -147,6 +148,13 @@ impl Application {
 
         let settings = SettingsCache::new(store.clone());
         let hub = Hub::new(store.clone(), metrics.clone());
+        let engine = Engine::from_flags(args.tts_command.as_deref(), args.tts_url.as_deref());
+        match &engine {
+            Some(engine) => tracing::info!(?engine, "text-to-speech"),
+            None => tracing::info!("no text-to-speech engine (espeak-ng is not installed, and neither --tts-command nor --tts-url is set)"),
+        }
+        let speech = Speech::new(engine);
+        hub.set_speech(speech.clone());
         let mut background = hub.spawn_background(notices_rx);
         if let Some(target) = &target {
             let ingest = Ingest {
@@ -171,6 +179,7 @@ impl Application {
             shutdown: shutdown_rx,
             refusals: Default::default(),
             settings,
+            speech,
         });
 
         let listener = TcpListener::bind(&args.bind).map_err(|source| StartError::Bind {

@@ -6,6 +6,8 @@
 
 (function () {
   const MEDIA_WAIT_MS = 3000; // an image or sound that takes longer is left out
+  const SPEECH_WAIT_MS = 5500; // the node gives up on its engine after 5 s
+  const SPEECH_OVER_MS = 10000; // speech may keep an alert up this long past its duration
   const SMALLEST_FIT = 0.45; // text shrinks to this share of the design's size, then is cut
   const EMOJI_FONTS = '"Apple Color Emoji", "Segoe UI Emoji", "Noto Color Emoji"';
   const REMEMBER = 200; // finished ids kept, to answer a resend whose `done` was lost
@@ -33,7 +35,7 @@
   // For tests and for a curious streamer's devtools.
   const status = {
     connected: false, shown: [], skipped: [], current: null, refused: null, design: null,
-    sounds: [], onAir: true,
+    sounds: [], onAir: true, spoken: [],
   };
   window.cuebox = status;
 
@@ -106,7 +108,9 @@
     // A different alert while one shows: the server moved on (expired, or another widget
     // finished it). It is the authority, so follow it.
     if (showing) clear();
-    show(alert, frame.design || {});
+    const speech = frame.speech && typeof frame.speech.url === 'string' &&
+      frame.speech.url.indexOf('/speech/') === 0 ? frame.speech.url : null;
+    show(alert, frame.design || {}, speech);
   }
 
   // The streamer skipped an alert: if it is on screen, it goes at once, with no `done` (the
@@ -121,14 +125,20 @@
   // Loads the alert's image and sound first, so its time on screen counts from when it really
   // shows; whatever fails or takes over MEDIA_WAIT_MS is left out, so one broken GIF never
   // holds the queue.
-  function show(alert, design) {
+  function show(alert, design, speechUrl) {
     const media = alert.media || {};
     const imageUrl = pick(media.image, design.image);
     const soundUrl = pick(media.sound, design.sound);
-    const mine = { id: alert.id, timer: 0, hideTimer: 0, audio: null, started: false };
+    const mine = {
+      id: alert.id, timer: 0, hideTimer: 0, capTimer: 0, audio: null, started: false,
+      speech: null, speechDone: !speechUrl, out: null,
+    };
     showing = mine;
     status.current = alert.id;
-    Promise.all([loadImage(imageUrl), loadSound(soundUrl)]).then(([image, audio]) => {
+    // The speech is made by the node while the media loads; it never holds the start: the alert
+    // shows once its media is in, and the speech follows the sound when it comes.
+    const speaking = loadSound(speechUrl, SPEECH_WAIT_MS);
+    Promise.all([loadImage(imageUrl), loadSound(soundUrl, MEDIA_WAIT_MS)]).then(([image, audio]) => {
       if (showing !== mine) return;
       fill(alert, design, image);
       mine.audio = audio;
@@ -143,13 +153,52 @@
       status.shown.push(alert.id);
       status.design = design;
       mine.started = true;
+      mine.out = out;
       send({ type: 'started', id: alert.id });
-      mine.timer = setTimeout(() => finish(alert.id, out), Math.max(0, duration - out.ms));
+      mine.timer = setTimeout(() => finish(alert.id), Math.max(0, duration - out.ms));
+      mine.capTimer = setTimeout(() => {
+        mine.speechDone = true;
+        finish(alert.id);
+      }, duration + SPEECH_OVER_MS - out.ms);
+      speaking.then((speech) => speak(mine, speech));
     });
   }
 
-  function finish(id, out) {
+  // The alert's speech, after its sound; `done` waits for it to end. Off air it is not played.
+  function speak(mine, speech) {
+    if (showing !== mine || mine.speechDone) return;
+    const over = (played) => {
+      status.spoken.push({ id: mine.id, played: played });
+      mine.speechDone = true;
+      if (mine.due) finish(mine.id);
+    };
+    if (!speech || !status.onAir) {
+      over(false);
+      return;
+    }
+    mine.speech = speech;
+    const go = () => {
+      if (showing !== mine) return;
+      speech.onended = () => over(true);
+      speech.onerror = () => over(false);
+      play(speech, 1);
+      if (speech.paused) over(false);
+    };
+    const sound = mine.audio;
+    if (sound && !sound.paused && !sound.ended) {
+      sound.addEventListener('ended', go, { once: true });
+    } else {
+      go();
+    }
+  }
+
+  function finish(id) {
     if (!showing || showing.id !== id) return;
+    showing.due = true;
+    if (!showing.speechDone || showing.leaving) return; // the speech ends it, once
+    showing.leaving = true;
+    const out = showing.out;
+    clearTimeout(showing.capTimer);
     card.style.animation = 'cb-out-' + out.name + ' ' + out.ms + 'ms ease-in both';
     showing.hideTimer = setTimeout(() => {
       if (!showing || showing.id !== id) return;
@@ -163,9 +212,11 @@
     if (showing) {
       clearTimeout(showing.timer);
       clearTimeout(showing.hideTimer);
-      if (showing.audio) {
+      clearTimeout(showing.capTimer);
+      for (const audio of [showing.audio, showing.speech]) {
+        if (!audio) continue;
         try {
-          showing.audio.pause();
+          audio.pause();
         } catch (e) {
           // nothing to stop
         }
@@ -348,7 +399,7 @@
     }), null);
   }
 
-  function loadSound(url) {
+  function loadSound(url, wait) {
     if (!url) return Promise.resolve(null);
     return within(new Promise((resolve) => {
       let audio;
@@ -363,12 +414,12 @@
       audio.onerror = () => resolve(null);
       audio.src = url;
       audio.load();
-    }), null);
+    }), null, wait);
   }
 
-  function within(promise, fallback) {
+  function within(promise, fallback, wait) {
     return Promise.race([promise, new Promise((resolve) =>
-      setTimeout(() => resolve(fallback), MEDIA_WAIT_MS))]);
+      setTimeout(() => resolve(fallback), wait || MEDIA_WAIT_MS))]);
   }
 
   // Inside OBS sound plays by itself; an ordinary tab refuses sound until a click, and says so.

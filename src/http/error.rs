@@ -40,6 +40,8 @@ pub enum ApiError {
          Read them again (GET), apply the change to what is there, and put it with that version"
     )]
     StaleVersion { expected: u64, newest: u64 },
+    #[error("no speech for this alert: {0}")]
+    NoSpeech(String),
     #[error("this is a WebSocket endpoint: connect with Upgrade: websocket")]
     UpgradeRequired,
     #[error("this publish key is over its rate; retry in {0} s")]
@@ -108,6 +110,7 @@ impl ApiError {
             ApiError::NotInHistory(_) => "not_in_history",
             ApiError::NotHeld(_) => "not_held",
             ApiError::StaleVersion { .. } => "version_conflict",
+            ApiError::NoSpeech(_) => "speech_unavailable",
             ApiError::UpgradeRequired => "upgrade_required",
             ApiError::RateLimited(_) => "rate_limited",
             ApiError::TooManyWidgets(_) => "too_many_widgets",
@@ -132,7 +135,9 @@ impl ResponseError for ApiError {
             ApiError::QueueFull | ApiError::RateLimited(_) | ApiError::TooManyWidgets(_) => {
                 StatusCode::TOO_MANY_REQUESTS
             }
-            ApiError::NodeFull | ApiError::ShuttingDown => StatusCode::SERVICE_UNAVAILABLE,
+            ApiError::NodeFull | ApiError::ShuttingDown | ApiError::NoSpeech(_) => {
+                StatusCode::SERVICE_UNAVAILABLE
+            }
             ApiError::NotFound | ApiError::NotInHistory(_) | ApiError::NotHeld(_) => {
                 StatusCode::NOT_FOUND
             }

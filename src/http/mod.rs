@@ -41,6 +41,8 @@ pub struct AppState {
     pub refusals: token::Refusals,
     /// Receivers' moderation settings, applied at publish.
     pub settings: Arc<SettingsCache>,
+    /// The speech of alerts, made here for this node's widgets.
+    pub speech: Arc<crate::speech::Speech>,
 }
 
 pub fn routes(cfg: &mut web::ServiceConfig) {
@@ -117,6 +119,7 @@ pub fn routes(cfg: &mut web::ServiceConfig) {
     .route("/ws/{receiver}/feed", web::get().to(feed::connect))
     .route("/widget/{receiver}", web::get().to(pages::widget_page))
     .route("/widget-assets/{file}", web::get().to(pages::widget_asset))
+    .route("/speech/{key}", web::get().to(pages::speech))
     .route("/dock/{receiver}", web::get().to(pages::dock_page))
     .default_service(web::to(|| async {
         Err::<actix_web::HttpResponse, _>(ApiError::NotFound)

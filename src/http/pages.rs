@@ -5,6 +5,7 @@ use super::token::{check_token, opens, Opening, TokenQuery};
 use super::{ApiError, AppState};
 use crate::alert::ReceiverId;
 use crate::auth::Purpose;
+use crate::speech::Made;
 use actix_web::http::header;
 use actix_web::{web, HttpResponse, HttpResponseBuilder};
 
@@ -119,6 +120,24 @@ pub async fn widget_asset(path: web::Path<String>) -> Result<HttpResponse, ApiEr
         .insert_header((header::CONTENT_TYPE, kind))
         .insert_header((header::CACHE_CONTROL, "no-cache"))
         .body(body))
+}
+
+/// `GET /speech/{key}`: an alert's speech, made on this node when it sent the alert (the key,
+/// a hash of the words and the voice, is in the alert's frame). Waits while it is being made; a
+/// failed or slow engine is 503, and the widget shows the alert without speech.
+pub async fn speech(
+    path: web::Path<String>,
+    state: web::Data<AppState>,
+) -> Result<HttpResponse, ApiError> {
+    match state.speech.audio(&path).await {
+        None => Err(ApiError::NotFound),
+        Some(Made::Audio(audio)) => Ok(HttpResponse::Ok()
+            .insert_header((header::CONTENT_TYPE, "audio/wav"))
+            .insert_header((header::CACHE_CONTROL, "private, max-age=3600"))
+            .body(audio)),
+        Some(Made::Failed(why)) => Err(ApiError::NoSpeech(why)),
+        Some(Made::Making) => Err(ApiError::NoSpeech("still being made".into())),
+    }
 }
 
 /// The built-in alert sound (`crate::design::BUILT_IN_SOUND`): a short two-note chime, made

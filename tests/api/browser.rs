@@ -1319,3 +1319,42 @@ async fn widgets_off_air_in_obs_hold_the_queue_silently_and_the_first_on_air_rel
     live.assert_no_uncaught_errors();
     brb.assert_no_uncaught_errors();
 }
+
+#[actix_web::test]
+async fn the_widget_reads_an_alert_out_and_a_broken_engine_holds_nothing() {
+    for engine in [None, Some("false")] {
+        let mut args = serve_args(None);
+        args.tts_command = engine.map(str::to_owned);
+        let app = TestApp::spawn(args).await;
+        put_designs(
+            &app,
+            json!({"tts": {"enabled": true, "voice": "en", "rate": 300}, "designs": {}}),
+        )
+        .await;
+        let mut page = Page::open(&widget_url(&app, "alice")).await;
+        page.wait_for(CONNECTED, PROMPTLY, "the widget connects")
+            .await;
+        let (status, body) = app
+            .publish(
+                json!({"receiver": "alice", "from": "Ana", "message": "hello there",
+                            "duration_ms": 1000}),
+            )
+            .await;
+        assert_eq!(status, 202, "{body}");
+        page.wait_for(
+            "window.cuebox.shown.length === 1 && window.cuebox.current === null",
+            PROMPTLY,
+            "the alert is shown and done",
+        )
+        .await;
+        let spoken = page.eval("window.cuebox.spoken").await;
+        let played = engine.is_none();
+        assert_eq!(spoken[0]["played"], played, "{engine:?}: {spoken}");
+        eventually(|| async {
+            let status = app.status("alice").await;
+            status["queued"] == 0 && status["in_flight"].is_null()
+        })
+        .await;
+        page.assert_no_uncaught_errors();
+    }
+}

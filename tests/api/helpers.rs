@@ -324,6 +324,8 @@ pub fn serve_args(redis_url: Option<String>) -> ServeArgs {
         // Two, so widgets and publishers of one receiver may meet on different threads.
         workers: 2,
         ingest_claim_idle_ms: 30_000,
+        tts_command: None,
+        tts_url: None,
     }
 }
 

@@ -15,4 +15,5 @@ mod ingest;
 mod migrations;
 mod nodes;
 mod publish;
+mod speech;
 mod widget;
