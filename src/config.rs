@@ -108,6 +108,12 @@ pub struct ServeArgs {
           value_parser = clap::value_parser!(u64).range(100..=3_600_000))]
     pub ingest_claim_idle_ms: u64,
 
+    /// The pause between the end of one alert and the start of the next, for receivers whose
+    /// designs set no `alert_gap_ms`.
+    #[arg(long, env = "CUEBOX_ALERT_GAP_MS", default_value_t = 500,
+          value_parser = clap::value_parser!(u64).range(0..=3_000))]
+    pub alert_gap_ms: u64,
+
     /// Text-to-speech by a local program: a command line, `{voice}` and `{rate}` where they go,
     /// given the text on its standard input, writing audio (WAV) on its standard output.
     /// Unset: `espeak-ng --stdout -v {voice} -s {rate}` when espeak-ng is installed. "" turns

@@ -450,8 +450,17 @@ pub struct Designs {
     /// Text-to-speech of the donor's name and message; off when unset.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub tts: Option<Tts>,
+    /// The pause between the end of one alert and the start of the next, in ms; see
+    /// [`Designs::gap`].
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub alert_gap_ms: Option<GapMs>,
     pub designs: BTreeMap<String, Design>,
 }
+
+bounded!(GapMs, 0, 3_000, "alert_gap_ms");
+
+/// The gap between alerts when neither the receiver nor the node sets one.
+pub const DEFAULT_GAP: std::time::Duration = std::time::Duration::from_millis(500);
 
 /// Whether and how alerts are read out (see `crate::speech`).
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -610,6 +619,10 @@ impl Put {
             None | Some(Value::Null) => None,
             Some(v) => Some(field::<Tts>(v, "tts")?),
         };
+        let alert_gap_ms = match map.remove("alert_gap_ms") {
+            None | Some(Value::Null) => None,
+            Some(v) => Some(field::<GapMs>(v, "alert_gap_ms")?),
+        };
         let kinds = object(
             map.remove("designs").unwrap_or(Value::Object(Map::new())),
             "designs",
@@ -618,8 +631,8 @@ impl Put {
             return Err(FieldError::invalid(
                 unknown,
                 format!(
-                    "unknown field {unknown:?}: the body holds designs, and may hold locale, tts \
-                     and version"
+                    "unknown field {unknown:?}: the body holds designs, and may hold locale, tts, \
+                     alert_gap_ms and version"
                 ),
             ));
         }
@@ -644,6 +657,7 @@ impl Put {
             designs: Designs {
                 locale,
                 tts,
+                alert_gap_ms,
                 designs,
             },
             expected,
@@ -660,6 +674,14 @@ impl Designs {
     pub fn to_json(&self) -> String {
         // unwrap: strings, numbers and maps with string keys.
         serde_json::to_string(self).expect("designs serialize")
+    }
+
+    /// The pause between the end of one alert and the start of the next, if these designs set
+    /// one (else the node's `--alert-gap-ms`). At most 3 s, well inside the start timeout (5 s by
+    /// default), which counts from the store's send.
+    pub fn gap(&self) -> Option<std::time::Duration> {
+        self.alert_gap_ms
+            .map(|g| std::time::Duration::from_millis(g.0.into()))
     }
 
     /// Whether an alert of `kind` may look otherwise than by its kind alone: its design has

@@ -28,7 +28,7 @@ use crate::metrics::{HubGauges, Metrics};
 use crate::speech::{Said, Speech};
 use crate::store::machine::{Command, Hold};
 use crate::store::{
-    Notice, Publish, Showing, Snapshot, Store, StoreError, WidgetChange, PRESENCE_REFRESH,
+    Flight, Notice, Publish, Showing, Snapshot, Store, StoreError, WidgetChange, PRESENCE_REFRESH,
 };
 
 /// Frames a widget may have waiting before it counts as too slow and is closed. A widget gets a
@@ -67,6 +67,8 @@ pub struct Hub {
     me: Weak<Hub>,
     /// Makes the speech of alerts whose receiver reads them out; none until set.
     speech: std::sync::OnceLock<Arc<Speech>>,
+    /// The gap between alerts of receivers whose designs set none, in ms (`--alert-gap-ms`).
+    default_gap_ms: AtomicU64,
 }
 
 /// What this node holds for one receiver.
@@ -81,6 +83,11 @@ struct Local {
     timer: Option<AbortHandle>,
     /// Wakes the receiver when a held alert approves itself.
     waker: Option<AbortHandle>,
+    /// When this node last saw an alert of the receiver leave flight: the next one's frame waits
+    /// out the receiver's gap from then.
+    freed_at: Option<Instant>,
+    /// The next alert's frame, waiting out the gap.
+    sending: Option<AbortHandle>,
     /// The receiver's designs as last read, which each alert sent from here is resolved with:
     /// read when its first widget here joins, and again whenever a node keeps a new version.
     designs: Option<Arc<LoadedDesigns>>,
@@ -202,7 +209,14 @@ impl Hub {
             next_widget: AtomicU64::new(1),
             me: me.clone(),
             speech: std::sync::OnceLock::new(),
+            default_gap_ms: AtomicU64::new(crate::design::DEFAULT_GAP.as_millis() as u64),
         })
+    }
+
+    /// The gap between alerts of receivers whose designs set none (at start).
+    pub fn set_default_gap(&self, gap: Duration) {
+        self.default_gap_ms
+            .store(gap.as_millis() as u64, Ordering::Relaxed);
     }
 
     /// Gives the hub its text-to-speech engine (once, at start).
@@ -745,7 +759,7 @@ impl Hub {
         if let Some(local) = map.get_mut(receiver) {
             local.widgets.retain(|w| w.id != widget);
             if local.widgets.is_empty() {
-                for timer in [local.timer.take(), local.waker.take()]
+                for timer in [local.timer.take(), local.waker.take(), local.sending.take()]
                     .into_iter()
                     .flatten()
                 {
@@ -768,7 +782,9 @@ impl Hub {
         if let Some(w) = local.widgets.iter_mut().find(|w| w.id == widget) {
             w.counted = true;
         }
-        if let Some(frame) = local.flight.as_ref().map(|f| f.frame.clone()) {
+        // While the frame waits out the gap, it goes to this widget with the others.
+        let frame = local.flight.as_ref().map(|f| f.frame.clone());
+        if let Some(frame) = frame.filter(|_| local.sending.is_none()) {
             send(&mut local.widgets, Some(widget), &frame);
         }
     }
@@ -804,7 +820,12 @@ impl Hub {
         let Some(flight) = snapshot.flight else {
             if snapshot.seq > local.seq {
                 local.seq = snapshot.seq;
-                local.flight = None;
+                if local.flight.take().is_some() {
+                    local.freed_at = Some(Instant::now());
+                }
+                if let Some(sending) = local.sending.take() {
+                    sending.abort();
+                }
                 if let Some(timer) = local.timer.take() {
                     timer.abort();
                 }
@@ -830,7 +851,33 @@ impl Hub {
                 Some(d) => d.frame(alert, flight.attempt, self.speech.get()),
                 None => alert_frame(alert, flight.attempt, None),
             };
-            send(&mut local.widgets, None, &frame);
+            let now = Instant::now();
+            if local.flight.as_ref().is_some_and(|l| l.id != flight.id) {
+                local.freed_at = Some(now);
+            }
+            // The pause between alerts: the store sent this one as the last left, and each node
+            // holds its frame back for the gap from when it saw the last one leave (so every node
+            // agrees within the time a notice takes). An alert some widget already started, or a
+            // first one, goes at once.
+            let gap = local
+                .designs
+                .as_ref()
+                .and_then(|d| d.designs.gap())
+                .unwrap_or_else(|| {
+                    Duration::from_millis(self.default_gap_ms.load(Ordering::Relaxed))
+                });
+            let wait = match local.freed_at {
+                Some(freed) if !flight.started => (freed + gap).saturating_duration_since(now),
+                _ => Duration::ZERO,
+            };
+            if let Some(sending) = local.sending.take() {
+                sending.abort();
+            }
+            if wait.is_zero() {
+                send(&mut local.widgets, None, &frame);
+            } else {
+                local.sending = Some(self.send_after(receiver, &flight, wait));
+            }
             local.flight = Some(LocalFlight {
                 id: flight.id.clone(),
                 attempt: flight.attempt,
@@ -843,6 +890,32 @@ impl Hub {
         }
         local.seq = snapshot.seq;
         self.arm(receiver, local, flight.id, flight.remaining);
+    }
+
+    /// Sends the alert in flight's frame after `wait`, if it is still in flight then.
+    fn send_after(&self, receiver: &ReceiverId, flight: &Flight, wait: Duration) -> AbortHandle {
+        let (me, receiver) = (self.me.clone(), receiver.clone());
+        let (id, attempt) = (flight.id.clone(), flight.attempt);
+        tokio::spawn(async move {
+            tokio::time::sleep(wait).await;
+            let Some(hub) = me.upgrade() else {
+                return;
+            };
+            let mut map = hub.lock();
+            let Some(local) = map.get_mut(&receiver) else {
+                return;
+            };
+            local.sending = None;
+            let frame = local
+                .flight
+                .as_ref()
+                .filter(|f| f.id == id && f.attempt == attempt)
+                .map(|f| f.frame.clone());
+            if let Some(frame) = frame {
+                send(&mut local.widgets, None, &frame);
+            }
+        })
+        .abort_handle()
     }
 
     /// Sets the receiver's one timer: when the deadline passes, the store decides whether the

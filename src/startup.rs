@@ -155,6 +155,7 @@ impl Application {
         }
         let speech = Speech::new(engine);
         hub.set_speech(speech.clone());
+        hub.set_default_gap(Duration::from_millis(args.alert_gap_ms));
         let mut background = hub.spawn_background(notices_rx);
         if let Some(target) = &target {
             let ingest = Ingest {

@@ -23,7 +23,7 @@ measure() {
   valgrind --tool=callgrind --callgrind-out-file="$dir/out" redis-server --port "$rp" \
     --bind 127.0.0.1 --save "" --appendonly no --dir "$dir" >/dev/null 2>&1 & vp=$!
   for _ in $(seq 150); do redis-cli -p "$rp" ping >/dev/null 2>&1 && break; sleep 0.2; done
-  CUEBOX_LOG=warn "$bin" serve --bind "127.0.0.1:$hp" --redis-url "redis://127.0.0.1:$rp/" \
+  CUEBOX_LOG=warn CUEBOX_ALERT_GAP_MS=0 "$bin" serve --bind "127.0.0.1:$hp" --redis-url "redis://127.0.0.1:$rp/" \
     --publish-key k --secret s >/dev/null 2>&1 & np=$!
   for _ in $(seq 150); do curl -s -o /dev/null "http://127.0.0.1:$hp/readyz" && break; sleep 0.1; done
   callgrind_control -z "$vp" >/dev/null 2>&1

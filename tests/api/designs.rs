@@ -280,3 +280,82 @@ async fn on_a_cluster_a_design_put_on_one_node_reaches_the_widgets_of_another() 
     let b = TestApp::spawn(args).await;
     a_design_change_reaches_the_next_alert(&a, &b).await;
 }
+
+/// Shows the alert in flight on `w` and answers how long the next one took to arrive.
+async fn next_after_done(w: &mut WidgetClient, id: &str) -> (String, std::time::Duration) {
+    w.show(id).await;
+    let done = std::time::Instant::now();
+    let (next, _, _) = w.next_alert().await;
+    (next, done.elapsed())
+}
+
+#[actix_web::test]
+async fn the_gap_a_receiver_sets_holds_between_alerts() {
+    let app = TestApp::memory().await;
+    let (status, body) = put(
+        &app,
+        "alice",
+        Some(PUBLISH_KEY),
+        &json!({"alert_gap_ms": 1200, "designs": {}}).to_string(),
+    )
+    .await;
+    assert_eq!(status, 200, "{body}");
+    let (status, body) = put(
+        &app,
+        "bob",
+        Some(PUBLISH_KEY),
+        &json!({"alert_gap_ms": 4000, "designs": {}}).to_string(),
+    )
+    .await;
+    assert_eq!(
+        (status, &body["error"]["field"]),
+        (400, &json!("alert_gap_ms")),
+        "{body}"
+    );
+    let mut w = app.widget("alice").await;
+    app.wait_for_widgets("alice", 1).await;
+    let first = app.publish_alert("alice", "one").await;
+    let second = app.publish_alert("alice", "two").await;
+    let (id, _, _) = w.next_alert().await;
+    assert_eq!(id, first, "the first goes at once");
+    let (next, waited) = next_after_done(&mut w, &first).await;
+    assert_eq!(next, second);
+    assert!(
+        waited.as_millis() >= 1150,
+        "the gap did not hold: {waited:?}"
+    );
+    // The widget starts it when it shows it: its time counts from then, not from the send.
+    let third = app.publish_alert("alice", "three").await;
+    let (next, waited) = next_after_done(&mut w, &second).await;
+    assert_eq!(next, third);
+    assert!(
+        waited.as_millis() >= 1150,
+        "the gap did not hold: {waited:?}"
+    );
+}
+
+#[actix_web::test]
+async fn the_gap_holds_on_every_node() {
+    let redis = RedisServer::spawn().await;
+    let mut args = serve_args(Some(redis.url()));
+    args.alert_gap_ms = 800;
+    let a = TestApp::spawn(args.clone()).await;
+    let b = TestApp::spawn(args).await;
+    let mut on_a = a.widget("alice").await;
+    let mut on_b = b.widget("alice").await;
+    a.wait_for_widgets("alice", 2).await;
+    let first = a.publish_alert("alice", "one").await;
+    let second = b.publish_alert("alice", "two").await;
+    assert_eq!(on_a.next_alert().await.0, first);
+    assert_eq!(on_b.next_alert().await.0, first);
+    // Done on a: the next goes out from the store at once, and each node holds its frame back
+    // for the gap from when it heard the first leave.
+    let (next, waited) = next_after_done(&mut on_a, &first).await;
+    assert_eq!(next, second);
+    let started = std::time::Instant::now();
+    let (on_b_next, _, _) = on_b.next_alert().await;
+    assert_eq!(on_b_next, second);
+    assert!(waited.as_millis() >= 750, "a: {waited:?}");
+    // b heard of the done a moment after a did, so its wait ends no sooner than a's less that.
+    assert!(waited + started.elapsed() >= std::time::Duration::from_millis(750));
+}

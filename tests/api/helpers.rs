@@ -326,6 +326,8 @@ pub fn serve_args(redis_url: Option<String>) -> ServeArgs {
         ingest_claim_idle_ms: 30_000,
         tts_command: None,
         tts_url: None,
+        // Most tests are of other rules, and wait for each next alert; the gap has its own.
+        alert_gap_ms: 0,
     }
 }
 

@@ -30,6 +30,8 @@ async fn a_widget_the_hub_lets_go_is_counted_out_exactly_once(redis_url: Option<
     let s = make_store(&backing, fast_rules(), "node-a").await;
     let store = s.store.clone();
     let hub = Hub::new(s.store, Arc::default());
+    // Alerts one after another, as fast as they come: no pause between them.
+    hub.set_default_gap(std::time::Duration::ZERO);
     let alice = receiver("alice");
     let mut w1 = hub.join(&alice).await.expect("W1 joins");
     let mut w2 = hub.join(&alice).await.expect("W2 joins");
