@@ -252,7 +252,25 @@ pub async fn history(
         (true, Some(last)) => json!(&*last.id),
         _ => Value::Null,
     };
-    let alerts: Vec<Value> = page.records.iter().map(history_entry).collect();
+    // Which design and variation each alert played with: resolved again with the version of
+    // the designs in force when it was last sent (resolving is a pure function of the designs
+    // and the alert), while the store still keeps that version.
+    let versions = state
+        .hub
+        .store()
+        .designs(&receiver, crate::store::DESIGN_VERSIONS_KEPT)
+        .await?;
+    let alerts: Vec<Value> = page
+        .records
+        .iter()
+        .map(|record| {
+            let mut entry = history_entry(record);
+            if let Some(played) = played_with(record, &versions) {
+                entry["design"] = played;
+            }
+            entry
+        })
+        .collect();
     Ok(HttpResponse::Ok().json(json!({
         "receiver": receiver,
         "limit": limit,
@@ -260,6 +278,32 @@ pub async fn history(
         "history": alerts,
         "next": next,
     })))
+}
+
+/// `{"version", "design", "variation"}`: the look an alert of history was sent with, if it was
+/// sent and the designs of then are still kept (version 0: none were put yet).
+fn played_with(record: &Record, versions: &[crate::store::Versioned]) -> Option<Value> {
+    let sent = record
+        .trail
+        .steps()
+        .into_iter()
+        .filter(|s| s.mark == Mark::Sent)
+        .map(|s| s.at)
+        .last()?;
+    // Newest first: the first put at or before the send.
+    let (version, designs) = match versions.iter().find(|v| v.at_ms <= sent) {
+        Some(v) => (
+            v.version,
+            crate::design::Designs::parse_stored(&v.json).ok()?,
+        ),
+        None if versions.len() < crate::store::DESIGN_VERSIONS_KEPT => {
+            (0, crate::design::Designs::default())
+        }
+        None => return None,
+    };
+    let alert: Value = serde_json::from_str(&record.json).ok()?;
+    let look = designs.resolve(&alert);
+    Some(json!({"version": version, "design": look.design, "variation": look.variation}))
 }
 
 /// One alert of history as the API shows it: `{id, status, trail: [{event, at[, attempt]}],

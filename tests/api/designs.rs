@@ -223,6 +223,10 @@ async fn a_design_change_reaches_the_next_alert(puts: &TestApp, shows: &TestApp)
         }
         assert!(seen_new, "the other node never took the new designs");
     }
+    let mut played = vec![(
+        first.clone(),
+        json!({"version": 0, "design": "built_in", "variation": null}),
+    )];
     for (value, variation, color) in [("10", None, "#ffffff"), ("150.00", Some("big"), "#ff3355")] {
         let (status, _) = puts.publish(donation(value)).await;
         assert_eq!(status, 202);
@@ -358,4 +362,23 @@ async fn the_gap_holds_on_every_node() {
     assert!(waited.as_millis() >= 750, "a: {waited:?}");
     // b heard of the done a moment after a did, so its wait ends no sooner than a's less that.
     assert!(waited + started.elapsed() >= std::time::Duration::from_millis(750));
+}
+
+/// Retries `check` until it answers something, failing after [`PROMPTLY`].
+async fn eventually_value<F, Fut>(mut check: F) -> Value
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Option<Value>>,
+{
+    let deadline = std::time::Instant::now() + PROMPTLY;
+    loop {
+        if let Some(v) = check().await {
+            return v;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "not within {PROMPTLY:?}"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
 }
