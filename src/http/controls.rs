@@ -289,7 +289,7 @@ fn played_with(record: &Record, versions: &[crate::store::Versioned]) -> Option<
         .into_iter()
         .filter(|s| s.mark == Mark::Sent)
         .map(|s| s.at)
-        .last()?;
+        .next_back()?;
     // Newest first: the first put at or before the send.
     let (version, designs) = match versions.iter().find(|v| v.at_ms <= sent) {
         Some(v) => (
