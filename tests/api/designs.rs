@@ -249,7 +249,29 @@ async fn a_design_change_reaches_the_next_alert(puts: &TestApp, shows: &TestApp)
             frame["alert"]["duration_ms"], 4000,
             "the design's, the alert had none: {frame}"
         );
-        w.show(frame["alert"]["id"].as_str().unwrap()).await;
+        let id = frame["alert"]["id"].as_str().unwrap().to_owned();
+        w.show(&id).await;
+        played.push((
+            id,
+            json!({"version": 1, "design": "donation", "variation": variation}),
+        ));
+    }
+    // History says which design and variation each played with.
+    let history = eventually_value(|| async {
+        let (_, body) = puts
+            .get("/receivers/alice/history?limit=50", Some(PUBLISH_KEY))
+            .await;
+        let entries = body["history"].as_array().cloned().unwrap_or_default();
+        let all = played
+            .iter()
+            .all(|(id, _)| entries.iter().any(|e| e["id"] == id.as_str()));
+        all.then_some(body)
+    })
+    .await;
+    for (id, expected) in &played {
+        let entries = history["history"].as_array().unwrap();
+        let entry = entries.iter().find(|e| e["id"] == id.as_str()).unwrap();
+        assert_eq!(&entry["design"], expected, "{entry}");
     }
     let mut own = donation("1");
     own["duration_ms"] = json!(2500);
