@@ -172,6 +172,8 @@ impl LoadedDesigns {
 
 struct LocalWidget {
     id: u64,
+    /// A preview: not counted in the store (see [`Widget::preview`]).
+    preview: bool,
     /// On air: in OBS, on a scene that is live (every widget is until it says otherwise). One off
     /// air holds the alert in flight but releases nothing new (see `store::Store::audience`).
     on_air: bool,
@@ -195,6 +197,9 @@ struct LocalFlight {
 pub struct Widget {
     pub id: u64,
     pub receiver: ReceiverId,
+    /// A preview (`?preview=1`): it shows what the receiver's widgets show, but is no audience:
+    /// it holds and releases nothing, and its reports are not passed on.
+    pub preview: bool,
     /// Frames for this widget. Closed by the hub when the widget fell too far behind.
     pub frames: futures_channel::mpsc::Receiver<Frame>,
 }
@@ -382,6 +387,16 @@ impl Hub {
     /// Adds a widget: it is registered here first, so no snapshot can pass it by, then counted
     /// in the store, and only then given the alert in flight, the newest this node knows.
     pub async fn join(&self, receiver: &ReceiverId) -> Result<Widget, StoreError> {
+        self.join_as(receiver, false).await
+    }
+
+    /// Adds a widget, or with `preview` a preview: counted in no audience, but this node reports
+    /// that it listens, so it hears of every change, and gives it the alert in flight.
+    pub async fn join_as(
+        &self,
+        receiver: &ReceiverId,
+        preview: bool,
+    ) -> Result<Widget, StoreError> {
         let id = self.next_widget.fetch_add(1, Ordering::Relaxed);
         let (outbox, frames) = futures_channel::mpsc::channel(OUTBOX);
         self.lock()
@@ -390,6 +405,7 @@ impl Hub {
             .widgets
             .push(LocalWidget {
                 id,
+                preview,
                 on_air: true,
                 outbox,
                 counted: false,
@@ -410,18 +426,26 @@ impl Hub {
                 return Err(e);
             }
         }
-        let off_air = self.off_air(receiver);
+        let (count, off_air, listening) = self.report_of(receiver);
+        let change = if preview {
+            WidgetChange::Refresh(count)
+        } else {
+            WidgetChange::Joined
+        };
         match self
             .store
-            .audience(receiver, WidgetChange::Joined, off_air)
+            .report(receiver, change, off_air, listening)
             .await
         {
             Ok(snapshot) => {
-                self.tell_widgets(receiver, true, &snapshot).await;
+                if !preview {
+                    self.tell_widgets(receiver, true, &snapshot).await;
+                }
                 self.count_in(receiver, id, snapshot);
                 Ok(Widget {
                     id,
                     receiver: receiver.clone(),
+                    preview,
                     frames,
                 })
             }
@@ -440,15 +464,21 @@ impl Hub {
         let receiver = &widget.receiver;
         self.forget(receiver, widget.id);
         self.store.unwatch(receiver).await;
-        let change = if withdrawn {
-            WidgetChange::Withdrawn
-        } else {
-            WidgetChange::Left
+        let (count, off_air, listening) = self.report_of(receiver);
+        let change = match (widget.preview, withdrawn) {
+            (true, _) => WidgetChange::Refresh(count),
+            (false, true) => WidgetChange::Withdrawn,
+            (false, false) => WidgetChange::Left,
         };
-        let off_air = self.off_air(receiver);
-        match self.store.audience(receiver, change, off_air).await {
+        match self
+            .store
+            .report(receiver, change, off_air, listening)
+            .await
+        {
             Ok(snapshot) => {
-                self.tell_widgets(receiver, false, &snapshot).await;
+                if !widget.preview {
+                    self.tell_widgets(receiver, false, &snapshot).await;
+                }
                 self.apply(receiver, snapshot)
             }
             // The report this node keeps for the receiver expires on its own, or the next
@@ -461,6 +491,9 @@ impl Hub {
     /// so the first widget on air releases what an audience off air held.
     pub async fn on_air(&self, widget: &Widget, on_air: bool) {
         let receiver = &widget.receiver;
+        if widget.preview {
+            return;
+        }
         let counts = {
             let mut map = self.lock();
             let Some(local) = map.get_mut(receiver) else {
@@ -473,12 +506,12 @@ impl Hub {
                 return;
             }
             w.on_air = on_air;
-            (local.widgets.len() as u32, off_air_of(local))
+            report_of(local)
         };
-        let (count, off_air) = counts;
+        let (count, off_air, listening) = counts;
         match self
             .store
-            .audience(receiver, WidgetChange::Refresh(count), off_air)
+            .report(receiver, WidgetChange::Refresh(count), off_air, listening)
             .await
         {
             Ok(snapshot) => {
@@ -492,9 +525,10 @@ impl Hub {
         }
     }
 
-    /// How many of this node's widgets for the receiver are off air.
-    fn off_air(&self, receiver: &ReceiverId) -> u32 {
-        self.lock().get(receiver).map_or(0, off_air_of)
+    /// What this node reports of the receiver: its widgets, how many are off air, and whether
+    /// it has previews open.
+    fn report_of(&self, receiver: &ReceiverId) -> (u32, u32, bool) {
+        self.lock().get(receiver).map_or((0, 0, false), report_of)
     }
 
     /// A dock opens the receiver's feed here: it gets what it missed since event `since`, then
@@ -665,27 +699,28 @@ impl Hub {
     /// Re-reports this node's widgets for every receiver it holds, which keeps the reports live
     /// and re-reads each receiver's alert in flight.
     pub async fn refresh(&self) {
-        let held: Vec<(ReceiverId, u32, u32)> = self
+        let held: Vec<(ReceiverId, (u32, u32, bool))> = self
             .lock()
             .iter()
             // Widgets still joining count too: a report one too high for a moment only delays
             // a requeue, while one too low could requeue an alert a widget is showing.
-            .map(|(r, l)| (r.clone(), l.widgets.len() as u32, off_air_of(l)))
+            .map(|(r, l)| (r.clone(), report_of(l)))
             .collect();
         // A few at a time, so the calls share the connection's writes and reads (pipelined) but
         // never crowd out the alerts' calls beside them: with 10,000 idle widgets the node's CPU
         // fell from 8.1 % to 5.4 % (docs/benchmarks.md, `idle`).
         futures_util::stream::iter(held)
-            .for_each_concurrent(REFRESHING, |(receiver, count, off_air)| async move {
-                self.refresh_one(&receiver, count, off_air).await;
+            .for_each_concurrent(REFRESHING, |(receiver, report)| async move {
+                self.refresh_one(&receiver, report).await;
             })
             .await;
     }
 
-    async fn refresh_one(&self, receiver: &ReceiverId, count: u32, off_air: u32) {
+    async fn refresh_one(&self, receiver: &ReceiverId, report: (u32, u32, bool)) {
+        let (count, off_air, listening) = report;
         match self
             .store
-            .audience(receiver, WidgetChange::Refresh(count), off_air)
+            .report(receiver, WidgetChange::Refresh(count), off_air, listening)
             .await
         {
             Ok(snapshot) => {
@@ -842,8 +877,8 @@ impl Hub {
                 // which answers with the alert, before moving `seq` on.
                 if let Some(hub) = self.me.upgrade() {
                     let receiver = receiver.clone();
-                    let (count, off_air) = (local.widgets.len() as u32, off_air_of(local));
-                    tokio::spawn(async move { hub.refresh_one(&receiver, count, off_air).await });
+                    let report = report_of(local);
+                    tokio::spawn(async move { hub.refresh_one(&receiver, report).await });
                 }
                 return;
             };
@@ -948,8 +983,13 @@ impl Hub {
     }
 }
 
-fn off_air_of(local: &Local) -> u32 {
-    local.widgets.iter().filter(|w| !w.on_air).count() as u32
+/// What a node reports of its widgets for a receiver: how many (previews aside), how many of
+/// them are off air, and whether it has previews open.
+fn report_of(local: &Local) -> (u32, u32, bool) {
+    let audience = local.widgets.iter().filter(|w| !w.preview);
+    let count = audience.clone().count() as u32;
+    let off_air = audience.filter(|w| !w.on_air).count() as u32;
+    (count, off_air, local.widgets.iter().any(|w| w.preview))
 }
 
 /// Sends a frame to every counted widget (or one). A widget whose outbox is full is let go: its

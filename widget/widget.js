@@ -20,7 +20,11 @@
 
   const parts = location.pathname.split('/');
   const receiver = decodeURIComponent(parts[parts.length - 1] || '');
-  const token = new URLSearchParams(location.search).get('token') || '';
+  const query = new URLSearchParams(location.search);
+  const token = query.get('token') || '';
+  // A preview (the dock's, or a browser tab): it shows what the receiver's widgets show, but is
+  // no audience (it holds and releases nothing) and plays no sound.
+  const preview = query.get('preview') === '1';
   const storageKey = 'cuebox:done:' + receiver;
 
   const stage = document.getElementById('stage');
@@ -35,7 +39,7 @@
   // For tests and for a curious streamer's devtools.
   const status = {
     connected: false, shown: [], skipped: [], current: null, refused: null, design: null,
-    sounds: [], onAir: true, spoken: [],
+    sounds: [], onAir: !preview, spoken: [], preview: preview,
   };
   window.cuebox = status;
 
@@ -474,7 +478,7 @@
   let obsActive = true;
   let obsVisible = true;
   function obsChanged() {
-    const onAir = obsActive && obsVisible;
+    const onAir = obsActive && obsVisible && !preview;
     if (onAir === status.onAir) return;
     status.onAir = onAir;
     if (!onAir && showing && showing.audio) {
@@ -501,7 +505,7 @@
     retryTimer = null;
     const scheme = location.protocol === 'https:' ? 'wss:' : 'ws:';
     const url = scheme + '//' + location.host + '/ws/' + encodeURIComponent(receiver) +
-      '?token=' + encodeURIComponent(token);
+      '?token=' + encodeURIComponent(token) + (preview ? '&preview=1' : '');
     let ws;
     try {
       ws = new WebSocket(url);
@@ -560,7 +564,7 @@
         status.refused = null;
         setConnected(true);
         // A new connection counts as on air until told otherwise.
-        if (!status.onAir) send({ type: 'active', active: false });
+        if (!status.onAir && !preview) send({ type: 'active', active: false });
         break;
       case 'alert':
         onAlert(frame);

@@ -15,6 +15,8 @@ use crate::store::StoreError;
 #[derive(Deserialize)]
 pub struct TokenQuery {
     pub token: Option<String>,
+    /// `1` for a preview widget (see `hub::Widget::preview`).
+    pub preview: Option<String>,
 }
 
 /// What a refused token was presented for, as the log says it.

@@ -73,7 +73,12 @@ pub async fn connect(
         return Err(ApiError::ShuttingDown.into());
     }
     let connection = state.connections.admit().ok_or(ApiError::NodeFull)?;
-    let widget = state.hub.join(&receiver).await.map_err(ApiError::from)?;
+    let preview = query.preview.as_deref() == Some("1");
+    let widget = state
+        .hub
+        .join_as(&receiver, preview)
+        .await
+        .map_err(ApiError::from)?;
     let (response, session, stream) = match actix_ws::handle(&req, body) {
         Ok(upgraded) => upgraded,
         Err(e) => {
@@ -253,6 +258,12 @@ async fn handle(
     };
     let (id, result) = match &inbound {
         Inbound::Ping => return Some(r#"{"type":"pong"}"#.into()),
+        // A preview is no audience: what it shows and ends changes nothing.
+        Inbound::Started { .. } | Inbound::Done { .. } | Inbound::Active { .. }
+            if widget.preview =>
+        {
+            return None
+        }
         Inbound::Active { active } => {
             // Off air counts only for a receiver that holds alerts while inactive; for one that
             // does not, every widget is an audience.

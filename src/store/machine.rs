@@ -185,11 +185,13 @@ pub enum Command<'a> {
     /// Moderation kept an alert off screen: it is only recorded in history.
     Filtered { alert: Stored },
     /// A node's widgets for the receiver changed; `inactive` of them (after the change) are off
-    /// air.
+    /// air. `listening`: the node also has previews open, which are no audience, so the rules
+    /// ignore it (a store of many nodes keeps the node's report so as to tell it of changes).
     Widgets {
         node: &'a str,
         change: WidgetChange,
         inactive: u32,
+        listening: bool,
     },
     /// A widget began to show alert `id`.
     Started { id: &'a str },
@@ -402,6 +404,7 @@ impl Step<'_> {
                 node,
                 change,
                 inactive,
+                listening: _,
             } => self.widgets(node, change, inactive),
             Command::Started { id } => {
                 let grace = ms(self.rules.ack_grace);
@@ -903,6 +906,7 @@ mod tests {
             node: NODE,
             change,
             inactive: 0,
+            listening: false,
         };
         apply(r, command, now, &rules())
     }

@@ -30,7 +30,9 @@
 //!   scene that is not live; reported only for receivers that hold alerts while inactive). Off
 //!   air widgets are live: they keep the alert in flight, show it silently and say `done`. But
 //!   dispatch also needs some live widget *on air*, so an audience off air alone holds the queue,
-//!   and the first widget on air releases it ([`Store::audience`]).
+//!   and the first widget on air releases it ([`Store::audience`]). *Previews* are no audience at
+//!   all: a node reports only that it has some open ([`Store::report`]), which the rules ignore
+//!   and the Redis store uses to tell that node of every change.
 //! - **Timeouts** (g). A sent alert not `started` within the start timeout is sent again with
 //!   `attempt + 1`. A `started` alert not `done` within `duration_ms` plus the ack grace completes
 //!   as expired. Nodes learn deadlines from snapshots and call [`Store::check`] when one passes;
@@ -527,10 +529,24 @@ pub trait Store: Send + Sync + 'static {
         change: WidgetChange,
         inactive: u32,
     ) -> Result<Snapshot, StoreError> {
+        self.report(receiver, change, inactive, false).await
+    }
+
+    /// As [`Store::audience`], saying also whether this node has previews of the receiver open
+    /// (`listening`): previews are no audience (they hold and release nothing), but a store of
+    /// many nodes must tell this node of every change all the same.
+    async fn report(
+        &self,
+        receiver: &ReceiverId,
+        change: WidgetChange,
+        inactive: u32,
+        listening: bool,
+    ) -> Result<Snapshot, StoreError> {
         let command = machine::Command::Widgets {
             node: self.node(),
             change,
             inactive,
+            listening,
         };
         self.apply(receiver, command).await?.into_snapshot()
     }

@@ -1358,3 +1358,35 @@ async fn the_widget_reads_an_alert_out_and_a_broken_engine_holds_nothing() {
         page.assert_no_uncaught_errors();
     }
 }
+
+#[actix_web::test]
+async fn a_preview_page_shows_alerts_silently_and_releases_none() {
+    let app = TestApp::memory().await;
+    let mut page = Page::open(&format!("{}&preview=1", widget_url(&app, "alice"))).await;
+    page.wait_for(CONNECTED, PROMPTLY, "the preview connects")
+        .await;
+    let (status, body) = app
+        .publish(json!({"receiver": "alice", "from": "Ana", "duration_ms": 1000}))
+        .await;
+    assert_eq!(status, 202, "{body}");
+    let id = body["id"].as_str().unwrap().to_owned();
+    let status = app.status("alice").await;
+    assert_eq!(
+        (&status["widgets"], &status["in_flight"]),
+        (&json!(0), &Value::Null),
+        "{status}"
+    );
+    assert_eq!(page.eval("window.cuebox.shown.length").await, json!(0));
+    // A widget joins (OBS's): the alert goes out, and the preview shows it too, silently.
+    let mut w = app.widget("alice").await;
+    assert_eq!(w.next_alert().await.0, id);
+    page.wait_for(
+        &format!("window.cuebox.shown.indexOf('{id}') !== -1"),
+        PROMPTLY,
+        "the preview shows it",
+    )
+    .await;
+    assert_eq!(page.eval("window.cuebox.sounds.length").await, json!(0));
+    w.show(&id).await;
+    page.assert_no_uncaught_errors();
+}

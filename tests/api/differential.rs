@@ -73,6 +73,8 @@ enum Op {
         change: WidgetChange,
         /// The node's widgets off air after the change.
         inactive: u32,
+        /// The node has previews open.
+        listening: bool,
     },
     Started {
         r: usize,
@@ -158,8 +160,20 @@ fn op() -> impl Strategy<Value = Op> {
         1 => (r.clone(), held.clone()).prop_map(|(r, which)| Op::Approve { r, which }),
         1 => (r.clone(), held).prop_map(|(r, which)| Op::Deny { r, which }),
         1 => r.clone().prop_map(|r| Op::Wake { r }),
-        3 => (r.clone(), node.clone(), change, prop_oneof![3 => Just(0u32), 1 => 1u32..3])
-            .prop_map(|(r, node, change, inactive)| Op::Widgets { r, node, change, inactive }),
+        3 => (
+            r.clone(),
+            node.clone(),
+            change,
+            prop_oneof![3 => Just(0u32), 1 => 1u32..3],
+            proptest::bool::weighted(0.2),
+        )
+            .prop_map(|(r, node, change, inactive, listening)| Op::Widgets {
+                r,
+                node,
+                change,
+                inactive,
+                listening,
+            }),
         2 => (r.clone(), which.clone()).prop_map(|(r, which)| Op::Started { r, which }),
         3 => (r.clone(), which.clone()).prop_map(|(r, which)| Op::Done { r, which }),
         2 => (r.clone(), which.clone()).prop_map(|(r, which)| Op::Check { r, which }),
@@ -514,17 +528,19 @@ async fn run(under: &mut Under, ops: Vec<Op>) -> Result<(), TestCaseError> {
                 node,
                 change,
                 inactive,
+                listening,
             } => {
                 let name = RECEIVERS[r];
                 let command = Command::Widgets {
                     node: under.node_name(node),
                     change,
                     inactive,
+                    listening,
                 };
                 let m = model.apply(name, command).answered().into_snapshot();
                 let x = under
                     .store(node)
-                    .audience(&receiver(name), change, inactive)
+                    .report(&receiver(name), change, inactive, listening)
                     .await;
                 same(step, op, m, x)?;
             }

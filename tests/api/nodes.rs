@@ -483,3 +483,33 @@ async fn the_rules_run_on_redis_clock_as_the_node_reads_it() {
         "the node's clock {node_ms} against Redis's {redis_ms}"
     );
 }
+
+#[actix_web::test]
+async fn a_preview_on_another_node_hears_every_alert() {
+    let redis = RedisServer::spawn().await;
+    let a = TestApp::redis(&redis).await;
+    let b = TestApp::redis(&redis).await;
+    let mut w = a.widget("alice").await;
+    let url = format!(
+        "{}/ws/alice?token={}&preview=1",
+        b.base.replace("http://", "ws://"),
+        b.token("alice")
+    );
+    let mut p = WidgetClient::connect(&url)
+        .await
+        .expect("the preview connects");
+    assert_eq!(p.next_json().await["type"], "hello");
+    a.wait_for_widgets("alice", 1).await;
+    // Every change is made on a, which holds the only widget: still b's preview hears of it.
+    for message in ["one", "two", "three"] {
+        let id = a.publish_alert("alice", message).await;
+        assert_eq!(w.next_alert().await.0, id);
+        assert_eq!(p.next_alert().await.0, id, "{message}");
+        w.show(&id).await;
+    }
+    assert_eq!(
+        a.status("alice").await["widgets"],
+        1,
+        "the preview is no widget"
+    );
+}

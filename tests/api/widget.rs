@@ -436,3 +436,47 @@ async fn a_widget_off_air_holds_alerts_back_only_while_the_receiver_says_so() {
     assert_eq!(id, held);
     assert_eq!(app.status("alice").await["widgets_on_air"], 1);
 }
+
+/// A preview of the receiver's widgets, as the dock or a browser tab opens one.
+async fn preview(app: &TestApp, receiver: &str) -> WidgetClient {
+    let url = format!(
+        "{}/ws/{receiver}?token={}&preview=1",
+        app.base.replace("http://", "ws://"),
+        app.token(receiver)
+    );
+    let mut w = WidgetClient::connect(&url)
+        .await
+        .expect("the preview connects");
+    assert_eq!(w.next_json().await["type"], "hello");
+    w
+}
+
+#[actix_web::test]
+async fn a_preview_neither_holds_the_queue_nor_releases_it() {
+    let app = TestApp::memory().await;
+    let mut p = preview(&app, "alice").await;
+    let first = app.publish_alert("alice", "one").await;
+    p.expect_silence(Duration::from_millis(300)).await;
+    let status = app.status("alice").await;
+    assert_eq!(
+        (&status["widgets"], &status["queued"], &status["in_flight"]),
+        (&json!(0), &json!(1), &serde_json::Value::Null),
+        "a preview alone releases nothing: {status}"
+    );
+
+    // A widget joins: the alert goes out, to the preview as well.
+    let mut w = app.widget("alice").await;
+    assert_eq!(w.next_alert().await.0, first);
+    assert_eq!(p.next_alert().await.0, first);
+    // What the preview shows and ends changes nothing.
+    p.show(&first).await;
+    p.expect_silence(Duration::from_millis(300)).await;
+    assert_eq!(app.status("alice").await["in_flight"]["id"], first.as_str());
+    // The widget leaves: the alert goes back, the preview holding nothing.
+    w.close().await;
+    eventually(|| async {
+        let status = app.status("alice").await;
+        status["queued"] == 1 && status["in_flight"].is_null()
+    })
+    .await;
+}

@@ -248,6 +248,7 @@ impl RedisStore {
         receiver: &ReceiverId,
         change: WidgetChange,
         inactive: u32,
+        listening: bool,
     ) -> Result<Answered, StoreError> {
         let (change, count) = match change {
             WidgetChange::Joined => ("joined", 0),
@@ -258,10 +259,11 @@ impl RedisStore {
         let max = self.core.rules.max_widgets.to_string();
         let ttl = PRESENCE_TTL.as_millis().to_string();
         let (count, inactive) = (count.to_string(), inactive.to_string());
-        // Off-air widgets are rare: the common call leaves the count out.
-        let args: &[&str] = match inactive.as_str() {
-            "0" => &[change, &count, &max, &ttl],
-            _ => &[change, &count, &max, &ttl, &inactive],
+        // Off-air widgets and previews are rare: the common call leaves them out.
+        let args: &[&str] = match (inactive.as_str(), listening) {
+            ("0", false) => &[change, &count, &max, &ttl],
+            (_, false) => &[change, &count, &max, &ttl, &inactive],
+            (_, true) => &[change, &count, &max, &ttl, &inactive, "1"],
         };
         let (reply, now) = self.core.run(receiver, Call::Widgets, None, args).await?;
         if kind_of(&reply) == Some("too_many") {
@@ -507,7 +509,11 @@ impl Store for RedisStore {
                 node,
                 change,
                 inactive,
-            } if node == &*self.core.node => self.widgets_call(receiver, change, inactive).await,
+                listening,
+            } if node == &*self.core.node => {
+                self.widgets_call(receiver, change, inactive, listening)
+                    .await
+            }
             Command::Widgets { node, .. } => Err(StoreError::Protocol(format!(
                 "node {} cannot report widgets for node {node}",
                 self.core.node

@@ -358,7 +358,9 @@ local function count(c, flat)
   for i = 1, #flat, 2 do
     local n, live_until, inactive = string.match(flat[i + 1], '^(%d+) (%d+) ?(%d*)$')
     n, live_until = tonumber(n), tonumber(live_until)
-    if n and n > 0 and live_until > c.now then
+    if n and live_until > c.now then
+      -- A report of no widgets is a node with previews open: no audience, but a node to tell
+      -- of changes, so it counts against the calling node being the sole one.
       total = total + n
       on_air = on_air + math.max(0, n - (tonumber(inactive) or 0))
       if sole == nil then sole = flat[i] elseif sole ~= flat[i] then sole = '*' end
@@ -840,7 +842,8 @@ end
 
 -- ARGV[5] joined, left, withdrawn or refresh; ARGV[6] the count, for refresh;
 -- ARGV[7] most widgets of one receiver; ARGV[8] how long a report stays live, ms; ARGV[9], if
--- any, how many of the node's widgets are off air after the change (none if absent).
+-- any, how many of the node's widgets are off air after the change (none if absent); ARGV[10]
+-- '1' if the node has previews of the receiver open (see count()).
 local function widgets(keys, args)
   local c = open_to_write(keys, args)
   c.widgets_key = keys[5]
@@ -866,7 +869,8 @@ local function widgets(keys, args)
   else
     mine = tonumber(args[6])
   end
-  if mine > 0 then
+  -- A node with previews open keeps a report even of no widgets.
+  if mine > 0 or args[10] == '1' then
     local report = mine .. ' ' .. int(c.now + tonumber(args[8]))
     -- Of them, off air (absent for none, the common case).
     local inactive = math.min(tonumber(args[9]) or 0, mine)
