@@ -46,11 +46,14 @@
     return;
   }
 
-  async function call(method, path) {
+  async function call(method, path, sent) {
+    const headers = { Authorization: 'Bearer ' + token };
+    if (sent !== undefined) headers['Content-Type'] = 'application/json';
     const res = await fetch(base + path, {
       method: method,
-      headers: { Authorization: 'Bearer ' + token },
+      headers: headers,
       cache: 'no-store',
+      body: sent === undefined ? undefined : JSON.stringify(sent),
     });
     let body = null;
     try {
@@ -60,7 +63,10 @@
     }
     if (!res.ok) {
       const message = body && body.error && body.error.message;
-      throw new Error(message || ('the node answered ' + res.status));
+      const error = new Error(message || ('the node answered ' + res.status));
+      error.status = res.status;
+      error.field = body && body.error && body.error.field;
+      throw error;
     }
     return body;
   }
@@ -290,6 +296,97 @@
       setTimeout(listen, wait);
     };
   }
+
+  // ---- the designs editor ----
+  //
+  // The designs are edited as the JSON that PUT takes; Preview asks the node to resolve them for
+  // a sample alert and shows the result in a preview of the real widget (which the dashboard
+  // token opens), so what is seen is what the stream will show. Save puts them with the version
+  // read, so an edit made elsewhere meanwhile is not overwritten unawares.
+  const editor = {
+    version: null, previews: 0, saved: 0, tests: 0, status: '', error: null,
+  };
+  state.designs = editor;
+
+  function designStatus(text, bad) {
+    editor.status = text;
+    editor.error = bad ? text : null;
+    el('design-status').textContent = text;
+    el('design-status').classList.toggle('bad', !!bad);
+  }
+
+  async function loadDesigns() {
+    const kept = await call('GET', '/designs');
+    editor.version = kept.version;
+    const doc = { designs: kept.designs || {} };
+    for (const key of ['locale', 'alert_gap_ms', 'tts']) {
+      if (kept[key] !== undefined) doc[key] = kept[key];
+    }
+    el('designs-json').value = JSON.stringify(doc, null, 2);
+    designStatus('Version ' + kept.version + '.', false);
+  }
+
+  function edited() {
+    try {
+      return JSON.parse(el('designs-json').value || '{}');
+    } catch (e) {
+      designStatus('Not valid JSON: ' + e.message, true);
+      return null;
+    }
+  }
+
+  function sample() {
+    const alert = {
+      kind: el('sample-kind').value,
+      from: el('sample-from').value || undefined,
+      message: el('sample-message').value || undefined,
+    };
+    const value = el('sample-amount').value.trim();
+    if (value) alert.amount = { value: value, currency: el('sample-currency').value.trim() };
+    return alert;
+  }
+
+  async function designAction(what) {
+    const doc = edited();
+    if (!doc) return;
+    try {
+      if (what === 'preview') {
+        const shown = await call('POST', '/designs/preview', { designs: doc, alert: sample() });
+        el('design-frame').contentWindow.postMessage(
+          { type: 'cuebox:show', alert: shown.alert, design: shown.design }, location.origin);
+        editor.previews += 1;
+        designStatus('Preview: ' + shown.design.design +
+          (shown.design.variation ? ', variation ' + shown.design.variation : '') + '.', false);
+      } else if (what === 'save') {
+        doc.version = editor.version;
+        const kept = await call('PUT', '/designs', doc);
+        editor.version = kept.version;
+        editor.saved += 1;
+        designStatus('Saved as version ' + kept.version + ': widgets show the next alert with it.',
+          false);
+      } else if (what === 'test') {
+        await call('POST', '/test', sample());
+        editor.tests += 1;
+        designStatus('Test alert queued.', false);
+        soon();
+      }
+    } catch (e) {
+      designStatus((e.field ? e.field + ': ' : '') + e.message +
+        (e.status === 409 ? ' (reload the designs, then apply the change again)' : ''), true);
+    }
+  }
+
+  el('design-preview').addEventListener('click', () => designAction('preview'));
+  el('design-save').addEventListener('click', () => designAction('save'));
+  el('design-test').addEventListener('click', () => designAction('test'));
+  el('designs-section').addEventListener('toggle', () => {
+    if (!el('designs-section').open) return;
+    if (!el('design-frame').src) {
+      el('design-frame').src = '/widget/' + encodeURIComponent(receiver) + '?token=' +
+        encodeURIComponent(token) + '&preview=1';
+    }
+    loadDesigns().catch((e) => designStatus('Could not read the designs: ' + e.message, true));
+  });
 
   refresh();
   listen();

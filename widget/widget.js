@@ -207,7 +207,8 @@
     showing.hideTimer = setTimeout(() => {
       if (!showing || showing.id !== id) return;
       clear();
-      remember(id);
+      // A preview remembers nothing: it shares storage with the real widget in OBS.
+      if (!preview) remember(id);
       send({ type: 'done', id: id });
     }, out.ms);
   }
@@ -467,6 +468,18 @@
 
   function oneOf(v, allowed, fallback) {
     return allowed.indexOf(v) !== -1 ? v : fallback;
+  }
+
+  // The dock's designs editor draws its preview with this page: a preview takes an alert and its
+  // resolved look from the dock (same origin only) and shows it, as it would any alert.
+  if (preview) {
+    window.addEventListener('message', (event) => {
+      const data = event.data;
+      if (event.origin !== location.origin || !data || data.type !== 'cuebox:show') return;
+      if (!data.alert || typeof data.alert.id !== 'string') return;
+      if (showing) clear();
+      show(data.alert, data.design || {}, null);
+    });
   }
 
   // ---- on air, as OBS tells it ----

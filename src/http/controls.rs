@@ -434,18 +434,49 @@ pub async fn put_settings(
     Ok(HttpResponse::Ok().json(settings))
 }
 
-/// `POST /receivers/{receiver}/test`: queues a test alert (`kind: "test"`), behind what waits.
+/// A test alert: with no body, `kind: "test"` from cuebox; with a body, the alert it describes
+/// (`kind`, `from`, `amount`, `message`, `data`, as a publish takes them; `kind` "test" unless
+/// given), so the streamer can try the look of any kind and variation.
+pub(super) fn sample_alert(receiver: &ReceiverId, body: &[u8]) -> Result<NewAlert, ApiError> {
+    if body.iter().all(u8::is_ascii_whitespace) {
+        return Ok(NewAlert::test(receiver.clone()));
+    }
+    let mut sample: Value = serde_json::from_slice(body).map_err(|e| FieldError {
+        code: "invalid_json",
+        message: format!("the body is not valid JSON: {e}"),
+        field: None,
+    })?;
+    let Some(fields) = sample.as_object_mut() else {
+        return Err(FieldError::invalid("body", "a test alert is a JSON object").into());
+    };
+    if fields
+        .get("receiver")
+        .is_some_and(|r| r != receiver.as_str())
+    {
+        return Err(FieldError::invalid("receiver", "a test alert is for this receiver").into());
+    }
+    fields.insert("receiver".into(), json!(receiver));
+    fields.entry("kind").or_insert_with(|| json!("test"));
+    fields.entry("from").or_insert_with(|| json!("cuebox"));
+    let body = serde_json::to_vec(&sample).unwrap_or_default();
+    Ok(NewAlert::parse(&body, None)?)
+}
+
+/// `POST /receivers/{receiver}/test`: queues a test alert (`kind: "test"`, or the one the body
+/// describes), behind what waits.
 pub async fn test(
     req: HttpRequest,
     path: web::Path<String>,
     query: web::Query<ControlQuery>,
+    body: web::Bytes,
     state: web::Data<AppState>,
 ) -> Result<HttpResponse, ApiError> {
     let receiver = controlled(&req, &path, query.token.as_deref(), &state).await?;
+    let sample = sample_alert(&receiver, &body)?;
     // The designs as read with the settings (the test's duration is its design's).
     state.settings.get(&receiver).await?;
     let designs = state.settings.designs(&receiver);
-    let record = NewAlert::test(receiver.clone()).into_record_with(&designs);
+    let record = sample.into_record_with(&designs);
     let position = match state.hub.publish(&record, None).await? {
         Publish::Accepted { position, .. } => position,
         Publish::QueueFull => return Err(ApiError::QueueFull),

@@ -129,3 +129,42 @@ pub async fn put(
     body["version"] = json!(version);
     Ok(HttpResponse::Ok().json(body))
 }
+
+/// `POST /receivers/{receiver}/designs/preview`: `{"designs", "alert"}`, designs not yet put and
+/// a sample alert (as `POST .../test` takes it), answered with the alert as a widget would get
+/// it and the look it resolves to: what the dock's editor draws with the real widget code.
+pub async fn preview(
+    req: HttpRequest,
+    path: web::Path<String>,
+    query: web::Query<DesignsQuery>,
+    body: web::Bytes,
+    state: web::Data<AppState>,
+) -> Result<HttpResponse, ApiError> {
+    let receiver = ReceiverId::parse(&path)?;
+    authorize_controller(&req, &state, &receiver, query.token.as_deref()).await?;
+    if body.len() > MOST_DESIGNS_BYTES + 16 * 1024 {
+        return Err(ApiError::TooLarge(MOST_DESIGNS_BYTES));
+    }
+    let mut asked: Value = serde_json::from_slice(&body).map_err(|e| crate::alert::FieldError {
+        code: "invalid_json",
+        message: format!("the body is not valid JSON: {e}"),
+        field: None,
+    })?;
+    let designs = asked
+        .get_mut("designs")
+        .map(Value::take)
+        .unwrap_or(json!({}));
+    let designs = Put::parse(designs.to_string().as_bytes())?.designs;
+    let alert = asked
+        .get_mut("alert")
+        .map(Value::take)
+        .unwrap_or(Value::Null);
+    let sample = match alert {
+        Value::Null => Vec::new(),
+        alert => alert.to_string().into_bytes(),
+    };
+    let record = super::controls::sample_alert(&receiver, &sample)?.into_record_with(&designs);
+    let alert: Value = serde_json::from_str(&record.json).unwrap_or_default();
+    let look = designs.resolve(&alert);
+    Ok(HttpResponse::Ok().json(json!({"alert": alert, "design": look})))
+}

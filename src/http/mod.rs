@@ -106,6 +106,10 @@ pub fn routes(cfg: &mut web::ServiceConfig) {
         web::get().to(designs::versions),
     )
     .route(
+        "/receivers/{receiver}/designs/preview",
+        web::post().to(designs::preview),
+    )
+    .route(
         "/receivers/{receiver}/settings",
         web::put().to(controls::put_settings),
     )

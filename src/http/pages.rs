@@ -35,7 +35,9 @@ pub async fn widget_page(
     let refused = match ReceiverId::parse(&path) {
         Err(_) => Some("receiver"),
         Ok(receiver) => {
-            match check_token(&state, &receiver, query.token.as_deref(), Opening::Page).await {
+            let preview = query.preview.as_deref() == Some("1");
+            let token = query.token.as_deref();
+            match check_token(&state, &receiver, token, Opening::Page, preview).await {
                 Err(ApiError::BadToken) => Some("token"),
                 // The store could not say which generation is current: the page is served, and
                 // its socket, which checks the token again, retries until it can.

@@ -46,14 +46,18 @@ pub async fn opens<'a>(
 }
 
 /// The token opens this receiver's widget, or the request is refused with 401 (and logged, at
-/// most once a minute per receiver).
+/// most once a minute per receiver). A `preview` opens with the dashboard token as well (the
+/// dock's preview of the widget: whoever controls the queue may watch it).
 pub async fn check_token(
     state: &AppState,
     receiver: &ReceiverId,
     token: Option<&str>,
     opening: Opening,
+    preview: bool,
 ) -> Result<(), ApiError> {
-    if opens(state, Purpose::Widget, receiver, [token]).await? {
+    let opened = opens(state, Purpose::Widget, receiver, [token]).await?
+        || (preview && opens(state, Purpose::Dashboard, receiver, [token]).await?);
+    if opened {
         Ok(())
     } else {
         state.refusals.note(receiver, opening);

@@ -65,7 +65,15 @@ pub async fn connect(
     // Everything that can refuse a widget does so before the upgrade, with a status the
     // widget's backoff understands: a bad token, a full node, a receiver with too many widgets,
     // a store that cannot count it.
-    check_token(&state, &receiver, query.token.as_deref(), Opening::Socket).await?;
+    let preview = query.preview.as_deref() == Some("1");
+    check_token(
+        &state,
+        &receiver,
+        query.token.as_deref(),
+        Opening::Socket,
+        preview,
+    )
+    .await?;
     // Before anything reaches the store: a plain GET would otherwise count a widget in and out,
     // and send the alert in flight again with one more attempt.
     actix_http::ws::verify_handshake(req.head()).map_err(not_an_upgrade)?;
@@ -73,7 +81,6 @@ pub async fn connect(
         return Err(ApiError::ShuttingDown.into());
     }
     let connection = state.connections.admit().ok_or(ApiError::NodeFull)?;
-    let preview = query.preview.as_deref() == Some("1");
     let widget = state
         .hub
         .join_as(&receiver, preview)

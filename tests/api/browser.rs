@@ -1390,3 +1390,115 @@ async fn a_preview_page_shows_alerts_silently_and_releases_none() {
     w.show(&id).await;
     page.assert_no_uncaught_errors();
 }
+
+#[actix_web::test]
+async fn the_dock_edits_designs_previews_them_with_the_real_widget_and_sends_a_test() {
+    let app = TestApp::memory().await;
+    let token = app.dashboard_token("alice");
+    let mut page = Page::open_until(
+        &format!("{}/dock/alice?token={token}", app.base),
+        "typeof window.cueboxDock === 'object' && window.cueboxDock.reads >= 1",
+        "the dock loads",
+    )
+    .await;
+    page.eval("document.getElementById('designs-section').open = true, true")
+        .await;
+    let frame = "document.getElementById('design-frame').contentWindow";
+    page.wait_for(
+        &format!(
+            "window.cueboxDock.designs.version === 0 && {frame}.cuebox \
+             && {frame}.cuebox.connected === true"
+        ),
+        PROMPTLY,
+        "the editor reads the designs and its preview widget connects",
+    )
+    .await;
+    assert_eq!(
+        app.status("alice").await["widgets"],
+        0,
+        "a preview is no widget"
+    );
+
+    let designs = json!({"locale": "pt-BR", "designs": {"donation": {
+        "title": "{from} testou {amount}", "text_color": "#00ff00",
+        "variations": [{"name": "big", "when": {"min_amount": {"value": "100", "currency": "BRL"}},
+                        "set": {"text_color": "#ff3355"}}]}}});
+    let set = |id: &str, value: &str| {
+        format!(
+            "(() => {{ const e = document.getElementById('{id}'); e.value = {}; return true; }})()",
+            serde_json::to_string(value).unwrap()
+        )
+    };
+    let click = |id: &str| format!("document.getElementById('{id}').click(), true");
+    page.eval(&set("designs-json", &designs.to_string())).await;
+    page.eval(&set("sample-amount", "150.00")).await;
+    page.eval(&click("design-preview")).await;
+    page.wait_for(
+        &format!(
+            "window.cueboxDock.designs.previews === 1 && {frame}.cuebox.current !== null \
+             && {frame}.document.getElementById('title').textContent.indexOf('Ana testou') === 0"
+        ),
+        PROMPTLY,
+        "the preview shows the edited design",
+    )
+    .await;
+    let shown = page
+        .eval(&format!(
+            "(() => {{ const d = {frame}.document; return {{ title: d.getElementById('title').textContent, \
+             variation: d.getElementById('card').dataset.variation, \
+             color: {frame}.getComputedStyle(d.getElementById('title')).color }}; }})()"
+        ))
+        .await;
+    assert_eq!(shown["variation"], "big", "{shown}");
+    assert_eq!(shown["color"], "rgb(255, 51, 85)", "{shown}");
+    page.eval("document.getElementById('design-status').scrollIntoView(), true")
+        .await;
+    page.screenshot_if_asked().await;
+    assert!(
+        shown["title"].as_str().unwrap().contains("R$\u{a0}150,00"),
+        "{shown}"
+    );
+    let (_, kept) = app.get("/receivers/alice/designs", Some(PUBLISH_KEY)).await;
+    assert_eq!(kept["version"], 0, "a preview keeps nothing");
+
+    // A bad colour is refused, naming the field.
+    let bad = json!({"designs": {"donation": {"text_color": "green"}}});
+    page.eval(&set("designs-json", &bad.to_string())).await;
+    page.eval(&click("design-save")).await;
+    page.wait_for(
+        "(window.cueboxDock.designs.error || '').indexOf('designs.donation.text_color') === 0",
+        PROMPTLY,
+        "the editor says which field is wrong",
+    )
+    .await;
+    page.eval(&set("designs-json", &designs.to_string())).await;
+    page.eval(&click("design-save")).await;
+    page.wait_for(
+        "window.cueboxDock.designs.saved === 1 && window.cueboxDock.designs.version === 1",
+        PROMPTLY,
+        "the editor saves",
+    )
+    .await;
+    let (_, kept) = app.get("/receivers/alice/designs", Some(PUBLISH_KEY)).await;
+    assert_eq!(
+        kept["designs"]["donation"]["title"],
+        "{from} testou {amount}"
+    );
+
+    // A test of this variation goes through the queue.
+    page.eval(&click("design-test")).await;
+    page.wait_for(
+        "window.cueboxDock.designs.tests === 1",
+        PROMPTLY,
+        "the test is sent",
+    )
+    .await;
+    let (_, queue) = app.get("/receivers/alice/queue", Some(PUBLISH_KEY)).await;
+    let test = &queue["alerts"][0];
+    assert_eq!(
+        (&test["kind"], &test["amount"]["value"]),
+        (&json!("donation"), &json!("150.00")),
+        "{queue}"
+    );
+    page.assert_no_uncaught_errors();
+}
