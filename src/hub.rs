@@ -387,15 +387,17 @@ impl Hub {
     /// Adds a widget: it is registered here first, so no snapshot can pass it by, then counted
     /// in the store, and only then given the alert in flight, the newest this node knows.
     pub async fn join(&self, receiver: &ReceiverId) -> Result<Widget, StoreError> {
-        self.join_as(receiver, false).await
+        self.join_as(receiver, false, true).await
     }
 
-    /// Adds a widget, or with `preview` a preview: counted in no audience, but this node reports
-    /// that it listens, so it hears of every change, and gives it the alert in flight.
+    /// Adds a widget, on air or not, or with `preview` a preview: counted in no audience, but
+    /// this node reports that it listens, so it hears of every change, and gives it the alert in
+    /// flight.
     pub async fn join_as(
         &self,
         receiver: &ReceiverId,
         preview: bool,
+        on_air: bool,
     ) -> Result<Widget, StoreError> {
         let id = self.next_widget.fetch_add(1, Ordering::Relaxed);
         let (outbox, frames) = futures_channel::mpsc::channel(OUTBOX);
@@ -406,7 +408,7 @@ impl Hub {
             .push(LocalWidget {
                 id,
                 preview,
-                on_air: true,
+                on_air,
                 outbox,
                 counted: false,
             });

@@ -518,7 +518,8 @@
     retryTimer = null;
     const scheme = location.protocol === 'https:' ? 'wss:' : 'ws:';
     const url = scheme + '//' + location.host + '/ws/' + encodeURIComponent(receiver) +
-      '?token=' + encodeURIComponent(token) + (preview ? '&preview=1' : '');
+      '?token=' + encodeURIComponent(token) + (preview ? '&preview=1' : '') +
+      (!preview && !status.onAir ? '&active=0' : '');
     let ws;
     try {
       ws = new WebSocket(url);
@@ -576,7 +577,8 @@
         delay = MIN_DELAY_MS;
         status.refused = null;
         setConnected(true);
-        // A new connection counts as on air until told otherwise.
+        // Off air when it connected: the URL said so (`active=0`); this says it again, for a
+        // node of a version before that.
         if (!status.onAir && !preview) send({ type: 'active', active: false });
         break;
       case 'alert':

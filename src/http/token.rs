@@ -17,6 +17,8 @@ pub struct TokenQuery {
     pub token: Option<String>,
     /// `1` for a preview widget (see `hub::Widget::preview`).
     pub preview: Option<String>,
+    /// `0` for a widget that reconnects off air (it said so before its connection dropped).
+    pub active: Option<String>,
 }
 
 /// What a refused token was presented for, as the log says it.

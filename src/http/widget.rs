@@ -81,9 +81,18 @@ pub async fn connect(
         return Err(ApiError::ShuttingDown.into());
     }
     let connection = state.connections.admit().ok_or(ApiError::NodeFull)?;
+    // A widget that reconnects off air joins off air, so nothing goes out to it meanwhile;
+    // only for a receiver that holds alerts while inactive (see `Inbound::Active`).
+    let off_air = query.active.as_deref() == Some("0")
+        && !preview
+        && state
+            .settings
+            .get(&receiver)
+            .await
+            .map_or(true, |s| s.hold_while_inactive);
     let widget = state
         .hub
-        .join_as(&receiver, preview)
+        .join_as(&receiver, preview, !off_air)
         .await
         .map_err(ApiError::from)?;
     let (response, session, stream) = match actix_ws::handle(&req, body) {

@@ -1502,3 +1502,43 @@ async fn the_dock_edits_designs_previews_them_with_the_real_widget_and_sends_a_t
     );
     page.assert_no_uncaught_errors();
 }
+
+#[actix_web::test]
+async fn the_gap_between_alerts_holds_on_screen() {
+    let mut args = serve_args(None);
+    args.alert_gap_ms = 1500;
+    let app = TestApp::spawn(args).await;
+    let mut page = Page::open(&widget_url(&app, "alice")).await;
+    page.wait_for(CONNECTED, PROMPTLY, "the widget connects")
+        .await;
+    assert_eq!(page.eval(RECORDER).await, json!(true));
+    let mut ids = Vec::new();
+    for from in ["Ana", "Bia"] {
+        let (status, body) = app
+            .publish(json!({"receiver": "alice", "from": from, "duration_ms": 1000}))
+            .await;
+        assert_eq!(status, 202, "{body}");
+        ids.push(body["id"].as_str().unwrap().to_owned());
+    }
+    page.wait_for(
+        "window.cuebox.shown.length === 2 && window.cuebox.current === null",
+        Duration::from_secs(20),
+        "both alerts shown",
+    )
+    .await;
+    // The page's own record of what it showed: the first off screen, then the second on.
+    let changes = page.eval("window.__changes").await;
+    let changes = changes.as_array().unwrap();
+    let at = |id: Option<&str>, from: usize| {
+        changes[from..]
+            .iter()
+            .position(|c| c["id"].as_str() == id)
+            .map(|i| i + from)
+            .unwrap_or_else(|| panic!("{id:?} never seen after {from}: {changes:?}"))
+    };
+    let first_on = at(Some(&ids[0]), 0);
+    let first_off = at(None, first_on);
+    let second_on = at(Some(&ids[1]), first_off);
+    let gap = changes[second_on]["t"].as_f64().unwrap() - changes[first_off]["t"].as_f64().unwrap();
+    assert!(gap >= 1400.0, "the gap on screen was {gap:.0} ms");
+}

@@ -480,3 +480,26 @@ async fn a_preview_neither_holds_the_queue_nor_releases_it() {
     })
     .await;
 }
+
+#[actix_web::test]
+async fn a_widget_that_reconnects_off_air_joins_off_air() {
+    let app = TestApp::memory().await;
+    let url = format!(
+        "{}/ws/alice?token={}&active=0",
+        app.base.replace("http://", "ws://"),
+        app.token("alice")
+    );
+    let mut w = WidgetClient::connect(&url)
+        .await
+        .expect("the widget connects");
+    assert_eq!(w.next_json().await["type"], "hello");
+    let status = app.status("alice").await;
+    assert_eq!(
+        (&status["widgets"], &status["widgets_on_air"]),
+        (&json!(1), &json!(0))
+    );
+    let held = app.publish_alert("alice", "held from the start").await;
+    w.expect_silence(Duration::from_millis(300)).await;
+    w.send_json(json!({"type": "active", "active": true})).await;
+    assert_eq!(w.next_alert().await.0, held);
+}
