@@ -510,21 +510,7 @@ impl Hub {
             w.on_air = on_air;
             report_of(local)
         };
-        let (count, off_air, listening) = counts;
-        match self
-            .store
-            .report(receiver, WidgetChange::Refresh(count), off_air, listening)
-            .await
-        {
-            Ok(snapshot) => {
-                self.tell(receiver, Did::Other, Some(&snapshot));
-                self.apply(receiver, snapshot)
-            }
-            // The next refresh reports it.
-            Err(e) => {
-                tracing::warn!(%receiver, error = %e, "could not report a widget on or off air")
-            }
-        }
+        self.refresh_one(receiver, counts).await;
     }
 
     /// What this node reports of the receiver: its widgets, how many are off air, and whether

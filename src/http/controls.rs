@@ -47,7 +47,7 @@ pub(super) async fn authorize_controller(
 }
 
 /// The receiver a control names, once the caller has shown it may control it.
-async fn controlled(
+pub(super) async fn controlled(
     req: &HttpRequest,
     path: &str,
     token: Option<&str>,

@@ -8,7 +8,7 @@ use actix_web::{web, HttpRequest, HttpResponse};
 use serde::Deserialize;
 use serde_json::{json, Value};
 
-use super::controls::authorize_controller;
+use super::controls::controlled;
 use super::{ApiError, AppState};
 use crate::alert::ReceiverId;
 use crate::design::Put;
@@ -49,8 +49,7 @@ pub async fn get(
     query: web::Query<DesignsQuery>,
     state: web::Data<AppState>,
 ) -> Result<HttpResponse, ApiError> {
-    let receiver = ReceiverId::parse(&path)?;
-    authorize_controller(&req, &state, &receiver, query.token.as_deref()).await?;
+    let receiver = controlled(&req, &path, query.token.as_deref(), &state).await?;
     let limit = if query.version.is_some() {
         DESIGN_VERSIONS_KEPT
     } else {
@@ -75,8 +74,7 @@ pub async fn versions(
     query: web::Query<DesignsQuery>,
     state: web::Data<AppState>,
 ) -> Result<HttpResponse, ApiError> {
-    let receiver = ReceiverId::parse(&path)?;
-    authorize_controller(&req, &state, &receiver, query.token.as_deref()).await?;
+    let receiver = controlled(&req, &path, query.token.as_deref(), &state).await?;
     let kept = state
         .hub
         .store()
@@ -98,8 +96,7 @@ pub async fn put(
     body: web::Bytes,
     state: web::Data<AppState>,
 ) -> Result<HttpResponse, ApiError> {
-    let receiver = ReceiverId::parse(&path)?;
-    authorize_controller(&req, &state, &receiver, query.token.as_deref()).await?;
+    let receiver = controlled(&req, &path, query.token.as_deref(), &state).await?;
     if body.len() > MOST_DESIGNS_BYTES {
         return Err(ApiError::TooLarge(MOST_DESIGNS_BYTES));
     }
@@ -140,8 +137,7 @@ pub async fn preview(
     body: web::Bytes,
     state: web::Data<AppState>,
 ) -> Result<HttpResponse, ApiError> {
-    let receiver = ReceiverId::parse(&path)?;
-    authorize_controller(&req, &state, &receiver, query.token.as_deref()).await?;
+    let receiver = controlled(&req, &path, query.token.as_deref(), &state).await?;
     if body.len() > MOST_DESIGNS_BYTES + 16 * 1024 {
         return Err(ApiError::TooLarge(MOST_DESIGNS_BYTES));
     }

@@ -885,6 +885,17 @@ async fn a_skip_takes_the_alert_off_at_once_and_a_rotated_token_clears_the_stage
     page.assert_no_uncaught_errors();
 }
 
+/// Alice's dock, loaded and showing what it read.
+async fn open_dock(app: &TestApp) -> Page {
+    let token = app.dashboard_token("alice");
+    Page::open_until(
+        &format!("{}/dock/alice?token={token}", app.base),
+        "typeof window.cueboxDock === 'object' && window.cueboxDock.reads >= 1",
+        "the dock loads and reads the receiver",
+    )
+    .await
+}
+
 /// The dock as a streamer uses it in OBS: it shows the receiver, warns while alerts wait and no
 /// widget is connected, and its buttons pause, queue a test alert and clear, each change read
 /// back from the node. Donor text in the queue is text.
@@ -1096,19 +1107,8 @@ const GEOMETRY: &str = r#"(() => {
 })()"#;
 
 async fn put_designs(app: &TestApp, body: Value) {
-    let mut res = app
-        .http
-        .put(format!("{}/receivers/alice/designs", app.base))
-        .insert_header(("Authorization", format!("Bearer {PUBLISH_KEY}")))
-        .send_body(body.to_string())
-        .await
-        .expect("the node answers");
-    assert_eq!(
-        res.status().as_u16(),
-        200,
-        "{:?}",
-        res.json::<Value>().await
-    );
+    let (status, answer) = app.put_designs("alice", &body.to_string()).await;
+    assert_eq!(status, 200, "{answer}");
 }
 
 /// Publishes `alert` and waits until the page shows it; answers its geometry.
@@ -1394,13 +1394,7 @@ async fn a_preview_page_shows_alerts_silently_and_releases_none() {
 #[actix_web::test]
 async fn the_dock_edits_designs_previews_them_with_the_real_widget_and_sends_a_test() {
     let app = TestApp::memory().await;
-    let token = app.dashboard_token("alice");
-    let mut page = Page::open_until(
-        &format!("{}/dock/alice?token={token}", app.base),
-        "typeof window.cueboxDock === 'object' && window.cueboxDock.reads >= 1",
-        "the dock loads",
-    )
-    .await;
+    let mut page = open_dock(&app).await;
     page.eval("document.getElementById('designs-section').open = true, true")
         .await;
     let frame = "document.getElementById('design-frame').contentWindow";

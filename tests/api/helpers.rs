@@ -516,6 +516,20 @@ impl TestApp {
         (status, body)
     }
 
+    /// `PUT /receivers/{receiver}/designs` with the publish key; the body as given.
+    pub async fn put_designs(&self, receiver: &str, body: &str) -> (u16, Value) {
+        let mut res = self
+            .http
+            .put(format!("{}/receivers/{receiver}/designs", self.base))
+            .insert_header(("Authorization", format!("Bearer {PUBLISH_KEY}")))
+            .insert_header(("Content-Type", "application/json"))
+            .send_body(body.to_owned())
+            .await
+            .expect("the node answers");
+        let status = res.status().as_u16();
+        (status, res.json().await.unwrap_or(Value::Null))
+    }
+
     /// Publishes a minimal alert and returns its id.
     pub async fn publish_alert(&self, receiver: &str, message: &str) -> String {
         let (status, body) = self

@@ -6,19 +6,8 @@ use serde_json::{json, Value};
 use crate::helpers::*;
 
 async fn put_designs(app: &TestApp, body: Value) {
-    let mut res = app
-        .http
-        .put(format!("{}/receivers/alice/designs", app.base))
-        .insert_header(("Authorization", format!("Bearer {PUBLISH_KEY}")))
-        .send_body(body.to_string())
-        .await
-        .expect("the node answers");
-    assert_eq!(
-        res.status().as_u16(),
-        200,
-        "{:?}",
-        res.json::<Value>().await
-    );
+    let (status, answer) = app.put_designs("alice", &body.to_string()).await;
+    assert_eq!(status, 200, "{answer}");
 }
 
 fn tts(min_brl: Option<&str>) -> Value {
