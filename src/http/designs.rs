@@ -9,6 +9,7 @@ use serde::Deserialize;
 use serde_json::{json, Value};
 
 use super::controls::controlled;
+use super::publish::read_body;
 use super::{ApiError, AppState};
 use crate::alert::ReceiverId;
 use crate::design::Put;
@@ -93,13 +94,11 @@ pub async fn put(
     req: HttpRequest,
     path: web::Path<String>,
     query: web::Query<DesignsQuery>,
-    body: web::Bytes,
+    mut body: web::Payload,
     state: web::Data<AppState>,
 ) -> Result<HttpResponse, ApiError> {
     let receiver = controlled(&req, &path, query.token.as_deref(), &state).await?;
-    if body.len() > MOST_DESIGNS_BYTES {
-        return Err(ApiError::TooLarge(MOST_DESIGNS_BYTES));
-    }
+    let body = read_body(&mut body, 4096, MOST_DESIGNS_BYTES, state.body_timeout).await?;
     let Put { designs, expected } = Put::parse(&body)?;
     let json = designs.to_json();
     let put = state
@@ -134,13 +133,13 @@ pub async fn preview(
     req: HttpRequest,
     path: web::Path<String>,
     query: web::Query<DesignsQuery>,
-    body: web::Bytes,
+    mut body: web::Payload,
     state: web::Data<AppState>,
 ) -> Result<HttpResponse, ApiError> {
     let receiver = controlled(&req, &path, query.token.as_deref(), &state).await?;
-    if body.len() > MOST_DESIGNS_BYTES + 16 * 1024 {
-        return Err(ApiError::TooLarge(MOST_DESIGNS_BYTES));
-    }
+    // The designs, and a sample alert beside them.
+    let limit = MOST_DESIGNS_BYTES + 16 * 1024;
+    let body = read_body(&mut body, 4096, limit, state.body_timeout).await?;
     let mut asked: Value = serde_json::from_slice(&body).map_err(|e| crate::alert::FieldError {
         code: "invalid_json",
         message: format!("the body is not valid JSON: {e}"),

@@ -404,3 +404,27 @@ where
         tokio::time::sleep(std::time::Duration::from_millis(20)).await;
     }
 }
+
+#[actix_web::test]
+async fn designs_up_to_their_limit_are_taken_and_a_larger_body_is_a_json_413() {
+    let app = TestApp::memory().await;
+    // Twenty kinds with 15 KiB of CSS each: 300 KiB, past actix's own default body limit.
+    let css = ".title { color: #fff }\n".repeat(15 * 1024 / 23);
+    let kinds: serde_json::Map<String, Value> = (0..20)
+        .map(|i| (format!("kind{i}"), json!({"css": css})))
+        .collect();
+    let body = json!({"designs": kinds}).to_string();
+    assert!(body.len() > 300_000, "{}", body.len());
+    let (status, answer) = app.put_designs("alice", &body).await;
+    assert_eq!((status, &answer["version"]), (200, &json!(1)), "{answer}");
+    let huge = format!(
+        r#"{{"designs": {{}}, "pad": "{}"}}"#,
+        "x".repeat(600 * 1024)
+    );
+    let (status, answer) = app.put_designs("alice", &huge).await;
+    assert_eq!(
+        (status, &answer["error"]["code"]),
+        (413, &json!("payload_too_large")),
+        "{answer}"
+    );
+}
