@@ -22,7 +22,9 @@
 //!   per node, for widgets to play.
 //! - [`limits`] keeps this node's own limits: publish rate per key, widget connections.
 //! - [`metrics`] counts what operators scrape at `/metrics`.
-//! - [`hub`] keeps this node's widgets, relaying the store's snapshots to them and timing deadlines.
+//! - [`hub`] keeps this node's widgets, relaying the store's snapshots to them and timing deadlines
+//!   and the gap between alerts; [`hub::frames`] builds what a widget is sent (the alert, its
+//!   resolved look, its speech).
 //! - [`feed`] makes the events of each receiver for its docks' live feed, and keeps the last ones.
 //! - [`http`] serves publish, the streamer's controls, the widget socket and page, health.
 //! - [`startup`] builds a node and runs it until it is stopped.

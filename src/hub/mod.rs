@@ -8,6 +8,11 @@
 //!
 //! State sits behind one `std::sync::Mutex`, never held across an `.await`: applying a snapshot
 //! is a map lookup and a few channel sends.
+//!
+//! What a widget is sent is built in [`frames`]: each alert once, with the look its receiver's
+//! designs give it and its speech. The hub holds each receiver's designs while it has widgets for
+//! it, and the pause between alerts (the gap) is kept here: the store sends the next alert as the
+//! last leaves, and the hub holds its frame back for the gap.
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -22,14 +27,18 @@ use tokio::time::Instant;
 
 use crate::alert::{AlertRecord, ReceiverId};
 use crate::auth::Purpose;
-use crate::design::{Designs, Tts};
 use crate::feed::{Did, Feed};
+
+pub mod frames;
+use crate::design::Designs;
 use crate::metrics::{HubGauges, Metrics};
-use crate::speech::{Said, Speech};
+use crate::speech::Speech;
 use crate::store::machine::{Command, Hold};
 use crate::store::{
     Flight, Notice, Publish, Showing, Snapshot, Store, StoreError, WidgetChange, PRESENCE_REFRESH,
 };
+use frames::skip_frame;
+pub use frames::{alert_frame, LoadedDesigns};
 
 /// Frames a widget may have waiting before it counts as too slow and is closed. A widget gets a
 /// frame or two per alert, so only a stuck one fills this.
@@ -91,83 +100,6 @@ struct Local {
     /// The receiver's designs as last read, which each alert sent from here is resolved with:
     /// read when its first widget here joins, and again whenever a node keeps a new version.
     designs: Option<Arc<LoadedDesigns>>,
-}
-
-/// A version of a receiver's designs, parsed.
-pub struct LoadedDesigns {
-    pub version: u64,
-    pub designs: Designs,
-    /// The look of each kind whose design has no variations, serialized once: most alerts'
-    /// looks depend on their kind alone, and so cost a send no resolving.
-    plain: Mutex<HashMap<String, Arc<str>>>,
-}
-
-impl LoadedDesigns {
-    pub fn new(version: u64, designs: Designs) -> Self {
-        Self {
-            version,
-            designs,
-            plain: Mutex::new(HashMap::new()),
-        }
-    }
-
-    /// The frame that sends alert `alert` (its JSON as stored): with its look, and, if the
-    /// receiver reads alerts out and this node can, its speech, which starts being made now.
-    pub fn frame(&self, alert: &str, attempt: u32, speech: Option<&Arc<Speech>>) -> Frame {
-        let said = self
-            .designs
-            .tts
-            .as_ref()
-            .filter(|t| t.enabled)
-            .zip(speech.filter(|s| s.enabled()))
-            .and_then(|(tts, speech)| said_of(alert, tts, speech));
-        let look = self.look_of(alert);
-        let version = self.version;
-        let speech = match said {
-            Some((key, text)) => {
-                let text = serde_json::to_string(&text).unwrap_or_default();
-                format!(r#","speech":{{"url":"/speech/{key}","text":{text}}}"#)
-            }
-            None => String::new(),
-        };
-        format!(
-            r#"{{"type":"alert","alert":{alert},"attempt":{attempt},"design":{look},"design_version":{version}{speech}}}"#
-        )
-        .into()
-    }
-
-    /// The look alert `alert` (its JSON as stored) is shown with, as JSON.
-    fn look_of(&self, alert: &str) -> Arc<str> {
-        /// Only the kind: serde skips the rest without building it.
-        #[derive(serde::Deserialize)]
-        struct Kind<'a> {
-            #[serde(borrow, default)]
-            kind: std::borrow::Cow<'a, str>,
-        }
-        let kind = serde_json::from_str::<Kind>(alert)
-            .map(|k| k.kind)
-            .unwrap_or_default();
-        let serialize = |look: &crate::design::Resolved| -> Arc<str> {
-            // unwrap: strings, numbers and enums.
-            serde_json::to_string(look)
-                .expect("a look serializes")
-                .into()
-        };
-        if self.designs.varies(&kind) {
-            let parsed: serde_json::Value = serde_json::from_str(alert).unwrap_or_default();
-            return serialize(&self.designs.resolve(&parsed));
-        }
-        let mut plain = self.plain.lock().unwrap_or_else(|e| e.into_inner());
-        if let Some(look) = plain.get(&*kind) {
-            return look.clone();
-        }
-        let look = serialize(&self.designs.resolve(&serde_json::json!({ "kind": kind })));
-        // Bounded: kinds are few, but a publisher may make up any; past a few, none are kept.
-        if plain.len() < 64 {
-            plain.insert(kind.into_owned(), look.clone());
-        }
-        look
-    }
 }
 
 struct LocalWidget {
@@ -996,63 +928,4 @@ fn send(widgets: &mut [LocalWidget], only: Option<u64>, frame: &Frame) {
             w.outbox.close_channel();
         }
     }
-}
-
-/// `{"type":"skip","id":"..."}`: the streamer skipped the alert, and widgets stop it at once.
-fn skip_frame(id: &str) -> Frame {
-    serde_json::json!({"type": "skip", "id": id})
-        .to_string()
-        .into()
-}
-
-/// What alert `alert` says out loud, if its receiver's `tts` reads it: the speech's key (it is
-/// being made from now) and its words.
-fn said_of(alert: &str, tts: &Tts, speech: &Arc<Speech>) -> Option<(String, String)> {
-    #[derive(serde::Deserialize)]
-    struct Amount {
-        value: String,
-        currency: String,
-    }
-    #[derive(serde::Deserialize)]
-    struct Spoken {
-        from: Option<String>,
-        message: Option<String>,
-        amount: Option<Amount>,
-    }
-    let spoken: Spoken = serde_json::from_str(alert).ok()?;
-    let amount = spoken
-        .amount
-        .as_ref()
-        .map(|a| (a.value.as_str(), a.currency.as_str()));
-    if !tts.reads(amount) {
-        return None;
-    }
-    let text = crate::speech::words(
-        spoken.from.as_deref(),
-        spoken.message.as_deref(),
-        tts.max_chars.0 as usize,
-    );
-    if text.is_empty() {
-        return None;
-    }
-    let said = Said {
-        text: text.clone(),
-        voice: tts.voice.0.to_string(),
-        rate: tts.rate.0,
-    };
-    speech.prepare(said).map(|key| (key, text))
-}
-
-/// `{"type":"alert","alert":{...},"attempt":N,"design":{...}}`, around the alert's JSON as
-/// stored, with the look it is shown with resolved from the receiver's designs (the built-in
-/// ones when there are none), and their version.
-pub fn alert_frame(alert: &str, attempt: u32, designs: Option<&LoadedDesigns>) -> Frame {
-    static BUILT_IN: std::sync::OnceLock<LoadedDesigns> = std::sync::OnceLock::new();
-    let designs = designs
-        .unwrap_or_else(|| BUILT_IN.get_or_init(|| LoadedDesigns::new(0, Designs::default())));
-    let (look, version) = (designs.look_of(alert), designs.version);
-    format!(
-        r#"{{"type":"alert","alert":{alert},"attempt":{attempt},"design":{look},"design_version":{version}}}"#
-    )
-    .into()
 }
