@@ -542,5 +542,6 @@ async fn state_of(state: &AppState, receiver: &ReceiverId) -> Result<Value, ApiE
         "in_flight": in_flight,
         "widgets": status.widgets,
         "widgets_on_air": status.widgets_on_air,
+        "previews": status.previews,
     }))
 }

@@ -360,17 +360,13 @@ impl Hub {
                 return Err(e);
             }
         }
-        let (count, off_air, listening) = self.report_of(receiver);
+        let (count, off_air, previews) = self.report_of(receiver);
         let change = if preview {
             WidgetChange::Refresh(count)
         } else {
             WidgetChange::Joined
         };
-        match self
-            .store
-            .report(receiver, change, off_air, listening)
-            .await
-        {
+        match self.store.report(receiver, change, off_air, previews).await {
             Ok(snapshot) => {
                 if !preview {
                     self.tell_widgets(receiver, true, &snapshot).await;
@@ -398,17 +394,13 @@ impl Hub {
         let receiver = &widget.receiver;
         self.forget(receiver, widget.id);
         self.store.unwatch(receiver).await;
-        let (count, off_air, listening) = self.report_of(receiver);
+        let (count, off_air, previews) = self.report_of(receiver);
         let change = match (widget.preview, withdrawn) {
             (true, _) => WidgetChange::Refresh(count),
             (false, true) => WidgetChange::Withdrawn,
             (false, false) => WidgetChange::Left,
         };
-        match self
-            .store
-            .report(receiver, change, off_air, listening)
-            .await
-        {
+        match self.store.report(receiver, change, off_air, previews).await {
             Ok(snapshot) => {
                 if !widget.preview {
                     self.tell_widgets(receiver, false, &snapshot).await;
@@ -445,10 +437,10 @@ impl Hub {
         self.refresh_one(receiver, counts).await;
     }
 
-    /// What this node reports of the receiver: its widgets, how many are off air, and whether
-    /// it has previews open.
-    fn report_of(&self, receiver: &ReceiverId) -> (u32, u32, bool) {
-        self.lock().get(receiver).map_or((0, 0, false), report_of)
+    /// What this node reports of the receiver: its widgets, how many are off air, and its
+    /// previews besides.
+    fn report_of(&self, receiver: &ReceiverId) -> (u32, u32, u32) {
+        self.lock().get(receiver).map_or((0, 0, 0), report_of)
     }
 
     /// A dock opens the receiver's feed here: it gets what it missed since event `since`, then
@@ -619,7 +611,7 @@ impl Hub {
     /// Re-reports this node's widgets for every receiver it holds, which keeps the reports live
     /// and re-reads each receiver's alert in flight.
     pub async fn refresh(&self) {
-        let held: Vec<(ReceiverId, (u32, u32, bool))> = self
+        let held: Vec<(ReceiverId, (u32, u32, u32))> = self
             .lock()
             .iter()
             // Widgets still joining count too: a report one too high for a moment only delays
@@ -636,11 +628,11 @@ impl Hub {
             .await;
     }
 
-    async fn refresh_one(&self, receiver: &ReceiverId, report: (u32, u32, bool)) {
-        let (count, off_air, listening) = report;
+    async fn refresh_one(&self, receiver: &ReceiverId, report: (u32, u32, u32)) {
+        let (count, off_air, previews) = report;
         match self
             .store
-            .report(receiver, WidgetChange::Refresh(count), off_air, listening)
+            .report(receiver, WidgetChange::Refresh(count), off_air, previews)
             .await
         {
             Ok(snapshot) => {
@@ -904,12 +896,13 @@ impl Hub {
 }
 
 /// What a node reports of its widgets for a receiver: how many (previews aside), how many of
-/// them are off air, and whether it has previews open.
-fn report_of(local: &Local) -> (u32, u32, bool) {
+/// them are off air, and how many previews it has open.
+fn report_of(local: &Local) -> (u32, u32, u32) {
     let audience = local.widgets.iter().filter(|w| !w.preview);
     let count = audience.clone().count() as u32;
     let off_air = audience.filter(|w| !w.on_air).count() as u32;
-    (count, off_air, local.widgets.iter().any(|w| w.preview))
+    let previews = local.widgets.iter().filter(|w| w.preview).count() as u32;
+    (count, off_air, previews)
 }
 
 /// Sends a frame to every counted widget (or one). A widget whose outbox is full is let go: its

@@ -101,6 +101,8 @@ pub struct Presence {
     pub widgets: u32,
     /// Of them, the widgets off air: they hold the alert in flight but release none.
     pub inactive: u32,
+    /// Previews the node has open besides: no audience, so the rules ignore them.
+    pub previews: u32,
     /// The report counts until then unless refreshed.
     pub live_until: Millis,
 }
@@ -185,13 +187,14 @@ pub enum Command<'a> {
     /// Moderation kept an alert off screen: it is only recorded in history.
     Filtered { alert: Stored },
     /// A node's widgets for the receiver changed; `inactive` of them (after the change) are off
-    /// air. `listening`: the node also has previews open, which are no audience, so the rules
-    /// ignore it (a store of many nodes keeps the node's report so as to tell it of changes).
+    /// air. `previews`: the node also has this many previews open, which are no audience, so the
+    /// rules ignore them (they are counted, and a store of many nodes keeps the node's report so
+    /// as to tell it of changes).
     Widgets {
         node: &'a str,
         change: WidgetChange,
         inactive: u32,
-        listening: bool,
+        previews: u32,
     },
     /// A widget began to show alert `id`.
     Started { id: &'a str },
@@ -404,8 +407,8 @@ impl Step<'_> {
                 node,
                 change,
                 inactive,
-                listening: _,
-            } => self.widgets(node, change, inactive),
+                previews,
+            } => self.widgets(node, change, inactive, previews),
             Command::Started { id } => {
                 let grace = ms(self.rules.ack_grace);
                 if let Some(f) = self.flight_matching(id).filter(|f| !f.started) {
@@ -572,7 +575,13 @@ impl Step<'_> {
         (Answer::Cleared { ids, left }, false)
     }
 
-    fn widgets(&mut self, node: &str, change: WidgetChange, inactive: u32) -> (Answer, bool) {
+    fn widgets(
+        &mut self,
+        node: &str,
+        change: WidgetChange,
+        inactive: u32,
+        previews: u32,
+    ) -> (Answer, bool) {
         let now = self.now;
         if change == WidgetChange::Joined && self.live() >= self.rules.max_widgets {
             return (Answer::TooManyWidgets(self.rules.max_widgets), false);
@@ -587,10 +596,11 @@ impl Step<'_> {
             WidgetChange::Left | WidgetChange::Withdrawn => mine.saturating_sub(1),
             WidgetChange::Refresh(n) => n,
         };
-        if mine > 0 {
+        if mine > 0 || previews > 0 {
             let report = Presence {
                 widgets: mine,
                 inactive: inactive.min(mine),
+                previews,
                 live_until: now + ms(super::PRESENCE_TTL),
             };
             match self.r.presence.get_mut(node) {
@@ -850,6 +860,15 @@ impl Receiver {
             .sum()
     }
 
+    /// Previews open on all nodes at `now`.
+    pub fn previews(&self, now: Millis) -> u32 {
+        self.presence
+            .values()
+            .filter(|p| p.live_until > now)
+            .map(|p| p.previews)
+            .sum()
+    }
+
     /// Nothing is left of it but its `seq`: a store may forget it, keeping `seq` as a floor.
     pub fn is_idle(&self, now: Millis) -> bool {
         !self.paused
@@ -857,7 +876,8 @@ impl Receiver {
             && self.priority.is_empty()
             && self.queue.is_empty()
             && self.flight.is_none()
-            && self.live_widgets(now) == 0
+            // No live report at all, previews' included.
+            && self.presence.values().all(|p| p.live_until <= now)
             && self.idempotency.values().all(|seen| seen.until <= now)
     }
 }
@@ -906,7 +926,7 @@ mod tests {
             node: NODE,
             change,
             inactive: 0,
-            listening: false,
+            previews: 0,
         };
         apply(r, command, now, &rules())
     }

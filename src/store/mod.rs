@@ -365,6 +365,8 @@ pub struct Status {
     pub widgets: u64,
     /// Of them, on air (see [`Store::audience`]).
     pub widgets_on_air: u64,
+    /// Previews open besides (see [`Store::report`]).
+    pub previews: u64,
 }
 
 /// A page of a receiver's waiting alerts.
@@ -529,24 +531,24 @@ pub trait Store: Send + Sync + 'static {
         change: WidgetChange,
         inactive: u32,
     ) -> Result<Snapshot, StoreError> {
-        self.report(receiver, change, inactive, false).await
+        self.report(receiver, change, inactive, 0).await
     }
 
-    /// As [`Store::audience`], saying also whether this node has previews of the receiver open
-    /// (`listening`): previews are no audience (they hold and release nothing), but a store of
-    /// many nodes must tell this node of every change all the same.
+    /// As [`Store::audience`], saying also how many previews of the receiver this node has open:
+    /// previews are no audience (they hold and release nothing), but they are counted, and a
+    /// store of many nodes must tell this node of every change all the same.
     async fn report(
         &self,
         receiver: &ReceiverId,
         change: WidgetChange,
         inactive: u32,
-        listening: bool,
+        previews: u32,
     ) -> Result<Snapshot, StoreError> {
         let command = machine::Command::Widgets {
             node: self.node(),
             change,
             inactive,
-            listening,
+            previews,
         };
         self.apply(receiver, command).await?.into_snapshot()
     }

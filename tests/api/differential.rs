@@ -73,8 +73,8 @@ enum Op {
         change: WidgetChange,
         /// The node's widgets off air after the change.
         inactive: u32,
-        /// The node has previews open.
-        listening: bool,
+        /// The node's previews open.
+        previews: u32,
     },
     Started {
         r: usize,
@@ -165,14 +165,14 @@ fn op() -> impl Strategy<Value = Op> {
             node.clone(),
             change,
             prop_oneof![3 => Just(0u32), 1 => 1u32..3],
-            proptest::bool::weighted(0.2),
+            prop_oneof![4 => Just(0u32), 1 => 1u32..3],
         )
-            .prop_map(|(r, node, change, inactive, listening)| Op::Widgets {
+            .prop_map(|(r, node, change, inactive, previews)| Op::Widgets {
                 r,
                 node,
                 change,
                 inactive,
-                listening,
+                previews,
             }),
         2 => (r.clone(), which.clone()).prop_map(|(r, which)| Op::Started { r, which }),
         3 => (r.clone(), which.clone()).prop_map(|(r, which)| Op::Done { r, which }),
@@ -528,19 +528,19 @@ async fn run(under: &mut Under, ops: Vec<Op>) -> Result<(), TestCaseError> {
                 node,
                 change,
                 inactive,
-                listening,
+                previews,
             } => {
                 let name = RECEIVERS[r];
                 let command = Command::Widgets {
                     node: under.node_name(node),
                     change,
                     inactive,
-                    listening,
+                    previews,
                 };
                 let m = model.apply(name, command).answered().into_snapshot();
                 let x = under
                     .store(node)
-                    .report(&receiver(name), change, inactive, listening)
+                    .report(&receiver(name), change, inactive, previews)
                     .await;
                 same(step, op, m, x)?;
             }
@@ -679,6 +679,7 @@ async fn run(under: &mut Under, ops: Vec<Op>) -> Result<(), TestCaseError> {
             in_flight_trail: m.flight.as_ref().map(|f| f.trail.clone()),
             widgets: u64::from(m.live_widgets(model.now)),
             widgets_on_air: u64::from(m.widgets_on_air(model.now)),
+            previews: u64::from(m.previews(model.now)),
         };
         let x = under.store(0).status(&receiver(name)).await;
         same(ops.len(), &Op::Wait { ms: 0 }, Ok(status), x)?;

@@ -507,9 +507,10 @@ async fn a_preview_on_another_node_hears_every_alert() {
         assert_eq!(p.next_alert().await.0, id, "{message}");
         w.show(&id).await;
     }
+    let status = a.status("alice").await;
     assert_eq!(
-        a.status("alice").await["widgets"],
-        1,
-        "the preview is no widget"
+        (&status["widgets"], &status["previews"]),
+        (&serde_json::json!(1), &serde_json::json!(1)),
+        "the preview is no widget, and is counted as a preview: {status}"
     );
 }

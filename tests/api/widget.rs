@@ -463,6 +463,7 @@ async fn a_preview_neither_holds_the_queue_nor_releases_it() {
         (&json!(0), &json!(1), &serde_json::Value::Null),
         "a preview alone releases nothing: {status}"
     );
+    assert_eq!(status["previews"], 1, "counted as a preview: {status}");
 
     // A widget joins: the alert goes out, to the preview as well.
     let mut w = app.widget("alice").await;

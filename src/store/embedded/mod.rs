@@ -1023,6 +1023,7 @@ impl Store for EmbeddedStore {
                 in_flight_trail: None,
                 widgets: 0,
                 widgets_on_air: 0,
+                previews: 0,
             },
             Some(kept) => Status {
                 queued: kept.r.queued(),
@@ -1032,6 +1033,7 @@ impl Store for EmbeddedStore {
                 in_flight_trail: kept.r.flight.as_ref().map(|f| f.trail.clone()),
                 widgets: u64::from(kept.r.live_widgets(now)),
                 widgets_on_air: u64::from(kept.r.widgets_on_air(now)),
+                previews: u64::from(kept.r.previews(now)),
             },
         };
         self.observer

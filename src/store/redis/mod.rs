@@ -248,7 +248,7 @@ impl RedisStore {
         receiver: &ReceiverId,
         change: WidgetChange,
         inactive: u32,
-        listening: bool,
+        previews: u32,
     ) -> Result<Answered, StoreError> {
         let (change, count) = match change {
             WidgetChange::Joined => ("joined", 0),
@@ -258,12 +258,16 @@ impl RedisStore {
         };
         let max = self.core.rules.max_widgets.to_string();
         let ttl = PRESENCE_TTL.as_millis().to_string();
-        let (count, inactive) = (count.to_string(), inactive.to_string());
+        let (count, off_air, shown) = (
+            count.to_string(),
+            inactive.to_string(),
+            previews.to_string(),
+        );
         // Off-air widgets and previews are rare: the common call leaves them out.
-        let args: &[&str] = match (inactive.as_str(), listening) {
-            ("0", false) => &[change, &count, &max, &ttl],
-            (_, false) => &[change, &count, &max, &ttl, &inactive],
-            (_, true) => &[change, &count, &max, &ttl, &inactive, "1"],
+        let args: &[&str] = match (inactive, previews) {
+            (0, 0) => &[change, &count, &max, &ttl],
+            (_, 0) => &[change, &count, &max, &ttl, &off_air],
+            _ => &[change, &count, &max, &ttl, &off_air, &shown],
         };
         let (reply, now) = self.core.run(receiver, Call::Widgets, None, args).await?;
         if kind_of(&reply) == Some("too_many") {
@@ -509,9 +513,9 @@ impl Store for RedisStore {
                 node,
                 change,
                 inactive,
-                listening,
+                previews,
             } if node == &*self.core.node => {
-                self.widgets_call(receiver, change, inactive, listening)
+                self.widgets_call(receiver, change, inactive, previews)
                     .await
             }
             Command::Widgets { node, .. } => Err(StoreError::Protocol(format!(
@@ -559,6 +563,7 @@ impl Store for RedisStore {
                 widgets: int(widgets)?,
                 // Absent from a library before widgets off air: all on air.
                 widgets_on_air: rest.get(3).map(int).transpose()?.unwrap_or(int(widgets)?),
+                previews: rest.get(4).map(int).transpose()?.unwrap_or(0),
                 in_flight: text(in_flight).and_then(alert_json).map(Into::into),
             }),
             _ => Err(StoreError::Protocol(format!("status: unexpected {kind}"))),

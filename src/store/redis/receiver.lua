@@ -50,7 +50,8 @@
 --                          alerts put back at the head. It goes out before the queue. Its
 --                          length is in the receiver's `hold`, so dispatch knows which lane to pop
 --                          without asking.
--- KEYS[5] widgets  hash    node id -> "<widgets> <live until, ms>[ <of them off air>]" (see
+-- KEYS[5] widgets  hash    node id -> "<widgets> <live until, ms>[ <of them off air>[ <previews
+--                          besides>]]" (see
 --                          widgets()), given only to the functions
 --                          that always read it (widgets, sweep, status); the others find it from
 --                          KEYS[1] on the rare call that must count afresh (widgets_key()), since
@@ -295,7 +296,7 @@ local function open(keys, args, with_alert, f)
   if with_alert then c.alert, c.alert_read = f[5], true end
   c.had_flight, c.flight_changed, c.dirty = f[2] ~= false, false, false
   c.live_known, c.live_any, c.live_others, c.recounted = false, false, false, false
-  c.on_air, c.on_air_count = false, 0
+  c.on_air, c.on_air_count, c.previews = false, 0, 0
   -- What this call did, in order, for the caller's metrics: sent resent requeued done expired.
   c.happened = ''
   return c, not f[1] and not f[2]
@@ -354,20 +355,23 @@ end
 -- Counts the live widgets over all nodes' reports (`flat`, as HGETALL gives it) and caches
 -- whether there are any, until the first counted report expires. Answers the count.
 local function count(c, flat)
-  local total, on_air, sole, soonest = 0, 0, nil, nil
+  local total, on_air, previews, sole, soonest = 0, 0, 0, nil, nil
   for i = 1, #flat, 2 do
-    local n, live_until, inactive = string.match(flat[i + 1], '^(%d+) (%d+) ?(%d*)$')
+    local n, live_until, inactive, shown =
+      string.match(flat[i + 1], '^(%d+) (%d+) ?(%d*) ?(%d*)$')
     n, live_until = tonumber(n), tonumber(live_until)
     if n and live_until > c.now then
       -- A report of no widgets is a node with previews open: no audience, but a node to tell
       -- of changes, so it counts against the calling node being the sole one.
       total = total + n
       on_air = on_air + math.max(0, n - (tonumber(inactive) or 0))
+      previews = previews + (tonumber(shown) or 0)
       if sole == nil then sole = flat[i] elseif sole ~= flat[i] then sole = '*' end
       if soonest == nil or live_until < soonest then soonest = live_until end
     end
   end
   c.live_known, c.live_any, c.on_air, c.on_air_count = true, total > 0, on_air > 0, on_air
+  c.previews = previews
   c.live_others = total > 0 and sole ~= c.node
   if total > 0 then c.live = int(soonest) .. ' ' .. sole else c.live = '0' end
   -- Live widgets all off air: marked, so the straight paths (which find no node of their own
@@ -843,7 +847,7 @@ end
 -- ARGV[5] joined, left, withdrawn or refresh; ARGV[6] the count, for refresh;
 -- ARGV[7] most widgets of one receiver; ARGV[8] how long a report stays live, ms; ARGV[9], if
 -- any, how many of the node's widgets are off air after the change (none if absent); ARGV[10]
--- '1' if the node has previews of the receiver open (see count()).
+-- how many previews of the receiver the node has open (see count()).
 local function widgets(keys, args)
   local c = open_to_write(keys, args)
   c.widgets_key = keys[5]
@@ -870,11 +874,16 @@ local function widgets(keys, args)
     mine = tonumber(args[6])
   end
   -- A node with previews open keeps a report even of no widgets.
-  if mine > 0 or args[10] == '1' then
+  local previews = tonumber(args[10]) or 0
+  if mine > 0 or previews > 0 then
     local report = mine .. ' ' .. int(c.now + tonumber(args[8]))
-    -- Of them, off air (absent for none, the common case).
+    -- Of them, off air, then the previews besides (absent for none, the common case).
     local inactive = math.min(tonumber(args[9]) or 0, mine)
-    if inactive > 0 then report = report .. ' ' .. inactive end
+    if previews > 0 then
+      report = report .. ' ' .. inactive .. ' ' .. previews
+    elseif inactive > 0 then
+      report = report .. ' ' .. inactive
+    end
     redis.call('HSET', keys[5], c.node, report)
     kept[#kept + 1], kept[#kept + 2] = c.node, report
   else
@@ -1161,7 +1170,8 @@ local function status(keys, args)
   local paused = 0
   if c.paused then paused = 1 end
   local queued = redis.call('LLEN', keys[2]) + (tonumber(c.ahead) or 0)
-  return {'status', queued, total, entry, paused, c.held or 0, c.trail or false, c.on_air_count}
+  return {'status', queued, total, entry, paused, c.held or 0, c.trail or false, c.on_air_count,
+    c.previews}
 end
 
 redis.register_function('cuebox_v5_publish', publish)
