@@ -248,8 +248,11 @@ async fn run(
     };
     // Fails harmlessly when the socket is already gone, and gives up on one that is stuck: the
     // connection is dropped with the session either way.
-    let _ = tokio::time::timeout(CLOSE_TIMEOUT, session.close(close)).await;
+    // Counted out before the socket closes: a stopping node's worker may end as soon as its last
+    // socket has closed, and a withdrawal it never recorded would leave a report of a widget
+    // that is gone (a reconnecting widget, told of the close, also finds it recorded).
     hub.leave(&widget, withdrawn).await;
+    let _ = tokio::time::timeout(CLOSE_TIMEOUT, session.close(close)).await;
     tracing::debug!(widget = widget.id, "widget left");
 }
 
