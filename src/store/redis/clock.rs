@@ -6,7 +6,9 @@
 //! `TIME` once at start and then with every heartbeat, keeps its offset from its own monotonic
 //! clock, and passes the time it estimates with each call. Nodes then agree to within half a round
 //! trip to Redis, where the shortest deadline is seconds; a jump of the node's wall clock changes
-//! nothing, and one of Redis's is followed within a heartbeat.
+//! nothing, and one of Redis's is followed within a heartbeat (forward; the time a node gives
+//! never goes back, so a measurement a millisecond lower than the last cannot make an alert's
+//! trail say it was done before it started: it waits for the clock to catch up).
 
 use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
 use std::time::Instant;
@@ -19,6 +21,8 @@ pub(super) struct RedisClock {
     epoch: Instant,
     /// Redis's time less the epoch's, in ms, as last measured.
     offset: AtomicI64,
+    /// The latest time given, so none is ever earlier.
+    given: AtomicU64,
     /// Tests only: when not 0, the time every call runs at.
     fixed: AtomicU64,
 }
@@ -29,6 +33,7 @@ impl RedisClock {
         let clock = Self {
             epoch: Instant::now(),
             offset: AtomicI64::new(0),
+            given: AtomicU64::new(0),
             fixed: AtomicU64::new(0),
         };
         clock.sync(con).await?;
@@ -51,7 +56,8 @@ impl RedisClock {
         match self.fixed.load(Ordering::Relaxed) {
             0 => {
                 let since = self.epoch.elapsed().as_millis() as i64;
-                (since + self.offset.load(Ordering::Relaxed)).max(0) as u64
+                let now = (since + self.offset.load(Ordering::Relaxed)).max(0) as u64;
+                self.given.fetch_max(now, Ordering::Relaxed).max(now)
             }
             fixed => fixed,
         }
