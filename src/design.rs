@@ -671,6 +671,18 @@ impl Designs {
         Put::parse(json.as_bytes()).map(|p| p.designs)
     }
 
+    /// The designs of `receiver` the store kept, if any; the built-in ones (with a warning)
+    /// where none were put, or what was kept no longer parses.
+    pub fn kept_or_built_in(receiver: &crate::alert::ReceiverId, json: Option<&str>) -> Self {
+        let Some(json) = json else {
+            return Self::default();
+        };
+        Self::parse_stored(json).unwrap_or_else(|e| {
+            tracing::warn!(%receiver, error = %e.message, "stored designs do not parse; using the built-in ones");
+            Self::default()
+        })
+    }
+
     pub fn to_json(&self) -> String {
         // unwrap: strings, numbers and maps with string keys.
         serde_json::to_string(self).expect("designs serialize")

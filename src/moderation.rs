@@ -106,13 +106,8 @@ impl SettingsCache {
             }),
         };
         let settings = Arc::new(settings);
-        let designs = match self.store.designs(receiver, 1).await?.into_iter().next() {
-            None => Designs::default(),
-            Some(v) => Designs::parse_stored(&v.json).unwrap_or_else(|e| {
-                tracing::warn!(%receiver, error = %e.message, "stored designs do not parse; using the built-in ones");
-                Designs::default()
-            }),
-        };
+        let newest = self.store.designs(receiver, 1).await?.into_iter().next();
+        let designs = Designs::kept_or_built_in(receiver, newest.as_ref().map(|v| &*v.json));
         self.hold(receiver, settings.clone(), Arc::new(designs));
         Ok(settings)
     }

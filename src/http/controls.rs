@@ -13,6 +13,7 @@ use super::token::opens;
 use super::{authorize_publisher, bearer, ApiError, AppState};
 use crate::alert::{AlertRecord, FieldError, NewAlert, ReceiverId};
 use crate::auth::Purpose;
+use crate::design::Designs;
 use crate::moderation::Settings;
 use crate::startup::receiver_url;
 use crate::store::history::{Mark, Record};
@@ -255,11 +256,16 @@ pub async fn history(
     // Which design and variation each alert played with: resolved again with the version of
     // the designs in force when it was last sent (resolving is a pure function of the designs
     // and the alert), while the store still keeps that version.
-    let versions = state
+    let kept = state
         .hub
         .store()
         .designs(&receiver, crate::store::DESIGN_VERSIONS_KEPT)
         .await?;
+    // Each version parsed once for the page, however many of its alerts it played.
+    let versions: Vec<(u64, u64, Option<Designs>)> = kept
+        .iter()
+        .map(|v| (v.version, v.at_ms, Designs::parse_stored(&v.json).ok()))
+        .collect();
     let alerts: Vec<Value> = page
         .records
         .iter()
@@ -282,7 +288,7 @@ pub async fn history(
 
 /// `{"version", "design", "variation"}`: the look an alert of history was sent with, if it was
 /// sent and the designs of then are still kept (version 0: none were put yet).
-fn played_with(record: &Record, versions: &[crate::store::Versioned]) -> Option<Value> {
+fn played_with(record: &Record, versions: &[(u64, u64, Option<Designs>)]) -> Option<Value> {
     let sent = record
         .trail
         .steps()
@@ -291,14 +297,10 @@ fn played_with(record: &Record, versions: &[crate::store::Versioned]) -> Option<
         .map(|s| s.at)
         .next_back()?;
     // Newest first: the first put at or before the send.
-    let (version, designs) = match versions.iter().find(|v| v.at_ms <= sent) {
-        Some(v) => (
-            v.version,
-            crate::design::Designs::parse_stored(&v.json).ok()?,
-        ),
-        None if versions.len() < crate::store::DESIGN_VERSIONS_KEPT => {
-            (0, crate::design::Designs::default())
-        }
+    let built_in = Designs::default();
+    let (version, designs) = match versions.iter().find(|(_, at, _)| *at <= sent) {
+        Some((version, _, designs)) => (*version, designs.as_ref()?),
+        None if versions.len() < crate::store::DESIGN_VERSIONS_KEPT => (0, &built_in),
         None => return None,
     };
     let alert: Value = serde_json::from_str(&record.json).ok()?;

@@ -116,9 +116,9 @@ pub async fn put(
             })
         }
     };
-    // This node's widgets and publishes take them at once; other nodes hear of them from the
-    // store (publishes there within `SETTINGS_FRESH`).
-    state.hub.designs_changed(&receiver).await;
+    // This node's widgets and publishes take them at once, as put (no read back); other nodes
+    // hear of them from the store (publishes there within `SETTINGS_FRESH`).
+    state.hub.use_designs(&receiver, version, designs.clone());
     state.settings.designs_put(&receiver, designs.clone());
     let mut body = serde_json::to_value(&designs).unwrap_or_default();
     body["receiver"] = json!(receiver);

@@ -552,27 +552,20 @@ impl Hub {
     /// the next alert on: the one in flight keeps the look it was sent with).
     pub async fn read_designs(&self, receiver: &ReceiverId) -> Result<(), StoreError> {
         let newest = self.store.designs(receiver, 1).await?.into_iter().next();
-        let loaded = match newest {
-            None => LoadedDesigns::new(0, Designs::default()),
-            Some(v) => LoadedDesigns::new(
-                v.version,
-                Designs::parse_stored(&v.json).unwrap_or_else(|e| {
-                    tracing::warn!(%receiver, version = v.version, error = %e.message, "stored designs do not parse; using the built-in ones");
-                    Designs::default()
-                }),
-            ),
-        };
+        let version = newest.as_ref().map_or(0, |v| v.version);
+        let designs = Designs::kept_or_built_in(receiver, newest.as_ref().map(|v| &*v.json));
+        self.use_designs(receiver, version, designs);
+        Ok(())
+    }
+
+    /// Resolves alerts sent from here with this version of the receiver's designs, unless a newer
+    /// one is held already (two reads, or a read and a put, may cross).
+    pub fn use_designs(&self, receiver: &ReceiverId, version: u64, designs: Designs) {
         if let Some(local) = self.lock().get_mut(receiver) {
-            // Two reads may cross: the newer version stays.
-            if local
-                .designs
-                .as_ref()
-                .is_none_or(|d| d.version <= loaded.version)
-            {
-                local.designs = Some(Arc::new(loaded));
+            if local.designs.as_ref().is_none_or(|d| d.version <= version) {
+                local.designs = Some(Arc::new(LoadedDesigns::new(version, designs)));
             }
         }
-        Ok(())
     }
 
     /// A node kept new designs for the receiver: read them, if this node shows its alerts.
