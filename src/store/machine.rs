@@ -270,9 +270,11 @@ impl Command<'_> {
 pub enum Answer {
     /// The state after the command is in the snapshot.
     Changed,
-    /// A publish was queued (or its id was queued already); `position` alerts are ahead of it.
+    /// A publish was queued (or its id was queued already); `position` alerts are ahead of it,
+    /// and it can show as `eta` says.
     Accepted {
         position: u64,
+        eta: Eta,
     },
     /// The idempotency key was seen: the first alert's id and position, nothing queued.
     Duplicate {
@@ -291,6 +293,19 @@ pub enum Answer {
     Held,
     /// An approval or a denial named an alert that is not held (any more).
     NotHeld,
+}
+
+/// How soon a waiting alert can show, as the rules see it (the gaps between alerts, which
+/// widgets keep, aside: see [`crate::eta`]).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Eta {
+    /// In about this many ms: what is left of the alert in flight (all of its duration while
+    /// it has not started), then the durations of the alerts ahead of it.
+    In(Millis),
+    /// Not before the streamer resumes the receiver.
+    Paused,
+    /// Not before some widget is on air to show it.
+    NoAudience,
 }
 
 /// Something that happened to one alert, for a history trail.
@@ -493,7 +508,18 @@ impl Step<'_> {
             // Queued or in flight already: a retry of a publish whose answer was lost. Answered
             // as that publish was, queueing nothing.
             let position = self.position_of(&alert.id).unwrap_or(0);
-            return (Answer::Accepted { position }, true);
+            let eta = match position {
+                0 if self
+                    .r
+                    .flight
+                    .as_ref()
+                    .is_some_and(|f| f.alert.id == alert.id) =>
+                {
+                    Eta::In(0)
+                }
+                _ => self.eta(self.waiting_ms_ahead_of(&alert.id)),
+            };
+            return (Answer::Accepted { position, eta }, true);
         }
         if self.r.queued() + self.r.held.len() as u64 >= self.rules.max_queue {
             return (Answer::QueueFull, false);
@@ -507,6 +533,14 @@ impl Step<'_> {
             Place::Held(..) => 0,
             _ => ahead as u64 + u64::from(self.r.flight.is_some()),
         };
+        let eta = self.eta(
+            self.r
+                .waiting()
+                .take(ahead)
+                .map(|q| q.alert.duration_ms)
+                .map(u64::from)
+                .sum(),
+        );
         if let Some(key) = idempotency_key {
             let seen = Remembered {
                 id: alert.id.to_string(),
@@ -544,7 +578,7 @@ impl Step<'_> {
             Place::Held(..) => unreachable!("held above"),
         }
         self.dispatch();
-        (Answer::Accepted { position }, false)
+        (Answer::Accepted { position, eta }, false)
     }
 
     fn clear(&mut self, left: Option<Left>, most: u32) -> (Answer, bool) {
@@ -643,6 +677,27 @@ impl Step<'_> {
         }
         let ahead = self.r.waiting().position(|q| &*q.alert.id == id)?;
         Some(ahead as u64 + u64::from(self.r.flight.is_some()))
+    }
+
+    /// The durations of the waiting alerts ahead of alert `id` (all of them if it is not
+    /// waiting).
+    fn waiting_ms_ahead_of(&self, id: &str) -> Millis {
+        self.r
+            .waiting()
+            .take_while(|q| &*q.alert.id != id)
+            .map(|q| u64::from(q.alert.duration_ms))
+            .sum()
+    }
+
+    /// How soon an alert with `waiting_ms` of waiting alerts ahead of it can show.
+    fn eta(&self, waiting_ms: Millis) -> Eta {
+        if self.r.paused {
+            return Eta::Paused;
+        }
+        if !self.on_air() {
+            return Eta::NoAudience;
+        }
+        Eta::In(self.r.flight_left(self.now, self.rules) + waiting_ms)
     }
 
     fn bump(&mut self) {
@@ -842,6 +897,19 @@ impl Receiver {
         }
     }
 
+    /// What is left at `now` of the alert in flight: until its duration from its start has
+    /// passed once started, all of its duration before.
+    pub fn flight_left(&self, now: Millis, rules: &Rules) -> Millis {
+        match &self.flight {
+            None => 0,
+            Some(f) if f.started => f
+                .deadline
+                .saturating_sub(ms(rules.ack_grace))
+                .saturating_sub(now),
+            Some(f) => u64::from(f.alert.duration_ms),
+        }
+    }
+
     /// Live widgets over all nodes at `now`.
     pub fn live_widgets(&self, now: Millis) -> u32 {
         self.presence
@@ -939,7 +1007,13 @@ mod tests {
     fn an_alert_goes_out_once_a_widget_joins_and_the_next_after_done() {
         let mut r = Receiver::default();
         let o = publish(&mut r, "a1", 10);
-        assert_eq!(o.answer, Answer::Accepted { position: 0 });
+        assert_eq!(
+            o.answer,
+            Answer::Accepted {
+                position: 0,
+                eta: Eta::NoAudience
+            }
+        );
         assert_eq!(flight(&o), None, "no widget yet");
         publish(&mut r, "a2", 11);
         let o = join(&mut r, 12);

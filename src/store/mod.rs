@@ -329,8 +329,12 @@ impl Event {
 #[derive(Clone, Debug, PartialEq)]
 pub enum Publish {
     /// Queued. `position` is how many alerts are ahead of it, the one in flight included: 0
-    /// means it went out at once.
-    Accepted { position: u64, snapshot: Snapshot },
+    /// means it went out at once. `eta`: how soon it can show.
+    Accepted {
+        position: u64,
+        eta: machine::Eta,
+        snapshot: Snapshot,
+    },
     /// The idempotency key was seen before: the first alert's id and position, nothing queued.
     Duplicate { id: String, position: u64 },
     /// The queue holds `max_queue` alerts already.
@@ -438,8 +442,9 @@ impl Answered {
     /// As [`Store::publish`] answers it.
     pub fn into_publish(self) -> Result<Publish, StoreError> {
         Ok(match self.answer {
-            machine::Answer::Accepted { position } => Publish::Accepted {
+            machine::Answer::Accepted { position, eta } => Publish::Accepted {
                 position,
+                eta,
                 snapshot: self.snapshot.ok_or_else(missing_snapshot)?,
             },
             machine::Answer::Duplicate { id, position } => Publish::Duplicate { id, position },

@@ -258,7 +258,9 @@ async fn the_same_alert_id_published_twice_is_queued_once(b: Backing) {
     // In flight, the same: answered with the alert in flight, nothing queued.
     let snap = s.store.widgets(&r, WidgetChange::Joined).await.unwrap();
     assert_eq!(flight_id(&snap).as_deref(), Some(first.id.as_str()));
-    let Publish::Accepted { position, snapshot } = s.store.publish(&first, None).await.unwrap()
+    let Publish::Accepted {
+        position, snapshot, ..
+    } = s.store.publish(&first, None).await.unwrap()
     else {
         panic!("accepted")
     };

@@ -391,7 +391,7 @@ async fn a_redis_that_lost_the_library_gets_it_again_on_the_next_call() {
     let (got, attempt, _) = w.next_alert().await;
     assert_eq!((got.as_str(), attempt), (id.as_str(), 1));
     let listed = format!("{:?}", redis.cmd(&["FUNCTION", "LIST"]).await);
-    assert!(listed.contains("cuebox_v5"), "{listed}");
+    assert!(listed.contains("cuebox_v6"), "{listed}");
 }
 
 /// The started marks a Redis store keeps (see `Keys::started`).

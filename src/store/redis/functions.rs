@@ -21,18 +21,18 @@ const LIBRARY: &str = include_str!("receiver.lua");
 /// Redis during a rolling deploy.
 pub(super) fn function(call: Call) -> Option<&'static str> {
     Some(match call {
-        Call::Publish => "cuebox_v5_publish",
-        Call::Widgets => "cuebox_v5_widgets",
-        Call::Done => "cuebox_v5_done",
-        Call::Check => "cuebox_v5_check",
-        Call::Sweep => "cuebox_v5_sweep",
-        Call::Status => "cuebox_v5_status",
-        Call::Pause => "cuebox_v5_pause",
-        Call::Skip => "cuebox_v5_skip",
-        Call::Clear => "cuebox_v5_clear",
-        Call::Queue => "cuebox_v5_queue",
-        Call::Tokens => "cuebox_v5_rotate",
-        Call::Filtered => "cuebox_v5_record",
+        Call::Publish => "cuebox_v6_publish",
+        Call::Widgets => "cuebox_v6_widgets",
+        Call::Done => "cuebox_v6_done",
+        Call::Check => "cuebox_v6_check",
+        Call::Sweep => "cuebox_v6_sweep",
+        Call::Status => "cuebox_v6_status",
+        Call::Pause => "cuebox_v6_pause",
+        Call::Skip => "cuebox_v6_skip",
+        Call::Clear => "cuebox_v6_clear",
+        Call::Queue => "cuebox_v6_queue",
+        Call::Tokens => "cuebox_v6_rotate",
+        Call::Filtered => "cuebox_v6_record",
         // Deny and wake are measured under the same call: see `DENY` and `WAKE`.
         Call::Approval => APPROVE,
         // A start is one SET of its mark (see `RedisStore::mark_started`).
@@ -41,11 +41,11 @@ pub(super) fn function(call: Call) -> Option<&'static str> {
 }
 
 /// The functions of the streamer's approvals, measured as [`Call::Approval`].
-pub(super) const APPROVE: &str = "cuebox_v5_approve";
-pub(super) const DENY: &str = "cuebox_v5_deny";
-pub(super) const WAKE: &str = "cuebox_v5_wake";
+pub(super) const APPROVE: &str = "cuebox_v6_approve";
+pub(super) const DENY: &str = "cuebox_v6_deny";
+pub(super) const WAKE: &str = "cuebox_v6_wake";
 /// Marks a dock open on a receiver's feed, measured as [`Call::Feed`].
-pub(super) const DOCKS: &str = "cuebox_v5_docks";
+pub(super) const DOCKS: &str = "cuebox_v6_docks";
 
 /// Loads the library (on every master of a cluster: the command is routed to all of them).
 /// Redis before 7 has no Functions, and is refused with a message that says so.

@@ -40,7 +40,7 @@ use self::functions::{load_library, Core, APPROVE, DENY, DOCKS, WAKE};
 use self::keys::Keys;
 use self::presence::sweep_dead_nodes;
 use self::replies::{
-    alert_json, int, kind_of, parse_snapshot, protocol, read_versioned, tagged, text,
+    alert_json, int, kind_of, parse_eta, parse_snapshot, protocol, read_versioned, tagged, text,
 };
 pub use self::secret::shared_secret;
 use self::watches::Watches;
@@ -224,6 +224,7 @@ impl RedisStore {
             ("accepted", Some(position), Some(snapshot)) => (
                 Answer::Accepted {
                     position: int(&position)?,
+                    eta: parse_eta(items.next())?,
                 },
                 Some(parse_snapshot(snapshot, now)?),
             ),

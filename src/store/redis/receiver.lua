@@ -1,4 +1,4 @@
-#!lua name=cuebox_v5
+#!lua name=cuebox_v6
 -- The Redis Functions library of cuebox: every state transition of one receiver, each one
 -- atomic because Redis runs a function whole. The rules are written out in src/store/mod.rs and
 -- once as a pure machine in src/store/machine.rs, which the embedded store runs;
@@ -39,6 +39,12 @@
 --                                   "p3h1:1760000000000d1760000030000"; absent for none of these
 --                                   (one field, not four, since every call reads it: see
 --                                   read_hold())
+--                          wait     the durations of the waiting alerts (both lanes, not the
+--                                   held ones), ms, so a publish can say how soon its alert
+--                                   shows without reading the queue (see add_wait()); absent
+--                                   for none. Library v5 kept none: a receiver it left alerts
+--                                   waiting in counts short until its queue empties, when a
+--                                   publish sets the sum afresh.
 -- KEYS[2] queue    list    waiting alerts, head first, each "<id> <duration_ms> <times sent>
 --                          <trail> <alert json>" (no trail in an entry of layout 3: the JSON
 --                          follows the times sent, and always starts with '{')
@@ -157,7 +163,7 @@ local function marked(c, take)
     if mark then
       local at, graced = started_at(mark)
       if at then
-        c.phase, c.trail = 'started', c.trail .. 't' .. at
+        c.phase, c.trail, c.started_at = 'started', c.trail .. 't' .. at, at
         c.deadline = tonumber(graced) + tonumber(c.duration)
       end
       if not take then c.marked = 'read' end
@@ -292,7 +298,7 @@ local function open(keys, args, with_alert, f)
   c.hold_changed, c.skipped, c.widgets_key = false, false, false
   c.id, c.phase, c.duration, c.attempt, c.deadline, c.trail = false, false, false, false, false,
     false
-  c.alert, c.alert_read, c.keep, c.marked = false, false, false, false
+  c.alert, c.alert_read, c.keep, c.marked, c.started_at = false, false, false, false, false
   if with_alert then c.alert, c.alert_read = f[5], true end
   c.had_flight, c.flight_changed, c.dirty = f[2] ~= false, false, false
   c.live_known, c.live_any, c.live_others, c.recounted = false, false, false, false
@@ -429,8 +435,27 @@ end
 local function clear_flight(c)
   c.id, c.phase, c.duration, c.attempt, c.deadline, c.trail = false, false, false, false, false,
     false
-  c.marked = false
+  c.marked, c.started_at = false, false
   c.alert, c.alert_read, c.packed = false, true, false
+end
+
+-- How soon an alert with `waiting` ms of waiting alerts ahead of it can show (Eta in
+-- src/store/machine.rs): 'paused', 'no_audience' while no widget is on air, or the ms: what is
+-- left of the alert in flight (all of its duration until it starts), then `waiting`.
+local function eta(c, waiting)
+  if c.paused then return 'paused' end
+  presence(c)
+  if not c.on_air then return 'no_audience' end
+  if not flight(c) then return waiting end
+  marked(c)
+  local left = tonumber(c.duration)
+  if c.started_at then
+    left = math.max(0, tonumber(c.started_at) + left - c.now)
+  elseif c.phase == 'started' then
+    -- A flight of layout 4 that says it started: its deadline has the ack grace in it too.
+    left = math.max(0, tonumber(c.deadline) - c.now)
+  end
+  return left + waiting
 end
 
 -- Puts alerts at the head of the receiver's history, each as two elements (its queue entry, then
@@ -480,6 +505,36 @@ local function next_attempt(sent)
   return tonumber(sent) + 1
 end
 
+-- A queue entry's duration, as the digits it holds.
+local function entry_duration(entry)
+  local s1 = string.find(entry, ' ', 1, true)
+  local s2 = s1 and string.find(entry, ' ', s1 + 1, true)
+  return s2 and string.sub(entry, s1 + 1, s2 - 1)
+end
+
+-- Adds `ms` (a number, or digits with or without a '-') to the receiver's `wait`, the durations
+-- of its waiting alerts, and answers the sum after it: every push to a lane adds the alert's
+-- duration, every pop takes it away, one HINCRBY each. A sum below nothing (see the layout) is
+-- set right.
+local function add_wait(receiver, ms)
+  local wait = redis.call('HINCRBY', receiver, 'wait', ms)
+  if wait >= 0 then return wait end
+  redis.call('HSET', receiver, 'wait', 0)
+  return 0
+end
+
+-- Counts queue entry `entry`, just pushed to a lane, in `wait`, and answers the sum of the
+-- alerts that waited before it. `first`: none did, so the sum is set afresh.
+local function wait_more(receiver, entry, first)
+  local d = entry_duration(entry)
+  if not d then return 0 end
+  if first then
+    redis.call('HSET', receiver, 'wait', d)
+    return 0
+  end
+  return math.max(0, add_wait(receiver, d) - tonumber(d))
+end
+
 -- The priority lane's length, kept in `hold` by save().
 local function set_ahead(c, n)
   c.ahead, c.hold_changed, c.dirty = int(n), true, true
@@ -495,6 +550,7 @@ local function approve(c, lane, entry)
   local head, rest = string.match(entry, '^(%S+ %d+ %d+ %S*)( .*)$')
   if not head then return end
   local approved = head .. 'a' .. c.args[2] .. rest
+  add_wait(c.keys[1], entry_duration(entry) or 0)
   if lane == 'p' then
     redis.call('RPUSH', c.keys[4], approved)
     set_ahead(c, (tonumber(c.ahead) or 0) + 1)
@@ -579,6 +635,7 @@ local function dispatch(c)
     if entry then id, duration, sent, trail = parse_entry(entry) end
     -- An entry that does not parse cannot be shown; it is skipped rather than wedge the queue.
     if id then
+      add_wait(c.keys[1], '-' .. duration)
       -- Sent now, so not started: no mark can exist for this send yet.
       c.id, c.phase, c.duration, c.alert, c.alert_read = id, 'sent', duration, entry, true
       c.marked = 'none'
@@ -618,6 +675,7 @@ local function requeue(c)
     local counted = c.id .. ' ' .. c.duration .. ' ' .. attempt .. ' ' .. c.trail .. 'q' ..
       c.args[2] .. ':' .. attempt .. string.sub(entry, json_at)
     redis.call('LPUSH', c.keys[4], counted)
+    add_wait(c.keys[1], c.duration)
     set_ahead(c, (tonumber(c.ahead) or 0) + 1)
   else
     redis.call('SREM', c.keys[3], c.id)
@@ -677,18 +735,30 @@ local function finish(c, with_alert)
   return snap
 end
 
--- How many alerts are ahead of queued alert `id` (a rare path: only a publish repeated).
+-- How many alerts are ahead of queued alert `id`, and their durations (a rare path: only a
+-- publish repeated).
 local function position_in_queue(c, id)
-  local prefix, before = id .. ' ', 0
+  local prefix, before, ms = id .. ' ', 0, 0
   for _, lane in ipairs({c.keys[4], c.keys[2]}) do
     local entries = redis.call('LRANGE', lane, 0, -1)
     for i = 1, #entries do
       local e = entries[i]
-      if string.sub(e, 1, #prefix) == prefix then return before + i - 1 end
+      if string.sub(e, 1, #prefix) == prefix then return before + i - 1, ms end
+      ms = ms + (tonumber(entry_duration(e)) or 0)
     end
     before = before + #entries
   end
-  return 0
+  return 0, ms
+end
+
+-- The durations of the priority lane's alerts (a rare path: a high-priority publish).
+local function priority_ms(c)
+  local ms = 0
+  if c.ahead and c.ahead ~= '0' then
+    local entries = redis.call('LRANGE', c.keys[4], 0, -1)
+    for i = 1, #entries do ms = ms + (tonumber(entry_duration(entries[i])) or 0) end
+  end
+  return ms
 end
 
 -- For the straight-line paths below: whether the live widgets cached in `live` are, until a time
@@ -701,13 +771,15 @@ end
 -- For the straight-line paths below: dispatch() and save() of a free receiver with no priority
 -- lane, from `seq` (its seq, a number, before the send). Sends the head of the queue, past any
 -- entry that does not parse, and writes the receiver; answers the snapshot finish() would, with
--- `happened` before ' sent', or nil when the queue is empty (nothing written).
-local function send_head(keys, args, seq, happened)
+-- `happened` before ' sent', or nil when the queue is empty (nothing written). `uncounted`: the
+-- head is an alert just pushed and not counted in `wait`, which stays as it is.
+local function send_head(keys, args, seq, happened, uncounted)
   while true do
     local entry = redis.call('LPOP', keys[2])
     if not entry then return nil end
     local id, duration, times, trail = parse_entry(entry)
     if id then
+      if not uncounted then add_wait(keys[1], '-' .. duration) end
       local attempt, now = next_attempt(times), args[2]
       seq = seq + 1
       redis.call('HSET', keys[1], 'seq', int(seq), 'flight', id .. ' sent ' .. duration .. ' ' ..
@@ -730,6 +802,8 @@ local function publish_at_once(keys, args, f)
   local seq, packed, live, id = f[1], f[2], f[3], args[5]
   if not seq then return nil end
   local flight_id, attempt, deadline, duration
+  -- Whether some widget is on air, for how soon the alert shows (see eta()).
+  local on_air = false
   if packed then
     -- "<id> <phase> <duration> <attempt> <deadline>|...", as flight() and marked() read it.
     local s1 = string.find(packed, ' ', 1, true)
@@ -741,6 +815,13 @@ local function publish_at_once(keys, args, f)
     flight_id, attempt = string.sub(packed, 1, s1 - 1), string.sub(packed, s3 + 1, s4 - 1)
     deadline = string.sub(packed, s4 + 1, bar - 1)
     duration = string.sub(packed, s2 + 1, s3 - 1)
+    if live ~= '0' then
+      -- The cache as presence() reads it; one past its time takes the general path.
+      local quiet = live and string.sub(live, -6) == ' quiet'
+      if quiet then live = string.sub(live, 1, -7) end
+      if not cached_live(live, args) then return nil end
+      on_air = not quiet
+    end
   elseif live ~= '0' and not live_here(live, args) then
     return nil
   elseif live ~= '0' and (tonumber(seq) or 0) == 0 then
@@ -758,15 +839,26 @@ local function publish_at_once(keys, args, f)
     local mark = redis.call('GET', mark_key(keys[1], flight_id, attempt))
     local at, graced
     if mark then at, graced = started_at(mark) end
-    if at then started, deadline = 1, tonumber(graced) + tonumber(duration) end
+    local left = tonumber(duration)
+    if at then
+      started, deadline = 1, tonumber(graced) + left
+      left = math.max(0, tonumber(at) + left - tonumber(args[2]))
+    end
+    local ahead = wait_more(keys[1], args[6], waiting == 0)
+    local eta = 'no_audience'
+    if on_air then eta = left + ahead end
     return {'accepted', waiting + 1,
-      {'snapshot', seq, flight_id, attempt, started, deadline, false, ''}}
+      {'snapshot', seq, flight_id, attempt, started, deadline, false, ''}, eta}
   end
   if live ~= '0' then
-    local snap = send_head(keys, args, tonumber(seq), '')
-    if snap then return {'accepted', waiting, snap} end
+    -- Sent at once when nothing waited: then `wait` stays as it is.
+    local ahead = 0
+    if waiting > 0 then ahead = wait_more(keys[1], args[6], false) end
+    local snap = send_head(keys, args, tonumber(seq), '', waiting == 0)
+    return {'accepted', waiting, snap or {'snapshot', seq, false, 0, 0, 0, false, ''}, ahead}
   end
-  return {'accepted', waiting, {'snapshot', seq, false, 0, 0, 0, false, ''}}
+  wait_more(keys[1], args[6], waiting == 0)
+  return {'accepted', waiting, {'snapshot', seq, false, 0, 0, 0, false, ''}, 'no_audience'}
 end
 
 -- ARGV[5] the alert's id, ARGV[6] its queue entry "<id> <duration_ms> 0 r<now> <alert json>",
@@ -800,12 +892,14 @@ local function publish(keys, args)
         end
       end
     end
-    local position = 0
+    local position, eta_ms = 0, 0
     if flight(c) ~= id then
-      position = position_in_queue(c, id)
+      local ms
+      position, ms = position_in_queue(c, id)
       if busy then position = position + 1 end
+      eta_ms = eta(c, ms)
     end
-    return {'accepted', position, finish(c, true)}
+    return {'accepted', position, finish(c, true), eta_ms}
   end
   local ahead = tonumber(c.ahead) or 0
   local waiting = redis.call('LLEN', keys[2]) + ahead
@@ -826,22 +920,27 @@ local function publish(keys, args)
     if idem then redis.call('SET', idem, id .. ' 0', 'EX', args[8]) end
     return {'held', finish(c, false)}
   end
-  local position = waiting
+  local position, ahead_ms = waiting, 0
   if args[9] == 'priority' then
-    position = ahead
+    position, ahead_ms = ahead, priority_ms(c)
     redis.call('RPUSH', keys[4], args[6])
+    wait_more(keys[1], args[6], waiting == 0)
     set_ahead(c, ahead + 1)
   elseif args[9] == 'replay' then
     position = 0
     redis.call('LPUSH', keys[4], args[6])
+    wait_more(keys[1], args[6], waiting == 0)
     set_ahead(c, ahead + 1)
   else
     redis.call('RPUSH', keys[2], args[6])
+    ahead_ms = wait_more(keys[1], args[6], waiting == 0)
   end
   if busy then position = position + 1 end
   if idem then redis.call('SET', idem, id .. ' ' .. position, 'EX', args[8]) end
+  -- How soon it shows, from the receiver as it was before it goes out.
+  local eta_ms = eta(c, ahead_ms)
   dispatch(c)
-  return {'accepted', position, finish(c, false)}
+  return {'accepted', position, finish(c, false), eta_ms}
 end
 
 -- ARGV[5] joined, left, withdrawn or refresh; ARGV[6] the count, for refresh;
@@ -1035,15 +1134,18 @@ local function clear(keys, args)
     if n <= 0 then return count, 0, false end
     local gone = redis.call('LPOP', lane, n)
     if not gone then return 0, 0, true end
+    local ms = 0
     for i = 1, #gone do
       local id = string.match(gone[i], '^%S+')
       if id then ids[#ids + 1] = id end
+      ms = ms + (tonumber(entry_duration(gone[i])) or 0)
       local trail = entry_trail(gone[i])
       if trail then
         records[#records + 1] = gone[i]
         records[#records + 1] = 'cleared ' .. trail .. 'c' .. args[2]
       end
     end
+    if ms > 0 then add_wait(keys[1], -ms) end
     if #gone < n then return 0, #gone, true end
     return count - #gone, #gone, false
   end
@@ -1174,23 +1276,23 @@ local function status(keys, args)
     c.previews}
 end
 
-redis.register_function('cuebox_v5_publish', publish)
-redis.register_function('cuebox_v5_widgets', widgets)
-redis.register_function('cuebox_v5_done', done)
-redis.register_function('cuebox_v5_check', check)
-redis.register_function('cuebox_v5_sweep', sweep)
-redis.register_function('cuebox_v5_pause', pause)
-redis.register_function('cuebox_v5_skip', skip)
-redis.register_function('cuebox_v5_clear', clear)
-redis.register_function('cuebox_v5_rotate', rotate)
-redis.register_function('cuebox_v5_record', record)
-redis.register_function('cuebox_v5_approve', approve_one)
-redis.register_function('cuebox_v5_deny', deny)
-redis.register_function('cuebox_v5_wake', wake)
-redis.register_function('cuebox_v5_docks', docks)
+redis.register_function('cuebox_v6_publish', publish)
+redis.register_function('cuebox_v6_widgets', widgets)
+redis.register_function('cuebox_v6_done', done)
+redis.register_function('cuebox_v6_check', check)
+redis.register_function('cuebox_v6_sweep', sweep)
+redis.register_function('cuebox_v6_pause', pause)
+redis.register_function('cuebox_v6_skip', skip)
+redis.register_function('cuebox_v6_clear', clear)
+redis.register_function('cuebox_v6_rotate', rotate)
+redis.register_function('cuebox_v6_record', record)
+redis.register_function('cuebox_v6_approve', approve_one)
+redis.register_function('cuebox_v6_deny', deny)
+redis.register_function('cuebox_v6_wake', wake)
+redis.register_function('cuebox_v6_docks', docks)
 redis.register_function{
-  function_name = 'cuebox_v5_status', callback = status, flags = {'no-writes'}
+  function_name = 'cuebox_v6_status', callback = status, flags = {'no-writes'}
 }
 redis.register_function{
-  function_name = 'cuebox_v5_queue', callback = queue, flags = {'no-writes'}
+  function_name = 'cuebox_v6_queue', callback = queue, flags = {'no-writes'}
 }

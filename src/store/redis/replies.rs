@@ -228,3 +228,21 @@ pub(super) fn read_versioned(entry: &str) -> Option<crate::store::Versioned> {
         json: json.into(),
     })
 }
+
+/// How soon a published alert can show, as the library answers it: the milliseconds, or why it
+/// cannot say (`paused`, `no_audience`).
+pub(super) fn parse_eta(v: Option<Value>) -> Result<crate::store::machine::Eta, StoreError> {
+    use crate::store::machine::Eta;
+    Ok(match v {
+        None => {
+            return Err(StoreError::Protocol(
+                "an accepted publish without its eta".into(),
+            ))
+        }
+        Some(v) => match text(&v) {
+            Some("paused") => Eta::Paused,
+            Some("no_audience") => Eta::NoAudience,
+            _ => Eta::In(int(&v)?),
+        },
+    })
+}
