@@ -308,6 +308,41 @@ pub enum Eta {
     NoAudience,
 }
 
+/// Where one alert is while its receiver has it (once it left, its history says how it ended).
+#[derive(Clone, Debug, PartialEq)]
+pub enum Whereabouts {
+    /// Waiting in line, `position` alerts ahead of it (the one in flight among them).
+    Queued { position: u64, eta: Eta },
+    /// Held for the streamer's approval.
+    Held,
+    /// In flight; showing since `started_at` once a widget started it.
+    InFlight { started_at: Option<Millis> },
+}
+
+/// Where alert `id` is in receiver `r` at `now`, if `r` still has it. Reads only.
+pub fn locate(r: &Receiver, id: &str, now: Millis, rules: &Rules) -> Option<Whereabouts> {
+    if let Some(f) = r.flight.as_ref().filter(|f| &*f.alert.id == id) {
+        let started_at = f.started.then(|| {
+            f.deadline
+                .saturating_sub(u64::from(f.alert.duration_ms) + ms(rules.ack_grace))
+        });
+        return Some(Whereabouts::InFlight { started_at });
+    }
+    let mut waiting_ms = 0;
+    for (ahead, q) in r.waiting().enumerate() {
+        if &*q.alert.id == id {
+            let position = ahead as u64 + u64::from(r.flight.is_some());
+            let eta = r.eta(waiting_ms, now, rules);
+            return Some(Whereabouts::Queued { position, eta });
+        }
+        waiting_ms += u64::from(q.alert.duration_ms);
+    }
+    r.held
+        .iter()
+        .any(|h| &*h.queued.alert.id == id)
+        .then_some(Whereabouts::Held)
+}
+
 /// Something that happened to one alert, for a history trail.
 #[derive(Clone, Debug, PartialEq)]
 pub struct Happened {
@@ -689,15 +724,8 @@ impl Step<'_> {
             .sum()
     }
 
-    /// How soon an alert with `waiting_ms` of waiting alerts ahead of it can show.
     fn eta(&self, waiting_ms: Millis) -> Eta {
-        if self.r.paused {
-            return Eta::Paused;
-        }
-        if !self.on_air() {
-            return Eta::NoAudience;
-        }
-        Eta::In(self.r.flight_left(self.now, self.rules) + waiting_ms)
+        self.r.eta(waiting_ms, self.now, self.rules)
     }
 
     fn bump(&mut self) {
@@ -908,6 +936,17 @@ impl Receiver {
                 .saturating_sub(now),
             Some(f) => u64::from(f.alert.duration_ms),
         }
+    }
+
+    /// How soon an alert with `waiting_ms` of waiting alerts ahead of it can show at `now`.
+    pub fn eta(&self, waiting_ms: Millis, now: Millis, rules: &Rules) -> Eta {
+        if self.paused {
+            return Eta::Paused;
+        }
+        if self.widgets_on_air(now) == 0 {
+            return Eta::NoAudience;
+        }
+        Eta::In(self.flight_left(now, rules) + waiting_ms)
     }
 
     /// Live widgets over all nodes at `now`.

@@ -373,6 +373,22 @@ pub struct Status {
     pub previews: u64,
 }
 
+/// How many of a receiver's newest history entries a lookup of one alert reads, at most.
+pub const HISTORY_SEARCHED: usize = 2_000;
+
+/// Where one alert is ([`Store::whereabouts`]).
+#[derive(Clone, Debug, PartialEq)]
+pub enum AlertWhere {
+    /// Its receiver still has it.
+    Here(machine::Whereabouts),
+    /// It left, ending so (done, expired, skipped, cleared, filtered, denied); it showed from
+    /// `shown_at` (ms on the store's clock) if it ever started.
+    Ended {
+        status: history::Mark,
+        shown_at: Option<machine::Millis>,
+    },
+}
+
 /// A page of a receiver's waiting alerts.
 #[derive(Clone, Debug, PartialEq)]
 pub struct Waiting {
@@ -643,6 +659,52 @@ pub trait Store: Send + Sync + 'static {
 
     /// Reads the receiver's queue length, alert in flight and live widgets.
     async fn status(&self, receiver: &ReceiverId) -> Result<Status, StoreError>;
+
+    /// Where alert `id` is while the receiver has it (queued, held or in flight); `None` once it
+    /// left, when its history says how it ended (see [`Store::whereabouts`]). Measured as a
+    /// status read.
+    async fn locate(
+        &self,
+        receiver: &ReceiverId,
+        id: &str,
+    ) -> Result<Option<machine::Whereabouts>, StoreError>;
+
+    /// Where alert `id` of the receiver is, or how it ended: from its place in the receiver,
+    /// else from the history kept (the newest [`HISTORY_SEARCHED`] entries); `None` for an alert
+    /// found in neither.
+    async fn whereabouts(
+        &self,
+        receiver: &ReceiverId,
+        id: &str,
+    ) -> Result<Option<AlertWhere>, StoreError> {
+        if let Some(found) = self.locate(receiver, id).await? {
+            return Ok(Some(AlertWhere::Here(found)));
+        }
+        let mut before: Option<Arc<str>> = None;
+        let mut searched = 0;
+        while searched < HISTORY_SEARCHED {
+            let page = self.history(receiver, before.as_deref(), 200).await?;
+            if let Some(r) = page.records.iter().find(|r| &*r.id == id) {
+                return Ok(Some(AlertWhere::Ended {
+                    status: r.status,
+                    shown_at: r
+                        .trail
+                        .steps()
+                        .iter()
+                        .rev()
+                        .find(|s| s.mark == history::Mark::Started)
+                        .map(|s| s.at),
+                }));
+            }
+            searched += page.records.len();
+            match page.records.last() {
+                Some(last) if page.more => before = Some(last.id.clone()),
+                _ => break,
+            }
+        }
+        // Moved on from queued to history between the two reads: read once more.
+        Ok(self.locate(receiver, id).await?.map(AlertWhere::Here))
+    }
 
     /// Reads up to `limit` waiting alerts from the `offset`th, in the order they will go out
     /// (the priority lane, then the normal one), as their JSON; and how many wait in all.

@@ -313,6 +313,85 @@ async fn positions_count_the_alerts_ahead(b: Backing) {
     }
 }
 
+/// How soon each alert can show: the durations ahead and what is left of the alert in flight;
+/// where each alert is while queued, in flight and once done.
+async fn each_alert_knows_how_soon_it_shows_and_where_it_is(b: Backing) {
+    use cuebox::store::history::Mark;
+    use cuebox::store::machine::{Eta, Whereabouts};
+    use cuebox::store::AlertWhere;
+    let s = make_store(&b, fast_rules(), NODE).await;
+    let r = receiver("alice");
+    let lasting = |ms: u32| record_with(json!({"receiver": "alice", "duration_ms": ms}));
+    // No widget: it waits for one.
+    let first = lasting(4000);
+    let Publish::Accepted { eta, .. } = s.store.publish(&first, None).await.unwrap() else {
+        panic!("accepted")
+    };
+    assert_eq!(eta, Eta::NoAudience);
+    s.store.widgets(&r, WidgetChange::Joined).await.unwrap();
+    // In flight, not started: all of its duration is still to come.
+    let second = lasting(2000);
+    let Publish::Accepted { position, eta, .. } = s.store.publish(&second, None).await.unwrap()
+    else {
+        panic!("accepted")
+    };
+    assert_eq!((position, eta), (1, Eta::In(4000)));
+    let third = lasting(3000);
+    let Publish::Accepted { position, eta, .. } = s.store.publish(&third, None).await.unwrap()
+    else {
+        panic!("accepted")
+    };
+    assert_eq!((position, eta), (2, Eta::In(6000)));
+    // Started: what is left of it counts down with the store's clock.
+    start_lasting(&s, &r, &first.id, Duration::from_millis(4000)).await;
+    match s.store.locate(&r, &third.id).await.unwrap() {
+        Some(Whereabouts::Queued {
+            position: 2,
+            eta: Eta::In(ms),
+        }) => assert!((5000..=6000).contains(&ms), "{ms}"),
+        other => panic!("{other:?}"),
+    }
+    let Some(Whereabouts::InFlight {
+        started_at: Some(_),
+    }) = s.store.locate(&r, &first.id).await.unwrap()
+    else {
+        panic!("in flight, started")
+    };
+    // Paused: nothing says when.
+    control(&s, "alice", Command::Pause { paused: true }).await;
+    let Publish::Accepted { eta, .. } = s.store.publish(&lasting(1000), None).await.unwrap() else {
+        panic!("accepted")
+    };
+    assert_eq!(eta, Eta::Paused);
+    let Some(Whereabouts::Queued {
+        eta: Eta::Paused, ..
+    }) = s.store.locate(&r, &second.id).await.unwrap()
+    else {
+        panic!("queued, paused")
+    };
+    control(&s, "alice", Command::Pause { paused: false }).await;
+    // Done: its history says so, and when it showed.
+    s.store.done(&r, &first.id).await.unwrap();
+    assert_eq!(s.store.locate(&r, &first.id).await.unwrap(), None);
+    match s.store.whereabouts(&r, &first.id).await.unwrap() {
+        Some(AlertWhere::Ended {
+            status: Mark::Done,
+            shown_at: Some(_),
+        }) => {}
+        other => panic!("{other:?}"),
+    }
+    // The next moved up, and a third one it never had is nowhere.
+    let Some(AlertWhere::Here(Whereabouts::Queued { position: 1, .. })) =
+        s.store.whereabouts(&r, &third.id).await.unwrap()
+    else {
+        panic!("queued behind the second")
+    };
+    assert_eq!(
+        s.store.whereabouts(&r, "no-such-alert").await.unwrap(),
+        None
+    );
+}
+
 async fn alert_text_comes_back_byte_for_byte(b: Backing) {
     let s = make_store(&b, fast_rules(), NODE).await;
     let r = receiver("alice");
@@ -969,6 +1048,7 @@ conformance!(
     the_same_alert_id_published_twice_is_queued_once,
     a_full_queue_refuses_and_keeps_what_it_has,
     positions_count_the_alerts_ahead,
+    each_alert_knows_how_soon_it_shows_and_where_it_is,
     alert_text_comes_back_byte_for_byte,
     every_change_of_the_flight_moves_seq_forward,
     receivers_do_not_share_anything,

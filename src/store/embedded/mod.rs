@@ -1041,6 +1041,23 @@ impl Store for EmbeddedStore {
         Ok(status)
     }
 
+    async fn locate(
+        &self,
+        receiver: &ReceiverId,
+        id: &str,
+    ) -> Result<Option<machine::Whereabouts>, StoreError> {
+        let (now, started) = (self.clock.now(), Instant::now());
+        let found = self
+            .receivers
+            .lock()
+            .receivers
+            .get(receiver)
+            .and_then(|kept| machine::locate(&kept.r, id, now, &self.rules));
+        self.observer
+            .observe(Call::Status, started.elapsed(), false);
+        Ok(found)
+    }
+
     async fn watch(&self, _receiver: &ReceiverId) -> Result<(), StoreError> {
         // One node: every change is made here, so there is nothing to hear about.
         Ok(())

@@ -45,7 +45,7 @@ use self::replies::{
 pub use self::secret::shared_secret;
 use self::watches::Watches;
 use super::history::{Mark, Page, Record, Trail};
-use super::machine::{Answer, Command, Hold, Lane, Left, Stored};
+use super::machine::{Answer, Command, Hold, Lane, Left, Stored, Whereabouts};
 use super::{
     Answered, Call, CallObserver, DesignsPut, Flight, Notice, Rules, Showing, Snapshot, Status,
     Store, StoreError, Versioned, Waiting, WidgetChange, DESIGN_VERSIONS_KEPT, IDEMPOTENCY_TTL,
@@ -569,6 +569,34 @@ impl Store for RedisStore {
             }),
             _ => Err(StoreError::Protocol(format!("status: unexpected {kind}"))),
         }
+    }
+
+    async fn locate(
+        &self,
+        receiver: &ReceiverId,
+        id: &str,
+    ) -> Result<Option<Whereabouts>, StoreError> {
+        let (reply, _) = self.core.run(receiver, Call::Status, None, &[id]).await?;
+        let (kind, items) = tagged(reply)?;
+        let found = match (kind.as_str(), items.as_slice()) {
+            ("located", [where_, rest @ ..]) => match (text(where_), rest) {
+                (None, _) => None,
+                (Some("in_flight"), [at, ..]) => Some(Whereabouts::InFlight {
+                    started_at: match at {
+                        Value::Nil => None,
+                        at => Some(int(at)?),
+                    },
+                }),
+                (Some("queued"), [position, eta, ..]) => Some(Whereabouts::Queued {
+                    position: int(position)?,
+                    eta: parse_eta(Some(eta.clone()))?,
+                }),
+                (Some("held"), _) => Some(Whereabouts::Held),
+                _ => return Err(protocol("locate", where_)),
+            },
+            _ => return Err(StoreError::Protocol(format!("locate: unexpected {kind}"))),
+        };
+        Ok(found)
     }
 
     async fn waiting(

@@ -735,20 +735,20 @@ local function finish(c, with_alert)
   return snap
 end
 
--- How many alerts are ahead of queued alert `id`, and their durations (a rare path: only a
--- publish repeated).
+-- How many alerts are ahead of queued alert `id`, their durations, and whether it was found (a
+-- rare path: a publish repeated, a lookup).
 local function position_in_queue(c, id)
   local prefix, before, ms = id .. ' ', 0, 0
   for _, lane in ipairs({c.keys[4], c.keys[2]}) do
     local entries = redis.call('LRANGE', lane, 0, -1)
     for i = 1, #entries do
       local e = entries[i]
-      if string.sub(e, 1, #prefix) == prefix then return before + i - 1, ms end
+      if string.sub(e, 1, #prefix) == prefix then return before + i - 1, ms, true end
       ms = ms + (tonumber(entry_duration(e)) or 0)
     end
     before = before + #entries
   end
-  return 0, ms
+  return 0, ms, false
 end
 
 -- The durations of the priority lane's alerts (a rare path: a high-priority publish).
@@ -1257,13 +1257,41 @@ local function queue(keys, args)
   return {'queue', total, page, held}
 end
 
+-- Where alert `id` is (machine.rs's locate()): {'located', 'in_flight', started at (ms) or
+-- false}, {'located', 'queued', position, eta (see eta())}, {'located', 'held'}, or {'located',
+-- false} when the receiver has it no more.
+local function locate(c, id)
+  if flight(c) == id then
+    marked(c)
+    return {'located', 'in_flight', c.started_at or false}
+  end
+  if redis.call('SISMEMBER', c.keys[3], id) == 0 then return {'located', false} end
+  local position, ms, found = position_in_queue(c, id)
+  if found then
+    if c.packed or c.id then position = position + 1 end
+    return {'located', 'queued', position, eta(c, ms)}
+  end
+  if c.held and c.held > 0 then
+    local prefix = id .. ' '
+    local held = redis.call('LRANGE', held_key(c), 0, -1)
+    for i = 1, #held do
+      local entry = string.match(held[i], '^%S+ %a (.*)$')
+      if entry and string.sub(entry, 1, #prefix) == prefix then return {'located', 'held'} end
+    end
+  end
+  return {'located', false}
+end
+
 -- {'status', queued, live widgets, alert in flight as its queue entry or false, paused (0 or
--- 1), held, the trail of the alert in flight or false}. Reads only: a receiver still in layout 1 is read, not taken over.
+-- 1), held, the trail of the alert in flight or false}; with ARGV[5], an alert's id, where that
+-- alert is instead (see locate()). Reads only: a receiver still in layout 1 is read, not taken
+-- over.
 local function status(keys, args)
   local c, unwritten = open(keys, args)
   if unwritten then read_layout_1(c, false) end
   c.widgets_key = keys[5]
   local total = count(c, redis.call('HGETALL', keys[5]))
+  if args[5] then return locate(c, args[5]) end
   local entry = false
   if flight(c) then
     entry = flight_entry(c) or false
