@@ -356,7 +356,7 @@ impl NewAlert {
     /// As [`NewAlert::into_record`], with the duration the receiver's `designs` give an alert
     /// that carries none (the look it will be shown with, resolved as the widget's will be).
     pub fn into_record_with(mut self, designs: &Designs) -> AlertRecord {
-        let id = uuid::Uuid::new_v4().to_string();
+        let id = new_id(&self.receiver);
         if !self.duration_given && !designs.designs.is_empty() {
             let alert = serde_json::json!({
                 "id": id, "kind": self.kind, "amount": self.amount, "data": self.data
@@ -391,6 +391,34 @@ impl NewAlert {
     }
 }
 
+/// A fresh alert id for `receiver`: a UUID (version 8, RFC 9562) whose first 32 bits are the
+/// receiver's [`route`] and the rest random (90 bits, from a v4 UUID). So `GET /alerts/{id}`
+/// finds an alert's receiver from its id alone, among the few receivers of that route, with
+/// nothing written per alert.
+pub fn new_id(receiver: &ReceiverId) -> String {
+    let mut bytes = *uuid::Uuid::new_v4().as_bytes();
+    bytes[..4].copy_from_slice(&route(receiver).to_be_bytes());
+    uuid::Uuid::new_v8(bytes).to_string()
+}
+
+/// The route of a receiver's alert ids: 32 bits of FNV-1a of its name. Receivers may share
+/// one; a store keeps which receivers each route has.
+pub fn route(receiver: &ReceiverId) -> u32 {
+    receiver.as_str().bytes().fold(0x811c_9dc5_u32, |h, b| {
+        (h ^ u32::from(b)).wrapping_mul(0x0100_0193)
+    })
+}
+
+/// The route an alert id carries: `None` for an id that is no UUID of version 8 (made before
+/// ids carried routes).
+pub fn route_of(id: &str) -> Option<u32> {
+    let uuid = uuid::Uuid::try_parse(id).ok()?;
+    (uuid.get_version_num() == 8).then(|| {
+        let b = uuid.as_bytes();
+        u32::from_be_bytes([b[0], b[1], b[2], b[3]])
+    })
+}
+
 impl AlertRecord {
     /// An alert of `receiver`'s history (its JSON as widgets got it) queued again: the same
     /// alert with a fresh id and creation time, and `replay_of` naming the one it repeats.
@@ -401,7 +429,7 @@ impl AlertRecord {
         };
         let old = obj.get("id")?.as_str()?.to_owned();
         let duration_ms = obj.get("duration_ms")?.as_u64()?.try_into().ok()?;
-        let id = uuid::Uuid::new_v4().to_string();
+        let id = new_id(receiver);
         let created_at = humantime::format_rfc3339_millis(SystemTime::now()).to_string();
         obj.insert("id".into(), Value::String(id.clone()));
         obj.insert("created_at".into(), Value::String(created_at));
@@ -698,5 +726,6 @@ mod tests {
         let v: Value = serde_json::from_str(&r.json).unwrap();
         assert_eq!(v["message"], "שלום 👋 <b>x</b>");
         assert_eq!(v["id"], r.id.as_str());
+        assert_eq!(route_of(&r.id), Some(route(&r.receiver)));
     }
 }

@@ -31,6 +31,13 @@ pub enum ApiError {
     QueueFull,
     #[error("no such route")]
     NotFound,
+    #[error(
+        "no alert {0} is known here: not queued, held or in flight, and not in its receiver's \
+         history (which keeps the newest alerts only)"
+    )]
+    AlertNotFound(String),
+    #[error("the status link's signature does not match its alert")]
+    BadSignature,
     #[error("alert {0} is not in this receiver's history (it keeps the newest alerts only)")]
     NotInHistory(String),
     #[error("alert {0} is not held for approval (it may have been approved or denied already)")]
@@ -102,6 +109,8 @@ impl ApiError {
             ApiError::Invalid(e) => e.code,
             ApiError::Unauthorized | ApiError::NotController => "unauthorized",
             ApiError::BadToken => "invalid_token",
+            ApiError::BadSignature => "invalid_signature",
+            ApiError::AlertNotFound(_) => "alert_not_found",
             ApiError::TooLarge(_) => "payload_too_large",
             ApiError::BodyTimeout(_) => "request_timeout",
             ApiError::UnsupportedMediaType => "unsupported_media_type",
@@ -126,9 +135,10 @@ impl ResponseError for ApiError {
     fn status_code(&self) -> StatusCode {
         match self {
             ApiError::Invalid(_) => StatusCode::BAD_REQUEST,
-            ApiError::Unauthorized | ApiError::NotController | ApiError::BadToken => {
-                StatusCode::UNAUTHORIZED
-            }
+            ApiError::Unauthorized
+            | ApiError::NotController
+            | ApiError::BadToken
+            | ApiError::BadSignature => StatusCode::UNAUTHORIZED,
             ApiError::TooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
             ApiError::BodyTimeout(_) => StatusCode::REQUEST_TIMEOUT,
             ApiError::UnsupportedMediaType => StatusCode::UNSUPPORTED_MEDIA_TYPE,
@@ -138,9 +148,10 @@ impl ResponseError for ApiError {
             ApiError::NodeFull | ApiError::ShuttingDown | ApiError::NoSpeech(_) => {
                 StatusCode::SERVICE_UNAVAILABLE
             }
-            ApiError::NotFound | ApiError::NotInHistory(_) | ApiError::NotHeld(_) => {
-                StatusCode::NOT_FOUND
-            }
+            ApiError::NotFound
+            | ApiError::NotInHistory(_)
+            | ApiError::NotHeld(_)
+            | ApiError::AlertNotFound(_) => StatusCode::NOT_FOUND,
             ApiError::UpgradeRequired => StatusCode::UPGRADE_REQUIRED,
             ApiError::StaleVersion { .. } => StatusCode::CONFLICT,
             ApiError::Unavailable(_) | ApiError::OutcomeUnknown(_) | ApiError::ChangeUnknown(_) => {

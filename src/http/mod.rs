@@ -1,5 +1,6 @@
 //! The HTTP surface: routes, the state every handler shares, and authorization.
 
+mod alerts;
 mod controls;
 mod designs;
 mod error;
@@ -56,6 +57,12 @@ pub fn routes(cfg: &mut web::ServiceConfig) {
         .into()
     }))
     .route("/publish", web::post().to(publish::publish))
+    .route("/alerts/{id}", web::get().to(alerts::get))
+    .route("/alerts/{id}/status", web::get().to(alerts::status_page))
+    .route(
+        "/alerts/{id}/status.json",
+        web::get().to(alerts::status_json),
+    )
     .route("/receivers/{receiver}", web::get().to(controls::status))
     .route(
         "/receivers/{receiver}/pause",

@@ -15,10 +15,12 @@ const WIDGET_CSS: &str = include_str!("../../widget/widget.css");
 const DOCK_HTML: &str = include_str!("../../widget/dock.html");
 const DOCK_JS: &str = include_str!("../../widget/dock.js");
 const DOCK_CSS: &str = include_str!("../../widget/dock.css");
+const STATUS_JS: &str = include_str!("../../widget/status.js");
+const STATUS_CSS: &str = include_str!("../../widget/status.css");
 
 /// Scripts only from cuebox itself, so even if donor text ever reached the DOM as HTML, no
 /// inline handler in it could run.
-const CSP: &str = "default-src 'self'; script-src 'self'; style-src 'self'; \
+pub(super) const CSP: &str = "default-src 'self'; script-src 'self'; style-src 'self'; \
                    img-src http: https: data:; media-src 'self' http: https:; \
                    connect-src 'self' ws: wss:";
 
@@ -116,6 +118,8 @@ pub async fn widget_asset(path: web::Path<String>) -> Result<HttpResponse, ApiEr
         "widget.css" => (WIDGET_CSS, "text/css; charset=utf-8"),
         "dock.js" => (DOCK_JS, "text/javascript; charset=utf-8"),
         "dock.css" => (DOCK_CSS, "text/css; charset=utf-8"),
+        "status.js" => (STATUS_JS, "text/javascript; charset=utf-8"),
+        "status.css" => (STATUS_CSS, "text/css; charset=utf-8"),
         _ => return Err(ApiError::NotFound),
     };
     Ok(HttpResponse::Ok()

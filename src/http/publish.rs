@@ -3,12 +3,14 @@
 use actix_web::http::{header, StatusCode};
 use actix_web::{web, HttpRequest, HttpResponse};
 use futures_util::StreamExt;
-use serde_json::json;
+use serde_json::{json, Value};
 
+use super::alerts::{eta_fields, gap, status_url};
 use super::{authorize_publisher, ApiError, AppState};
 use crate::alert::NewAlert;
 use crate::metrics::PublishOutcome;
 use crate::moderation::{moderate, Verdict};
+use crate::store::machine::Whereabouts;
 use crate::store::Publish;
 
 /// Marks the answer to a publish that moderation filtered, for the metrics.
@@ -122,20 +124,41 @@ async fn accept(
                 "position": null,
                 "duplicate": false,
                 "held": true,
+                "eta_ms": null,
+                "waiting_for": "approval",
+                "status_url": status_url(&req, state, &record.receiver, &record.id),
             })))
         }
-        Publish::Accepted { position, .. } => {
+        Publish::Accepted { position, eta, .. } => {
             tracing::debug!(position, "alert queued");
-            Ok(answer(
-                StatusCode::ACCEPTED,
-                &record.id,
-                &record,
-                position,
-                false,
-            ))
+            let gap = gap(state, &designs);
+            let mut body = answer(&req, state, &record.id, &record, position, false);
+            let (eta_ms, waiting_for) = eta_fields(position, eta, gap);
+            body["eta_ms"] = eta_ms;
+            if let Some(why) = waiting_for {
+                body["waiting_for"] = why.into();
+            }
+            Ok(HttpResponse::Accepted().json(body))
         }
         Publish::Duplicate { id, position } => {
-            Ok(answer(StatusCode::OK, &id, &record, position, true))
+            // A retry: how soon the first alert shows, as it stands now.
+            let mut body = answer(&req, state, &id, &record, position, true);
+            let found = state.hub.store().locate(&record.receiver, &id).await;
+            let (eta_ms, waiting_for) = match found {
+                Ok(Some(Whereabouts::Queued { position, eta })) => {
+                    body["position"] = position.into();
+                    eta_fields(position, eta, gap(state, &designs))
+                }
+                Ok(Some(Whereabouts::InFlight { .. })) => (0.into(), None),
+                Ok(Some(Whereabouts::Held)) => (Value::Null, Some("approval")),
+                // Gone by now (shown, or it ended otherwise), or not known this instant.
+                Ok(None) | Err(_) => (Value::Null, None),
+            };
+            body["eta_ms"] = eta_ms;
+            if let Some(why) = waiting_for {
+                body["waiting_for"] = why.into();
+            }
+            Ok(HttpResponse::Ok().json(body))
         }
         Publish::QueueFull => Err(ApiError::QueueFull),
     }
@@ -172,16 +195,18 @@ pub(super) async fn read_body(
 }
 
 fn answer(
-    status: StatusCode,
+    req: &HttpRequest,
+    state: &AppState,
     id: &str,
     record: &crate::alert::AlertRecord,
     position: u64,
     duplicate: bool,
-) -> HttpResponse {
-    HttpResponse::build(status).json(json!({
+) -> Value {
+    json!({
         "id": id,
         "receiver": record.receiver,
         "position": position,
         "duplicate": duplicate,
-    }))
+        "status_url": status_url(req, state, &record.receiver, id),
+    })
 }

@@ -151,6 +151,11 @@ impl Hub {
     }
 
     /// The gap between alerts of receivers whose designs set none (at start).
+    /// The gap between alerts for receivers whose designs set none.
+    pub fn default_gap(&self) -> Duration {
+        Duration::from_millis(self.default_gap_ms.load(Ordering::Relaxed))
+    }
+
     pub fn set_default_gap(&self, gap: Duration) {
         self.default_gap_ms
             .store(gap.as_millis() as u64, Ordering::Relaxed);
@@ -187,6 +192,7 @@ impl Hub {
         idempotency_key: Option<&str>,
         hold: Option<Hold>,
     ) -> Result<Publish, StoreError> {
+        self.store.route(&alert.receiver).await?;
         let outcome = self.store.admit(alert, idempotency_key, hold).await?;
         if let Publish::Accepted { snapshot, .. } | Publish::Held { snapshot } = &outcome {
             let held = matches!(outcome, Publish::Held { .. });
@@ -226,6 +232,7 @@ impl Hub {
 
     /// Queues an alert from history again, at the head of the queue.
     pub async fn replay(&self, alert: &AlertRecord) -> Result<Publish, StoreError> {
+        self.store.route(&alert.receiver).await?;
         let outcome = self.store.replay(alert).await?;
         if let Publish::Accepted { snapshot, .. } = &outcome {
             let did = Did::Published {
@@ -239,6 +246,7 @@ impl Hub {
 
     /// Records an alert moderation kept off screen.
     pub async fn filtered(&self, alert: &AlertRecord) -> Result<(), StoreError> {
+        self.store.route(&alert.receiver).await?;
         let snapshot = self.store.filtered(alert).await?;
         let did = Did::Filtered { id: &alert.id };
         self.tell(&alert.receiver, did, snapshot.as_ref());

@@ -660,6 +660,16 @@ pub trait Store: Send + Sync + 'static {
     /// Reads the receiver's queue length, alert in flight and live widgets.
     async fn status(&self, receiver: &ReceiverId) -> Result<Status, StoreError>;
 
+    /// Keeps that the receiver's alert ids carry its route ([`crate::alert::route`]), for
+    /// [`Store::routed`]; called before each publish, and done once (a store of one node knows
+    /// its receivers already).
+    async fn route(&self, _receiver: &ReceiverId) -> Result<(), StoreError> {
+        Ok(())
+    }
+
+    /// The receivers whose alert ids may carry `route`.
+    async fn routed(&self, route: u32) -> Result<Vec<ReceiverId>, StoreError>;
+
     /// Where alert `id` is while the receiver has it (queued, held or in flight); `None` once it
     /// left, when its history says how it ended (see [`Store::whereabouts`]). Measured as a
     /// status read.

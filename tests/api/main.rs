@@ -1,6 +1,7 @@
 //! cuebox's integration tests, one binary so they compile once. Each test starts what it needs:
 //! its own redis-server processes on free ports, nodes on port 0, WebSocket widgets, Chromium.
 
+mod alerts;
 mod browser;
 mod cli;
 mod concurrency;

@@ -1041,6 +1041,20 @@ impl Store for EmbeddedStore {
         Ok(status)
     }
 
+    async fn routed(&self, route: u32) -> Result<Vec<ReceiverId>, StoreError> {
+        let map = self.receivers.lock();
+        let mut routed: Vec<ReceiverId> = map
+            .receivers
+            .keys()
+            .chain(map.history.keys())
+            .filter(|r| crate::alert::route(r) == route)
+            .cloned()
+            .collect();
+        routed.sort();
+        routed.dedup();
+        Ok(routed)
+    }
+
     async fn locate(
         &self,
         receiver: &ReceiverId,

@@ -135,6 +135,12 @@ impl Keys {
     }
 
     /// The stream producers `XADD` alerts to.
+    /// The receivers whose alert ids carry `route` (see [`crate::alert::route`]): a set, one
+    /// per route, written once a node per receiver.
+    pub fn route(&self, route: u32) -> String {
+        format!("{}:route:{:08x}", self.prefix, route)
+    }
+
     pub fn ingest(&self) -> String {
         format!("{}:ingest", self.prefix)
     }

@@ -64,7 +64,13 @@ pub struct RedisStore {
     watches: Watches,
     /// Stopped with the store.
     sweeper: tokio::task::AbortHandle,
+    /// Receivers whose route this node has kept (see [`Store::route`]): each is written once a
+    /// node, not once an alert. Forgotten whole when it grows past [`ROUTES_REMEMBERED`].
+    routed: std::sync::Mutex<std::collections::HashSet<ReceiverId>>,
 }
+
+/// Most receivers a node remembers having kept the route of.
+const ROUTES_REMEMBERED: usize = 100_000;
 
 impl Drop for RedisStore {
     fn drop(&mut self) {
@@ -127,6 +133,7 @@ impl RedisStore {
         Ok(Self {
             core,
             watches,
+            routed: Default::default(),
             sweeper,
         })
     }
@@ -568,6 +575,42 @@ impl Store for RedisStore {
                 in_flight: text(in_flight).and_then(alert_json).map(Into::into),
             }),
             _ => Err(StoreError::Protocol(format!("status: unexpected {kind}"))),
+        }
+    }
+
+    async fn route(&self, receiver: &ReceiverId) -> Result<(), StoreError> {
+        if self
+            .routed
+            .lock()
+            .expect("never poisoned")
+            .contains(receiver)
+        {
+            return Ok(());
+        }
+        let route = crate::alert::route(receiver);
+        let call = redis::cmd("SADD")
+            .arg(self.core.keys.route(route))
+            .arg(receiver.as_str())
+            .to_owned();
+        self.core.call(Call::Publish, call).await?;
+        let mut routed = self.routed.lock().expect("never poisoned");
+        if routed.len() >= ROUTES_REMEMBERED {
+            routed.clear();
+        }
+        routed.insert(receiver.clone());
+        Ok(())
+    }
+
+    async fn routed(&self, route: u32) -> Result<Vec<ReceiverId>, StoreError> {
+        let call = redis::cmd("SMEMBERS")
+            .arg(self.core.keys.route(route))
+            .to_owned();
+        match self.core.call(Call::Status, call).await? {
+            Value::Array(names) | Value::Set(names) => Ok(names
+                .iter()
+                .filter_map(|n| text(n).and_then(|n| ReceiverId::parse(n).ok()))
+                .collect()),
+            v => Err(protocol("routes", &v)),
         }
     }
 
