@@ -1536,3 +1536,71 @@ async fn the_gap_between_alerts_holds_on_screen() {
     let gap = changes[second_on]["t"].as_f64().unwrap() - changes[first_off]["t"].as_f64().unwrap();
     assert!(gap >= 1400.0, "the gap on screen was {gap:.0} ms");
 }
+
+/// The donor's page from a publish's `status_url`: where the alert is and about when it shows,
+/// kept current as it moves up, goes on screen and ends; donor-controlled text stays text; a
+/// tampered link shows nothing but that it is not valid.
+#[actix_web::test]
+async fn the_status_page_follows_one_alert_live() {
+    let app = TestApp::memory().await;
+    let mut w = app.widget("alice").await;
+    app.wait_for_widgets("alice", 1).await;
+    let (_, ahead) = app
+        .publish(json!({"receiver": "alice", "from": "Bo", "duration_ms": 5000}))
+        .await;
+    let (_, mine) = app
+        .publish(json!({"receiver": "alice", "from": "<img src=x onerror=alert(1)>"}))
+        .await;
+    let (ahead_id, id) = (ahead["id"].as_str().unwrap(), mine["id"].as_str().unwrap());
+    assert_eq!(w.next_alert().await.0, ahead_id);
+    let url = mine["status_url"].as_str().unwrap();
+    let mut page = Page::open_until(
+        url,
+        "document.body.dataset.status === 'queued'",
+        "the status page reads its alert",
+    )
+    .await;
+    let text = page.eval("document.body.innerText").await;
+    let text = text.as_str().unwrap();
+    assert!(
+        text.contains("in line") && text.contains("1 ahead"),
+        "{text}"
+    );
+    assert!(text.contains("in about"), "{text}");
+    assert!(!text.contains(ahead_id), "another alert's id: {text}");
+    w.show(ahead_id).await;
+    assert_eq!(w.next_alert().await.0, id);
+    w.started(id).await;
+    page.wait_for(
+        "document.body.dataset.status === 'in_flight'",
+        PROMPTLY,
+        "the page sees it on screen",
+    )
+    .await;
+    w.done(id).await;
+    page.wait_for(
+        "document.body.dataset.status === 'done'",
+        PROMPTLY,
+        "the page sees it shown",
+    )
+    .await;
+    let text = page.eval("document.body.innerText").await;
+    assert!(text.as_str().unwrap().contains("was shown"), "{text}");
+    page.assert_no_uncaught_errors();
+    drop(page);
+    // A tampered link: refused, and the page says so.
+    let flipped = if url.ends_with('0') { '1' } else { '0' };
+    let tampered = format!("{}{flipped}", &url[..url.len() - 1]);
+    let mut page = Page::open_until(
+        &tampered,
+        "document.readyState === 'complete' && document.body.dataset.refused === 'signature'",
+        "the refused page loads",
+    )
+    .await;
+    page.wait_for(
+        "document.getElementById('headline').textContent.indexOf('not valid') !== -1",
+        PROMPTLY,
+        "the page says the link is not valid",
+    )
+    .await;
+}
