@@ -128,6 +128,22 @@
     el('widgets').textContent = (status.paused ? 'Paused · ' : '') +
       (status.widgets === 1 ? '1 widget connected' : status.widgets + ' widgets connected') +
       (status.widgets > 0 ? ' (' + onAir + ' on air, ' + (status.widgets - onAir) + ' off air)' : '');
+    // One line per widget, by its state: the store counts each node's widgets on and off air
+    // and its previews, not which OBS each one is in.
+    const lines = [];
+    for (let i = 0; i < onAir; i += 1) lines.push(['on-air', 'Widget: connected, on air']);
+    for (let i = 0; i < status.widgets - onAir; i += 1) {
+      lines.push(['off-air', 'Widget: connected, off air (its OBS scene is not live)']);
+    }
+    for (let i = 0; i < (status.previews || 0); i += 1) {
+      lines.push(['preview', 'Preview: shows alerts, silent, holds nothing']);
+    }
+    el('widget-list').replaceChildren(...lines.map(([kind, text]) => {
+      const li = document.createElement('li');
+      li.dataset.state = kind;
+      li.textContent = text;
+      return li;
+    }));
     const warning = el('warning');
     if (status.widgets === 0 && (status.queued > 0 || status.in_flight)) {
       warning.textContent = 'No widget is connected: ' + status.queued + ' alert' +

@@ -1604,3 +1604,40 @@ async fn the_status_page_follows_one_alert_live() {
     )
     .await;
 }
+
+/// The dock lists each widget by its state: on air, off air (its OBS scene not live), preview.
+#[actix_web::test]
+async fn the_dock_lists_each_widget_on_air_off_air_or_preview() {
+    let app = TestApp::memory().await;
+    let _on_air = app.widget("alice").await;
+    let mut off_air = app.widget("alice").await;
+    off_air
+        .send_json(json!({"type": "active", "active": false}))
+        .await;
+    let preview_url = format!(
+        "{}/ws/alice?token={}&preview=1",
+        app.base.replace("http://", "ws://"),
+        app.token("alice")
+    );
+    let _preview = WidgetClient::connect(&preview_url)
+        .await
+        .expect("the preview connects");
+    eventually(|| async {
+        let s = app.status("alice").await;
+        s["widgets"] == 2 && s["widgets_on_air"] == 1 && s["previews"] == 1
+    })
+    .await;
+    let mut dock = open_dock(&app).await;
+    dock.wait_for(
+        "Array.from(document.querySelectorAll('#widget-list li')).map((li) => li.dataset.state)\
+         .join(' ') === 'on-air off-air preview'",
+        PROMPTLY,
+        "the dock lists the widget on air, the one off air and the preview",
+    )
+    .await;
+    let text = dock
+        .eval("document.getElementById('widget-list').innerText")
+        .await;
+    assert!(text.as_str().unwrap().contains("off air"), "{text}");
+    dock.assert_no_uncaught_errors();
+}
