@@ -163,6 +163,9 @@ pub enum Made {
     Failed(String),
 }
 
+/// How a speech the engine took too long for is failed.
+const TOO_SLOW: &str = "the engine took over";
+
 pub struct Speech {
     engine: Option<Engine>,
     kept: Mutex<Kept>,
@@ -192,6 +195,19 @@ impl Speech {
         self.kept.lock().unwrap_or_else(|e| e.into_inner())
     }
 
+    /// Why an alert whose speech is `key` was shown without it, if it was: the engine failed,
+    /// or was still at it (or gave up past [`ENGINE_LIMIT`]) when the alert was done.
+    pub fn unspoken(&self, key: &str) -> Option<crate::store::history::Mark> {
+        use crate::store::history::Mark;
+        let made = self.lock().speeches.get(key)?.borrow().clone();
+        match made {
+            Made::Audio(_) => None,
+            Made::Making => Some(Mark::SpeechLate),
+            Made::Failed(why) if why.starts_with(TOO_SLOW) => Some(Mark::SpeechLate),
+            Made::Failed(_) => Some(Mark::SpeechFailed),
+        }
+    }
+
     /// Starts making `said` unless it is made or being made; answers its key, or `None` when
     /// this node has no engine. Never waits.
     pub fn prepare(self: &Arc<Self>, said: Said) -> Option<String> {
@@ -219,9 +235,7 @@ impl Speech {
                 }
                 Ok(Ok(audio)) => Made::Audio(whole_wav(audio)),
                 Ok(Err(why)) => Made::Failed(why),
-                Err(_) => {
-                    Made::Failed(format!("the engine took over {} s", ENGINE_LIMIT.as_secs()))
-                }
+                Err(_) => Made::Failed(format!("{TOO_SLOW} {} s", ENGINE_LIMIT.as_secs())),
             };
             if let Made::Failed(why) = &outcome {
                 tracing::warn!(why, "no speech for an alert");

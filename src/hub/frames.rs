@@ -27,8 +27,14 @@ impl LoadedDesigns {
     }
 
     /// The frame that sends alert `alert` (its JSON as stored): with its look, and, if the
-    /// receiver reads alerts out and this node can, its speech, which starts being made now.
-    pub fn frame(&self, alert: &str, attempt: u32, speech: Option<&Arc<Speech>>) -> Frame {
+    /// receiver reads alerts out and this node can, its speech, which starts being made now;
+    /// and the key of that speech, if any.
+    pub fn frame(
+        &self,
+        alert: &str,
+        attempt: u32,
+        speech: Option<&Arc<Speech>>,
+    ) -> (Frame, Option<String>) {
         let said = self
             .designs
             .tts
@@ -38,17 +44,18 @@ impl LoadedDesigns {
             .and_then(|(tts, speech)| said_of(alert, tts, speech));
         let look = self.look_of(alert);
         let version = self.version;
-        let speech = match said {
+        let (speech, key) = match said {
             Some((key, text)) => {
                 let text = serde_json::to_string(&text).unwrap_or_default();
-                format!(r#","speech":{{"url":"/speech/{key}","text":{text}}}"#)
+                let field = format!(r#","speech":{{"url":"/speech/{key}","text":{text}}}"#);
+                (field, Some(key))
             }
-            None => String::new(),
+            None => (String::new(), None),
         };
-        format!(
+        let frame = format!(
             r#"{{"type":"alert","alert":{alert},"attempt":{attempt},"design":{look},"design_version":{version}{speech}}}"#
-        )
-        .into()
+        );
+        (frame.into(), key)
     }
 
     /// The look alert `alert` (its JSON as stored) is shown with, as JSON.

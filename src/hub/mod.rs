@@ -121,6 +121,8 @@ struct LocalFlight {
     /// The alert's `duration_ms`: a widget's `started` makes its deadline that plus the grace.
     duration: Duration,
     frame: Frame,
+    /// The key of its speech, when this node makes one for it.
+    speech: Option<String>,
     /// When this node first sent it, for the age metric.
     since: Instant,
 }
@@ -520,10 +522,22 @@ impl Hub {
     }
 
     pub async fn done(&self, receiver: &ReceiverId, id: &str) -> Result<(), StoreError> {
-        let snapshot = self.store.done(receiver, id).await?;
+        // Shown without its speech: its trail says why. Only this node knows, having made it.
+        let unspoken = self
+            .local_speech_of(receiver, id)
+            .and_then(|key| self.speech.get().and_then(|speech| speech.unspoken(&key)));
+        let snapshot = self.store.done_unspoken(receiver, id, unspoken).await?;
         self.tell(receiver, Did::Done { id }, Some(&snapshot));
         self.apply(receiver, snapshot);
         Ok(())
+    }
+
+    /// The key of the speech this node made for alert `id`, if it is the receiver's alert in
+    /// flight here and has one.
+    fn local_speech_of(&self, receiver: &ReceiverId, id: &str) -> Option<String> {
+        let map = self.lock();
+        let flight = map.get(receiver)?.flight.as_ref()?;
+        (&*flight.id == id).then(|| flight.speech.clone())?
     }
 
     /// A command of the streamer's (pause, resume, skip): applied, and its snapshot handed to
@@ -795,9 +809,9 @@ impl Hub {
                 }
                 return;
             };
-            let frame = match &local.designs {
+            let (frame, speech) = match &local.designs {
                 Some(d) => d.frame(alert, flight.attempt, self.speech.get()),
-                None => alert_frame(alert, flight.attempt, None),
+                None => (alert_frame(alert, flight.attempt, None), None),
             };
             let now = Instant::now();
             if local.flight.as_ref().is_some_and(|l| l.id != flight.id) {
@@ -833,6 +847,7 @@ impl Hub {
                 // grace alone, and the store, asked then, would set it right.
                 duration: flight.duration.unwrap_or_default(),
                 frame,
+                speech,
                 since: Instant::now(),
             });
         }

@@ -30,10 +30,14 @@ pub enum Mark {
     Skipped,
     Cleared,
     Filtered,
+    /// Shown without its speech: the engine failed.
+    SpeechFailed,
+    /// Shown without its speech: the engine took too long.
+    SpeechLate,
 }
 
 impl Mark {
-    const ALL: [Mark; 12] = [
+    const ALL: [Mark; 14] = [
         Mark::Received,
         Mark::Held,
         Mark::Approved,
@@ -46,6 +50,8 @@ impl Mark {
         Mark::Skipped,
         Mark::Cleared,
         Mark::Filtered,
+        Mark::SpeechFailed,
+        Mark::SpeechLate,
     ];
 
     /// Its letter in a trail (the Redis library writes the same letters).
@@ -63,6 +69,8 @@ impl Mark {
             Mark::Skipped => 'k',
             Mark::Cleared => 'c',
             Mark::Filtered => 'f',
+            Mark::SpeechFailed => 'u',
+            Mark::SpeechLate => 'o',
         }
     }
 
@@ -81,6 +89,8 @@ impl Mark {
             Mark::Skipped => "skipped",
             Mark::Cleared => "cleared",
             Mark::Filtered => "filtered",
+            Mark::SpeechFailed => "speech_failed",
+            Mark::SpeechLate => "speech_timed_out",
         }
     }
 

@@ -198,8 +198,9 @@ pub enum Command<'a> {
     },
     /// A widget began to show alert `id`.
     Started { id: &'a str },
-    /// A widget finished alert `id`.
-    Done { id: &'a str },
+    /// A widget finished alert `id`; `unspoken`, if it was shown without its speech, says why
+    /// ([`Mark::SpeechFailed`] or [`Mark::SpeechLate`]), for its trail.
+    Done { id: &'a str, unspoken: Option<Mark> },
     /// The deadline of alert `id` may have passed.
     Check { id: &'a str },
     /// `node` was found dead: its widgets are gone.
@@ -468,8 +469,11 @@ impl Step<'_> {
                 }
                 (Answer::Changed, false)
             }
-            Command::Done { id } => {
-                if self.flight_matching(id).is_some() {
+            Command::Done { id, unspoken } => {
+                if let Some(f) = self.flight_matching(id) {
+                    if let Some(why) = unspoken {
+                        f.trail.push(why, now, None);
+                    }
                     self.complete(Event::Done);
                     self.dispatch();
                 }
@@ -1067,7 +1071,11 @@ mod tests {
                 at: 12
             }]
         );
-        let o = apply(&mut r, Command::Done { id: "a1" }, 20, &rules());
+        let done = Command::Done {
+            id: "a1",
+            unspoken: None,
+        };
+        let o = apply(&mut r, done, 20, &rules());
         assert_eq!(flight(&o), Some(("a2", 1)));
         assert_eq!(o.snapshot.events, [Event::Done, Event::Sent]);
     }

@@ -589,7 +589,18 @@ pub trait Store: Send + Sync + 'static {
 
     /// A widget finished alert `id`: completes it and dispatches the next.
     async fn done(&self, receiver: &ReceiverId, id: &str) -> Result<Snapshot, StoreError> {
-        let command = machine::Command::Done { id };
+        self.done_unspoken(receiver, id, None).await
+    }
+
+    /// As [`Store::done`], the alert shown without its speech for the reason `unspoken` says
+    /// (a mark of its trail).
+    async fn done_unspoken(
+        &self,
+        receiver: &ReceiverId,
+        id: &str,
+        unspoken: Option<history::Mark>,
+    ) -> Result<Snapshot, StoreError> {
+        let command = machine::Command::Done { id, unspoken };
         self.apply(receiver, command).await?.into_snapshot()
     }
 

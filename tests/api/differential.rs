@@ -20,7 +20,7 @@ use cuebox::alert::Priority;
 use cuebox::alert::{AlertRecord, ReceiverId};
 use cuebox::store::embedded::disk::Durability;
 use cuebox::store::embedded::EmbeddedStore;
-use cuebox::store::history::{Page, Record};
+use cuebox::store::history::{Mark, Page, Record};
 use cuebox::store::machine::{self, Command, Lane, Receiver, Stored};
 use cuebox::store::redis::keys::Keys;
 use cuebox::store::redis::RedisStore;
@@ -83,6 +83,8 @@ enum Op {
     Done {
         r: usize,
         which: Which,
+        /// Shown without its speech: 1 the engine failed, 2 it took too long.
+        unspoken: u8,
     },
     Check {
         r: usize,
@@ -175,7 +177,8 @@ fn op() -> impl Strategy<Value = Op> {
                 previews,
             }),
         2 => (r.clone(), which.clone()).prop_map(|(r, which)| Op::Started { r, which }),
-        3 => (r.clone(), which.clone()).prop_map(|(r, which)| Op::Done { r, which }),
+        3 => (r.clone(), which.clone(), prop_oneof![4 => Just(0u8), 1 => Just(1u8), 1 => Just(2u8)])
+            .prop_map(|(r, which, unspoken)| Op::Done { r, which, unspoken }),
         2 => (r.clone(), which.clone()).prop_map(|(r, which)| Op::Check { r, which }),
         1 => (r.clone(), node).prop_map(|(r, node)| Op::Sweep { r, node }),
         1 => (r.clone(), proptest::bool::ANY).prop_map(|(r, paused)| Op::Pause { r, paused }),
@@ -565,12 +568,17 @@ async fn run(under: &mut Under, ops: Vec<Op>) -> Result<(), TestCaseError> {
                 }
                 same(step, op, m, x)?;
             }
-            Op::Done { r, which } | Op::Check { r, which } => {
+            Op::Done { r, which, .. } | Op::Check { r, which } => {
                 let name = RECEIVERS[r];
                 let id = model.id(name, which);
+                let unspoken = match op {
+                    Op::Done { unspoken: 1, .. } => Some(Mark::SpeechFailed),
+                    Op::Done { unspoken: 2, .. } => Some(Mark::SpeechLate),
+                    _ => None,
+                };
                 let (command, store) = (
                     match op {
-                        Op::Done { .. } => Command::Done { id: &id },
+                        Op::Done { .. } => Command::Done { id: &id, unspoken },
                         _ => Command::Check { id: &id },
                     },
                     under.store(step),
@@ -581,7 +589,7 @@ async fn run(under: &mut Under, ops: Vec<Op>) -> Result<(), TestCaseError> {
                     .into_snapshot();
                 let rid = receiver(name);
                 let x: Result<Snapshot, StoreError> = match command {
-                    Command::Done { .. } => store.done(&rid, &id).await,
+                    Command::Done { .. } => store.done_unspoken(&rid, &id, unspoken).await,
                     _ => store.check(&rid, &id).await,
                 };
                 same(step, op, m, x)?;

@@ -91,7 +91,17 @@ async fn the_speech_reads_the_moderated_words_with_a_real_engine() {
 
 #[actix_web::test]
 async fn a_broken_engine_gives_no_speech_and_holds_nothing() {
-    let mut args = serve_args(None);
+    a_broken_engine_holds_nothing_on(None).await;
+}
+
+#[actix_web::test]
+async fn a_broken_engine_gives_no_speech_and_holds_nothing_on_redis() {
+    let redis = RedisServer::spawn().await;
+    a_broken_engine_holds_nothing_on(Some(redis.url())).await;
+}
+
+async fn a_broken_engine_holds_nothing_on(redis_url: Option<String>) {
+    let mut args = serve_args(redis_url);
     args.tts_command = Some("false".into());
     let app = TestApp::spawn(args).await;
     put_designs(&app, tts(None)).await;
@@ -108,4 +118,45 @@ async fn a_broken_engine_gives_no_speech_and_holds_nothing() {
     assert_eq!(error["error"]["code"], "speech_unavailable", "{error}");
     w.show(&first).await;
     assert_eq!(w.next_alert().await.0, second, "the queue goes on");
+    // Its history says it was shown without speech, and why.
+    let (status, body) = app.get("/receivers/alice/history", Some(PUBLISH_KEY)).await;
+    assert_eq!(status, 200, "{body}");
+    let entry = &body["history"][0];
+    assert_eq!(entry["id"], first.as_str(), "{body}");
+    assert_eq!(
+        trail_of(entry),
+        ["received", "sent", "started", "speech_failed", "done"],
+        "{entry}"
+    );
+}
+
+/// An engine slower than the limit: the alert plays without speech, and its history says the
+/// engine took too long.
+#[actix_web::test]
+async fn a_slow_engine_is_cut_off_and_the_history_says_so() {
+    let mut args = serve_args(None);
+    args.tts_command = Some("sleep 30".into());
+    let app = TestApp::spawn(args).await;
+    put_designs(&app, tts(None)).await;
+    let mut w = app.widget("alice").await;
+    app.wait_for_widgets("alice", 1).await;
+    let first = app.publish_alert("alice", "first").await;
+    let frame = w.next_json().await;
+    let url = frame["speech"]["url"].as_str().unwrap();
+    let asked = std::time::Instant::now();
+    let (status, _) = speech_of(&app, url).await;
+    assert_eq!(status, 503);
+    assert!(asked.elapsed() < PROMPTLY, "cut off at the limit");
+    w.show(&first).await;
+    eventually(|| async {
+        let (_, body) = app.get("/receivers/alice/history", Some(PUBLISH_KEY)).await;
+        body["history"][0]["id"] == first.as_str()
+    })
+    .await;
+    let (_, body) = app.get("/receivers/alice/history", Some(PUBLISH_KEY)).await;
+    assert_eq!(
+        trail_of(&body["history"][0]),
+        ["received", "sent", "started", "speech_timed_out", "done"],
+        "{body}"
+    );
 }

@@ -535,7 +535,14 @@ impl Store for RedisStore {
                 "started is marked through Store::started".into(),
             )),
             // The calls that may complete an alert are told how much history to keep.
-            Command::Done { id } | Command::Check { id } => {
+            Command::Done { id, unspoken } => {
+                let keep = self.core.rules.history.to_string();
+                let why = unspoken.map(|m| m.letter().to_string());
+                let args = [id, &keep, why.as_deref().unwrap_or("")];
+                let given = if why.is_some() { 3 } else { 2 };
+                changed(self.core.transition(receiver, call, &args[..given]).await?)
+            }
+            Command::Check { id } => {
                 let keep = self.core.rules.history.to_string();
                 changed(self.core.transition(receiver, call, &[id, &keep]).await?)
             }

@@ -1001,8 +1001,9 @@ local function widgets(keys, args)
   return finish(c, true)
 end
 
--- ARGV[5] the alert a widget finished; ARGV[6] the length of history kept. The alert's entry is
--- read with the receiver, since it goes into history.
+-- ARGV[5] the alert a widget finished; ARGV[6] the length of history kept; ARGV[7], only when it
+-- was shown without its speech, the letter of the mark that says why ('u' the engine failed, 'o'
+-- it took too long). The alert's entry is read with the receiver, since it goes into history.
 -- The way most dones go, in straight-line code without the call context (which alone costs a
 -- drained alert a fifth of Redis's work: docs/benchmarks.md): the alert in flight is `id`, sent
 -- (in layout 5's packed form), the receiver holds nothing else (no `hold` field: not paused, no
@@ -1026,6 +1027,7 @@ local function done_at_once(keys, args, f)
     mark_key(keys[1], id, string.sub(packed, duration_end + 1, attempt_end - 1)))
   local at = mark and started_at(mark)
   if at then trail = trail .. 't' .. at end
+  if args[7] then trail = trail .. args[7] .. now end
   redis.call('SREM', keys[3], id)
   push_history(keys[1], args[6], f[5], 'done ' .. trail .. 'd' .. now)
   seq = seq + 1
@@ -1047,6 +1049,11 @@ local function done(keys, args)
   -- The common case went straight (done_at_once()); here the flight is parsed whole, and
   -- complete() takes its started mark.
   if flight(c) == id then
+    if args[7] then
+      -- After the start's mark, as the machine keeps them.
+      marked(c)
+      c.trail = c.trail .. args[7] .. args[2]
+    end
     complete(c, 'done', 'd')
     dispatch(c)
   end
