@@ -523,16 +523,19 @@ local function add_wait(receiver, ms)
   return 0
 end
 
--- Counts queue entry `entry`, just pushed to a lane, in `wait`, and answers the sum of the
--- alerts that waited before it. `first`: none did, so the sum is set afresh.
-local function wait_more(receiver, entry, first)
+-- Counts queue entry `entry`, just pushed to a lane, in `wait`; with `asked`, answers the sum of
+-- the alerts that waited before it (else 0, sparing a conversion). `first`: none did, so the sum
+-- is set afresh.
+local function wait_more(receiver, entry, first, asked)
   local d = entry_duration(entry)
   if not d then return 0 end
   if first then
     redis.call('HSET', receiver, 'wait', d)
     return 0
   end
-  return math.max(0, add_wait(receiver, d) - tonumber(d))
+  local after = add_wait(receiver, d)
+  if not asked then return 0 end
+  return math.max(0, after - tonumber(d))
 end
 
 -- The priority lane's length, kept in `hold` by save().
@@ -844,7 +847,7 @@ local function publish_at_once(keys, args, f)
       started, deadline = 1, tonumber(graced) + left
       left = math.max(0, tonumber(at) + left - tonumber(args[2]))
     end
-    local ahead = wait_more(keys[1], args[6], waiting == 0)
+    local ahead = wait_more(keys[1], args[6], waiting == 0, on_air)
     local eta = 'no_audience'
     if on_air then eta = left + ahead end
     return {'accepted', waiting + 1,
@@ -853,11 +856,11 @@ local function publish_at_once(keys, args, f)
   if live ~= '0' then
     -- Sent at once when nothing waited: then `wait` stays as it is.
     local ahead = 0
-    if waiting > 0 then ahead = wait_more(keys[1], args[6], false) end
+    if waiting > 0 then ahead = wait_more(keys[1], args[6], false, true) end
     local snap = send_head(keys, args, tonumber(seq), '', waiting == 0)
     return {'accepted', waiting, snap or {'snapshot', seq, false, 0, 0, 0, false, ''}, ahead}
   end
-  wait_more(keys[1], args[6], waiting == 0)
+  wait_more(keys[1], args[6], waiting == 0, false)
   return {'accepted', waiting, {'snapshot', seq, false, 0, 0, 0, false, ''}, 'no_audience'}
 end
 
@@ -924,16 +927,16 @@ local function publish(keys, args)
   if args[9] == 'priority' then
     position, ahead_ms = ahead, priority_ms(c)
     redis.call('RPUSH', keys[4], args[6])
-    wait_more(keys[1], args[6], waiting == 0)
+    wait_more(keys[1], args[6], waiting == 0, false)
     set_ahead(c, ahead + 1)
   elseif args[9] == 'replay' then
     position = 0
     redis.call('LPUSH', keys[4], args[6])
-    wait_more(keys[1], args[6], waiting == 0)
+    wait_more(keys[1], args[6], waiting == 0, false)
     set_ahead(c, ahead + 1)
   else
     redis.call('RPUSH', keys[2], args[6])
-    ahead_ms = wait_more(keys[1], args[6], waiting == 0)
+    ahead_ms = wait_more(keys[1], args[6], waiting == 0, true)
   end
   if busy then position = position + 1 end
   if idem then redis.call('SET', idem, id .. ' ' .. position, 'EX', args[8]) end
