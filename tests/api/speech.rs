@@ -142,12 +142,14 @@ async fn a_slow_engine_is_cut_off_and_the_history_says_so() {
     app.wait_for_widgets("alice", 1).await;
     let first = app.publish_alert("alice", "first").await;
     let frame = w.next_json().await;
+    // Started as it shows; its speech is asked for after (a widget plays it after the sound).
+    w.started(&first).await;
     let url = frame["speech"]["url"].as_str().unwrap();
     let asked = std::time::Instant::now();
     let (status, _) = speech_of(&app, url).await;
     assert_eq!(status, 503);
     assert!(asked.elapsed() < PROMPTLY, "cut off at the limit");
-    w.show(&first).await;
+    w.done(&first).await;
     eventually(|| async {
         let (_, body) = app.get("/receivers/alice/history", Some(PUBLISH_KEY)).await;
         body["history"][0]["id"] == first.as_str()
