@@ -65,7 +65,7 @@ impl FieldError {
         }
     }
 
-    fn body(code: &'static str, message: impl Into<String>) -> Self {
+    pub fn body(code: &'static str, message: impl Into<String>) -> Self {
         Self {
             code,
             message: message.into(),

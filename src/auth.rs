@@ -197,6 +197,36 @@ impl ReceiverTokens {
     }
 }
 
+impl ReceiverTokens {
+    fn topics_mac(&self, grant: &str) -> HmacSha256 {
+        let mut m = mac(&self.secret);
+        m.update(b"cuebox topics v1\0");
+        m.update(grant.as_bytes());
+        m
+    }
+
+    /// A subscribe token for broadcast topics: the patterns it grants, comma-separated, then `~`
+    /// and the lowercase hex HMAC-SHA256 of them (`trending:*,news:PL~9f2c...`). It carries what
+    /// it grants, so any node checks it with the secret alone.
+    pub fn topic_token(&self, patterns: &[crate::topics::Pattern]) -> String {
+        let grant = patterns
+            .iter()
+            .map(ToString::to_string)
+            .collect::<Vec<_>>()
+            .join(",");
+        let tag = hex(&self.topics_mac(&grant).finalize().into_bytes());
+        format!("{grant}~{tag}")
+    }
+
+    /// The patterns a subscribe token grants, if its signature holds (checked in constant time).
+    pub fn topic_grant(&self, token: &str) -> Option<Vec<crate::topics::Pattern>> {
+        let (grant, tag) = token.rsplit_once('~')?;
+        let tag = unhex(tag)?;
+        self.topics_mac(grant).verify_slice(&tag).ok()?;
+        crate::topics::name::patterns(grant).ok()
+    }
+}
+
 fn hex(bytes: &[u8]) -> String {
     bytes.iter().map(|b| format!("{b:02x}")).collect()
 }
@@ -214,6 +244,19 @@ fn unhex(s: &str) -> Option<Vec<u8>> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_topic_token_grants_its_patterns_and_nothing_once_changed() {
+        let tokens = ReceiverTokens::new("s3cret");
+        let patterns = crate::topics::name::patterns("trending:*,news:PL").unwrap();
+        let token = tokens.topic_token(&patterns);
+        assert!(token.starts_with("trending:*,news:PL~"), "{token}");
+        assert_eq!(tokens.topic_grant(&token), Some(patterns));
+        let widened = token.replacen("news:PL", "news:*", 1);
+        assert_eq!(tokens.topic_grant(&widened), None);
+        assert_eq!(ReceiverTokens::new("other").topic_grant(&token), None);
+        assert_eq!(tokens.topic_grant("trending:*"), None);
+    }
 
     #[test]
     fn a_token_opens_its_receiver_only() {

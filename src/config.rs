@@ -41,6 +41,28 @@ pub enum Command {
     /// Print the dock URL of a receiver, for an OBS custom browser dock. Its dashboard token
     /// controls the receiver's queue (pause, skip...): keep it off stream.
     DockUrl(WidgetUrlArgs),
+    /// Print a subscribe token for broadcast topics: it lets its holder subscribe to the topics
+    /// the patterns name (`trending:*`, `news:PL`), on `GET /ws/topics?token=...`.
+    TopicToken(TopicTokenArgs),
+}
+
+#[derive(Args, Debug, Clone)]
+pub struct TopicTokenArgs {
+    /// The topics it grants: topic names, or prefixes ending in `*`.
+    #[arg(required = true)]
+    pub patterns: Vec<String>,
+
+    /// The secret the nodes sign tokens with.
+    #[arg(long, env = "CUEBOX_SECRET", hide_env_values = true)]
+    pub secret: Option<String>,
+
+    /// With no --secret, the secret is read from the Redis the nodes share, or with no Redis
+    /// from the data dir.
+    #[command(flatten)]
+    pub redis: RedisArgs,
+
+    #[command(flatten)]
+    pub data: DataArgs,
 }
 
 #[derive(Args, Debug, Clone)]
@@ -113,6 +135,21 @@ pub struct ServeArgs {
     #[arg(long, env = "CUEBOX_ALERT_GAP_MS", default_value_t = 500,
           value_parser = clap::value_parser!(u64).range(0..=3_000))]
     pub alert_gap_ms: u64,
+
+    /// Messages each broadcast topic keeps for subscribers that reconnect.
+    #[arg(long, env = "CUEBOX_TOPIC_HISTORY", default_value_t = 100,
+          value_parser = clap::value_parser!(u64).range(0..=100_000))]
+    pub topic_history: u64,
+
+    /// How long a broadcast topic keeps each message (`10m`, `90s`).
+    #[arg(long, env = "CUEBOX_TOPIC_HISTORY_TTL", default_value = "10m",
+          value_parser = humantime::parse_duration)]
+    pub topic_history_ttl: std::time::Duration,
+
+    /// Broadcast topics anyone may subscribe to with no token: patterns, comma-separated
+    /// (`trending:*,news:PL`).
+    #[arg(long, env = "CUEBOX_PUBLIC_TOPICS", value_delimiter = ',')]
+    pub public_topics: Vec<String>,
 
     /// Text-to-speech by a local program: a command line, `{voice}` and `{rate}` where they go,
     /// given the text on its standard input, writing audio (WAV) on its standard output.

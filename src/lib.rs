@@ -26,6 +26,8 @@
 //!   and the gap between alerts; [`hub::frames`] builds what a widget is sent (the alert, its
 //!   resolved look, its speech).
 //! - [`feed`] makes the events of each receiver for its docks' live feed, and keeps the last ones.
+//! - [`topics`] holds broadcast topics: their names and patterns, each topic's log of recent
+//!   messages ([`topics::TopicLog`]), and this node's subscribers and the fan-out to them.
 //! - [`http`] serves publish, the streamer's controls, the widget socket and page, health.
 //! - [`startup`] builds a node and runs it until it is stopped.
 //! - [`telemetry`] sets up logging.
@@ -49,3 +51,4 @@ pub mod speech;
 pub mod startup;
 pub mod store;
 pub mod telemetry;
+pub mod topics;

@@ -21,6 +21,9 @@ async fn main() -> ExitCode {
         Some(Command::DockUrl(args)) => receiver_url_command(args, Purpose::Dashboard)
             .await
             .map(|url| println!("{url}")),
+        Some(Command::TopicToken(args)) => cuebox::startup::topic_token_command(args)
+            .await
+            .map(|token| println!("{token}")),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

@@ -38,6 +38,10 @@ pub struct Metrics {
     oldest_in_flight: Gauge<f64, AtomicU64>,
     queued: Gauge,
     longest_queue: Gauge,
+    topic_subscribers: Gauge,
+    topic_deliveries: Counter,
+    topic_drops: Counter,
+    topic_recoveries: Counter,
 }
 
 /// What this node's hub holds at scrape time.
@@ -120,9 +124,37 @@ impl Default for Metrics {
             "Alerts waiting in the longest queue among this node's receivers",
             longest_queue.clone(),
         );
+        let topic_subscribers = Gauge::default();
+        registry.register(
+            "topic_subscribers",
+            "Subscribers of broadcast topics connected to this node",
+            topic_subscribers.clone(),
+        );
+        let topic_deliveries = Counter::default();
+        registry.register(
+            "topic_deliveries",
+            "Broadcast messages handed to a subscriber on this node",
+            topic_deliveries.clone(),
+        );
+        let topic_drops = Counter::default();
+        registry.register(
+            "topic_drops",
+            "Subscribers closed (1013) for falling behind what was broadcast to them",
+            topic_drops.clone(),
+        );
+        let topic_recoveries = Counter::default();
+        registry.register(
+            "topic_recoveries",
+            "Subscribers that came back with offsets and were sent what they missed",
+            topic_recoveries.clone(),
+        );
         Self {
             queued,
             longest_queue,
+            topic_subscribers,
+            topic_deliveries,
+            topic_drops,
+            topic_recoveries,
             published: outcome("published"),
             duplicate: outcome("duplicate"),
             refused: outcome("refused"),
@@ -181,6 +213,26 @@ impl Metrics {
                 Event::Skipped => self.skipped.inc(),
             };
         }
+    }
+
+    /// A broadcast message was handed to `delivered` subscribers here; `behind` were dropped.
+    pub fn broadcast_delivered(&self, (delivered, behind): (usize, usize)) {
+        self.topic_deliveries.inc_by(delivered as u64);
+        self.topic_drops.inc_by(behind as u64);
+    }
+
+    /// A subscriber connected (1) or left (-1).
+    pub fn topic_subscriber(&self, change: i64) {
+        self.topic_subscribers.inc_by(change);
+    }
+
+    /// A subscriber that could not take what was written to it was closed.
+    pub fn topic_dropped(&self) {
+        self.topic_drops.inc();
+    }
+
+    pub fn topic_recovered(&self) {
+        self.topic_recoveries.inc();
     }
 
     /// The text to serve, with the hub's gauges as they are now.

@@ -12,7 +12,7 @@ use tokio::task::JoinHandle;
 
 use crate::alert::ReceiverId;
 use crate::auth::{random_publish_key, random_secret, PublishKeys, Purpose, ReceiverTokens};
-use crate::config::{ServeArgs, WidgetUrlArgs};
+use crate::config::{ServeArgs, TopicTokenArgs, WidgetUrlArgs};
 use crate::http::{self, AppState};
 use crate::hub::Hub;
 use crate::ingest::Ingest;
@@ -168,6 +168,20 @@ impl Application {
             };
             background.push(ingest.spawn(target).await?);
         }
+        let public_topics = args
+            .public_topics
+            .iter()
+            .filter(|p| !p.trim().is_empty())
+            .map(|p| {
+                crate::topics::Pattern::parse(p.trim())
+                    .map_err(|e| StartError::Config(format!("--public-topics: {}", e.message)))
+            })
+            .collect::<Result<Vec<_>, _>>()?;
+        // With the embedded store, this node's memory: it is the only node.
+        let topic_log: Arc<dyn crate::topics::TopicLog> = Arc::new(crate::topics::MemoryLog::new(
+            args.topic_history as usize,
+            args.topic_history_ttl,
+        ));
         let (shutdown, shutdown_rx) = watch::channel(false);
         let state = web::Data::new(AppState {
             hub,
@@ -181,6 +195,8 @@ impl Application {
             refusals: Default::default(),
             settings,
             speech,
+            topic_log,
+            public_topics,
         });
 
         let listener = TcpListener::bind(&args.bind).map_err(|source| StartError::Bind {
@@ -349,6 +365,38 @@ pub fn receiver_url(
 
 /// `cuebox widget-url` and `cuebox dock-url`: the secret from the flag, or the one the nodes
 /// keep in Redis, or the one the embedded store keeps in its data dir.
+/// `cuebox topic-token PATTERN...`: a subscribe token for those topics, signed with the secret
+/// the nodes share (given, or read as `widget-url` reads it).
+pub async fn topic_token_command(args: TopicTokenArgs) -> Result<String, StartError> {
+    let patterns = args
+        .patterns
+        .iter()
+        .map(|p| crate::topics::Pattern::parse(p).map_err(|e| StartError::Config(e.message)))
+        .collect::<Result<Vec<_>, _>>()?;
+    let secret = match (&args.secret, args.redis.target()) {
+        (Some(s), _) => s.clone(),
+        (None, Some(target)) => {
+            let keys = Keys::new(&args.redis.key_prefix).map_err(StartError::Config)?;
+            let mut con = target.connect(None).await?;
+            crate::store::redis::shared_secret(&mut con, &keys).await?
+        }
+        (None, None) => {
+            let dir = &args.data.data_dir;
+            disk::read_secret(dir)
+                .map_err(StartError::Config)?
+                .ok_or_else(|| {
+                    StartError::Config(format!(
+                        "no secret in the data dir {}: start the node once (it makes one), or \
+                         give --data-dir (CUEBOX_DATA_DIR), --redis-url (CUEBOX_REDIS_URL) or \
+                         --secret (CUEBOX_SECRET)",
+                        dir.display()
+                    ))
+                })?
+        }
+    };
+    Ok(ReceiverTokens::new(&secret).topic_token(&patterns))
+}
+
 pub async fn receiver_url_command(
     args: WidgetUrlArgs,
     purpose: Purpose,

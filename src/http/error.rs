@@ -38,6 +38,10 @@ pub enum ApiError {
     AlertNotFound(String),
     #[error("the status link's signature does not match its alert")]
     BadSignature,
+    #[error("the subscribe token does not hold: make one with `cuebox topic-token`")]
+    BadTopicToken,
+    #[error("topic {0} is neither public (--public-topics) nor granted by the subscribe token")]
+    ForbiddenTopic(String),
     #[error("alert {0} is not in this receiver's history (it keeps the newest alerts only)")]
     NotInHistory(String),
     #[error("alert {0} is not held for approval (it may have been approved or denied already)")]
@@ -110,6 +114,8 @@ impl ApiError {
             ApiError::Unauthorized | ApiError::NotController => "unauthorized",
             ApiError::BadToken => "invalid_token",
             ApiError::BadSignature => "invalid_signature",
+            ApiError::BadTopicToken => "invalid_token",
+            ApiError::ForbiddenTopic(_) => "forbidden_topic",
             ApiError::AlertNotFound(_) => "alert_not_found",
             ApiError::TooLarge(_) => "payload_too_large",
             ApiError::BodyTimeout(_) => "request_timeout",
@@ -138,7 +144,9 @@ impl ResponseError for ApiError {
             ApiError::Unauthorized
             | ApiError::NotController
             | ApiError::BadToken
-            | ApiError::BadSignature => StatusCode::UNAUTHORIZED,
+            | ApiError::BadSignature
+            | ApiError::BadTopicToken => StatusCode::UNAUTHORIZED,
+            ApiError::ForbiddenTopic(_) => StatusCode::FORBIDDEN,
             ApiError::TooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
             ApiError::BodyTimeout(_) => StatusCode::REQUEST_TIMEOUT,
             ApiError::UnsupportedMediaType => StatusCode::UNSUPPORTED_MEDIA_TYPE,

@@ -10,6 +10,7 @@ mod pages;
 mod publish;
 pub(crate) mod socket;
 mod token;
+mod topics;
 mod widget;
 
 use std::sync::Arc;
@@ -44,6 +45,10 @@ pub struct AppState {
     pub settings: Arc<SettingsCache>,
     /// The speech of alerts, made here for this node's widgets.
     pub speech: Arc<crate::speech::Speech>,
+    /// Where broadcast topics keep their recent messages.
+    pub topic_log: Arc<dyn crate::topics::TopicLog>,
+    /// Topics anyone may subscribe to (`--public-topics`).
+    pub public_topics: Vec<crate::topics::Pattern>,
 }
 
 pub fn routes(cfg: &mut web::ServiceConfig) {
@@ -57,6 +62,8 @@ pub fn routes(cfg: &mut web::ServiceConfig) {
         .into()
     }))
     .route("/publish", web::post().to(publish::publish))
+    .route("/broadcast", web::post().to(topics::broadcast))
+    .route("/ws/topics", web::get().to(topics::connect))
     .route("/alerts/{id}", web::get().to(alerts::get))
     .route("/alerts/{id}/status", web::get().to(alerts::status_page))
     .route(

@@ -70,6 +70,8 @@ pub struct Hub {
     metrics: Arc<Metrics>,
     /// The live feeds of this node's docks, told what this node does.
     pub feed: Feed,
+    /// This node's subscribers of broadcast topics.
+    pub topics: crate::topics::Topics,
     receivers: Mutex<HashMap<ReceiverId, Local>>,
     next_widget: AtomicU64,
     /// A weak self, so timers can reach the hub without keeping it alive.
@@ -144,6 +146,7 @@ impl Hub {
             store,
             metrics,
             feed: Feed::default(),
+            topics: Default::default(),
             receivers: Mutex::new(HashMap::new()),
             next_widget: AtomicU64::new(1),
             me: me.clone(),

@@ -328,6 +328,9 @@ pub fn serve_args(redis_url: Option<String>) -> ServeArgs {
         tts_url: None,
         // Most tests are of other rules, and wait for each next alert; the gap has its own.
         alert_gap_ms: 0,
+        topic_history: 100,
+        topic_history_ttl: Duration::from_secs(600),
+        public_topics: Vec::new(),
     }
 }
 
@@ -650,6 +653,12 @@ pub struct RawWidget {
 impl RawWidget {
     /// Connects with a `recv_buffer` byte receive buffer and completes the upgrade.
     pub async fn connect(app: &TestApp, receiver: &str, recv_buffer: u32) -> Self {
+        let path = format!("/ws/{receiver}?token={}", app.token(receiver));
+        Self::connect_to(app, &path, recv_buffer).await
+    }
+
+    /// As [`RawWidget::connect`], to any WebSocket path (with its query) of the node.
+    pub async fn connect_to(app: &TestApp, path: &str, recv_buffer: u32) -> Self {
         use tokio::io::{AsyncReadExt, AsyncWriteExt};
         let addr: std::net::SocketAddr = app
             .base
@@ -660,10 +669,9 @@ impl RawWidget {
         socket.set_recv_buffer_size(recv_buffer).expect("SO_RCVBUF");
         let mut stream = socket.connect(addr).await.expect("connects");
         let request = format!(
-            "GET /ws/{receiver}?token={} HTTP/1.1\r\nHost: {addr}\r\nUpgrade: websocket\r\n\
+            "GET {path} HTTP/1.1\r\nHost: {addr}\r\nUpgrade: websocket\r\n\
              Connection: Upgrade\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n\
-             Sec-WebSocket-Version: 13\r\n\r\n",
-            app.token(receiver)
+             Sec-WebSocket-Version: 13\r\n\r\n"
         );
         stream.write_all(request.as_bytes()).await.expect("writes");
         // Up to the end of the response's head, a byte at a time so no frame is consumed.

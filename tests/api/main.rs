@@ -17,4 +17,5 @@ mod migrations;
 mod nodes;
 mod publish;
 mod speech;
+mod topics;
 mod widget;

@@ -1,0 +1,459 @@
+//! Broadcast topics over HTTP (see [`crate::topics`]): `POST /broadcast` for publishers, and
+//! `GET /ws/topics` for pages that subscribe.
+//!
+//! Who may subscribe to what: a topic a public pattern covers (`--public-topics`) needs no
+//! token; any other needs a subscribe token (`cuebox topic-token PATTERN...`) whose patterns
+//! cover it. Anything else is refused, with 403 before the upgrade, or with an `error` frame for
+//! a later `subscribe`.
+
+use std::collections::HashMap;
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use actix_web::http::{header, StatusCode};
+use actix_web::{web, HttpRequest, HttpResponse};
+use actix_ws::{AggregatedMessage, CloseCode, CloseReason, Session};
+use serde::Deserialize;
+use serde_json::{json, Map, Value};
+use tokio::time::Instant;
+
+use super::publish::read_body;
+use super::socket::ConnectionSocket;
+use super::widget::{
+    not_an_upgrade, reason, send, Outbound, Unsent, CLOSE_TIMEOUT, PING_EVERY, SILENCE,
+};
+use super::{authorize_publisher, ApiError, AppState};
+use crate::alert::FieldError;
+use crate::topics::{Missed, Outgoing, Pattern, Sent, Topic};
+
+/// Bodies past this are refused with 413 before they are read whole.
+const MAX_BODY: usize = 64 * 1024;
+/// Most bytes of a message's `data`, serialized.
+pub const MAX_DATA: usize = 16 * 1024;
+/// Most topics one message goes to.
+const MAX_TOPICS: usize = 32;
+/// Most patterns one subscriber holds.
+const MAX_PATTERNS: usize = 64;
+
+fn invalid(field: &str, message: impl Into<String>) -> ApiError {
+    ApiError::Invalid(FieldError::invalid(field, message))
+}
+
+/// A `POST /broadcast` body, checked.
+struct Broadcast {
+    topics: Vec<Topic>,
+    event: String,
+    data: Value,
+}
+
+impl Broadcast {
+    fn parse(body: &[u8]) -> Result<Self, ApiError> {
+        let value: Value = serde_json::from_slice(body).map_err(|e| {
+            ApiError::Invalid(FieldError::body(
+                "invalid_json",
+                format!("body is not valid JSON: {e}"),
+            ))
+        })?;
+        let Value::Object(mut obj) = value else {
+            return Err(ApiError::Invalid(FieldError::body(
+                "invalid_json",
+                "body must be a JSON object",
+            )));
+        };
+        let topics = match obj.remove("topics") {
+            Some(Value::Array(list)) if (1..=MAX_TOPICS).contains(&list.len()) => list
+                .iter()
+                .map(|t| match t {
+                    Value::String(s) => Topic::parse(s).map_err(ApiError::Invalid),
+                    _ => Err(invalid("topics", "each topic must be a string")),
+                })
+                .collect::<Result<Vec<_>, _>>()?,
+            Some(_) => {
+                return Err(invalid(
+                    "topics",
+                    format!("topics must be an array of 1 to {MAX_TOPICS} topics"),
+                ))
+            }
+            None => return Err(missing("topics")),
+        };
+        let event = match obj.remove("event") {
+            Some(Value::String(e))
+                if (1..=64).contains(&e.chars().count()) && !e.chars().any(char::is_control) =>
+            {
+                e
+            }
+            Some(_) => {
+                return Err(invalid(
+                    "event",
+                    "event must be a string of 1 to 64 characters",
+                ))
+            }
+            None => return Err(missing("event")),
+        };
+        let data = match obj.remove("data") {
+            Some(Value::Object(data)) => Value::Object(data),
+            None => Value::Object(Map::new()),
+            Some(_) => return Err(invalid("data", "data must be a JSON object")),
+        };
+        let size = serde_json::to_string(&data).map_or(usize::MAX, |s| s.len());
+        if size > MAX_DATA {
+            return Err(invalid(
+                "data",
+                format!("data must be at most {MAX_DATA} bytes as JSON"),
+            ));
+        }
+        if let Some(field) = obj.keys().next() {
+            return Err(ApiError::Invalid(FieldError {
+                code: "unknown_field",
+                message: format!("unknown field {field:?}"),
+                field: Some(field.clone()),
+            }));
+        }
+        let mut topics = topics;
+        topics.sort();
+        topics.dedup();
+        Ok(Self {
+            topics,
+            event,
+            data,
+        })
+    }
+}
+
+fn missing(field: &str) -> ApiError {
+    ApiError::Invalid(FieldError {
+        code: "missing_field",
+        message: format!("{field} is required"),
+        field: Some(field.into()),
+    })
+}
+
+fn now_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64)
+}
+
+/// `POST /broadcast` with a publish key: `{"topics", "event", "data"}`, answered
+/// `202 {"id", "offsets": {topic: offset}}`. The message is serialized once; each topic's log
+/// gives it its offset, and every subscriber of each topic on every node gets it.
+pub async fn broadcast(
+    req: HttpRequest,
+    mut body: web::Payload,
+    state: web::Data<AppState>,
+) -> Result<HttpResponse, ApiError> {
+    let key = authorize_publisher(&req, &state.publish_keys)?;
+    if let Err(wait) = state.publish_rate.take(key) {
+        return Err(ApiError::RateLimited(
+            wait.as_secs_f64().ceil().max(1.0) as u64
+        ));
+    }
+    let is_json = req
+        .headers()
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.split(';').next())
+        .is_some_and(|v| v.trim().eq_ignore_ascii_case("application/json"));
+    if !is_json {
+        return Err(ApiError::UnsupportedMediaType);
+    }
+    let bytes = read_body(&mut body, 1024, MAX_BODY, state.body_timeout).await?;
+    let message = Broadcast::parse(&bytes)?;
+    let idempotency_key = match req.headers().get("idempotency-key") {
+        None => None,
+        Some(v) => match v.to_str() {
+            Ok(k) if (1..=128).contains(&k.len()) => Some(k.to_owned()),
+            _ => {
+                return Err(invalid(
+                    "idempotency_key",
+                    "the Idempotency-Key header must be 1 to 128 visible ASCII characters",
+                ))
+            }
+        },
+    };
+    let outgoing = Outgoing::new(&message.event, &message.data, now_ms());
+    let log = &state.topic_log;
+    if let Some(key) = &idempotency_key {
+        if let Some(first) = log
+            .remember(key, &outgoing.id)
+            .await
+            .map_err(ApiError::of_control)?
+        {
+            return Ok(HttpResponse::Ok().json(json!({
+                "id": first.id,
+                "offsets": first.offsets,
+                "duplicate": true,
+            })));
+        }
+    }
+    let mut offsets = Map::new();
+    for topic in &message.topics {
+        let sent = log
+            .append(topic, &outgoing)
+            .await
+            .map_err(ApiError::of_control)?;
+        state
+            .metrics
+            .broadcast_delivered(state.hub.topics.deliver(&sent));
+        offsets.insert(topic.to_string(), sent.offset.into());
+    }
+    if let Some(key) = &idempotency_key {
+        // What a repeat is answered with. Losing this only makes a later repeat answer without
+        // offsets: nothing is sent twice.
+        let _ = log.answered(key, &outgoing.id, &offsets).await;
+    }
+    Ok(HttpResponse::build(StatusCode::ACCEPTED).json(json!({
+        "id": outgoing.id,
+        "offsets": offsets,
+        "duplicate": false,
+    })))
+}
+
+#[derive(Deserialize)]
+pub struct SubscribeQuery {
+    topics: Option<String>,
+    token: Option<String>,
+    since: Option<String>,
+}
+
+/// What one connection may subscribe to: the public patterns and its token's.
+struct Grant {
+    patterns: Vec<Pattern>,
+}
+
+impl Grant {
+    fn of(state: &AppState, token: Option<&str>) -> Result<Self, ApiError> {
+        let mut patterns = state.public_topics.clone();
+        if let Some(token) = token.filter(|t| !t.is_empty()) {
+            let granted = state
+                .tokens
+                .topic_grant(token)
+                .ok_or(ApiError::BadTopicToken)?;
+            patterns.extend(granted);
+        }
+        Ok(Self { patterns })
+    }
+
+    fn allows(&self, wanted: &Pattern) -> bool {
+        self.patterns.iter().any(|p| wanted.within(p))
+    }
+}
+
+/// `since=trending:PL:42,trending:NL:7`: the last offset of each topic the subscriber got.
+fn parse_since(s: &str) -> Result<Vec<(Topic, u64)>, ApiError> {
+    s.split(',')
+        .filter(|part| !part.is_empty())
+        .map(|part| {
+            let (topic, offset) = part
+                .rsplit_once(':')
+                .ok_or_else(|| invalid("since", "since is topic:offset, comma-separated"))?;
+            let offset = offset
+                .parse()
+                .map_err(|_| invalid("since", "an offset is a whole number"))?;
+            Ok((Topic::parse(topic).map_err(ApiError::Invalid)?, offset))
+        })
+        .collect()
+}
+
+/// `GET /ws/topics?topics=P1,P2&token=T[&since=topic:offset,...]`.
+pub async fn connect(
+    req: HttpRequest,
+    body: web::Payload,
+    query: web::Query<SubscribeQuery>,
+    state: web::Data<AppState>,
+) -> Result<HttpResponse, actix_web::Error> {
+    let patterns = crate::topics::name::patterns(query.topics.as_deref().unwrap_or(""))
+        .map_err(ApiError::Invalid)?;
+    if patterns.len() > MAX_PATTERNS {
+        return Err(invalid("topics", format!("at most {MAX_PATTERNS} topics")).into());
+    }
+    let since = parse_since(query.since.as_deref().unwrap_or(""))?;
+    let grant = Grant::of(&state, query.token.as_deref())?;
+    if let Some(refused) = patterns.iter().find(|p| !grant.allows(p)) {
+        return Err(ApiError::ForbiddenTopic(refused.to_string()).into());
+    }
+    actix_http::ws::verify_handshake(req.head()).map_err(not_an_upgrade)?;
+    if *state.shutdown.borrow() {
+        return Err(ApiError::ShuttingDown.into());
+    }
+    let connection = state.connections.admit().ok_or(ApiError::NodeFull)?;
+    let (response, session, stream) = actix_ws::handle(&req, body)?;
+    let stream = stream.max_frame_size(4 * 1024).aggregate_continuations();
+    let socket = req.conn_data::<ConnectionSocket>().copied();
+    let state = state.into_inner();
+    actix_web::rt::spawn(async move {
+        let subscriber = Subscriber {
+            grant,
+            patterns,
+            last: HashMap::new(),
+        };
+        subscriber.run(&state, since, session, stream, socket).await;
+        drop(connection);
+    });
+    Ok(response)
+}
+
+/// One subscriber's connection.
+struct Subscriber {
+    grant: Grant,
+    patterns: Vec<Pattern>,
+    /// The last offset sent of each topic: what the log already sent is not sent again from the
+    /// live stream (the seam between the two).
+    last: HashMap<Topic, u64>,
+}
+
+impl Subscriber {
+    /// Whether `sent` is news to this subscriber; notes it sent.
+    fn fresh(&mut self, sent: &Sent) -> bool {
+        let last = self.last.entry(sent.topic.clone()).or_insert(0);
+        if sent.offset <= *last {
+            return false;
+        }
+        *last = sent.offset;
+        true
+    }
+
+    #[tracing::instrument(name = "topics", skip_all)]
+    async fn run(
+        mut self,
+        state: &std::sync::Arc<AppState>,
+        since: Vec<(Topic, u64)>,
+        mut session: Session,
+        mut stream: actix_ws::AggregatedMessageStream,
+        socket: Option<ConnectionSocket>,
+    ) {
+        let topics = &state.hub.topics;
+        let mut shutdown = state.shutdown.clone();
+        // Subscribed before the log is read: whatever is published meanwhile waits in the
+        // outbox, and `fresh` drops what the log sent too. No gap, no repeat.
+        let mut subscription = topics.subscribe(self.patterns.clone());
+        state.metrics.topic_subscriber(1);
+        let mut pending: std::collections::VecDeque<Outbound> = Default::default();
+        for (topic, offset) in since {
+            if !self.patterns.iter().any(|p| p.matches(&topic)) {
+                continue;
+            }
+            self.last.insert(topic.clone(), offset);
+            match state.topic_log.since(&topic, offset).await {
+                Ok(Missed::Messages(missed)) => {
+                    if !missed.is_empty() {
+                        state.metrics.topic_recovered();
+                    }
+                    for sent in missed {
+                        if self.fresh(&sent) {
+                            pending.push_back(Outbound::Text(sent.frame.clone()));
+                        }
+                    }
+                }
+                Ok(Missed::Reset) | Err(_) => {
+                    pending.push_back(Outbound::Text(
+                        json!({"type": "reset", "topic": topic}).to_string().into(),
+                    ));
+                }
+            }
+        }
+        let mut heard = Instant::now();
+        let mut heartbeat = tokio::time::interval_at(Instant::now() + PING_EVERY, PING_EVERY);
+        let close: Option<CloseReason> = 'conn: loop {
+            while let Some(out) = pending.pop_front() {
+                match send(&mut session, out).await {
+                    Ok(()) => {}
+                    Err(Unsent::Closed) => break 'conn None,
+                    Err(Unsent::Stuck) => {
+                        if let Some(socket) = socket {
+                            socket.abort();
+                        }
+                        state.metrics.topic_dropped();
+                        break 'conn Some(reason(CloseCode::Again, "too slow"));
+                    }
+                }
+            }
+            tokio::select! {
+                sent = subscription.messages.recv() => match sent {
+                    Some(sent) => {
+                        if self.fresh(&sent) {
+                            pending.push_back(Outbound::Text(sent.frame));
+                        }
+                    }
+                    // Fell behind: it reconnects and recovers by offset.
+                    None => break 'conn Some(reason(CloseCode::Again, "fell behind")),
+                },
+                inbound = stream.recv() => match inbound {
+                    Some(Ok(AggregatedMessage::Text(text))) => {
+                        heard = Instant::now();
+                        if let Some(answer) = self.command(topics, subscription.id, &text) {
+                            pending.push_back(Outbound::Text(answer.into()));
+                        }
+                    }
+                    Some(Ok(AggregatedMessage::Ping(bytes))) => {
+                        heard = Instant::now();
+                        pending.push_back(Outbound::Pong(bytes));
+                    }
+                    Some(Ok(AggregatedMessage::Pong(_) | AggregatedMessage::Binary(_))) => {
+                        heard = Instant::now();
+                    }
+                    Some(Ok(AggregatedMessage::Close(reason))) => break 'conn reason,
+                    None | Some(Err(_)) => break 'conn None,
+                },
+                _ = heartbeat.tick() => {
+                    if heard.elapsed() > SILENCE {
+                        break 'conn Some(reason(CloseCode::Away, "silent too long"));
+                    }
+                    pending.push_back(Outbound::Ping);
+                }
+                _ = shutdown.changed() => {
+                    break 'conn Some(reason(CloseCode::Restart, "node shutting down"));
+                }
+            }
+        };
+        topics.unsubscribe(subscription.id);
+        state.metrics.topic_subscriber(-1);
+        let _ = tokio::time::timeout(CLOSE_TIMEOUT, session.close(close)).await;
+    }
+
+    /// A frame the subscriber sent: `subscribe`, `unsubscribe` or `ping`; answers what to send
+    /// back, if anything.
+    fn command(&mut self, topics: &crate::topics::Topics, id: u64, text: &str) -> Option<String> {
+        let v: Value = serde_json::from_str(text).ok()?;
+        let topic = v["topic"].as_str().unwrap_or("");
+        match v["type"].as_str()? {
+            "ping" => Some(r#"{"type":"pong"}"#.into()),
+            "subscribe" => {
+                let pattern = match Pattern::parse(topic) {
+                    Ok(p) => p,
+                    Err(e) => {
+                        return Some(error_frame("invalid_topic", topic, &e.message));
+                    }
+                };
+                if !self.grant.allows(&pattern) {
+                    return Some(error_frame(
+                        "forbidden_topic",
+                        topic,
+                        "neither a public topic nor one this token grants",
+                    ));
+                }
+                if !self.patterns.contains(&pattern) {
+                    if self.patterns.len() >= MAX_PATTERNS {
+                        return Some(error_frame(
+                            "too_many_topics",
+                            topic,
+                            &format!("at most {MAX_PATTERNS} topics"),
+                        ));
+                    }
+                    self.patterns.push(pattern);
+                    topics.set_patterns(id, self.patterns.clone());
+                }
+                Some(json!({"type": "subscribed", "topic": topic}).to_string())
+            }
+            "unsubscribe" => {
+                self.patterns.retain(|p| p.to_string() != topic);
+                topics.set_patterns(id, self.patterns.clone());
+                Some(json!({"type": "unsubscribed", "topic": topic}).to_string())
+            }
+            _ => None,
+        }
+    }
+}
+
+fn error_frame(code: &str, topic: &str, message: &str) -> String {
+    json!({"type": "error", "code": code, "topic": topic, "message": message}).to_string()
+}

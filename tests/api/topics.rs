@@ -1,0 +1,346 @@
+//! Broadcast topics: `POST /broadcast`, `GET /ws/topics`, who may subscribe, recovery by offset,
+//! and slow subscribers.
+
+use std::time::Duration;
+
+use serde_json::{json, Value};
+
+use crate::helpers::*;
+
+fn ws(app: &TestApp, query: &str) -> String {
+    format!("{}/ws/topics?{query}", app.base.replace("http://", "ws://"))
+}
+
+fn topic_token(patterns: &str) -> String {
+    let patterns = cuebox::topics::name::patterns(patterns).unwrap();
+    cuebox::auth::ReceiverTokens::new(SECRET).topic_token(&patterns)
+}
+
+async fn broadcast(app: &TestApp, body: Value) -> (u16, Value) {
+    app.post_raw(
+        "/broadcast",
+        Some(PUBLISH_KEY),
+        "application/json",
+        body.to_string(),
+    )
+    .await
+}
+
+async fn app_with(public: &[&str], history: u64) -> TestApp {
+    let mut args = serve_args(None);
+    args.public_topics = public.iter().map(|p| p.to_string()).collect();
+    args.topic_history = history;
+    TestApp::spawn(args).await
+}
+
+async fn message(c: &mut WidgetClient) -> Value {
+    let v = c.next_json().await;
+    assert_eq!(v["type"], "message", "{v}");
+    v
+}
+
+#[actix_web::test]
+async fn a_message_reaches_every_subscriber_of_its_topics_and_only_them() {
+    let app = app_with(&[], 100).await;
+    let token = topic_token("trending:*");
+    let mut all = WidgetClient::connect(&ws(&app, &format!("topics=trending:*&token={token}")))
+        .await
+        .unwrap();
+    let mut pl = WidgetClient::connect(&ws(&app, &format!("topics=trending:PL&token={token}")))
+        .await
+        .unwrap();
+    let (status, body) = broadcast(
+        &app,
+        json!({"topics": ["trending:NL", "trending:PL"], "event": "new_trending",
+               "data": {"title": "<b>Viral</b> 🎉"}}),
+    )
+    .await;
+    assert_eq!(status, 202, "{body}");
+    let id = body["id"].as_str().unwrap();
+    let offsets = &body["offsets"];
+    let (nl, pl_offset) = (
+        offsets["trending:NL"].as_u64().unwrap(),
+        offsets["trending:PL"].as_u64().unwrap(),
+    );
+    // The pattern gets both, in the order they were sent; the one topic only its own.
+    let first = message(&mut all).await;
+    let second = message(&mut all).await;
+    assert_eq!(
+        (
+            &first["topic"],
+            &first["offset"],
+            &second["topic"],
+            &second["offset"]
+        ),
+        (
+            &json!("trending:NL"),
+            &json!(nl),
+            &json!("trending:PL"),
+            &json!(pl_offset)
+        )
+    );
+    let only = message(&mut pl).await;
+    assert_eq!(only["topic"], "trending:PL");
+    assert_eq!(
+        (&only["id"], &only["event"], &only["data"]),
+        (
+            &json!(id),
+            &json!("new_trending"),
+            &json!({"title": "<b>Viral</b> 🎉"})
+        )
+    );
+    assert!(only["at"].is_u64(), "{only}");
+    pl.expect_silence(Duration::from_millis(200)).await;
+    // A heartbeat.
+    pl.send_json(json!({"type": "ping"})).await;
+    assert_eq!(pl.next_json().await, json!({"type": "pong"}));
+    app.stop().await;
+}
+
+#[actix_web::test]
+async fn only_public_topics_and_those_a_token_grants_may_be_subscribed() {
+    let app = app_with(&["news:*"], 100).await;
+    // Public: no token needed.
+    let mut c = WidgetClient::connect(&ws(&app, "topics=news:PL"))
+        .await
+        .unwrap();
+    // Not public and no token, or a token for other topics, or a tampered one: 403 or 401
+    // before the upgrade.
+    let refused = |q: String| {
+        let url = format!("{}/ws/topics?{q}", app.base);
+        async move {
+            let res = awc::Client::new()
+                .get(url)
+                .insert_header(("Upgrade", "websocket"))
+                .insert_header(("Connection", "Upgrade"))
+                .insert_header(("Sec-WebSocket-Version", "13"))
+                .insert_header(("Sec-WebSocket-Key", "dGhlIHNhbXBsZSBub25jZQ=="))
+                .send()
+                .await
+                .unwrap();
+            res.status().as_u16()
+        }
+    };
+    assert_eq!(refused("topics=trending:PL".into()).await, 403);
+    let other = topic_token("sports:*");
+    assert_eq!(
+        refused(format!("topics=trending:PL&token={other}")).await,
+        403
+    );
+    let tampered = topic_token("trending:PL").replacen("trending:PL", "trending:*", 1);
+    assert_eq!(
+        refused(format!("topics=trending:*&token={tampered}")).await,
+        401
+    );
+    // A later subscribe: refused with an error frame, or granted.
+    c.send_json(json!({"type": "subscribe", "topic": "trending:PL"}))
+        .await;
+    let error = c.next_json().await;
+    assert_eq!(
+        (&error["type"], &error["code"]),
+        (&json!("error"), &json!("forbidden_topic")),
+        "{error}"
+    );
+    c.send_json(json!({"type": "subscribe", "topic": "news:NL"}))
+        .await;
+    assert_eq!(
+        c.next_json().await,
+        json!({"type": "subscribed", "topic": "news:NL"})
+    );
+    broadcast(&app, json!({"topics": ["news:NL"], "event": "e"})).await;
+    assert_eq!(message(&mut c).await["topic"], "news:NL");
+    c.send_json(json!({"type": "unsubscribe", "topic": "news:NL"}))
+        .await;
+    let _ = c.next_json().await;
+    broadcast(&app, json!({"topics": ["news:NL"], "event": "e"})).await;
+    c.expect_silence(Duration::from_millis(200)).await;
+    app.stop().await;
+}
+
+#[actix_web::test]
+async fn a_subscriber_that_reconnects_gets_what_it_missed_then_the_live_ones() {
+    let app = app_with(&["t:*"], 3).await;
+    let mut c = WidgetClient::connect(&ws(&app, "topics=t:a"))
+        .await
+        .unwrap();
+    broadcast(
+        &app,
+        json!({"topics": ["t:a"], "event": "e", "data": {"n": 0}}),
+    )
+    .await;
+    let last = message(&mut c).await["offset"].as_u64().unwrap();
+    c.close().await;
+    for n in 1..=2 {
+        broadcast(
+            &app,
+            json!({"topics": ["t:a"], "event": "e", "data": {"n": n}}),
+        )
+        .await;
+    }
+    let mut c = WidgetClient::connect(&ws(&app, &format!("topics=t:a&since=t:a:{last}")))
+        .await
+        .unwrap();
+    for n in 1..=2 {
+        let m = message(&mut c).await;
+        assert_eq!(
+            (&m["data"]["n"], &m["offset"]),
+            (&json!(n), &json!(last + n))
+        );
+    }
+    broadcast(
+        &app,
+        json!({"topics": ["t:a"], "event": "e", "data": {"n": 3}}),
+    )
+    .await;
+    assert_eq!(
+        message(&mut c).await["offset"],
+        last + 3,
+        "live, with no repeat"
+    );
+    c.expect_silence(Duration::from_millis(200)).await;
+    c.close().await;
+    // More than the topic keeps (3): a reset, then live.
+    for n in 4..=8 {
+        broadcast(
+            &app,
+            json!({"topics": ["t:a"], "event": "e", "data": {"n": n}}),
+        )
+        .await;
+    }
+    let mut c = WidgetClient::connect(&ws(&app, &format!("topics=t:a&since=t:a:{last}")))
+        .await
+        .unwrap();
+    assert_eq!(
+        c.next_json().await,
+        json!({"type": "reset", "topic": "t:a"})
+    );
+    // An offset past any the topic gave (its log was lost since): a reset too.
+    let mut c2 = WidgetClient::connect(&ws(&app, "topics=t:a&since=t:a:99999999999999999"))
+        .await
+        .unwrap();
+    assert_eq!(
+        c2.next_json().await,
+        json!({"type": "reset", "topic": "t:a"})
+    );
+    broadcast(
+        &app,
+        json!({"topics": ["t:a"], "event": "e", "data": {"n": 9}}),
+    )
+    .await;
+    assert_eq!(message(&mut c).await["data"]["n"], 9);
+    app.stop().await;
+}
+
+#[actix_web::test]
+async fn a_subscriber_that_falls_behind_is_closed_with_1013() {
+    use tokio::io::AsyncReadExt;
+    let app = app_with(&["t:*"], 100).await;
+    // It reads nothing while a few seconds of messages are broadcast: more than its outbox and
+    // the socket's buffers hold.
+    let mut slow = RawWidget::connect_to(&app, "/ws/topics?topics=t:a", 4096).await;
+    let data = json!({"pad": "x".repeat(15_900)});
+    for _ in 0..1500 {
+        let (status, _) =
+            broadcast(&app, json!({"topics": ["t:a"], "event": "e", "data": data})).await;
+        assert_eq!(status, 202);
+    }
+    // It reads again: what it was sent ends with a close frame, 1013 (try again later).
+    let mut seen = Vec::new();
+    let _ = tokio::time::timeout(PROMPTLY, slow.stream.read_to_end(&mut seen)).await;
+    let close = [0x88u8, 0x0D, 0x03, 0xF5];
+    assert!(
+        seen.windows(4).any(|w| w == close),
+        "no 1013 close among {} bytes",
+        seen.len()
+    );
+    let (_, metrics) = app.get_text("/metrics").await;
+    assert!(metrics.contains("cuebox_topic_drops_total 1"), "{metrics}");
+    app.stop().await;
+}
+
+#[actix_web::test]
+async fn broadcasts_are_checked_and_a_repeated_key_sends_nothing_twice() {
+    let app = app_with(&["t:*"], 100).await;
+    let cases = [
+        (json!({"topics": [], "event": "e"}), "topics"),
+        (json!({"topics": ["bad topic"], "event": "e"}), "topics"),
+        (json!({"topics": ["t:a"]}), "event"),
+        (
+            json!({"topics": ["t:a"], "event": "e", "data": [1]}),
+            "data",
+        ),
+        (
+            json!({"topics": ["t:a"], "event": "e", "data": {"x": "y".repeat(17_000)}}),
+            "data",
+        ),
+        (
+            json!({"topics": ["t:a"], "event": "e", "extra": 1}),
+            "extra",
+        ),
+    ];
+    for (body, field) in cases {
+        let (status, answer) = broadcast(&app, body).await;
+        assert_eq!(
+            (status, &answer["error"]["field"]),
+            (400, &json!(field)),
+            "{answer}"
+        );
+    }
+    let (status, _) = app
+        .post_raw("/broadcast", None, "application/json", "{}")
+        .await;
+    assert_eq!(status, 401);
+    let mut c = WidgetClient::connect(&ws(&app, "topics=t:a"))
+        .await
+        .unwrap();
+    let keyed = |n: u32| {
+        app.http
+            .post(format!("{}/broadcast", app.base))
+            .insert_header(("Authorization", format!("Bearer {PUBLISH_KEY}")))
+            .insert_header(("Content-Type", "application/json"))
+            .insert_header(("Idempotency-Key", "trend-1"))
+            .send_body(json!({"topics": ["t:a"], "event": "e", "data": {"n": n}}).to_string())
+    };
+    let mut first = keyed(1).await.unwrap();
+    let first_body: Value = first.json().await.unwrap();
+    assert_eq!(first.status().as_u16(), 202);
+    let mut again = keyed(2).await.unwrap();
+    let again_body: Value = again.json().await.unwrap();
+    assert_eq!(again.status().as_u16(), 200, "{again_body}");
+    assert_eq!(
+        (
+            &again_body["id"],
+            &again_body["offsets"],
+            &again_body["duplicate"]
+        ),
+        (&first_body["id"], &first_body["offsets"], &json!(true))
+    );
+    assert_eq!(message(&mut c).await["data"]["n"], 1);
+    c.expect_silence(Duration::from_millis(200)).await;
+    app.stop().await;
+}
+
+#[actix_web::test]
+async fn the_topic_token_command_prints_a_token_the_node_takes() {
+    let out = cuebox()
+        .args(["topic-token", "trending:*", "--secret", SECRET])
+        .output()
+        .await
+        .unwrap();
+    assert!(out.status.success(), "{out:?}");
+    let token = String::from_utf8(out.stdout).unwrap().trim().to_owned();
+    assert_eq!(token, topic_token("trending:*"));
+    let app = app_with(&[], 100).await;
+    let mut c = WidgetClient::connect(&ws(&app, &format!("topics=trending:PL&token={token}")))
+        .await
+        .unwrap();
+    broadcast(&app, json!({"topics": ["trending:PL"], "event": "e"})).await;
+    assert_eq!(message(&mut c).await["topic"], "trending:PL");
+    let bad = cuebox()
+        .args(["topic-token", "a b", "--secret", SECRET])
+        .output()
+        .await
+        .unwrap();
+    assert!(!bad.status.success());
+    app.stop().await;
+}
