@@ -177,11 +177,15 @@ impl Application {
                     .map_err(|e| StartError::Config(format!("--public-topics: {}", e.message)))
             })
             .collect::<Result<Vec<_>, _>>()?;
-        // With the embedded store, this node's memory: it is the only node.
-        let topic_log: Arc<dyn crate::topics::TopicLog> = Arc::new(crate::topics::MemoryLog::new(
-            args.topic_history as usize,
-            args.topic_history_ttl,
-        ));
+        // Redis, which every node shares; with the embedded store, this node's memory (it is
+        // the only node).
+        let topic_log: Arc<dyn crate::topics::TopicLog> = match &redis_store {
+            Some(redis) => Arc::new(redis.topic_log(args.topic_history, args.topic_history_ttl)),
+            None => Arc::new(crate::topics::MemoryLog::new(
+                args.topic_history as usize,
+                args.topic_history_ttl,
+            )),
+        };
         let (shutdown, shutdown_rx) = watch::channel(false);
         let state = web::Data::new(AppState {
             hub,

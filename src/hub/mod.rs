@@ -623,6 +623,10 @@ impl Hub {
             } => self.feed.revoke(&receiver),
             Notice::Feed { receiver, payload } => self.feed.heard(&receiver, &payload),
             Notice::Designs { receiver } => self.designs_changed(&receiver).await,
+            Notice::Broadcast(sent) => {
+                let delivered = self.topics.deliver(&sent);
+                self.metrics.broadcast_delivered(delivered);
+            }
         }
     }
 

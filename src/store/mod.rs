@@ -121,11 +121,13 @@ pub enum Call {
     Approval,
     Feed,
     Designs,
+    /// A broadcast topic's log: a message kept, what a subscriber missed, an idempotency key.
+    Topics,
 }
 
 impl Call {
     /// Every call, in order of [`Call::index`].
-    pub const ALL: [Call; 18] = [
+    pub const ALL: [Call; 19] = [
         Call::Publish,
         Call::Widgets,
         Call::Started,
@@ -144,6 +146,7 @@ impl Call {
         Call::Approval,
         Call::Feed,
         Call::Designs,
+        Call::Topics,
     ];
 
     /// Its place in [`Call::ALL`]. Exhaustive, so a new variant must be given one.
@@ -167,6 +170,7 @@ impl Call {
             Call::Approval => 15,
             Call::Feed => 16,
             Call::Designs => 17,
+            Call::Topics => 18,
         }
     }
 
@@ -191,6 +195,7 @@ impl Call {
             Call::Approval => "approval",
             Call::Feed => "feed",
             Call::Designs => "designs",
+            Call::Topics => "topics",
         }
     }
 }
@@ -422,6 +427,8 @@ pub enum Notice {
     },
     /// Another node kept a new version of the receiver's designs.
     Designs { receiver: ReceiverId },
+    /// Another node broadcast this message to a topic.
+    Broadcast(crate::topics::Sent),
 }
 
 /// Versions of a receiver's designs a store keeps: the newest, and the ones before it to go

@@ -159,7 +159,19 @@ async fn only_public_topics_and_those_a_token_grants_may_be_subscribed() {
 
 #[actix_web::test]
 async fn a_subscriber_that_reconnects_gets_what_it_missed_then_the_live_ones() {
-    let app = app_with(&["t:*"], 3).await;
+    reconnects(app_with(&["t:*"], 3).await).await;
+}
+
+#[actix_web::test]
+async fn a_subscriber_that_reconnects_gets_what_it_missed_then_the_live_ones_on_redis() {
+    let redis = RedisServer::spawn().await;
+    let mut args = serve_args(Some(redis.url()));
+    args.public_topics = vec!["t:*".into()];
+    args.topic_history = 3;
+    reconnects(TestApp::spawn(args).await).await;
+}
+
+async fn reconnects(app: TestApp) {
     let mut c = WidgetClient::connect(&ws(&app, "topics=t:a"))
         .await
         .unwrap();
@@ -260,7 +272,18 @@ async fn a_subscriber_that_falls_behind_is_closed_with_1013() {
 
 #[actix_web::test]
 async fn broadcasts_are_checked_and_a_repeated_key_sends_nothing_twice() {
-    let app = app_with(&["t:*"], 100).await;
+    checked_and_idempotent(app_with(&["t:*"], 100).await).await;
+}
+
+#[actix_web::test]
+async fn broadcasts_are_checked_and_a_repeated_key_sends_nothing_twice_on_redis() {
+    let redis = RedisServer::spawn().await;
+    let mut args = serve_args(Some(redis.url()));
+    args.public_topics = vec!["t:*".into()];
+    checked_and_idempotent(TestApp::spawn(args).await).await;
+}
+
+async fn checked_and_idempotent(app: TestApp) {
     let cases = [
         (json!({"topics": [], "event": "e"}), "topics"),
         (json!({"topics": ["bad topic"], "event": "e"}), "topics"),
@@ -343,4 +366,70 @@ async fn the_topic_token_command_prints_a_token_the_node_takes() {
         .unwrap();
     assert!(!bad.status.success());
     app.stop().await;
+}
+
+/// Two nodes on one Redis (or a Redis Cluster): a message broadcast on either reaches the
+/// subscribers of both, once each, and a subscriber that moves to the other node recovers there
+/// by offset.
+async fn topics_span_nodes(redis_url: String, cluster: bool) {
+    let mut args = serve_args(Some(redis_url));
+    args.redis.cluster = cluster;
+    args.public_topics = vec!["t:*".into()];
+    let a = TestApp::spawn(args.clone()).await;
+    let b = TestApp::spawn(args).await;
+    let mut on_a = WidgetClient::connect(&ws(&a, "topics=t:*")).await.unwrap();
+    let mut on_b = WidgetClient::connect(&ws(&b, "topics=t:x")).await.unwrap();
+    let (status, body) = broadcast(
+        &a,
+        json!({"topics": ["t:x", "t:y"], "event": "e", "data": {"n": 1}}),
+    )
+    .await;
+    assert_eq!(status, 202, "{body}");
+    let x = body["offsets"]["t:x"].as_u64().unwrap();
+    let from_a: Vec<Value> = vec![message(&mut on_a).await, message(&mut on_a).await];
+    let from_b = message(&mut on_b).await;
+    assert_eq!(from_b["offset"], x);
+    // Byte for byte the frame the publishing node made.
+    assert_eq!(from_b, from_a[0]);
+    on_b.expect_silence(Duration::from_millis(200)).await;
+    // The subscriber on b leaves; two more go out from b; it comes back on a with its offset.
+    on_b.close().await;
+    for n in 2..=3 {
+        broadcast(
+            &b,
+            json!({"topics": ["t:x"], "event": "e", "data": {"n": n}}),
+        )
+        .await;
+    }
+    let mut back = WidgetClient::connect(&ws(&a, &format!("topics=t:x&since=t:x:{x}")))
+        .await
+        .unwrap();
+    for n in 2..=3u64 {
+        let m = message(&mut back).await;
+        assert_eq!(
+            (&m["offset"], &m["data"]["n"]),
+            (&json!(x + n - 1), &json!(n))
+        );
+    }
+    broadcast(
+        &b,
+        json!({"topics": ["t:x"], "event": "e", "data": {"n": 4}}),
+    )
+    .await;
+    assert_eq!(message(&mut back).await["data"]["n"], 4);
+    back.expect_silence(Duration::from_millis(200)).await;
+    a.stop().await;
+    b.stop().await;
+}
+
+#[actix_web::test]
+async fn topics_span_nodes_on_redis() {
+    let redis = RedisServer::spawn().await;
+    topics_span_nodes(redis.url(), false).await;
+}
+
+#[actix_web::test]
+async fn topics_span_nodes_on_a_redis_cluster() {
+    let cluster = RedisCluster::spawn().await;
+    topics_span_nodes(cluster.seeds(), true).await;
 }

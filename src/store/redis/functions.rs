@@ -36,7 +36,12 @@ pub(super) fn function(call: Call) -> Option<&'static str> {
         // Deny and wake are measured under the same call: see `DENY` and `WAKE`.
         Call::Approval => APPROVE,
         // A start is one SET of its mark (see `RedisStore::mark_started`).
-        Call::Settings | Call::History | Call::Feed | Call::Started | Call::Designs => return None,
+        Call::Settings
+        | Call::History
+        | Call::Feed
+        | Call::Started
+        | Call::Designs
+        | Call::Topics => return None,
     })
 }
 
@@ -44,6 +49,9 @@ pub(super) fn function(call: Call) -> Option<&'static str> {
 pub(super) const APPROVE: &str = "cuebox_v6_approve";
 pub(super) const DENY: &str = "cuebox_v6_deny";
 pub(super) const WAKE: &str = "cuebox_v6_wake";
+/// A broadcast topic's log, measured as [`Call::Topics`].
+pub(super) const TOPIC_APPEND: &str = "cuebox_v6_topic_append";
+pub(super) const TOPIC_READ: &str = "cuebox_v6_topic_read";
 /// Marks a dock open on a receiver's feed, measured as [`Call::Feed`].
 pub(super) const DOCKS: &str = "cuebox_v6_docks";
 

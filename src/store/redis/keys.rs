@@ -25,6 +25,19 @@
 //! | `P:schema:version`, `P:schema:lock` | string | the key layout version and its migration lock |
 
 use crate::alert::ReceiverId;
+use crate::topics::Topic;
+
+/// Buckets of broadcast topics, each with its hash tag and channel: enough to spread topics over
+/// a cluster's shards, few enough that every node subscribes to all.
+pub const TOPIC_BUCKETS: u32 = 16;
+
+/// The bucket of a topic: FNV-1a of its name.
+fn topic_bucket(topic: &Topic) -> u32 {
+    let hash = topic.as_str().bytes().fold(0x811c_9dc5_u32, |h, b| {
+        (h ^ u32::from(b)).wrapping_mul(0x0100_0193)
+    });
+    hash % TOPIC_BUCKETS
+}
 
 /// Key names under one prefix.
 #[derive(Clone, Debug)]
@@ -134,13 +147,48 @@ impl Keys {
         ReceiverId::parse(r).ok()
     }
 
-    /// The stream producers `XADD` alerts to.
     /// The receivers whose alert ids carry `route` (see [`crate::alert::route`]): a set, one
     /// per route, written once a node per receiver.
     pub fn route(&self, route: u32) -> String {
         format!("{}:route:{:08x}", self.prefix, route)
     }
 
+    /// A broadcast topic's keys: its hash (`last`, the offset it last gave) and its log (a list
+    /// of "<at, ms> <offset> <frame>", oldest first). They share the hash tag of the topic's
+    /// bucket with the bucket's channel ([`Keys::topic_channel`]), so one function call keeps a
+    /// message and publishes it, on a Redis Cluster too.
+    pub fn topic(&self, topic: &Topic) -> (String, String) {
+        let bucket = topic_bucket(topic);
+        let base = format!("{}:{{topics{bucket}}}:topic:{topic}", self.prefix);
+        let log = format!("{base}:log");
+        (base, log)
+    }
+
+    /// The channel of a bucket of topics: every node subscribes to all [`TOPIC_BUCKETS`] and
+    /// picks out the topics its subscribers want.
+    pub fn topic_channel(&self, bucket: u32) -> String {
+        format!("{}:{{topics{bucket}}}:messages", self.prefix)
+    }
+
+    /// The channel of `topic`'s bucket.
+    pub fn channel_of_topic(&self, topic: &Topic) -> String {
+        self.topic_channel(topic_bucket(topic))
+    }
+
+    /// Whether a channel is one of [`Keys::topic_channel`]'s.
+    pub fn is_topic_channel(&self, channel: &str) -> bool {
+        channel
+            .strip_prefix(&self.prefix)
+            .and_then(|rest| rest.strip_prefix(":{topics"))
+            .is_some_and(|rest| rest.ends_with("}:messages"))
+    }
+
+    /// Where a broadcast's idempotency key is remembered.
+    pub fn broadcast_idempotency(&self, key: &str) -> String {
+        format!("{}:broadcast:idem:{key}", self.prefix)
+    }
+
+    /// The stream producers `XADD` alerts to.
     pub fn ingest(&self) -> String {
         format!("{}:ingest", self.prefix)
     }

@@ -24,6 +24,7 @@ pub mod keys;
 mod presence;
 mod replies;
 mod secret;
+pub mod topics;
 mod watches;
 
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -146,6 +147,16 @@ impl RedisStore {
     /// The widget token secret every node shares.
     pub async fn shared_secret(&self) -> Result<String, StoreError> {
         shared_secret(&mut self.core.con.clone(), &self.core.keys).await
+    }
+
+    /// The log of broadcast topics on this Redis: each keeps its last `keep` messages, each for
+    /// `ttl`; every node on the Redis hears each message (see [`Notice::Broadcast`]).
+    pub fn topic_log(&self, keep: u64, ttl: Duration) -> topics::RedisTopicLog {
+        topics::RedisTopicLog {
+            core: self.core.clone(),
+            keep,
+            ttl,
+        }
     }
 
     /// Tests only: every call runs at `now` (ms) instead of at Redis's clock, so the library's

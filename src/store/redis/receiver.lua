@@ -1314,6 +1314,46 @@ local function status(keys, args)
     c.previews}
 end
 
+-- Broadcast topics (src/topics): not a receiver's, but kept here so one library is loaded and
+-- reloaded. KEYS[1] the topic's hash (`last`: the offset it last gave), KEYS[2] its log, a list
+-- of "<at, ms> <offset> <frame>", oldest first; both share the hash tag of the topic's bucket
+-- with the bucket's channel (src/store/redis/keys.rs).
+--
+-- ARGV[1] the calling node, ARGV[2] the time (ms), ARGV[3] PUBLISH or SPUBLISH, ARGV[4] the
+-- bucket's channel, ARGV[5] the topic, ARGV[6] the message's body (every field of its frame
+-- after the offset, serialized once by the node), ARGV[7] how many messages the log keeps,
+-- ARGV[8] how long each is kept (ms). The next offset is the last one plus one; a topic with
+-- none (new, or its keys expired or lost) starts from the time in ms times a thousand, past any
+-- offset it gave before: a new epoch. Answers the offset; the frame goes to every node as
+-- "topic <node> <topic> <offset> <frame>", byte for byte what the node would make of it.
+local function topic_append(keys, args)
+  local last = redis.call('HGET', keys[1], 'last')
+  if last then last = tonumber(last) + 1 else last = tonumber(args[2]) * 1000 + 1 end
+  local offset = int(last)
+  local frame = '{"type":"message","topic":"' .. args[5] .. '","offset":' .. offset .. ',' ..
+    args[6] .. '}'
+  redis.call('HSET', keys[1], 'last', offset)
+  redis.call('PEXPIRE', keys[1], args[8])
+  local keep = tonumber(args[7])
+  if keep > 0 then
+    redis.call('RPUSH', keys[2], args[2] .. ' ' .. offset .. ' ' .. frame)
+    redis.call('LTRIM', keys[2], -keep, -1)
+    redis.call('PEXPIRE', keys[2], args[8])
+  end
+  redis.call(args[3], args[4], 'topic ' .. args[1] .. ' ' .. args[5] .. ' ' .. offset .. ' ' ..
+    frame)
+  return offset
+end
+
+-- What a topic keeps: {last offset or false, {log entries}}. Reads only.
+local function topic_read(keys, args)
+  return {redis.call('HGET', keys[1], 'last') or false, redis.call('LRANGE', keys[2], 0, -1)}
+end
+
+redis.register_function('cuebox_v6_topic_append', topic_append)
+redis.register_function{
+  function_name = 'cuebox_v6_topic_read', callback = topic_read, flags = {'no-writes'}
+}
 redis.register_function('cuebox_v6_publish', publish)
 redis.register_function('cuebox_v6_widgets', widgets)
 redis.register_function('cuebox_v6_done', done)

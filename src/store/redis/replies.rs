@@ -19,7 +19,11 @@ pub(super) fn parse_notice(keys: &Keys, node: &str, data: &[Value]) -> Option<No
     let [channel, payload] = data else {
         return None;
     };
-    let receiver = keys.receiver_of_events(text(channel)?)?;
+    let channel = text(channel)?;
+    if keys.is_topic_channel(channel) {
+        return parse_broadcast(node, text(payload)?);
+    }
+    let receiver = keys.receiver_of_events(channel)?;
     // Borrowed: only the alert's JSON is copied, once, into the snapshot.
     let payload = text(payload)?;
     let (kind, rest) = payload.split_once(' ')?;
@@ -79,6 +83,23 @@ pub(super) fn parse_notice(keys: &Keys, node: &str, data: &[Value]) -> Option<No
             docks,
         },
     })
+}
+
+/// `topic <origin node> <topic> <offset> <frame>`, as the library's `topic_append` publishes it;
+/// a node's own are skipped (it delivered them itself).
+fn parse_broadcast(node: &str, payload: &str) -> Option<Notice> {
+    let rest = payload.strip_prefix("topic ")?;
+    let (origin, rest) = rest.split_once(' ')?;
+    if origin == node {
+        return None;
+    }
+    let (topic, rest) = rest.split_once(' ')?;
+    let (offset, frame) = rest.split_once(' ')?;
+    Some(Notice::Broadcast(crate::topics::Sent {
+        topic: crate::topics::Topic::parse(topic).ok()?,
+        offset: offset.parse().ok()?,
+        frame: frame.into(),
+    }))
 }
 
 /// The JSON of an alert as the library queues and answers it, `"<id> <duration_ms> <times sent>

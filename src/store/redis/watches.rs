@@ -8,7 +8,7 @@ use redis::{PushInfo, PushKind};
 use tokio::sync::{mpsc, oneshot};
 
 use super::connection::{Pusher, Target};
-use super::keys::Keys;
+use super::keys::{Keys, TOPIC_BUCKETS};
 use super::replies::parse_notice;
 use crate::alert::ReceiverId;
 use crate::store::{Notice, StoreError};
@@ -52,6 +52,13 @@ impl Watches {
         );
         let mut con = target.connect(Some(pusher)).await?;
 
+        // Every bucket of broadcast topics, for as long as the node runs: it picks out the
+        // topics its subscribers want.
+        let topic_channels: Vec<String> =
+            (0..TOPIC_BUCKETS).map(|b| keys.topic_channel(b)).collect();
+        for channel in &topic_channels {
+            con.subscribe(channel).await?;
+        }
         let counts: Arc<Mutex<HashMap<ReceiverId, usize>>> = Arc::default();
         let wanted = counts.clone();
         tokio::spawn(async move {
@@ -98,8 +105,11 @@ impl Watches {
                         }
                     }
                     WatchRequest::Resubscribe => {
-                        let channels: Vec<String> =
-                            subscribed.iter().map(|r| keys.events(r)).collect();
+                        let channels: Vec<String> = subscribed
+                            .iter()
+                            .map(|r| keys.events(r))
+                            .chain(topic_channels.iter().cloned())
+                            .collect();
                         // Retried until Redis answers; a command is also what makes the
                         // manager reconnect once its own retries are spent.
                         loop {
