@@ -151,6 +151,12 @@ pub struct ServeArgs {
     #[arg(long, env = "CUEBOX_PUBLIC_TOPICS", value_delimiter = ',')]
     pub public_topics: Vec<String>,
 
+    /// Republish Redis pub/sub messages to broadcast topics: `CHANNELS*=TOPIC_PREFIX`, such as
+    /// `tvs:*=trending:` (`tvs:PL` goes to `trending:PL`). Repeat the flag, or separate with
+    /// spaces in the variable. Needs the Redis store.
+    #[arg(long, env = "CUEBOX_BRIDGE", value_delimiter = ' ')]
+    pub bridge: Vec<String>,
+
     /// Text-to-speech by a local program: a command line, `{voice}` and `{rate}` where they go,
     /// given the text on its standard input, writing audio (WAV) on its standard output.
     /// Unset: `espeak-ng --stdout -v {voice} -s {rate}` when espeak-ng is installed. "" turns

@@ -42,6 +42,7 @@ pub struct Metrics {
     topic_deliveries: Counter,
     topic_drops: Counter,
     topic_recoveries: Counter,
+    bridge_rejected: Counter,
 }
 
 /// What this node's hub holds at scrape time.
@@ -148,7 +149,15 @@ impl Default for Metrics {
             "Subscribers that came back with offsets and were sent what they missed",
             topic_recoveries.clone(),
         );
+        let bridge_rejected = Counter::default();
+        registry.register(
+            "bridge_rejected",
+            "Messages the pub/sub bridge could not republish (not a JSON object of at most 16 \
+             KiB, or a channel that makes no topic)",
+            bridge_rejected.clone(),
+        );
         Self {
+            bridge_rejected,
             queued,
             longest_queue,
             topic_subscribers,
@@ -229,6 +238,10 @@ impl Metrics {
     /// A subscriber that could not take what was written to it was closed.
     pub fn topic_dropped(&self) {
         self.topic_drops.inc();
+    }
+
+    pub fn bridge_rejected(&self) {
+        self.bridge_rejected.inc();
     }
 
     pub fn topic_recovered(&self) {

@@ -186,6 +186,30 @@ impl Application {
                 args.topic_history_ttl,
             )),
         };
+        let rules = args
+            .bridge
+            .iter()
+            .filter(|r| !r.trim().is_empty())
+            .map(|r| crate::topics::bridge::Rule::parse(r.trim()).map_err(StartError::Config))
+            .collect::<Result<Vec<_>, _>>()?;
+        if !rules.is_empty() {
+            let Some(target) = &target else {
+                return Err(StartError::Config(
+                    "--bridge republishes Redis pub/sub: it needs the Redis store (--redis-url)"
+                        .into(),
+                ));
+            };
+            let bridge = crate::topics::bridge::Bridge {
+                rules,
+                target: target.clone(),
+                keys: keys.clone(),
+                node: node.as_str().into(),
+                log: topic_log.clone(),
+                topics: hub.topics.clone(),
+                metrics: metrics.clone(),
+            };
+            background.push(bridge.spawn().await?);
+        }
         let (shutdown, shutdown_rx) = watch::channel(false);
         let state = web::Data::new(AppState {
             hub,

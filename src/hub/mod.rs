@@ -71,7 +71,7 @@ pub struct Hub {
     /// The live feeds of this node's docks, told what this node does.
     pub feed: Feed,
     /// This node's subscribers of broadcast topics.
-    pub topics: crate::topics::Topics,
+    pub topics: Arc<crate::topics::Topics>,
     receivers: Mutex<HashMap<ReceiverId, Local>>,
     next_widget: AtomicU64,
     /// A weak self, so timers can reach the hub without keeping it alive.

@@ -12,6 +12,7 @@
 //! *epoch* changed, and a subscriber that comes back with an offset from before learns it was
 //! reset rather than getting a wrong "nothing missed".
 
+pub mod bridge;
 pub mod log;
 pub mod name;
 

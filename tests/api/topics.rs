@@ -250,12 +250,27 @@ async fn a_subscriber_that_falls_behind_is_closed_with_1013() {
     // It reads nothing while a few seconds of messages are broadcast: more than its outbox and
     // the socket's buffers hold.
     let mut slow = RawWidget::connect_to(&app, "/ws/topics?topics=t:a", 4096).await;
+    // Another, reading all along, gets every message.
+    let mut fast = WidgetClient::connect(&ws(&app, "topics=t:a"))
+        .await
+        .unwrap();
+    let reader = actix_web::rt::spawn(async move {
+        let mut got = 0;
+        while got < 1500 {
+            match fast.next_within(PROMPTLY).await {
+                Some(Incoming::Json(v)) if v["type"] == "message" => got += 1,
+                other => panic!("the reading subscriber got {other:?} after {got}"),
+            }
+        }
+        got
+    });
     let data = json!({"pad": "x".repeat(15_900)});
     for _ in 0..1500 {
         let (status, _) =
             broadcast(&app, json!({"topics": ["t:a"], "event": "e", "data": data})).await;
         assert_eq!(status, 202);
     }
+    assert_eq!(reader.await.unwrap(), 1500);
     // It reads again: what it was sent ends with a close frame, 1013 (try again later).
     let mut seen = Vec::new();
     let _ = tokio::time::timeout(PROMPTLY, slow.stream.read_to_end(&mut seen)).await;
@@ -432,4 +447,67 @@ async fn topics_span_nodes_on_redis() {
 async fn topics_span_nodes_on_a_redis_cluster() {
     let cluster = RedisCluster::spawn().await;
     topics_span_nodes(cluster.seeds(), true).await;
+}
+
+/// `--bridge 'tvs:*=trending:'`, fed by a real `redis-cli PUBLISH`: each message is republished
+/// once (two nodes bridge, one at a time), and one that is not a JSON object is counted, not
+/// fatal.
+#[actix_web::test]
+async fn the_bridge_republishes_redis_pub_sub_once() {
+    let redis = RedisServer::spawn().await;
+    let mut args = serve_args(Some(redis.url()));
+    args.public_topics = vec!["trending:*".into()];
+    args.bridge = vec!["tvs:*=trending:".into()];
+    let a = TestApp::spawn(args.clone()).await;
+    let b = TestApp::spawn(args).await;
+    let mut c = WidgetClient::connect(&ws(&b, "topics=trending:PL"))
+        .await
+        .unwrap();
+    let publish = |payload: &'static str| {
+        let port = redis.port.to_string();
+        async move {
+            let out = tokio::process::Command::new("redis-cli")
+                .args(["-p", &port, "PUBLISH", "tvs:PL", payload])
+                .output()
+                .await
+                .expect("redis-cli runs");
+            assert!(out.status.success(), "{out:?}");
+        }
+    };
+    // Until a node holds the bridge (it takes it at start, and one does within a lease).
+    let deadline = std::time::Instant::now() + PROMPTLY;
+    let first = loop {
+        publish(r#"{"title":"Viral in Poland"}"#).await;
+        if let Some(Incoming::Json(v)) = c.next_within(Duration::from_millis(300)).await {
+            break v;
+        }
+        assert!(std::time::Instant::now() < deadline, "never bridged");
+    };
+    assert_eq!(
+        (&first["topic"], &first["event"], &first["data"]),
+        (
+            &json!("trending:PL"),
+            &json!("tvs:PL"),
+            &json!({"title": "Viral in Poland"})
+        )
+    );
+    publish(r#"{"n":2}"#).await;
+    assert_eq!(message(&mut c).await["data"], json!({"n": 2}));
+    c.expect_silence(Duration::from_millis(300)).await;
+    publish("not json").await;
+    eventually(|| async {
+        let metrics = [
+            a.get_text("/metrics").await.1,
+            b.get_text("/metrics").await.1,
+        ];
+        metrics
+            .iter()
+            .any(|m| m.contains("cuebox_bridge_rejected_total 1"))
+    })
+    .await;
+    publish(r#"{"n":3}"#).await;
+    assert_eq!(message(&mut c).await["data"], json!({"n": 3}));
+    c.expect_silence(Duration::from_millis(300)).await;
+    a.stop().await;
+    b.stop().await;
 }

@@ -44,6 +44,14 @@ impl Target {
         self.cluster
     }
 
+    /// The first URL alone, as a single server: one node of a cluster.
+    pub fn first_node(&self) -> Target {
+        Target {
+            urls: self.urls.iter().take(1).cloned().collect(),
+            cluster: false,
+        }
+    }
+
     /// A connection for commands. `push`, if given, receives pub/sub messages; the connection
     /// then speaks RESP3.
     pub async fn connect(&self, push: Option<Pusher>) -> Result<Connection, StoreError> {

@@ -183,6 +183,11 @@ impl Keys {
             .is_some_and(|rest| rest.ends_with("}:messages"))
     }
 
+    /// Held by the node that bridges Redis pub/sub to topics (see `crate::topics::bridge`).
+    pub fn bridge_leader(&self) -> String {
+        format!("{}:bridge:leader", self.prefix)
+    }
+
     /// Where a broadcast's idempotency key is remembered.
     pub fn broadcast_idempotency(&self, key: &str) -> String {
         format!("{}:broadcast:idem:{key}", self.prefix)
