@@ -157,6 +157,11 @@ pub struct ServeArgs {
     #[arg(long, env = "CUEBOX_BRIDGE", value_delimiter = ' ')]
     pub bridge: Vec<String>,
 
+    /// Most subscriber connections to broadcast topics from one address (429 past it; 0: no
+    /// limit). The peer's address: behind a proxy, limit there.
+    #[arg(long, env = "CUEBOX_MAX_CONNECTIONS_PER_IP", default_value_t = 256)]
+    pub max_connections_per_ip: u32,
+
     /// Text-to-speech by a local program: a command line, `{voice}` and `{rate}` where they go,
     /// given the text on its standard input, writing audio (WAV) on its standard output.
     /// Unset: `espeak-ng --stdout -v {voice} -s {rate}` when espeak-ng is installed. "" turns

@@ -93,9 +93,73 @@ impl Drop for Connection {
     }
 }
 
+/// Connections from each peer address: subscribers of broadcast topics are the public's pages,
+/// so one address may hold only so many (`--max-connections-per-ip`).
+pub struct PerAddress {
+    open: Arc<std::sync::Mutex<std::collections::HashMap<std::net::IpAddr, u32>>>,
+    max: u32,
+}
+
+/// One counted connection of an address; dropping it gives the place back.
+pub struct AddressConnection {
+    open: Arc<std::sync::Mutex<std::collections::HashMap<std::net::IpAddr, u32>>>,
+    ip: std::net::IpAddr,
+}
+
+impl PerAddress {
+    /// `max` 0: no limit.
+    pub fn new(max: u32) -> Self {
+        Self {
+            open: Arc::default(),
+            max,
+        }
+    }
+
+    /// A place for one more connection from `ip`, if it has one left.
+    pub fn admit(&self, ip: std::net::IpAddr) -> Option<AddressConnection> {
+        let mut open = self.open.lock().unwrap_or_else(|e| e.into_inner());
+        let n = open.entry(ip).or_default();
+        if self.max > 0 && *n >= self.max {
+            return None;
+        }
+        *n += 1;
+        Some(AddressConnection {
+            open: self.open.clone(),
+            ip,
+        })
+    }
+}
+
+impl Drop for AddressConnection {
+    fn drop(&mut self) {
+        let mut open = self.open.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(n) = open.get_mut(&self.ip) {
+            *n -= 1;
+            if *n == 0 {
+                open.remove(&self.ip);
+            }
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn an_address_holds_at_most_its_connections_and_gets_them_back() {
+        let limit = PerAddress::new(2);
+        let ip: std::net::IpAddr = "10.0.0.1".parse().unwrap();
+        let (a, _b) = (limit.admit(ip).unwrap(), limit.admit(ip).unwrap());
+        assert!(limit.admit(ip).is_none());
+        assert!(limit.admit("10.0.0.2".parse().unwrap()).is_some());
+        drop(a);
+        assert!(limit.admit(ip).is_some());
+        assert!(
+            limit.open.lock().unwrap().len() <= 2,
+            "nothing kept for addresses gone"
+        );
+    }
 
     #[test]
     fn a_key_gets_its_burst_then_waits() {

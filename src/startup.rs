@@ -225,6 +225,7 @@ impl Application {
             speech,
             topic_log,
             public_topics,
+            per_address: crate::limits::PerAddress::new(args.max_connections_per_ip),
         });
 
         let listener = TcpListener::bind(&args.bind).map_err(|source| StartError::Bind {

@@ -61,6 +61,8 @@ pub enum ApiError {
     TooManyWidgets(StoreError),
     #[error("this node holds as many widget connections as it may; try another node")]
     NodeFull,
+    #[error("this address holds as many subscriber connections as it may; close one first")]
+    AddressFull,
     #[error("this node is shutting down; try another node")]
     ShuttingDown,
     #[error("the store is unavailable; nothing was accepted, retry")]
@@ -130,6 +132,7 @@ impl ApiError {
             ApiError::RateLimited(_) => "rate_limited",
             ApiError::TooManyWidgets(_) => "too_many_widgets",
             ApiError::NodeFull => "node_full",
+            ApiError::AddressFull => "too_many_connections",
             ApiError::ShuttingDown => "shutting_down",
             ApiError::Unavailable(_) => "store_unavailable",
             ApiError::OutcomeUnknown(_) | ApiError::ChangeUnknown(_) => "outcome_unknown",
@@ -150,9 +153,10 @@ impl ResponseError for ApiError {
             ApiError::TooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
             ApiError::BodyTimeout(_) => StatusCode::REQUEST_TIMEOUT,
             ApiError::UnsupportedMediaType => StatusCode::UNSUPPORTED_MEDIA_TYPE,
-            ApiError::QueueFull | ApiError::RateLimited(_) | ApiError::TooManyWidgets(_) => {
-                StatusCode::TOO_MANY_REQUESTS
-            }
+            ApiError::QueueFull
+            | ApiError::RateLimited(_)
+            | ApiError::TooManyWidgets(_)
+            | ApiError::AddressFull => StatusCode::TOO_MANY_REQUESTS,
             ApiError::NodeFull | ApiError::ShuttingDown | ApiError::NoSpeech(_) => {
                 StatusCode::SERVICE_UNAVAILABLE
             }

@@ -49,6 +49,8 @@ pub struct AppState {
     pub topic_log: Arc<dyn crate::topics::TopicLog>,
     /// Topics anyone may subscribe to (`--public-topics`).
     pub public_topics: Vec<crate::topics::Pattern>,
+    /// Subscriber connections from each address (`--max-connections-per-ip`).
+    pub per_address: crate::limits::PerAddress,
 }
 
 pub fn routes(cfg: &mut web::ServiceConfig) {

@@ -275,6 +275,10 @@ pub async fn connect(
     if *state.shutdown.borrow() {
         return Err(ApiError::ShuttingDown.into());
     }
+    let from = req
+        .peer_addr()
+        .map_or(std::net::IpAddr::from([0, 0, 0, 0]), |a| a.ip());
+    let address = state.per_address.admit(from).ok_or(ApiError::AddressFull)?;
     let connection = state.connections.admit().ok_or(ApiError::NodeFull)?;
     let (response, session, stream) = actix_ws::handle(&req, body)?;
     let stream = stream.max_frame_size(4 * 1024).aggregate_continuations();
@@ -287,7 +291,7 @@ pub async fn connect(
             last: HashMap::new(),
         };
         subscriber.run(&state, since, session, stream, socket).await;
-        drop(connection);
+        drop((connection, address));
     });
     Ok(response)
 }

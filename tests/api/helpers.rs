@@ -332,6 +332,7 @@ pub fn serve_args(redis_url: Option<String>) -> ServeArgs {
         topic_history_ttl: Duration::from_secs(600),
         public_topics: Vec::new(),
         bridge: Vec::new(),
+        max_connections_per_ip: 256,
     }
 }
 

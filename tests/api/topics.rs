@@ -511,3 +511,39 @@ async fn the_bridge_republishes_redis_pub_sub_once() {
     a.stop().await;
     b.stop().await;
 }
+
+/// `--max-connections-per-ip`: past it, 429 before the upgrade; a place comes back when one of
+/// that address's connections closes.
+#[actix_web::test]
+async fn one_address_holds_at_most_its_subscriber_connections() {
+    let mut args = serve_args(None);
+    args.public_topics = vec!["t:*".into()];
+    args.max_connections_per_ip = 2;
+    let app = TestApp::spawn(args).await;
+    let first = WidgetClient::connect(&ws(&app, "topics=t:a"))
+        .await
+        .unwrap();
+    let _second = WidgetClient::connect(&ws(&app, "topics=t:a"))
+        .await
+        .unwrap();
+    match WidgetClient::connect(&ws(&app, "topics=t:a")).await {
+        Err(awc::error::WsClientError::InvalidResponseStatus(status)) => {
+            assert_eq!(status.as_u16(), 429)
+        }
+        Err(e) => panic!("refused otherwise: {e}"),
+        Ok(_) => panic!("a third connection from one address"),
+    }
+    first.close().await;
+    let deadline = std::time::Instant::now() + PROMPTLY;
+    while WidgetClient::connect(&ws(&app, "topics=t:a"))
+        .await
+        .is_err()
+    {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the place never came back"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    app.stop().await;
+}
