@@ -66,6 +66,8 @@ pub fn routes(cfg: &mut web::ServiceConfig) {
     .route("/publish", web::post().to(publish::publish))
     .route("/broadcast", web::post().to(topics::broadcast))
     .route("/ws/topics", web::get().to(topics::connect))
+    .route("/client.js", web::get().to(topics::client_script))
+    .route("/toasts", web::get().to(topics::toasts_page))
     .route("/alerts/{id}", web::get().to(alerts::get))
     .route("/alerts/{id}/status", web::get().to(alerts::status_page))
     .route(

@@ -17,6 +17,8 @@ const DOCK_JS: &str = include_str!("../../widget/dock.js");
 const DOCK_CSS: &str = include_str!("../../widget/dock.css");
 const STATUS_JS: &str = include_str!("../../widget/status.js");
 const STATUS_CSS: &str = include_str!("../../widget/status.css");
+const TOASTS_JS: &str = include_str!("../../widget/toasts.js");
+const TOASTS_CSS: &str = include_str!("../../widget/toasts.css");
 
 /// Scripts only from cuebox itself, so even if donor text ever reached the DOM as HTML, no
 /// inline handler in it could run.
@@ -120,6 +122,8 @@ pub async fn widget_asset(path: web::Path<String>) -> Result<HttpResponse, ApiEr
         "dock.css" => (DOCK_CSS, "text/css; charset=utf-8"),
         "status.js" => (STATUS_JS, "text/javascript; charset=utf-8"),
         "status.css" => (STATUS_CSS, "text/css; charset=utf-8"),
+        "toasts.js" => (TOASTS_JS, "text/javascript; charset=utf-8"),
+        "toasts.css" => (TOASTS_CSS, "text/css; charset=utf-8"),
         _ => return Err(ApiError::NotFound),
     };
     Ok(HttpResponse::Ok()

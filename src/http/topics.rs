@@ -238,6 +238,52 @@ impl Grant {
     }
 }
 
+/// The patterns of a `topics=` query, if the token (or none) allows every one of them.
+fn allowed(
+    state: &AppState,
+    topics: Option<&str>,
+    token: Option<&str>,
+) -> Result<(Grant, Vec<Pattern>), ApiError> {
+    let patterns =
+        crate::topics::name::patterns(topics.unwrap_or("")).map_err(ApiError::Invalid)?;
+    if patterns.len() > MAX_PATTERNS {
+        return Err(invalid("topics", format!("at most {MAX_PATTERNS} topics")));
+    }
+    let grant = Grant::of(state, token)?;
+    if let Some(refused) = patterns.iter().find(|p| !grant.allows(p)) {
+        return Err(ApiError::ForbiddenTopic(refused.to_string()));
+    }
+    Ok((grant, patterns))
+}
+
+const CLIENT_JS: &str = include_str!("../../widget/client.js");
+const TOASTS_HTML: &str = include_str!("../../widget/toasts.html");
+
+/// `GET /client.js`: the broadcast client, for any page (`cuebox.subscribe`).
+pub async fn client_script() -> HttpResponse {
+    HttpResponse::Ok()
+        .insert_header((header::CONTENT_TYPE, "text/javascript; charset=utf-8"))
+        .insert_header((header::CACHE_CONTROL, "public, max-age=300"))
+        .insert_header((header::ACCESS_CONTROL_ALLOW_ORIGIN, "*"))
+        .body(CLIENT_JS)
+}
+
+/// `GET /toasts?topics=...&token=...[&title=&body=&image=&duration_ms=]`: a ready page that
+/// shows each message as a toast, for an iframe or an OBS source. Refused (403, 401) as a
+/// subscription to those topics would be.
+pub async fn toasts_page(
+    query: web::Query<SubscribeQuery>,
+    state: web::Data<AppState>,
+) -> Result<HttpResponse, ApiError> {
+    allowed(&state, query.topics.as_deref(), query.token.as_deref())?;
+    Ok(HttpResponse::Ok()
+        .insert_header((header::CONTENT_TYPE, "text/html; charset=utf-8"))
+        .insert_header((header::CONTENT_SECURITY_POLICY, super::pages::CSP))
+        .insert_header((header::CACHE_CONTROL, "no-cache"))
+        .insert_header(("Referrer-Policy", "no-referrer"))
+        .body(TOASTS_HTML))
+}
+
 /// `since=trending:PL:42,trending:NL:7`: the last offset of each topic the subscriber got.
 fn parse_since(s: &str) -> Result<Vec<(Topic, u64)>, ApiError> {
     s.split(',')
@@ -261,16 +307,8 @@ pub async fn connect(
     query: web::Query<SubscribeQuery>,
     state: web::Data<AppState>,
 ) -> Result<HttpResponse, actix_web::Error> {
-    let patterns = crate::topics::name::patterns(query.topics.as_deref().unwrap_or(""))
-        .map_err(ApiError::Invalid)?;
-    if patterns.len() > MAX_PATTERNS {
-        return Err(invalid("topics", format!("at most {MAX_PATTERNS} topics")).into());
-    }
+    let (grant, patterns) = allowed(&state, query.topics.as_deref(), query.token.as_deref())?;
     let since = parse_since(query.since.as_deref().unwrap_or(""))?;
-    let grant = Grant::of(&state, query.token.as_deref())?;
-    if let Some(refused) = patterns.iter().find(|p| !grant.allows(p)) {
-        return Err(ApiError::ForbiddenTopic(refused.to_string()).into());
-    }
     actix_http::ws::verify_handshake(req.head()).map_err(not_an_upgrade)?;
     if *state.shutdown.borrow() {
         return Err(ApiError::ShuttingDown.into());

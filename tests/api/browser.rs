@@ -1641,3 +1641,74 @@ async fn the_dock_lists_each_widget_on_air_off_air_or_preview() {
     assert!(text.as_str().unwrap().contains("off air"), "{text}");
     dock.assert_no_uncaught_errors();
 }
+
+/// The ready page of toasts: each broadcast message a toast, its title and body the data fields
+/// the query names, set as text with dir=auto (right-to-left reads right, markup shows as
+/// markup), an image only from an http(s) URL; a topic it may not subscribe to is refused.
+#[actix_web::test]
+async fn the_toast_page_shows_messages_as_text() {
+    let mut args = serve_args(None);
+    args.public_topics = vec!["t:*".into()];
+    let app = TestApp::spawn(args).await;
+    let image = image_server(80, 80).await;
+    let (status, _) = app.get_text("/toasts?topics=secret:x").await;
+    assert_eq!(status, 403);
+    let mut page = Page::open_until(
+        &format!(
+            "{}/toasts?topics=t:a&title=headline&body=summary&image=thumb",
+            app.base
+        ),
+        "typeof window.cueboxToasts === 'object' && window.cueboxToasts.connected >= 1",
+        "the toast page loads and subscribes",
+    )
+    .await;
+    let hostile = "<img src=x onerror=\"window.pwned=1\"> مرحبا بالعالم";
+    for data in [
+        json!({"headline": hostile, "summary": "שלום עולם", "thumb": image}),
+        json!({"headline": "Second", "summary": 42, "thumb": "javascript:alert(1)"}),
+    ] {
+        let (status, body) = app
+            .post_raw(
+                "/broadcast",
+                Some(PUBLISH_KEY),
+                "application/json",
+                json!({"topics": ["t:a"], "event": "new_trending", "data": data}).to_string(),
+            )
+            .await;
+        assert_eq!(status, 202, "{body}");
+    }
+    page.wait_for(
+        "document.querySelectorAll('#toasts .toast').length === 2",
+        PROMPTLY,
+        "both messages show as toasts",
+    )
+    .await;
+    let seen = page
+        .eval(
+            "(() => { const t = document.querySelectorAll('#toasts .toast'); return {\
+               title: t[0].querySelector('.title').textContent,\
+               dir: t[0].querySelector('.title').dir,\
+               markup: t[0].querySelector('.title').children.length,\
+               body: t[0].querySelector('.body').textContent,\
+               images: [t[0].querySelectorAll('img').length, t[1].querySelectorAll('img').length],\
+               src: t[0].querySelector('img') && t[0].querySelector('img').src,\
+               second: t[1].innerText,\
+               pwned: window.pwned === undefined ? null : window.pwned }; })()",
+        )
+        .await;
+    assert_eq!(seen["title"], hostile, "{seen}");
+    assert_eq!(
+        (&seen["dir"], &seen["markup"], &seen["body"]),
+        (&json!("auto"), &json!(0), &json!("שלום עולם")),
+        "{seen}"
+    );
+    assert_eq!(
+        seen["images"],
+        json!([1, 0]),
+        "only the http(s) image: {seen}"
+    );
+    assert_eq!(seen["src"], image, "{seen}");
+    assert!(seen["second"].as_str().unwrap().contains("42"), "{seen}");
+    assert_eq!(seen["pwned"], Value::Null, "the markup ran: {seen}");
+    page.assert_no_uncaught_errors();
+}
