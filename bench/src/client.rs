@@ -56,7 +56,12 @@ impl Publisher {
     }
 
     pub async fn publish(&mut self, body: String) -> Result<Published, Error> {
-        let request = hyper::Request::post("/publish")
+        self.post("/publish", body).await
+    }
+
+    /// Posts `body` to `path` (`/broadcast`): the status, and the id it answered on 202.
+    pub async fn post(&mut self, path: &str, body: String) -> Result<Published, Error> {
+        let request = hyper::Request::post(path)
             .header(hyper::header::HOST, &self.host)
             .header(hyper::header::AUTHORIZATION, &self.authorization)
             .header(hyper::header::CONTENT_TYPE, "application/json")
@@ -79,6 +84,45 @@ pub fn alert_body(receiver: &str, t: u64) -> String {
     format!(
         r#"{{"receiver":"{receiver}","kind":"donation","from":"bench","amount":{{"value":"10.50","currency":"BRL"}},"message":"A benchmark alert of ordinary length, with a few words.","duration_ms":1000,"data":{{"t":{t}}}}}"#
     )
+}
+
+/// A subscriber of broadcast topics.
+pub struct Subscriber {
+    ws: WebSocketStream<TcpStream>,
+}
+
+impl Subscriber {
+    pub async fn connect(addr: SocketAddr, topics: &str, token: &str) -> Result<Self, Error> {
+        let tcp = connect_tcp(addr).await?;
+        let url = format!("ws://{addr}/ws/topics?topics={topics}&token={token}");
+        let config = WebSocketConfig::default().read_buffer_size(READ_BUFFER);
+        let (ws, _) = tokio_tungstenite::client_async_with_config(url, tcp, Some(config)).await?;
+        Ok(Self { ws })
+    }
+
+    /// The `n` of the next message's data (`{"n":..}`, first in it), without parsing the
+    /// frame whole: the harness reads every delivery; `None` once the node closed.
+    pub async fn next_n(&mut self) -> Result<Option<u64>, Error> {
+        const AT: &str = r#""data":{"n":"#;
+        while let Some(message) = self.ws.next().await {
+            let Message::Text(text) = message? else {
+                continue;
+            };
+            let Some(at) = text.find(AT) else {
+                continue;
+            };
+            let digits: String = text[at + AT.len()..]
+                .chars()
+                .take_while(char::is_ascii_digit)
+                .collect();
+            return Ok(digits.parse().ok());
+        }
+        Ok(None)
+    }
+
+    pub async fn close(mut self) {
+        let _ = self.ws.close(None).await;
+    }
 }
 
 /// A widget's read buffer: room for a few alert frames at once.

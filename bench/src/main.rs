@@ -12,7 +12,7 @@ use serde_json::{json, Map, Value};
 use cuebox_bench::load::Clock;
 use cuebox_bench::node::{self, Node, Redis, Spawn, StoreKind};
 use cuebox_bench::report::{self, num, Table};
-use cuebox_bench::scenarios::{ceiling, cycles, data, drain, growth, idle, publish};
+use cuebox_bench::scenarios::{broadcast, ceiling, cycles, data, drain, growth, idle, publish};
 use cuebox_bench::Error;
 
 #[derive(Parser, Debug)]
@@ -91,6 +91,9 @@ enum Scenario {
     Ceiling(ceiling::Args),
     /// The SQLite store's data dir with 100,000 alerts queued and drained, and its restart time.
     Data(data::Args),
+    /// Subscribers of one broadcast topic: deliveries per second, latency to the last
+    /// subscriber, CPU per 1,000 deliveries, RSS per idle subscriber.
+    Broadcast(broadcast::Args),
     /// Every scenario in turn, each on a fresh node, with ratios to the ceiling.
     All(AllArgs),
 }
@@ -148,6 +151,9 @@ async fn run(cli: &Cli) -> Result<(), Error> {
         Scenario::Cycles(args) => tables.push(cycles::run(&node(cli).await?, clock, args).await?.0),
         Scenario::Publish(args) => tables.push(publish::run(&node(cli).await?, args).await?),
         Scenario::Idle(args) => tables.push(idle::run(&node(cli).await?, args).await?),
+        Scenario::Broadcast(args) => {
+            tables.push(broadcast::run(&node(cli).await?, clock, args).await?)
+        }
         Scenario::Growth(args) => tables.extend(growth::run(&node(cli).await?, clock, args).await?),
         Scenario::Data(args) => tables.push(data::run(&mut node(cli).await?, args).await?),
         Scenario::Ceiling(args) => {
@@ -308,6 +314,12 @@ async fn run_all(cli: &Cli, clock: Clock, small: bool) -> Result<Vec<Table>, Err
         idle_seconds: if small { 1.0 } else { 20.0 },
     };
     tables.push(idle::run(&node(cli).await?, &idle_args).await?);
+    let broadcast_args = broadcast::Args {
+        subscribers: if small { vec![20] } else { vec![1000, 10000] },
+        messages: if small { 10 } else { 200 },
+        publishers: 4,
+    };
+    tables.push(broadcast::run(&node(cli).await?, clock, &broadcast_args).await?);
     let growth_args = growth::Args {
         max_depth: if small { 100 } else { 100_000 },
         probe: if small { 20 } else { 3000 },

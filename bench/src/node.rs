@@ -215,6 +215,8 @@ impl Node {
             // The benchmarks measure the dispatcher, not the pause a streamer wants between
             // alerts (500 ms by default); a variable, so builds from before it still start.
             .env("CUEBOX_ALERT_GAP_MS", "0")
+            // Every subscriber of the broadcast scenario comes from 127.0.0.1.
+            .env("CUEBOX_MAX_CONNECTIONS_PER_IP", "0")
             .env_remove("CUEBOX_REDIS_URL")
             .env_remove("CUEBOX_DATA_DIR")
             .env_remove("CUEBOX_IN_MEMORY")
