@@ -184,6 +184,7 @@ impl Application {
             None => Arc::new(crate::topics::MemoryLog::new(
                 args.topic_history as usize,
                 args.topic_history_ttl,
+                hub.topics.clone(),
             )),
         };
         let rules = args
@@ -205,7 +206,6 @@ impl Application {
                 keys: keys.clone(),
                 node: node.as_str().into(),
                 log: topic_log.clone(),
-                topics: hub.topics.clone(),
                 metrics: metrics.clone(),
             };
             background.push(bridge.spawn().await?);

@@ -187,13 +187,11 @@ pub async fn broadcast(
     }
     let mut offsets = Map::new();
     for topic in &message.topics {
+        // The log hands it to the subscribers, in its topic's order (see `TopicLog::append`).
         let sent = log
             .append(topic, &outgoing)
             .await
             .map_err(ApiError::of_control)?;
-        state
-            .metrics
-            .broadcast_delivered(state.hub.topics.deliver(&sent));
         offsets.insert(topic.to_string(), sent.offset.into());
     }
     if let Some(key) = &idempotency_key {

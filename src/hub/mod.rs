@@ -142,11 +142,12 @@ pub struct Widget {
 
 impl Hub {
     pub fn new(store: Arc<dyn Store>, metrics: Arc<Metrics>) -> Arc<Self> {
+        let topics = Arc::new(crate::topics::Topics::new(metrics.clone()));
         Arc::new_cyclic(|me| Self {
             store,
             metrics,
             feed: Feed::default(),
-            topics: Default::default(),
+            topics,
             receivers: Mutex::new(HashMap::new()),
             next_widget: AtomicU64::new(1),
             me: me.clone(),
@@ -623,10 +624,7 @@ impl Hub {
             } => self.feed.revoke(&receiver),
             Notice::Feed { receiver, payload } => self.feed.heard(&receiver, &payload),
             Notice::Designs { receiver } => self.designs_changed(&receiver).await,
-            Notice::Broadcast(sent) => {
-                let delivered = self.topics.deliver(&sent);
-                self.metrics.broadcast_delivered(delivered);
-            }
+            Notice::Broadcast(sent) => self.topics.deliver(&sent),
         }
     }
 

@@ -19,7 +19,7 @@ use redis::{PushInfo, PushKind, Value};
 use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
 
-use super::{Outgoing, Topic, TopicLog, Topics};
+use super::{Outgoing, Topic, TopicLog};
 use crate::metrics::Metrics;
 use crate::store::redis::connection::{Connection, Target};
 use crate::store::redis::keys::Keys;
@@ -77,7 +77,6 @@ pub struct Bridge {
     pub keys: Keys,
     pub node: Arc<str>,
     pub log: Arc<dyn TopicLog>,
-    pub topics: Arc<Topics>,
     pub metrics: Arc<Metrics>,
 }
 
@@ -205,12 +204,10 @@ impl Bridge {
             .duration_since(UNIX_EPOCH)
             .map_or(0, |d| d.as_millis() as u64);
         let message = Outgoing::new(channel, &data, now);
-        let sent = self
-            .log
+        self.log
             .append(&topic, &message)
             .await
             .map_err(|_| "the store did not take it")?;
-        self.metrics.broadcast_delivered(self.topics.deliver(&sent));
         Ok(())
     }
 }

@@ -1,12 +1,12 @@
 //! Where each topic keeps its last messages, for subscribers that come back.
 
 use std::collections::{HashMap, VecDeque};
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use async_trait::async_trait;
 
-use super::{Outgoing, Sent, Topic};
+use super::{Outgoing, Sent, Topic, Topics};
 use crate::store::StoreError;
 
 /// What a subscriber coming back with an offset missed.
@@ -21,8 +21,11 @@ pub enum Missed {
 /// A topic's log of recent messages.
 #[async_trait]
 pub trait TopicLog: Send + Sync + 'static {
-    /// Keeps `message` as the next message of `topic`; answers it with its offset. Other nodes
-    /// hear of it from the store; this node delivers it itself.
+    /// Keeps `message` as the next message of `topic`, and has it delivered to the topic's
+    /// subscribers on every node in the order of its offsets: a log hands each message on as
+    /// it keeps it (in memory, under its lock; Redis, through the one channel every node,
+    /// this one included, hears), never out of order, since a subscriber drops what comes
+    /// after a later offset as already seen (the seam of its recovery). Answers it sent.
     async fn append(&self, topic: &Topic, message: &Outgoing) -> Result<Sent, StoreError>;
 
     /// What a subscriber that last got offset `since` of `topic` missed.
@@ -81,6 +84,8 @@ pub struct MemoryLog {
     keep: usize,
     ttl: Duration,
     topics: Mutex<Logs>,
+    /// This node's subscribers: it is the only node.
+    subscribers: Arc<Topics>,
 }
 
 #[derive(Default)]
@@ -101,12 +106,14 @@ struct Kept {
 const SWEEP_EVERY: usize = 1024;
 
 impl MemoryLog {
-    /// Keeps each topic's last `keep` messages, each for `ttl`.
-    pub fn new(keep: usize, ttl: Duration) -> Self {
+    /// Keeps each topic's last `keep` messages, each for `ttl`, and hands each to
+    /// `subscribers`.
+    pub fn new(keep: usize, ttl: Duration, subscribers: Arc<Topics>) -> Self {
         Self {
             keep,
             ttl,
             topics: Mutex::default(),
+            subscribers,
         }
     }
 
@@ -165,6 +172,8 @@ impl TopicLog for MemoryLog {
         while kept.messages.len() > self.keep {
             kept.messages.pop_front();
         }
+        // Under the lock, so two publishes to one topic reach each subscriber in order.
+        self.subscribers.deliver(&sent);
         Ok(sent)
     }
 
@@ -227,7 +236,7 @@ mod tests {
 
     #[tokio::test]
     async fn a_subscriber_gets_what_it_missed_or_a_reset_past_what_is_kept() {
-        let log = MemoryLog::new(3, Duration::from_secs(60));
+        let log = MemoryLog::new(3, Duration::from_secs(60), Arc::default());
         let t = topic("trending:PL");
         let message = Outgoing::new("new_trending", &serde_json::json!({"n": 1}), 1);
         let mut offsets = Vec::new();
@@ -273,7 +282,7 @@ mod tests {
 
     #[tokio::test]
     async fn messages_past_their_time_are_not_kept() {
-        let log = MemoryLog::new(100, Duration::from_millis(30));
+        let log = MemoryLog::new(100, Duration::from_millis(30), Arc::default());
         let t = topic("t");
         let message = Outgoing::new("e", &serde_json::json!({}), 1);
         let first = log.append(&t, &message).await.unwrap().offset;

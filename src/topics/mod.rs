@@ -72,6 +72,8 @@ pub const OUTBOX: usize = 256;
 #[derive(Default)]
 pub struct Topics {
     subscribers: Mutex<Subscribers>,
+    /// Counts deliveries and drops, if set.
+    metrics: Option<std::sync::Arc<crate::metrics::Metrics>>,
 }
 
 #[derive(Default)]
@@ -93,6 +95,13 @@ pub struct Subscription {
 }
 
 impl Topics {
+    pub fn new(metrics: std::sync::Arc<crate::metrics::Metrics>) -> Self {
+        Self {
+            subscribers: Mutex::default(),
+            metrics: Some(metrics),
+        }
+    }
+
     fn lock(&self) -> std::sync::MutexGuard<'_, Subscribers> {
         self.subscribers.lock().unwrap_or_else(|e| e.into_inner())
     }
@@ -123,10 +132,10 @@ impl Topics {
         self.lock().all.len()
     }
 
-    /// Hands `sent` to every subscriber of its topic here; answers how many got it and how many
-    /// were dropped for falling behind (their outbox full: it closes, and they recover by offset
-    /// when they reconnect). Never waits.
-    pub fn deliver(&self, sent: &Sent) -> (usize, usize) {
+    /// Hands `sent` to every subscriber of its topic here, counting how many got it and how
+    /// many were dropped for falling behind (their outbox full: it closes, and they recover by
+    /// offset when they reconnect). Never waits.
+    pub fn deliver(&self, sent: &Sent) {
         let mut s = self.lock();
         let (mut delivered, mut behind) = (0, Vec::new());
         for (id, sub) in &s.all {
@@ -143,6 +152,9 @@ impl Topics {
         for id in &behind {
             s.all.remove(id);
         }
-        (delivered, behind.len())
+        drop(s);
+        if let Some(metrics) = &self.metrics {
+            metrics.broadcast_delivered((delivered, behind.len()));
+        }
     }
 }

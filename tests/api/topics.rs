@@ -547,3 +547,45 @@ async fn one_address_holds_at_most_its_subscriber_connections() {
     }
     app.stop().await;
 }
+
+/// Publishes to one topic at once, from several connections: every subscriber gets every
+/// message, in the order of its offsets (a message delivered after a later one would be taken
+/// for one already seen, and lost).
+async fn concurrent_broadcasts_all_arrive_in_order(app: TestApp) {
+    let mut c = WidgetClient::connect(&ws(&app, "topics=t:a"))
+        .await
+        .unwrap();
+    let posts = (0..100).map(|n| {
+        let app = &app;
+        async move {
+            broadcast(
+                app,
+                json!({"topics": ["t:a"], "event": "e", "data": {"n": n}}),
+            )
+            .await
+        }
+    });
+    let answers = futures_util::future::join_all(posts).await;
+    assert!(answers.iter().all(|(status, _)| *status == 202));
+    let mut last = 0;
+    for _ in 0..100 {
+        let offset = message(&mut c).await["offset"].as_u64().unwrap();
+        assert!(offset > last, "{offset} after {last}");
+        last = offset;
+    }
+    c.expect_silence(Duration::from_millis(200)).await;
+    app.stop().await;
+}
+
+#[actix_web::test]
+async fn concurrent_broadcasts_all_arrive_in_order_on_the_embedded_store() {
+    concurrent_broadcasts_all_arrive_in_order(app_with(&["t:*"], 100).await).await;
+}
+
+#[actix_web::test]
+async fn concurrent_broadcasts_all_arrive_in_order_on_redis() {
+    let redis = RedisServer::spawn().await;
+    let mut args = serve_args(Some(redis.url()));
+    args.public_topics = vec!["t:*".into()];
+    concurrent_broadcasts_all_arrive_in_order(TestApp::spawn(args).await).await;
+}

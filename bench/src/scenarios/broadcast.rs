@@ -72,28 +72,17 @@ pub async fn run(node: &Node, clock: Clock, args: &Args) -> Result<Table, Error>
     for &n in &args.subscribers {
         let topic = format!("bench:n{n}");
         let base = node.usage();
-        let mut subscribers = Vec::with_capacity(n);
-        while subscribers.len() < n {
-            let batch = CONNECTING.min(n - subscribers.len());
+        // Both phases' receipts, one after the other, by message number. Each subscriber is
+        // read from the moment it connects, so it answers the node's pings all along.
+        let receipts = Arc::new(Receipts::new(2 * args.messages));
+        let total = 2 * args.messages;
+        let mut readers = Vec::with_capacity(n);
+        while readers.len() < n {
+            let batch = CONNECTING.min(n - readers.len());
             let connecting = (0..batch).map(|_| Subscriber::connect(node.addr, &topic, &token));
             for s in futures_util::future::join_all(connecting).await {
-                subscribers.push(s?);
-            }
-        }
-        tokio::time::sleep(SETTLE).await;
-        let idle = node.usage();
-        let kib = match (base, idle) {
-            (Some(b), Some(i)) => num(i.rss_kib.saturating_sub(b.rss_kib) as f64 / n as f64, 2),
-            _ => serde_json::Value::Null,
-        };
-        // Both phases' receipts, one after the other, by message number.
-        let receipts = Arc::new(Receipts::new(2 * args.messages));
-        let readers: Vec<_> = subscribers
-            .into_iter()
-            .map(|mut s| {
-                let receipts = receipts.clone();
-                let total = 2 * args.messages;
-                tokio::spawn(async move {
+                let (mut s, receipts) = (s?, receipts.clone());
+                readers.push(tokio::spawn(async move {
                     let mut seen = 0;
                     while seen < total {
                         match s.next_n().await {
@@ -108,9 +97,15 @@ pub async fn run(node: &Node, clock: Clock, args: &Args) -> Result<Table, Error>
                         }
                     }
                     s.close().await;
-                })
-            })
-            .collect();
+                }));
+            }
+        }
+        tokio::time::sleep(SETTLE).await;
+        let idle = node.usage();
+        let kib = match (base, idle) {
+            (Some(b), Some(i)) => num(i.rss_kib.saturating_sub(b.rss_kib) as f64 / n as f64, 2),
+            _ => serde_json::Value::Null,
+        };
 
         // Full rate: `publishers` post back to back.
         let before = node.usage();
@@ -231,7 +226,15 @@ async fn wait_for(
                     )
                 })
                 .sum();
-            return Err(format!("{short} deliveries never came").into());
+            let first = range
+                .clone()
+                .find(|&m| receipts.got[m as usize].load(Ordering::Relaxed) < subscribers)
+                .unwrap_or(0);
+            let got = receipts.got[first as usize].load(Ordering::Relaxed);
+            return Err(format!(
+                "{short} deliveries never came (message {first} reached {got} of {subscribers})"
+            )
+            .into());
         }
         tokio::time::sleep(Duration::from_millis(5)).await;
     }

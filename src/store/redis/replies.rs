@@ -85,14 +85,12 @@ pub(super) fn parse_notice(keys: &Keys, node: &str, data: &[Value]) -> Option<No
     })
 }
 
-/// `topic <origin node> <topic> <offset> <frame>`, as the library's `topic_append` publishes it;
-/// a node's own are skipped (it delivered them itself).
-fn parse_broadcast(node: &str, payload: &str) -> Option<Notice> {
+/// `topic <origin node> <topic> <offset> <frame>`, as the library's `topic_append` publishes it.
+/// A node's own are kept: every node, the one that published included, delivers a topic's
+/// messages from this one stream, so every subscriber gets them in the order of their offsets.
+fn parse_broadcast(_node: &str, payload: &str) -> Option<Notice> {
     let rest = payload.strip_prefix("topic ")?;
-    let (origin, rest) = rest.split_once(' ')?;
-    if origin == node {
-        return None;
-    }
+    let (_origin, rest) = rest.split_once(' ')?;
     let (topic, rest) = rest.split_once(' ')?;
     let (offset, frame) = rest.split_once(' ')?;
     Some(Notice::Broadcast(crate::topics::Sent {
