@@ -47,21 +47,7 @@ async fn accept(
     mut body: web::Payload,
     state: &AppState,
 ) -> Result<HttpResponse, ApiError> {
-    let key = authorize_publisher(&req, &state.publish_keys)?;
-    if let Err(wait) = state.publish_rate.take(key) {
-        return Err(ApiError::RateLimited(
-            wait.as_secs_f64().ceil().max(1.0) as u64
-        ));
-    }
-    let is_json = req
-        .headers()
-        .get(header::CONTENT_TYPE)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.split(';').next())
-        .is_some_and(|v| v.trim().eq_ignore_ascii_case("application/json"));
-    if !is_json {
-        return Err(ApiError::UnsupportedMediaType);
-    }
+    admit_publisher(&req, state)?;
     let declared = req
         .headers()
         .get(header::CONTENT_LENGTH)
@@ -162,6 +148,27 @@ async fn accept(
         }
         Publish::QueueFull => Err(ApiError::QueueFull),
     }
+}
+
+/// What `POST /publish` and `POST /broadcast` ask first: a publish key, within its rate, and a
+/// JSON body.
+pub(super) fn admit_publisher(req: &HttpRequest, state: &AppState) -> Result<(), ApiError> {
+    let key = authorize_publisher(req, &state.publish_keys)?;
+    if let Err(wait) = state.publish_rate.take(key) {
+        return Err(ApiError::RateLimited(
+            wait.as_secs_f64().ceil().max(1.0) as u64
+        ));
+    }
+    let is_json = req
+        .headers()
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.split(';').next())
+        .is_some_and(|v| v.trim().eq_ignore_ascii_case("application/json"));
+    if !is_json {
+        return Err(ApiError::UnsupportedMediaType);
+    }
+    Ok(())
 }
 
 /// Reads a body of at most `limit` bytes within `timeout`: a larger one is 413, a slower one 408,

@@ -16,12 +16,12 @@ use serde::Deserialize;
 use serde_json::{json, Map, Value};
 use tokio::time::Instant;
 
-use super::publish::read_body;
+use super::publish::{admit_publisher, read_body};
 use super::socket::ConnectionSocket;
 use super::widget::{
     not_an_upgrade, reason, send, Outbound, Unsent, CLOSE_TIMEOUT, PING_EVERY, SILENCE,
 };
-use super::{authorize_publisher, ApiError, AppState};
+use super::{ApiError, AppState};
 use crate::alert::FieldError;
 use crate::topics::{Missed, Outgoing, Pattern, Sent, Topic};
 
@@ -141,21 +141,7 @@ pub async fn broadcast(
     mut body: web::Payload,
     state: web::Data<AppState>,
 ) -> Result<HttpResponse, ApiError> {
-    let key = authorize_publisher(&req, &state.publish_keys)?;
-    if let Err(wait) = state.publish_rate.take(key) {
-        return Err(ApiError::RateLimited(
-            wait.as_secs_f64().ceil().max(1.0) as u64
-        ));
-    }
-    let is_json = req
-        .headers()
-        .get(header::CONTENT_TYPE)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.split(';').next())
-        .is_some_and(|v| v.trim().eq_ignore_ascii_case("application/json"));
-    if !is_json {
-        return Err(ApiError::UnsupportedMediaType);
-    }
+    admit_publisher(&req, &state)?;
     let bytes = read_body(&mut body, 1024, MAX_BODY, state.body_timeout).await?;
     let message = Broadcast::parse(&bytes)?;
     let idempotency_key = match req.headers().get("idempotency-key") {
