@@ -455,7 +455,20 @@ async fn topics_span_nodes_on_a_redis_cluster() {
 #[actix_web::test]
 async fn the_bridge_republishes_redis_pub_sub_once() {
     let redis = RedisServer::spawn().await;
-    let mut args = serve_args(Some(redis.url()));
+    bridged(serve_args(Some(redis.url())), redis.port).await;
+}
+
+/// On a Redis Cluster, a message published on any of its nodes is bridged (classic pub/sub
+/// reaches every node of a cluster; the bridge listens on the first seed).
+#[actix_web::test]
+async fn the_bridge_republishes_redis_pub_sub_once_on_a_cluster() {
+    let cluster = RedisCluster::spawn().await;
+    let mut args = serve_args(Some(cluster.seeds()));
+    args.redis.cluster = true;
+    bridged(args, cluster.nodes[2].port).await;
+}
+
+async fn bridged(mut args: cuebox::config::ServeArgs, publish_port: u16) {
     args.public_topics = vec!["trending:*".into()];
     args.bridge = vec!["tvs:*=trending:".into()];
     let a = TestApp::spawn(args.clone()).await;
@@ -464,7 +477,7 @@ async fn the_bridge_republishes_redis_pub_sub_once() {
         .await
         .unwrap();
     let publish = |payload: &'static str| {
-        let port = redis.port.to_string();
+        let port = publish_port.to_string();
         async move {
             let out = tokio::process::Command::new("redis-cli")
                 .args(["-p", &port, "PUBLISH", "tvs:PL", payload])
@@ -588,4 +601,27 @@ async fn concurrent_broadcasts_all_arrive_in_order_on_redis() {
     let mut args = serve_args(Some(redis.url()));
     args.public_topics = vec!["t:*".into()];
     concurrent_broadcasts_all_arrive_in_order(TestApp::spawn(args).await).await;
+}
+
+/// The bridge republishes Redis pub/sub: with the embedded store, the node says so and stops.
+#[actix_web::test]
+async fn the_bridge_needs_the_redis_store() {
+    let out = cuebox()
+        .args([
+            "serve",
+            "--in-memory",
+            "--bind",
+            "127.0.0.1:0",
+            "--bridge",
+            "tvs:*=trending:",
+        ])
+        .output()
+        .await
+        .unwrap();
+    assert!(!out.status.success());
+    let said = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        said.contains("--bridge") && said.contains("Redis"),
+        "{said}"
+    );
 }
