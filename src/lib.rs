@@ -27,7 +27,9 @@
 //!   resolved look, its speech).
 //! - [`feed`] makes the events of each receiver for its docks' live feed, and keeps the last ones.
 //! - [`topics`] holds broadcast topics: their names and patterns, each topic's log of recent
-//!   messages ([`topics::TopicLog`]), and this node's subscribers and the fan-out to them.
+//!   messages ([`topics::TopicLog`]; in Redis, [`store::redis::topics`]), this node's
+//!   subscribers and the fan-out to them, and the bridge from Redis pub/sub
+//!   ([`topics::bridge`]). `http::topics` serves them.
 //! - [`http`] serves publish, the streamer's controls, the widget socket and page, health.
 //! - [`startup`] builds a node and runs it until it is stopped.
 //! - [`telemetry`] sets up logging.
