@@ -297,7 +297,7 @@ pub enum Answer {
 }
 
 /// How soon a waiting alert can show, as the rules see it (the gaps between alerts, which
-/// widgets keep, aside: see [`crate::eta`]).
+/// widgets keep, aside: the HTTP layer adds one per alert ahead, `http::alerts`).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Eta {
     /// In about this many ms: what is left of the alert in flight (all of its duration while

@@ -154,7 +154,7 @@ impl Keys {
     }
 
     /// A broadcast topic's keys: its hash (`last`, the offset it last gave) and its log (a list
-    /// of "<at, ms> <offset> <frame>", oldest first). They share the hash tag of the topic's
+    /// of `"<at, ms> <offset> <frame>"`, oldest first). They share the hash tag of the topic's
     /// bucket with the bucket's channel ([`Keys::topic_channel`]), so one function call keeps a
     /// message and publishes it, on a Redis Cluster too.
     pub fn topic(&self, topic: &Topic) -> (String, String) {
