@@ -1556,7 +1556,7 @@ async fn the_status_page_follows_one_alert_live() {
     let url = mine["status_url"].as_str().unwrap();
     let mut page = Page::open_until(
         url,
-        "document.body.dataset.status === 'queued'",
+        "document.body && document.body.dataset.status === 'queued'",
         "the status page reads its alert",
     )
     .await;
