@@ -302,7 +302,16 @@ pub async fn connect(
         .map_or(std::net::IpAddr::from([0, 0, 0, 0]), |a| a.ip());
     let address = state.per_address.admit(from).ok_or(ApiError::AddressFull)?;
     let connection = state.connections.admit().ok_or(ApiError::NodeFull)?;
-    let (response, session, stream) = actix_ws::handle(&req, body)?;
+    // Subscribed before the upgrade is answered: a message published once the client has its
+    // answer reaches it (it waits in the outbox until the connection's task runs).
+    let subscription = state.hub.topics.subscribe(patterns.clone());
+    let (response, session, stream) = match actix_ws::handle(&req, body) {
+        Ok(upgraded) => upgraded,
+        Err(e) => {
+            state.hub.topics.unsubscribe(subscription.id);
+            return Err(e);
+        }
+    };
     let stream = stream.max_frame_size(4 * 1024).aggregate_continuations();
     let socket = req.conn_data::<ConnectionSocket>().copied();
     let state = state.into_inner();
@@ -312,7 +321,9 @@ pub async fn connect(
             patterns,
             last: HashMap::new(),
         };
-        subscriber.run(&state, since, session, stream, socket).await;
+        subscriber
+            .run(&state, subscription, since, session, stream, socket)
+            .await;
         drop((connection, address));
     });
     Ok(response)
@@ -342,6 +353,7 @@ impl Subscriber {
     async fn run(
         mut self,
         state: &std::sync::Arc<AppState>,
+        mut subscription: crate::topics::Subscription,
         since: Vec<(Topic, u64)>,
         mut session: Session,
         mut stream: actix_ws::AggregatedMessageStream,
@@ -349,9 +361,8 @@ impl Subscriber {
     ) {
         let topics = &state.hub.topics;
         let mut shutdown = state.shutdown.clone();
-        // Subscribed before the log is read: whatever is published meanwhile waits in the
-        // outbox, and `fresh` drops what the log sent too. No gap, no repeat.
-        let mut subscription = topics.subscribe(self.patterns.clone());
+        // Subscribed (in `connect`) before the log is read: whatever is published meanwhile
+        // waits in the outbox, and `fresh` drops what the log sent too. No gap, no repeat.
         state.metrics.topic_subscriber(1);
         let mut pending: std::collections::VecDeque<Outbound> = Default::default();
         for (topic, offset) in since {
