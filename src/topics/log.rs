@@ -55,20 +55,25 @@ pub struct First {
 /// How long an idempotency key of a broadcast is remembered, as a publish's is.
 pub const IDEMPOTENCY_TTL: Duration = crate::store::IDEMPOTENCY_TTL;
 
-/// What a kept log answers a subscriber that last got `since`, from its last offset (0 for a
-/// topic it does not know) and its kept messages' offsets, oldest first. Shared by every log,
-/// so they agree on when a subscriber is reset.
-pub fn missed_from(since: u64, last: u64, first_kept: Option<u64>) -> Option<Missed> {
+/// What a log answers a subscriber that last got `since`, from its last offset (0 for a topic
+/// it does not know) and the messages it still keeps, oldest first. Shared by every log, so
+/// they agree on when a subscriber is reset.
+pub fn missed(since: u64, last: u64, kept: impl IntoIterator<Item = Sent>) -> Missed {
     if since == last {
-        return Some(Missed::Messages(Vec::new()));
+        return Missed::Messages(Vec::new());
     }
     // Past the last offset: the log it counted from is gone (a new epoch).
     if since > last {
-        return Some(Missed::Reset);
+        return Missed::Reset;
     }
-    match first_kept {
-        Some(first) if first <= since + 1 => None,
-        _ => Some(Missed::Reset),
+    let mut kept = kept
+        .into_iter()
+        .skip_while(|s| s.offset <= since)
+        .peekable();
+    match kept.peek() {
+        // The next one it needs is kept.
+        Some(next) if next.offset == since + 1 => Missed::Messages(kept.collect()),
+        _ => Missed::Reset,
     }
 }
 
@@ -181,20 +186,11 @@ impl TopicLog for MemoryLog {
         let now = Instant::now();
         let mut logs = self.lock();
         let Some(kept) = logs.by_topic.get_mut(topic) else {
-            return Ok(missed_from(since, 0, None).unwrap_or(Missed::Reset));
+            return Ok(missed(since, 0, None));
         };
         self.expire(kept, now);
-        let first = kept.messages.front().map(|(_, s)| s.offset);
-        if let Some(answer) = missed_from(since, kept.last, first) {
-            return Ok(answer);
-        }
-        Ok(Missed::Messages(
-            kept.messages
-                .iter()
-                .filter(|(_, s)| s.offset > since)
-                .map(|(_, s)| s.clone())
-                .collect(),
-        ))
+        let messages = kept.messages.iter().map(|(_, s)| s.clone());
+        Ok(missed(since, kept.last, messages))
     }
 
     async fn remember(&self, key: &str, id: &str) -> Result<Option<First>, StoreError> {

@@ -21,7 +21,7 @@ pub(super) fn parse_notice(keys: &Keys, node: &str, data: &[Value]) -> Option<No
     };
     let channel = text(channel)?;
     if keys.is_topic_channel(channel) {
-        return parse_broadcast(node, text(payload)?);
+        return parse_broadcast(text(payload)?);
     }
     let receiver = keys.receiver_of_events(channel)?;
     // Borrowed: only the alert's JSON is copied, once, into the snapshot.
@@ -88,7 +88,7 @@ pub(super) fn parse_notice(keys: &Keys, node: &str, data: &[Value]) -> Option<No
 /// `topic <origin node> <topic> <offset> <frame>`, as the library's `topic_append` publishes it.
 /// A node's own are kept: every node, the one that published included, delivers a topic's
 /// messages from this one stream, so every subscriber gets them in the order of their offsets.
-fn parse_broadcast(_node: &str, payload: &str) -> Option<Notice> {
+fn parse_broadcast(payload: &str) -> Option<Notice> {
     let rest = payload.strip_prefix("topic ")?;
     let (_origin, rest) = rest.split_once(' ')?;
     let (topic, rest) = rest.split_once(' ')?;

@@ -10,7 +10,7 @@ use redis::Value;
 use super::functions::{Core, TOPIC_APPEND, TOPIC_READ};
 use super::replies::{int, protocol, text};
 use crate::store::{Call, StoreError};
-use crate::topics::log::{missed_from, First, IDEMPOTENCY_TTL};
+use crate::topics::log::{missed, First, IDEMPOTENCY_TTL};
 use crate::topics::{Missed, Outgoing, Sent, Topic, TopicLog};
 
 /// The topic log of a Redis store: shared by every node on the Redis.
@@ -91,12 +91,7 @@ impl TopicLog for RedisTopicLog {
                 })
             })
             .collect();
-        if let Some(answer) = missed_from(since, last, kept.first().map(|s| s.offset)) {
-            return Ok(answer);
-        }
-        Ok(Missed::Messages(
-            kept.into_iter().filter(|s| s.offset > since).collect(),
-        ))
+        Ok(missed(since, last, kept))
     }
 
     async fn remember(&self, key: &str, id: &str) -> Result<Option<First>, StoreError> {
