@@ -1,0 +1,31 @@
+#!/usr/bin/env bash
+# Where Redis's CPU goes in a drain, by `perf`: a redis-server of its own, a node on it, a warm-up
+# drain, then `perf stat` and `perf record -g` of Redis over `cuebox-bench drain --receivers 50
+# --alerts 400` (its fill included), and Redis's `INFO commandstats` of that run.
+#
+#   bench/scripts/redis-perf.sh OUT [CUEBOX_BINARY [CUEBOX_BENCH_BINARY]]
+#
+# Writes OUT.data (read it with `perf report -i OUT.data --no-children --sort dso,sym -g none`),
+# OUT.stat and OUT.commandstats. Needs perf (apt-get install linux-perf) and a release build.
+set -euo pipefail
+cd "$(dirname "$0")/../.."
+out=$1; bin=${2:-target/release/cuebox}; bench=${3:-target/release/cuebox-bench}
+command -v perf >/dev/null || { echo "needs perf" >&2; exit 1; }
+port() { python3 -c 'import socket;s=socket.socket();s.bind(("127.0.0.1",0));print(s.getsockname()[1])'; }
+rp=$(port); hp=$(port); dir=$(mktemp -d)
+redis-server --port "$rp" --bind 127.0.0.1 --save "" --appendonly no --dir "$dir" >/dev/null & rpid=$!
+for _ in $(seq 50); do redis-cli -p "$rp" ping >/dev/null 2>&1 && break; sleep 0.1; done
+CUEBOX_LOG=warn CUEBOX_ALERT_GAP_MS=0 "$bin" serve --bind "127.0.0.1:$hp" \
+  --redis-url "redis://127.0.0.1:$rp/" --publish-key k --secret s >/dev/null 2>&1 & np=$!
+trap 'kill $np 2>/dev/null; redis-cli -p $rp shutdown nosave >/dev/null 2>&1; rm -rf $dir' EXIT
+for _ in $(seq 100); do curl -s -o /dev/null "http://127.0.0.1:$hp/readyz" && break; sleep 0.1; done
+b=("$bench" --node "127.0.0.1:$hp" --publish-key k --secret s --pid "$np"
+   --redis-url "redis://127.0.0.1:$rp/" --redis-pid "$rpid")
+"${b[@]}" drain --receivers 50 --alerts 200 --rounds 1 >/dev/null
+redis-cli -p "$rp" config resetstat >/dev/null
+perf stat -e task-clock -p "$rpid" -o "$out.stat" & ps=$!
+perf record -g -p "$rpid" -o "$out.data" 2>/dev/null & pr=$!
+"${b[@]}" drain --receivers 50 --alerts 400 --rounds 1 | grep -E '^\| *(store|redis)'
+kill -INT "$ps" "$pr"; wait "$ps" "$pr" 2>/dev/null || true
+redis-cli -p "$rp" info commandstats >"$out.commandstats"
+grep task-clock "$out.stat"
