@@ -12,6 +12,7 @@ pub(crate) mod socket;
 mod token;
 mod topics;
 mod widget;
+mod wire;
 
 use std::sync::Arc;
 

@@ -6,21 +6,21 @@
 //! cover it. Anything else is refused, with 403 before the upgrade, or with an `error` frame for
 //! a later `subscribe`.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
 use std::time::{SystemTime, UNIX_EPOCH};
 
+use actix_http::ws::{CloseCode, CloseReason, Frame, Message};
 use actix_web::http::{header, StatusCode};
+use actix_web::web::Bytes;
 use actix_web::{web, HttpRequest, HttpResponse};
-use actix_ws::{AggregatedMessage, CloseCode, CloseReason, Session};
+use bytestring::ByteString;
 use serde::Deserialize;
 use serde_json::{json, Map, Value};
 use tokio::time::Instant;
 
 use super::publish::{admit_publisher, read_body};
-use super::socket::ConnectionSocket;
-use super::widget::{
-    not_an_upgrade, reason, send, Outbound, Unsent, CLOSE_TIMEOUT, PING_EVERY, SILENCE,
-};
+use super::widget::{not_an_upgrade, reason, PING_EVERY, SILENCE};
+use super::wire::{self, Unqueued};
 use super::{ApiError, AppState};
 use crate::alert::FieldError;
 use crate::topics::{Missed, Outgoing, Pattern, Sent, Topic};
@@ -302,71 +302,99 @@ pub async fn connect(
         .map_or(std::net::IpAddr::from([0, 0, 0, 0]), |a| a.ip());
     let address = state.per_address.admit(from).ok_or(ApiError::AddressFull)?;
     let connection = state.connections.admit().ok_or(ApiError::NodeFull)?;
-    // Subscribed before the upgrade is answered: a message published once the client has its
-    // answer reaches it (it waits in the outbox until the connection's task runs).
-    let subscription = state.hub.topics.subscribe(patterns.clone());
-    let (response, session, stream) = match actix_ws::handle(&req, body) {
-        Ok(upgraded) => upgraded,
-        Err(e) => {
-            state.hub.topics.unsubscribe(subscription.id);
-            return Err(e);
-        }
+    // Subscribed before the log is read, and so before the upgrade is answered: whatever is
+    // published meanwhile waits in the outbox (a message published once the client has its
+    // answer reaches it), and the seam drops what the log sent too. No gap, no repeat.
+    let (registered, messages) = Registered::new(&state, patterns.clone());
+    let mut deliveries = Deliveries {
+        backlog: VecDeque::new(),
+        messages,
+        last: HashMap::new(),
     };
-    let stream = stream.max_frame_size(4 * 1024).aggregate_continuations();
-    let socket = req.conn_data::<ConnectionSocket>().copied();
+    deliveries.recover(&state, &patterns, since).await;
+    let (response, wire, inbound) = wire::upgrade(
+        &req,
+        body,
+        deliveries,
+        reason(CloseCode::Again, "fell behind"),
+        MAX_FRAME,
+    )?;
     let state = state.into_inner();
     actix_web::rt::spawn(async move {
-        let subscriber = Subscriber {
-            grant,
-            patterns,
-            last: HashMap::new(),
-        };
-        subscriber
-            .run(&state, subscription, since, session, stream, socket)
-            .await;
+        let subscriber = Subscriber { grant, patterns };
+        subscriber.run(&state, registered, wire, inbound).await;
         drop((connection, address));
     });
     Ok(response)
 }
 
-/// One subscriber's connection.
-struct Subscriber {
-    grant: Grant,
-    patterns: Vec<Pattern>,
+/// Subscribers send small control frames; anything bigger is not one.
+const MAX_FRAME: usize = 4 * 1024;
+
+/// A subscriber as this node's fan-out knows it, for as long as this lives: unsubscribed and
+/// counted out when dropped, however its connection ends.
+struct Registered {
+    topics: std::sync::Arc<crate::topics::Topics>,
+    metrics: std::sync::Arc<crate::metrics::Metrics>,
+    id: u64,
+}
+
+impl Registered {
+    /// Registers a subscriber of `patterns`, and gives the outbox its messages arrive in.
+    fn new(
+        state: &AppState,
+        patterns: Vec<Pattern>,
+    ) -> (Self, futures_channel::mpsc::Receiver<Sent>) {
+        let subscription = state.hub.topics.subscribe(patterns);
+        state.metrics.topic_subscriber(1);
+        let registered = Self {
+            topics: state.hub.topics.clone(),
+            metrics: state.metrics.clone(),
+            id: subscription.id,
+        };
+        (registered, subscription.messages)
+    }
+}
+
+impl Drop for Registered {
+    fn drop(&mut self) {
+        self.topics.unsubscribe(self.id);
+        self.metrics.topic_subscriber(-1);
+    }
+}
+
+/// What a subscriber's response writes: the messages it missed, then each live one it has not
+/// had. The response takes them from the outbox itself ([`wire`]); the outbox closes when the
+/// fan-out dropped the subscriber for falling behind, and the response then closes with 1013.
+struct Deliveries {
+    backlog: VecDeque<ByteString>,
+    messages: futures_channel::mpsc::Receiver<Sent>,
     /// The last offset sent of each topic: what the log already sent is not sent again from the
     /// live stream (the seam between the two).
     last: HashMap<Topic, u64>,
 }
 
-impl Subscriber {
+impl Deliveries {
     /// Whether `sent` is news to this subscriber; notes it sent.
     fn fresh(&mut self, sent: &Sent) -> bool {
-        let last = self.last.entry(sent.topic.clone()).or_insert(0);
-        if sent.offset <= *last {
-            return false;
+        match self.last.get_mut(&sent.topic) {
+            Some(last) if sent.offset <= *last => false,
+            Some(last) => {
+                *last = sent.offset;
+                true
+            }
+            None => {
+                self.last.insert(sent.topic.clone(), sent.offset);
+                true
+            }
         }
-        *last = sent.offset;
-        true
     }
 
-    #[tracing::instrument(name = "topics", skip_all)]
-    async fn run(
-        mut self,
-        state: &std::sync::Arc<AppState>,
-        mut subscription: crate::topics::Subscription,
-        since: Vec<(Topic, u64)>,
-        mut session: Session,
-        mut stream: actix_ws::AggregatedMessageStream,
-        socket: Option<ConnectionSocket>,
-    ) {
-        let topics = &state.hub.topics;
-        let mut shutdown = state.shutdown.clone();
-        // Subscribed (in `connect`) before the log is read: whatever is published meanwhile
-        // waits in the outbox, and `fresh` drops what the log sent too. No gap, no repeat.
-        state.metrics.topic_subscriber(1);
-        let mut pending: std::collections::VecDeque<Outbound> = Default::default();
+    /// Reads from the log what a returning subscriber missed (`since`: the last offset it got of
+    /// each topic), or that it cannot be told (`reset`).
+    async fn recover(&mut self, state: &AppState, patterns: &[Pattern], since: Vec<(Topic, u64)>) {
         for (topic, offset) in since {
-            if !self.patterns.iter().any(|p| p.matches(&topic)) {
+            if !patterns.iter().any(|p| p.matches(&topic)) {
                 continue;
             }
             self.last.insert(topic.clone(), offset);
@@ -377,74 +405,127 @@ impl Subscriber {
                     }
                     for sent in missed {
                         if self.fresh(&sent) {
-                            pending.push_back(Outbound::Text(sent.frame.clone()));
+                            self.backlog.push_back(sent.frame);
                         }
                     }
                 }
                 Ok(Missed::Reset) | Err(_) => {
-                    pending.push_back(Outbound::Text(
-                        json!({"type": "reset", "topic": topic}).to_string().into(),
-                    ));
+                    let reset = json!({"type": "reset", "topic": topic}).to_string();
+                    self.backlog.push_back(reset.into());
                 }
             }
         }
-        let mut heard = Instant::now();
-        let mut heartbeat = tokio::time::interval_at(Instant::now() + PING_EVERY, PING_EVERY);
-        let close: Option<CloseReason> = 'conn: loop {
-            while let Some(out) = pending.pop_front() {
-                match send(&mut session, out).await {
-                    Ok(()) => {}
-                    Err(Unsent::Closed) => break 'conn None,
-                    Err(Unsent::Stuck) => {
-                        if let Some(socket) = socket {
-                            socket.abort();
-                        }
-                        state.metrics.topic_dropped();
-                        break 'conn Some(reason(CloseCode::Again, "too slow"));
+    }
+}
+
+impl futures_util::Stream for Deliveries {
+    type Item = ByteString;
+
+    fn poll_next(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<ByteString>> {
+        use futures_util::StreamExt;
+        use std::task::Poll;
+        if let Some(frame) = self.backlog.pop_front() {
+            return Poll::Ready(Some(frame));
+        }
+        loop {
+            match self.messages.poll_next_unpin(cx) {
+                Poll::Ready(Some(sent)) => {
+                    if self.fresh(&sent) {
+                        return Poll::Ready(Some(sent.frame));
                     }
                 }
+                Poll::Ready(None) => return Poll::Ready(None),
+                Poll::Pending => return Poll::Pending,
             }
-            tokio::select! {
-                sent = subscription.messages.recv() => match sent {
-                    Some(sent) => {
-                        if self.fresh(&sent) {
-                            pending.push_back(Outbound::Text(sent.frame));
-                        }
-                    }
-                    // Fell behind: it reconnects and recovers by offset.
-                    None => break 'conn Some(reason(CloseCode::Again, "fell behind")),
-                },
-                inbound = stream.recv() => match inbound {
-                    Some(Ok(AggregatedMessage::Text(text))) => {
+        }
+    }
+}
+
+/// One subscriber's connection: what it may subscribe to, and what it does.
+struct Subscriber {
+    grant: Grant,
+    patterns: Vec<Pattern>,
+}
+
+impl Subscriber {
+    /// Answers what the client sends, pings it, and closes the connection when it ends. The
+    /// messages themselves never pass through here (see [`Deliveries`]).
+    #[tracing::instrument(name = "topics", skip_all)]
+    async fn run(
+        mut self,
+        state: &std::sync::Arc<AppState>,
+        registered: Registered,
+        mut wire: wire::Wire,
+        mut inbound: wire::Inbound,
+    ) {
+        let topics = &state.hub.topics;
+        let mut shutdown = state.shutdown.clone();
+        let mut heard = Instant::now();
+        let mut heartbeat = tokio::time::interval_at(Instant::now() + PING_EVERY, PING_EVERY);
+        // Whether the fan-out had dropped the subscriber (for falling behind) at the last beat.
+        let mut was_behind = false;
+        let close: Option<CloseReason> = loop {
+            let answer = tokio::select! {
+                frame = inbound.recv() => match frame {
+                    Some(Ok(Frame::Text(bytes))) => {
                         heard = Instant::now();
-                        if let Some(answer) = self.command(topics, subscription.id, &text) {
-                            pending.push_back(Outbound::Text(answer.into()));
-                        }
+                        let Ok(text) = std::str::from_utf8(&bytes) else {
+                            break Some(reason(CloseCode::Invalid, "text must be UTF-8"));
+                        };
+                        self.command(topics, registered.id, text)
+                            .map(|a| Message::Text(a.into()))
                     }
-                    Some(Ok(AggregatedMessage::Ping(bytes))) => {
+                    Some(Ok(Frame::Ping(bytes))) => {
                         heard = Instant::now();
-                        pending.push_back(Outbound::Pong(bytes));
+                        Some(Message::Pong(bytes))
                     }
-                    Some(Ok(AggregatedMessage::Pong(_) | AggregatedMessage::Binary(_))) => {
+                    Some(Ok(Frame::Pong(_) | Frame::Binary(_))) => {
                         heard = Instant::now();
+                        None
                     }
-                    Some(Ok(AggregatedMessage::Close(reason))) => break 'conn reason,
-                    None | Some(Err(_)) => break 'conn None,
+                    Some(Ok(Frame::Continuation(_))) => {
+                        break Some(reason(CloseCode::Size, "frames must not be fragmented"));
+                    }
+                    Some(Ok(Frame::Close(reason))) => break reason,
+                    None | Some(Err(_)) => break None,
                 },
                 _ = heartbeat.tick() => {
                     if heard.elapsed() > SILENCE {
-                        break 'conn Some(reason(CloseCode::Away, "silent too long"));
+                        break Some(reason(CloseCode::Away, "silent too long"));
                     }
-                    pending.push_back(Outbound::Ping);
+                    // Dropped for falling behind a beat ago, and its response has not closed
+                    // since: the client reads nothing, so the socket is cut off.
+                    let behind = !topics.contains(registered.id);
+                    if behind && was_behind {
+                        wire.cut();
+                        break None;
+                    }
+                    was_behind = behind;
+                    Some(Message::Ping(Bytes::new()))
                 }
+                _ = wire.ended() => break None,
                 _ = shutdown.changed() => {
-                    break 'conn Some(reason(CloseCode::Restart, "node shutting down"));
+                    break Some(reason(CloseCode::Restart, "node shutting down"));
+                }
+            };
+            if let Some(answer) = answer {
+                match wire.send(answer) {
+                    Ok(()) => {}
+                    Err(Unqueued::Ended) => break None,
+                    Err(Unqueued::Cut) => {
+                        state.metrics.topic_dropped();
+                        break None;
+                    }
                 }
             }
         };
-        topics.unsubscribe(subscription.id);
-        state.metrics.topic_subscriber(-1);
-        let _ = tokio::time::timeout(CLOSE_TIMEOUT, session.close(close)).await;
+        drop(registered);
+        if !wire.has_ended() {
+            wire.close(close).await;
+        }
     }
 
     /// A frame the subscriber sent: `subscribe`, `unsubscribe` or `ping`; answers what to send

@@ -20,7 +20,7 @@ use std::collections::HashMap;
 use std::sync::Mutex;
 
 use bytestring::ByteString;
-use tokio::sync::mpsc;
+use futures_channel::mpsc;
 
 pub use log::{First, MemoryLog, Missed, TopicLog};
 pub use name::{Pattern, Topic};
@@ -88,7 +88,8 @@ struct Subscriber {
 }
 
 /// One subscriber's registration: what it is sent arrives on `messages`. The channel closes when
-/// the subscriber fell [`OUTBOX`] messages behind.
+/// the subscriber fell [`OUTBOX`] messages behind. (futures' channel, not tokio's: it allocates
+/// per message waiting, where tokio's allocates a block of 32 up front, 2 KiB per idle subscriber.)
 pub struct Subscription {
     pub id: u64,
     pub messages: mpsc::Receiver<Sent>,
@@ -108,7 +109,8 @@ impl Topics {
 
     /// Registers a subscriber of `patterns`; it gets every message delivered from now on.
     pub fn subscribe(&self, patterns: Vec<Pattern>) -> Subscription {
-        let (outbox, messages) = mpsc::channel(OUTBOX);
+        // Its capacity is the buffer plus one per sender: OUTBOX in all.
+        let (outbox, messages) = mpsc::channel(OUTBOX - 1);
         let mut s = self.lock();
         s.next += 1;
         let id = s.next;
@@ -127,6 +129,11 @@ impl Topics {
         self.lock().all.remove(&id);
     }
 
+    /// Whether subscriber `id` is still here: not once it fell behind, or unsubscribed.
+    pub fn contains(&self, id: u64) -> bool {
+        self.lock().all.contains_key(&id)
+    }
+
     /// Subscribers on this node.
     pub fn count(&self) -> usize {
         self.lock().all.len()
@@ -138,15 +145,15 @@ impl Topics {
     pub fn deliver(&self, sent: &Sent) {
         let mut s = self.lock();
         let (mut delivered, mut behind) = (0, Vec::new());
-        for (id, sub) in &s.all {
+        for (id, sub) in &mut s.all {
             if !sub.patterns.iter().any(|p| p.matches(&sent.topic)) {
                 continue;
             }
             match sub.outbox.try_send(sent.clone()) {
                 Ok(()) => delivered += 1,
-                Err(mpsc::error::TrySendError::Full(_)) => behind.push(*id),
+                Err(e) if e.is_full() => behind.push(*id),
                 // Gone: its connection ended and will unsubscribe.
-                Err(mpsc::error::TrySendError::Closed(_)) => {}
+                Err(_) => {}
             }
         }
         for id in &behind {

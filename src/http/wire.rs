@@ -1,0 +1,252 @@
+//! A WebSocket whose frames go from where they come from straight into the response.
+//!
+//! With actix-ws, a frame goes from the connection's task through a channel of the session's to
+//! the response: it wakes the task, and then the task wakes the response. A broadcast reaches
+//! thousands of sockets at once, so a subscriber's response reads its outbox itself
+//! ([`Outlet`]): a message wakes one thing per socket, the response that writes it. The
+//! connection's task is woken only by what the client sends and by its timers; what it sends
+//! (answers, pings, the close) goes through a small queue of its own ([`Wire`]). [`Inbound`]
+//! reads the client's frames from the request's payload.
+
+use std::pin::Pin;
+use std::task::{Context, Poll};
+
+use actix_codec::{Decoder, Encoder};
+use actix_http::ws::{CloseReason, Codec, Frame, Message, ProtocolError};
+use actix_web::body::{BodyStream, MessageBody};
+use actix_web::web::{Bytes, BytesMut};
+use actix_web::{web, HttpRequest, HttpResponse};
+use bytestring::ByteString;
+use futures_channel::mpsc;
+use futures_util::{Stream, StreamExt};
+use tokio::sync::oneshot;
+
+use super::socket::ConnectionSocket;
+use super::widget::{not_an_upgrade, CLOSE_TIMEOUT};
+
+/// Frames the connection's task may have waiting: a client that lets more pile up is not
+/// reading, and is cut off.
+const CONTROL_QUEUE: usize = 8;
+/// Bytes one poll of the response gathers before handing them to be written.
+const GATHER: usize = 16 * 1024;
+
+/// The task's side of a connection: what it sends, and whether the response still runs.
+pub struct Wire {
+    control: mpsc::Sender<Message>,
+    /// Fires when the response ends (its body dropped).
+    ended: oneshot::Receiver<()>,
+    socket: Option<ConnectionSocket>,
+}
+
+/// Why a frame could not be queued.
+#[derive(Debug, PartialEq)]
+pub enum Unqueued {
+    /// The response ended.
+    Ended,
+    /// The client took nothing while [`CONTROL_QUEUE`] frames piled up: it was cut off.
+    Cut,
+}
+
+/// Answers the upgrade of `req`: the response writes `backlog` first, then each frame of `live`
+/// as it comes, then `on_end` as the close when `live` ends, with what the task sends
+/// ([`Wire::send`]) in between.
+pub fn upgrade<S>(
+    req: &HttpRequest,
+    payload: web::Payload,
+    live: S,
+    on_end: CloseReason,
+    max_frame: usize,
+) -> Result<(HttpResponse, Wire, Inbound), actix_web::Error>
+where
+    S: Stream<Item = ByteString> + Unpin + 'static,
+{
+    let mut response = actix_http::ws::handshake(req.head()).map_err(not_an_upgrade)?;
+    let (control, commands) = mpsc::channel(CONTROL_QUEUE - 1);
+    let (done, ended) = oneshot::channel();
+    let outlet = Outlet {
+        commands,
+        live,
+        on_end: Some(on_end),
+        buf: BytesMut::new(),
+        codec: Codec::new(),
+        closing: false,
+        done: Some(done),
+    };
+    let response = response
+        .message_body(BodyStream::new(outlet).boxed())?
+        .into();
+    let wire = Wire {
+        control,
+        ended,
+        socket: req.conn_data::<ConnectionSocket>().copied(),
+    };
+    let inbound = Inbound {
+        payload,
+        buf: BytesMut::new(),
+        codec: Codec::new().max_size(max_frame),
+        finished: false,
+    };
+    Ok((response, wire, inbound))
+}
+
+impl Wire {
+    /// Queues `message` to go out between the live frames. A client that lets
+    /// [`CONTROL_QUEUE`] frames pile up is not reading: it is cut off here.
+    pub fn send(&mut self, message: Message) -> Result<(), Unqueued> {
+        match self.control.try_send(message) {
+            Ok(()) => Ok(()),
+            Err(e) if e.is_full() => {
+                self.cut();
+                Err(Unqueued::Cut)
+            }
+            Err(_) => Err(Unqueued::Ended),
+        }
+    }
+
+    /// Whether the response ended.
+    pub fn has_ended(&mut self) -> bool {
+        !matches!(
+            self.ended.try_recv(),
+            Err(oneshot::error::TryRecvError::Empty)
+        )
+    }
+
+    /// Resolves when the response ends.
+    pub async fn ended(&mut self) {
+        let _ = (&mut self.ended).await;
+    }
+
+    /// Drops the connection at once, unless its response already ended (see
+    /// [`ConnectionSocket::abort`]: the check and the abort are one step of the connection's
+    /// worker, so the socket is still this connection's).
+    pub fn cut(&mut self) {
+        if !self.has_ended() {
+            if let Some(socket) = self.socket {
+                socket.abort();
+            }
+        }
+    }
+
+    /// Sends the close and waits for the response to write it, for [`CLOSE_TIMEOUT`] at most:
+    /// a client that does not take it is cut off.
+    pub async fn close(mut self, reason: Option<CloseReason>) {
+        if self.send(Message::Close(reason)).is_err() {
+            return;
+        }
+        if tokio::time::timeout(CLOSE_TIMEOUT, self.ended())
+            .await
+            .is_err()
+        {
+            self.cut();
+        }
+    }
+}
+
+/// The response body: the task's frames and the live ones, encoded as they are taken.
+struct Outlet<S> {
+    commands: mpsc::Receiver<Message>,
+    live: S,
+    /// The close sent when `live` ends, until then.
+    on_end: Option<CloseReason>,
+    buf: BytesMut,
+    codec: Codec,
+    closing: bool,
+    done: Option<oneshot::Sender<()>>,
+}
+
+impl<S> Outlet<S> {
+    /// Encodes `message`; a close ends the body once it is written.
+    fn encode(&mut self, message: Message) -> Result<(), ProtocolError> {
+        let close = matches!(message, Message::Close(_));
+        self.codec.encode(message, &mut self.buf)?;
+        if close {
+            self.closing = true;
+        }
+        Ok(())
+    }
+}
+
+impl<S: Stream<Item = ByteString> + Unpin> Stream for Outlet<S> {
+    type Item = Result<Bytes, actix_web::Error>;
+
+    fn poll_next(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
+        let this = self.get_mut();
+        // The task's frames first: answers and pongs are few and small.
+        while !this.closing {
+            match this.commands.poll_next_unpin(cx) {
+                Poll::Ready(Some(message)) => {
+                    if let Err(e) = this.encode(message) {
+                        return Poll::Ready(Some(Err(e.into())));
+                    }
+                }
+                // The task is gone: nothing more is sent.
+                Poll::Ready(None) => this.closing = true,
+                Poll::Pending => break,
+            }
+        }
+        while !this.closing && this.buf.len() < GATHER {
+            match this.live.poll_next_unpin(cx) {
+                Poll::Ready(Some(text)) => {
+                    if let Err(e) = this.encode(Message::Text(text)) {
+                        return Poll::Ready(Some(Err(e.into())));
+                    }
+                }
+                Poll::Ready(None) => {
+                    let reason = this.on_end.take();
+                    if let Err(e) = this.encode(Message::Close(reason)) {
+                        return Poll::Ready(Some(Err(e.into())));
+                    }
+                }
+                Poll::Pending => break,
+            }
+        }
+        if !this.buf.is_empty() {
+            // actix polls again while it has room to write, so what is left waits for that.
+            return Poll::Ready(Some(Ok(this.buf.split().freeze())));
+        }
+        if this.closing {
+            return Poll::Ready(None);
+        }
+        Poll::Pending
+    }
+}
+
+impl<S> Drop for Outlet<S> {
+    fn drop(&mut self) {
+        if let Some(done) = self.done.take() {
+            let _ = done.send(());
+        }
+    }
+}
+
+/// The client's frames, read from the request's payload.
+pub struct Inbound {
+    payload: web::Payload,
+    buf: BytesMut,
+    codec: Codec,
+    finished: bool,
+}
+
+impl Inbound {
+    /// The next frame the client sent; `None` once its side ended.
+    pub async fn recv(&mut self) -> Option<Result<Frame, ProtocolError>> {
+        loop {
+            match self.codec.decode(&mut self.buf) {
+                Ok(Some(frame)) => return Some(Ok(frame)),
+                Ok(None) => {}
+                Err(e) => return Some(Err(e)),
+            }
+            if self.finished {
+                return None;
+            }
+            match self.payload.next().await {
+                Some(Ok(bytes)) => self.buf.extend_from_slice(&bytes),
+                Some(Err(e)) => {
+                    self.finished = true;
+                    return Some(Err(ProtocolError::Io(std::io::Error::other(e))));
+                }
+                None => self.finished = true,
+            }
+        }
+    }
+}
