@@ -29,7 +29,8 @@
 //! - [`topics`] holds broadcast topics: their names and patterns, each topic's log of recent
 //!   messages ([`topics::TopicLog`]; in Redis, [`store::redis::topics`]), this node's
 //!   subscribers and the fan-out to them, and the bridge from Redis pub/sub
-//!   ([`topics::bridge`]). `http::topics` serves them.
+//!   ([`topics::bridge`]). `http::topics` serves them, each subscriber's socket written by its
+//!   response straight from its outbox (`http::wire`).
 //! - [`http`] serves publish, the streamer's controls, the widget socket and page, health.
 //! - [`startup`] builds a node and runs it until it is stopped.
 //! - [`telemetry`] sets up logging.

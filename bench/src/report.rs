@@ -113,8 +113,14 @@ impl Latencies {
         self.0.len()
     }
 
-    /// The `p`th percentile in ms, or null with no samples.
+    /// The `p`th percentile in ms (`p` from 1 to 100: 99.0 for the p99), or null with no samples.
     pub fn ms(&mut self, p: f64) -> Value {
+        // A fraction passed for a percentile would report the fastest sample as the p99 (the
+        // broadcast scenario's figures were its minimums until this caught it).
+        assert!(
+            (1.0..=100.0).contains(&p),
+            "a percentile from 1 to 100, not {p}"
+        );
         if self.0.is_empty() {
             return Value::Null;
         }

@@ -11,7 +11,7 @@ use serde_json::json;
 
 use crate::client::{Publisher, Subscriber};
 use crate::load::Clock;
-use crate::node::Node;
+use crate::node::{Node, Usage};
 use crate::report::{num, Latencies, Table};
 use crate::Error;
 
@@ -67,6 +67,8 @@ pub async fn run(node: &Node, clock: Clock, args: &Args) -> Result<Table, Error>
             "half_p50_ms",
             "half_p99_ms",
             "cuebox_cpu_s_per_1k",
+            "half_cuebox_cpu_s_per_1k",
+            "half_harness_cpu_s_per_1k",
         ],
     );
     for &n in &args.subscribers {
@@ -162,6 +164,7 @@ pub async fn run(node: &Node, clock: Clock, args: &Args) -> Result<Table, Error>
         let mut paced = Latencies::default();
         let mut sent_half = Vec::new();
         let mut tick = tokio::time::interval(every);
+        let (half_before, harness_before) = (node.usage(), Usage::of(std::process::id()));
         for m in args.messages..2 * args.messages {
             tick.tick().await;
             sent_half.push(clock.us());
@@ -169,6 +172,11 @@ pub async fn run(node: &Node, clock: Clock, args: &Args) -> Result<Table, Error>
             publisher.post("/broadcast", body).await?;
         }
         wait_for(&receipts, args.messages..2 * args.messages, n as u32).await?;
+        let (half_after, harness_after) = (node.usage(), Usage::of(std::process::id()));
+        let per_1k = |before: Option<Usage>, after: Option<Usage>| match (before, after) {
+            (Some(b), Some(a)) => num(a.cpu_since(&b) / deliveries * 1000.0, 4),
+            _ => serde_json::Value::Null,
+        };
         for (i, m) in (args.messages..2 * args.messages).enumerate() {
             let last = receipts.last_us[m as usize].load(Ordering::Relaxed);
             paced.push(last.saturating_sub(sent_half[i]));
@@ -181,12 +189,14 @@ pub async fn run(node: &Node, clock: Clock, args: &Args) -> Result<Table, Error>
             json!(n),
             kib,
             num(rate, 0),
-            full.ms(0.50),
-            full.ms(0.99),
+            full.ms(50.0),
+            full.ms(99.0),
             num(half, 1),
-            paced.ms(0.50),
-            paced.ms(0.99),
+            paced.ms(50.0),
+            paced.ms(99.0),
             cpu,
+            per_1k(half_before, half_after),
+            per_1k(harness_before, harness_after),
         ]);
     }
     table.notes.push(
