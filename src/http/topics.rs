@@ -9,18 +9,16 @@
 use std::collections::{HashMap, VecDeque};
 use std::time::{SystemTime, UNIX_EPOCH};
 
-use actix_http::ws::{CloseCode, CloseReason, Frame, Message};
+use actix_http::ws::{CloseCode, Message};
 use actix_web::http::{header, StatusCode};
-use actix_web::web::Bytes;
 use actix_web::{web, HttpRequest, HttpResponse};
 use bytestring::ByteString;
 use serde::Deserialize;
 use serde_json::{json, Map, Value};
-use tokio::time::Instant;
 
 use super::publish::{admit_publisher, read_body};
-use super::widget::{not_an_upgrade, reason, PING_EVERY, SILENCE};
-use super::wire::{self, Unqueued};
+use super::widget::{not_an_upgrade, reason};
+use super::wire;
 use super::{ApiError, AppState};
 use crate::alert::FieldError;
 use crate::topics::{Missed, Outgoing, Pattern, Sent, Topic};
@@ -419,22 +417,22 @@ impl Deliveries {
 }
 
 impl futures_util::Stream for Deliveries {
-    type Item = ByteString;
+    type Item = Message;
 
     fn poll_next(
         mut self: std::pin::Pin<&mut Self>,
         cx: &mut std::task::Context<'_>,
-    ) -> std::task::Poll<Option<ByteString>> {
+    ) -> std::task::Poll<Option<Message>> {
         use futures_util::StreamExt;
         use std::task::Poll;
         if let Some(frame) = self.backlog.pop_front() {
-            return Poll::Ready(Some(frame));
+            return Poll::Ready(Some(Message::Text(frame)));
         }
         loop {
             match self.messages.poll_next_unpin(cx) {
                 Poll::Ready(Some(sent)) => {
                     if self.fresh(&sent) {
-                        return Poll::Ready(Some(sent.frame));
+                        return Poll::Ready(Some(Message::Text(sent.frame)));
                     }
                 }
                 Poll::Ready(None) => return Poll::Ready(None),
@@ -458,73 +456,21 @@ impl Subscriber {
         mut self,
         state: &std::sync::Arc<AppState>,
         registered: Registered,
-        mut wire: wire::Wire,
-        mut inbound: wire::Inbound,
+        wire: wire::Wire,
+        inbound: wire::Inbound,
     ) {
         let topics = &state.hub.topics;
-        let mut shutdown = state.shutdown.clone();
-        let mut heard = Instant::now();
-        let mut heartbeat = tokio::time::interval_at(Instant::now() + PING_EVERY, PING_EVERY);
-        // Whether the fan-out had dropped the subscriber (for falling behind) at the last beat.
-        let mut was_behind = false;
-        let close: Option<CloseReason> = loop {
-            let answer = tokio::select! {
-                frame = inbound.recv() => match frame {
-                    Some(Ok(Frame::Text(bytes))) => {
-                        heard = Instant::now();
-                        let Ok(text) = std::str::from_utf8(&bytes) else {
-                            break Some(reason(CloseCode::Invalid, "text must be UTF-8"));
-                        };
-                        self.command(topics, registered.id, text)
-                            .map(|a| Message::Text(a.into()))
-                    }
-                    Some(Ok(Frame::Ping(bytes))) => {
-                        heard = Instant::now();
-                        Some(Message::Pong(bytes))
-                    }
-                    Some(Ok(Frame::Pong(_) | Frame::Binary(_))) => {
-                        heard = Instant::now();
-                        None
-                    }
-                    Some(Ok(Frame::Continuation(_))) => {
-                        break Some(reason(CloseCode::Size, "frames must not be fragmented"));
-                    }
-                    Some(Ok(Frame::Close(reason))) => break reason,
-                    None | Some(Err(_)) => break None,
-                },
-                _ = heartbeat.tick() => {
-                    if heard.elapsed() > SILENCE {
-                        break Some(reason(CloseCode::Away, "silent too long"));
-                    }
-                    // Dropped for falling behind a beat ago, and its response has not closed
-                    // since: the client reads nothing, so the socket is cut off.
-                    let behind = !topics.contains(registered.id);
-                    if behind && was_behind {
-                        wire.cut();
-                        break None;
-                    }
-                    was_behind = behind;
-                    Some(Message::Ping(Bytes::new()))
-                }
-                _ = wire.ended() => break None,
-                _ = shutdown.changed() => {
-                    break Some(reason(CloseCode::Restart, "node shutting down"));
-                }
-            };
-            if let Some(answer) = answer {
-                match wire.send(answer) {
-                    Ok(()) => {}
-                    Err(Unqueued::Ended) => break None,
-                    Err(Unqueued::Cut) => {
-                        state.metrics.topic_dropped();
-                        break None;
-                    }
-                }
-            }
-        };
-        drop(registered);
-        if !wire.has_ended() {
-            wire.close(close).await;
+        let id = registered.id;
+        let served = wire::serve(
+            wire,
+            inbound,
+            state.shutdown.clone(),
+            || topics.contains(id),
+            |text| self.command(topics, id, text),
+        )
+        .await;
+        if served == wire::Served::Cut {
+            state.metrics.topic_dropped();
         }
     }
 

@@ -12,17 +12,17 @@ use std::pin::Pin;
 use std::task::{Context, Poll};
 
 use actix_codec::{Decoder, Encoder};
-use actix_http::ws::{CloseReason, Codec, Frame, Message, ProtocolError};
+use actix_http::ws::{CloseCode, CloseReason, Codec, Frame, Message, ProtocolError};
 use actix_web::body::{BodyStream, MessageBody};
 use actix_web::web::{Bytes, BytesMut};
 use actix_web::{web, HttpRequest, HttpResponse};
-use bytestring::ByteString;
 use futures_channel::mpsc;
 use futures_util::{Stream, StreamExt};
-use tokio::sync::oneshot;
+use tokio::sync::{oneshot, watch};
+use tokio::time::Instant;
 
 use super::socket::ConnectionSocket;
-use super::widget::{not_an_upgrade, CLOSE_TIMEOUT};
+use super::widget::{not_an_upgrade, reason, CLOSE_TIMEOUT, PING_EVERY, SILENCE};
 
 /// Frames the connection's task may have waiting: a client that lets more pile up is not
 /// reading, and is cut off.
@@ -47,8 +47,8 @@ pub enum Unqueued {
     Cut,
 }
 
-/// Answers the upgrade of `req`: the response writes `backlog` first, then each frame of `live`
-/// as it comes, then `on_end` as the close when `live` ends, with what the task sends
+/// Answers the upgrade of `req`: the response writes each frame of `live` as it comes (a close
+/// among them ends it), then `on_end` as the close when `live` ends, with what the task sends
 /// ([`Wire::send`]) in between.
 pub fn upgrade<S>(
     req: &HttpRequest,
@@ -58,7 +58,7 @@ pub fn upgrade<S>(
     max_frame: usize,
 ) -> Result<(HttpResponse, Wire, Inbound), actix_web::Error>
 where
-    S: Stream<Item = ByteString> + Unpin + 'static,
+    S: Stream<Item = Message> + Unpin + 'static,
 {
     let mut response = actix_http::ws::handshake(req.head()).map_err(not_an_upgrade)?;
     let (control, commands) = mpsc::channel(CONTROL_QUEUE - 1);
@@ -166,7 +166,7 @@ impl<S> Outlet<S> {
     }
 }
 
-impl<S: Stream<Item = ByteString> + Unpin> Stream for Outlet<S> {
+impl<S: Stream<Item = Message> + Unpin> Stream for Outlet<S> {
     type Item = Result<Bytes, actix_web::Error>;
 
     fn poll_next(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
@@ -186,8 +186,8 @@ impl<S: Stream<Item = ByteString> + Unpin> Stream for Outlet<S> {
         }
         while !this.closing && this.buf.len() < GATHER {
             match this.live.poll_next_unpin(cx) {
-                Poll::Ready(Some(text)) => {
-                    if let Err(e) = this.encode(Message::Text(text)) {
+                Poll::Ready(Some(message)) => {
+                    if let Err(e) = this.encode(message) {
                         return Poll::Ready(Some(Err(e.into())));
                     }
                 }
@@ -249,4 +249,86 @@ impl Inbound {
             }
         }
     }
+}
+
+/// How a connection served by [`serve`] ended.
+#[derive(Debug, PartialEq)]
+pub enum Served {
+    /// Closed, by either side, or its response ended.
+    Closed,
+    /// Cut off: the client took nothing while the task's frames piled up (not counted as
+    /// dropped elsewhere, unlike one the fan-out dropped for falling behind).
+    Cut,
+}
+
+/// Serves one connection until it ends: answers each text frame the client sends with what
+/// `answer` makes of it, and its pings with pongs; pings it every [`PING_EVERY`]; closes it when
+/// it was silent for [`SILENCE`] or the node stops. `subscribed` says whether the fan-out still
+/// holds the subscriber: one it dropped for falling behind whose response has not closed a beat
+/// later reads nothing, and is cut off.
+pub async fn serve(
+    mut wire: Wire,
+    mut inbound: Inbound,
+    mut shutdown: watch::Receiver<bool>,
+    subscribed: impl Fn() -> bool,
+    mut answer: impl FnMut(&str) -> Option<String>,
+) -> Served {
+    let mut heard = Instant::now();
+    let mut heartbeat = tokio::time::interval_at(Instant::now() + PING_EVERY, PING_EVERY);
+    // Whether the fan-out had dropped the subscriber at the last beat.
+    let mut was_behind = false;
+    let close: Option<CloseReason> = loop {
+        let out = tokio::select! {
+            frame = inbound.recv() => match frame {
+                Some(Ok(Frame::Text(bytes))) => {
+                    heard = Instant::now();
+                    let Ok(text) = std::str::from_utf8(&bytes) else {
+                        break Some(reason(CloseCode::Invalid, "text must be UTF-8"));
+                    };
+                    answer(text).map(|a| Message::Text(a.into()))
+                }
+                Some(Ok(Frame::Ping(bytes))) => {
+                    heard = Instant::now();
+                    Some(Message::Pong(bytes))
+                }
+                Some(Ok(Frame::Pong(_) | Frame::Binary(_))) => {
+                    heard = Instant::now();
+                    None
+                }
+                Some(Ok(Frame::Continuation(_))) => {
+                    break Some(reason(CloseCode::Size, "frames must not be fragmented"));
+                }
+                Some(Ok(Frame::Close(reason))) => break reason,
+                None | Some(Err(_)) => break None,
+            },
+            _ = heartbeat.tick() => {
+                if heard.elapsed() > SILENCE {
+                    break Some(reason(CloseCode::Away, "silent too long"));
+                }
+                let behind = !subscribed();
+                if behind && was_behind {
+                    // Counted as dropped by the fan-out already.
+                    wire.cut();
+                    return Served::Closed;
+                }
+                was_behind = behind;
+                Some(Message::Ping(Bytes::new()))
+            }
+            _ = wire.ended() => return Served::Closed,
+            _ = shutdown.changed() => {
+                break Some(reason(CloseCode::Restart, "node shutting down"));
+            }
+        };
+        if let Some(out) = out {
+            match wire.send(out) {
+                Ok(()) => {}
+                Err(Unqueued::Ended) => return Served::Closed,
+                Err(Unqueued::Cut) => return Served::Cut,
+            }
+        }
+    };
+    if !wire.has_ended() {
+        wire.close(close).await;
+    }
+    Served::Closed
 }
