@@ -13,24 +13,28 @@
 //! it missed, then the live events, with no gap and no repeat at the seam (both are taken under
 //! one lock). Past what is kept (or on another node) it gets `{"type":"reset"}` and reads the
 //! receiver afresh.
+//!
+//! The docks are reached through the same fan-out as broadcast topics ([`crate::topics`]): each
+//! receiver's feed is a topic of the node's own ([`Topic::feed`]), and a dock a subscriber of it
+//! with an outbox that its socket's response reads. A dock that falls behind is closed (1013)
+//! like any subscriber, and comes back with `since`.
 
 use std::collections::{HashMap, VecDeque};
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
+use bytestring::ByteString;
 use serde_json::{json, Value};
-use tokio::sync::broadcast;
 
 use crate::alert::ReceiverId;
 use crate::store::{Event as Happened, Snapshot};
+use crate::topics::{Pattern, Sent, Topic, Topics};
 
 /// Events kept per receiver for docks that reconnect.
 pub const RECENT: usize = 256;
 /// How long a receiver's recent events are kept after its last dock here leaves.
 pub const KEEP_FOR: Duration = Duration::from_secs(120);
-/// Events one dock may fall behind by before it is told to reset.
-const LAG: usize = 1024;
 /// Sent on a receiver's live channel when its dashboard token is rotated: not an event (no JSON
 /// starts with a NUL), but the end of each feed that hears it.
 pub const REVOKED: &str = "\0revoked";
@@ -60,28 +64,40 @@ impl Event {
 pub struct Subscription {
     /// What it missed since the event it named, oldest first; `None`: more than is kept, so it
     /// must read the receiver afresh.
-    pub missed: Option<Vec<Arc<str>>>,
-    pub live: broadcast::Receiver<Arc<str>>,
+    pub missed: Option<Vec<ByteString>>,
+    /// The live events (and [`REVOKED`]), as a subscriber of the receiver's feed topic.
+    pub live: crate::topics::Subscription,
 }
 
 /// The feeds of this node's docks.
-#[derive(Default)]
 pub struct Feed {
     receivers: Mutex<HashMap<ReceiverId, Watched>>,
     /// Receivers whose events this node keeps: 0 makes every transition skip the feed.
     kept: AtomicUsize,
     last_id: AtomicU64,
+    /// The fan-out the docks are subscribers of.
+    topics: Arc<Topics>,
 }
 
 struct Watched {
     docks: usize,
-    recent: VecDeque<(u64, Arc<str>)>,
-    live: broadcast::Sender<Arc<str>>,
+    recent: VecDeque<(u64, ByteString)>,
+    /// The receiver's feed topic.
+    topic: Topic,
     /// When the last dock left, while none is here.
     idle_since: Option<Instant>,
 }
 
 impl Feed {
+    pub fn new(topics: Arc<Topics>) -> Self {
+        Self {
+            receivers: Mutex::default(),
+            kept: AtomicUsize::new(0),
+            last_id: AtomicU64::new(0),
+            topics,
+        }
+    }
+
     /// Whether this node keeps the receiver's events: a dock watches it here, or did within
     /// [`KEEP_FOR`].
     pub fn watched_here(&self, receiver: &ReceiverId) -> bool {
@@ -104,7 +120,7 @@ impl Feed {
         let w = map.entry(receiver.clone()).or_insert_with(|| Watched {
             docks: 0,
             recent: VecDeque::new(),
-            live: broadcast::channel(LAG).0,
+            topic: Topic::feed(receiver),
             idle_since: None,
         });
         w.docks += 1;
@@ -121,14 +137,17 @@ impl Feed {
                     .collect()
             }),
         };
-        Subscription {
-            missed,
-            live: w.live.subscribe(),
-        }
+        // Subscribed under the lock that `deliver` takes: nothing between what it missed and
+        // what comes live.
+        let live = self
+            .topics
+            .subscribe(vec![Pattern::Exactly(w.topic.clone())]);
+        Subscription { missed, live }
     }
 
-    /// A dock of the receiver closed.
-    pub fn unsubscribe(&self, receiver: &ReceiverId) {
+    /// A dock of the receiver closed (`subscriber`: its [`Subscription`]'s `live.id`).
+    pub fn unsubscribe(&self, receiver: &ReceiverId, subscriber: u64) {
+        self.topics.unsubscribe(subscriber);
         let mut map = self.lock();
         if let Some(w) = map.get_mut(receiver) {
             w.docks = w.docks.saturating_sub(1);
@@ -142,7 +161,11 @@ impl Feed {
     /// its dock, reconnecting with the old token, is refused.
     pub fn revoke(&self, receiver: &ReceiverId) {
         if let Some(w) = self.lock().get(receiver) {
-            let _ = w.live.send(REVOKED.into());
+            self.topics.deliver(&Sent {
+                topic: w.topic.clone(),
+                offset: 0,
+                frame: REVOKED.into(),
+            });
         }
     }
 
@@ -195,13 +218,17 @@ impl Feed {
         };
         for frame in frames {
             let id = frame["id"].as_u64().unwrap_or(0);
-            let text: Arc<str> = frame.to_string().into();
+            let text = ByteString::from(frame.to_string());
             if w.recent.len() == RECENT {
                 w.recent.pop_front();
             }
             w.recent.push_back((id, text.clone()));
-            // No dock listening right now is not an error.
-            let _ = w.live.send(text);
+            // Under the lock `subscribe` takes (see there); no dock here is not an error.
+            self.topics.deliver(&Sent {
+                topic: w.topic.clone(),
+                offset: id,
+                frame: text,
+            });
         }
     }
 

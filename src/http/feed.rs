@@ -1,23 +1,31 @@
 //! `GET /ws/{receiver}/feed?token=<dashboard token>[&since=<event id>]`: a receiver's live feed,
 //! for docks (see [`crate::feed`]). The server sends `{"type":"event", ...}` frames, first what
-//! the dock missed since `since` (or `{"type":"reset"}` when that is more than this node keeps,
-//! or when the dock fell too far behind), then every event as it happens. A dock may send
-//! `{"type":"ping"}`, answered `{"type":"pong"}`; nothing else it sends does anything.
+//! the dock missed since `since` (or `{"type":"reset"}` when that is more than this node keeps),
+//! then every event as it happens. A dock may send `{"type":"ping"}`, answered
+//! `{"type":"pong"}`; nothing else it sends does anything. A dock that falls [`OUTBOX`] events
+//! behind is closed with 1013 and comes back with `since`; a rotated dashboard token closes it
+//! with 4001.
+//!
+//! [`OUTBOX`]: crate::topics::OUTBOX
 
+use std::collections::VecDeque;
+use std::pin::Pin;
+use std::task::{Context, Poll};
+
+use actix_http::ws::{CloseCode, Message};
 use actix_web::{web, HttpRequest, HttpResponse};
-use actix_ws::{AggregatedMessage, CloseCode, CloseReason, Session};
+use bytestring::ByteString;
+use futures_util::StreamExt;
 use serde::Deserialize;
-use tokio::sync::broadcast::error::RecvError;
-use tokio::time::Instant;
 
 use super::controls::authorize_controller;
-use super::socket::ConnectionSocket;
-use super::widget::{
-    not_an_upgrade, reason, send, Outbound, Unsent, CLOSE_TIMEOUT, PING_EVERY, SILENCE,
-};
+use super::widget::{not_an_upgrade, reason};
+use super::wire;
 use super::{ApiError, AppState};
 use crate::alert::ReceiverId;
 use crate::feed::{Subscription, REVOKED};
+use crate::hub::Hub;
+use crate::topics::Sent;
 
 const RESET: &str = r#"{"type":"reset"}"#;
 
@@ -41,102 +49,81 @@ pub async fn connect(
         return Err(ApiError::ShuttingDown.into());
     }
     let connection = state.connections.admit().ok_or(ApiError::NodeFull)?;
-    let subscription = state
+    let Subscription { missed, live } = state
         .hub
         .open_feed(&receiver, query.since)
         .await
         .map_err(ApiError::from)?;
-    let (response, session, stream) = match actix_ws::handle(&req, body) {
+    let id = live.id;
+    let events = Events {
+        backlog: missed.map_or_else(|| vec![RESET.into()], Vec::from).into(),
+        live: live.messages,
+    };
+    let (response, wire, inbound) = match wire::upgrade(
+        &req,
+        body,
+        events,
+        reason(CloseCode::Again, "fell behind"),
+        MAX_FRAME,
+    ) {
         Ok(upgraded) => upgraded,
         Err(e) => {
-            state.hub.close_feed(&receiver).await;
+            state.hub.close_feed(&receiver, id).await;
             return Err(e);
         }
     };
-    let stream = stream.max_frame_size(4 * 1024).aggregate_continuations();
     let hub = state.hub.clone();
     let shutdown = state.shutdown.clone();
-    let socket = req.conn_data::<ConnectionSocket>().copied();
     actix_web::rt::spawn(async move {
-        run(&receiver, subscription, session, stream, shutdown, socket).await;
-        hub.close_feed(&receiver).await;
+        serve(&receiver, &hub, id, wire, inbound, shutdown).await;
+        hub.close_feed(&receiver, id).await;
         drop(connection);
     });
     Ok(response)
 }
 
+/// Docks send small control frames; anything bigger is not one.
+const MAX_FRAME: usize = 4 * 1024;
+
+/// What a dock's response writes: what it missed (or a reset), then each event as it comes; the
+/// dashboard token's rotation ends it with 4001.
+struct Events {
+    backlog: VecDeque<ByteString>,
+    live: futures_channel::mpsc::Receiver<Sent>,
+}
+
+impl futures_util::Stream for Events {
+    type Item = Message;
+
+    fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Message>> {
+        if let Some(frame) = self.backlog.pop_front() {
+            return Poll::Ready(Some(Message::Text(frame)));
+        }
+        self.live.poll_next_unpin(cx).map(|sent| {
+            sent.map(|sent| {
+                if &*sent.frame == REVOKED {
+                    Message::Close(Some(reason(CloseCode::Other(4001), "token rotated")))
+                } else {
+                    Message::Text(sent.frame)
+                }
+            })
+        })
+    }
+}
+
 #[tracing::instrument(name = "feed", skip_all, fields(receiver = %receiver))]
-async fn run(
+async fn serve(
     receiver: &ReceiverId,
-    subscription: Subscription,
-    mut session: Session,
-    mut stream: actix_ws::AggregatedMessageStream,
-    mut shutdown: tokio::sync::watch::Receiver<bool>,
-    socket: Option<ConnectionSocket>,
+    hub: &Hub,
+    id: u64,
+    wire: wire::Wire,
+    inbound: wire::Inbound,
+    shutdown: tokio::sync::watch::Receiver<bool>,
 ) {
-    let Subscription { missed, mut live } = subscription;
-    let first: Vec<Outbound> = match missed {
-        Some(missed) => missed
-            .iter()
-            .map(|e| Outbound::Text((&**e).into()))
-            .collect(),
-        None => vec![Outbound::Text(RESET.into())],
+    let pong = |text: &str| {
+        serde_json::from_str::<serde_json::Value>(text)
+            .is_ok_and(|v| v["type"] == "ping")
+            .then(|| r#"{"type":"pong"}"#.to_owned())
     };
-    let mut heard = Instant::now();
-    let mut heartbeat = tokio::time::interval_at(Instant::now() + PING_EVERY, PING_EVERY);
-    let mut pending: std::collections::VecDeque<Outbound> = first.into();
-    let close: Option<CloseReason> = 'conn: loop {
-        while let Some(out) = pending.pop_front() {
-            match send(&mut session, out).await {
-                Ok(()) => {}
-                Err(Unsent::Closed) => break 'conn None,
-                Err(Unsent::Stuck) => {
-                    if let Some(socket) = socket {
-                        socket.abort();
-                    }
-                    break 'conn Some(reason(CloseCode::Again, "too slow"));
-                }
-            }
-        }
-        tokio::select! {
-            event = live.recv() => match event {
-                Ok(text) if &*text == REVOKED => {
-                    break 'conn Some(reason(CloseCode::Other(4001), "token rotated"));
-                }
-                Ok(text) => pending.push_back(Outbound::Text((&*text).into())),
-                // Fell behind the broadcast: what it lost is told as a reset.
-                Err(RecvError::Lagged(_)) => pending.push_back(Outbound::Text(RESET.into())),
-                Err(RecvError::Closed) => break 'conn None,
-            },
-            inbound = stream.recv() => match inbound {
-                Some(Ok(AggregatedMessage::Text(text))) => {
-                    heard = Instant::now();
-                    let ping = serde_json::from_str::<serde_json::Value>(&text)
-                        .is_ok_and(|v| v["type"] == "ping");
-                    if ping {
-                        pending.push_back(Outbound::Text(r#"{"type":"pong"}"#.into()));
-                    }
-                }
-                Some(Ok(AggregatedMessage::Ping(bytes))) => {
-                    heard = Instant::now();
-                    pending.push_back(Outbound::Pong(bytes));
-                }
-                Some(Ok(AggregatedMessage::Pong(_) | AggregatedMessage::Binary(_))) => {
-                    heard = Instant::now();
-                }
-                Some(Ok(AggregatedMessage::Close(reason))) => break 'conn reason,
-                None | Some(Err(_)) => break 'conn None,
-            },
-            _ = heartbeat.tick() => {
-                if heard.elapsed() > SILENCE {
-                    break 'conn Some(reason(CloseCode::Away, "silent too long"));
-                }
-                pending.push_back(Outbound::Ping);
-            }
-            _ = shutdown.changed() => {
-                break 'conn Some(reason(CloseCode::Restart, "node shutting down"));
-            }
-        }
-    };
-    let _ = tokio::time::timeout(CLOSE_TIMEOUT, session.close(close)).await;
+    wire::serve(wire, inbound, shutdown, || hub.topics.contains(id), pong).await;
 }

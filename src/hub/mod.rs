@@ -146,7 +146,7 @@ impl Hub {
         Arc::new_cyclic(|me| Self {
             store,
             metrics,
-            feed: Feed::default(),
+            feed: Feed::new(topics.clone()),
             topics,
             receivers: Mutex::new(HashMap::new()),
             next_widget: AtomicU64::new(1),
@@ -471,10 +471,11 @@ impl Hub {
         Ok(subscription)
     }
 
-    /// A dock closed. The node goes on hearing the receiver's events for
-    /// [`crate::feed::KEEP_FOR`], so a dock that reconnects here gets what it missed.
-    pub async fn close_feed(&self, receiver: &ReceiverId) {
-        self.feed.unsubscribe(receiver);
+    /// A dock closed (`subscriber`: its subscription's `live.id`). The node goes on hearing the
+    /// receiver's events for [`crate::feed::KEEP_FOR`], so a dock that reconnects here gets what
+    /// it missed.
+    pub async fn close_feed(&self, receiver: &ReceiverId, subscriber: u64) {
+        self.feed.unsubscribe(receiver, subscriber);
         let me = self.me.clone();
         let receiver = receiver.clone();
         tokio::spawn(async move {

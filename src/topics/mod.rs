@@ -160,7 +160,7 @@ impl Topics {
             s.all.remove(id);
         }
         drop(s);
-        if let Some(metrics) = &self.metrics {
+        if let Some(metrics) = self.metrics.as_ref().filter(|_| !sent.topic.is_internal()) {
             metrics.broadcast_delivered((delivered, behind.len()));
         }
     }

@@ -32,6 +32,19 @@ impl Topic {
     pub fn as_str(&self) -> &str {
         &self.0
     }
+
+    /// The topic a receiver's feed goes out on to its docks on this node (see [`crate::feed`]).
+    /// Its `#` is outside every name a client may give, and no pattern matches it but itself:
+    /// it is never published, never kept in a topic's log, and no token or public pattern,
+    /// not even `*`, reaches it.
+    pub fn feed(receiver: &crate::alert::ReceiverId) -> Self {
+        Self(format!("#feed:{receiver}").into())
+    }
+
+    /// Whether this is a topic of the node's own ([`Topic::feed`]).
+    pub fn is_internal(&self) -> bool {
+        self.0.starts_with('#')
+    }
 }
 
 impl fmt::Display for Topic {
@@ -66,7 +79,7 @@ impl Pattern {
     pub fn matches(&self, topic: &Topic) -> bool {
         match self {
             Pattern::Exactly(t) => t == topic,
-            Pattern::Under(prefix) => topic.as_str().starts_with(&**prefix),
+            Pattern::Under(prefix) => !topic.is_internal() && topic.as_str().starts_with(&**prefix),
         }
     }
 
@@ -130,6 +143,11 @@ mod tests {
         assert!(under.matches(&topic("trending:PL")));
         assert!(!under.matches(&topic("trend")));
         assert!(Pattern::parse("*").unwrap().matches(&topic("anything")));
+        // A receiver's feed is the node's own: no pattern a client can write reaches it.
+        let feed = Topic::feed(&crate::alert::ReceiverId::parse("ana").unwrap());
+        assert!(!Pattern::parse("*").unwrap().matches(&feed));
+        assert!(Topic::parse(feed.as_str()).is_err() && Pattern::parse("#*").is_err());
+        assert!(Pattern::Exactly(feed.clone()).matches(&feed));
         let one = Pattern::parse("trending:PL").unwrap();
         assert!(one.matches(&topic("trending:PL")) && !one.matches(&topic("trending:PLX")));
         assert!(Pattern::parse("a*b").is_err() && Pattern::parse("{*").is_err());

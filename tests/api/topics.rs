@@ -635,3 +635,35 @@ async fn the_bridge_needs_the_redis_store() {
         "{said}"
     );
 }
+
+#[actix_web::test]
+async fn a_docks_feed_shares_the_fan_out_but_no_topic_subscriber_gets_it() {
+    // Every topic public, `*` subscribed: a receiver's feed goes out on a topic of the node's
+    // own, which no pattern a client may give reaches.
+    let app = app_with(&["*"], 100).await;
+    let mut everything = WidgetClient::connect(&ws(&app, "topics=*")).await.unwrap();
+    let feed = format!(
+        "{}/ws/alice/feed?token={}",
+        app.base.replace("http://", "ws://"),
+        app.dashboard_token("alice")
+    );
+    let mut dock = WidgetClient::connect(&feed).await.unwrap();
+    let id = app.publish_alert("alice", "hi").await;
+    let frame = dock.next_json().await;
+    assert_eq!(
+        (&frame["type"], &frame["event"], &frame["alert_id"]),
+        (&json!("event"), &json!("queued"), &json!(id)),
+        "{frame}"
+    );
+    let (status, _) = broadcast(&app, json!({"topics": ["t:a"], "event": "e"})).await;
+    assert_eq!(status, 202);
+    // The first thing the `*` subscriber gets is the broadcast, not the dock's event.
+    let first = message(&mut everything).await;
+    assert_eq!(first["topic"], "t:a", "{first}");
+    let (_, metrics) = app.get_text("/metrics").await;
+    assert!(
+        metrics.contains("cuebox_topic_deliveries_total 1\n"),
+        "{metrics}"
+    );
+    app.stop().await;
+}
