@@ -32,7 +32,7 @@ const MAX_FRAME: usize = 4 * 1024;
 /// Longest alert id a widget may name; ids are UUIDs.
 const MAX_ID: usize = 64;
 /// How long one frame may wait to be taken by a widget's socket.
-const SEND_TIMEOUT: Duration = Duration::from_secs(10);
+pub(super) const SEND_TIMEOUT: Duration = Duration::from_secs(10);
 /// How long the closing frame may wait: a socket that took nothing for [`SEND_TIMEOUT`] will
 /// not take it either, and the connection is dropped all the same.
 pub(super) const CLOSE_TIMEOUT: Duration = Duration::from_secs(1);

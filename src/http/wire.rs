@@ -22,10 +22,9 @@ use tokio::sync::{oneshot, watch};
 use tokio::time::Instant;
 
 use super::socket::ConnectionSocket;
-use super::widget::{not_an_upgrade, reason, CLOSE_TIMEOUT, PING_EVERY, SILENCE};
+use super::widget::{not_an_upgrade, reason, CLOSE_TIMEOUT, PING_EVERY, SEND_TIMEOUT, SILENCE};
 
-/// Frames the connection's task may have waiting: a client that lets more pile up is not
-/// reading, and is cut off.
+/// Frames the connection's task may have waiting to be written; it waits for room past that.
 const CONTROL_QUEUE: usize = 8;
 /// Bytes one poll of the response gathers before handing them to be written.
 const GATHER: usize = 16 * 1024;
@@ -43,7 +42,8 @@ pub struct Wire {
 pub enum Unqueued {
     /// The response ended.
     Ended,
-    /// The client took nothing while [`CONTROL_QUEUE`] frames piled up: it was cut off.
+    /// The client took nothing for [`SEND_TIMEOUT`] while [`CONTROL_QUEUE`] frames waited: it
+    /// was cut off.
     Cut,
 }
 
@@ -90,16 +90,21 @@ where
 }
 
 impl Wire {
-    /// Queues `message` to go out between the live frames. A client that lets
-    /// [`CONTROL_QUEUE`] frames pile up is not reading: it is cut off here.
-    pub fn send(&mut self, message: Message) -> Result<(), Unqueued> {
-        match self.control.try_send(message) {
-            Ok(()) => Ok(()),
-            Err(e) if e.is_full() => {
+    /// Queues `message` to go out between the live frames, waiting while [`CONTROL_QUEUE`]
+    /// frames are already queued (a burst of commands, answered as the response writes). A
+    /// client that lets them sit for [`SEND_TIMEOUT`] is not reading: it is cut off here.
+    pub async fn send(&mut self, message: Message) -> Result<(), Unqueued> {
+        let room = std::future::poll_fn(|cx| self.control.poll_ready(cx));
+        match tokio::time::timeout(SEND_TIMEOUT, room).await {
+            Ok(Ok(())) => self
+                .control
+                .start_send(message)
+                .map_err(|_| Unqueued::Ended),
+            Ok(Err(_)) => Err(Unqueued::Ended),
+            Err(_) => {
                 self.cut();
                 Err(Unqueued::Cut)
             }
-            Err(_) => Err(Unqueued::Ended),
         }
     }
 
@@ -130,13 +135,13 @@ impl Wire {
     /// Sends the close and waits for the response to write it, for [`CLOSE_TIMEOUT`] at most:
     /// a client that does not take it is cut off.
     pub async fn close(mut self, reason: Option<CloseReason>) {
-        if self.send(Message::Close(reason)).is_err() {
-            return;
-        }
-        if tokio::time::timeout(CLOSE_TIMEOUT, self.ended())
-            .await
-            .is_err()
-        {
+        let closing = async {
+            std::future::poll_fn(|cx| self.control.poll_ready(cx)).await?;
+            self.control.start_send(Message::Close(reason))?;
+            self.ended().await;
+            Ok::<(), mpsc::SendError>(())
+        };
+        if tokio::time::timeout(CLOSE_TIMEOUT, closing).await.is_err() {
             self.cut();
         }
     }
@@ -256,7 +261,7 @@ impl Inbound {
 pub enum Served {
     /// Closed, by either side, or its response ended.
     Closed,
-    /// Cut off: the client took nothing while the task's frames piled up (not counted as
+    /// Cut off: the client took none of the task's frames for a while (not counted as
     /// dropped elsewhere, unlike one the fan-out dropped for falling behind).
     Cut,
 }
@@ -320,7 +325,7 @@ pub async fn serve(
             }
         };
         if let Some(out) = out {
-            match wire.send(out) {
+            match wire.send(out).await {
                 Ok(()) => {}
                 Err(Unqueued::Ended) => return Served::Closed,
                 Err(Unqueued::Cut) => return Served::Cut,

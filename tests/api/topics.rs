@@ -667,3 +667,31 @@ async fn a_docks_feed_shares_the_fan_out_but_no_topic_subscriber_gets_it() {
     );
     app.stop().await;
 }
+
+#[actix_web::test]
+async fn a_burst_of_commands_is_answered_whole() {
+    // Sixty subscribes sent at once: each is answered, in order, and the connection stays.
+    let app = app_with(&["t:*"], 100).await;
+    let mut c = WidgetClient::connect(&ws(&app, "topics=t:a"))
+        .await
+        .unwrap();
+    let burst: String = (0..60)
+        .map(|i| format!(r#"{{"type":"subscribe","topic":"t:{i}"}}"#))
+        .collect::<Vec<_>>()
+        .join("\n");
+    for line in burst.lines() {
+        c.send_text(line).await;
+    }
+    for i in 0..60 {
+        let v = c.next_json().await;
+        assert_eq!(
+            (&v["type"], &v["topic"]),
+            (&json!("subscribed"), &json!(format!("t:{i}"))),
+            "{v}"
+        );
+    }
+    let (status, _) = broadcast(&app, json!({"topics": ["t:59"], "event": "e"})).await;
+    assert_eq!(status, 202);
+    assert_eq!(message(&mut c).await["topic"], "t:59");
+    app.stop().await;
+}
