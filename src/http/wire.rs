@@ -34,6 +34,8 @@ pub struct Wire {
     control: mpsc::Sender<Message>,
     /// Fires when the response ends (its body dropped).
     ended: oneshot::Receiver<()>,
+    /// Whether `ended` has fired (a oneshot is not polled again once it has).
+    has_ended: bool,
     socket: Option<ConnectionSocket>,
 }
 
@@ -78,6 +80,7 @@ where
     let wire = Wire {
         control,
         ended,
+        has_ended: false,
         socket: req.conn_data::<ConnectionSocket>().copied(),
     };
     let inbound = Inbound {
@@ -110,15 +113,21 @@ impl Wire {
 
     /// Whether the response ended.
     pub fn has_ended(&mut self) -> bool {
-        !matches!(
-            self.ended.try_recv(),
-            Err(oneshot::error::TryRecvError::Empty)
-        )
+        if !self.has_ended {
+            self.has_ended = !matches!(
+                self.ended.try_recv(),
+                Err(oneshot::error::TryRecvError::Empty)
+            );
+        }
+        self.has_ended
     }
 
     /// Resolves when the response ends.
     pub async fn ended(&mut self) {
-        let _ = (&mut self.ended).await;
+        if !self.has_ended {
+            let _ = (&mut self.ended).await;
+            self.has_ended = true;
+        }
     }
 
     /// Drops the connection at once, unless its response already ended (see
