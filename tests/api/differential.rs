@@ -11,7 +11,10 @@
 //! Each receiver's history is compared too: the machine hands each alert that leaves for good to
 //! the model, which keeps them as a store does.
 //!
-//! `PROPTEST_CASES` sets the number of sequences of each (default 256, about ten seconds).
+//! `PROPTEST_CASES` sets the number of sequences of each (by default 1,000 against Redis, about
+//! 17 seconds, and 256 against SQLite, whose restarts make each slower). At 256 against Redis, a
+//! `wait` sum off by 1 ms per dispatched alert went unseen in three runs of three; at 1,000 it was
+//! found in both of two.
 
 use std::collections::{HashMap, VecDeque};
 use std::sync::Arc;
@@ -733,14 +736,14 @@ async fn run(under: &mut Under, ops: Vec<Op>) -> Result<(), TestCaseError> {
 }
 
 /// Runs `PROPTEST_CASES` random sequences against the store.
-fn check(rt: &tokio::runtime::Runtime, under: Under) {
+fn check(rt: &tokio::runtime::Runtime, under: Under, default_cases: u32) {
     // The runner takes a shared closure; each sequence runs alone, so the cell is never
     // borrowed twice.
     let under = std::cell::RefCell::new(under);
     let cases = std::env::var("PROPTEST_CASES")
         .ok()
         .and_then(|c| c.parse().ok())
-        .unwrap_or(256);
+        .unwrap_or(default_cases);
     let mut runner = TestRunner::new(Config {
         cases,
         failure_persistence: None,
@@ -784,7 +787,7 @@ fn the_redis_script_keeps_the_rules_of_the_machine() {
         }
         Under::Redis { redis, nodes }
     });
-    check(&rt, under);
+    check(&rt, under, 1000);
 }
 
 #[test]
@@ -793,5 +796,5 @@ fn the_sqlite_store_keeps_the_rules_of_the_machine_across_restarts() {
         dir: DataDir::fresh(),
         store: None,
     };
-    check(&runtime(), under);
+    check(&runtime(), under, 256);
 }
