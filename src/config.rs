@@ -52,6 +52,14 @@ pub struct TopicTokenArgs {
     #[arg(required = true)]
     pub patterns: Vec<String>,
 
+    #[command(flatten)]
+    pub signer: SignerArgs,
+}
+
+/// The secret the nodes sign tokens with, for the commands that print a token: given, or read
+/// where the nodes keep it.
+#[derive(Args, Debug, Clone)]
+pub struct SignerArgs {
     /// The secret the nodes sign tokens with.
     #[arg(long, env = "CUEBOX_SECRET", hide_env_values = true)]
     pub secret: Option<String>,
@@ -195,17 +203,8 @@ pub struct WidgetUrlArgs {
     /// The receiver (streamer) id.
     pub receiver: String,
 
-    /// The secret the nodes sign tokens with.
-    #[arg(long, env = "CUEBOX_SECRET", hide_env_values = true)]
-    pub secret: Option<String>,
-
-    /// With no --secret, the secret is read from the Redis the nodes share, or with no Redis
-    /// from the data dir.
     #[command(flatten)]
-    pub redis: RedisArgs,
-
-    #[command(flatten)]
-    pub data: DataArgs,
+    pub signer: SignerArgs,
 
     /// Where streamers reach cuebox.
     #[arg(long, env = "CUEBOX_BASE_URL", default_value = "http://127.0.0.1:8080")]

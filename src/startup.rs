@@ -392,8 +392,6 @@ pub fn receiver_url(
     )
 }
 
-/// `cuebox widget-url` and `cuebox dock-url`: the secret from the flag, or the one the nodes
-/// keep in Redis, or the one the embedded store keeps in its data dir.
 /// `cuebox topic-token PATTERN...`: a subscribe token for those topics, signed with the secret
 /// the nodes share (given, or read as `widget-url` reads it).
 pub async fn topic_token_command(args: TopicTokenArgs) -> Result<String, StartError> {
@@ -402,65 +400,47 @@ pub async fn topic_token_command(args: TopicTokenArgs) -> Result<String, StartEr
         .iter()
         .map(|p| crate::topics::Pattern::parse(p).map_err(|e| StartError::Config(e.message)))
         .collect::<Result<Vec<_>, _>>()?;
-    let secret = match (&args.secret, args.redis.target()) {
+    let signer = &args.signer;
+    let secret = match (&signer.secret, signer.redis.target()) {
         (Some(s), _) => s.clone(),
         (None, Some(target)) => {
-            let keys = Keys::new(&args.redis.key_prefix).map_err(StartError::Config)?;
+            let keys = Keys::new(&signer.redis.key_prefix).map_err(StartError::Config)?;
             let mut con = target.connect(None).await?;
             crate::store::redis::shared_secret(&mut con, &keys).await?
         }
-        (None, None) => {
-            let dir = &args.data.data_dir;
-            disk::read_secret(dir)
-                .map_err(StartError::Config)?
-                .ok_or_else(|| {
-                    StartError::Config(format!(
-                        "no secret in the data dir {}: start the node once (it makes one), or \
-                         give --data-dir (CUEBOX_DATA_DIR), --redis-url (CUEBOX_REDIS_URL) or \
-                         --secret (CUEBOX_SECRET)",
-                        dir.display()
-                    ))
-                })?
-        }
+        (None, None) => kept_secret(&signer.data.data_dir)?,
     };
     Ok(ReceiverTokens::new(&secret).topic_token(&patterns))
 }
 
+/// `cuebox widget-url` and `cuebox dock-url`: the secret from the flag, or the one the nodes
+/// keep in Redis, or the one the embedded store keeps in its data dir.
 pub async fn receiver_url_command(
     args: WidgetUrlArgs,
     purpose: Purpose,
 ) -> Result<String, StartError> {
     let receiver = ReceiverId::parse(&args.receiver).map_err(|e| StartError::Config(e.message))?;
+    let signer = &args.signer;
     // The secret (unless given) and the token's generation: both from Redis, over one
     // connection, or both from the data dir.
-    let (secret, generations) = match args.redis.target() {
+    let (secret, generations) = match signer.redis.target() {
         Some(target) => {
-            let keys = Keys::new(&args.redis.key_prefix).map_err(StartError::Config)?;
+            let keys = Keys::new(&signer.redis.key_prefix).map_err(StartError::Config)?;
             let mut con = target.connect(None).await?;
             let generations = crate::store::redis::generations(&mut con, &keys, &receiver).await?;
-            let secret = match &args.secret {
+            let secret = match &signer.secret {
                 Some(s) => s.clone(),
                 None => crate::store::redis::shared_secret(&mut con, &keys).await?,
             };
             (secret, generations)
         }
         None => {
-            let dir = &args.data.data_dir;
+            let dir = &signer.data.data_dir;
             let generations =
                 disk::read_generations_of(dir, &receiver).map_err(StartError::Config)?;
-            let secret = match &args.secret {
+            let secret = match &signer.secret {
                 Some(s) => s.clone(),
-                None => match disk::read_secret(dir).map_err(StartError::Config)? {
-                    Some(secret) => secret,
-                    None => {
-                        return Err(StartError::Config(format!(
-                            "no widget secret in the data dir {}: start the node once (it makes \
-                             one), or give --data-dir (CUEBOX_DATA_DIR), --redis-url \
-                             (CUEBOX_REDIS_URL) or --secret (CUEBOX_SECRET)",
-                            dir.display()
-                        )))
-                    }
-                },
+                None => kept_secret(dir)?,
             };
             (secret, generations)
         }
@@ -472,6 +452,20 @@ pub async fn receiver_url_command(
         &receiver,
         generations.of(purpose),
     ))
+}
+
+/// The secret the embedded store keeps in data dir `dir`, for the commands that print a token.
+fn kept_secret(dir: &std::path::Path) -> Result<String, StartError> {
+    disk::read_secret(dir)
+        .map_err(StartError::Config)?
+        .ok_or_else(|| {
+            StartError::Config(format!(
+                "no widget secret in the data dir {}: start the node once (it makes one), or \
+                 give --data-dir (CUEBOX_DATA_DIR), --redis-url (CUEBOX_REDIS_URL) or --secret \
+                 (CUEBOX_SECRET)",
+                dir.display()
+            ))
+        })
 }
 
 /// A Redis URL for the log, without its password.
