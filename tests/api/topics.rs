@@ -27,7 +27,12 @@ async fn broadcast(app: &TestApp, body: Value) -> (u16, Value) {
 }
 
 async fn app_with(public: &[&str], history: u64) -> TestApp {
-    let mut args = serve_args(None);
+    app_on(None, public, history).await
+}
+
+/// A node with those public topics and that history, on the Redis at `redis` (or embedded).
+async fn app_on(redis: Option<String>, public: &[&str], history: u64) -> TestApp {
+    let mut args = serve_args(redis);
     args.public_topics = public.iter().map(|p| p.to_string()).collect();
     args.topic_history = history;
     TestApp::spawn(args).await
@@ -165,10 +170,7 @@ async fn a_subscriber_that_reconnects_gets_what_it_missed_then_the_live_ones() {
 #[actix_web::test]
 async fn a_subscriber_that_reconnects_gets_what_it_missed_then_the_live_ones_on_redis() {
     let redis = RedisServer::spawn().await;
-    let mut args = serve_args(Some(redis.url()));
-    args.public_topics = vec!["t:*".into()];
-    args.topic_history = 3;
-    reconnects(TestApp::spawn(args).await).await;
+    reconnects(app_on(Some(redis.url()), &["t:*"], 3).await).await;
 }
 
 async fn reconnects(app: TestApp) {
@@ -303,9 +305,7 @@ async fn broadcasts_are_checked_and_a_repeated_key_sends_nothing_twice() {
 #[actix_web::test]
 async fn broadcasts_are_checked_and_a_repeated_key_sends_nothing_twice_on_redis() {
     let redis = RedisServer::spawn().await;
-    let mut args = serve_args(Some(redis.url()));
-    args.public_topics = vec!["t:*".into()];
-    checked_and_idempotent(TestApp::spawn(args).await).await;
+    checked_and_idempotent(app_on(Some(redis.url()), &["t:*"], 100).await).await;
 }
 
 async fn checked_and_idempotent(app: TestApp) {
@@ -608,9 +608,7 @@ async fn concurrent_broadcasts_all_arrive_in_order_on_the_embedded_store() {
 #[actix_web::test]
 async fn concurrent_broadcasts_all_arrive_in_order_on_redis() {
     let redis = RedisServer::spawn().await;
-    let mut args = serve_args(Some(redis.url()));
-    args.public_topics = vec!["t:*".into()];
-    concurrent_broadcasts_all_arrive_in_order(TestApp::spawn(args).await).await;
+    concurrent_broadcasts_all_arrive_in_order(app_on(Some(redis.url()), &["t:*"], 100).await).await;
 }
 
 /// The bridge republishes Redis pub/sub: with the embedded store, the node says so and stops.
