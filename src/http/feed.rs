@@ -59,19 +59,14 @@ pub async fn connect(
         backlog: missed.map_or_else(|| vec![RESET.into()], Vec::from).into(),
         live: live.messages,
     };
-    let (response, wire, inbound) = match wire::upgrade(
-        &req,
-        body,
-        events,
-        reason(CloseCode::Again, "fell behind"),
-        MAX_FRAME,
-    ) {
-        Ok(upgraded) => upgraded,
-        Err(e) => {
-            state.hub.close_feed(&receiver, id).await;
-            return Err(e);
-        }
-    };
+    let (response, wire, inbound) =
+        match wire::upgrade(&req, body, events, reason(CloseCode::Again, "fell behind")) {
+            Ok(upgraded) => upgraded,
+            Err(e) => {
+                state.hub.close_feed(&receiver, id).await;
+                return Err(e);
+            }
+        };
     let hub = state.hub.clone();
     let shutdown = state.shutdown.clone();
     actix_web::rt::spawn(async move {
@@ -81,9 +76,6 @@ pub async fn connect(
     });
     Ok(response)
 }
-
-/// Docks send small control frames; anything bigger is not one.
-const MAX_FRAME: usize = 4 * 1024;
 
 /// What a dock's response writes: what it missed (or a reset), then each event as it comes; the
 /// dashboard token's rotation ends it with 4001.

@@ -315,7 +315,6 @@ pub async fn connect(
         body,
         deliveries,
         reason(CloseCode::Again, "fell behind"),
-        MAX_FRAME,
     )?;
     let state = state.into_inner();
     actix_web::rt::spawn(async move {
@@ -325,9 +324,6 @@ pub async fn connect(
     });
     Ok(response)
 }
-
-/// Subscribers send small control frames; anything bigger is not one.
-const MAX_FRAME: usize = 4 * 1024;
 
 /// A subscriber as this node's fan-out knows it, for as long as this lives: unsubscribed and
 /// counted out when dropped, however its connection ends.

@@ -26,6 +26,8 @@ use super::widget::{not_an_upgrade, reason, CLOSE_TIMEOUT, PING_EVERY, SEND_TIME
 
 /// Frames the connection's task may have waiting to be written; it waits for room past that.
 const CONTROL_QUEUE: usize = 8;
+/// Clients of these sockets send small commands; a frame bigger than this is not one.
+const MAX_FRAME: usize = 4 * 1024;
 /// Bytes one poll of the response gathers before handing them to be written.
 const GATHER: usize = 16 * 1024;
 
@@ -57,7 +59,6 @@ pub fn upgrade<S>(
     payload: web::Payload,
     live: S,
     on_end: CloseReason,
-    max_frame: usize,
 ) -> Result<(HttpResponse, Wire, Inbound), actix_web::Error>
 where
     S: Stream<Item = Message> + Unpin + 'static,
@@ -86,7 +87,7 @@ where
     let inbound = Inbound {
         payload,
         buf: BytesMut::new(),
-        codec: Codec::new().max_size(max_frame),
+        codec: Codec::new().max_size(MAX_FRAME),
         finished: false,
     };
     Ok((response, wire, inbound))

@@ -427,7 +427,8 @@ pub enum Notice {
     },
     /// Another node kept a new version of the receiver's designs.
     Designs { receiver: ReceiverId },
-    /// Another node broadcast this message to a topic.
+    /// A message broadcast to a topic, by any node (this one too: every node delivers from the
+    /// store's one stream, so each subscriber gets a topic's messages in order).
     Broadcast(crate::topics::Sent),
 }
 

@@ -79,7 +79,23 @@ pub struct Topics {
 #[derive(Default)]
 struct Subscribers {
     next: u64,
-    all: HashMap<u64, Subscriber>,
+    /// Subscribers of the topics clients name.
+    public: HashMap<u64, Subscriber>,
+    /// Subscribers of the node's own topics (a dock of a receiver's feed, [`Topic::feed`]): kept
+    /// apart so that a dock's event is not matched against every page's patterns, nor a
+    /// broadcast against every dock's.
+    own: HashMap<u64, Subscriber>,
+}
+
+impl Subscribers {
+    /// The subscribers a message of `topic` may be for.
+    fn of(&mut self, topic: &Topic) -> &mut HashMap<u64, Subscriber> {
+        if topic.is_internal() {
+            &mut self.own
+        } else {
+            &mut self.public
+        }
+    }
 }
 
 struct Subscriber {
@@ -107,36 +123,42 @@ impl Topics {
         self.subscribers.lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    /// Registers a subscriber of `patterns`; it gets every message delivered from now on.
+    /// Registers a subscriber of `patterns` (a client's, or one of the node's own topics, which
+    /// no client pattern matches); it gets every message delivered from now on.
     pub fn subscribe(&self, patterns: Vec<Pattern>) -> Subscription {
         // Its capacity is the buffer plus one per sender: OUTBOX in all.
         let (outbox, messages) = mpsc::channel(OUTBOX - 1);
+        let own = matches!(patterns.as_slice(), [Pattern::Exactly(t)] if t.is_internal());
         let mut s = self.lock();
         s.next += 1;
         let id = s.next;
-        s.all.insert(id, Subscriber { patterns, outbox });
+        let subscriber = Subscriber { patterns, outbox };
+        if own {
+            s.own.insert(id, subscriber);
+        } else {
+            s.public.insert(id, subscriber);
+        }
         Subscription { id, messages }
     }
 
-    /// Changes what subscriber `id` gets.
+    /// Changes what subscriber `id` (a client's) gets.
     pub fn set_patterns(&self, id: u64, patterns: Vec<Pattern>) {
-        if let Some(s) = self.lock().all.get_mut(&id) {
+        if let Some(s) = self.lock().public.get_mut(&id) {
             s.patterns = patterns;
         }
     }
 
     pub fn unsubscribe(&self, id: u64) {
-        self.lock().all.remove(&id);
+        let mut s = self.lock();
+        if s.public.remove(&id).is_none() {
+            s.own.remove(&id);
+        }
     }
 
     /// Whether subscriber `id` is still here: not once it fell behind, or unsubscribed.
     pub fn contains(&self, id: u64) -> bool {
-        self.lock().all.contains_key(&id)
-    }
-
-    /// Subscribers on this node.
-    pub fn count(&self) -> usize {
-        self.lock().all.len()
+        let s = self.lock();
+        s.public.contains_key(&id) || s.own.contains_key(&id)
     }
 
     /// Hands `sent` to every subscriber of its topic here, counting how many got it and how
@@ -144,8 +166,9 @@ impl Topics {
     /// offset when they reconnect). Never waits.
     pub fn deliver(&self, sent: &Sent) {
         let mut s = self.lock();
+        let subscribers = s.of(&sent.topic);
         let (mut delivered, mut behind) = (0, Vec::new());
-        for (id, sub) in &mut s.all {
+        for (id, sub) in subscribers.iter_mut() {
             if !sub.patterns.iter().any(|p| p.matches(&sent.topic)) {
                 continue;
             }
@@ -157,7 +180,7 @@ impl Topics {
             }
         }
         for id in &behind {
-            s.all.remove(id);
+            subscribers.remove(id);
         }
         drop(s);
         if let Some(metrics) = self.metrics.as_ref().filter(|_| !sent.topic.is_internal()) {
