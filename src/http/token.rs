@@ -15,7 +15,7 @@ use crate::store::StoreError;
 #[derive(Deserialize)]
 pub struct TokenQuery {
     pub token: Option<String>,
-    /// `1` for a preview widget (see `hub::Widget::preview`).
+    /// `1` for a preview widget (see `hub::Seat::preview`).
     pub preview: Option<String>,
     /// `0` for a widget that reconnects off air (it said so before its connection dropped).
     pub active: Option<String>,

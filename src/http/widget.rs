@@ -1,34 +1,37 @@
 //! `GET /ws/{receiver}?token=T`: one widget's WebSocket.
 //!
-//! Each connection is one `select!` loop over the widget's frames, the hub's frames for it, a
-//! heartbeat and shutdown, with one way out: whatever ends the loop, the widget leaves the hub
-//! exactly once, after it. Every frame the server writes goes out through one bounded send
-//! ([`send`]), replies and pongs included, so a widget that stops reading is closed whatever it
-//! sends.
+//! The connection is served as a broadcast subscriber's is (`http::wire`): the response reads
+//! the widget's frames from the hub itself and writes each as it comes, so an alert wakes one
+//! thing per widget, and a widget holds no session channel. The connection's task answers what
+//! the widget sends, pings it, and closes it, with one way out: whatever ends its loop, the
+//! widget leaves the hub exactly once, after it. A widget that stops reading is closed: by the
+//! hub letting it go when its frames pile up, or by its answers waiting too long (see
+//! [`wire::Wire::send`]).
 
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
 use std::time::Duration;
 
-use actix_http::ws::HandshakeError;
+use actix_http::ws::{
+    CloseCode, CloseReason, Frame as WsFrame, HandshakeError, Message, ProtocolError,
+};
 use actix_web::web::Bytes;
 use actix_web::{web, HttpRequest, HttpResponse};
-use actix_ws::{AggregatedMessage, CloseCode, CloseReason, ProtocolError, Session};
 use futures_util::StreamExt;
 use serde::Deserialize;
 use serde_json::json;
 use tokio::time::Instant;
 
-use super::socket::ConnectionSocket;
 use super::token::{check_token, Opening, TokenQuery};
+use super::wire::{self, Wire};
 use super::{ApiError, AppState};
 use crate::alert::ReceiverId;
-use crate::hub::{Frame, Hub, Widget};
+use crate::hub::{Frame, Hub, Seat};
 use crate::moderation::SettingsCache;
 
 /// The server pings this often; a widget silent for [`SILENCE`] is dropped.
 pub(super) const PING_EVERY: Duration = Duration::from_secs(15);
 pub(super) const SILENCE: Duration = Duration::from_secs(45);
-/// Widgets send small control frames; anything bigger is not a widget.
-const MAX_FRAME: usize = 4 * 1024;
 /// Longest alert id a widget may name; ids are UUIDs.
 const MAX_ID: usize = 64;
 /// How long one frame may wait to be taken by a widget's socket.
@@ -95,172 +98,157 @@ pub async fn connect(
         .join_as(&receiver, preview, !off_air)
         .await
         .map_err(ApiError::from)?;
-    let (response, session, stream) = match actix_ws::handle(&req, body) {
+    let seat = widget.seat;
+    // Set by the task as it leaves the hub, which ends the frames: the close is then the task's.
+    let leaving = Arc::new(AtomicBool::new(false));
+    // The hub's word that the token was rotated closes the connection with 4001; the end of the
+    // frames closes it as too slow (the hub let the widget go, too far behind), unless the task
+    // ended them by leaving.
+    let left = leaving.clone();
+    let live = widget
+        .frames
+        .map(|frame| {
+            // A JSON frame never starts with a NUL (see `hub::REVOKED`).
+            if frame.as_bytes().first() == Some(&0) {
+                Message::Close(Some(reason(CloseCode::Other(4001), "token rotated")))
+            } else {
+                Message::Text(frame)
+            }
+        })
+        .chain(futures_util::stream::once(async move {
+            if left.load(Ordering::Acquire) {
+                std::future::pending::<()>().await;
+            }
+            Message::Close(Some(reason(CloseCode::Again, "too slow")))
+        }));
+    // Never written: the frames end with a close of their own (above).
+    let unreached = reason(CloseCode::Again, "too slow");
+    let (response, mut wire, inbound) = match wire::upgrade(&req, body, Box::pin(live), unreached) {
         Ok(upgraded) => upgraded,
         Err(e) => {
-            state.hub.leave(&widget, false).await;
+            state.hub.leave(&seat, false).await;
             return Err(e);
         }
     };
-    let stream = stream
-        .max_frame_size(MAX_FRAME)
-        .aggregate_continuations()
-        .max_continuation_size(MAX_FRAME);
+    // Queued before the response is first read, so it goes out before any alert (the queue is
+    // new: there is room).
+    let hello = json!({ "type": "hello", "receiver": receiver, "protocol": 1 }).to_string();
+    let _ = wire.send(Message::Text(hello.into())).await;
     let hub = state.hub.clone();
     let settings = state.settings.clone();
     let shutdown = state.shutdown.clone();
-    let socket = req.conn_data::<ConnectionSocket>().copied();
     actix_web::rt::spawn(async move {
-        run(hub, settings, widget, session, stream, shutdown, socket).await;
+        run(hub, settings, seat, wire, inbound, shutdown, leaving).await;
         drop(connection);
     });
     Ok(response)
 }
 
-/// What the server writes to a widget.
-pub(super) enum Outbound {
-    Text(Frame),
-    Ping,
-    Pong(Bytes),
-}
-
-/// What one turn of a widget's loop comes to.
-enum Step {
-    Send(Outbound),
-    Nothing,
-    End(Option<CloseReason>),
-}
-
-/// Why a connection could not send.
-pub(super) enum Unsent {
-    /// The socket is gone.
-    Closed,
-    /// The socket took nothing for [`SEND_TIMEOUT`]: the widget stopped reading.
-    Stuck,
-}
-
-/// The one way a frame goes to a widget: bounded by [`SEND_TIMEOUT`], so that a widget that
-/// sends but never reads fills its socket and is then closed, rather than held with its frames.
-pub(super) async fn send(session: &mut Session, out: Outbound) -> Result<(), Unsent> {
-    let sent = async {
-        match out {
-            Outbound::Text(frame) => session.text(frame).await,
-            Outbound::Ping => session.ping(b"").await,
-            Outbound::Pong(bytes) => session.pong(&bytes).await,
-        }
-    };
-    match tokio::time::timeout(SEND_TIMEOUT, sent).await {
-        Ok(Ok(())) => Ok(()),
-        Ok(Err(_)) => Err(Unsent::Closed),
-        Err(_) => Err(Unsent::Stuck),
-    }
-}
-
 #[tracing::instrument(name = "widget", skip_all, fields(receiver = %widget.receiver))]
 async fn run(
-    hub: std::sync::Arc<Hub>,
-    settings: std::sync::Arc<SettingsCache>,
-    mut widget: Widget,
-    mut session: Session,
-    mut stream: actix_ws::AggregatedMessageStream,
+    hub: Arc<Hub>,
+    settings: Arc<SettingsCache>,
+    widget: Seat,
+    mut wire: Wire,
+    mut inbound: wire::Inbound,
     mut shutdown: tokio::sync::watch::Receiver<bool>,
-    socket: Option<ConnectionSocket>,
+    leaving: Arc<AtomicBool>,
 ) {
-    let receiver = widget.receiver.clone();
-    let hello = json!({ "type": "hello", "receiver": receiver, "protocol": 1 }).to_string();
-    let mut next = Step::Send(Outbound::Text(hello.into()));
     tracing::debug!(widget = widget.id, "widget joined");
-
     let mut heard = Instant::now();
     let mut withdrawn = false;
     let mut heartbeat =
         tokio::time::interval_at(Instant::now() + first_ping(widget.id), PING_EVERY);
+    // Whether the hub had let the widget go at the last beat.
+    let mut was_let_go = false;
+    // Whether the connection was dropped here, with no close to send.
+    let mut cut = false;
     let close = loop {
-        match next {
-            Step::Send(out) => match send(&mut session, out).await {
-                Ok(()) => {}
-                Err(Unsent::Closed) => break None,
-                Err(Unsent::Stuck) => {
-                    // Stuck, not closed: the connection is open (a closed one fails the send at
-                    // once), and this task runs on its worker, so its socket is still its own.
-                    if let Some(socket) = socket {
-                        socket.abort();
-                    }
-                    break Some(reason(CloseCode::Again, "too slow"));
-                }
-            },
-            Step::Nothing => {}
-            Step::End(close) => break close,
-        }
-        next = tokio::select! {
-            inbound = stream.recv() => match inbound {
-                Some(Ok(AggregatedMessage::Text(text))) => {
+        let out = tokio::select! {
+            frame = inbound.recv() => match frame {
+                Some(Ok(WsFrame::Text(bytes))) => {
                     heard = Instant::now();
-                    match handle(&hub, &settings, &widget, &text).await {
-                        Some(reply) => Step::Send(Outbound::Text(reply)),
-                        None => Step::Nothing,
-                    }
+                    let Ok(text) = std::str::from_utf8(&bytes) else {
+                        break Some(reason(CloseCode::Protocol, "protocol error"));
+                    };
+                    // Boxed: the task keeps only what it holds between frames.
+                    Box::pin(handle(&hub, &settings, &widget, text))
+                        .await
+                        .map(Message::Text)
                 }
-                Some(Ok(AggregatedMessage::Binary(_))) => {
+                Some(Ok(WsFrame::Binary(_))) => {
                     heard = Instant::now();
-                    let reply = error_frame("invalid_frame", "frames are JSON text");
-                    Step::Send(Outbound::Text(reply))
+                    Some(Message::Text(error_frame("invalid_frame", "frames are JSON text")))
                 }
-                Some(Ok(AggregatedMessage::Ping(bytes))) => {
+                Some(Ok(WsFrame::Ping(bytes))) => {
                     heard = Instant::now();
-                    Step::Send(Outbound::Pong(bytes))
+                    Some(Message::Pong(bytes))
                 }
-                Some(Ok(AggregatedMessage::Pong(_))) => {
+                Some(Ok(WsFrame::Pong(_))) => {
                     heard = Instant::now();
-                    Step::Nothing
+                    None
+                }
+                Some(Ok(WsFrame::Continuation(_))) => {
+                    break Some(reason(CloseCode::Size, "frames must not be fragmented"));
                 }
                 // Echo the widget's close, as the protocol asks.
-                Some(Ok(AggregatedMessage::Close(reason))) => Step::End(reason),
-                None => Step::End(None),
+                Some(Ok(WsFrame::Close(reason))) => break reason,
+                None => break None,
                 Some(Err(ProtocolError::Overflow)) => {
-                    Step::End(Some(reason(CloseCode::Size, "frame too large")))
+                    break Some(reason(CloseCode::Size, "frame too large"));
                 }
                 Some(Err(e)) => {
                     tracing::debug!(error = %e, "widget protocol error");
-                    Step::End(Some(reason(CloseCode::Protocol, "protocol error")))
+                    break Some(reason(CloseCode::Protocol, "protocol error"));
                 }
-            },
-            frame = widget.frames.next() => match frame {
-                Some(frame) if frame.as_bytes().first() == Some(&0) => {
-                    Step::End(Some(reason(CloseCode::Other(4001), "token rotated")))
-                }
-                Some(frame) => Step::Send(Outbound::Text(frame)),
-                // The hub let go of this widget: it fell too far behind.
-                None => Step::End(Some(reason(CloseCode::Again, "too slow"))),
             },
             _ = heartbeat.tick() => {
                 if heard.elapsed() > SILENCE {
-                    Step::End(Some(reason(CloseCode::Away, "silent too long")))
-                } else {
-                    Step::Send(Outbound::Ping)
+                    break Some(reason(CloseCode::Away, "silent too long"));
                 }
+                // Let go by the hub for falling behind, and its close still not written a beat
+                // later: the widget reads nothing.
+                let let_go = !hub.holds(&widget);
+                if let_go && was_let_go {
+                    wire.cut();
+                    cut = true;
+                    break None;
+                }
+                was_let_go = let_go;
+                Some(Message::Ping(Bytes::new()))
             }
+            // The response ended: its close was written (the token rotated, or the hub let the
+            // widget go), or the socket is gone.
+            _ = wire.ended() => break None,
             _ = shutdown.changed() => {
                 withdrawn = true;
-                Step::End(Some(reason(CloseCode::Restart, "node shutting down")))
+                break Some(reason(CloseCode::Restart, "node shutting down"));
             }
         };
+        if let Some(out) = out {
+            if wire.send(out).await.is_err() {
+                // The response ended, or the widget took nothing for a while and was cut off.
+                cut = true;
+                break None;
+            }
+        }
     };
-    // Fails harmlessly when the socket is already gone, and gives up on one that is stuck: the
-    // connection is dropped with the session either way.
     // Counted out before the socket closes: a stopping node's worker may end as soon as its last
     // socket has closed, and a withdrawal it never recorded would leave a report of a widget
     // that is gone (a reconnecting widget, told of the close, also finds it recorded).
-    hub.leave(&widget, withdrawn).await;
-    let _ = tokio::time::timeout(CLOSE_TIMEOUT, session.close(close)).await;
+    leaving.store(true, Ordering::Release);
+    Box::pin(hub.leave(&widget, withdrawn)).await;
+    if !cut && !wire.has_ended() {
+        wire.close(close).await;
+    }
     tracing::debug!(widget = widget.id, "widget left");
 }
 
 /// Acts on one text frame; the answer, if any, goes back to this widget only.
 async fn handle(
     hub: &Hub,
-    settings: &std::sync::Arc<SettingsCache>,
-    widget: &Widget,
+    settings: &Arc<SettingsCache>,
+    widget: &Seat,
     text: &str,
 ) -> Option<Frame> {
     let receiver = &widget.receiver;

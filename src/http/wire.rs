@@ -3,7 +3,8 @@
 //! With actix-ws, a frame goes from the connection's task through a channel of the session's to
 //! the response: it wakes the task, and then the task wakes the response. A broadcast reaches
 //! thousands of sockets at once, so a subscriber's response reads its outbox itself
-//! ([`Outlet`]): a message wakes one thing per socket, the response that writes it. The
+//! ([`Outlet`]), and so does a widget's (`http::widget`): a message wakes one thing per
+//! socket, the response that writes it, and a socket holds no session channel. The
 //! connection's task is woken only by what the client sends and by its timers; what it sends
 //! (answers, pings, the close) goes through a small queue of its own ([`Wire`]). [`Inbound`]
 //! reads the client's frames from the request's payload.

@@ -106,7 +106,7 @@ struct Local {
 
 struct LocalWidget {
     id: u64,
-    /// A preview: not counted in the store (see [`Widget::preview`]).
+    /// A preview: not counted in the store (see [`Seat::preview`]).
     preview: bool,
     /// On air: in OBS, on a scene that is live (every widget is until it says otherwise). One off
     /// air holds the alert in flight but releases nothing new (see `store::Store::audience`).
@@ -129,15 +129,30 @@ struct LocalFlight {
     since: Instant,
 }
 
-/// One connected widget, as its connection holds it.
+/// One connected widget, as its connection holds it: its seat, which the hub's calls for it
+/// name, and its frames.
 pub struct Widget {
+    pub seat: Seat,
+    /// Frames for this widget. Closed by the hub when the widget fell too far behind.
+    pub frames: futures_channel::mpsc::Receiver<Frame>,
+}
+
+/// Which widget it is, apart from its frames: a connection's response may read those itself
+/// (see `http::wire`) while its task reports for the widget.
+pub struct Seat {
     pub id: u64,
     pub receiver: ReceiverId,
     /// A preview (`?preview=1`): it shows what the receiver's widgets show, but is no audience:
     /// it holds and releases nothing, and its reports are not passed on.
     pub preview: bool,
-    /// Frames for this widget. Closed by the hub when the widget fell too far behind.
-    pub frames: futures_channel::mpsc::Receiver<Frame>,
+}
+
+impl std::ops::Deref for Widget {
+    type Target = Seat;
+
+    fn deref(&self) -> &Seat {
+        &self.seat
+    }
 }
 
 impl Hub {
@@ -387,9 +402,11 @@ impl Hub {
                 }
                 self.count_in(receiver, id, snapshot);
                 Ok(Widget {
-                    id,
-                    receiver: receiver.clone(),
-                    preview,
+                    seat: Seat {
+                        id,
+                        receiver: receiver.clone(),
+                        preview,
+                    },
                     frames,
                 })
             }
@@ -404,7 +421,7 @@ impl Hub {
 
     /// Removes a widget. If it was the last one anywhere, the store puts the alert in flight
     /// back at the head of the queue, unless the widget was `withdrawn` by a stopping node.
-    pub async fn leave(&self, widget: &Widget, withdrawn: bool) {
+    pub async fn leave(&self, widget: &Seat, withdrawn: bool) {
         let receiver = &widget.receiver;
         self.forget(receiver, widget.id);
         self.store.unwatch(receiver).await;
@@ -429,7 +446,7 @@ impl Hub {
 
     /// A widget went on air or off air (OBS showed or hid its scene): the store hears at once,
     /// so the first widget on air releases what an audience off air held.
-    pub async fn on_air(&self, widget: &Widget, on_air: bool) {
+    pub async fn on_air(&self, widget: &Seat, on_air: bool) {
         let receiver = &widget.receiver;
         if widget.preview {
             return;
@@ -720,6 +737,15 @@ impl Hub {
             gauges.longest_queue = gauges.longest_queue.max(depth);
         }
         gauges
+    }
+
+    /// Whether the hub still sends to this widget: false once it let it go for falling behind.
+    pub fn holds(&self, widget: &Seat) -> bool {
+        self.lock().get(&widget.receiver).is_some_and(|l| {
+            l.widgets
+                .iter()
+                .any(|w| w.id == widget.id && !w.outbox.is_closed())
+        })
     }
 
     fn forget(&self, receiver: &ReceiverId, widget: u64) {

@@ -3,6 +3,7 @@
 
 use std::time::Duration;
 
+use actix_web::web::Bytes;
 use awc::ws;
 use serde_json::json;
 
@@ -162,6 +163,29 @@ async fn garbage_frames_get_an_error_and_the_connection_stays() {
     // Still a working widget.
     let a1 = app.publish_alert("alice", "after the garbage").await;
     assert_eq!(w.next_alert().await.0, a1);
+}
+
+/// A message split into continuation frames is refused like an oversized one (1009): the
+/// widget's frames are read one by one, and a browser sends messages this small whole.
+#[actix_web::test]
+async fn a_fragmented_message_closes_that_widget_with_1009() {
+    let app = TestApp::memory().await;
+    let mut w = app.widget("alice").await;
+    app.wait_for_widgets("alice", 1).await;
+    let first = Bytes::from_static(br#"{"type":"#);
+    w.send_raw(ws::Message::Continuation(actix_http::ws::Item::FirstText(
+        first,
+    )))
+    .await;
+    w.send_raw(ws::Message::Continuation(actix_http::ws::Item::Last(
+        Bytes::from_static(br#""ping"}"#),
+    )))
+    .await;
+    match w.next_within(PROMPTLY).await {
+        Some(Incoming::Closed(code)) => assert_eq!(code, Some(1009)),
+        other => panic!("expected a close, got {other:?}"),
+    }
+    app.wait_for_widgets("alice", 0).await;
 }
 
 #[actix_web::test]
