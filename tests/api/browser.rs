@@ -252,15 +252,15 @@ impl Page {
             let whole = match frame {
                 Some(Ok(ws::Frame::Text(text))) => text.to_vec(),
                 Some(Ok(ws::Frame::Continuation(item))) => match item {
-                    actix_ws::Item::FirstText(b) | actix_ws::Item::FirstBinary(b) => {
+                    actix_http::ws::Item::FirstText(b) | actix_http::ws::Item::FirstBinary(b) => {
                         partial = b.to_vec();
                         continue;
                     }
-                    actix_ws::Item::Continue(b) => {
+                    actix_http::ws::Item::Continue(b) => {
                         partial.extend_from_slice(&b);
                         continue;
                     }
-                    actix_ws::Item::Last(b) => {
+                    actix_http::ws::Item::Last(b) => {
                         partial.extend_from_slice(&b);
                         std::mem::take(&mut partial)
                     }
