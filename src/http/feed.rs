@@ -23,7 +23,7 @@ use super::widget::{not_an_upgrade, reason};
 use super::wire;
 use super::{ApiError, AppState};
 use crate::alert::ReceiverId;
-use crate::feed::{Subscription, REVOKED};
+use crate::feed::Subscription;
 use crate::hub::Hub;
 use crate::topics::Sent;
 
@@ -91,15 +91,9 @@ impl futures_util::Stream for Events {
         if let Some(frame) = self.backlog.pop_front() {
             return Poll::Ready(Some(Message::Text(frame)));
         }
-        self.live.poll_next_unpin(cx).map(|sent| {
-            sent.map(|sent| {
-                if &*sent.frame == REVOKED {
-                    Message::Close(Some(reason(CloseCode::Other(4001), "token rotated")))
-                } else {
-                    Message::Text(sent.frame)
-                }
-            })
-        })
+        self.live
+            .poll_next_unpin(cx)
+            .map(|sent| sent.map(|sent| wire::frame_or_revoked(sent.frame)))
     }
 }
 
@@ -112,10 +106,23 @@ async fn serve(
     inbound: wire::Inbound,
     shutdown: tokio::sync::watch::Receiver<bool>,
 ) {
-    let pong = |text: &str| {
+    wire::serve(wire, inbound, shutdown, &mut Dock { hub, id }).await;
+}
+
+/// A dock's feed as `wire::serve` serves it: it answers `ping`, and nothing else.
+struct Dock<'a> {
+    hub: &'a Hub,
+    id: u64,
+}
+
+impl wire::Client for Dock<'_> {
+    async fn answer(&mut self, text: &str) -> Option<String> {
         serde_json::from_str::<serde_json::Value>(text)
             .is_ok_and(|v| v["type"] == "ping")
             .then(|| r#"{"type":"pong"}"#.to_owned())
-    };
-    wire::serve(wire, inbound, shutdown, || hub.topics.contains(id), pong).await;
+    }
+
+    fn held(&self) -> bool {
+        self.hub.topics.contains(self.id)
+    }
 }

@@ -438,6 +438,23 @@ impl futures_util::Stream for Deliveries {
     }
 }
 
+/// A subscriber as `wire::serve` serves it.
+struct Connected<'a> {
+    subscriber: &'a mut Subscriber,
+    topics: &'a crate::topics::Topics,
+    id: u64,
+}
+
+impl wire::Client for Connected<'_> {
+    async fn answer(&mut self, text: &str) -> Option<String> {
+        self.subscriber.command(self.topics, self.id, text)
+    }
+
+    fn held(&self) -> bool {
+        self.topics.contains(self.id)
+    }
+}
+
 /// One subscriber's connection: what it may subscribe to, and what it does.
 struct Subscriber {
     grant: Grant,
@@ -455,16 +472,12 @@ impl Subscriber {
         wire: wire::Wire,
         inbound: wire::Inbound,
     ) {
-        let topics = &state.hub.topics;
-        let id = registered.id;
-        let served = wire::serve(
-            wire,
-            inbound,
-            state.shutdown.clone(),
-            || topics.contains(id),
-            |text| self.command(topics, id, text),
-        )
-        .await;
+        let mut client = Connected {
+            subscriber: &mut self,
+            topics: &state.hub.topics,
+            id: registered.id,
+        };
+        let served = wire::serve(wire, inbound, state.shutdown.clone(), &mut client).await;
         if served == wire::Served::Cut {
             state.metrics.topic_dropped();
         }

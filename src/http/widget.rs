@@ -12,21 +12,17 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-use actix_http::ws::{
-    CloseCode, CloseReason, Frame as WsFrame, HandshakeError, Message, ProtocolError,
-};
-use actix_web::web::Bytes;
+use actix_http::ws::{CloseCode, CloseReason, HandshakeError, Message, ProtocolError};
 use actix_web::{web, HttpRequest, HttpResponse};
 use futures_util::StreamExt;
 use serde::Deserialize;
 use serde_json::json;
-use tokio::time::Instant;
 
 use super::token::{check_token, Opening, TokenQuery};
 use super::wire::{self, Wire};
 use super::{ApiError, AppState};
 use crate::alert::ReceiverId;
-use crate::hub::{Frame, Hub, Seat};
+use crate::hub::{Hub, Seat};
 use crate::moderation::SettingsCache;
 
 /// The server pings this often; a widget silent for [`SILENCE`] is dropped.
@@ -107,14 +103,7 @@ pub async fn connect(
     let left = leaving.clone();
     let live = widget
         .frames
-        .map(|frame| {
-            // A JSON frame never starts with a NUL (see `hub::REVOKED`).
-            if frame.as_bytes().first() == Some(&0) {
-                Message::Close(Some(reason(CloseCode::Other(4001), "token rotated")))
-            } else {
-                Message::Text(frame)
-            }
-        })
+        .map(wire::frame_or_revoked)
         .chain(futures_util::stream::once(async move {
             if left.load(Ordering::Acquire) {
                 std::future::pending::<()>().await;
@@ -149,99 +138,70 @@ async fn run(
     hub: Arc<Hub>,
     settings: Arc<SettingsCache>,
     widget: Seat,
-    mut wire: Wire,
-    mut inbound: wire::Inbound,
-    mut shutdown: tokio::sync::watch::Receiver<bool>,
+    wire: Wire,
+    inbound: wire::Inbound,
+    shutdown: tokio::sync::watch::Receiver<bool>,
     leaving: Arc<AtomicBool>,
 ) {
     tracing::debug!(widget = widget.id, "widget joined");
-    let mut heard = Instant::now();
-    let mut withdrawn = false;
-    let mut heartbeat =
-        tokio::time::interval_at(Instant::now() + first_ping(widget.id), PING_EVERY);
-    // Whether the hub had let the widget go at the last beat.
-    let mut was_let_go = false;
-    // Whether the connection was dropped here, with no close to send.
-    let mut cut = false;
-    let close = loop {
-        let out = tokio::select! {
-            frame = inbound.recv() => match frame {
-                Some(Ok(WsFrame::Text(bytes))) => {
-                    heard = Instant::now();
-                    let Ok(text) = std::str::from_utf8(&bytes) else {
-                        break Some(reason(CloseCode::Protocol, "protocol error"));
-                    };
-                    // Boxed: the task keeps only what it holds between frames.
-                    Box::pin(handle(&hub, &settings, &widget, text))
-                        .await
-                        .map(Message::Text)
-                }
-                Some(Ok(WsFrame::Binary(_))) => {
-                    heard = Instant::now();
-                    Some(Message::Text(error_frame("invalid_frame", "frames are JSON text")))
-                }
-                Some(Ok(WsFrame::Ping(bytes))) => {
-                    heard = Instant::now();
-                    Some(Message::Pong(bytes))
-                }
-                Some(Ok(WsFrame::Pong(_))) => {
-                    heard = Instant::now();
-                    None
-                }
-                Some(Ok(WsFrame::Continuation(_))) => {
-                    break Some(reason(CloseCode::Size, "frames must not be fragmented"));
-                }
-                // Echo the widget's close, as the protocol asks.
-                Some(Ok(WsFrame::Close(reason))) => break reason,
-                None => break None,
-                Some(Err(ProtocolError::Overflow)) => {
-                    break Some(reason(CloseCode::Size, "frame too large"));
-                }
-                Some(Err(e)) => {
-                    tracing::debug!(error = %e, "widget protocol error");
-                    break Some(reason(CloseCode::Protocol, "protocol error"));
-                }
-            },
-            _ = heartbeat.tick() => {
-                if heard.elapsed() > SILENCE {
-                    break Some(reason(CloseCode::Away, "silent too long"));
-                }
-                // Let go by the hub for falling behind, and its close still not written a beat
-                // later: the widget reads nothing.
-                let let_go = !hub.holds(&widget);
-                if let_go && was_let_go {
-                    wire.cut();
-                    cut = true;
-                    break None;
-                }
-                was_let_go = let_go;
-                Some(Message::Ping(Bytes::new()))
-            }
-            // The response ended: its close was written (the token rotated, or the hub let the
-            // widget go), or the socket is gone.
-            _ = wire.ended() => break None,
-            _ = shutdown.changed() => {
-                withdrawn = true;
-                break Some(reason(CloseCode::Restart, "node shutting down"));
-            }
-        };
-        if let Some(out) = out {
-            if wire.send(out).await.is_err() {
-                // The response ended, or the widget took nothing for a while and was cut off.
-                cut = true;
-                break None;
-            }
-        }
+    let mut client = Connected {
+        hub: &hub,
+        settings: &settings,
+        widget: &widget,
+        leaving: &leaving,
     };
-    // Counted out before the socket closes: a stopping node's worker may end as soon as its last
-    // socket has closed, and a withdrawal it never recorded would leave a report of a widget
-    // that is gone (a reconnecting widget, told of the close, also finds it recorded).
-    leaving.store(true, Ordering::Release);
-    Box::pin(hub.leave(&widget, withdrawn)).await;
-    if !cut && !wire.has_ended() {
-        wire.close(close).await;
-    }
+    wire::serve(wire, inbound, shutdown, &mut client).await;
     tracing::debug!(widget = widget.id, "widget left");
+}
+
+/// A widget as `wire::serve` serves it.
+struct Connected<'a> {
+    hub: &'a Hub,
+    settings: &'a Arc<SettingsCache>,
+    widget: &'a Seat,
+    leaving: &'a AtomicBool,
+}
+
+impl wire::Client for Connected<'_> {
+    async fn answer(&mut self, text: &str) -> Option<String> {
+        handle(self.hub, self.settings, self.widget, text).await
+    }
+
+    /// Let go by the hub for falling behind.
+    fn held(&self) -> bool {
+        self.hub.holds(self.widget)
+    }
+
+    fn binary(&self) -> Option<String> {
+        Some(error_frame("invalid_frame", "frames are JSON text"))
+    }
+
+    fn first_ping(&self) -> Duration {
+        first_ping(self.widget.id)
+    }
+
+    /// As actix-ws answered widgets before: text that is not UTF-8 is a protocol error, a frame
+    /// too large is refused as such.
+    fn refuse(&self, broken: wire::Broken<'_>) -> Option<CloseReason> {
+        match broken {
+            wire::Broken::Protocol(ProtocolError::Overflow) => {
+                Some(reason(CloseCode::Size, "frame too large"))
+            }
+            wire::Broken::Protocol(e) => {
+                tracing::debug!(error = %e, "widget protocol error");
+                Some(reason(CloseCode::Protocol, "protocol error"))
+            }
+            wire::Broken::NotUtf8 => Some(reason(CloseCode::Protocol, "protocol error")),
+        }
+    }
+
+    /// Counted out before the socket closes: a stopping node's worker may end as soon as its
+    /// last socket has closed, and a withdrawal it never recorded would leave a report of a
+    /// widget that is gone (a reconnecting widget, told of the close, also finds it recorded).
+    async fn ending(&mut self, withdrawn: bool) {
+        self.leaving.store(true, Ordering::Release);
+        Box::pin(self.hub.leave(self.widget, withdrawn)).await;
+    }
 }
 
 /// Acts on one text frame; the answer, if any, goes back to this widget only.
@@ -250,7 +210,7 @@ async fn handle(
     settings: &Arc<SettingsCache>,
     widget: &Seat,
     text: &str,
-) -> Option<Frame> {
+) -> Option<String> {
     let receiver = &widget.receiver;
     let inbound = match serde_json::from_str::<Inbound>(text) {
         Ok(i) => i,
@@ -322,10 +282,8 @@ pub(super) fn not_an_upgrade(e: HandshakeError) -> ApiError {
     }
 }
 
-fn error_frame(code: &str, message: &str) -> Frame {
-    json!({ "type": "error", "code": code, "message": message })
-        .to_string()
-        .into()
+fn error_frame(code: &str, message: &str) -> String {
+    json!({ "type": "error", "code": code, "message": message }).to_string()
 }
 
 pub(super) fn reason(code: CloseCode, description: &str) -> CloseReason {

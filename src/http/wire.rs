@@ -32,6 +32,16 @@ const MAX_FRAME: usize = 4 * 1024;
 /// Bytes one poll of the response gathers before handing them to be written.
 const GATHER: usize = 16 * 1024;
 
+/// A frame for the client as it goes out, or, for the word that the client's token was rotated
+/// (`hub::REVOKED`, `feed::REVOKED`: no JSON starts with a NUL), the close that says so.
+pub fn frame_or_revoked(frame: bytestring::ByteString) -> Message {
+    if frame.as_bytes().first() == Some(&0) {
+        Message::Close(Some(reason(CloseCode::Other(4001), "token rotated")))
+    } else {
+        Message::Text(frame)
+    }
+}
+
 /// The task's side of a connection: what it sends, and whether the response still runs.
 pub struct Wire {
     control: mpsc::Sender<Message>,
@@ -277,74 +287,130 @@ pub enum Served {
     Cut,
 }
 
-/// Serves one connection until it ends: answers each text frame the client sends with what
-/// `answer` makes of it, and its pings with pongs; pings it every [`PING_EVERY`]; closes it when
-/// it was silent for [`SILENCE`] or the node stops. `subscribed` says whether the fan-out still
-/// holds the subscriber: one it dropped for falling behind whose response has not closed a beat
-/// later reads nothing, and is cut off.
+/// What a client sent that breaks the protocol, for [`Client::refuse`].
+pub enum Broken<'a> {
+    /// A text frame that is not UTF-8.
+    NotUtf8,
+    /// A frame the codec refused, or the socket failed.
+    Protocol(&'a ProtocolError),
+}
+
+/// What differs between the kinds of connection [`serve`] serves: a widget, a dock's feed, a
+/// broadcast subscriber.
+pub trait Client {
+    /// The answer to a text frame, if any.
+    async fn answer(&mut self, text: &str) -> Option<String>;
+
+    /// Whether what feeds the response (the fan-out, the hub) still holds the client: one it let
+    /// go for falling behind whose response has not closed a beat later reads nothing, and is
+    /// cut off.
+    fn held(&self) -> bool;
+
+    /// The answer to a binary frame, if any.
+    fn binary(&self) -> Option<String> {
+        None
+    }
+
+    /// When the first ping goes out.
+    fn first_ping(&self) -> std::time::Duration {
+        PING_EVERY
+    }
+
+    /// The close for what breaks the protocol; `None` closes without a reason.
+    fn refuse(&self, broken: Broken<'_>) -> Option<CloseReason> {
+        match broken {
+            Broken::NotUtf8 => Some(reason(CloseCode::Invalid, "text must be UTF-8")),
+            Broken::Protocol(_) => None,
+        }
+    }
+
+    /// Called once the connection is over, whichever way, before its close is sent; `withdrawn`
+    /// when the node is stopping.
+    async fn ending(&mut self, _withdrawn: bool) {}
+}
+
+/// Serves one connection until it ends: answers each frame the client sends (see [`Client`]),
+/// and its pings with pongs; pings it every [`PING_EVERY`]; closes it when it was silent for
+/// [`SILENCE`] or the node stops, or cuts it off when it reads nothing.
 pub async fn serve(
     mut wire: Wire,
     mut inbound: Inbound,
     mut shutdown: watch::Receiver<bool>,
-    subscribed: impl Fn() -> bool,
-    mut answer: impl FnMut(&str) -> Option<String>,
+    client: &mut impl Client,
 ) -> Served {
     let mut heard = Instant::now();
-    let mut heartbeat = tokio::time::interval_at(Instant::now() + PING_EVERY, PING_EVERY);
-    // Whether the fan-out had dropped the subscriber at the last beat.
-    let mut was_behind = false;
-    let close: Option<CloseReason> = loop {
+    let mut heartbeat = tokio::time::interval_at(Instant::now() + client.first_ping(), PING_EVERY);
+    // Whether the client was let go at the last beat.
+    let mut was_let_go = false;
+    let mut withdrawn = false;
+    // The close to send, or how the connection ended without one.
+    let end: Result<Option<CloseReason>, Served> = loop {
         let out = tokio::select! {
             frame = inbound.recv() => match frame {
                 Some(Ok(Frame::Text(bytes))) => {
                     heard = Instant::now();
                     let Ok(text) = std::str::from_utf8(&bytes) else {
-                        break Some(reason(CloseCode::Invalid, "text must be UTF-8"));
+                        break Ok(client.refuse(Broken::NotUtf8));
                     };
-                    answer(text).map(|a| Message::Text(a.into()))
+                    // Boxed: the task keeps only what it holds between frames.
+                    Box::pin(client.answer(text)).await.map(|a| Message::Text(a.into()))
+                }
+                Some(Ok(Frame::Binary(_))) => {
+                    heard = Instant::now();
+                    client.binary().map(|a| Message::Text(a.into()))
                 }
                 Some(Ok(Frame::Ping(bytes))) => {
                     heard = Instant::now();
                     Some(Message::Pong(bytes))
                 }
-                Some(Ok(Frame::Pong(_) | Frame::Binary(_))) => {
+                Some(Ok(Frame::Pong(_))) => {
                     heard = Instant::now();
                     None
                 }
                 Some(Ok(Frame::Continuation(_))) => {
-                    break Some(reason(CloseCode::Size, "frames must not be fragmented"));
+                    break Ok(Some(reason(CloseCode::Size, "frames must not be fragmented")));
                 }
-                Some(Ok(Frame::Close(reason))) => break reason,
-                None | Some(Err(_)) => break None,
+                // Echo the client's close, as the protocol asks.
+                Some(Ok(Frame::Close(reason))) => break Ok(reason),
+                None => break Ok(None),
+                Some(Err(e)) => break Ok(client.refuse(Broken::Protocol(&e))),
             },
             _ = heartbeat.tick() => {
                 if heard.elapsed() > SILENCE {
-                    break Some(reason(CloseCode::Away, "silent too long"));
+                    break Ok(Some(reason(CloseCode::Away, "silent too long")));
                 }
-                let behind = !subscribed();
-                if behind && was_behind {
-                    // Counted as dropped by the fan-out already.
+                let let_go = !client.held();
+                if let_go && was_let_go {
+                    // Counted as dropped where it was let go.
                     wire.cut();
-                    return Served::Closed;
+                    break Err(Served::Closed);
                 }
-                was_behind = behind;
+                was_let_go = let_go;
                 Some(Message::Ping(Bytes::new()))
             }
-            _ = wire.ended() => return Served::Closed,
+            // The response ended: its close was written, or the socket is gone.
+            _ = wire.ended() => break Err(Served::Closed),
             _ = shutdown.changed() => {
-                break Some(reason(CloseCode::Restart, "node shutting down"));
+                withdrawn = true;
+                break Ok(Some(reason(CloseCode::Restart, "node shutting down")));
             }
         };
         if let Some(out) = out {
             match wire.send(out).await {
                 Ok(()) => {}
-                Err(Unqueued::Ended) => return Served::Closed,
-                Err(Unqueued::Cut) => return Served::Cut,
+                Err(Unqueued::Ended) => break Err(Served::Closed),
+                Err(Unqueued::Cut) => break Err(Served::Cut),
             }
         }
     };
-    if !wire.has_ended() {
-        wire.close(close).await;
+    client.ending(withdrawn).await;
+    match end {
+        Ok(close) => {
+            if !wire.has_ended() {
+                wire.close(close).await;
+            }
+            Served::Closed
+        }
+        Err(served) => served,
     }
-    Served::Closed
 }
