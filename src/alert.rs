@@ -419,6 +419,38 @@ pub fn route_of(id: &str) -> Option<u32> {
     })
 }
 
+/// The `kind` of an alert's JSON as stored. Read at every send (a design is chosen by kind), so
+/// the JSON is not parsed whole when it has [`AlertJson`]'s shape: an id and a receiver (neither
+/// has a quote or a backslash) and then the kind. Any other shape (a replay's keys are sorted) is
+/// parsed whole. `""` if there is none.
+pub fn kind_of(json: &str) -> std::borrow::Cow<'_, str> {
+    use serde::Deserialize;
+    /// Past a field's value, if it has no quote or backslash in it.
+    fn past(rest: &str) -> Option<&str> {
+        let end = rest.find('"')?;
+        (!rest[..end].contains('\\')).then(|| &rest[end..])
+    }
+    let after_prefix = || {
+        let rest = past(json.strip_prefix(r#"{"id":""#)?)?;
+        let rest = past(rest.strip_prefix(r#"","receiver":""#)?)?;
+        rest.strip_prefix(r#"","kind":"#)
+    };
+    if let Some(at) = after_prefix() {
+        // A kind with an escape in it cannot be borrowed, and is read by the whole parse.
+        if let Ok(kind) = <&str>::deserialize(&mut serde_json::Deserializer::from_str(at)) {
+            return std::borrow::Cow::Borrowed(kind);
+        }
+    }
+    #[derive(serde::Deserialize)]
+    struct Kind<'a> {
+        #[serde(borrow, default)]
+        kind: std::borrow::Cow<'a, str>,
+    }
+    serde_json::from_str::<Kind>(json)
+        .map(|k| k.kind)
+        .unwrap_or_default()
+}
+
 impl AlertRecord {
     /// An alert of `receiver`'s history (its JSON as widgets got it) queued again: the same
     /// alert with a fresh id and creation time, and `replay_of` naming the one it repeats.
@@ -627,6 +659,29 @@ mod tests {
         let a = parse(r#"{"receiver":"alice"}"#).unwrap();
         assert_eq!(a.kind, "donation");
         assert_eq!(a.duration_ms, 8000);
+    }
+
+    #[test]
+    fn the_kind_is_read_from_any_alert_json() {
+        let record = parse(r#"{"receiver":"a-1","kind":"sub","message":"\"kind\":\"x\""}"#)
+            .unwrap()
+            .into_record();
+        assert!(matches!(
+            kind_of(&record.json),
+            std::borrow::Cow::Borrowed("sub")
+        ));
+        let replayed = AlertRecord::replay_of(&record.receiver, &record.json).unwrap();
+        assert_eq!(kind_of(&replayed.json), "sub");
+        for (json, kind) in [
+            (r#"{"id":"1","receiver":"a","kind":"a\u0062c"}"#, "abc"),
+            (r#"{"id":"1","receiver":"a","kind":7}"#, ""),
+            (r#"{"id":"1\"","receiver":"a","kind":"b"}"#, "b"),
+            (r#"{"data":{"kind":"no"},"kind":"yes"}"#, "yes"),
+            (r#"{"id":"1","receiver":"a"}"#, ""),
+            ("not json", ""),
+        ] {
+            assert_eq!(kind_of(json), kind, "{json}");
+        }
     }
 
     #[test]

@@ -310,7 +310,7 @@ pub fn moderate(settings: &Settings, alert: &mut NewAlert) -> Verdict {
     }
     if settings.strip_links {
         for text in [&mut alert.from, &mut alert.message].into_iter().flatten() {
-            *text = strip_links(text);
+            strip_links_in(text);
         }
     }
     if settings.folded.is_empty() {
@@ -451,6 +451,19 @@ pub fn strip_links(text: &str) -> String {
     out.trim_end().to_owned()
 }
 
+/// [`strip_links`] in place, leaving a text with nothing URL-shaped as it is but for its trailing
+/// space: most texts have no link, and a publish need not copy them to learn that.
+fn strip_links_in(text: &mut String) {
+    let linked = text
+        .split(char::is_whitespace)
+        .any(|word| word.contains(['.', ':']) && is_link(word));
+    if linked {
+        *text = strip_links(text);
+    } else {
+        text.truncate(text.trim_end().len());
+    }
+}
+
 fn is_link(token: &str) -> bool {
     let t = token.trim_matches(|c: char| !c.is_alphanumeric() && c != '/' && c != ':');
     let lower = t.to_lowercase();
@@ -565,6 +578,8 @@ mod tests {
             ("(http://x.io)", ""),
             ("version 1.5 is out. Nice.", "version 1.5 is out. Nice."),
             ("hello", "hello"),
+            ("thanks for the stream  \n", "thanks for the stream"),
+            ("  ", ""),
         ] {
             let mut a = alert("Ana", message, None);
             moderate(&s, &mut a);

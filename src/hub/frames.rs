@@ -60,15 +60,7 @@ impl LoadedDesigns {
 
     /// The look alert `alert` (its JSON as stored) is shown with, as JSON.
     fn look_of(&self, alert: &str) -> Arc<str> {
-        /// Only the kind: serde skips the rest without building it.
-        #[derive(serde::Deserialize)]
-        struct Kind<'a> {
-            #[serde(borrow, default)]
-            kind: std::borrow::Cow<'a, str>,
-        }
-        let kind = serde_json::from_str::<Kind>(alert)
-            .map(|k| k.kind)
-            .unwrap_or_default();
+        let kind = crate::alert::kind_of(alert);
         let serialize = |look: &crate::design::Resolved| -> Arc<str> {
             // unwrap: strings, numbers and enums.
             serde_json::to_string(look)

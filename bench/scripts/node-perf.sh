@@ -1,0 +1,29 @@
+#!/usr/bin/env bash
+# Where the node's CPU goes under a steady publish load, by `perf`: a redis-server of its own, a
+# node on it, a warm-up, then `perf stat` and `perf record -g` of the node over `cuebox-bench
+# cycles --rate RATE --no-half` (each alert an HTTP publish, a send, a start and a done).
+#
+#   bench/scripts/node-perf.sh OUT [CUEBOX_BINARY [RATE [CUEBOX_BENCH_BINARY]]]
+#
+# Writes OUT.data (read it with `perf report -i OUT.data --no-children --sort sym -g none`) and
+# OUT.stat. Needs perf (apt-get install linux-perf) and a release build.
+set -euo pipefail
+cd "$(dirname "$0")/../.."
+out=$1; bin=${2:-target/release/cuebox}; rate=${3:-4000}; bench=${4:-target/release/cuebox-bench}
+command -v perf >/dev/null || { echo "needs perf" >&2; exit 1; }
+port() { python3 -c 'import socket;s=socket.socket();s.bind(("127.0.0.1",0));print(s.getsockname()[1])'; }
+rp=$(port); hp=$(port); dir=$(mktemp -d)
+redis-server --port "$rp" --bind 127.0.0.1 --save "" --appendonly no --dir "$dir" >/dev/null & rpid=$!
+for _ in $(seq 50); do redis-cli -p "$rp" ping >/dev/null 2>&1 && break; sleep 0.1; done
+CUEBOX_LOG=warn CUEBOX_ALERT_GAP_MS=0 "$bin" serve --bind "127.0.0.1:$hp" \
+  --redis-url "redis://127.0.0.1:$rp/" --publish-key k --secret s >/dev/null 2>&1 & np=$!
+trap 'kill $np 2>/dev/null; redis-cli -p $rp shutdown nosave >/dev/null 2>&1; rm -rf $dir' EXIT
+for _ in $(seq 100); do curl -s -o /dev/null "http://127.0.0.1:$hp/readyz" && break; sleep 0.1; done
+b=("$bench" --node "127.0.0.1:$hp" --publish-key k --secret s --pid "$np"
+   --redis-url "redis://127.0.0.1:$rp/" --redis-pid "$rpid")
+"${b[@]}" cycles --rate "$rate" --no-half --seconds 2 >/dev/null
+perf stat -e task-clock -p "$np" -o "$out.stat" & ps=$!
+perf record -g -p "$np" -o "$out.data" 2>/dev/null & pr=$!
+"${b[@]}" cycles --rate "$rate" --no-half --seconds 8 | grep -E '^\| *(cycles|cuebox|store|redis)' || true
+kill -INT "$ps" "$pr"; wait "$ps" "$pr" 2>/dev/null || true
+grep task-clock "$out.stat"
