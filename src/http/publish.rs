@@ -118,21 +118,17 @@ async fn accept(
         Publish::Accepted { position, eta, .. } => {
             tracing::debug!(position, "alert queued");
             let gap = gap(state, &designs);
-            let mut body = answer(&req, state, &record.id, &record, position, false);
-            let (eta_ms, waiting_for) = eta_fields(position, eta, gap);
-            body["eta_ms"] = eta_ms;
-            if let Some(why) = waiting_for {
-                body["waiting_for"] = why.into();
-            }
+            let mut body = Answer::new(&req, state, &record.id, &record, position, false);
+            (body.eta_ms, body.waiting_for) = eta_fields(position, eta, gap);
             Ok(HttpResponse::Accepted().json(body))
         }
         Publish::Duplicate { id, position } => {
             // A retry: how soon the first alert shows, as it stands now.
-            let mut body = answer(&req, state, &id, &record, position, true);
+            let mut body = Answer::new(&req, state, &id, &record, position, true);
             let found = state.hub.store().locate(&record.receiver, &id).await;
-            let (eta_ms, waiting_for) = match found {
+            (body.eta_ms, body.waiting_for) = match found {
                 Ok(Some(Whereabouts::Queued { position, eta })) => {
-                    body["position"] = position.into();
+                    body.position = position;
                     eta_fields(position, eta, gap(state, &designs))
                 }
                 Ok(Some(Whereabouts::InFlight { .. })) => (0.into(), None),
@@ -140,10 +136,6 @@ async fn accept(
                 // Gone by now (shown, or it ended otherwise), or not known this instant.
                 Ok(None) | Err(_) => (Value::Null, None),
             };
-            body["eta_ms"] = eta_ms;
-            if let Some(why) = waiting_for {
-                body["waiting_for"] = why.into();
-            }
             Ok(HttpResponse::Ok().json(body))
         }
         Publish::QueueFull => Err(ApiError::QueueFull),
@@ -201,19 +193,38 @@ pub(super) async fn read_body(
         .map_err(|_| ApiError::BodyTimeout(timeout.as_secs_f64()))?
 }
 
-fn answer(
-    req: &HttpRequest,
-    state: &AppState,
-    id: &str,
-    record: &crate::alert::AlertRecord,
-    position: u64,
+/// What a publish that queued an alert, or found it queued, answers. Written straight from this
+/// (every publish makes one), its fields in the order a JSON map would sort them.
+#[derive(serde::Serialize)]
+struct Answer<'a> {
     duplicate: bool,
-) -> Value {
-    json!({
-        "id": id,
-        "receiver": record.receiver,
-        "position": position,
-        "duplicate": duplicate,
-        "status_url": status_url(req, state, &record.receiver, id),
-    })
+    /// A number, or null with `waiting_for` saying why.
+    eta_ms: Value,
+    id: &'a str,
+    position: u64,
+    receiver: &'a crate::alert::ReceiverId,
+    status_url: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    waiting_for: Option<&'static str>,
+}
+
+impl<'a> Answer<'a> {
+    fn new(
+        req: &HttpRequest,
+        state: &AppState,
+        id: &'a str,
+        record: &'a crate::alert::AlertRecord,
+        position: u64,
+        duplicate: bool,
+    ) -> Self {
+        Answer {
+            duplicate,
+            eta_ms: Value::Null,
+            id,
+            position,
+            receiver: &record.receiver,
+            status_url: status_url(req, state, &record.receiver, id),
+            waiting_for: None,
+        }
+    }
 }
