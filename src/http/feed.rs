@@ -17,6 +17,7 @@ use actix_web::{web, HttpRequest, HttpResponse};
 use bytestring::ByteString;
 use futures_util::StreamExt;
 use serde::Deserialize;
+use tracing::Instrument;
 
 use super::controls::authorize_controller;
 use super::widget::{not_an_upgrade, reason};
@@ -69,11 +70,16 @@ pub async fn connect(
         };
     let hub = state.hub.clone();
     let shutdown = state.shutdown.clone();
-    actix_web::rt::spawn(async move {
-        serve(&receiver, &hub, id, wire, inbound, shutdown).await;
-        hub.close_feed(&receiver, id).await;
-        drop(connection);
-    });
+    let span = tracing::info_span!("feed", receiver = %receiver);
+    // Served from this task directly, as widgets are (see `widget::connect`).
+    actix_web::rt::spawn(
+        async move {
+            wire::serve(wire, inbound, shutdown, &mut Dock { hub: &hub, id }).await;
+            hub.close_feed(&receiver, id).await;
+            drop(connection);
+        }
+        .instrument(span),
+    );
     Ok(response)
 }
 
@@ -95,18 +101,6 @@ impl futures_util::Stream for Events {
             .poll_next_unpin(cx)
             .map(|sent| sent.map(|sent| wire::frame_or_revoked(sent.frame)))
     }
-}
-
-#[tracing::instrument(name = "feed", skip_all, fields(receiver = %receiver))]
-async fn serve(
-    receiver: &ReceiverId,
-    hub: &Hub,
-    id: u64,
-    wire: wire::Wire,
-    inbound: wire::Inbound,
-    shutdown: tokio::sync::watch::Receiver<bool>,
-) {
-    wire::serve(wire, inbound, shutdown, &mut Dock { hub, id }).await;
 }
 
 /// A dock's feed as `wire::serve` serves it: it answers `ping`, and nothing else.

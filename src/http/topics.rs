@@ -15,6 +15,7 @@ use actix_web::{web, HttpRequest, HttpResponse};
 use bytestring::ByteString;
 use serde::Deserialize;
 use serde_json::{json, Map, Value};
+use tracing::Instrument;
 
 use super::publish::{admit_publisher, read_body};
 use super::widget::{not_an_upgrade, reason};
@@ -317,11 +318,27 @@ pub async fn connect(
         reason(CloseCode::Again, "fell behind"),
     )?;
     let state = state.into_inner();
-    actix_web::rt::spawn(async move {
-        let subscriber = Subscriber { grant, patterns };
-        subscriber.run(&state, registered, wire, inbound).await;
-        drop((connection, address));
-    });
+    let shutdown = state.shutdown.clone();
+    // Served from this task directly: each async fn between it and `wire::serve` would keep its
+    // own copy of the wire and the inbound frames for the connection's whole life. It answers
+    // what the client sends, pings it, and closes the connection when it ends; the messages
+    // themselves never pass through here (see [`Deliveries`]).
+    actix_web::rt::spawn(
+        async move {
+            let mut subscriber = Subscriber { grant, patterns };
+            let mut client = Connected {
+                subscriber: &mut subscriber,
+                topics: &state.hub.topics,
+                id: registered.id,
+            };
+            let served = wire::serve(wire, inbound, shutdown, &mut client).await;
+            if served == wire::Served::Cut {
+                state.metrics.topic_dropped();
+            }
+            drop((registered, connection, address));
+        }
+        .instrument(tracing::info_span!("topics")),
+    );
     Ok(response)
 }
 
@@ -462,27 +479,6 @@ struct Subscriber {
 }
 
 impl Subscriber {
-    /// Answers what the client sends, pings it, and closes the connection when it ends. The
-    /// messages themselves never pass through here (see [`Deliveries`]).
-    #[tracing::instrument(name = "topics", skip_all)]
-    async fn run(
-        mut self,
-        state: &std::sync::Arc<AppState>,
-        registered: Registered,
-        wire: wire::Wire,
-        inbound: wire::Inbound,
-    ) {
-        let mut client = Connected {
-            subscriber: &mut self,
-            topics: &state.hub.topics,
-            id: registered.id,
-        };
-        let served = wire::serve(wire, inbound, state.shutdown.clone(), &mut client).await;
-        if served == wire::Served::Cut {
-            state.metrics.topic_dropped();
-        }
-    }
-
     /// A frame the subscriber sent: `subscribe`, `unsubscribe` or `ping`; answers what to send
     /// back, if anything.
     fn command(&mut self, topics: &crate::topics::Topics, id: u64, text: &str) -> Option<String> {

@@ -17,9 +17,10 @@ use actix_web::{web, HttpRequest, HttpResponse};
 use futures_util::StreamExt;
 use serde::Deserialize;
 use serde_json::json;
+use tracing::Instrument;
 
 use super::token::{check_token, Opening, TokenQuery};
-use super::wire::{self, Wire};
+use super::wire;
 use super::{ApiError, AppState};
 use crate::alert::ReceiverId;
 use crate::hub::{Hub, Seat};
@@ -123,53 +124,44 @@ pub async fn connect(
     // new: there is room).
     let hello = json!({ "type": "hello", "receiver": receiver, "protocol": 1 }).to_string();
     let _ = wire.send(Message::Text(hello.into())).await;
-    let hub = state.hub.clone();
-    let settings = state.settings.clone();
+    let mut client = Connected {
+        hub: state.hub.clone(),
+        settings: state.settings.clone(),
+        widget: seat,
+        leaving,
+    };
     let shutdown = state.shutdown.clone();
-    actix_web::rt::spawn(async move {
-        run(hub, settings, seat, wire, inbound, shutdown, leaving).await;
-        drop(connection);
-    });
+    let span = tracing::info_span!("widget", receiver = %receiver);
+    // Served from this task directly: each async fn between it and `wire::serve` would keep its
+    // own copy of the wire and the inbound frames for the connection's whole life.
+    actix_web::rt::spawn(
+        async move {
+            tracing::debug!(widget = client.widget.id, "widget joined");
+            wire::serve(wire, inbound, shutdown, &mut client).await;
+            tracing::debug!(widget = client.widget.id, "widget left");
+            drop(connection);
+        }
+        .instrument(span),
+    );
     Ok(response)
 }
 
-#[tracing::instrument(name = "widget", skip_all, fields(receiver = %widget.receiver))]
-async fn run(
+/// A widget as `wire::serve` serves it.
+struct Connected {
     hub: Arc<Hub>,
     settings: Arc<SettingsCache>,
     widget: Seat,
-    wire: Wire,
-    inbound: wire::Inbound,
-    shutdown: tokio::sync::watch::Receiver<bool>,
     leaving: Arc<AtomicBool>,
-) {
-    tracing::debug!(widget = widget.id, "widget joined");
-    let mut client = Connected {
-        hub: &hub,
-        settings: &settings,
-        widget: &widget,
-        leaving: &leaving,
-    };
-    wire::serve(wire, inbound, shutdown, &mut client).await;
-    tracing::debug!(widget = widget.id, "widget left");
 }
 
-/// A widget as `wire::serve` serves it.
-struct Connected<'a> {
-    hub: &'a Hub,
-    settings: &'a Arc<SettingsCache>,
-    widget: &'a Seat,
-    leaving: &'a AtomicBool,
-}
-
-impl wire::Client for Connected<'_> {
+impl wire::Client for Connected {
     async fn answer(&mut self, text: &str) -> Option<String> {
-        handle(self.hub, self.settings, self.widget, text).await
+        handle(&self.hub, &self.settings, &self.widget, text).await
     }
 
     /// Let go by the hub for falling behind.
     fn held(&self) -> bool {
-        self.hub.holds(self.widget)
+        self.hub.holds(&self.widget)
     }
 
     fn binary(&self) -> Option<String> {
@@ -200,7 +192,7 @@ impl wire::Client for Connected<'_> {
     /// widget that is gone (a reconnecting widget, told of the close, also finds it recorded).
     async fn ending(&mut self, withdrawn: bool) {
         self.leaving.store(true, Ordering::Release);
-        Box::pin(self.hub.leave(self.widget, withdrawn)).await;
+        Box::pin(self.hub.leave(&self.widget, withdrawn)).await;
     }
 }
 

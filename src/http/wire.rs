@@ -403,7 +403,9 @@ pub async fn serve(
             }
         }
     };
-    client.ending(withdrawn).await;
+    // Boxed, as answers are: a widget's ending is a store call, which the task would otherwise
+    // hold room for all its life.
+    Box::pin(client.ending(withdrawn)).await;
     match end {
         Ok(close) => {
             if !wire.has_ended() {
