@@ -20,8 +20,8 @@ use serde::Deserialize;
 use tracing::Instrument;
 
 use super::controls::authorize_controller;
-use super::widget::{not_an_upgrade, reason};
 use super::wire;
+use super::wire::{not_an_upgrade, reason};
 use super::{ApiError, AppState};
 use crate::alert::ReceiverId;
 use crate::feed::Subscription;

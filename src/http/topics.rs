@@ -18,8 +18,8 @@ use serde_json::{json, Map, Value};
 use tracing::Instrument;
 
 use super::publish::{admit_publisher, read_body};
-use super::widget::{not_an_upgrade, reason};
 use super::wire;
+use super::wire::{not_an_upgrade, reason};
 use super::{ApiError, AppState};
 use crate::alert::FieldError;
 use crate::topics::{Missed, Outgoing, Pattern, Sent, Topic};

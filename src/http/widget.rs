@@ -12,7 +12,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-use actix_http::ws::{CloseCode, CloseReason, HandshakeError, Message, ProtocolError};
+use actix_http::ws::{CloseCode, CloseReason, Message, ProtocolError};
 use actix_web::{web, HttpRequest, HttpResponse};
 use futures_util::StreamExt;
 use serde::Deserialize;
@@ -20,22 +20,14 @@ use serde_json::json;
 use tracing::Instrument;
 
 use super::token::{check_token, Opening, TokenQuery};
-use super::wire;
+use super::wire::{self, not_an_upgrade, reason, PING_EVERY};
 use super::{ApiError, AppState};
 use crate::alert::ReceiverId;
 use crate::hub::{Hub, Seat};
 use crate::moderation::SettingsCache;
 
-/// The server pings this often; a widget silent for [`SILENCE`] is dropped.
-pub(super) const PING_EVERY: Duration = Duration::from_secs(15);
-pub(super) const SILENCE: Duration = Duration::from_secs(45);
 /// Longest alert id a widget may name; ids are UUIDs.
 const MAX_ID: usize = 64;
-/// How long one frame may wait to be taken by a widget's socket.
-pub(super) const SEND_TIMEOUT: Duration = Duration::from_secs(10);
-/// How long the closing frame may wait: a socket that took nothing for [`SEND_TIMEOUT`] will
-/// not take it either, and the connection is dropped all the same.
-pub(super) const CLOSE_TIMEOUT: Duration = Duration::from_secs(1);
 
 /// What a widget may send.
 #[derive(Deserialize)]
@@ -259,30 +251,8 @@ fn first_ping(widget: u64) -> Duration {
     PING_EVERY + PING_EVERY.mul_f64(spread as f64 / 1000.0)
 }
 
-/// A request to the socket's path that is not a WebSocket upgrade is 426; a malformed upgrade
-/// is 400.
-pub(super) fn not_an_upgrade(e: HandshakeError) -> ApiError {
-    match e {
-        HandshakeError::GetMethodRequired
-        | HandshakeError::NoWebsocketUpgrade
-        | HandshakeError::NoConnectionUpgrade => ApiError::UpgradeRequired,
-        other => ApiError::Invalid(crate::alert::FieldError {
-            code: "invalid_handshake",
-            message: format!("the WebSocket handshake is not valid: {other}"),
-            field: None,
-        }),
-    }
-}
-
 fn error_frame(code: &str, message: &str) -> String {
     json!({ "type": "error", "code": code, "message": message }).to_string()
-}
-
-pub(super) fn reason(code: CloseCode, description: &str) -> CloseReason {
-    CloseReason {
-        code,
-        description: Some(description.to_owned()),
-    }
 }
 
 #[cfg(test)]

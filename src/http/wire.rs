@@ -13,17 +13,29 @@ use std::pin::Pin;
 use std::task::{Context, Poll};
 
 use actix_codec::{Decoder, Encoder};
-use actix_http::ws::{CloseCode, CloseReason, Codec, Frame, Message, ProtocolError};
+use actix_http::ws::{
+    CloseCode, CloseReason, Codec, Frame, HandshakeError, Message, ProtocolError,
+};
 use actix_web::body::{BodyStream, MessageBody};
 use actix_web::web::{Bytes, BytesMut};
 use actix_web::{web, HttpRequest, HttpResponse};
 use futures_channel::mpsc;
 use futures_util::{Stream, StreamExt};
+use std::time::Duration;
 use tokio::sync::{oneshot, watch};
 use tokio::time::Instant;
 
 use super::socket::ConnectionSocket;
-use super::widget::{not_an_upgrade, reason, CLOSE_TIMEOUT, PING_EVERY, SEND_TIMEOUT, SILENCE};
+use super::ApiError;
+
+/// The server pings every socket this often; one silent for [`SILENCE`] is dropped.
+pub const PING_EVERY: Duration = Duration::from_secs(15);
+const SILENCE: Duration = Duration::from_secs(45);
+/// How long one frame may wait to be taken by a socket.
+const SEND_TIMEOUT: Duration = Duration::from_secs(10);
+/// How long the closing frame may wait: a socket that took nothing for [`SEND_TIMEOUT`] will
+/// not take it either, and the connection is dropped all the same.
+const CLOSE_TIMEOUT: Duration = Duration::from_secs(1);
 
 /// Frames the connection's task may have waiting to be written; it waits for room past that.
 const CONTROL_QUEUE: usize = 8;
@@ -312,7 +324,7 @@ pub trait Client {
     }
 
     /// When the first ping goes out.
-    fn first_ping(&self) -> std::time::Duration {
+    fn first_ping(&self) -> Duration {
         PING_EVERY
     }
 
@@ -414,5 +426,28 @@ pub async fn serve(
             Served::Closed
         }
         Err(served) => served,
+    }
+}
+
+/// A request to the socket's path that is not a WebSocket upgrade is 426; a malformed upgrade
+/// is 400.
+pub fn not_an_upgrade(e: HandshakeError) -> ApiError {
+    match e {
+        HandshakeError::GetMethodRequired
+        | HandshakeError::NoWebsocketUpgrade
+        | HandshakeError::NoConnectionUpgrade => ApiError::UpgradeRequired,
+        other => ApiError::Invalid(crate::alert::FieldError {
+            code: "invalid_handshake",
+            message: format!("the WebSocket handshake is not valid: {other}"),
+            field: None,
+        }),
+    }
+}
+
+/// A close with its code and a reason for people to read.
+pub fn reason(code: CloseCode, description: &str) -> CloseReason {
+    CloseReason {
+        code,
+        description: Some(description.to_owned()),
     }
 }
