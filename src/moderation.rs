@@ -454,9 +454,7 @@ pub fn strip_links(text: &str) -> String {
 /// [`strip_links`] in place, leaving a text with nothing URL-shaped as it is but for its trailing
 /// space: most texts have no link, and a publish need not copy them to learn that.
 fn strip_links_in(text: &mut String) {
-    let linked = text
-        .split(char::is_whitespace)
-        .any(|word| word.contains(['.', ':']) && is_link(word));
+    let linked = text.split(char::is_whitespace).any(is_link);
     if linked {
         *text = strip_links(text);
     } else {
@@ -465,6 +463,10 @@ fn strip_links_in(text: &mut String) {
 }
 
 fn is_link(token: &str) -> bool {
+    // Every shape below has a '.' or a ':'; most words have neither, and are not lower-cased.
+    if !token.contains(['.', ':']) {
+        return false;
+    }
     let t = token.trim_matches(|c: char| !c.is_alphanumeric() && c != '/' && c != ':');
     let lower = t.to_lowercase();
     if lower.contains("://") || lower.starts_with("www.") {
