@@ -241,8 +241,8 @@ impl Application {
             n => n,
         };
         let server = HttpServer::new(move || {
-            // Runs on each worker's thread as it starts; the first makes the store's
-            // connection for transitions there.
+            // Runs on each worker's thread as it starts: the worker's transitions get a
+            // connection of their own, driven there.
             if let Some(redis) = &redis_store {
                 redis.drive_calls_here();
             }

@@ -1,7 +1,8 @@
 //! The library of the rules (`receiver.lua`, Redis Functions) and the calls to its functions.
 
-use std::sync::atomic::AtomicBool;
-use std::sync::{Arc, OnceLock};
+use std::cell::RefCell;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
 
 use redis::Value;
 
@@ -82,14 +83,24 @@ fn is_function_missing(e: &redis::RedisError) -> bool {
     e.to_string().contains("Function not found")
 }
 
+/// Tells the stores of one process apart (tests run several nodes in one).
+static STORES: AtomicU64 = AtomicU64::new(0);
+
+thread_local! {
+    /// The connections driven on this thread, by store: an HTTP worker's own (see
+    /// [`super::RedisStore::drive_calls_here`]). They go with the thread, when no task of it is
+    /// left to call; a connection driven on one worker and used by another would die with the
+    /// first, under the calls of the second (a graceful stop lets each worker end on its own).
+    static DRIVEN_HERE: RefCell<Vec<(u64, Connection)>> = const { RefCell::new(Vec::new()) };
+}
+
 /// What every function call needs, shared by the store and its sweeper task.
 pub(super) struct Core {
-    /// For start-up and background work, and for transitions until `calls` is made.
+    /// Which store of the process this is: the key of its connections in [`DRIVEN_HERE`].
+    pub(super) id: u64,
+    /// For start-up and background work, and for transitions on a thread that drives no
+    /// connection of its own.
     pub(super) con: Connection,
-    /// The connection transitions use, driven on an HTTP worker's thread: see
-    /// [`RedisStore::drive_calls_here`].
-    pub(super) calls: OnceLock<Connection>,
-    pub(super) making_calls: AtomicBool,
     pub(super) target: Target,
     pub(super) keys: Keys,
     pub(super) rules: Rules,
@@ -100,6 +111,30 @@ pub(super) struct Core {
 }
 
 impl Core {
+    pub(super) fn new_id() -> u64 {
+        STORES.fetch_add(1, Ordering::Relaxed)
+    }
+
+    /// The connection calls made on this thread use: the one driven here, if any.
+    pub(super) fn connection_here(&self) -> Connection {
+        DRIVEN_HERE
+            .with_borrow(|driven| {
+                driven
+                    .iter()
+                    .find(|(store, _)| *store == self.id)
+                    .map(|(_, con)| con.clone())
+            })
+            .unwrap_or_else(|| self.con.clone())
+    }
+
+    /// Makes `con` the connection this thread's calls use.
+    pub(super) fn drive_here(&self, con: Connection) {
+        DRIVEN_HERE.with_borrow_mut(|driven| {
+            driven.retain(|(store, _)| *store != self.id);
+            driven.push((self.id, con));
+        });
+    }
+
     /// Calls one function of the library for a receiver; answers its reply and the time the
     /// call passed (answers give deadlines, and the node counts the time left from it).
     pub(super) async fn run(
@@ -124,7 +159,7 @@ impl Core {
 
     /// Sends a call of `function`, loading the library again if Redis lacks it.
     pub(super) async fn call(&self, function: Call, call: redis::Cmd) -> Result<Value, StoreError> {
-        let mut con = self.calls.get().unwrap_or(&self.con).clone();
+        let mut con = self.connection_here();
         let started = std::time::Instant::now();
         let mut reply = call.query_async(&mut con).await;
         if matches!(&reply, Err(e) if is_function_missing(e)) {

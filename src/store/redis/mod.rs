@@ -1,8 +1,7 @@
 //! The Redis store: the rules run as a Redis Functions library (`receiver.lua`), one `FCALL` per
-//! transition, over one multiplexed connection that every transition of the process shares. It
-//! is driven on the first HTTP worker's thread, where most calls are made
-//! ([`RedisStore::drive_calls_here`]); start-up and background work use a connection of their
-//! own.
+//! transition, over multiplexed connections: each HTTP worker drives one on its own thread,
+//! where its calls are made ([`RedisStore::drive_calls_here`]); start-up and background work
+//! share another.
 //!
 //! A second connection carries only pub/sub: it hears the snapshots other nodes publish for the
 //! receivers this node holds widgets for, and turns them into [`Notice`]s for the hub. It is
@@ -27,8 +26,7 @@ mod secret;
 pub mod topics;
 mod watches;
 
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, OnceLock};
+use std::sync::Arc;
 use std::time::Duration;
 
 use async_trait::async_trait;
@@ -120,9 +118,8 @@ impl RedisStore {
         let clock = RedisClock::read(&mut con).await?;
         let watches = Watches::start(target, keys.clone(), node.into(), notices.clone()).await?;
         let core = Arc::new(Core {
+            id: Core::new_id(),
             con,
-            calls: OnceLock::new(),
-            making_calls: AtomicBool::new(false),
             target: target.clone(),
             keys,
             rules,
@@ -166,25 +163,23 @@ impl RedisStore {
         self.core.clock.fix(now);
     }
 
-    /// Makes the connection that transitions use on the calling thread's runtime, once per
-    /// store; the first HTTP worker calls it as it starts.
+    /// Makes a connection for the calls made on the calling thread, driven by its runtime; each
+    /// HTTP worker calls it as it starts.
     ///
     /// A multiplexed connection is driven by a task on the thread that made it, and a call from
     /// another thread is handed to that task and its reply handed back: two cross-thread
     /// wake-ups a call, the largest single cost of a node on the Redis path (docs/benchmarks.md).
-    /// Driven on a worker, the calls of that worker's widgets and publishers never leave its
-    /// thread, and all transitions still pipeline on one connection.
+    /// With a connection of its own, a worker's widgets and publishers never leave its thread,
+    /// and its calls pipeline on that connection. Each worker needs its own: a worker that stops
+    /// ends its runtime, and with it what the runtime drove.
     pub fn drive_calls_here(&self) {
-        if self.core.making_calls.swap(true, Ordering::AcqRel) {
-            return;
-        }
         let core = self.core.clone();
         // Ends when the connection is made or the worker's runtime stops.
         tokio::spawn(async move {
             loop {
                 match core.target.connect(None).await {
                     Ok(con) => {
-                        let _ = core.calls.set(con);
+                        core.drive_here(con);
                         return;
                     }
                     Err(e) => {
@@ -881,13 +876,11 @@ impl Store for RedisStore {
         self.watches.unwatch(receiver)
     }
 
-    /// Both connections answer: a node is ready only when the one its transitions use is.
+    /// The shared connection and this thread's answer: a node is ready only when the ones its
+    /// transitions use are.
     async fn ping(&self) -> Result<(), StoreError> {
-        for con in [Some(&self.core.con), self.core.calls.get()]
-            .into_iter()
-            .flatten()
-        {
-            let _: String = redis::cmd("PING").query_async(&mut con.clone()).await?;
+        for mut con in [self.core.con.clone(), self.core.connection_here()] {
+            let _: String = redis::cmd("PING").query_async(&mut con).await?;
         }
         Ok(())
     }
