@@ -121,6 +121,25 @@ impl RedisServer {
         }
     }
 
+    /// Whether this cluster node still runs and listens on its cluster bus port.
+    async fn has_its_bus(&mut self) -> bool {
+        let bus = self.port + 10000;
+        for _ in 0..50 {
+            let Some(child) = self.child.as_mut() else {
+                return false;
+            };
+            if !matches!(child.try_wait(), Ok(None)) {
+                return false;
+            }
+            if std::net::TcpStream::connect(("127.0.0.1", bus)).is_ok() {
+                // Still ours: another process may hold the port while ours exits.
+                return matches!(child.try_wait(), Ok(None));
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        false
+    }
+
     /// SIGKILL, as a crash would.
     pub fn kill(&mut self) {
         if let Some(mut child) = self.child.take() {
@@ -193,37 +212,55 @@ impl RedisCluster {
     }
 
     /// With extra redis-server arguments for every node, such as AOF.
+    ///
+    /// A node also needs its cluster bus port (its port + 10000), which another test may hold:
+    /// Redis then exits just after it began answering. So each node is checked for its bus
+    /// port, and a failed `--cluster create` is tried again on new ports, three times at most.
     pub async fn spawn_with(extra: &[&str]) -> Self {
-        let mut nodes = Vec::new();
+        let mut failure = String::new();
         for _ in 0..3 {
-            let mut args = vec![
-                "--cluster-enabled",
-                "yes",
-                "--cluster-config-file",
-                "nodes.conf",
-                "--cluster-node-timeout",
-                "2000",
-            ];
-            args.extend_from_slice(extra);
-            nodes.push(RedisServer::spawn_with(&args).await);
+            let mut nodes = Vec::new();
+            while nodes.len() < 3 {
+                let mut args = vec![
+                    "--cluster-enabled",
+                    "yes",
+                    "--cluster-config-file",
+                    "nodes.conf",
+                    "--cluster-node-timeout",
+                    "2000",
+                ];
+                args.extend_from_slice(extra);
+                let mut node = RedisServer::spawn_with(&args).await;
+                if node.has_its_bus().await {
+                    nodes.push(node);
+                } else {
+                    node.kill();
+                }
+            }
+            let addrs: Vec<String> = nodes
+                .iter()
+                .map(|n| format!("127.0.0.1:{}", n.port))
+                .collect();
+            let created = tokio::process::Command::new("redis-cli")
+                .args(["--cluster", "create"])
+                .args(&addrs)
+                .args(["--cluster-replicas", "0", "--cluster-yes"])
+                .output()
+                .await
+                .expect("redis-cli runs");
+            if created.status.success() {
+                let cluster = Self { nodes };
+                cluster.wait_until_ok().await;
+                return cluster;
+            }
+            failure = format!(
+                "{}{}",
+                String::from_utf8_lossy(&created.stdout),
+                String::from_utf8_lossy(&created.stderr)
+            );
+            eprintln!("redis-cli --cluster create failed; trying new ports:\n{failure}");
         }
-        let addrs: Vec<String> = nodes
-            .iter()
-            .map(|n| format!("127.0.0.1:{}", n.port))
-            .collect();
-        let created = tokio::process::Command::new("redis-cli")
-            .args(["--cluster", "create"])
-            .args(&addrs)
-            .args(["--cluster-replicas", "0", "--cluster-yes"])
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .status()
-            .await
-            .expect("redis-cli runs");
-        assert!(created.success(), "redis-cli --cluster create failed");
-        let cluster = Self { nodes };
-        cluster.wait_until_ok().await;
-        cluster
+        panic!("redis-cli --cluster create failed three times; the last said:\n{failure}");
     }
 
     /// Waits until every node says the cluster is whole.
