@@ -2,7 +2,7 @@
 
 use std::cell::RefCell;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 
 use redis::Value;
 
@@ -101,6 +101,8 @@ pub(super) struct Core {
     /// For start-up and background work, and for transitions on a thread that drives no
     /// connection of its own.
     pub(super) con: Connection,
+    /// Every connection a worker drives, for readiness: a node is ready only when each answers.
+    pub(super) driven: Mutex<Vec<Connection>>,
     pub(super) target: Target,
     pub(super) keys: Keys,
     pub(super) rules: Rules,
@@ -129,6 +131,10 @@ impl Core {
 
     /// Makes `con` the connection this thread's calls use.
     pub(super) fn drive_here(&self, con: Connection) {
+        self.driven
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+            .push(con.clone());
         DRIVEN_HERE.with_borrow_mut(|driven| {
             driven.retain(|(store, _)| *store != self.id);
             driven.push((self.id, con));

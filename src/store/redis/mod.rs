@@ -120,6 +120,7 @@ impl RedisStore {
         let core = Arc::new(Core {
             id: Core::new_id(),
             con,
+            driven: Default::default(),
             target: target.clone(),
             keys,
             rules,
@@ -876,10 +877,16 @@ impl Store for RedisStore {
         self.watches.unwatch(receiver)
     }
 
-    /// The shared connection and this thread's answer: a node is ready only when the ones its
-    /// transitions use are.
+    /// Every connection answers: a node is ready only when those its transitions use are,
+    /// each worker's (each notices a Redis restart on its own).
     async fn ping(&self) -> Result<(), StoreError> {
-        for mut con in [self.core.con.clone(), self.core.connection_here()] {
+        let driven = self
+            .core
+            .driven
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+            .clone();
+        for mut con in std::iter::once(self.core.con.clone()).chain(driven) {
             let _: String = redis::cmd("PING").query_async(&mut con).await?;
         }
         Ok(())
