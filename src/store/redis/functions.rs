@@ -2,7 +2,7 @@
 
 use std::cell::RefCell;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, Weak};
 
 use redis::Value;
 
@@ -91,7 +91,14 @@ thread_local! {
     /// [`super::RedisStore::drive_calls_here`]). They go with the thread, when no task of it is
     /// left to call; a connection driven on one worker and used by another would die with the
     /// first, under the calls of the second (a graceful stop lets each worker end on its own).
-    static DRIVEN_HERE: RefCell<Vec<(u64, Connection)>> = const { RefCell::new(Vec::new()) };
+    static DRIVEN_HERE: RefCell<Vec<DrivenHere>> = const { RefCell::new(Vec::new()) };
+}
+
+struct DrivenHere {
+    store: u64,
+    con: Connection,
+    /// Lives as long as the thread: [`Core::driven`] holds it weakly.
+    _alive: Arc<()>,
 }
 
 /// What every function call needs, shared by the store and its sweeper task.
@@ -101,8 +108,9 @@ pub(super) struct Core {
     /// For start-up and background work, and for transitions on a thread that drives no
     /// connection of its own.
     pub(super) con: Connection,
-    /// Every connection a worker drives, for readiness: a node is ready only when each answers.
-    pub(super) driven: Mutex<Vec<Connection>>,
+    /// Every connection a worker drives, for readiness: a node is ready only when each answers
+    /// whose worker still runs (one that panicked is replaced, and its connection is gone).
+    pub(super) driven: Mutex<Vec<(Weak<()>, Connection)>>,
     pub(super) target: Target,
     pub(super) keys: Keys,
     pub(super) rules: Rules,
@@ -123,22 +131,38 @@ impl Core {
             .with_borrow(|driven| {
                 driven
                     .iter()
-                    .find(|(store, _)| *store == self.id)
-                    .map(|(_, con)| con.clone())
+                    .find(|d| d.store == self.id)
+                    .map(|d| d.con.clone())
             })
             .unwrap_or_else(|| self.con.clone())
     }
 
     /// Makes `con` the connection this thread's calls use.
     pub(super) fn drive_here(&self, con: Connection) {
+        let alive = Arc::new(());
+        self.driven_lock()
+            .push((Arc::downgrade(&alive), con.clone()));
+        DRIVEN_HERE.with_borrow_mut(|driven| {
+            driven.retain(|d| d.store != self.id);
+            driven.push(DrivenHere {
+                store: self.id,
+                con,
+                _alive: alive,
+            });
+        });
+    }
+
+    /// The connections driven on threads that still run.
+    pub(super) fn driven_connections(&self) -> Vec<Connection> {
+        let mut driven = self.driven_lock();
+        driven.retain(|(alive, _)| alive.strong_count() > 0);
+        driven.iter().map(|(_, con)| con.clone()).collect()
+    }
+
+    fn driven_lock(&self) -> std::sync::MutexGuard<'_, Vec<(Weak<()>, Connection)>> {
         self.driven
             .lock()
             .unwrap_or_else(|poisoned| poisoned.into_inner())
-            .push(con.clone());
-        DRIVEN_HERE.with_borrow_mut(|driven| {
-            driven.retain(|(store, _)| *store != self.id);
-            driven.push((self.id, con));
-        });
     }
 
     /// Calls one function of the library for a receiver; answers its reply and the time the

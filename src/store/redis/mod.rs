@@ -880,12 +880,7 @@ impl Store for RedisStore {
     /// Every connection answers: a node is ready only when those its transitions use are,
     /// each worker's (each notices a Redis restart on its own).
     async fn ping(&self) -> Result<(), StoreError> {
-        let driven = self
-            .core
-            .driven
-            .lock()
-            .unwrap_or_else(|poisoned| poisoned.into_inner())
-            .clone();
+        let driven = self.core.driven_connections();
         for mut con in std::iter::once(self.core.con.clone()).chain(driven) {
             let _: String = redis::cmd("PING").query_async(&mut con).await?;
         }
