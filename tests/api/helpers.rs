@@ -77,9 +77,10 @@ impl RedisServer {
         format!("redis://127.0.0.1:{}/", self.port)
     }
 
-    /// Starts redis-server; true once it answers on its port, false if it exited first (its
-    /// port was taken). Checking that our own child still runs keeps a test from talking to
-    /// another test's server that happens to hold the port.
+    /// Starts redis-server; true once it answers `PING` on its port (not while it loads its
+    /// data, which a restart with AOF takes a while to on a loaded machine), false if it exited
+    /// first (its port was taken). Checking that our own child still runs keeps a test from
+    /// talking to another test's server that happens to hold the port.
     async fn start(&mut self) -> bool {
         let child = Command::new("redis-server")
             .args([
@@ -105,7 +106,7 @@ impl RedisServer {
                 self.child = None;
                 return false;
             }
-            if std::net::TcpStream::connect(("127.0.0.1", self.port)).is_ok() {
+            if answers_ping(self.port) {
                 // Still ours: it did not exit on a bind error meanwhile.
                 if matches!(child.try_wait(), Ok(None)) {
                     return true;
@@ -192,6 +193,20 @@ impl RedisServer {
         }
         cmd.query_async(&mut con).await.unwrap()
     }
+}
+
+/// Whether a Redis on `port` answers `PING` with `PONG` (a Redis loading its data answers
+/// `-LOADING`).
+fn answers_ping(port: u16) -> bool {
+    use std::io::{Read, Write};
+    let Ok(mut stream) = std::net::TcpStream::connect(("127.0.0.1", port)) else {
+        return false;
+    };
+    let _ = stream.set_read_timeout(Some(Duration::from_secs(1)));
+    let mut reply = [0u8; 5];
+    stream.write_all(b"PING\r\n").is_ok()
+        && stream.read_exact(&mut reply).is_ok()
+        && &reply == b"+PONG"
 }
 
 impl Drop for RedisServer {
