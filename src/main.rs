@@ -8,6 +8,12 @@ use cuebox::auth::Purpose;
 use cuebox::config::{Cli, Command};
 use cuebox::startup::{receiver_url_command, Application};
 
+/// jemalloc: a tenth less of the node's CPU per alert than glibc's malloc, at the same RSS per
+/// idle widget (docs/benchmarks.md, "The allocator"). Not built for MSVC.
+#[cfg(not(target_env = "msvc"))]
+#[global_allocator]
+static ALLOCATOR: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
+
 #[tokio::main]
 async fn main() -> ExitCode {
     let cli = Cli::parse();
