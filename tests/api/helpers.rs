@@ -235,7 +235,9 @@ impl RedisCluster {
         let mut failure = String::new();
         for _ in 0..3 {
             let mut nodes = Vec::new();
-            while nodes.len() < 3 {
+            let mut tries = 0;
+            while nodes.len() < 3 && tries < 10 {
+                tries += 1;
                 let mut args = vec![
                     "--cluster-enabled",
                     "yes",
@@ -252,6 +254,11 @@ impl RedisCluster {
                     node.kill();
                 }
             }
+            assert_eq!(
+                nodes.len(),
+                3,
+                "cluster nodes without a bus port in 10 tries"
+            );
             let addrs: Vec<String> = nodes
                 .iter()
                 .map(|n| format!("127.0.0.1:{}", n.port))
