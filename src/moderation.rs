@@ -310,7 +310,7 @@ pub fn moderate(settings: &Settings, alert: &mut NewAlert) -> Verdict {
     }
     if settings.strip_links {
         for text in [&mut alert.from, &mut alert.message].into_iter().flatten() {
-            strip_links_in(text);
+            strip_links(text);
         }
     }
     if settings.folded.is_empty() {
@@ -434,10 +434,15 @@ fn mask(text: &str, words: &[Vec<char>]) -> (String, bool) {
     (out, found)
 }
 
-/// `text` without anything URL-shaped: a scheme (`https://...`), a `www.` host, or a host name
-/// with a dot and a top-level domain of letters (`evil.example/login`), with what follows it up
-/// to the next space. Spaces left doubled by a removal are closed up.
-pub fn strip_links(text: &str) -> String {
+/// Removes from `text` anything URL-shaped: a scheme (`https://...`), a `www.` host, or a host
+/// name with a dot and a top-level domain of letters (`evil.example/login`), with what follows
+/// it up to the next space. Spaces left doubled by a removal are closed up, and trailing space
+/// goes. Most texts have no link, and are not copied to learn that.
+fn strip_links(text: &mut String) {
+    if !text.split(char::is_whitespace).any(is_link) {
+        text.truncate(text.trim_end().len());
+        return;
+    }
     let mut out = String::with_capacity(text.len());
     for piece in text.split_inclusive(char::is_whitespace) {
         let word = piece.trim_end_matches(char::is_whitespace);
@@ -448,18 +453,8 @@ pub fn strip_links(text: &str) -> String {
             out.push_str(piece);
         }
     }
-    out.trim_end().to_owned()
-}
-
-/// [`strip_links`] in place, leaving a text with nothing URL-shaped as it is but for its trailing
-/// space: most texts have no link, and a publish need not copy them to learn that.
-fn strip_links_in(text: &mut String) {
-    let linked = text.split(char::is_whitespace).any(is_link);
-    if linked {
-        *text = strip_links(text);
-    } else {
-        text.truncate(text.trim_end().len());
-    }
+    out.truncate(out.trim_end().len());
+    *text = out;
 }
 
 fn is_link(token: &str) -> bool {
