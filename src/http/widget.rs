@@ -184,7 +184,8 @@ impl wire::Client for Connected {
     /// widget that is gone (a reconnecting widget, told of the close, also finds it recorded).
     async fn ending(&mut self, withdrawn: bool) {
         self.leaving.store(true, Ordering::Release);
-        Box::pin(self.hub.leave(&self.widget, withdrawn)).await;
+        // Unboxed: `wire::serve` boxes the whole ending.
+        self.hub.leave(&self.widget, withdrawn).await;
     }
 }
 

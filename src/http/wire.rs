@@ -11,6 +11,7 @@
 
 use std::pin::Pin;
 use std::task::{Context, Poll};
+use std::time::Duration;
 
 use actix_codec::{Decoder, Encoder};
 use actix_http::ws::{
@@ -21,7 +22,6 @@ use actix_web::web::{Bytes, BytesMut};
 use actix_web::{web, HttpRequest, HttpResponse};
 use futures_channel::mpsc;
 use futures_util::{Stream, StreamExt};
-use std::time::Duration;
 use tokio::sync::{oneshot, watch};
 use tokio::time::Instant;
 
