@@ -1,5 +1,22 @@
 # What the scripts here share; sourced, not run.
 
+# Exits unless COMMAND is installed; HINT says how to get it.
+need() { command -v "$1" >/dev/null || { echo "needs $1${2:+ ($2)}" >&2; exit 1; }; }
+
+# Exits unless the release build of cuebox-bench is there; sets BENCH to it.
+need_release_bench() {
+  BENCH=target/release/cuebox-bench
+  [ -x "$BENCH" ] || { echo "build it first: cargo build --release --workspace" >&2; exit 1; }
+}
+
+# The cuebox-bench command that drives the node on HTTP port PORT over the Redis on REDIS_PORT
+# (started by the two functions below, whose pids it watches): sets the array BENCH_ARGS, run as
+# "${BENCH_ARGS[@]}" SCENARIO...
+bench_args() {
+  BENCH_ARGS=("$1" --node "127.0.0.1:$2" --publish-key k --secret s --pid "$NODE_PID"
+    --redis-url "redis://127.0.0.1:$3/" --redis-pid "$REDIS_PID")
+}
+
 free_port() { python3 -c 'import socket;s=socket.socket();s.bind(("127.0.0.1",0));print(s.getsockname()[1])'; }
 
 # Starts `CMD... --port PORT` as a throwaway redis-server (CMD is redis-server, or it under a

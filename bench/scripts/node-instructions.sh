@@ -16,10 +16,9 @@
 # Needs valgrind and a release build of cuebox-bench.
 set -euo pipefail
 cd "$(dirname "$0")/../.."
-bench=target/release/cuebox-bench
-[ -x "$bench" ] || { echo "build it first: cargo build --release --workspace" >&2; exit 1; }
-command -v valgrind >/dev/null || { echo "needs valgrind" >&2; exit 1; }
 . bench/scripts/common.sh
+need_release_bench
+need valgrind "apt-get install valgrind"
 shown() { curl -s "http://127.0.0.1:$1/metrics" | awk '/^cuebox_alerts_total\{outcome="shown"\}/ {print $2}'; }
 
 measure() {
@@ -27,8 +26,7 @@ measure() {
   dir=$(mktemp -d); rp=$(free_port); hp=$(free_port)
   start_redis "$rp" "$dir" redis-server
   start_node "$hp" "$rp" valgrind --tool=callgrind --callgrind-out-file="$dir/out" "$bin"
-  local b=("$bench" --node "127.0.0.1:$hp" --publish-key k --secret s --pid "$NODE_PID"
-    --redis-url "redis://127.0.0.1:$rp/" --redis-pid "$REDIS_PID")
+  bench_args "$BENCH" "$hp" "$rp"; local b=("${BENCH_ARGS[@]}")
   "${b[@]}" cycles --rate 100 --seconds 2 --warmup 1 --no-half >/dev/null 2>&1
   callgrind_control -z "$NODE_PID" >/dev/null 2>&1
   if [ "${SCENARIO:-cycles}" = drain ]; then

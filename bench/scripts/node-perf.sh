@@ -10,14 +10,13 @@
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 out=$1; bin=${2:-target/release/cuebox}; rate=${3:-4000}; bench=${4:-target/release/cuebox-bench}
-command -v perf >/dev/null || { echo "needs perf" >&2; exit 1; }
 . bench/scripts/common.sh
+need perf "apt-get install linux-perf"
 rp=$(free_port); hp=$(free_port); dir=$(mktemp -d)
 start_redis "$rp" "$dir" redis-server; rpid=$REDIS_PID
 start_node "$hp" "$rp" "$bin"; np=$NODE_PID
 trap 'kill $np 2>/dev/null; redis-cli -p $rp shutdown nosave >/dev/null 2>&1; rm -rf $dir' EXIT
-b=("$bench" --node "127.0.0.1:$hp" --publish-key k --secret s --pid "$np"
-   --redis-url "redis://127.0.0.1:$rp/" --redis-pid "$rpid")
+bench_args "$bench" "$hp" "$rp"; b=("${BENCH_ARGS[@]}")
 "${b[@]}" cycles --rate "$rate" --no-half --seconds 2 >/dev/null
 perf stat -e task-clock -p "$np" -o "$out.stat" & ps=$!
 perf record -g -p "$np" -o "$out.data" 2>/dev/null & pr=$!

@@ -11,10 +11,9 @@
 # Needs valgrind (apt-get install valgrind) and a release build of cuebox-bench.
 set -euo pipefail
 cd "$(dirname "$0")/../.."
-bench=target/release/cuebox-bench
-[ -x "$bench" ] || { echo "build it first: cargo build --release --workspace" >&2; exit 1; }
-command -v valgrind >/dev/null || { echo "needs valgrind" >&2; exit 1; }
 . bench/scripts/common.sh
+need_release_bench
+need valgrind "apt-get install valgrind"
 
 measure() {
   local bin=$1 dir rp hp
@@ -24,7 +23,7 @@ measure() {
   callgrind_control -z "$REDIS_PID" >/dev/null 2>&1
   publish_1000 "$hp"
   callgrind_control -d "$REDIS_PID" >/dev/null 2>&1; callgrind_control -z "$REDIS_PID" >/dev/null 2>&1
-  "$bench" --node "127.0.0.1:$hp" --publish-key k --secret s --pid "$NODE_PID" \
+  "$BENCH" --node "127.0.0.1:$hp" --publish-key k --secret s --pid "$NODE_PID" \
     drain --receivers 20 --alerts 50 --rounds 1 >"$dir/drain.txt" 2>&1
   callgrind_control -d "$REDIS_PID" >/dev/null 2>&1
   kill "$NODE_PID"; redis-cli -p "$rp" shutdown nosave >/dev/null 2>&1 || true
