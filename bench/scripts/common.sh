@@ -38,6 +38,17 @@ start_node() {
   for _ in $(seq 300); do curl -s -o /dev/null "http://127.0.0.1:$port/readyz" && return; sleep 0.1; done
 }
 
+# A redis-server and the node BIN on it, both stopped when the script exits, driven by the
+# cuebox-bench BENCH: sets REDIS_PORT, REDIS_PID, NODE_PID and BENCH_ARGS (see `bench_args`).
+start_pair() {
+  local bin=$1 bench=$2 http
+  REDIS_PORT=$(free_port); http=$(free_port); PAIR_DIR=$(mktemp -d)
+  start_redis "$REDIS_PORT" "$PAIR_DIR" redis-server
+  start_node "$http" "$REDIS_PORT" "$bin"
+  trap 'kill $NODE_PID 2>/dev/null; redis-cli -p $REDIS_PORT shutdown nosave >/dev/null 2>&1; rm -rf $PAIR_DIR' EXIT
+  bench_args "$bench" "$http" "$REDIS_PORT"
+}
+
 # 1,000 publishes to 20 receivers that have no widget, one HTTP connection.
 publish_1000() {
   python3 - "$1" <<'PY'

@@ -12,14 +12,10 @@ cd "$(dirname "$0")/../.."
 out=$1; bin=${2:-target/release/cuebox}; rate=${3:-4000}; bench=${4:-target/release/cuebox-bench}
 . bench/scripts/common.sh
 need perf "apt-get install linux-perf"
-rp=$(free_port); hp=$(free_port); dir=$(mktemp -d)
-start_redis "$rp" "$dir" redis-server; rpid=$REDIS_PID
-start_node "$hp" "$rp" "$bin"; np=$NODE_PID
-trap 'kill $np 2>/dev/null; redis-cli -p $rp shutdown nosave >/dev/null 2>&1; rm -rf $dir' EXIT
-bench_args "$bench" "$hp" "$rp"; b=("${BENCH_ARGS[@]}")
+start_pair "$bin" "$bench"; b=("${BENCH_ARGS[@]}")
 "${b[@]}" cycles --rate "$rate" --no-half --seconds 2 >/dev/null
-perf stat -e task-clock -p "$np" -o "$out.stat" & ps=$!
-perf record -g -p "$np" -o "$out.data" 2>/dev/null & pr=$!
+perf stat -e task-clock -p "$NODE_PID" -o "$out.stat" & ps=$!
+perf record -g -p "$NODE_PID" -o "$out.data" 2>/dev/null & pr=$!
 "${b[@]}" cycles --rate "$rate" --no-half --seconds 8 | grep -E '^\| *(cycles|cuebox|store|redis)' || true
 kill -INT "$ps" "$pr"; wait "$ps" "$pr" 2>/dev/null || true
 grep task-clock "$out.stat"

@@ -12,16 +12,12 @@ cd "$(dirname "$0")/../.."
 out=$1; bin=${2:-target/release/cuebox}; bench=${3:-target/release/cuebox-bench}
 . bench/scripts/common.sh
 need perf "apt-get install linux-perf"
-rp=$(free_port); hp=$(free_port); dir=$(mktemp -d)
-start_redis "$rp" "$dir" redis-server; rpid=$REDIS_PID
-start_node "$hp" "$rp" "$bin"; np=$NODE_PID
-trap 'kill $np 2>/dev/null; redis-cli -p $rp shutdown nosave >/dev/null 2>&1; rm -rf $dir' EXIT
-bench_args "$bench" "$hp" "$rp"; b=("${BENCH_ARGS[@]}")
+start_pair "$bin" "$bench"; b=("${BENCH_ARGS[@]}")
 "${b[@]}" drain --receivers 50 --alerts 200 --rounds 1 >/dev/null
-redis-cli -p "$rp" config resetstat >/dev/null
-perf stat -e task-clock -p "$rpid" -o "$out.stat" & ps=$!
-perf record -g -p "$rpid" -o "$out.data" 2>/dev/null & pr=$!
+redis-cli -p "$REDIS_PORT" config resetstat >/dev/null
+perf stat -e task-clock -p "$REDIS_PID" -o "$out.stat" & ps=$!
+perf record -g -p "$REDIS_PID" -o "$out.data" 2>/dev/null & pr=$!
 "${b[@]}" drain --receivers 50 --alerts 400 --rounds 1 | grep -E '^\| *(store|redis)'
 kill -INT "$ps" "$pr"; wait "$ps" "$pr" 2>/dev/null || true
-redis-cli -p "$rp" info commandstats >"$out.commandstats"
+redis-cli -p "$REDIS_PORT" info commandstats >"$out.commandstats"
 grep task-clock "$out.stat"
